@@ -1,0 +1,55 @@
+"""trl-rpo: preference optimization for text-to-image diffusion models, in the style of TRL."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "trl_rpo" / "__init__.py").read_text()).group(1)
+
+# torch is deliberately a floor, not a pin: install the build that fits your hardware first
+# (`make` installs the CPU wheel when torch is missing).
+INSTALL_REQUIRES = [
+    "torch>=2.4",
+    "trl>=1.16",
+    "transformers>=5.19",
+    "diffusers>=0.42",
+    "peft>=0.21",
+    "accelerate>=1.15",
+    "datasets>=5.2",
+    "huggingface_hub>=1.0",
+    "safetensors>=0.4",
+    "Pillow>=10",
+    "numpy>=1.26",
+    "pyyaml>=6",
+]
+
+EXTRAS = {
+    "deepspeed": ["deepspeed>=0.19"],
+    "bnb": ["bitsandbytes>=0.50"],
+    "docs": ["mkdocs>=1.6"],
+    "test": ["pytest>=8"],
+    "quality": ["ruff>=0.6"],
+}
+EXTRAS["dev"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+
+setup(
+    name="trl-rpo",
+    version=VERSION,
+    description="Rich Preference Optimization, Diffusion-DPO and TailorPO for text-to-image diffusion models",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["trl_rpo", "trl_rpo.*"]),
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["trl-rpo=trl_rpo.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,20 @@
+"""trl-rpo: preference optimization for text-to-image diffusion models, in the style of TRL."""
+
+__version__ = "0.1.0.dev0"
+
+from .data.formats import InvalidRowError, load_preference_dataset, pickapic_to_preference, prepare_preference_dataset
+from .losses import diffusion_dpo_loss
+from .trainer import BaseDiffusionConfig, BaseDiffusionTrainer, DiffusionDPOConfig, DiffusionDPOTrainer
+
+__all__ = [
+    "BaseDiffusionConfig",
+    "BaseDiffusionTrainer",
+    "DiffusionDPOConfig",
+    "DiffusionDPOTrainer",
+    "InvalidRowError",
+    "__version__",
+    "diffusion_dpo_loss",
+    "load_preference_dataset",
+    "pickapic_to_preference",
+    "prepare_preference_dataset",
+]

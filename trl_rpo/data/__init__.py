@@ -1,0 +1,19 @@
+"""Preference datasets: formats, validation and loading."""
+
+from .formats import (
+    InvalidRowError,
+    detect_format,
+    load_image,
+    load_preference_dataset,
+    pickapic_to_preference,
+    prepare_preference_dataset,
+)
+
+__all__ = [
+    "InvalidRowError",
+    "detect_format",
+    "load_image",
+    "load_preference_dataset",
+    "pickapic_to_preference",
+    "prepare_preference_dataset",
+]

@@ -1,0 +1,268 @@
+"""Preference dataset formats: TRL's (`prompt`, `chosen`, `rejected`) and Pick-a-Pic v2.
+
+Every dataset that reaches a trainer goes through :func:`prepare_preference_dataset`, which checks each
+row once (prompt is a non-empty string, both images decode within PIL's pixel limit) and reports a bad
+row by index and column, or drops it when the user asks to skip invalid rows.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from collections import Counter
+from typing import Any
+
+from datasets import Dataset, DatasetDict, Features, Value
+from datasets import Image as ImageFeature
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "InvalidRowError",
+    "PREFERENCE_COLUMNS",
+    "PICKAPIC_COLUMNS",
+    "load_image",
+    "detect_format",
+    "prepare_preference_dataset",
+    "pickapic_to_preference",
+    "load_preference_dataset",
+]
+
+PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
+PICKAPIC_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0")
+PREFERENCE_FEATURES = Features({"prompt": Value("string"), "chosen": ImageFeature(), "rejected": ImageFeature()})
+
+
+class InvalidRowError(ValueError):
+    """A dataset row that cannot be used; names the row index and the column."""
+
+    def __init__(self, row: int | None, column: str, reason: str, extra: str = ""):
+        self.row, self.column, self.reason = row, column, reason
+        where = f"row {row}, column {column!r}" if row is not None else f"column {column!r}"
+        super().__init__(f"{where}: {reason}{extra}")
+
+
+def load_image(value: Any, *, row: int | None = None, column: str = "image") -> Image.Image:
+    """Decode one image cell into an RGB PIL image.
+
+    Accepts a PIL image, raw encoded bytes, a file path, or the `{"bytes": ..., "path": ...}` dict that
+    `datasets.Image(decode=False)` stores. Decoding is complete (truncated files fail here, not mid-
+    training) and bounded by PIL's `MAX_IMAGE_PIXELS`: a decompression bomb is refused, not expanded.
+
+    Raises:
+        InvalidRowError: naming `row` and `column` when the value is of the wrong type or does not decode.
+    """
+    if isinstance(value, Image.Image):
+        image = value
+    else:
+        if isinstance(value, dict):
+            data, path = value.get("bytes"), value.get("path")
+            source = io.BytesIO(data) if data is not None else path
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            source = io.BytesIO(bytes(value))
+        elif isinstance(value, (str, os.PathLike)):
+            source = value
+        else:
+            raise InvalidRowError(
+                row, column, f"expected an image (PIL image, bytes, file path or datasets.Image), got {type(value).__name__}"
+            )
+        if source is None:
+            raise InvalidRowError(row, column, "image cell is empty (no bytes and no path)")
+        if isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):
+            raise InvalidRowError(row, column, f"image file not found: {os.fspath(source)!r}")
+        try:
+            with warnings.catch_warnings():
+                # PIL only warns between 1x and 2x its pixel limit; treat that as the bomb it may be.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(source)
+                image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise InvalidRowError(row, column, f"image exceeds PIL's pixel limit ({err})") from None
+        except Exception as err:  # PIL raises many types for corrupt data
+            raise InvalidRowError(row, column, f"image does not decode ({type(err).__name__}: {err})") from None
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def detect_format(column_names: list[str]) -> str:
+    """`"preference"` for TRL's columns, `"pickapic"` for Pick-a-Pic v2's; otherwise an error naming what is missing."""
+    names = set(column_names)
+    if set(PREFERENCE_COLUMNS) <= names:
+        return "preference"
+    if set(PICKAPIC_COLUMNS) <= names:
+        return "pickapic"
+    missing = [c for c in PREFERENCE_COLUMNS if c not in names]
+    raise InvalidRowError(
+        None,
+        missing[0],
+        f"missing column(s) {missing}: expected the TRL preference format {list(PREFERENCE_COLUMNS)} or the "
+        f"Pick-a-Pic v2 format {list(PICKAPIC_COLUMNS)}; the dataset has columns {sorted(names)}",
+    )
+
+
+def _undecoded(dataset: Dataset, columns: tuple[str, ...]) -> Dataset:
+    """The same dataset with Image columns left encoded, so validation reads bytes, not PIL objects."""
+    for name in columns:
+        feature = dataset.features.get(name)
+        if isinstance(feature, ImageFeature) and feature.decode:
+            dataset = dataset.cast_column(name, ImageFeature(decode=False))
+    return dataset
+
+
+def _row_error(example: dict, row: int, fmt: str) -> tuple[str, str] | None:
+    """`(column, reason)` of the first problem in one row, or None if the row is usable."""
+    prompt_col = "prompt" if fmt == "preference" else "caption"
+    image_cols = ("chosen", "rejected") if fmt == "preference" else ("jpg_0", "jpg_1")
+    prompt = example[prompt_col]
+    if not isinstance(prompt, str):
+        return prompt_col, f"expected a string prompt, got {type(prompt).__name__}"
+    if not prompt.strip():
+        return prompt_col, "prompt is empty"
+    if fmt == "pickapic":
+        label = example["label_0"]
+        if isinstance(label, bool) or not isinstance(label, (int, float)) or float(label) not in (0.0, 0.5, 1.0):
+            return "label_0", f"expected 0, 0.5 or 1 (which image won), got {label!r}"
+    for col in image_cols:
+        try:
+            load_image(example[col], row=row, column=col)
+        except InvalidRowError as err:
+            return col, err.reason
+    return None
+
+
+def _find_errors(examples: dict, indices: list[int], fmt: str) -> dict:
+    columns, reasons = [], []
+    for i, row in enumerate(indices):
+        found = _row_error({k: v[i] for k, v in examples.items()}, row, fmt)
+        columns.append(found[0] if found else None)
+        reasons.append(found[1] if found else None)
+    return {"error_column": columns, "error_reason": reasons}
+
+
+def prepare_preference_dataset(
+    dataset: Dataset,
+    *,
+    skip_invalid_rows: bool = False,
+    num_proc: int | None = None,
+    name: str = "train_dataset",
+) -> Dataset:
+    """Validate a preference dataset and return it in TRL's format (`prompt`, `chosen`, `rejected`).
+
+    * TRL format: images may be PIL images, `datasets.Image`, file paths or encoded bytes.
+    * Pick-a-Pic v2 (`caption`, `jpg_0`, `jpg_1`, `label_0`): the chosen image is the one `label_0` says
+      won; ties (`label_0 == 0.5`) carry no preference and are dropped, and the count is logged.
+
+    Args:
+        skip_invalid_rows: drop rows that fail validation (logging how many and why) instead of raising.
+        num_proc: processes for the validation pass (it decodes every image once).
+        name: how error messages refer to the dataset.
+
+    Raises:
+        InvalidRowError: on the first bad row (index and column), unless `skip_invalid_rows`.
+    """
+    if isinstance(dataset, DatasetDict):
+        raise TypeError(f"{name} is a DatasetDict with splits {list(dataset)}; pass one split, e.g. dataset['train']")
+    fmt = detect_format(dataset.column_names)
+    image_cols = ("chosen", "rejected") if fmt == "preference" else ("jpg_0", "jpg_1")
+    raw = _undecoded(dataset, image_cols)
+    needed = [*PREFERENCE_COLUMNS] if fmt == "preference" else [*PICKAPIC_COLUMNS]
+    checks = raw.select_columns(needed).map(
+        _find_errors,
+        batched=True,
+        with_indices=True,
+        fn_kwargs={"fmt": fmt},
+        remove_columns=needed,
+        num_proc=num_proc,
+        desc=f"Validating {name}",
+    )
+    bad = [(i, c, r) for i, (c, r) in enumerate(zip(checks["error_column"], checks["error_reason"])) if c is not None]
+    if bad and not skip_invalid_rows:
+        row, column, reason = bad[0]
+        more = f" ({len(bad)} invalid rows in all)" if len(bad) > 1 else ""
+        raise InvalidRowError(
+            row, column, reason, f" in {name}{more}. Fix the data, or set skip_invalid_rows=True to drop such rows."
+        )
+    if bad:
+        by_reason = Counter(f"{c}: {r.split(' (')[0]}" for _, c, r in bad)
+        logger.warning(
+            "Skipped %d invalid row(s) of %s out of %d: %s",
+            len(bad),
+            name,
+            len(dataset),
+            "; ".join(f"{n} x {why}" for why, n in by_reason.most_common()),
+        )
+        bad_rows = {i for i, _, _ in bad}
+        raw = raw.select([i for i in range(len(raw)) if i not in bad_rows])
+    if fmt == "pickapic":
+        return pickapic_to_preference(raw, num_proc=num_proc)
+    return _restore_decoding(raw.select_columns(list(PREFERENCE_COLUMNS)), dataset)
+
+
+def _restore_decoding(raw: Dataset, original: Dataset) -> Dataset:
+    for name, feature in original.features.items():
+        if name in raw.column_names and isinstance(feature, ImageFeature) and feature.decode:
+            raw = raw.cast_column(name, ImageFeature())
+    return raw
+
+
+def _pickapic_rows(examples: dict) -> dict:
+    chosen, rejected = [], []
+    for first, second, label in zip(examples["jpg_0"], examples["jpg_1"], examples["label_0"]):
+        win, lose = (first, second) if float(label) == 1.0 else (second, first)
+        chosen.append(_as_image_cell(win))
+        rejected.append(_as_image_cell(lose))
+    return {"prompt": examples["caption"], "chosen": chosen, "rejected": rejected}
+
+
+def _as_image_cell(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"bytes": bytes(value), "path": None}
+    return value
+
+
+def pickapic_to_preference(dataset: Dataset, *, num_proc: int | None = None) -> Dataset:
+    """Convert Pick-a-Pic v2 rows to TRL's preference format, winner as `chosen`, dropping ties.
+
+    Pick-a-Pic stores `label_0 = 1` when `jpg_0` won, `0` when `jpg_1` won and `0.5` for a tie. The
+    diffusers DPO scripts turn a tie into "jpg_0 wins"; Diffusion-DPO's reference code drops ties, and
+    so does this function (the count is logged). Rows are not otherwise validated unless this is
+    reached through :func:`prepare_preference_dataset`.
+    """
+    detect_format(dataset.column_names)
+    dataset = _undecoded(dataset, ("jpg_0", "jpg_1"))
+    labels = dataset["label_0"]
+    keep = [i for i, label in enumerate(labels) if float(label) != 0.5]
+    ties = len(labels) - len(keep)
+    if ties:
+        logger.warning("Pick-a-Pic: dropped %d tie(s) (label_0 == 0.5) out of %d pairs", ties, len(labels))
+        dataset = dataset.select(keep)
+    return dataset.map(
+        _pickapic_rows,
+        batched=True,
+        remove_columns=dataset.column_names,
+        features=PREFERENCE_FEATURES,
+        num_proc=num_proc,
+        desc="Converting Pick-a-Pic to preference pairs",
+    )
+
+
+def load_preference_dataset(name_or_path: str, split: str = "train") -> Dataset:
+    """Load a dataset from a local `save_to_disk` folder, a local data folder, or the Hub.
+
+    Note that the diffusers DPO scripts default to the `validation` split; here it is `train`.
+    """
+    from datasets import load_dataset, load_from_disk
+
+    if os.path.isdir(name_or_path) and (
+        os.path.isfile(os.path.join(name_or_path, "dataset_info.json"))
+        or os.path.isfile(os.path.join(name_or_path, "dataset_dict.json"))
+    ):
+        loaded = load_from_disk(name_or_path)
+        if isinstance(loaded, DatasetDict):
+            if split not in loaded:
+                raise KeyError(f"{name_or_path!r} has splits {list(loaded)}, not {split!r}")
+            return loaded[split]
+        return loaded
+    return load_dataset(name_or_path, split=split)

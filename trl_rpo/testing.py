@@ -1,0 +1,250 @@
+"""Tiny, seeded text-to-image pipelines and datasets built offline from configs.
+
+Everything here is created in memory from configuration objects: no file is read and nothing is
+downloaded, so tests (ours and yours) run on a laptop CPU without a model hub. The models have the
+exact architecture families of Stable Diffusion 1.5 and SDXL (same classes, same conditioning), only
+a few hundred thousand parameters each::
+
+    from trl_rpo.testing import tiny_sd_pipeline, tiny_preference_dataset
+
+    pipe = tiny_sd_pipeline(seed=0)          # a real StableDiffusionPipeline, 32x32 images
+    dataset = tiny_preference_dataset(8)     # prompt / chosen / rejected with PIL images
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from datasets import Dataset, Features, Value
+from datasets import Image as ImageFeature
+from PIL import Image
+
+__all__ = [
+    "tiny_clip_tokenizer",
+    "tiny_sd_pipeline",
+    "tiny_sdxl_pipeline",
+    "tiny_preference_dataset",
+    "tiny_lora_config",
+]
+
+_TEXT_HIDDEN = 32
+_VOCAB_SIZE = 514  # 256 bytes, 256 bytes + "</w>", bos, eos
+
+
+def _byte_level_alphabet() -> list[str]:
+    """The 256 printable characters that byte-level BPE (GPT-2, CLIP) uses to stand for raw bytes."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+
+
+def tiny_clip_tokenizer(model_max_length: int = 77):
+    """A byte-level `CLIPTokenizer` built from an in-memory vocabulary (no merges, no files).
+
+    Every string tokenizes (each byte is a token), so prompts never hit unknown tokens.
+    """
+    from transformers import CLIPTokenizer
+
+    chars = _byte_level_alphabet()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": i + len(chars) for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+    # Stable Diffusion pads with the eos token; keep that convention.
+    tokenizer.pad_token = "<|endoftext|>"
+    return tokenizer
+
+
+def _text_config(projection_dim: int = _TEXT_HIDDEN):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        bos_token_id=_VOCAB_SIZE - 2,
+        eos_token_id=_VOCAB_SIZE - 1,
+        pad_token_id=_VOCAB_SIZE - 1,
+        hidden_size=_TEXT_HIDDEN,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=_VOCAB_SIZE,
+        max_position_embeddings=77,
+        projection_dim=projection_dim,
+    )
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(16, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+
+
+def _seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def tiny_sd_pipeline(seed: int = 0, prediction_type: str = "epsilon", sample_size: int = 16):
+    """A seeded tiny `StableDiffusionPipeline` (SD 1.5 layout: one CLIP text encoder, cross-attention UNet).
+
+    Args:
+        seed: seeds the random initialisation; the same seed gives identical weights.
+        prediction_type: the scheduler's `prediction_type`, `"epsilon"` or `"v_prediction"`.
+        sample_size: latent side; images are `2 * sample_size` pixels (the VAE downsamples by 2).
+    """
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    _seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=_TEXT_HIDDEN,
+        norm_num_groups=8,
+        attention_head_dim=8,
+    )
+    vae = _vae()
+    text_encoder = CLIPTextModel(_text_config())
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+    pipe = StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tiny_clip_tokenizer(),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sdxl_pipeline(seed: int = 0, prediction_type: str = "epsilon", sample_size: int = 16):
+    """A seeded tiny `StableDiffusionXLPipeline` (two text encoders, pooled embeddings, micro-conditioning).
+
+    The UNet uses `addition_embed_type="text_time"` exactly as SDXL does, so the six time ids
+    (original size, crop top-left, target size) and the pooled embedding of the second encoder are
+    real inputs of the model.
+    """
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    _seed(seed)
+    time_embed_dim = 8
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * time_embed_dim + _TEXT_HIDDEN,
+        cross_attention_dim=2 * _TEXT_HIDDEN,
+        norm_num_groups=8,
+    )
+    vae = _vae()
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+        prediction_type=prediction_type,
+    )
+    pipe = StableDiffusionXLPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=CLIPTextModel(_text_config()),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config()),
+        tokenizer=tiny_clip_tokenizer(),
+        tokenizer_2=tiny_clip_tokenizer(),
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+_COLORS = {
+    "red": (220, 30, 30),
+    "green": (30, 180, 60),
+    "blue": (30, 60, 220),
+    "yellow": (230, 210, 40),
+}
+
+
+def _square_image(color: tuple[int, int, int], size: int, rng: np.random.Generator, noise: float) -> Image.Image:
+    """A colored square on a white background, with optional pixel noise."""
+    arr = np.full((size, size, 3), 255, dtype=np.float32)
+    lo, hi = size // 4, 3 * size // 4
+    arr[lo:hi, lo:hi] = color
+    if noise:
+        arr += rng.normal(0.0, noise, arr.shape)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def tiny_preference_dataset(num_rows: int = 8, image_size: int = 32, seed: int = 0) -> Dataset:
+    """A small TRL-format preference dataset (`prompt`, `chosen`, `rejected`) with real images.
+
+    Each prompt names a color; *chosen* is a clean square of that color, *rejected* a noisy square
+    of another color, so a model trained on it has something learnable to prefer.
+    """
+    rng = np.random.default_rng(seed)
+    names = list(_COLORS)
+    rows = {"prompt": [], "chosen": [], "rejected": []}
+    for i in range(num_rows):
+        good = names[i % len(names)]
+        bad = names[(i + 1 + int(rng.integers(len(names) - 1))) % len(names)]
+        if bad == good:
+            bad = names[(names.index(good) + 1) % len(names)]
+        rows["prompt"].append(f"a {good} square on a white background")
+        rows["chosen"].append(_square_image(_COLORS[good], image_size, rng, noise=0.0))
+        rows["rejected"].append(_square_image(_COLORS[bad], image_size, rng, noise=40.0))
+    features = Features({"prompt": Value("string"), "chosen": ImageFeature(), "rejected": ImageFeature()})
+    return Dataset.from_dict(rows, features=features)
+
+
+def tiny_lora_config(r: int = 4, lora_alpha: int | None = None):
+    """The LoRA config used by the diffusers training scripts (attention projections, gaussian init)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=r,
+        lora_alpha=lora_alpha if lora_alpha is not None else r,
+        init_lora_weights="gaussian",
+        target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+    )

@@ -1,0 +1,560 @@
+"""What every trl-rpo diffusion trainer shares.
+
+Pipeline loading, prompt and image encoding (SD 1.5 and SDXL), the LoRA-off reference context, saving in
+diffusers formats, resuming, model cards, TRL-style metric accumulation and validation images. The
+trainers subclass :class:`BaseDiffusionTrainer` and only add their data handling and loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import types
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from transformers import Trainer, TrainerCallback
+from transformers.trainer import TRAINING_ARGS_NAME
+
+from .base_config import BaseDiffusionConfig
+from .model_card import build_model_card
+
+logger = logging.getLogger(__name__)
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+UNET_SUBFOLDER = "unet"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small functions on pipelines (shared with the data builder)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def is_sdxl_pipeline(pipeline) -> bool:
+    """True for SDXL-style pipelines: two text encoders and a UNet with `text_time` micro-conditioning."""
+    return getattr(pipeline, "text_encoder_2", None) is not None and (
+        getattr(pipeline.unet.config, "addition_embed_type", None) == "text_time"
+    )
+
+
+def load_pipeline(model: Any, model_init_kwargs: dict | None = None, vae_model_name_or_path: str | None = None):
+    """A diffusers pipeline from an object, a Hub id or a local folder (`DiffusionPipeline.from_pretrained`)."""
+    from diffusers import AutoencoderKL, DiffusionPipeline
+
+    if isinstance(model, (str, os.PathLike)):
+        kwargs = dict(model_init_kwargs or {})
+        if isinstance(kwargs.get("torch_dtype"), str) and kwargs["torch_dtype"] != "auto":
+            kwargs["torch_dtype"] = getattr(torch, kwargs["torch_dtype"])
+        try:
+            pipeline = DiffusionPipeline.from_pretrained(os.fspath(model), **kwargs)
+        except OSError as err:
+            raise OSError(
+                f"could not load the pipeline {os.fspath(model)!r}: {err}. Pass a local folder written by "
+                "`pipeline.save_pretrained`, a pipeline object, or a Hub id reachable from this machine."
+            ) from err
+    else:
+        pipeline = model
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        if getattr(pipeline, part, None) is None:
+            raise TypeError(
+                f"{type(pipeline).__name__} has no `{part}`: expected a StableDiffusionPipeline or "
+                "StableDiffusionXLPipeline (or a model id / path of one)"
+            )
+    if vae_model_name_or_path is not None:
+        pipeline.vae = AutoencoderKL.from_pretrained(vae_model_name_or_path)
+    if hasattr(pipeline, "set_progress_bar_config"):
+        pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@torch.no_grad()
+def encode_prompts(pipeline, prompts: list[str], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """Text conditioning exactly as the pipeline computes it at inference (its own `encode_prompt`).
+
+    SD 1.5: `{"prompt_embeds"}` from its CLIP encoder. SDXL: `prompt_embeds` is the concatenation of both
+    encoders' penultimate hidden states and `pooled_prompt_embeds` the second encoder's projection.
+    """
+    encoder_device = pipeline.text_encoder.device
+    if is_sdxl_pipeline(pipeline):
+        embeds, _, pooled, _ = pipeline.encode_prompt(
+            list(prompts), device=encoder_device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        out = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+    else:
+        embeds, _ = pipeline.encode_prompt(list(prompts), encoder_device, 1, False)
+        out = {"prompt_embeds": embeds}
+    return {k: v.to(device) if device is not None else v for k, v in out.items()}
+
+
+@torch.no_grad()
+def encode_images(vae, pixel_values: torch.Tensor) -> torch.Tensor:
+    """VAE latents of images in [-1, 1], scaled (and shifted, where the VAE has a shift) as the UNet expects."""
+    latents = vae.encode(pixel_values.to(device=vae.device, dtype=vae.dtype)).latent_dist.sample()
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (latents.float() - shift) * vae.config.scaling_factor
+
+
+def sdxl_time_ids(original_sizes: torch.Tensor, crop_top_lefts: torch.Tensor, target_size: int) -> torch.Tensor:
+    """SDXL micro-conditioning `[orig_h, orig_w, crop_top, crop_left, target_h, target_w]` per image.
+
+    Uses each image's real original size and crop offset (as the diffusers SDXL scripts do), not the
+    constant `[res, res, 0, 0, res, res]` of the Diffusion-DPO reference code.
+    """
+    target = torch.full_like(original_sizes, float(target_size))
+    return torch.cat([original_sizes.float(), crop_top_lefts.float(), target.float()], dim=-1)
+
+
+def mixed_precision_dtype(args) -> torch.dtype:
+    """The dtype frozen weights are kept in: bf16 / fp16 under mixed precision, float32 otherwise."""
+    if getattr(args, "bf16", False):
+        return torch.bfloat16
+    if getattr(args, "fp16", False):
+        return torch.float16
+    return torch.float32
+
+
+def _enable_unet_gradient_checkpointing(unet, **_: Any) -> None:
+    # transformers.Trainer calls `activation_checkpointing_enable` with transformers-style kwargs; a diffusers
+    # model only knows `enable_gradient_checkpointing()`.
+    unet.enable_gradient_checkpointing()
+
+
+class _ValidationImagesCallback(TrainerCallback):
+    def __init__(self, trainer: BaseDiffusionTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % args.validation_steps == 0:
+            self.trainer.log_validation_images()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.global_step % args.validation_steps != 0:
+            self.trainer.log_validation_images()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The trainer base
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class BaseDiffusionTrainer(Trainer):
+    """A `transformers.Trainer` whose model is the UNet of a diffusers pipeline.
+
+    Handles: loading the pipeline, freezing VAE and text encoders, LoRA (via `unet.add_adapter`) or full
+    fine-tuning, the reference model (adapters disabled, or a frozen copy), saving (diffusers LoRA format or
+    a diffusers UNet folder), resuming from those checkpoints, TRL-style metrics and model cards.
+
+    Subclasses set `_tag_names`, `_name`, `_paper`, `config_class`, implement `compute_loss`, and may override
+    `needs_reference` (False skips building a reference copy).
+    """
+
+    _tag_names: list[str] = ["trl", "trl-rpo", "diffusers", "text-to-image"]
+    _name = "Diffusion"
+    _paper: dict[str, str] = {}
+    config_class = BaseDiffusionConfig
+    # compute_loss returns a per-batch mean; Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model: Any,
+        args: BaseDiffusionConfig | None = None,
+        ref_model: torch.nn.Module | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        peft_config=None,
+        data_collator=None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers=(None, None),
+    ):
+        if args is None:
+            stem = Path(os.fspath(model)).name if isinstance(model, (str, os.PathLike)) else "model"
+            args = self.config_class(output_dir=f"{stem}-{self._name}")
+        if not isinstance(args, BaseDiffusionConfig):
+            raise TypeError(f"args must be a {self.config_class.__name__}, got {type(args).__name__}")
+        self.pipeline = load_pipeline(model, args.model_init_kwargs, args.vae_model_name_or_path)
+        self.model_name_or_path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else self.pipeline.name_or_path
+        self.is_sdxl = is_sdxl_pipeline(self.pipeline)
+        self.weight_dtype = mixed_precision_dtype(args)
+        self.peft_config = peft_config
+        self.resolution = args.resolution or self.pipeline.unet.config.sample_size * self.pipeline.vae_scale_factor
+
+        from diffusers import DDPMScheduler
+
+        # Training noises with the forward process of the pipeline's own schedule.
+        self.noise_scheduler = DDPMScheduler.from_config(self.pipeline.scheduler.config)
+        self.prediction_type = args.prediction_type or self.noise_scheduler.config.prediction_type
+
+        unet = self.pipeline.unet
+        for frozen in self._frozen_modules():
+            frozen.requires_grad_(False).eval()
+        self.ref_model = self._setup_trainable_unet(unet, ref_model, args)
+        if args.activation_checkpointing:
+            unet.activation_checkpointing_enable = types.MethodType(_enable_unet_gradient_checkpointing, unet)
+
+        device = args.device
+        self._place_frozen_modules(device, args)
+        self._metrics: dict[str, defaultdict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self.args = args  # set early: dataset preparation reads it before Trainer.__init__
+        if train_dataset is not None:
+            train_dataset = self._prepare_dataset(train_dataset, "train")
+        if eval_dataset is not None:
+            if isinstance(eval_dataset, dict):
+                eval_dataset = {k: self._prepare_dataset(v, f"eval_{k}") for k, v in eval_dataset.items()}
+            else:
+                eval_dataset = self._prepare_dataset(eval_dataset, "eval")
+        super().__init__(
+            model=unet,
+            args=args,
+            data_collator=data_collator if data_collator is not None else self._default_data_collator(),
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        if self.ref_model is not None:
+            self.ref_model.to(self.accelerator.device)
+        if args.validation_prompts:
+            self.add_callback(_ValidationImagesCallback(self))
+
+    # -- model setup -------------------------------------------------------------------------------------------
+
+    def _frozen_modules(self) -> list[torch.nn.Module]:
+        names = ("vae", "text_encoder", "text_encoder_2")
+        return [m for m in (getattr(self.pipeline, n, None) for n in names) if m is not None]
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the loss compares with a reference model (False lets full fine-tuning skip the copy)."""
+        return True
+
+    def _setup_trainable_unet(self, unet, ref_model, args) -> torch.nn.Module | None:
+        from diffusers.training_utils import cast_training_params
+
+        if self.peft_config is not None:
+            if getattr(unet, "peft_config", None):
+                raise ValueError("the pipeline's UNet already has adapters; pass a UNet without LoRA and a peft_config")
+            # Frozen base weights in the mixed-precision dtype, trainable LoRA weights in float32 (as the
+            # diffusers training scripts do): memory of a half-precision model, optimizer updates in full precision.
+            unet.requires_grad_(False)
+            unet.to(dtype=self.weight_dtype)
+            unet.add_adapter(self.peft_config)
+            cast_training_params(unet, dtype=torch.float32)
+            self._trainable_parameter_names = [n for n, p in unet.named_parameters() if p.requires_grad]
+        else:
+            unet.to(dtype=torch.float32)
+            unet.requires_grad_(True)
+            self._trainable_parameter_names = [n for n, _ in unet.named_parameters()]
+            if ref_model is None and self.needs_reference:
+                # Copied before any training step, so resuming can never hand half-trained weights to the reference.
+                ref_model = copy.deepcopy(unet)
+        unet.train()
+        if ref_model is not None:
+            ref_model.requires_grad_(False).eval()
+            ref_model.to(dtype=self.weight_dtype)
+        return ref_model
+
+    def _vae_dtype(self, args) -> torch.dtype:
+        if args.vae_dtype != "auto":
+            return getattr(torch, args.vae_dtype)
+        if self.weight_dtype == torch.float16 and getattr(self.pipeline.vae.config, "force_upcast", False):
+            return torch.float32
+        return self.weight_dtype
+
+    def _place_frozen_modules(self, device, args) -> None:
+        self.pipeline.vae.to(device=device, dtype=self._vae_dtype(args))
+        for name in ("text_encoder", "text_encoder_2"):
+            encoder = getattr(self.pipeline, name, None)
+            if encoder is not None:
+                encoder.to(device=device, dtype=self.weight_dtype)
+
+    # -- hooks for subclasses ------------------------------------------------------------------------------------
+
+    def _prepare_dataset(self, dataset, name: str):
+        return dataset
+
+    def _default_data_collator(self):
+        raise NotImplementedError(f"{type(self).__name__} must provide a data collator")
+
+    # -- reference model ---------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def reference_model(self) -> Iterator[torch.nn.Module]:
+        """Yields the module that computes reference predictions.
+
+        With LoRA and no explicit `ref_model`, that is the trained UNet itself with its adapters disabled: no
+        second copy in memory. Adapters are re-enabled afterwards even if the forward pass raises, and
+        `requires_grad` is restored on the LoRA weights (PEFT's disable/enable may clear it).
+        """
+        if self.ref_model is not None:
+            yield self.ref_model
+            return
+        unet = self.accelerator.unwrap_model(self.model)
+        if self.peft_config is None:
+            raise RuntimeError("full fine-tuning without a reference model; pass ref_model or use a loss that needs none")
+        unet.disable_adapters()
+        try:
+            yield unet
+        finally:
+            unet.enable_adapters()
+            trainable = set(self._trainable_parameter_names)
+            for name, param in unet.named_parameters():
+                if name in trainable and not param.requires_grad:
+                    param.requires_grad_(True)
+
+    # -- the denoiser call -------------------------------------------------------------------------------------
+
+    def unet_forward(self, unet, noisy_latents, timesteps, conditioning: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One UNet prediction with SD 1.5 (`prompt_embeds`) or SDXL (`+ pooled_prompt_embeds, time_ids`) conditioning."""
+        kwargs: dict[str, Any] = {"encoder_hidden_states": conditioning["prompt_embeds"]}
+        if self.is_sdxl:
+            kwargs["added_cond_kwargs"] = {
+                "text_embeds": conditioning["pooled_prompt_embeds"],
+                "time_ids": conditioning["time_ids"],
+            }
+        return unet(noisy_latents, timesteps, **kwargs, return_dict=False)[0]
+
+    # -- metrics (TRL conventions) -----------------------------------------------------------------------------
+
+    def _record_metric(self, mode: str, name: str, value: torch.Tensor) -> None:
+        """Average `value` over this batch on all processes and store it for the next `log`."""
+        value = value.detach().float().reshape(-1).to(self.accelerator.device)
+        self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value).mean().item())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = {key: sum(val) / len(val) for key, val in self._metrics[mode].items() if val}
+        if mode == "eval":
+            metrics = {f"eval_{key}": val for key, val in metrics.items()}
+        logs.update(metrics)
+        super().log(logs, start_time)
+        self._metrics[mode].clear()
+
+    def _set_signature_columns_if_needed(self):
+        # The collator picks its columns; the UNet's forward signature says nothing about the dataset.
+        if self._signature_columns is None:
+            self._signature_columns = ["prompt"]
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    # -- saving and resuming -----------------------------------------------------------------------------------
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """LoRA: `pytorch_lora_weights.safetensors` loadable with `pipe.load_lora_weights(output_dir)`.
+        Full fine-tuning: a diffusers UNet folder `output_dir/unet`. Both with a model card."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        unet = self.accelerator.unwrap_model(self.model)
+        if self.peft_config is not None:
+            from diffusers.utils import convert_state_dict_to_diffusers
+            from peft.utils import get_peft_model_state_dict
+
+            lora_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, state_dict=state_dict))
+            type(self.pipeline).save_lora_weights(
+                output_dir,
+                unet_lora_layers=lora_layers,
+                unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+                safe_serialization=True,
+            )
+        else:
+            unet_dir = os.path.join(output_dir, UNET_SUBFOLDER)
+            if state_dict is None:
+                unet.save_pretrained(unet_dir, safe_serialization=True)
+            else:  # gathered by the caller (DeepSpeed / FSDP)
+                os.makedirs(unet_dir, exist_ok=True)
+                unet.save_config(unet_dir)
+                safetensors.torch.save_file(
+                    {k: v.contiguous() for k, v in state_dict.items()},
+                    os.path.join(unet_dir, "diffusion_pytorch_model.safetensors"),
+                    metadata={"format": "pt"},
+                )
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        self._write_model_card(output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Load the trained weights written by `_save` (LoRA or UNet) into the policy only.
+
+        The reference is untouched by construction: with LoRA it is the base weights (adapters off) and
+        only LoRA tensors are loaded; with full fine-tuning it is a separate frozen module.
+        """
+        unet = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if self.peft_config is not None:
+            from diffusers.utils import convert_unet_state_dict_to_peft
+            from peft.utils import set_peft_model_state_dict
+
+            path = os.path.join(resume_from_checkpoint, LORA_WEIGHT_NAME)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"cannot resume from {resume_from_checkpoint!r}: no {LORA_WEIGHT_NAME} there")
+            raw = safetensors.torch.load_file(path)
+            unet_sd = {k.removeprefix("unet."): v for k, v in raw.items() if k.startswith("unet.")}
+            result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(unet_sd), adapter_name="default")
+            unexpected = getattr(result, "unexpected_keys", None)
+            if unexpected:
+                raise ValueError(f"{path} holds LoRA weights this UNet does not have, e.g. {unexpected[:3]}")
+            if not unet_sd:
+                raise ValueError(f"{path} holds no UNet LoRA weights")
+        else:
+            state_dict = _load_unet_folder(os.path.join(resume_from_checkpoint, UNET_SUBFOLDER))
+            unet.load_state_dict(state_dict, strict=True)
+
+    def _load_best_model(self) -> None:
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """`Trainer.train`, refusing to write new checkpoints over an earlier run's by accident."""
+        if not resume_from_checkpoint and self.args.should_save and os.path.isdir(self.args.output_dir):
+            existing = sorted(p.name for p in Path(self.args.output_dir).glob("checkpoint-*") if p.is_dir())
+            if existing:
+                raise FileExistsError(
+                    f"{self.args.output_dir!r} already holds checkpoints {existing[:3]} from an earlier run; pass "
+                    "resume_from_checkpoint=True to continue it, or choose another output_dir."
+                )
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    # -- model card --------------------------------------------------------------------------------------------
+
+    def create_model_card(
+        self, model_name: str | None = None, dataset_name: str | None = None, tags: str | list[str] | None = None, **_
+    ) -> None:
+        """Write `README.md` (a diffusers model card) into `output_dir`, as TRL's trainers do."""
+        if self.is_world_process_zero():
+            self._write_model_card(self.args.output_dir, model_name=model_name, dataset_name=dataset_name, tags=tags)
+
+    def _write_model_card(self, output_dir: str, model_name=None, dataset_name=None, tags=None) -> None:
+        if isinstance(tags, str):
+            tags = [tags]
+        if dataset_name is None and self.train_dataset is not None:
+            info = getattr(self.train_dataset, "info", None)
+            dataset_name = getattr(info, "dataset_name", None) or None
+        card = build_model_card(
+            base_model=self.model_name_or_path,
+            model_name=model_name or Path(output_dir).name,
+            hub_model_id=self.args.hub_model_id,
+            dataset_name=dataset_name,
+            tags=[*self._tag_names, *(tags or [])],
+            trainer_name=self._name,
+            pipeline_class=type(self.pipeline).__name__,
+            is_lora=self.peft_config is not None,
+            hyperparameters=self._card_hyperparameters(),
+            papers=self._papers(),
+            log_history=self.state.log_history if getattr(self, "state", None) is not None else [],
+        )
+        card.save(os.path.join(output_dir, "README.md"))
+
+    def _card_hyperparameters(self) -> dict[str, Any]:
+        args = self.args
+        params = {
+            "learning_rate": args.learning_rate,
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "total_train_batch_size": args.per_device_train_batch_size
+            * args.gradient_accumulation_steps
+            * max(args.world_size, 1),
+            "max_steps": args.max_steps,
+            "num_train_epochs": args.num_train_epochs,
+            "optimizer": str(args.optim),
+            "lr_scheduler_type": str(args.lr_scheduler_type),
+            "mixed_precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "no",
+            "resolution": self.resolution,
+            "prediction_type": self.prediction_type,
+            "seed": args.seed,
+        }
+        if self.peft_config is not None:
+            params.update(
+                lora_r=self.peft_config.r,
+                lora_alpha=self.peft_config.lora_alpha,
+                lora_target_modules=sorted(self.peft_config.target_modules),
+            )
+        return params
+
+    def _papers(self) -> list[dict[str, str]]:
+        return [self._paper] if self._paper else []
+
+    # -- validation images -------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate_validation_images(self) -> list:
+        """Images of `args.validation_prompts` with the current weights (fixed seed, so runs are comparable)."""
+        args = self.args
+        unet = self.accelerator.unwrap_model(self.model)
+        was_training = unet.training
+        unet.eval()
+        device = self.accelerator.device
+        frozen_devices = {m: next(m.parameters()).device for m in self._frozen_modules()}
+        for module in frozen_devices:
+            module.to(device)
+        try:
+            generator = torch.Generator(device="cpu").manual_seed(args.seed)
+            autocast = torch.autocast(device.type, dtype=self.weight_dtype, enabled=self.weight_dtype != torch.float32)
+            with autocast:
+                images = self.pipeline(
+                    list(args.validation_prompts),
+                    num_images_per_prompt=args.num_validation_images,
+                    num_inference_steps=args.validation_num_inference_steps,
+                    guidance_scale=args.validation_guidance_scale,
+                    height=self.resolution,
+                    width=self.resolution,
+                    generator=generator,
+                ).images
+        finally:
+            for module, original in frozen_devices.items():
+                module.to(original)
+            unet.train(was_training)
+        return images
+
+    def log_validation_images(self) -> None:
+        """Render validation images, save them under `output_dir/validation/step-N/` and send them to trackers."""
+        if not self.args.validation_prompts or not self.is_world_process_zero():
+            return
+        images = self.generate_validation_images()
+        step = self.state.global_step
+        folder = Path(self.args.output_dir) / "validation" / f"step-{step:06d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        n = self.args.num_validation_images
+        captions = [p for p in self.args.validation_prompts for _ in range(n)]
+        for i, (image, caption) in enumerate(zip(images, captions)):
+            image.save(folder / f"{i // n:03d}-{i % n}.png")
+        (folder / "prompts.json").write_text(json.dumps(captions, indent=1))
+        self._send_images_to_trackers(images, captions, step)
+
+    def _send_images_to_trackers(self, images, captions, step: int) -> None:
+        import numpy as np
+
+        for callback in self.callback_handler.callbacks:
+            kind = type(callback).__name__
+            if kind == "TensorBoardCallback" and getattr(callback, "tb_writer", None) is not None:
+                stacked = np.stack([np.asarray(im) for im in images])
+                callback.tb_writer.add_images("validation", stacked, step, dataformats="NHWC")
+            elif kind == "WandbCallback" and getattr(callback, "_wandb", None) is not None:
+                wandb = callback._wandb
+                if wandb.run is not None:
+                    wandb.log({"validation": [wandb.Image(im, caption=c) for im, c in zip(images, captions)]}, step=step)
+
+
+def _load_unet_folder(folder: str) -> dict[str, torch.Tensor]:
+    """State dict of a diffusers UNet folder (single or sharded safetensors), loaded without pickle."""
+    single = os.path.join(folder, "diffusion_pytorch_model.safetensors")
+    index = os.path.join(folder, "diffusion_pytorch_model.safetensors.index.json")
+    if os.path.isfile(single):
+        return safetensors.torch.load_file(single)
+    if os.path.isfile(index):
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(safetensors.torch.load_file(os.path.join(folder, shard)))
+        return state
+    raise FileNotFoundError(f"cannot resume: no diffusers UNet weights (safetensors) in {folder!r}")

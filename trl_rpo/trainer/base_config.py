@@ -1,0 +1,124 @@
+"""Configuration fields shared by every trl-rpo diffusion trainer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+VAE_DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclass
+class BaseDiffusionConfig(TrainingArguments):
+    r"""
+    Fields shared by [`DiffusionDPOConfig`] and [`TailorPOConfig`], on top of [`~transformers.TrainingArguments`].
+
+    Parameters:
+        > Parameters that control the model
+
+        model_init_kwargs (`dict[str, Any]`, *optional*):
+            Keyword arguments for `diffusers.DiffusionPipeline.from_pretrained`, used when the trainer's `model`
+            argument is a model id or a local path (e.g. `{"variant": "fp16", "revision": "main"}`).
+        vae_model_name_or_path (`str`, *optional*):
+            A VAE to use instead of the pipeline's, e.g. `"madebyollin/sdxl-vae-fp16-fix"` for fp16 SDXL.
+        vae_dtype (`str`, *optional*, defaults to `"auto"`):
+            Dtype of the frozen VAE: `"auto"` keeps it in float32 when the VAE's config asks for `force_upcast`
+            (SDXL's VAE overflows in fp16) and uses the mixed-precision dtype otherwise; or one of `"float32"`,
+            `"float16"`, `"bfloat16"`.
+        prediction_type (`str`, *optional*):
+            Override the scheduler's `prediction_type` (`"epsilon"` or `"v_prediction"`). By default the
+            scheduler's own value is used, which is what the pipeline was trained with.
+        resolution (`int`, *optional*):
+            Side of the square training images in pixels. Defaults to the UNet's native size
+            (`unet.config.sample_size * vae_scale_factor`: 512 for SD 1.5, 1024 for SDXL).
+
+        > Parameters that control validation images
+
+        validation_prompts (`list[str]`, *optional*):
+            Prompts whose images are generated with the current weights every `validation_steps` steps, saved
+            under `output_dir/validation/` and logged to the trackers in `report_to` (TensorBoard, W&B).
+        validation_steps (`int`, *optional*, defaults to `100`):
+            Number of optimizer steps between two rounds of validation images.
+        num_validation_images (`int`, *optional*, defaults to `1`):
+            Images per validation prompt.
+        validation_num_inference_steps (`int`, *optional*, defaults to `25`):
+            Denoising steps for validation images.
+        validation_guidance_scale (`float`, *optional*, defaults to `5.0`):
+            Classifier-free guidance scale for validation images.
+
+    > [!NOTE]
+    > These parameters have default values different from [`~transformers.TrainingArguments`]:
+    > - `logging_steps`: Defaults to `10` instead of `500`.
+    > - `remove_unused_columns`: Defaults to `False`: the collator, not a model signature, chooses columns.
+    > - `ddp_find_unused_parameters`: Defaults to `False` (every trainable UNet parameter gets a gradient).
+    """
+
+    _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["model_init_kwargs"]
+
+    logging_steps: float = field(
+        default=10,
+        metadata={"help": "Log every X update steps (an integer, or a float in [0,1) for a ratio of total steps)."},
+    )
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Kept False: diffusion trainers select their columns in the data collator."},
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "Passed to DistributedDataParallel; False because every trainable UNet weight is used."},
+    )
+
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Keyword arguments for `DiffusionPipeline.from_pretrained` when `model` is an id or a path, "
+            'e.g. \'{"variant": "fp16"}\'.'
+        },
+    )
+    vae_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Replacement VAE, e.g. 'madebyollin/sdxl-vae-fp16-fix' for fp16 SDXL training."},
+    )
+    vae_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Dtype of the frozen VAE: 'auto' (float32 when the VAE config sets force_upcast, as SDXL's "
+            "overflows in fp16; else the mixed-precision dtype), 'float32', 'float16' or 'bfloat16'.",
+            "choices": list(VAE_DTYPES),
+        },
+    )
+    prediction_type: str | None = field(
+        default=None,
+        metadata={
+            "help": "Override the scheduler's prediction type ('epsilon' or 'v_prediction'); default: the scheduler's.",
+            "choices": ["epsilon", "v_prediction"],
+        },
+    )
+    resolution: int | None = field(
+        default=None,
+        metadata={"help": "Training image side in pixels; default: the UNet's native size (512 SD 1.5, 1024 SDXL)."},
+    )
+
+    validation_prompts: list[str] | None = field(
+        default=None,
+        metadata={"help": "Prompts rendered every `validation_steps` steps, saved and logged to the trackers."},
+    )
+    validation_steps: int = field(default=100, metadata={"help": "Optimizer steps between validation images."})
+    num_validation_images: int = field(default=1, metadata={"help": "Images per validation prompt."})
+    validation_num_inference_steps: int = field(default=25, metadata={"help": "Denoising steps for validation images."})
+    validation_guidance_scale: float = field(default=5.0, metadata={"help": "CFG scale for validation images."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.vae_dtype not in VAE_DTYPES:
+            raise ValueError(f"vae_dtype must be one of {VAE_DTYPES}, got {self.vae_dtype!r}")
+        if self.prediction_type not in (None, "epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
+        if self.resolution is not None and self.resolution <= 0:
+            raise ValueError(f"resolution must be positive, got {self.resolution}")
+        if self.validation_steps <= 0:
+            raise ValueError(f"validation_steps must be positive, got {self.validation_steps}")
+        if isinstance(self.validation_prompts, str):
+            self.validation_prompts = [self.validation_prompts]

@@ -1,0 +1,100 @@
+"""Configuration of the Diffusion-DPO trainer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..losses import DIFFUSION_DPO_LOSS_TYPES
+from .base_config import BaseDiffusionConfig
+
+
+@dataclass
+class DiffusionDPOConfig(BaseDiffusionConfig):
+    r"""
+    Configuration class for the [`DiffusionDPOTrainer`].
+
+    Only the parameters specific to Diffusion-DPO are listed here; see [`BaseDiffusionConfig`] for the model,
+    resolution and validation-image fields and [`~transformers.TrainingArguments`] for everything else
+    (`learning_rate`, `per_device_train_batch_size`, `gradient_accumulation_steps`, `bf16`, `optim`, ...).
+    Using [`~transformers.HfArgumentParser`] (or TRL's `TrlParser`) this class turns into command-line arguments.
+
+    Parameters:
+        > Parameters that control the loss
+
+        beta (`float`, *optional*, defaults to `5000.0`):
+            Strength of the KL regularisation towards the reference model. In this convention
+            (`chosen_rewards = -0.5 * beta * (policy_err - ref_err)`), 5000 is the Diffusion-DPO paper's value for
+            SD 1.5 and SDXL (the diffusers script writes it as `beta_dpo = 2500` without the 1/2).
+        loss_type (`str`, *optional*, defaults to `"sigmoid"`):
+            `"sigmoid"` (Diffusion-DPO), `"hinge"` (SLiC), `"ipo"` (IPO) or `"sft"` (denoising loss on the chosen
+            image only, the paper's SFT baseline). See [`diffusion_dpo_loss`] for the equations.
+
+        > Parameters that control the data
+
+        caption_dropout_probability (`float`, *optional*, defaults to `0.0`):
+            Probability of replacing a pair's prompt by the empty prompt (both images get the same empty prompt),
+            which keeps classifier-free guidance working. Diffusion-DPO's reference run used 0.2.
+        random_crop (`bool`, *optional*, defaults to `False`):
+            Crop a random window after resizing instead of the center; both images of a pair get the same window.
+        random_flip (`bool`, *optional*, defaults to `False`):
+            Flip pairs horizontally with probability 0.5 (both images together).
+        skip_invalid_rows (`bool`, *optional*, defaults to `False`):
+            Drop rows whose prompt is empty or not a string, or whose image does not decode, logging how many and
+            why. By default such a row raises an error naming its index and column.
+        dataset_num_proc (`int`, *optional*):
+            Processes for dataset validation and conversion.
+
+        > Parameters that control speed and memory
+
+        precompute_latents (`bool`, *optional*, defaults to `False`):
+            Encode every image with the VAE and every prompt with the text encoder(s) once, before training, and
+            store the results with the dataset (cached by `datasets` for file-backed datasets), so that training
+            steps run only the UNet. Random crop / flip then happen once, at precompute time.
+        precompute_batch_size (`int`, *optional*):
+            Batch size of the precompute pass. Defaults to `per_device_train_batch_size`.
+        offload_encoders (`bool`, *optional*, defaults to `True`):
+            With `precompute_latents`, move the VAE and text encoders to the CPU afterwards; they return to the
+            device only to render validation images.
+    """
+
+    learning_rate: float = field(default=1e-5, metadata={"help": "The initial learning rate for AdamW."})
+
+    beta: float = field(
+        default=5000.0,
+        metadata={"help": "KL strength; rewards are -0.5*beta*(policy_err - ref_err). 5000 is Diffusion-DPO's value."},
+    )
+    loss_type: str = field(
+        default="sigmoid",
+        metadata={"help": "Loss: 'sigmoid' (Diffusion-DPO), 'hinge', 'ipo', or 'sft'.", "choices": list(DIFFUSION_DPO_LOSS_TYPES)},
+    )
+    caption_dropout_probability: float = field(
+        default=0.0,
+        metadata={"help": "Probability of training a pair on the empty prompt (same for both images)."},
+    )
+    random_crop: bool = field(default=False, metadata={"help": "Random instead of center crop (same for the pair)."})
+    random_flip: bool = field(default=False, metadata={"help": "Random horizontal flip (same for the pair)."})
+    skip_invalid_rows: bool = field(
+        default=False,
+        metadata={"help": "Drop invalid rows (logged with reasons) instead of raising an error naming the row."},
+    )
+    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset validation."})
+    precompute_latents: bool = field(
+        default=False,
+        metadata={"help": "Encode images (VAE) and prompts (text encoders) once before training; steps run only the UNet."},
+    )
+    precompute_batch_size: int | None = field(
+        default=None, metadata={"help": "Batch size of the precompute pass (default: per-device train batch size)."}
+    )
+    offload_encoders: bool = field(
+        default=True,
+        metadata={"help": "After precompute, keep the VAE and text encoders on the CPU (back only for validation)."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.loss_type not in DIFFUSION_DPO_LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {DIFFUSION_DPO_LOSS_TYPES}, got {self.loss_type!r}")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be positive, got {self.beta}")
+        if not 0.0 <= self.caption_dropout_probability <= 1.0:
+            raise ValueError(f"caption_dropout_probability must be in [0, 1], got {self.caption_dropout_probability}")

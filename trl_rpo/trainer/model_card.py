@@ -1,0 +1,143 @@
+"""Model cards for models trained with trl-rpo (diffusers library, TRL-style tags and citations)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+
+DIFFUSION_DPO_CITATION = """@inproceedings{wallace2024diffusion,
+    title     = {{Diffusion Model Alignment Using Direct Preference Optimization}},
+    author    = {Bram Wallace and Meihua Dang and Rafael Rafailov and Linqi Zhou and Aaron Lou and Senthil Purushwalkam and Stefano Ermon and Caiming Xiong and Shafiq Joty and Nikhil Naik},
+    booktitle = {{IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)}},
+    year      = 2024,
+    eprint    = {arXiv:2311.12908}
+}"""
+
+RPO_CITATION = """@article{zhao2025rpo,
+    title   = {{Fine-Tuning Diffusion Generative Models via Rich Preference Optimization}},
+    author  = {Hanyang Zhao and Haoxian Chen and Yucheng Guo and Genta Indra Winata and Tingting Ou and Ziyu Huang and David D. Yao and Wenpin Tang},
+    year    = 2025,
+    journal = {arXiv preprint arXiv:2503.11720}
+}"""
+
+TRL_CITATION = """@software{vonwerra2020trl,
+    title   = {{TRL: Transformers Reinforcement Learning}},
+    author  = {von Werra, Leandro and Belkada, Younes and Tunstall, Lewis and Beeching, Edward and Thrush, Tristan and Lambert, Nathan and Huang, Shengyi and Rasul, Kashif and Gallouédec, Quentin},
+    license = {Apache-2.0},
+    url     = {https://github.com/huggingface/trl},
+    year    = {2020}
+}"""
+
+
+def _hub_id(name: str | None) -> str | None:
+    """A Hub id worth linking (`org/name`), not a local path."""
+    if not name or os.path.isabs(name) or os.path.exists(name) or name.count("/") != 1:
+        return None
+    return name
+
+
+def build_model_card(
+    *,
+    base_model: str | None,
+    model_name: str,
+    hub_model_id: str | None,
+    dataset_name: str | None,
+    tags: list[str],
+    trainer_name: str,
+    pipeline_class: str,
+    is_lora: bool,
+    hyperparameters: dict[str, Any],
+    papers: list[dict[str, str]],
+    log_history: list[dict[str, Any]],
+) -> ModelCard:
+    """A diffusers-style model card: metadata, how to load, hyperparameters, last metrics and citations.
+
+    Only explicitly chosen hyperparameters are written (never the whole `TrainingArguments`, which can hold a
+    Hub token).
+    """
+    base_id = _hub_id(base_model)
+    tags = list(dict.fromkeys(["text-to-image", "diffusers", *(["lora"] if is_lora else []), *tags]))
+    data = ModelCardData(
+        base_model=base_id,
+        datasets=[dataset_name] if _hub_id(dataset_name) else None,
+        library_name="diffusers",
+        pipeline_tag="text-to-image",
+        tags=tags,
+        model_name=model_name,
+    )
+    repo = hub_model_id or model_name
+    base_text = f"[{base_id}](https://huggingface.co/{base_id})" if base_id else f"`{base_model or 'a local pipeline'}`"
+    data_text = f" on [{dataset_name}](https://huggingface.co/datasets/{dataset_name})" if _hub_id(dataset_name) else (
+        f" on `{dataset_name}`" if dataset_name else ""
+    )
+    load = (
+        f'pipe.load_lora_weights("{repo}")'
+        if is_lora
+        else f'pipe.unet = UNet2DConditionModel.from_pretrained("{repo}", subfolder="unet", torch_dtype=torch.float16)'
+    )
+    imports = f"from diffusers import {pipeline_class}" + ("" if is_lora else ", UNet2DConditionModel")
+    kind = "LoRA adapter" if is_lora else "fully fine-tuned UNet"
+
+    rows = "\n".join(f"| {k} | {v} |" for k, v in hyperparameters.items())
+    last = _last_metrics(log_history)
+    metrics = "\n".join(f"| {k} | {v:.4g} |" for k, v in last.items()) if last else "| (no logged metrics yet) | |"
+    citations = [p["citation"] for p in papers if p.get("citation")] + [TRL_CITATION]
+    paper_lines = "\n".join(f"- [{p['title']}](https://huggingface.co/papers/{p['id']})" for p in papers if p.get("id"))
+
+    content = f"""---
+{data.to_yaml()}
+---
+
+# {model_name}
+
+A {kind} for {base_text}{data_text}, trained with **{trainer_name}** from
+[trl-rpo](https://github.com/trl-rpo/trl-rpo), a TRL-style library for preference optimization of
+text-to-image diffusion models.
+
+## Usage
+
+```python
+import torch
+{imports}
+
+pipe = {pipeline_class}.from_pretrained("{base_id or base_model}", torch_dtype=torch.float16)
+{load}
+image = pipe("a photo of an astronaut riding a horse").images[0]
+```
+
+## Training procedure
+
+Method papers:
+{paper_lines or "- see citations below"}
+
+### Hyperparameters
+
+| parameter | value |
+|---|---|
+{rows}
+
+### Final training metrics
+
+| metric | value |
+|---|---|
+{metrics}
+
+## Citations
+
+```bibtex
+{chr(10).join(citations)}
+```
+"""
+    return ModelCard(content)
+
+
+def _last_metrics(log_history: list[dict[str, Any]]) -> dict[str, float]:
+    keep = ("loss", "rewards/", "mse/", "eval_loss", "eval_rewards/")
+    last: dict[str, float] = {}
+    for entry in log_history:
+        for key, value in entry.items():
+            if isinstance(value, (int, float)) and key.startswith(keep):
+                last[key] = float(value)
+    return last
