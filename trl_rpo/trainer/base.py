@@ -54,7 +54,7 @@ def load_pipeline(model: Any, model_init_kwargs: dict | None = None, vae_model_n
             kwargs["torch_dtype"] = getattr(torch, kwargs["torch_dtype"])
         try:
             pipeline = DiffusionPipeline.from_pretrained(os.fspath(model), **kwargs)
-        except OSError as err:
+        except (OSError, ValueError) as err:
             raise OSError(
                 f"could not load the pipeline {os.fspath(model)!r}: {err}. Pass a local folder written by "
                 "`pipeline.save_pretrained`, a pipeline object, or a Hub id reachable from this machine."
@@ -94,9 +94,13 @@ def encode_prompts(pipeline, prompts: list[str], device: torch.device | str | No
 
 
 @torch.no_grad()
-def encode_images(vae, pixel_values: torch.Tensor) -> torch.Tensor:
-    """VAE latents of images in [-1, 1], scaled (and shifted, where the VAE has a shift) as the UNet expects."""
-    latents = vae.encode(pixel_values.to(device=vae.device, dtype=vae.dtype)).latent_dist.sample()
+def encode_images(vae, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """VAE latents of images in [-1, 1], scaled (and shifted, where the VAE has a shift) as the UNet expects.
+
+    Latents are a sample of the VAE posterior (as in the diffusers training scripts); pass `generator` for a
+    reproducible draw.
+    """
+    latents = vae.encode(pixel_values.to(device=vae.device, dtype=vae.dtype)).latent_dist.sample(generator=generator)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return (latents.float() - shift) * vae.config.scaling_factor
 
@@ -197,6 +201,8 @@ class BaseDiffusionTrainer(Trainer):
             frozen.requires_grad_(False).eval()
         self.ref_model = self._setup_trainable_unet(unet, ref_model, args)
         if args.activation_checkpointing:
+            unet.enable_gradient_checkpointing()
+            # Trainer.train() calls this transformers-only hook when activation_checkpointing is set.
             unet.activation_checkpointing_enable = types.MethodType(_enable_unet_gradient_checkpointing, unet)
 
         device = args.device
@@ -381,7 +387,7 @@ class BaseDiffusionTrainer(Trainer):
                     os.path.join(unet_dir, "diffusion_pytorch_model.safetensors"),
                     metadata={"format": "pt"},
                 )
-        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        torch.save(_without_secrets(self.args), os.path.join(output_dir, TRAINING_ARGS_NAME))
         self._write_model_card(output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
@@ -542,6 +548,15 @@ class BaseDiffusionTrainer(Trainer):
                 wandb = callback._wandb
                 if wandb.run is not None:
                     wandb.log({"validation": [wandb.Image(im, caption=c) for im, c in zip(images, captions)]}, step=step)
+
+
+def _without_secrets(args):
+    """A copy of the arguments with every `*_token` field cleared: checkpoints get pushed to the Hub."""
+    safe = copy.copy(args)
+    for name in vars(args):
+        if name.endswith("_token") and getattr(args, name) is not None:
+            setattr(safe, name, None)
+    return safe
 
 
 def _load_unet_folder(folder: str) -> dict[str, torch.Tensor]:

@@ -227,7 +227,7 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
                     null = self._null_conditioning[key].to(device=value.device, dtype=value.dtype)
                     value[drop.to(value.device)] = null
         else:
-            latents = encode_images(self.pipeline.vae, inputs["pixel_values"])
+            latents = encode_images(self.pipeline.vae, inputs["pixel_values"], self._eval_generator_or_none())
             if drop is not None:
                 prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
             cond = encode_prompts(self.pipeline, prompts, device)
@@ -240,9 +240,12 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
             ).to(device)
         return latents.to(device), conditioning
 
+    def _eval_generator_or_none(self) -> torch.Generator | None:
+        return None if self.model.training else self._eval_generator
+
     def sample_noise_and_timesteps(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Same noise and timestep for both images of a pair; seeded during evaluation so eval losses compare."""
-        generator = None if self.model.training else self._eval_generator
+        generator = self._eval_generator_or_none()
         return sample_pair_noise_and_timesteps(latents, self.noise_scheduler.config.num_train_timesteps, generator)
 
     def preference_loss(
