@@ -1,6 +1,7 @@
 import copy
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,7 +31,11 @@ def _first_log(trainer):
 
 def _generate(pipe, seed=0):
     return pipe(
-        "a red square", num_inference_steps=3, guidance_scale=1.0, output_type="np", generator=torch.Generator().manual_seed(seed)
+        "a red square",
+        num_inference_steps=3,
+        guidance_scale=1.0,
+        output_type="np",
+        generator=torch.Generator().manual_seed(seed),
     ).images
 
 
@@ -66,7 +71,9 @@ def test_v_prediction_training_runs(tmp_path):
 def test_config_prediction_type_overrides_the_schedulers(tmp_path):
     pipe = tiny_sd_pipeline(prediction_type="epsilon")
     trainer = DiffusionDPOTrainer(
-        model=pipe, args=dpo_config(tmp_path, prediction_type="v_prediction"), train_dataset=tiny_preference_dataset(4),
+        model=pipe,
+        args=dpo_config(tmp_path, prediction_type="v_prediction"),
+        train_dataset=tiny_preference_dataset(4),
         peft_config=tiny_lora_config(),
     )
     assert trainer.prediction_type == "v_prediction"
@@ -225,7 +232,10 @@ def test_full_finetuning_makes_a_frozen_copy_or_uses_ref_model(tmp_path):
     assert not any(p.requires_grad for p in trainer.ref_model.parameters())
     explicit = tiny_sd_pipeline(seed=1).unet
     trainer2 = DiffusionDPOTrainer(
-        model=tiny_sd_pipeline(), ref_model=explicit, args=dpo_config(tmp_path / "b"), train_dataset=tiny_preference_dataset(4)
+        model=tiny_sd_pipeline(),
+        ref_model=explicit,
+        args=dpo_config(tmp_path / "b"),
+        train_dataset=tiny_preference_dataset(4),
     )
     assert trainer2.ref_model is explicit
 
@@ -276,7 +286,16 @@ def test_model_card_has_base_model_hyperparameters_tags_and_citations(tmp_path):
     trainer.train()
     trainer.save_model()
     card = (tmp_path / "README.md").read_text()
-    for needle in ("library_name: diffusers", "diffusion-dpo", "trl", "lora", "learning_rate", "wallace2024diffusion", "zhao2025rpo", "load_lora_weights"):
+    for needle in (
+        "library_name: diffusers",
+        "diffusion-dpo",
+        "trl",
+        "lora",
+        "learning_rate",
+        "wallace2024diffusion",
+        "zhao2025rpo",
+        "load_lora_weights",
+    ):
         assert needle in card, needle
     assert "hf_supersecret" not in card
 
@@ -350,7 +369,7 @@ def test_resume_from_a_folder_without_weights_names_the_file(tmp_path):
         trainer._load_from_checkpoint(str(tmp_path / "checkpoint-9"))
 
 
-# -- speed and memory options -------------------------------------------------------------------------------------------
+# -- speed and memory options --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("sdxl", [False, True], ids=["sd15", "sdxl"])
@@ -410,7 +429,7 @@ def test_8bit_adamw_through_the_optim_argument(tmp_path):
     assert math.isfinite(_first_log(trainer)["loss"])
 
 
-# -- evaluation, validation images, subclassing --------------------------------------------------------------------------
+# -- evaluation, validation images, subclassing ------------------------------------------------------------
 
 
 def test_evaluate_reports_eval_metrics_and_is_repeatable(tmp_path):
@@ -429,8 +448,12 @@ def test_evaluate_reports_eval_metrics_and_is_repeatable(tmp_path):
 
 def test_validation_images_are_saved_every_n_steps(tmp_path):
     trainer = make_trainer(
-        tmp_path, max_steps=2, validation_prompts=["a red square", "a blue square"], validation_steps=1,
-        validation_num_inference_steps=2, num_validation_images=2,
+        tmp_path,
+        max_steps=2,
+        validation_prompts=["a red square", "a blue square"],
+        validation_steps=1,
+        validation_num_inference_steps=2,
+        num_validation_images=2,
     )
     trainer.train()
     for step in (1, 2):
@@ -448,7 +471,9 @@ def test_a_subclass_can_replace_the_loss_in_a_few_lines(tmp_path):
             return losses + 0.1 * torch.relu(pc - rc), chosen, rejected
 
     trainer = MarginDPOTrainer(
-        model=tiny_sd_pipeline(), args=dpo_config(tmp_path, max_steps=2), train_dataset=tiny_preference_dataset(4),
+        model=tiny_sd_pipeline(),
+        args=dpo_config(tmp_path, max_steps=2),
+        train_dataset=tiny_preference_dataset(4),
         peft_config=tiny_lora_config(),
     )
     trainer.train()
@@ -471,3 +496,33 @@ def test_pipeline_without_a_unet_is_rejected(tmp_path):
     with pytest.raises(TypeError, match="StableDiffusionPipeline"):
         DiffusionDPOTrainer(model=NotAPipeline(), args=dpo_config(tmp_path))
 
+
+def test_push_to_hub_uploads_lora_and_card_without_secrets(tmp_path, monkeypatch):
+    import transformers.trainer as hf_trainer
+
+    uploads = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, token=None, private=None, exist_ok=False):
+            return type("RepoUrl", (), {"repo_id": repo_id})()
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            files = {
+                p.relative_to(folder_path).as_posix(): p.read_bytes()
+                for p in Path(folder_path).rglob("*")
+                if p.is_file()
+            }
+            uploads.append((repo_id, files, kwargs))
+
+    monkeypatch.setattr(hf_trainer, "hf_api", lambda *a, **k: FakeApi())
+    monkeypatch.setenv("HF_TOKEN", "hf_env_secret_value")
+    trainer = make_trainer(tmp_path / "sd-dpo", max_steps=1, hub_model_id="me/sd-dpo", hub_token="hf_arg_secret_value")
+    trainer.train()
+    trainer.push_to_hub(dataset_name="me/pairs")
+    ((repo_id, files, kwargs),) = uploads
+    assert repo_id == "me/sd-dpo"
+    assert {"pytorch_lora_weights.safetensors", "README.md"} <= set(files)
+    card = files["README.md"].decode()
+    assert "me/pairs" in card and 'load_lora_weights("me/sd-dpo")' in card
+    for name, data in files.items():
+        assert b"hf_env_secret" not in data and b"hf_arg_secret" not in data, name

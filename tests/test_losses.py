@@ -32,8 +32,10 @@ def test_sigmoid_loss_matches_the_diffusion_dpo_equation():
 def test_sigmoid_loss_equals_reference_implementation_inside_term():
     # Diffusion-DPO train.py: inside = -0.5 * beta * ((pw - pl) - (rw - rl)).
     e = ERRS
-    inside = -0.5 * 5000 * (
-        (e["policy_chosen_err"] - e["policy_rejected_err"]) - (e["ref_chosen_err"] - e["ref_rejected_err"])
+    inside = (
+        -0.5
+        * 5000
+        * ((e["policy_chosen_err"] - e["policy_rejected_err"]) - (e["ref_chosen_err"] - e["ref_rejected_err"]))
     )
     losses, _, _ = diffusion_dpo_loss(**ERRS)  # default beta 5000
     torch.testing.assert_close(losses, -F.logsigmoid(inside))
@@ -67,7 +69,9 @@ def test_sft_loss_is_the_chosen_denoising_error_and_needs_no_reference():
 
 def test_rewards_are_detached_and_loss_has_gradient():
     policy = ERRS["policy_chosen_err"].clone().requires_grad_(True)
-    losses, chosen, _ = diffusion_dpo_loss(policy, ERRS["policy_rejected_err"], ERRS["ref_chosen_err"], ERRS["ref_rejected_err"])
+    losses, chosen, _ = diffusion_dpo_loss(
+        policy, ERRS["policy_rejected_err"], ERRS["ref_chosen_err"], ERRS["ref_rejected_err"]
+    )
     losses.sum().backward()
     assert policy.grad is not None and not chosen.requires_grad
     # Lowering the chosen error must lower the loss: the gradient is positive.

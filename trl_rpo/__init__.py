@@ -4,16 +4,25 @@ __version__ = "0.1.0.dev0"
 
 from .data.formats import InvalidRowError, load_preference_dataset, pickapic_to_preference, prepare_preference_dataset
 from .losses import diffusion_dpo_loss
-from .trainer import BaseDiffusionConfig, BaseDiffusionTrainer, DiffusionDPOConfig, DiffusionDPOTrainer
+from .trainer import (
+    BaseDiffusionConfig,
+    BaseDiffusionTrainer,
+    DiffusionDPOConfig,
+    DiffusionDPOTrainer,
+    DiffusionModelConfig,
+    get_peft_config,
+)
 
 __all__ = [
     "BaseDiffusionConfig",
     "BaseDiffusionTrainer",
     "DiffusionDPOConfig",
     "DiffusionDPOTrainer",
+    "DiffusionModelConfig",
     "InvalidRowError",
     "__version__",
     "diffusion_dpo_loss",
+    "get_peft_config",
     "load_preference_dataset",
     "pickapic_to_preference",
     "prepare_preference_dataset",

@@ -67,7 +67,9 @@ def load_image(value: Any, *, row: int | None = None, column: str = "image") -> 
             source = value
         else:
             raise InvalidRowError(
-                row, column, f"expected an image (PIL image, bytes, file path or datasets.Image), got {type(value).__name__}"
+                row,
+                column,
+                f"expected an image (PIL image, bytes, file path or datasets.Image), got {type(value).__name__}",
             )
         if source is None:
             raise InvalidRowError(row, column, "image cell is empty (no bytes and no path)")
@@ -87,7 +89,7 @@ def load_image(value: Any, *, row: int | None = None, column: str = "image") -> 
 
 
 def detect_format(column_names: list[str]) -> str:
-    """`"preference"` for TRL's columns, `"pickapic"` for Pick-a-Pic v2's; otherwise an error naming what is missing."""
+    """`"preference"` for TRL's columns, `"pickapic"` for Pick-a-Pic v2's; else an error naming what is missing."""
     names = set(column_names)
     if set(PREFERENCE_COLUMNS) <= names:
         return "preference"

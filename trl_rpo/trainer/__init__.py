@@ -4,6 +4,7 @@ from .base import BaseDiffusionTrainer, encode_images, encode_prompts, is_sdxl_p
 from .base_config import BaseDiffusionConfig
 from .diffusion_dpo_config import DiffusionDPOConfig
 from .diffusion_dpo_trainer import DataCollatorForDiffusionPreference, DiffusionDPOTrainer
+from .model_config import DiffusionModelConfig, get_peft_config
 
 __all__ = [
     "BaseDiffusionConfig",
@@ -11,6 +12,8 @@ __all__ = [
     "DataCollatorForDiffusionPreference",
     "DiffusionDPOConfig",
     "DiffusionDPOTrainer",
+    "DiffusionModelConfig",
+    "get_peft_config",
     "encode_images",
     "encode_prompts",
     "is_sdxl_pipeline",

@@ -184,7 +184,9 @@ class BaseDiffusionTrainer(Trainer):
         if not isinstance(args, BaseDiffusionConfig):
             raise TypeError(f"args must be a {self.config_class.__name__}, got {type(args).__name__}")
         self.pipeline = load_pipeline(model, args.model_init_kwargs, args.vae_model_name_or_path)
-        self.model_name_or_path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else self.pipeline.name_or_path
+        self.model_name_or_path = (
+            os.fspath(model) if isinstance(model, (str, os.PathLike)) else self.pipeline.name_or_path
+        )
         self.is_sdxl = is_sdxl_pipeline(self.pipeline)
         self.weight_dtype = mixed_precision_dtype(args)
         self.peft_config = peft_config
@@ -207,7 +209,10 @@ class BaseDiffusionTrainer(Trainer):
 
         device = args.device
         self._place_frozen_modules(device, args)
-        self._metrics: dict[str, defaultdict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._metrics: dict[str, defaultdict[str, list[float]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
         self.args = args  # set early: dataset preparation reads it before Trainer.__init__
         if train_dataset is not None:
             train_dataset = self._prepare_dataset(train_dataset, "train")
@@ -246,7 +251,9 @@ class BaseDiffusionTrainer(Trainer):
 
         if self.peft_config is not None:
             if getattr(unet, "peft_config", None):
-                raise ValueError("the pipeline's UNet already has adapters; pass a UNet without LoRA and a peft_config")
+                raise ValueError(
+                    "the pipeline's UNet already has adapters; pass a UNet without LoRA and a peft_config"
+                )
             # Frozen base weights in the mixed-precision dtype, trainable LoRA weights in float32 (as the
             # diffusers training scripts do): memory of a half-precision model, optimizer updates in full precision.
             unet.requires_grad_(False)
@@ -304,7 +311,9 @@ class BaseDiffusionTrainer(Trainer):
             return
         unet = self.accelerator.unwrap_model(self.model)
         if self.peft_config is None:
-            raise RuntimeError("full fine-tuning without a reference model; pass ref_model or use a loss that needs none")
+            raise RuntimeError(
+                "full fine-tuning without a reference model; pass ref_model or use a loss that needs none"
+            )
         unet.disable_adapters()
         try:
             yield unet
@@ -318,7 +327,7 @@ class BaseDiffusionTrainer(Trainer):
     # -- the denoiser call -------------------------------------------------------------------------------------
 
     def unet_forward(self, unet, noisy_latents, timesteps, conditioning: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One UNet prediction with SD 1.5 (`prompt_embeds`) or SDXL (`+ pooled_prompt_embeds, time_ids`) conditioning."""
+        """One UNet prediction with SD 1.5 (`prompt_embeds`) or SDXL (`+ pooled_prompt_embeds, time_ids`) inputs."""
         kwargs: dict[str, Any] = {"encoder_hidden_states": conditioning["prompt_embeds"]}
         if self.is_sdxl:
             kwargs["added_cond_kwargs"] = {
@@ -531,7 +540,7 @@ class BaseDiffusionTrainer(Trainer):
         folder.mkdir(parents=True, exist_ok=True)
         n = self.args.num_validation_images
         captions = [p for p in self.args.validation_prompts for _ in range(n)]
-        for i, (image, caption) in enumerate(zip(images, captions)):
+        for i, image in enumerate(images):
             image.save(folder / f"{i // n:03d}-{i % n}.png")
         (folder / "prompts.json").write_text(json.dumps(captions, indent=1))
         self._send_images_to_trackers(images, captions, step)
@@ -547,7 +556,9 @@ class BaseDiffusionTrainer(Trainer):
             elif kind == "WandbCallback" and getattr(callback, "_wandb", None) is not None:
                 wandb = callback._wandb
                 if wandb.run is not None:
-                    wandb.log({"validation": [wandb.Image(im, caption=c) for im, c in zip(images, captions)]}, step=step)
+                    wandb.log(
+                        {"validation": [wandb.Image(im, caption=c) for im, c in zip(images, captions)]}, step=step
+                    )
 
 
 def _without_secrets(args):

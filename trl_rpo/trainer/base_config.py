@@ -92,7 +92,7 @@ class BaseDiffusionConfig(TrainingArguments):
     prediction_type: str | None = field(
         default=None,
         metadata={
-            "help": "Override the scheduler's prediction type ('epsilon' or 'v_prediction'); default: the scheduler's.",
+            "help": "Override the scheduler's prediction type ('epsilon' or 'v_prediction'); default: scheduler's.",
             "choices": ["epsilon", "v_prediction"],
         },
     )
@@ -107,7 +107,9 @@ class BaseDiffusionConfig(TrainingArguments):
     )
     validation_steps: int = field(default=100, metadata={"help": "Optimizer steps between validation images."})
     num_validation_images: int = field(default=1, metadata={"help": "Images per validation prompt."})
-    validation_num_inference_steps: int = field(default=25, metadata={"help": "Denoising steps for validation images."})
+    validation_num_inference_steps: int = field(
+        default=25, metadata={"help": "Denoising steps for validation images."}
+    )
     validation_guidance_scale: float = field(default=5.0, metadata={"help": "CFG scale for validation images."})
 
     def __post_init__(self):

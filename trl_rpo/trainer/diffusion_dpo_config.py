@@ -65,7 +65,10 @@ class DiffusionDPOConfig(BaseDiffusionConfig):
     )
     loss_type: str = field(
         default="sigmoid",
-        metadata={"help": "Loss: 'sigmoid' (Diffusion-DPO), 'hinge', 'ipo', or 'sft'.", "choices": list(DIFFUSION_DPO_LOSS_TYPES)},
+        metadata={
+            "help": "Loss: 'sigmoid' (Diffusion-DPO), 'hinge', 'ipo', or 'sft'.",
+            "choices": list(DIFFUSION_DPO_LOSS_TYPES),
+        },
     )
     caption_dropout_probability: float = field(
         default=0.0,
@@ -80,7 +83,9 @@ class DiffusionDPOConfig(BaseDiffusionConfig):
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset validation."})
     precompute_latents: bool = field(
         default=False,
-        metadata={"help": "Encode images (VAE) and prompts (text encoders) once before training; steps run only the UNet."},
+        metadata={
+            "help": "Encode images (VAE) and prompts (text encoders) once before training; steps run only the UNet."
+        },
     )
     precompute_batch_size: int | None = field(
         default=None, metadata={"help": "Batch size of the precompute pass (default: per-device train batch size)."}

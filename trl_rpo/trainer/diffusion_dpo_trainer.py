@@ -43,7 +43,9 @@ class DataCollatorForDiffusionPreference:
         if _PRECOMPUTED in examples[0]:
             batch = {
                 "prompt": prompts,
-                "latents": torch.cat([torch.stack([ex[f"{k}_latents"] for ex in examples]) for k in ("chosen", "rejected")]),
+                "latents": torch.cat(
+                    [torch.stack([ex[f"{k}_latents"] for ex in examples]) for k in ("chosen", "rejected")]
+                ),
                 "prompt_embeds": torch.stack([ex["prompt_embeds"] for ex in examples]),
             }
             if "pooled_prompt_embeds" in examples[0]:
@@ -150,7 +152,10 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
         args = self.args
         with args.main_process_first(desc=f"preparing {name} dataset"):
             dataset = prepare_preference_dataset(
-                dataset, skip_invalid_rows=args.skip_invalid_rows, num_proc=args.dataset_num_proc, name=f"{name}_dataset"
+                dataset,
+                skip_invalid_rows=args.skip_invalid_rows,
+                num_proc=args.dataset_num_proc,
+                name=f"{name}_dataset",
             )
             if len(dataset) == 0:
                 raise ValueError(f"{name}_dataset has no usable rows left after validation")
@@ -165,7 +170,10 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
         parts = [type(self.pipeline).__name__, str(self.model_name_or_path)]
         for module in self._frozen_modules():
             params = list(module.parameters())
-            parts.append(f"{sum(p.numel() for p in params)}:{params[0].float().sum().item():.6e}:{params[-1].float().sum().item():.6e}")
+            parts.append(
+                f"{sum(p.numel() for p in params)}:"
+                f"{params[0].float().sum().item():.6e}:{params[-1].float().sum().item():.6e}"
+            )
             parts.append(str(next(module.parameters()).dtype))
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
@@ -195,7 +203,14 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
             return out
 
         fingerprint = Hasher.hash(
-            [dataset._fingerprint, self._frozen_signature(), self.resolution, args.random_crop, args.random_flip, args.seed]
+            [
+                dataset._fingerprint,
+                self._frozen_signature(),
+                self.resolution,
+                args.random_crop,
+                args.random_flip,
+                args.seed,
+            ]
         )
         encoded = dataset.map(
             encode,
@@ -257,7 +272,12 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Per-pair losses and implicit rewards; see [`diffusion_dpo_loss`]."""
         return diffusion_dpo_loss(
-            policy_chosen_err, policy_rejected_err, ref_chosen_err, ref_rejected_err, self.args.beta, self.args.loss_type
+            policy_chosen_err,
+            policy_rejected_err,
+            ref_chosen_err,
+            ref_rejected_err,
+            self.args.beta,
+            self.args.loss_type,
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -298,6 +318,8 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
             eval_dataset = self._prepare_dataset(eval_dataset, "eval")
         self._eval_generator = torch.Generator().manual_seed(self.args.seed)
         try:
-            return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+            return super().evaluate(
+                eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix
+            )
         finally:
             self._eval_generator = None

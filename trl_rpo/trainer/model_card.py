@@ -68,9 +68,13 @@ def build_model_card(
         model_name=model_name,
     )
     repo = hub_model_id or model_name
-    base_text = f"[{base_id}](https://huggingface.co/{base_id})" if base_id else f"`{base_model or 'a local pipeline'}`"
-    data_text = f" on [{dataset_name}](https://huggingface.co/datasets/{dataset_name})" if _hub_id(dataset_name) else (
-        f" on `{dataset_name}`" if dataset_name else ""
+    base_text = (
+        f"[{base_id}](https://huggingface.co/{base_id})" if base_id else f"`{base_model or 'a local pipeline'}`"
+    )
+    data_text = (
+        f" on [{dataset_name}](https://huggingface.co/datasets/{dataset_name})"
+        if _hub_id(dataset_name)
+        else (f" on `{dataset_name}`" if dataset_name else "")
     )
     load = (
         f'pipe.load_lora_weights("{repo}")'
@@ -84,7 +88,9 @@ def build_model_card(
     last = _last_metrics(log_history)
     metrics = "\n".join(f"| {k} | {v:.4g} |" for k, v in last.items()) if last else "| (no logged metrics yet) | |"
     citations = [p["citation"] for p in papers if p.get("citation")] + [TRL_CITATION]
-    paper_lines = "\n".join(f"- [{p['title']}](https://huggingface.co/papers/{p['id']})" for p in papers if p.get("id"))
+    paper_lines = "\n".join(
+        f"- [{p['title']}](https://huggingface.co/papers/{p['id']})" for p in papers if p.get("id")
+    )
 
     content = f"""---
 {data.to_yaml()}
