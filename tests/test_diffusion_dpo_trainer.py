@@ -526,3 +526,15 @@ def test_push_to_hub_uploads_lora_and_card_without_secrets(tmp_path, monkeypatch
     assert "me/pairs" in card and 'load_lora_weights("me/sd-dpo")' in card
     for name, data in files.items():
         assert b"hf_env_secret" not in data and b"hf_arg_secret" not in data, name
+
+
+def test_vae_encoding_ignores_an_enclosing_autocast():
+    from trl_rpo.trainer import encode_images
+
+    vae = tiny_sd_pipeline().vae
+    pixels = torch.rand(1, 3, 32, 32) * 2 - 1
+    plain = encode_images(vae, pixels, torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = encode_images(vae, pixels, torch.Generator().manual_seed(0))
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, plain)

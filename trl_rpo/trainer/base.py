@@ -98,9 +98,12 @@ def encode_images(vae, pixel_values: torch.Tensor, generator: torch.Generator | 
     """VAE latents of images in [-1, 1], scaled (and shifted, where the VAE has a shift) as the UNet expects.
 
     Latents are a sample of the VAE posterior (as in the diffusers training scripts); pass `generator` for a
-    reproducible draw.
+    reproducible draw. Autocast is switched off so the VAE really runs in its own dtype: SDXL's VAE is kept in
+    float32 because it overflows in fp16, which an enclosing fp16 autocast would silently undo.
     """
-    latents = vae.encode(pixel_values.to(device=vae.device, dtype=vae.dtype)).latent_dist.sample(generator=generator)
+    pixel_values = pixel_values.to(device=vae.device, dtype=vae.dtype)
+    with torch.autocast(device_type=pixel_values.device.type, enabled=False):
+        latents = vae.encode(pixel_values).latent_dist.sample(generator=generator)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return (latents.float() - shift) * vae.config.scaling_factor
 
