@@ -43,3 +43,77 @@ def test_per_sample_mse_averages_all_non_batch_dimensions():
     target = torch.ones(2, 3, 4, 4)
     target[1] *= 2
     torch.testing.assert_close(per_sample_mse(pred, target), torch.tensor([1.0, 4.0]))
+
+
+def _ddim(prediction_type="epsilon", steps=10):
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_ddim_step_matches_the_schedulers_step_mean_and_variance(prediction_type):
+    from trl_rpo.diffusion import ddim_step_with_logprob
+
+    scheduler = _ddim(prediction_type)
+    torch.manual_seed(0)
+    x, out, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    for t in scheduler.timesteps:  # including the last step, which goes to the "final" alpha
+        expected = scheduler.step(out, t, x, eta=0.7, variance_noise=noise).prev_sample
+        mean_only = scheduler.step(out, t, x, eta=0.7, variance_noise=torch.zeros_like(noise)).prev_sample
+        prev, _, mean, std = ddim_step_with_logprob(
+            scheduler, out, t, x, eta=0.7, prev_sample=mean_only + (expected - mean_only)
+        )
+        torch.testing.assert_close(mean, mean_only, atol=1e-5, rtol=1e-5)
+        prev_t = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+        expected_std = 0.7 * scheduler._get_variance(t, prev_t) ** 0.5
+        torch.testing.assert_close(std.flatten(), torch.full((3,), float(expected_std)), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(mean + std * noise, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_ddim_step_accepts_a_batch_of_different_timesteps():
+    from trl_rpo.diffusion import ddim_step_with_logprob
+
+    scheduler = _ddim()
+    x, out = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    ts = scheduler.timesteps[[1, 5]]
+    _, _, mean, _ = ddim_step_with_logprob(scheduler, out, ts, x, eta=1.0)
+    for i, t in enumerate(ts):
+        ref = scheduler.step(out[i : i + 1], t, x[i : i + 1], eta=1.0, variance_noise=torch.zeros(1, 4, 8, 8))
+        torch.testing.assert_close(mean[i : i + 1], ref.prev_sample, atol=1e-5, rtol=1e-5)
+
+
+def test_ddim_log_prob_is_the_gaussian_density_of_the_drawn_sample():
+    from trl_rpo.diffusion import ddim_step_with_logprob
+
+    scheduler = _ddim()
+    x, out = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    t = scheduler.timesteps[3]
+    prev, log_prob, mean, std = ddim_step_with_logprob(
+        scheduler, out, t, x, eta=1.0, generator=torch.Generator().manual_seed(0)
+    )
+    dist = torch.distributions.Normal(mean, std.expand_as(mean))
+    torch.testing.assert_close(log_prob, dist.log_prob(prev).mean(dim=(1, 2, 3)))
+    # The mean itself is the most likely sample.
+    _, at_mean, _, _ = ddim_step_with_logprob(scheduler, out, t, x, eta=1.0, prev_sample=mean)
+    assert torch.all(at_mean > log_prob)
+
+
+def test_ddim_step_needs_positive_eta():
+    from trl_rpo.diffusion import ddim_step_with_logprob
+
+    scheduler = _ddim()
+    with pytest.raises(ValueError, match="eta"):
+        ddim_step_with_logprob(
+            scheduler, torch.zeros(1, 4, 8, 8), scheduler.timesteps[0], torch.zeros(1, 4, 8, 8), eta=0.0
+        )

@@ -68,6 +68,62 @@ def test_diffusion_dpo_example_runs_under_accelerate_launch(tmp_path):
     ).images.shape == (1, 32, 32, 3)
 
 
+def _launch(script, *args):
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu", str(script), *args]
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_tailorpo_example_runs_under_accelerate_launch_with_the_aesthetic_scorer(tmp_path):
+    from safetensors.torch import save_file
+
+    from trl_rpo.rewards import AestheticMLP
+    from trl_rpo.testing import tiny_clip_model, tiny_clip_processor
+
+    tiny_sd_pipeline().save_pretrained(tmp_path / "pipe")
+    tiny_clip_model().save_pretrained(tmp_path / "clip")
+    tiny_clip_processor().save_pretrained(tmp_path / "clip")
+    save_file(AestheticMLP(32).state_dict(), tmp_path / "head.safetensors")
+    out = tmp_path / "out"
+    result = _launch(
+        EXAMPLES / "tailorpo.py",
+        "--model_name_or_path", str(tmp_path / "pipe"),
+        "--prompts_name_or_path", str(EXAMPLES / "prompts" / "animals.txt"),
+        "--reward_funcs", "aesthetic", "jpeg_compressibility",
+        "--reward_weights", "1.0", "0.1",
+        "--aesthetic_clip_model", str(tmp_path / "clip"),
+        "--aesthetic_head", str(tmp_path / "head.safetensors"),
+        "--output_dir", str(out),
+        "--use_peft", "--lora_r", "4",
+        "--num_inference_steps", "3", "--num_selected_timesteps", "2",
+        "--max_steps", "2", "--per_device_train_batch_size", "2",
+        "--logging_steps", "1", "--report_to", "none", "--save_strategy", "no",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rewards/aesthetic/mean" in result.stdout and "rewards/jpeg_compressibility/mean" in result.stdout
+    assert (out / "pytorch_lora_weights.safetensors").is_file() and "tailorpo" in (out / "README.md").read_text()
+
+
+def test_tailorpo_yaml_config_parses_into_every_dataclass():
+    from trl import TrlParser
+
+    from trl_rpo import TailorPOConfig
+
+    example = _load_example("tailorpo")
+    parser = TrlParser((example.ScriptArguments, TailorPOConfig, DiffusionModelConfig))
+    script, training, model = parser.parse_args_and_config(
+        ["--config", str(EXAMPLES / "configs" / "tailorpo_sd15_aesthetic.yaml"), "--bf16", "false"]
+    )
+    assert script.reward_funcs == ["aesthetic"] and training.num_inference_steps == 20 and training.eta == 1.0
+    assert model.use_peft and model.lora_r == 4
+
+
+def test_tailorpo_example_refuses_unknown_reward_names():
+    example = _load_example("tailorpo")
+    with pytest.raises(SystemExit, match="unknown reward"):
+        example.build_rewards(example.ScriptArguments(prompts_name_or_path="x", reward_funcs=["beauty"]))
+
+
 def test_example_yaml_config_parses_into_every_dataclass():
     from trl import TrlParser
 

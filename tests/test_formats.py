@@ -157,3 +157,20 @@ def test_load_preference_dataset_reads_save_to_disk_folders(tmp_path):
     assert load_preference_dataset(str(tmp_path / "single"))["prompt"] == ["p"]
     with pytest.raises(KeyError, match="validation"):
         load_preference_dataset(str(tmp_path / "dd"), split="validation")
+
+
+def test_prompt_dataset_loads_from_a_text_file_one_prompt_per_line(tmp_path):
+    from trl_rpo.data import load_prompt_dataset
+
+    path = tmp_path / "prompts.txt"
+    path.write_text("a cat\n\n  a dog  \n")
+    assert load_prompt_dataset(str(path))["prompt"] == ["a cat", "a dog"]
+
+
+def test_prompt_dataset_renames_the_prompt_column_and_names_a_missing_one(tmp_path):
+    from trl_rpo.data import load_prompt_dataset
+
+    Dataset.from_dict({"caption": ["a cat", "a dog"]}).save_to_disk(tmp_path / "d")
+    assert load_prompt_dataset(str(tmp_path / "d"), prompt_column="caption")["prompt"] == ["a cat", "a dog"]
+    with pytest.raises(InvalidRowError, match="column 'text'"):
+        load_prompt_dataset(str(tmp_path / "d"), prompt_column="text")

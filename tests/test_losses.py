@@ -86,3 +86,32 @@ def test_unknown_loss_type_is_rejected():
 def test_preference_losses_require_reference_errors():
     with pytest.raises(ValueError, match="needs the reference"):
         diffusion_dpo_loss(ERRS["policy_chosen_err"], ERRS["policy_rejected_err"], None, None, loss_type="sigmoid")
+
+
+def test_stepwise_loss_matches_its_equation_inside_the_clip_range():
+    from trl_rpo.losses import stepwise_dpo_loss
+
+    pw, pl = torch.tensor([-1.00, -2.0]), torch.tensor([-1.05, -2.0])
+    rw, rl = torch.tensor([-1.02, -2.0]), torch.tensor([-1.00, -2.01])
+    losses, chosen, rejected = stepwise_dpo_loss(pw, pl, rw, rl, beta=10.0, clip_range=0.1)
+    torch.testing.assert_close(chosen, 10 * (pw - rw))
+    torch.testing.assert_close(rejected, 10 * (pl - rl))
+    torch.testing.assert_close(losses, -F.logsigmoid(10 * ((pw - rw) - (pl - rl))))
+
+
+def test_stepwise_loss_clips_ratios_and_stops_their_gradient():
+    from trl_rpo.losses import stepwise_dpo_loss
+
+    policy = torch.tensor([0.5, 0.01], requires_grad=True)  # log-ratios 0.5 (clipped) and 0.01 (not)
+    losses, chosen, _ = stepwise_dpo_loss(policy, torch.zeros(2), torch.zeros(2), torch.zeros(2), beta=1.0)
+    torch.testing.assert_close(chosen[0], torch.tensor(math.log(1.1)))
+    losses.sum().backward()
+    assert policy.grad[0] == 0 and policy.grad[1] < 0
+
+
+def test_stepwise_loss_is_ln2_when_policy_equals_reference():
+    from trl_rpo.losses import stepwise_dpo_loss
+
+    logp = torch.randn(3)
+    losses, _, _ = stepwise_dpo_loss(logp, logp + 1, logp.clone(), logp + 1)
+    torch.testing.assert_close(losses, torch.full((3,), math.log(2)))

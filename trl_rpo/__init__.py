@@ -3,13 +3,15 @@
 __version__ = "0.1.0.dev0"
 
 from .data.formats import InvalidRowError, load_preference_dataset, pickapic_to_preference, prepare_preference_dataset
-from .losses import diffusion_dpo_loss
+from .losses import diffusion_dpo_loss, stepwise_dpo_loss
 from .trainer import (
     BaseDiffusionConfig,
     BaseDiffusionTrainer,
     DiffusionDPOConfig,
     DiffusionDPOTrainer,
     DiffusionModelConfig,
+    TailorPOConfig,
+    TailorPOTrainer,
     get_peft_config,
 )
 
@@ -20,9 +22,12 @@ __all__ = [
     "DiffusionDPOTrainer",
     "DiffusionModelConfig",
     "InvalidRowError",
+    "TailorPOConfig",
+    "TailorPOTrainer",
     "__version__",
     "diffusion_dpo_loss",
     "get_peft_config",
+    "stepwise_dpo_loss",
     "load_preference_dataset",
     "pickapic_to_preference",
     "prepare_preference_dataset",

@@ -5,6 +5,8 @@ Small functions with no model or trainer state, in the spirit of `diffusers.trai
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -12,6 +14,10 @@ __all__ = [
     "sample_pair_noise_and_timesteps",
     "diffusion_target",
     "per_sample_mse",
+    "predicted_original_sample",
+    "ddim_previous_timestep",
+    "ddim_step_with_logprob",
+    "gaussian_log_prob",
 ]
 
 
@@ -73,3 +79,113 @@ def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
     """
     err = F.mse_loss(prediction.float(), target.float(), reduction="none")
     return err.mean(dim=tuple(range(1, err.ndim)))
+
+
+def _per_sample(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Broadcast a per-sample `[B]` (or scalar) tensor against `[B, C, H, W]`."""
+    value = torch.as_tensor(value, device=like.device, dtype=torch.float32)
+    return value.reshape(-1, *([1] * (like.ndim - 1))) if value.ndim else value
+
+
+def predicted_original_sample(
+    model_output: torch.Tensor, sample: torch.Tensor, alpha_prod_t: torch.Tensor, prediction_type: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The clean sample and the noise implied by a denoiser output at :math:`\bar\alpha_t`.
+
+    * epsilon: :math:`\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\epsilon) / \sqrt{\bar\alpha_t}`
+    * v_prediction: :math:`\hat x_0 = \sqrt{\bar\alpha_t}\,x_t - \sqrt{1-\bar\alpha_t}\,\hat v`,
+      :math:`\hat\epsilon = \sqrt{\bar\alpha_t}\,\hat v + \sqrt{1-\bar\alpha_t}\,x_t`
+    * sample: :math:`\hat x_0` is the output.
+
+    Returns `(x0_hat, eps_hat)`, in float32.
+    """
+    a = _per_sample(alpha_prod_t, sample)
+    x, out = sample.float(), model_output.float()
+    if prediction_type == "epsilon":
+        return (x - (1 - a).sqrt() * out) / a.sqrt(), out
+    if prediction_type == "v_prediction":
+        return a.sqrt() * x - (1 - a).sqrt() * out, a.sqrt() * out + (1 - a).sqrt() * x
+    if prediction_type == "sample":
+        return out, (x - a.sqrt() * out) / (1 - a).sqrt()
+    raise ValueError(f"unknown prediction_type {prediction_type!r}")
+
+
+def ddim_previous_timestep(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    """The timestep DDIM steps to from `timesteps` (`t - T / num_inference_steps`; negative means "final")."""
+    if scheduler.num_inference_steps is None:
+        raise ValueError("call scheduler.set_timesteps(num_inference_steps) before stepping")
+    return timesteps - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+
+
+def ddim_step_with_logprob(
+    scheduler,
+    model_output: torch.Tensor,
+    timesteps: torch.Tensor,
+    sample: torch.Tensor,
+    eta: float = 1.0,
+    prev_sample: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    prediction_type: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""One stochastic DDIM step (Song et al., 2021, Eq. 12) and the Gaussian log-probability of its result.
+
+    With :math:`a = \bar\alpha_t`, :math:`a' = \bar\alpha_{t'}` for the previous timestep :math:`t'`:
+
+    .. math::
+        \sigma_t^2 = \frac{1-a'}{1-a}\Big(1-\frac{a}{a'}\Big), \qquad s = \eta\,\sigma_t \\
+        \mu = \sqrt{a'}\,\hat x_0 + \sqrt{1-a'-s^2}\;\hat\epsilon, \qquad
+        x_{t'} \sim \mathcal N(\mu, s^2 I) \\
+        \log p(x_{t'} \mid x_t)
+            = \frac{1}{D}\sum_{d}\Big[-\frac{(x_{t'}-\mu)_d^2}{2 s^2} - \log s - \tfrac12\log 2\pi\Big]
+
+    which is exactly the mean and variance of `DDIMScheduler.step(..., eta=eta)` (tested), but for a *batch* of
+    timesteps, and with the log-density that step-wise preference methods (DDPO, D3PO, SPO, TailorPO) need. The
+    log-probability is averaged over the :math:`D` non-batch dimensions, as in DDPO's implementation, so it does
+    not scale with resolution.
+
+    Args:
+        scheduler: a `DDIMScheduler` after `set_timesteps` (its `alphas_cumprod`, `final_alpha_cumprod`,
+            `num_inference_steps` and `prediction_type` are used).
+        model_output: the (guided) denoiser output at `(sample, timesteps)`.
+        timesteps: `[B]` or a scalar.
+        sample: :math:`x_t`, `[B, C, H, W]`.
+        eta: stochasticity; must be > 0 for a density to exist.
+        prev_sample: evaluate the log-probability of this :math:`x_{t'}` instead of drawing one.
+        generator: for the draw when `prev_sample` is None.
+        prediction_type: defaults to the scheduler's.
+
+    Returns:
+        `(prev_sample, log_prob [B], mean, std [B,1,1,1])`, computed in float32.
+    """
+    if eta <= 0:
+        raise ValueError(f"eta must be > 0 for a stochastic step with a log-probability, got {eta}")
+    if getattr(scheduler.config, "thresholding", False):
+        raise ValueError("dynamic thresholding makes the step non-Gaussian; use a scheduler with thresholding=False")
+    timesteps = torch.as_tensor(timesteps, device=sample.device).long().reshape(-1).expand(sample.shape[0])
+    prev_t = ddim_previous_timestep(scheduler, timesteps)
+    alphas = scheduler.alphas_cumprod.to(sample.device)
+    final = torch.as_tensor(scheduler.final_alpha_cumprod, device=sample.device, dtype=alphas.dtype)
+    a = alphas[timesteps]
+    a_prev = torch.where(prev_t >= 0, alphas[prev_t.clamp(min=0)], final)
+
+    x0, eps = predicted_original_sample(model_output, sample, a, prediction_type or scheduler.config.prediction_type)
+    if getattr(scheduler.config, "clip_sample", False):
+        x0 = x0.clamp(-scheduler.config.clip_sample_range, scheduler.config.clip_sample_range)
+    variance = (1 - a_prev) / (1 - a) * (1 - a / a_prev)
+    std = _per_sample(eta * variance.sqrt(), sample)
+    a_prev = _per_sample(a_prev, sample)
+    mean = a_prev.sqrt() * x0 + (1 - a_prev - std**2).clamp(min=0).sqrt() * eps
+
+    if prev_sample is None:
+        noise = torch.randn(
+            sample.shape, generator=generator, device=generator.device if generator is not None else "cpu"
+        ).to(sample.device)
+        prev_sample = mean + std * noise
+    log_prob = gaussian_log_prob(prev_sample.float(), mean, std)
+    return prev_sample.to(sample.dtype), log_prob, mean, std
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    r"""Per-sample :math:`\frac1D\sum_d \log\mathcal N(x_d; \mu_d, s^2)`, averaged over non-batch dimensions."""
+    log_prob = -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
+    return log_prob.mean(dim=tuple(range(1, x.ndim)))

@@ -14,10 +14,12 @@ and every loss below is a function of the margin :math:`h = r_w - r_l`.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DIFFUSION_DPO_LOSS_TYPES", "diffusion_dpo_loss"]
+__all__ = ["DIFFUSION_DPO_LOSS_TYPES", "diffusion_dpo_loss", "stepwise_dpo_loss"]
 
 DIFFUSION_DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "sft")
 
@@ -79,3 +81,43 @@ def diffusion_dpo_loss(
     if has_ref:
         chosen_rewards, rejected_rewards = chosen_rewards.detach(), rejected_rewards.detach()
     return losses, chosen_rewards, rejected_rewards
+
+
+def stepwise_dpo_loss(
+    policy_chosen_logp: torch.Tensor,
+    policy_rejected_logp: torch.Tensor,
+    ref_chosen_logp: torch.Tensor,
+    ref_rejected_logp: torch.Tensor,
+    beta: float = 10.0,
+    clip_range: float | None = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""DPO on one denoising step of a preference pair (SPO / D3PO form, used by TailorPO).
+
+    For a chosen and a rejected next sample :math:`x^w_{t-1}, x^l_{t-1}` (for TailorPO, drawn from the same
+    parent :math:`x_t`), with per-step log-probabilities from :func:`trl_rpo.diffusion.ddim_step_with_logprob`:
+
+    .. math::
+        \log r_w = \operatorname{clip}\big(\log\pi_\theta(x^w_{t-1}\mid x_t) - \log\pi_{ref}(x^w_{t-1}\mid x_t),
+        \log(1-\epsilon), \log(1+\epsilon)\big) \\
+        \mathcal L = -\log\sigma\big(\beta\,(\log r_w - \log r_l)\big)
+
+    The clipped ratio is SPO's (Liang et al., 2024, arXiv 2406.04314; D3PO clips the same way): once a step's
+    probability ratio leaves :math:`[1-\epsilon, 1+\epsilon]` it stops receiving gradient, a trust region that
+    keeps the per-step policy close to the reference. TailorPO's paper does not state its exact form (see
+    docs/tailorpo_trainer.md); this default follows SPO, with :math:`\beta = 10`, :math:`\epsilon = 0.1`.
+    `clip_range=None` disables clipping.
+
+    Returns:
+        ``(losses, chosen_rewards, rejected_rewards)`` with rewards :math:`\beta \log r` (detached).
+    """
+    chosen_ratio = policy_chosen_logp - ref_chosen_logp
+    rejected_ratio = policy_rejected_logp - ref_rejected_logp
+    if clip_range is not None:
+        if not 0 < clip_range < 1:
+            raise ValueError(f"clip_range must be in (0, 1), got {clip_range}")
+        low, high = math.log(1 - clip_range), math.log(1 + clip_range)
+        chosen_ratio = chosen_ratio.clamp(low, high)
+        rejected_ratio = rejected_ratio.clamp(low, high)
+    chosen_rewards, rejected_rewards = beta * chosen_ratio, beta * rejected_ratio
+    losses = -F.logsigmoid(chosen_rewards - rejected_rewards)
+    return losses, chosen_rewards.detach(), rejected_rewards.detach()

@@ -27,6 +27,11 @@ __all__ = [
     "tiny_sdxl_pipeline",
     "tiny_preference_dataset",
     "tiny_lora_config",
+    "tiny_clip_model",
+    "tiny_clip_processor",
+    "tiny_aesthetic_scorer",
+    "tiny_clip_scorer",
+    "tiny_pickscore_scorer",
 ]
 
 _TEXT_HIDDEN = 32
@@ -248,3 +253,60 @@ def tiny_lora_config(r: int = 4, lora_alpha: int | None = None):
         init_lora_weights="gaussian",
         target_modules=["to_q", "to_k", "to_v", "to_out.0"],
     )
+
+
+def tiny_clip_model(seed: int = 0, image_size: int = 32, projection_dim: int = 32):
+    """A seeded tiny `CLIPModel` (text and vision towers) whose text side reads `tiny_clip_tokenizer` ids."""
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
+
+    _seed(seed)
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        image_size=image_size,
+        patch_size=8,
+        projection_dim=projection_dim,
+    )
+    config = CLIPConfig(
+        text_config=_text_config(projection_dim).to_dict(),
+        vision_config=vision.to_dict(),
+        projection_dim=projection_dim,
+    )
+    return CLIPModel(config).eval()
+
+
+def tiny_clip_processor(image_size: int = 32):
+    """A `CLIPProcessor` (OpenAI CLIP statistics) around `tiny_clip_tokenizer`, sized for `tiny_clip_model`."""
+    from transformers import CLIPImageProcessor, CLIPProcessor
+
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    return CLIPProcessor(image_processor=image_processor, tokenizer=tiny_clip_tokenizer())
+
+
+def tiny_aesthetic_scorer(seed: int = 0):
+    """`AestheticScorer` on a tiny random CLIP and a random LAION-layout MLP head (same code path as the real one)."""
+    from .rewards import AestheticMLP, AestheticScorer
+
+    clip = tiny_clip_model(seed)
+    _seed(seed + 1)
+    return AestheticScorer(
+        clip_model=clip, head=AestheticMLP(clip.config.projection_dim), processor=tiny_clip_processor()
+    )
+
+
+def tiny_clip_scorer(seed: int = 0):
+    """`CLIPScorer` on a tiny random CLIP."""
+    from .rewards import CLIPScorer
+
+    return CLIPScorer(clip_model=tiny_clip_model(seed), processor=tiny_clip_processor())
+
+
+def tiny_pickscore_scorer(seed: int = 0):
+    """`PickScoreScorer` on a tiny random CLIP."""
+    from .rewards import PickScoreScorer
+
+    return PickScoreScorer(model=tiny_clip_model(seed), processor=tiny_clip_processor())

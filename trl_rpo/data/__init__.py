@@ -5,8 +5,10 @@ from .formats import (
     detect_format,
     load_image,
     load_preference_dataset,
+    load_prompt_dataset,
     pickapic_to_preference,
     prepare_preference_dataset,
+    prepare_prompt_dataset,
 )
 
 __all__ = [
@@ -14,6 +16,8 @@ __all__ = [
     "detect_format",
     "load_image",
     "load_preference_dataset",
+    "load_prompt_dataset",
     "pickapic_to_preference",
     "prepare_preference_dataset",
+    "prepare_prompt_dataset",
 ]

@@ -29,6 +29,7 @@ __all__ = [
     "prepare_preference_dataset",
     "pickapic_to_preference",
     "load_preference_dataset",
+    "prepare_prompt_dataset",
 ]
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
@@ -250,6 +251,26 @@ def pickapic_to_preference(dataset: Dataset, *, num_proc: int | None = None) -> 
     )
 
 
+def prepare_prompt_dataset(dataset: Dataset, *, name: str = "train_dataset") -> Dataset:
+    """Validate a prompt dataset for online trainers: a `prompt` column of non-empty strings.
+
+    Raises:
+        InvalidRowError: naming the column when it is missing, or the first bad row and its reason.
+    """
+    if isinstance(dataset, DatasetDict):
+        raise TypeError(f"{name} is a DatasetDict with splits {list(dataset)}; pass one split, e.g. dataset['train']")
+    if "prompt" not in dataset.column_names:
+        raise InvalidRowError(None, "prompt", f"{name} needs a 'prompt' column; it has {dataset.column_names}")
+    for row, prompt in enumerate(dataset["prompt"]):
+        if not isinstance(prompt, str):
+            raise InvalidRowError(row, "prompt", f"expected a string prompt, got {type(prompt).__name__} in {name}")
+        if not prompt.strip():
+            raise InvalidRowError(row, "prompt", f"prompt is empty in {name}")
+    if len(dataset) == 0:
+        raise ValueError(f"{name} has no rows")
+    return dataset.select_columns(["prompt"])
+
+
 def load_preference_dataset(name_or_path: str, split: str = "train") -> Dataset:
     """Load a dataset from a local `save_to_disk` folder, a local data folder, or the Hub.
 
@@ -268,3 +289,22 @@ def load_preference_dataset(name_or_path: str, split: str = "train") -> Dataset:
             return loaded[split]
         return loaded
     return load_dataset(name_or_path, split=split)
+
+
+def load_prompt_dataset(name_or_path: str, split: str = "train", prompt_column: str = "prompt") -> Dataset:
+    """Prompts for online training: a text file (one prompt per line), a `save_to_disk` folder, or a Hub dataset.
+
+    `prompt_column` names the column holding the prompts (e.g. `caption`); it is renamed to `prompt`.
+    """
+    if os.path.isfile(name_or_path) and name_or_path.endswith(".txt"):
+        with open(name_or_path, encoding="utf-8") as handle:
+            prompts = [line.strip() for line in handle if line.strip()]
+        if not prompts:
+            raise ValueError(f"{name_or_path!r} holds no prompts (expected one per line)")
+        return Dataset.from_dict({"prompt": prompts})
+    dataset = load_preference_dataset(name_or_path, split)
+    if prompt_column != "prompt":
+        if prompt_column not in dataset.column_names:
+            raise InvalidRowError(None, prompt_column, f"{name_or_path!r} has columns {dataset.column_names}")
+        dataset = dataset.rename_column(prompt_column, "prompt")
+    return prepare_prompt_dataset(dataset, name=name_or_path)

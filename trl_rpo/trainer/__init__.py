@@ -5,6 +5,8 @@ from .base_config import BaseDiffusionConfig
 from .diffusion_dpo_config import DiffusionDPOConfig
 from .diffusion_dpo_trainer import DataCollatorForDiffusionPreference, DiffusionDPOTrainer
 from .model_config import DiffusionModelConfig, get_peft_config
+from .tailorpo_config import TailorPOConfig
+from .tailorpo_trainer import StepPairs, TailorPOTrainer
 
 __all__ = [
     "BaseDiffusionConfig",
@@ -14,6 +16,9 @@ __all__ = [
     "DiffusionDPOTrainer",
     "DiffusionModelConfig",
     "get_peft_config",
+    "StepPairs",
+    "TailorPOConfig",
+    "TailorPOTrainer",
     "encode_images",
     "encode_prompts",
     "is_sdxl_pipeline",

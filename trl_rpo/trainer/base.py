@@ -108,6 +108,23 @@ def encode_images(vae, pixel_values: torch.Tensor, generator: torch.Generator | 
     return (latents.float() - shift) * vae.config.scaling_factor
 
 
+def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] (`[B, 3, H, W]`, float32) from UNet-space latents; differentiable, outside autocast."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    latents = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor + shift
+    with torch.autocast(device_type=latents.device.type, enabled=False):
+        images = vae.decode(latents, return_dict=False)[0]
+    return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
+def tensor_to_pil(images: torch.Tensor) -> list:
+    """`[B, 3, H, W]` in [0, 1] -> RGB PIL images."""
+    from PIL import Image
+
+    array = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in array]
+
+
 def sdxl_time_ids(original_sizes: torch.Tensor, crop_top_lefts: torch.Tensor, target_size: int) -> torch.Tensor:
     """SDXL micro-conditioning `[orig_h, orig_w, crop_top, crop_left, target_h, target_w]` per image.
 
@@ -310,7 +327,14 @@ class BaseDiffusionTrainer(Trainer):
         `requires_grad` is restored on the LoRA weights (PEFT's disable/enable may clear it).
         """
         if self.ref_model is not None:
-            yield self.ref_model
+            # Same train/eval mode as the policy: CPU kernels may round differently between the two modes, and
+            # policy == reference must give identical predictions (first DPO loss exactly ln 2). SD UNets have
+            # no dropout, so the mode changes nothing else; the copy goes back to eval afterwards.
+            self.ref_model.train(self.model.training)
+            try:
+                yield self.ref_model
+            finally:
+                self.ref_model.eval()
             return
         unet = self.accelerator.unwrap_model(self.model)
         if self.peft_config is None:

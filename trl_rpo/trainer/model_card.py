@@ -22,6 +22,13 @@ RPO_CITATION = """@article{zhao2025rpo,
     journal = {arXiv preprint arXiv:2503.11720}
 }"""
 
+TAILORPO_CITATION = """@article{ren2025tailorpo,
+    title   = {{Refining Alignment Framework for Diffusion Models with Intermediate-Step Preference Ranking}},
+    author  = {Jie Ren and Yuhang Zhang and Dongrui Liu and Xiaopeng Zhang and Qi Tian},
+    year    = 2025,
+    journal = {arXiv preprint arXiv:2502.01667}
+}"""
+
 TRL_CITATION = """@software{vonwerra2020trl,
     title   = {{TRL: Transformers Reinforcement Learning}},
     author  = {von Werra, Leandro and Belkada, Younes and Tunstall, Lewis and Beeching, Edward and Thrush, Tristan and Lambert, Nathan and Huang, Shengyi and Rasul, Kashif and Gallouédec, Quentin},

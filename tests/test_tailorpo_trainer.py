@@ -1,0 +1,284 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+
+from trl_rpo import TailorPOConfig, TailorPOTrainer
+from trl_rpo.diffusion import ddim_step_with_logprob
+from trl_rpo.testing import tiny_lora_config, tiny_sd_pipeline, tiny_sdxl_pipeline
+
+PROMPTS = Dataset.from_dict({"prompt": ["a red square", "a blue circle", "a green triangle", "a yellow star"]})
+
+
+def brightness(images, prompts, **kwargs):
+    return [float(np.asarray(im, dtype=np.float32).mean() / 255.0) for im in images]
+
+
+class DifferentiableBrightness:
+    """A scorer object with a differentiable tensor path, as TailorPO-G needs."""
+
+    name = "diff_brightness"
+    differentiable = True
+
+    def __call__(self, images, prompts, **kwargs):
+        return brightness(images, prompts)
+
+    def score_tensor(self, images, prompts):
+        return images.mean(dim=(1, 2, 3))
+
+
+def tailorpo_config(output_dir, **overrides):
+    defaults = dict(
+        output_dir=str(output_dir),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        num_inference_steps=4,
+        guidance_scale=2.0,
+        timestep_selection="all",
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        learning_rate=1e-3,
+        disable_tqdm=True,
+        seed=0,
+    )
+    defaults.update(overrides)
+    return TailorPOConfig(**defaults)
+
+
+def make_trainer(output_dir, sdxl=False, reward_funcs=brightness, **overrides):
+    pipe = tiny_sdxl_pipeline() if sdxl else tiny_sd_pipeline()
+    return TailorPOTrainer(
+        model=pipe,
+        reward_funcs=reward_funcs,
+        args=tailorpo_config(output_dir, **overrides),
+        train_dataset=PROMPTS,
+        peft_config=tiny_lora_config(),
+    )
+
+
+def _logs(trainer):
+    return [e for e in trainer.state.log_history if "loss" in e]
+
+
+@pytest.mark.parametrize("sdxl", [False, True], ids=["sd15", "sdxl"])
+def test_training_runs_and_logs_reward_and_pair_metrics(tmp_path, sdxl):
+    trainer = make_trainer(tmp_path, sdxl=sdxl, max_steps=2)
+    trainer.train()
+    first = _logs(trainer)[0]
+    for key in (
+        "rewards/brightness/mean",
+        "rewards/brightness/std",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "pairs/count",
+        "pairs/tie_fraction",
+        "time/sampling_s",
+        "time/training_s",
+    ):
+        assert key in first, key
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at the first step
+    # 2 prompts x 4 selected steps, one best/worst pair each unless the candidates' (uint8-quantized) images tie.
+    assert first["pairs/count"] == pytest.approx(2 * 4 * (1 - first["pairs/tie_fraction"]))
+    assert first["pairs/count"] >= 4
+
+
+def test_candidates_share_their_parent_and_were_drawn_from_it(tmp_path):
+    trainer = make_trainer(tmp_path, num_candidates=3)
+    torch.manual_seed(0)
+    pairs = trainer.sample_pairs(["a red square", "a blue circle"])
+    assert pairs.shared_parent and len(pairs) == 8
+    assert torch.equal(pairs.parent_chosen, pairs.parent_rejected)
+    assert not torch.allclose(pairs.chosen, pairs.rejected)
+    cond, uncond = trainer.encode_conditioning(["a red square", "a blue circle"])
+    c = {k: v[pairs.prompt_index] for k, v in cond.items()}
+    u = {k: v[pairs.prompt_index] for k, v in uncond.items()}
+    with torch.no_grad():
+        eps = trainer.guided_prediction(trainer.model, pairs.parent_chosen, pairs.timesteps, c, u)
+    _, _, mean, std = ddim_step_with_logprob(trainer.sample_scheduler, eps, pairs.timesteps, pairs.parent_chosen, 1.0)
+    for child in (pairs.chosen, pairs.rejected):
+        z = (child - mean) / std  # a draw from this parent's Gaussian is standard normal around its mean
+        assert z.std().item() == pytest.approx(1.0, abs=0.15) and abs(z.mean().item()) < 0.15
+
+
+def test_ranking_pairs_the_best_with_the_worst_candidate(tmp_path, monkeypatch):
+    import trl_rpo.trainer.tailorpo_trainer as module
+
+    trainer = make_trainer(tmp_path, num_candidates=4)
+    drawn, real_step = [], module.ddim_step_with_logprob
+
+    def recording_step(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        drawn.append(out[0].clone())
+        return out
+
+    monkeypatch.setattr(module, "ddim_step_with_logprob", recording_step)
+    fixed = torch.tensor([0.3, 0.9, 0.1, 0.5])  # candidate 1 is best, candidate 2 worst, at every step
+    original = trainer.step_rewards
+
+    def fixed_rewards(images, prompts):
+        if images.shape[0] == 4:
+            return fixed.clone(), {"fixed": fixed.clone()}
+        return original(images, prompts)
+
+    trainer.step_rewards = fixed_rewards
+    pairs = trainer.sample_pairs(["a red square"])
+    assert len(pairs) == 4 and len(drawn) == 4 * 4  # 4 steps, 4 candidates drawn at each
+    for step in range(4):
+        assert torch.equal(pairs.chosen[step], drawn[4 * step + 1][0])
+        assert torch.equal(pairs.rejected[step], drawn[4 * step + 2][0])
+
+
+def test_one_optimizer_step_raises_the_chosen_log_ratio_over_the_rejected(tmp_path):
+    trainer = make_trainer(tmp_path, clip_range=None)
+    prompts = ["a red square", "a blue circle"]
+    torch.manual_seed(0)
+    pairs = trainer.sample_pairs(prompts)
+    cond, uncond = trainer.encode_conditioning(prompts)
+
+    def margin():
+        with torch.no_grad():
+            pc, pr = trainer.step_log_probs(trainer.model, pairs, cond, uncond)
+            with trainer.reference_model() as ref:
+                rc, rr = trainer.step_log_probs(ref, pairs, cond, uncond)
+        return ((pc - rc) - (pr - rr)).mean().item()
+
+    before = margin()
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1e-2)
+    pc, pr = trainer.step_log_probs(trainer.model, pairs, cond, uncond)
+    with torch.no_grad(), trainer.reference_model() as ref:
+        rc, rr = trainer.step_log_probs(ref, pairs, cond, uncond)
+    losses, _, _ = trainer.preference_loss(pc, pr, rc, rr)
+    losses.mean().backward()
+    optimizer.step()
+    assert before == pytest.approx(0.0, abs=1e-6)
+    assert margin() > before
+
+
+def test_training_on_brightness_raises_mean_reward_on_held_out_seeds(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=12, learning_rate=3e-3, num_candidates=4, beta=50.0, clip_range=None)
+
+    def held_out_brightness():
+        gen = torch.Generator().manual_seed(1234)
+        images = trainer.pipeline(
+            ["a red square", "a blue circle"] * 2,
+            num_inference_steps=4,
+            guidance_scale=2.0,
+            generator=gen,
+            output_type="pil",
+        ).images
+        return float(np.mean(brightness(images, None)))
+
+    before = held_out_brightness()
+    trainer.train()
+    after = held_out_brightness()
+    assert after > before
+
+
+def test_final_pairing_labels_whole_trajectories_with_distinct_parents(tmp_path):
+    trainer = make_trainer(tmp_path, pairing="final", max_steps=1)
+    torch.manual_seed(0)
+    pairs = trainer.sample_pairs(["a red square", "a blue circle"])
+    assert not pairs.shared_parent
+    assert len(pairs) in (0, 4, 8)  # 4 selected steps per labelled prompt
+    if len(pairs):
+        assert not torch.equal(pairs.parent_chosen, pairs.parent_rejected)
+    trainer.train()
+    assert math.isfinite(_logs(trainer)[0]["loss"])
+
+
+def test_all_ranked_pairs_and_windowed_timesteps(tmp_path):
+    trainer = make_trainer(
+        tmp_path,
+        pairing="all",
+        num_candidates=3,
+        timestep_selection="window",
+        timestep_window_start=0.5,
+        timestep_window_end=1.0,
+    )
+    torch.manual_seed(0)
+    pairs = trainer.sample_pairs(["a red square"])
+    assert len(pairs) == 2 * 3  # 2 steps in the window x 3 ranked pairs of 3 candidates
+    trainer.train()
+
+
+def test_reward_guidance_moves_the_chosen_candidate_up_the_reward(tmp_path):
+    guided = make_trainer(tmp_path, reward_funcs=[DifferentiableBrightness()], reward_guidance_scale=50.0)
+    plain = make_trainer(tmp_path / "plain", reward_funcs=[DifferentiableBrightness()])
+    torch.manual_seed(0)
+    with_guidance = guided.sample_pairs(["a red square"])
+    torch.manual_seed(0)
+    without = plain.sample_pairs(["a red square"])
+    assert torch.equal(with_guidance.rejected, without.rejected)
+    assert not torch.allclose(with_guidance.chosen, without.chosen)
+    guided.train()
+
+
+def test_guidance_requires_a_differentiable_reward(tmp_path):
+    with pytest.raises(ValueError, match="differentiable"):
+        make_trainer(tmp_path, reward_guidance_scale=1.0)
+
+
+def test_all_ties_give_no_pairs_and_a_zero_loss(tmp_path):
+    trainer = make_trainer(tmp_path, reward_funcs=lambda images, prompts, **k: [0.5] * len(images), max_steps=1)
+    trainer.train()
+    first = _logs(trainer)[0]
+    assert first["pairs/count"] == 0 and first["pairs/tie_fraction"] == 1.0 and first["loss"] == 0.0
+
+
+def test_reward_weights_must_match_reward_funcs(tmp_path):
+    with pytest.raises(ValueError, match="reward_weights"):
+        TailorPOTrainer(
+            model=tiny_sd_pipeline(),
+            reward_funcs=[brightness],
+            reward_weights=[1.0, 2.0],
+            args=tailorpo_config(tmp_path),
+            train_dataset=PROMPTS,
+            peft_config=tiny_lora_config(),
+        )
+
+
+def test_prompt_dataset_is_validated(tmp_path):
+    from trl_rpo import InvalidRowError
+
+    with pytest.raises(InvalidRowError, match="row 1, column 'prompt'"):
+        TailorPOTrainer(
+            model=tiny_sd_pipeline(),
+            reward_funcs=brightness,
+            args=tailorpo_config(tmp_path),
+            train_dataset=Dataset.from_dict({"prompt": ["ok", ""]}),
+            peft_config=tiny_lora_config(),
+        )
+
+
+def test_config_rejects_bad_values():
+    for bad in (
+        dict(eta=0.0),
+        dict(num_candidates=1),
+        dict(pairing="pairs"),
+        dict(timestep_window_start=0.9, timestep_window_end=0.1),
+        dict(clip_range=1.5),
+    ):
+        with pytest.raises(ValueError):
+            TailorPOConfig(output_dir="x", **bad)
+
+
+def test_saved_lora_reloads_into_a_fresh_pipeline(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=2, learning_rate=5e-2)
+    trainer.train()
+    trainer.save_model()
+    fresh = tiny_sd_pipeline()
+    fresh.load_lora_weights(str(tmp_path))
+
+    def render(pipe):
+        return pipe(
+            "a red square", num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(0)
+        ).images
+
+    np.testing.assert_allclose(render(fresh), render(trainer.pipeline), atol=1e-5)
+    assert "tailorpo" in (tmp_path / "README.md").read_text()

@@ -1,0 +1,459 @@
+"""TailorPO: online step-wise preference optimization with pairs drawn from the same noisy parent."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from datasets import Dataset
+
+from ..data.formats import prepare_prompt_dataset
+from ..diffusion import ddim_previous_timestep, ddim_step_with_logprob, predicted_original_sample
+from ..losses import stepwise_dpo_loss
+from ..pairing import rank_pairs, select_timestep_indices
+from ..rewards import combine_rewards, reward_name
+from .base import BaseDiffusionTrainer, decode_latents, tensor_to_pil
+from .model_card import TAILORPO_CITATION
+from .tailorpo_config import TailorPOConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["StepPairs", "TailorPOTrainer"]
+
+RewardFunc = Callable[..., list[float]]
+
+
+def _collate_prompts(examples: list[dict[str, Any]]) -> dict[str, list[str]]:
+    return {"prompt": [ex["prompt"] for ex in examples]}
+
+
+@dataclass
+class StepPairs:
+    """Preference pairs of denoising steps collected during sampling (all tensors on the training device).
+
+    Pair `i` says: from `parent_chosen[i]` at `timesteps[i]`, the step to `chosen[i]` is preferred to the step
+    from `parent_rejected[i]` to `rejected[i]`. TailorPO's pairs share their parent; the `"final"` baseline's
+    do not. `prompt_index[i]` points into the sampled prompts, for the conditioning.
+    """
+
+    parent_chosen: torch.Tensor
+    parent_rejected: torch.Tensor
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    timesteps: torch.Tensor
+    prompt_index: torch.Tensor
+    shared_parent: bool
+    ties: int = 0
+    candidates_ranked: int = 0
+    final_images: list = field(default_factory=list)
+    final_rewards: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.timesteps.shape[0])
+
+    def subset(self, index: torch.Tensor) -> StepPairs:
+        pick = {k: getattr(self, k)[index] for k in ("parent_chosen", "parent_rejected", "chosen", "rejected")}
+        return StepPairs(
+            **pick,
+            timesteps=self.timesteps[index],
+            prompt_index=self.prompt_index[index],
+            shared_parent=self.shared_parent,
+            ties=self.ties,
+            candidates_ranked=self.candidates_ranked,
+            final_images=self.final_images,
+            final_rewards=self.final_rewards,
+        )
+
+
+class TailorPOTrainer(BaseDiffusionTrainer):
+    r"""Online step-wise preference optimization (TailorPO, arXiv 2502.01667), with TailorPO-G guidance.
+
+    Each training step samples trajectories for a batch of prompts with the current policy (stochastic DDIM,
+    classifier-free guidance, no gradients). At the selected steps it draws `num_candidates` next samples from
+    the *same* noisy parent, scores each by the reward of the clean image it predicts (decoded by the VAE), and
+    keeps (best, worst) — or all ranked pairs — as preference pairs. The loss is DPO on the pair's step
+    log-probability ratios against the reference (adapters disabled, or a frozen copy).
+    `pairing="final"` gives the D3PO/SPO-style baseline for comparison.
+
+    Args:
+        model: a pipeline object, or a Hub id / local folder of one.
+        reward_funcs: one or a list of `f(images, prompts, **kwargs) -> list[float]` callables or scorer objects
+            from `trl_rpo.rewards` (TRL GRPOTrainer's convention). TailorPO-G needs at least one differentiable
+            scorer (`score_tensor`).
+        args: a [`TailorPOConfig`].
+        train_dataset: prompts, in a `prompt` column.
+        reward_weights: overrides `args.reward_weights`.
+        ref_model / peft_config: as in [`DiffusionDPOTrainer`].
+
+    Override points: `sample_pairs` (rollout and pairing), `step_rewards` (rewards of candidate clean images),
+    `step_log_probs` (log-probabilities of pairs under a model) and `preference_loss`.
+    """
+
+    _tag_names = ["trl", "trl-rpo", "tailorpo", "diffusers", "text-to-image"]
+    _name = "TailorPO"
+    _paper = {
+        "title": "Refining Alignment Framework for Diffusion Models with Intermediate-Step Preference Ranking",
+        "id": "2502.01667",
+        "citation": TAILORPO_CITATION,
+    }
+    config_class = TailorPOConfig
+
+    def __init__(
+        self,
+        model: Any,
+        reward_funcs: RewardFunc | list[RewardFunc],
+        args: TailorPOConfig | None = None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | None = None,
+        reward_weights: list[float] | None = None,
+        ref_model: torch.nn.Module | None = None,
+        peft_config=None,
+        callbacks=None,
+        optimizers=(None, None),
+    ):
+        if args is not None and not isinstance(args, TailorPOConfig):
+            raise TypeError(f"args must be a TailorPOConfig, got {type(args).__name__}")
+        funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        if not funcs or not all(callable(f) for f in funcs):
+            raise TypeError("reward_funcs must be a callable or a non-empty list of callables")
+        self.reward_funcs = funcs
+        super().__init__(
+            model=model,
+            args=args,
+            ref_model=ref_model,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            peft_config=peft_config,
+            data_collator=_collate_prompts,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        weights = reward_weights if reward_weights is not None else self.args.reward_weights
+        if weights is not None and len(weights) != len(funcs):
+            raise ValueError(f"got {len(weights)} reward_weights for {len(funcs)} reward functions")
+        self.reward_weights = list(weights) if weights is not None else [1.0] * len(funcs)
+        for func in funcs:
+            if hasattr(func, "to") and isinstance(func.to, Callable):
+                func.to(self.accelerator.device)
+        if self.args.reward_guidance_scale > 0 and not any(getattr(f, "differentiable", False) for f in funcs):
+            raise ValueError(
+                "reward_guidance_scale > 0 (TailorPO-G) needs a differentiable reward scorer with `score_tensor`, "
+                f"e.g. trl_rpo.rewards.AestheticScorer; got {[reward_name(f) for f in funcs]}"
+            )
+        from diffusers import DDIMScheduler
+
+        self.sample_scheduler = DDIMScheduler.from_config(
+            self.pipeline.scheduler.config, prediction_type=self.prediction_type
+        )
+        self._timing: dict[str, float] = {}
+
+    def _papers(self) -> list[dict[str, str]]:
+        return [self._paper]
+
+    def _prepare_dataset(self, dataset, name: str):
+        return prepare_prompt_dataset(dataset, name=f"{name}_dataset")
+
+    def _default_data_collator(self):
+        return _collate_prompts
+
+    # -- conditioning and the guided denoiser ----------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_conditioning(self, prompts: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(conditional, unconditional) UNet inputs per prompt, as the pipeline itself builds them for CFG."""
+        device = self.accelerator.device
+        encoder_device = self.pipeline.text_encoder.device
+        if self.is_sdxl:
+            embeds, neg, pooled, neg_pooled = self.pipeline.encode_prompt(
+                prompts, device=encoder_device, num_images_per_prompt=1, do_classifier_free_guidance=True
+            )
+            res = float(self.resolution)
+            time_ids = torch.tensor([[res, res, 0.0, 0.0, res, res]], device=device).repeat(len(prompts), 1)
+            cond = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "time_ids": time_ids}
+            uncond = {"prompt_embeds": neg, "pooled_prompt_embeds": neg_pooled, "time_ids": time_ids}
+        else:
+            embeds, neg = self.pipeline.encode_prompt(prompts, encoder_device, 1, True)
+            cond, uncond = {"prompt_embeds": embeds}, {"prompt_embeds": neg}
+        return {k: v.to(device) for k, v in cond.items()}, {k: v.to(device) for k, v in uncond.items()}
+
+    def guided_prediction(self, unet, latents, timesteps, cond, uncond) -> torch.Tensor:
+        """Classifier-free guided denoiser output, `uncond + s (cond - uncond)`; one UNet call on a 2x batch."""
+        scale = self.args.guidance_scale
+        if scale <= 1.0:
+            return self.unet_forward(unet, latents, timesteps, cond).float()
+        both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
+        out = self.unet_forward(unet, torch.cat([latents, latents]), torch.cat([timesteps, timesteps]), both)
+        out_uncond, out_cond = out.float().chunk(2)
+        return out_uncond + scale * (out_cond - out_uncond)
+
+    # -- rewards -------------------------------------------------------------------------------------------------
+
+    def step_rewards(self, images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted total and per-function rewards of decoded images (`[N, 3, H, W]` in [0, 1])."""
+        return combine_rewards(self.reward_funcs, self.reward_weights, tensor_to_pil(images), prompts)
+
+    def _reward_gradient(self, x: torch.Tensor, eps: torch.Tensor, alpha_prev: torch.Tensor, prompts: list[str]):
+        """TailorPO-G: grad of the differentiable rewards of the predicted clean image w.r.t. the sample.
+
+        The denoiser output `eps` is held fixed (no backpropagation through the UNet), so
+        d x0_hat / d x = 1 / sqrt(alpha_prev) and the gradient flows through the VAE decoder and the scorer only.
+        """
+        with torch.enable_grad():
+            x = x.detach().float().requires_grad_(True)
+            x0 = predicted_original_sample(eps.detach(), x, alpha_prev, self.prediction_type)[0]
+            images = decode_latents(self.pipeline.vae, x0)
+            total = 0.0
+            for func, weight in zip(self.reward_funcs, self.reward_weights):
+                if getattr(func, "differentiable", False):
+                    total = total + weight * func.score_tensor(images, prompts).sum()
+            (grad,) = torch.autograd.grad(total, x)
+        return grad
+
+    # -- sampling ------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample_pairs(self, prompts: list[str]) -> StepPairs:
+        """Roll out trajectories with the current policy and collect step-wise preference pairs."""
+        args, device = self.args, self.accelerator.device
+        scheduler = self.sample_scheduler
+        scheduler.set_timesteps(args.num_inference_steps, device=device)
+        unet = self.accelerator.unwrap_model(self.model)
+        final_mode = args.pairing == "final"
+        n_traj = 2 if final_mode else 1
+        batch = len(prompts)
+        cond, uncond = self.encode_conditioning(prompts)
+        prompt_index = torch.arange(batch, device=device).repeat(n_traj)
+        cond_all = {k: v[prompt_index] for k, v in cond.items()}
+        uncond_all = {k: v[prompt_index] for k, v in uncond.items()}
+
+        unet_cfg = unet.config
+        side = self.resolution // self.pipeline.vae_scale_factor
+        latents = torch.randn(len(prompt_index), unet_cfg.in_channels, side, side, device=device)
+        latents = latents * scheduler.init_noise_sigma
+        selected = set(
+            select_timestep_indices(
+                args.num_inference_steps,
+                args.timestep_selection,
+                args.num_selected_timesteps,
+                (args.timestep_window_start, args.timestep_window_end),
+            )
+        )
+        alphas = scheduler.alphas_cumprod.to(device)
+        rows: dict[str, list[torch.Tensor]] = {k: [] for k in ("pc", "pr", "c", "r", "t", "i")}
+        transitions: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # "final": (t, parent, child)
+        ties = ranked = 0
+        eps = None
+        for step, t in enumerate(scheduler.timesteps):
+            timesteps = t.expand(len(latents)).to(device)
+            if eps is None:
+                eps = self.guided_prediction(unet, latents, timesteps, cond_all, uncond_all)
+            if step in selected and not final_mode:
+                latents, eps, found, step_ties, step_ranked = self._branch(
+                    unet, scheduler, alphas, latents, eps, timesteps, prompts, cond_all, uncond_all
+                )
+                ties += step_ties
+                ranked += step_ranked
+                for key, value in found.items():
+                    rows[key].extend(value)
+                continue
+            child = ddim_step_with_logprob(scheduler, eps, timesteps, latents, args.eta)[0]
+            if step in selected:
+                transitions.append((timesteps, latents, child))
+            latents, eps = child, None
+
+        final_images = decode_latents(self.pipeline.vae, latents)
+        total, per_func = self.step_rewards(final_images, [prompts[i] for i in prompt_index.tolist()])
+        if final_mode:
+            ties, ranked = self._label_trajectories(total, batch, transitions, rows)
+        return self._stack_pairs(
+            rows, shared_parent=not final_mode, ties=ties, ranked=ranked, images=final_images, rewards=per_func
+        )
+
+    def _branch(self, unet, scheduler, alphas, latents, eps, timesteps, prompts, cond, uncond):
+        """Draw K children of each parent, rank them by step-wise reward, continue from a random one.
+
+        Returns the next latents and their denoiser output, the pairs found, ties skipped and comparisons made.
+        """
+        args, k = self.args, self.args.num_candidates
+        batch = latents.shape[0]
+        children = torch.stack(
+            [ddim_step_with_logprob(scheduler, eps, timesteps, latents, args.eta)[0] for _ in range(k)]
+        )  # [K, B, ...], all from the same parent and the same mean
+        flat = children.flatten(0, 1)
+        prev_t = ddim_previous_timestep(scheduler, timesteps)
+        if int(prev_t[0]) >= 0:
+            rep_t = prev_t.repeat(k)
+            child_eps = self.guided_prediction(
+                unet,
+                flat,
+                rep_t,
+                {n: v.repeat(k, *[1] * (v.ndim - 1)) for n, v in cond.items()},
+                {n: v.repeat(k, *[1] * (v.ndim - 1)) for n, v in uncond.items()},
+            )
+            alpha_prev = alphas[rep_t]
+            x0 = predicted_original_sample(child_eps, flat, alpha_prev, self.prediction_type)[0]
+        else:  # the last step lands on the clean sample itself
+            child_eps, alpha_prev, x0 = None, torch.ones(flat.shape[0], device=flat.device), flat.float()
+        images = decode_latents(self.pipeline.vae, x0)
+        rewards, _ = self.step_rewards(images, list(prompts) * k)
+        rewards = rewards.view(k, batch)
+
+        found: dict[str, list[torch.Tensor]] = {key: [] for key in ("pc", "pr", "c", "r", "t", "i")}
+        ties = 0
+        for b in range(batch):
+            pairs, n_ties = rank_pairs(
+                rewards[:, b], "all" if args.pairing == "all" else "best_worst", args.tie_margin
+            )
+            ties += n_ties
+            for w, lose in pairs:
+                chosen = children[w, b]
+                if args.reward_guidance_scale > 0:
+                    idx = w * batch + b
+                    eps_w = child_eps[idx : idx + 1] if child_eps is not None else torch.zeros_like(chosen[None])
+                    grad = self._reward_gradient(chosen[None], eps_w, alpha_prev[idx : idx + 1], [prompts[b]])
+                    chosen = chosen + args.reward_guidance_scale * grad[0].to(chosen.dtype)
+                found["pc"].append(latents[b])
+                found["pr"].append(latents[b])
+                found["c"].append(chosen)
+                found["r"].append(children[lose, b])
+                found["t"].append(timesteps[b])
+                found["i"].append(torch.tensor(b, device=latents.device))
+        # Continue each trajectory from a random candidate (SPO), reusing its denoiser output for the next step.
+        pick = torch.randint(k, (batch,)).to(latents.device)  # torch's RNG, so a seed fixes the whole rollout
+        rows = pick * batch + torch.arange(batch, device=latents.device)
+        next_eps = child_eps[rows] if child_eps is not None else None
+        considered = batch if args.pairing == "best_worst" else batch * k * (k - 1) // 2
+        return flat[rows], next_eps, found, ties, considered
+
+    def _label_trajectories(self, final_rewards, batch, transitions, rows) -> tuple[int, int]:
+        """`pairing="final"`: label every selected step of two trajectories by their final images' rewards."""
+        ties = 0
+        for b in range(batch):
+            gap = float(final_rewards[b] - final_rewards[batch + b])
+            if abs(gap) <= self.args.tie_margin:
+                ties += 1
+                continue
+            win, lose = (b, batch + b) if gap > 0 else (batch + b, b)
+            for timesteps, parent, child in transitions:
+                rows["pc"].append(parent[win])
+                rows["pr"].append(parent[lose])
+                rows["c"].append(child[win])
+                rows["r"].append(child[lose])
+                rows["t"].append(timesteps[win])
+                rows["i"].append(torch.tensor(b, device=parent.device))
+        return ties, batch
+
+    def _stack_pairs(self, rows, shared_parent, ties, ranked, images, rewards) -> StepPairs:
+        device = self.accelerator.device
+        side = self.resolution // self.pipeline.vae_scale_factor
+        empty = torch.zeros(0, self.pipeline.unet.config.in_channels, side, side, device=device)
+
+        def stack(key, fallback):
+            return torch.stack(rows[key]) if rows[key] else fallback
+
+        return StepPairs(
+            parent_chosen=stack("pc", empty),
+            parent_rejected=stack("pr", empty),
+            chosen=stack("c", empty),
+            rejected=stack("r", empty),
+            timesteps=stack("t", torch.zeros(0, dtype=torch.long, device=device)),
+            prompt_index=stack("i", torch.zeros(0, dtype=torch.long, device=device)),
+            shared_parent=shared_parent,
+            ties=ties,
+            candidates_ranked=ranked,
+            final_images=tensor_to_pil(images),
+            final_rewards=rewards,
+        )
+
+    # -- the loss ------------------------------------------------------------------------------------------------
+
+    def step_log_probs(self, unet, pairs: StepPairs, cond, uncond) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probabilities of the chosen and rejected steps of each pair under `unet` (one call per parent)."""
+        args, scheduler = self.args, self.sample_scheduler
+        c = {k: v[pairs.prompt_index] for k, v in cond.items()}
+        u = {k: v[pairs.prompt_index] for k, v in uncond.items()}
+        if pairs.shared_parent:  # TailorPO: both children of one parent share the mean
+            eps = self.guided_prediction(unet, pairs.parent_chosen, pairs.timesteps, c, u)
+            eps_c = eps_r = eps
+        else:
+            both = {k: torch.cat([v, v]) for k, v in c.items()}
+            both_u = {k: torch.cat([v, v]) for k, v in u.items()}
+            parents = torch.cat([pairs.parent_chosen, pairs.parent_rejected])
+            eps_c, eps_r = self.guided_prediction(
+                unet, parents, torch.cat([pairs.timesteps, pairs.timesteps]), both, both_u
+            ).chunk(2)
+        _, logp_c, _, _ = ddim_step_with_logprob(
+            scheduler, eps_c, pairs.timesteps, pairs.parent_chosen, args.eta, prev_sample=pairs.chosen
+        )
+        _, logp_r, _, _ = ddim_step_with_logprob(
+            scheduler, eps_r, pairs.timesteps, pairs.parent_rejected, args.eta, prev_sample=pairs.rejected
+        )
+        return logp_c, logp_r
+
+    def preference_loss(self, policy_chosen_logp, policy_rejected_logp, ref_chosen_logp, ref_rejected_logp):
+        """Per-pair losses and rewards; see [`stepwise_dpo_loss`]."""
+        return stepwise_dpo_loss(
+            policy_chosen_logp,
+            policy_rejected_logp,
+            ref_chosen_logp,
+            ref_rejected_logp,
+            beta=self.args.beta,
+            clip_range=self.args.clip_range,
+        )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        prompts = list(inputs["prompt"])
+        start = time.perf_counter()
+        pairs = self.sample_pairs(prompts)
+        self._timing["sampling"] = time.perf_counter() - start
+        self._record_sampling_metrics(mode, pairs)
+
+        if self.args.max_pairs_per_step is not None and len(pairs) > self.args.max_pairs_per_step:
+            pairs = pairs.subset(
+                torch.randperm(len(pairs), device=pairs.timesteps.device)[: self.args.max_pairs_per_step]
+            )
+        if len(pairs) == 0:
+            # Every candidate tied: nothing to learn, but every process must still join the gradient all-reduce.
+            loss = sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
+            return (loss, {}) if return_outputs else loss
+
+        cond, uncond = self.encode_conditioning(prompts)
+        policy_c, policy_r = self.step_log_probs(model, pairs, cond, uncond)
+        with torch.no_grad(), self.reference_model() as reference:
+            ref_c, ref_r = self.step_log_probs(reference, pairs, cond, uncond)
+        losses, chosen_rewards, rejected_rewards = self.preference_loss(policy_c, policy_r, ref_c, ref_r)
+        loss = losses.mean()
+
+        self._record_metric(mode, "rewards/chosen", chosen_rewards)
+        self._record_metric(mode, "rewards/rejected", rejected_rewards)
+        self._record_metric(mode, "rewards/accuracies", (chosen_rewards > rejected_rewards).float())
+        self._record_metric(mode, "rewards/margins", chosen_rewards - rejected_rewards)
+        self._record_metric(mode, "logps/chosen", policy_c)
+        self._record_metric(mode, "logps/rejected", policy_r)
+        return (loss, {"losses": losses.detach()}) if return_outputs else loss
+
+    def _record_sampling_metrics(self, mode: str, pairs: StepPairs) -> None:
+        device = self.accelerator.device
+        for name, values in pairs.final_rewards.items():
+            values = values.float().to(device)
+            self._record_metric(mode, f"rewards/{name}/mean", values.mean())
+            self._record_metric(mode, f"rewards/{name}/std", values.std() if values.numel() > 1 else values * 0)
+        self._record_metric(mode, "pairs/count", torch.tensor(float(len(pairs)), device=device))
+        considered = max(pairs.candidates_ranked, 1)
+        self._record_metric(mode, "pairs/tie_fraction", torch.tensor(pairs.ties / considered, device=device))
+        self._record_metric(mode, "time/sampling_s", torch.tensor(self._timing.get("sampling", 0.0), device=device))
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        start = time.perf_counter()
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        elapsed = time.perf_counter() - start
+        device = self.accelerator.device
+        self._record_metric(
+            "train", "time/training_s", torch.tensor(elapsed - self._timing.get("sampling", 0.0), device=device)
+        )
+        return loss
