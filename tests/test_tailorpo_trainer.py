@@ -1,4 +1,6 @@
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -282,3 +284,92 @@ def test_saved_lora_reloads_into_a_fresh_pipeline(tmp_path):
 
     np.testing.assert_allclose(render(fresh), render(trainer.pipeline), atol=1e-5)
     assert "tailorpo" in (tmp_path / "README.md").read_text()
+
+
+def test_rollout_images_are_saved_with_prompts_and_rewards_every_n_steps(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=2, log_samples_steps=2)
+    trainer.train()
+    assert not (tmp_path / "samples" / "step-000001").exists()
+    folder = tmp_path / "samples" / "step-000002"
+    assert len(list(folder.glob("*.png"))) == 2
+    captions = json.loads((folder / "captions.json").read_text())
+    assert captions[0].startswith("a ") and "brightness=" in captions[0]
+
+
+def test_gradient_checkpointing_and_bf16_keep_lora_in_float32(tmp_path):
+    trainer = make_trainer(tmp_path, gradient_checkpointing=True, bf16=True, use_cpu=True, max_steps=1)
+    assert trainer.model.is_gradient_checkpointing
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters() if p.requires_grad)
+    trainer.train()
+    assert math.isfinite(_logs(trainer)[0]["loss"])
+
+
+def test_full_finetuning_with_a_frozen_copy_and_8bit_adamw(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    trainer = TailorPOTrainer(
+        model=tiny_sd_pipeline(),
+        reward_funcs=brightness,
+        args=tailorpo_config(tmp_path, optim="adamw_bnb_8bit", max_steps=1),
+        train_dataset=PROMPTS,
+    )
+    assert trainer.ref_model is not None and not any(p.requires_grad for p in trainer.ref_model.parameters())
+    trainer.train()
+    states = [t for state in trainer.optimizer.optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
+    assert any(t.dtype == torch.uint8 for t in states)
+    assert _logs(trainer)[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+
+
+def test_resume_from_checkpoint_continues_the_run_exactly(tmp_path):
+    # The checkpoint restores the RNG state too, so the resumed run samples the same rollout as a straight one.
+    common = dict(max_steps=2, save_strategy="steps", save_steps=1, lr_scheduler_type="constant")
+    straight = make_trainer(tmp_path / "a", **common)
+    straight.train()
+    interrupted = make_trainer(tmp_path / "b", **common)
+    interrupted.args.max_steps = 1
+    interrupted.train()
+    assert (tmp_path / "b" / "checkpoint-1" / "pytorch_lora_weights.safetensors").is_file()
+    resumed = make_trainer(tmp_path / "b", **common)
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 2
+    expected = dict(straight.model.named_parameters())
+    for name, param in resumed.model.named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(param, expected[name], msg=name, atol=1e-5, rtol=1e-4)
+
+
+def test_a_subclass_can_reshape_the_step_rewards_in_a_few_lines(tmp_path):
+    class DarknessTailorPO(TailorPOTrainer):
+        def step_rewards(self, images, prompts):
+            total, per_function = super().step_rewards(images, prompts)
+            return -total, per_function
+
+    trainer = DarknessTailorPO(
+        model=tiny_sd_pipeline(), reward_funcs=brightness, args=tailorpo_config(tmp_path),
+        train_dataset=PROMPTS, peft_config=tiny_lora_config(),
+    )  # fmt: skip
+    trainer.train()
+    assert "rewards/brightness/mean" in _logs(trainer)[0]
+
+
+def test_push_to_hub_uploads_lora_and_a_tailorpo_card_without_secrets(tmp_path, monkeypatch):
+    import transformers.trainer as hf_trainer
+
+    uploads = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, token=None, private=None, exist_ok=False):
+            return type("RepoUrl", (), {"repo_id": repo_id})()
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            uploads.append({p.relative_to(folder_path).as_posix(): p.read_bytes() for p in Path(folder_path).rglob("*")
+                            if p.is_file()})  # fmt: skip
+
+    monkeypatch.setattr(hf_trainer, "hf_api", lambda *a, **k: FakeApi())
+    trainer = make_trainer(tmp_path / "run", hub_model_id="me/sd-tailorpo", hub_token="hf_arg_secret_value")
+    trainer.train()
+    trainer.push_to_hub()
+    (files,) = uploads
+    assert "pytorch_lora_weights.safetensors" in files
+    card = files["README.md"].decode()
+    assert "2502.01667" in card and "tailorpo" in card
+    assert not any(b"hf_arg_secret" in data for data in files.values())

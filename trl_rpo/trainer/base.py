@@ -572,20 +572,29 @@ class BaseDiffusionTrainer(Trainer):
         (folder / "prompts.json").write_text(json.dumps(captions, indent=1))
         self._send_images_to_trackers(images, captions, step)
 
-    def _send_images_to_trackers(self, images, captions, step: int) -> None:
+    def save_and_track_images(self, images: list, captions: list[str], kind: str, step: int | None = None) -> Path:
+        """Save images with their captions under `output_dir/<kind>/step-N/` and send them to the trackers."""
+        step = self.state.global_step if step is None else step
+        folder = Path(self.args.output_dir) / kind / f"step-{step:06d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(images):
+            image.save(folder / f"{i:03d}.png")
+        (folder / "captions.json").write_text(json.dumps(captions, indent=1))
+        self._send_images_to_trackers(images, captions, step, tag=kind)
+        return folder
+
+    def _send_images_to_trackers(self, images, captions, step: int, tag: str = "validation") -> None:
         import numpy as np
 
         for callback in self.callback_handler.callbacks:
             kind = type(callback).__name__
             if kind == "TensorBoardCallback" and getattr(callback, "tb_writer", None) is not None:
                 stacked = np.stack([np.asarray(im) for im in images])
-                callback.tb_writer.add_images("validation", stacked, step, dataformats="NHWC")
+                callback.tb_writer.add_images(tag, stacked, step, dataformats="NHWC")
             elif kind == "WandbCallback" and getattr(callback, "_wandb", None) is not None:
                 wandb = callback._wandb
                 if wandb.run is not None:
-                    wandb.log(
-                        {"validation": [wandb.Image(im, caption=c) for im, c in zip(images, captions)]}, step=step
-                    )
+                    wandb.log({tag: [wandb.Image(im, caption=c) for im, c in zip(images, captions)]}, step=step)
 
 
 def _without_secrets(args):

@@ -62,6 +62,12 @@ class TailorPOConfig(BaseDiffusionConfig):
         reward_guidance_scale (`float`, *optional*, defaults to `0.0`):
             TailorPO-G: moves the chosen candidate along the gradient of the (differentiable) reward of its
             predicted clean image before training on the pair. 0 disables guidance.
+
+        > Parameters that control logging
+
+        log_samples_steps (`int`, *optional*):
+            Every this many optimizer steps, the final images of the step's rollout (with their prompts and rewards)
+            are saved under `output_dir/samples/step-N/` and sent to TensorBoard / W&B. `None` disables.
     """
 
     learning_rate: float = field(default=6e-5, metadata={"help": "Initial learning rate (SPO's SD 1.5 LoRA value)."})
@@ -96,6 +102,10 @@ class TailorPOConfig(BaseDiffusionConfig):
         default=0.0, metadata={"help": "TailorPO-G reward-gradient step on the chosen candidate; 0 disables."}
     )
 
+    log_samples_steps: int | None = field(
+        default=None, metadata={"help": "Save and log the rollout's images every N steps; None disables."}
+    )
+
     def __post_init__(self):
         super().__post_init__()
         if self.num_inference_steps < 1:
@@ -123,5 +133,7 @@ class TailorPOConfig(BaseDiffusionConfig):
             raise ValueError(f"beta must be positive, got {self.beta}")
         if self.clip_range is not None and not 0 < self.clip_range < 1:
             raise ValueError(f"clip_range must be in (0, 1) or None, got {self.clip_range}")
+        if self.log_samples_steps is not None and self.log_samples_steps < 1:
+            raise ValueError(f"log_samples_steps must be >= 1 or None, got {self.log_samples_steps}")
         if self.reward_guidance_scale < 0:
             raise ValueError(f"reward_guidance_scale must be >= 0, got {self.reward_guidance_scale}")

@@ -150,6 +150,7 @@ class TailorPOTrainer(BaseDiffusionTrainer):
             self.pipeline.scheduler.config, prediction_type=self.prediction_type
         )
         self._timing: dict[str, float] = {}
+        self._last_sample_step = -1
 
     def _papers(self) -> list[dict[str, str]]:
         return [self._paper]
@@ -412,6 +413,8 @@ class TailorPOTrainer(BaseDiffusionTrainer):
         pairs = self.sample_pairs(prompts)
         self._timing["sampling"] = time.perf_counter() - start
         self._record_sampling_metrics(mode, pairs)
+        if mode == "train":
+            self._maybe_log_samples(pairs, prompts)
 
         if self.args.max_pairs_per_step is not None and len(pairs) > self.args.max_pairs_per_step:
             pairs = pairs.subset(
@@ -436,6 +439,19 @@ class TailorPOTrainer(BaseDiffusionTrainer):
         self._record_metric(mode, "logps/chosen", policy_c)
         self._record_metric(mode, "logps/rejected", policy_r)
         return (loss, {"losses": losses.detach()}) if return_outputs else loss
+
+    def _maybe_log_samples(self, pairs: StepPairs, prompts: list[str]) -> None:
+        """Save the rollout's final images every `log_samples_steps` optimizer steps (first micro-step only)."""
+        every, step = self.args.log_samples_steps, self.state.global_step + 1  # the step being computed
+        if not every or step % every or step == self._last_sample_step or not self.is_world_process_zero():
+            return
+        self._last_sample_step = step
+        n = len(pairs.final_images)
+        captions = []
+        for i in range(n):
+            scores = ", ".join(f"{name}={values[i].item():.4g}" for name, values in pairs.final_rewards.items())
+            captions.append(f"{prompts[i % len(prompts)]} | {scores}")
+        self.save_and_track_images(pairs.final_images, captions, "samples", step=step)
 
     def _record_sampling_metrics(self, mode: str, pairs: StepPairs) -> None:
         device = self.accelerator.device
