@@ -9,7 +9,7 @@ SDXL, LoRA, Pick-a-Pic v2 (ties dropped), on one or more GPUs:
         --output_dir sdxl-dpo-lora --use_peft --lora_r 16 --lora_alpha 16 \
         --per_device_train_batch_size 1 --gradient_accumulation_steps 64 \
         --learning_rate 1e-5 --beta 5000 --max_steps 2000 --bf16 \
-        --gradient_checkpointing --precompute_latents \
+        --activation_checkpointing --precompute_latents \
         --validation_prompts "a photo of a cat" "a red car in the snow" --validation_steps 200
 
 SD 1.5 from a YAML file (every field of DiffusionDPOConfig, plus the model and dataset arguments):

@@ -9,7 +9,7 @@ SD 1.5, LoRA, aesthetic reward plus a little JPEG compressibility, on one or mor
         --output_dir sd15-tailorpo --use_peft --lora_r 4 --lora_alpha 4 \
         --num_inference_steps 20 --guidance_scale 5.0 --eta 1.0 --num_candidates 2 \
         --per_device_train_batch_size 2 --gradient_accumulation_steps 4 \
-        --learning_rate 6e-5 --max_steps 500 --bf16 --gradient_checkpointing
+        --learning_rate 6e-5 --max_steps 500 --bf16 --activation_checkpointing
 
 Or from a YAML file (every field of TailorPOConfig, plus the model, prompt and reward arguments):
 

@@ -2,24 +2,51 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from trl_rpo import DiffusionDPOConfig, DiffusionDPOTrainer
 from trl_rpo.testing import tiny_lora_config, tiny_preference_dataset, tiny_sd_pipeline, tiny_sdxl_pipeline
 
+# Fast, quiet, deterministic training arguments shared by every trainer test.
+FAST_ARGS = dict(
+    max_steps=2,
+    per_device_train_batch_size=2,
+    logging_steps=1,
+    report_to=[],
+    save_strategy="no",
+    learning_rate=1e-3,
+    disable_tqdm=True,
+    seed=0,
+)
+
 
 def dpo_config(output_dir, **overrides) -> DiffusionDPOConfig:
-    defaults = dict(
-        output_dir=str(output_dir),
-        max_steps=2,
-        per_device_train_batch_size=2,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        learning_rate=1e-3,
-        disable_tqdm=True,
-        seed=0,
-    )
-    defaults.update(overrides)
-    return DiffusionDPOConfig(**defaults)
+    return DiffusionDPOConfig(output_dir=str(output_dir), **{**FAST_ARGS, **overrides})
+
+
+class FakeHubApi:
+    """Stands in for `huggingface_hub.HfApi` in `push_to_hub` tests: records each uploaded folder's files."""
+
+    def __init__(self):
+        self.uploads: list[tuple[str, dict[str, bytes]]] = []
+
+    def create_repo(self, repo_id, token=None, private=None, exist_ok=False):
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        files = {
+            p.relative_to(folder_path).as_posix(): p.read_bytes() for p in Path(folder_path).rglob("*") if p.is_file()
+        }
+        self.uploads.append((repo_id, files))
+
+
+def fake_hub(monkeypatch) -> FakeHubApi:
+    """Route `Trainer.push_to_hub` to a `FakeHubApi` and return it."""
+    import transformers.trainer as hf_trainer
+
+    api = FakeHubApi()
+    monkeypatch.setattr(hf_trainer, "hf_api", lambda *a, **k: api)
+    return api
 
 
 def make_trainer(output_dir, sdxl=False, lora=True, pipe=None, dataset=None, prediction_type="epsilon", **overrides):

@@ -1,7 +1,6 @@
 import copy
 import math
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from trl_rpo import DiffusionDPOConfig, DiffusionDPOTrainer
 from trl_rpo.testing import tiny_lora_config, tiny_preference_dataset, tiny_sd_pipeline, tiny_sdxl_pipeline
 
-from ._helpers import dpo_config, make_trainer
+from ._helpers import dpo_config, fake_hub, make_trainer
 
 METRICS = {
     "loss",
@@ -394,7 +393,7 @@ def test_precompute_with_caption_dropout_uses_null_embeddings(tmp_path):
 
 
 def test_gradient_checkpointing_is_enabled_on_the_unet(tmp_path):
-    trainer = make_trainer(tmp_path, gradient_checkpointing=True, max_steps=1)
+    trainer = make_trainer(tmp_path, activation_checkpointing=True, max_steps=1)
     assert trainer.model.is_gradient_checkpointing
     trainer.train()
 
@@ -498,28 +497,12 @@ def test_pipeline_without_a_unet_is_rejected(tmp_path):
 
 
 def test_push_to_hub_uploads_lora_and_card_without_secrets(tmp_path, monkeypatch):
-    import transformers.trainer as hf_trainer
-
-    uploads = []
-
-    class FakeApi:
-        def create_repo(self, repo_id, token=None, private=None, exist_ok=False):
-            return type("RepoUrl", (), {"repo_id": repo_id})()
-
-        def upload_folder(self, repo_id, folder_path, **kwargs):
-            files = {
-                p.relative_to(folder_path).as_posix(): p.read_bytes()
-                for p in Path(folder_path).rglob("*")
-                if p.is_file()
-            }
-            uploads.append((repo_id, files, kwargs))
-
-    monkeypatch.setattr(hf_trainer, "hf_api", lambda *a, **k: FakeApi())
+    hub = fake_hub(monkeypatch)
     monkeypatch.setenv("HF_TOKEN", "hf_env_secret_value")
     trainer = make_trainer(tmp_path / "sd-dpo", max_steps=1, hub_model_id="me/sd-dpo", hub_token="hf_arg_secret_value")
     trainer.train()
     trainer.push_to_hub(dataset_name="me/pairs")
-    ((repo_id, files, kwargs),) = uploads
+    ((repo_id, files),) = hub.uploads
     assert repo_id == "me/sd-dpo"
     assert {"pytorch_lora_weights.safetensors", "README.md"} <= set(files)
     card = files["README.md"].decode()

@@ -162,3 +162,35 @@ def test_weight_files_that_are_not_plain_tensors_are_refused(tmp_path):
 def test_missing_weight_file_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.safetensors"):
         load_state_dict_file(str(tmp_path / "nope.safetensors"))
+
+
+def test_numpy_and_tensor_rewards_are_accepted():
+    def numpy_values(images, prompts, **kwargs):
+        return np.array([0.5, 1.5], dtype=np.float32)
+
+    def tensor_values(images, prompts, **kwargs):
+        return torch.tensor([1.0, 2.0])
+
+    total, _ = combine_rewards([numpy_values, tensor_values], [1.0, 1.0], _images(2), ["a"] * 2)
+    assert total.tolist() == [1.5, 3.5]
+
+
+def test_boolean_rewards_are_refused():
+    def labels(images, prompts, **kwargs):
+        return [True, False]
+
+    with pytest.raises(ValueError, match="'labels'.*image 0"):
+        combine_rewards([labels], [1.0], _images(2), ["a"] * 2)
+
+
+def test_a_scorer_without_weights_runs_on_the_cpu():
+    from trl_rpo.rewards import RewardScorer
+
+    class Brightness(RewardScorer):
+        name = "brightness"
+
+        def score_tensor(self, images, prompts):
+            return images.mean(dim=(1, 2, 3))
+
+    scores = Brightness()([_flat((255, 255, 255)), _flat((0, 0, 0))], ["a", "b"])
+    assert scores == [1.0, 0.0]

@@ -1,6 +1,5 @@
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +9,8 @@ from datasets import Dataset
 from trl_rpo import TailorPOConfig, TailorPOTrainer
 from trl_rpo.diffusion import ddim_step_with_logprob
 from trl_rpo.testing import tiny_lora_config, tiny_sd_pipeline, tiny_sdxl_pipeline
+
+from ._helpers import FAST_ARGS, fake_hub
 
 PROMPTS = Dataset.from_dict({"prompt": ["a red square", "a blue circle", "a green triangle", "a yellow star"]})
 
@@ -32,22 +33,8 @@ class DifferentiableBrightness:
 
 
 def tailorpo_config(output_dir, **overrides):
-    defaults = dict(
-        output_dir=str(output_dir),
-        max_steps=1,
-        per_device_train_batch_size=2,
-        num_inference_steps=4,
-        guidance_scale=2.0,
-        timestep_selection="all",
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        learning_rate=1e-3,
-        disable_tqdm=True,
-        seed=0,
-    )
-    defaults.update(overrides)
-    return TailorPOConfig(**defaults)
+    defaults = dict(FAST_ARGS, max_steps=1, num_inference_steps=4, guidance_scale=2.0, timestep_selection="all")
+    return TailorPOConfig(output_dir=str(output_dir), **{**defaults, **overrides})
 
 
 def make_trainer(output_dir, sdxl=False, reward_funcs=brightness, **overrides):
@@ -265,6 +252,7 @@ def test_config_rejects_bad_values():
         dict(pairing="pairs"),
         dict(timestep_window_start=0.9, timestep_window_end=0.1),
         dict(clip_range=1.5),
+        dict(reward_guidance_scale=1.0, pairing="final"),
     ):
         with pytest.raises(ValueError):
             TailorPOConfig(output_dir="x", **bad)
@@ -297,7 +285,7 @@ def test_rollout_images_are_saved_with_prompts_and_rewards_every_n_steps(tmp_pat
 
 
 def test_gradient_checkpointing_and_bf16_keep_lora_in_float32(tmp_path):
-    trainer = make_trainer(tmp_path, gradient_checkpointing=True, bf16=True, use_cpu=True, max_steps=1)
+    trainer = make_trainer(tmp_path, activation_checkpointing=True, bf16=True, use_cpu=True, max_steps=1)
     assert trainer.model.is_gradient_checkpointing
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters() if p.requires_grad)
     trainer.train()
@@ -352,24 +340,12 @@ def test_a_subclass_can_reshape_the_step_rewards_in_a_few_lines(tmp_path):
 
 
 def test_push_to_hub_uploads_lora_and_a_tailorpo_card_without_secrets(tmp_path, monkeypatch):
-    import transformers.trainer as hf_trainer
-
-    uploads = []
-
-    class FakeApi:
-        def create_repo(self, repo_id, token=None, private=None, exist_ok=False):
-            return type("RepoUrl", (), {"repo_id": repo_id})()
-
-        def upload_folder(self, repo_id, folder_path, **kwargs):
-            uploads.append({p.relative_to(folder_path).as_posix(): p.read_bytes() for p in Path(folder_path).rglob("*")
-                            if p.is_file()})  # fmt: skip
-
-    monkeypatch.setattr(hf_trainer, "hf_api", lambda *a, **k: FakeApi())
+    hub = fake_hub(monkeypatch)
     trainer = make_trainer(tmp_path / "run", hub_model_id="me/sd-tailorpo", hub_token="hf_arg_secret_value")
     trainer.train()
     trainer.push_to_hub()
-    (files,) = uploads
-    assert "pytorch_lora_weights.safetensors" in files
+    ((repo_id, files),) = hub.uploads
+    assert repo_id == "me/sd-tailorpo" and "pytorch_lora_weights.safetensors" in files
     card = files["README.md"].decode()
     assert "2502.01667" in card and "tailorpo" in card
     assert not any(b"hf_arg_secret" in data for data in files.values())

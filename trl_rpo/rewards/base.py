@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -63,13 +64,18 @@ def combine_rewards(
         values = list(values)
         if len(values) != n:
             raise ValueError(f"reward function {name!r} returned {len(values)} values for {n} images")
-        bad = [i for i, v in enumerate(values) if not isinstance(v, (int, float)) or not math.isfinite(v)]
+        # Any real number (Python, NumPy or 0-d tensor values converted above); bools are labels, not rewards.
+        bad = [
+            i
+            for i, v in enumerate(values)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v))
+        ]
         if bad:
             raise ValueError(
                 f"reward function {name!r} returned a non-finite or non-numeric value for image {bad[0]}: "
                 f"{values[bad[0]]!r} (expected one float per image)"
             )
-        tensor = torch.tensor(values, dtype=torch.float64)
+        tensor = torch.tensor([float(v) for v in values], dtype=torch.float64)
         key, suffix = name, 1
         while key in per_function:
             suffix += 1
@@ -99,7 +105,10 @@ class RewardScorer(torch.nn.Module, abc.ABC):
 
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        """Where the scorer's weights live (CPU for a scorer without parameters or buffers)."""
+        for tensor in (*self.parameters(), *self.buffers()):
+            return tensor.device
+        return torch.device("cpu")
 
     @torch.no_grad()
     def __call__(self, images, prompts: Sequence[str] | None = None, **kwargs: Any) -> list[float]:  # type: ignore[override]

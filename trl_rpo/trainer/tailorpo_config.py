@@ -37,9 +37,9 @@ class TailorPOConfig(BaseDiffusionConfig):
             candidates; `"final"`: the D3PO/SPO-style baseline that ranks two whole trajectories by the reward of
             their final images and applies that label to every selected step (parents differ).
         timestep_selection (`str`, *optional*, defaults to `"random"`):
-            Which denoising steps produce pairs: `"all"`, `"random"` (`num_selected_timesteps` of them, drawn per
-            trajectory) or `"window"` (the steps between `timestep_window_start` and `timestep_window_end`,
-            fractions of the trajectory, 0 = first/noisiest step).
+            Which denoising steps produce pairs: `"all"`, `"random"` (`num_selected_timesteps` of them, drawn anew
+            for each rollout and shared by the prompts of a micro-batch) or `"window"` (the steps between
+            `timestep_window_start` and `timestep_window_end`, fractions of the trajectory, 0 = first/noisiest step).
         num_selected_timesteps (`int`, *optional*, defaults to `5`):
             Steps per trajectory with `timestep_selection="random"`.
         timestep_window_start (`float`, *optional*, defaults to `0.0`):
@@ -137,3 +137,8 @@ class TailorPOConfig(BaseDiffusionConfig):
             raise ValueError(f"log_samples_steps must be >= 1 or None, got {self.log_samples_steps}")
         if self.reward_guidance_scale < 0:
             raise ValueError(f"reward_guidance_scale must be >= 0, got {self.reward_guidance_scale}")
+        if self.reward_guidance_scale > 0 and self.pairing == "final":
+            raise ValueError(
+                "reward_guidance_scale (TailorPO-G) guides candidates drawn from a shared parent; "
+                "pairing='final' has none. Use pairing='best_worst' or 'all'."
+            )

@@ -200,8 +200,9 @@ class TailorPOTrainer(BaseDiffusionTrainer):
     def _reward_gradient(self, x: torch.Tensor, eps: torch.Tensor, alpha_prev: torch.Tensor, prompts: list[str]):
         """TailorPO-G: grad of the differentiable rewards of the predicted clean image w.r.t. the sample.
 
-        The denoiser output `eps` is held fixed (no backpropagation through the UNet), so
-        d x0_hat / d x = 1 / sqrt(alpha_prev) and the gradient flows through the VAE decoder and the scorer only.
+        The denoiser output is held fixed (no backpropagation through the UNet), so d x0_hat / d x is the constant
+        1 / sqrt(alpha_prev) for epsilon prediction (sqrt(alpha_prev) for v prediction) and the gradient flows
+        through the VAE decoder and the scorer only.
         """
         with torch.enable_grad():
             x = x.detach().float().requires_grad_(True)
