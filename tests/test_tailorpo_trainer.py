@@ -349,3 +349,14 @@ def test_push_to_hub_uploads_lora_and_a_tailorpo_card_without_secrets(tmp_path, 
     card = files["README.md"].decode()
     assert "2502.01667" in card and "tailorpo" in card
     assert not any(b"hf_arg_secret" in data for data in files.values())
+
+
+def test_chunked_vae_decoding_gives_the_same_pairs(tmp_path):
+    whole = make_trainer(tmp_path / "a", num_candidates=3)
+    chunked = make_trainer(tmp_path / "b", num_candidates=3, vae_decode_batch_size=1)
+    torch.manual_seed(0)
+    expected = whole.sample_pairs(["a red square", "a blue circle"])
+    torch.manual_seed(0)
+    got = chunked.sample_pairs(["a red square", "a blue circle"])
+    torch.testing.assert_close(got.chosen, expected.chosen)
+    torch.testing.assert_close(got.rejected, expected.rejected)

@@ -48,6 +48,9 @@ class TailorPOConfig(BaseDiffusionConfig):
             End of the window (fraction of the trajectory, exclusive).
         tie_margin (`float`, *optional*, defaults to `0.0`):
             Pairs whose rewards differ by no more than this are ties: skipped and counted.
+        vae_decode_batch_size (`int`, *optional*):
+            Decode candidate and final latents this many at a time (all at once by default): at each selected step
+            K x batch candidates are decoded and scored, which can set the peak memory at SDXL resolutions.
         max_pairs_per_step (`int`, *optional*):
             Train on at most this many pairs per device and micro-step (a random subset), bounding memory.
 
@@ -94,6 +97,9 @@ class TailorPOConfig(BaseDiffusionConfig):
     timestep_window_start: float = field(default=0.0, metadata={"help": "Window start (fraction of trajectory)."})
     timestep_window_end: float = field(default=1.0, metadata={"help": "Window end (fraction, exclusive)."})
     tie_margin: float = field(default=0.0, metadata={"help": "Reward differences <= this are skipped as ties."})
+    vae_decode_batch_size: int | None = field(
+        default=None, metadata={"help": "Decode this many latents at a time when scoring (None: all at once)."}
+    )
     max_pairs_per_step: int | None = field(default=None, metadata={"help": "Cap on pairs trained per micro-step."})
     beta: float = field(default=10.0, metadata={"help": "Scale of the step log-ratio margin (SPO's 10)."})
     clip_range: float | None = field(default=0.1, metadata={"help": "Clip step ratios to 1 +- this; None disables."})
@@ -133,6 +139,8 @@ class TailorPOConfig(BaseDiffusionConfig):
             raise ValueError(f"beta must be positive, got {self.beta}")
         if self.clip_range is not None and not 0 < self.clip_range < 1:
             raise ValueError(f"clip_range must be in (0, 1) or None, got {self.clip_range}")
+        if self.vae_decode_batch_size is not None and self.vae_decode_batch_size < 1:
+            raise ValueError(f"vae_decode_batch_size must be >= 1 or None, got {self.vae_decode_batch_size}")
         if self.log_samples_steps is not None and self.log_samples_steps < 1:
             raise ValueError(f"log_samples_steps must be >= 1 or None, got {self.log_samples_steps}")
         if self.reward_guidance_scale < 0:

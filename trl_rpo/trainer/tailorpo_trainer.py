@@ -193,6 +193,12 @@ class TailorPOTrainer(BaseDiffusionTrainer):
 
     # -- rewards -------------------------------------------------------------------------------------------------
 
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE-decode latents to images in [0, 1], `vae_decode_batch_size` at a time (bounds peak memory)."""
+        size = self.args.vae_decode_batch_size or latents.shape[0]
+        return torch.cat([decode_latents(self.pipeline.vae, chunk) for chunk in latents.split(size)])
+
     def step_rewards(self, images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted total and per-function rewards of decoded images (`[N, 3, H, W]` in [0, 1])."""
         return combine_rewards(self.reward_funcs, self.reward_weights, tensor_to_pil(images), prompts)
@@ -267,7 +273,7 @@ class TailorPOTrainer(BaseDiffusionTrainer):
                 transitions.append((timesteps, latents, child))
             latents, eps = child, None
 
-        final_images = decode_latents(self.pipeline.vae, latents)
+        final_images = self.decode(latents)
         total, per_func = self.step_rewards(final_images, [prompts[i] for i in prompt_index.tolist()])
         if final_mode:
             ties, ranked = self._label_trajectories(total, batch, transitions, rows)
@@ -300,7 +306,7 @@ class TailorPOTrainer(BaseDiffusionTrainer):
             x0 = predicted_original_sample(child_eps, flat, alpha_prev, self.prediction_type)[0]
         else:  # the last step lands on the clean sample itself
             child_eps, alpha_prev, x0 = None, torch.ones(flat.shape[0], device=flat.device), flat.float()
-        images = decode_latents(self.pipeline.vae, x0)
+        images = self.decode(x0)
         rewards, _ = self.step_rewards(images, list(prompts) * k)
         rewards = rewards.view(k, batch)
 
