@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0.dev0"
 
+from .data.critique import Critique, EditInstruction
 from .data.formats import InvalidRowError, load_preference_dataset, pickapic_to_preference, prepare_preference_dataset
 from .losses import diffusion_dpo_loss, stepwise_dpo_loss
 from .trainer import (
@@ -16,6 +17,8 @@ from .trainer import (
 )
 
 __all__ = [
+    "Critique",
+    "EditInstruction",
     "BaseDiffusionConfig",
     "BaseDiffusionTrainer",
     "DiffusionDPOConfig",

@@ -1,5 +1,6 @@
 """Preference datasets: formats, validation and loading."""
 
+from .critique import Critique, EditInstruction, InvalidCritiqueError
 from .formats import (
     InvalidRowError,
     detect_format,
@@ -12,6 +13,9 @@ from .formats import (
 )
 
 __all__ = [
+    "Critique",
+    "EditInstruction",
+    "InvalidCritiqueError",
     "InvalidRowError",
     "detect_format",
     "load_image",
