@@ -521,3 +521,27 @@ def test_vae_encoding_ignores_an_enclosing_autocast():
         under_autocast = encode_images(vae, pixels, torch.Generator().manual_seed(0))
     assert under_autocast.dtype == torch.float32
     torch.testing.assert_close(under_autocast, plain)
+
+
+def test_training_refuses_to_replace_weights_saved_by_an_earlier_run(tmp_path):
+    first = make_trainer(tmp_path, max_steps=1)
+    first.train()
+    first.save_model()
+    with pytest.raises(FileExistsError, match="pytorch_lora_weights.safetensors"):
+        make_trainer(tmp_path, max_steps=1).train()
+
+
+def test_resume_accepts_the_command_line_spelling_of_true(tmp_path):
+    make_trainer(tmp_path, max_steps=2, save_strategy="steps", save_steps=1).train()
+    resumed = make_trainer(tmp_path, max_steps=3, save_strategy="steps", save_steps=1)
+    resumed.train(resume_from_checkpoint="true")
+    assert resumed.state.global_step == 3
+
+
+def test_model_card_lists_the_method_hyperparameters_as_plain_values(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=1, beta=2500, loss_type="hinge")
+    trainer.train()
+    trainer.save_model()
+    card = (tmp_path / "README.md").read_text()
+    assert "| beta | 2500 |" in card and "| loss_type | hinge |" in card
+    assert "OptimizerNames" not in card and "SchedulerType" not in card and '"None"' not in card

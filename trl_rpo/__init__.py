@@ -3,7 +3,13 @@
 __version__ = "0.1.0.dev0"
 
 from .data.critique import Critique, EditInstruction
-from .data.formats import InvalidRowError, load_preference_dataset, pickapic_to_preference, prepare_preference_dataset
+from .data.formats import (
+    InvalidRowError,
+    load_preference_dataset,
+    load_prompt_dataset,
+    pickapic_to_preference,
+    prepare_preference_dataset,
+)
 from .losses import diffusion_dpo_loss, stepwise_dpo_loss
 from .trainer import (
     BaseDiffusionConfig,
@@ -32,6 +38,7 @@ __all__ = [
     "get_peft_config",
     "stepwise_dpo_loss",
     "load_preference_dataset",
+    "load_prompt_dataset",
     "pickapic_to_preference",
     "prepare_preference_dataset",
 ]

@@ -2,8 +2,8 @@
 
 Everything here is created in memory from configuration objects: no file is read and nothing is
 downloaded, so tests (ours and yours) run on a laptop CPU without a model hub. The models have the
-exact architecture families of Stable Diffusion 1.5 and SDXL (same classes, same conditioning), only
-a few hundred thousand parameters each::
+exact architecture families of Stable Diffusion 1.5 and SDXL (same classes, same conditioning), with UNets
+of about a million parameters::
 
     from trl_rpo.testing import tiny_sd_pipeline, tiny_preference_dataset
 

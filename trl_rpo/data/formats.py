@@ -30,6 +30,7 @@ __all__ = [
     "pickapic_to_preference",
     "load_preference_dataset",
     "prepare_prompt_dataset",
+    "load_prompt_dataset",
 ]
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")

@@ -175,13 +175,14 @@ class BaseDiffusionTrainer(Trainer):
     fine-tuning, the reference model (adapters disabled, or a frozen copy), saving (diffusers LoRA format or
     a diffusers UNet folder), resuming from those checkpoints, TRL-style metrics and model cards.
 
-    Subclasses set `_tag_names`, `_name`, `_paper`, `config_class`, implement `compute_loss`, and may override
-    `needs_reference` (False skips building a reference copy).
+    Subclasses set `_tag_names`, `_name`, `_paper`, `_card_method_fields`, `config_class`, implement
+    `compute_loss`, and may override `needs_reference` (False skips building a reference copy).
     """
 
     _tag_names: list[str] = ["trl", "trl-rpo", "diffusers", "text-to-image"]
     _name = "Diffusion"
     _paper: dict[str, str] = {}
+    _card_method_fields: tuple[str, ...] = ()  # config fields of the method itself, written to the model card
     config_class = BaseDiffusionConfig
     # compute_loss returns a per-batch mean; Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
@@ -205,7 +206,7 @@ class BaseDiffusionTrainer(Trainer):
             raise TypeError(f"args must be a {self.config_class.__name__}, got {type(args).__name__}")
         self.pipeline = load_pipeline(model, args.model_init_kwargs, args.vae_model_name_or_path)
         self.model_name_or_path = (
-            os.fspath(model) if isinstance(model, (str, os.PathLike)) else self.pipeline.name_or_path
+            os.fspath(model) if isinstance(model, (str, os.PathLike)) else (self.pipeline.name_or_path or None)
         )
         self.is_sdxl = is_sdxl_pipeline(self.pipeline)
         self.weight_dtype = mixed_precision_dtype(args)
@@ -456,12 +457,21 @@ class BaseDiffusionTrainer(Trainer):
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        """`Trainer.train`, refusing to write new checkpoints over an earlier run's by accident."""
+        """`Trainer.train`, refusing to write over an earlier run's checkpoints or saved weights by accident.
+
+        `resume_from_checkpoint` may be a checkpoint folder, `True`, or the strings `"true"` / `"last"` (what a
+        command line passes): the last `checkpoint-*` under `output_dir`.
+        """
+        if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.lower() in ("true", "last"):
+            if not os.path.exists(resume_from_checkpoint):
+                resume_from_checkpoint = True
         if not resume_from_checkpoint and self.args.should_save and os.path.isdir(self.args.output_dir):
-            existing = sorted(p.name for p in Path(self.args.output_dir).glob("checkpoint-*") if p.is_dir())
+            root = Path(self.args.output_dir)
+            existing = sorted(p.name for p in root.glob("checkpoint-*") if p.is_dir())
+            existing += [name for name in _SAVED_WEIGHTS if (root / name).exists()]
             if existing:
                 raise FileExistsError(
-                    f"{self.args.output_dir!r} already holds checkpoints {existing[:3]} from an earlier run; pass "
+                    f"{self.args.output_dir!r} already holds {existing[:3]} from an earlier run; pass "
                     "resume_from_checkpoint=True to continue it, or choose another output_dir."
                 )
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
@@ -505,10 +515,9 @@ class BaseDiffusionTrainer(Trainer):
             "total_train_batch_size": args.per_device_train_batch_size
             * args.gradient_accumulation_steps
             * max(args.world_size, 1),
-            "max_steps": args.max_steps,
-            "num_train_epochs": args.num_train_epochs,
-            "optimizer": str(args.optim),
-            "lr_scheduler_type": str(args.lr_scheduler_type),
+            **({"max_steps": args.max_steps} if args.max_steps > 0 else {"num_train_epochs": args.num_train_epochs}),
+            "optimizer": getattr(args.optim, "value", args.optim),
+            "lr_scheduler_type": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type),
             "mixed_precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "no",
             "resolution": self.resolution,
             "prediction_type": self.prediction_type,
@@ -520,6 +529,7 @@ class BaseDiffusionTrainer(Trainer):
                 lora_alpha=self.peft_config.lora_alpha,
                 lora_target_modules=sorted(self.peft_config.target_modules),
             )
+        params.update({name: getattr(args, name) for name in self._card_method_fields})
         return params
 
     def _papers(self) -> list[dict[str, str]]:
@@ -595,6 +605,10 @@ class BaseDiffusionTrainer(Trainer):
                 wandb = callback._wandb
                 if wandb.run is not None:
                     wandb.log({tag: [wandb.Image(im, caption=c) for im, c in zip(images, captions)]}, step=step)
+
+
+# What `save_model` writes into `output_dir`: a new run must not silently replace it.
+_SAVED_WEIGHTS = ("pytorch_lora_weights.safetensors", "unet")
 
 
 def _without_secrets(args):

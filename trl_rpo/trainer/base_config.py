@@ -24,8 +24,9 @@ class BaseDiffusionConfig(TrainingArguments):
         vae_model_name_or_path (`str`, *optional*):
             A VAE to use instead of the pipeline's, e.g. `"madebyollin/sdxl-vae-fp16-fix"` for fp16 SDXL.
         vae_dtype (`str`, *optional*, defaults to `"auto"`):
-            Dtype of the frozen VAE: `"auto"` keeps it in float32 when the VAE's config asks for `force_upcast`
-            (SDXL's VAE overflows in fp16) and uses the mixed-precision dtype otherwise; or one of `"float32"`,
+            Dtype of the frozen VAE: `"auto"` keeps it in float32 under fp16 when the VAE's config asks for
+            `force_upcast` (SDXL's VAE overflows in fp16; bf16 has the range, so it stays bf16) and uses the
+            mixed-precision dtype otherwise; or one of `"float32"`,
             `"float16"`, `"bfloat16"`.
         prediction_type (`str`, *optional*):
             Override the scheduler's `prediction_type` (`"epsilon"` or `"v_prediction"`). By default the

@@ -101,6 +101,7 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
         "id": "2311.12908",
         "citation": DIFFUSION_DPO_CITATION,
     }
+    _card_method_fields = ("beta", "loss_type", "caption_dropout_probability", "random_crop", "random_flip")
     config_class = DiffusionDPOConfig
 
     def __init__(

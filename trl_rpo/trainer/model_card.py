@@ -115,7 +115,7 @@ text-to-image diffusion models.
 import torch
 {imports}
 
-pipe = {pipeline_class}.from_pretrained("{base_id or base_model}", torch_dtype=torch.float16)
+pipe = {pipeline_class}.from_pretrained("{base_id or base_model or "path/to/base/pipeline"}", torch_dtype=torch.float16)
 {load}
 image = pipe("a photo of an astronaut riding a horse").images[0]
 ```

@@ -100,6 +100,19 @@ class TailorPOTrainer(BaseDiffusionTrainer):
         "id": "2502.01667",
         "citation": TAILORPO_CITATION,
     }
+    _card_method_fields = (
+        "beta",
+        "clip_range",
+        "num_inference_steps",
+        "guidance_scale",
+        "eta",
+        "num_candidates",
+        "pairing",
+        "timestep_selection",
+        "num_selected_timesteps",
+        "tie_margin",
+        "reward_guidance_scale",
+    )
     config_class = TailorPOConfig
 
     def __init__(
