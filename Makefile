@@ -13,7 +13,7 @@ $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, and only if missing: a bare `torch` requirement would pull a multi-GB CUDA build.
-	# Pick the build with TORCH_VERSION / PIP_INDEX_URL (e.g. https://download.pytorch.org/whl/cpu).
+	# To choose the build (CPU, a CUDA version), install torch into .venv first: this step then keeps it.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==$(TORCH_VERSION)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)

@@ -9,8 +9,8 @@ HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "trl_rpo" / "__init__.py").read_text()).group(1)
 
 # torch is deliberately a floor, not a pin: install the build that fits your hardware first
-# (`make` installs torch==$(TORCH_VERSION) from the configured index when torch is missing; set
-# PIP_INDEX_URL=https://download.pytorch.org/whl/cpu for the CPU build).
+# (`make` installs torch==$(TORCH_VERSION) only when `.venv` has no torch: install another build into `.venv`
+# first, e.g. `pip install torch --index-url https://download.pytorch.org/whl/cpu`, and make keeps it).
 INSTALL_REQUIRES = [
     "torch>=2.4",
     "trl>=1.16",
