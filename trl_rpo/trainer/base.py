@@ -281,11 +281,16 @@ class BaseDiffusionTrainer(Trainer):
             unet.to(dtype=self.weight_dtype)
             unet.add_adapter(self.peft_config)
             cast_training_params(unet, dtype=torch.float32)
-            self._trainable_parameter_names = [n for n, p in unet.named_parameters() if p.requires_grad]
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            # Toggled directly for each reference pass: `unet.disable_adapters()` walks every module and re-checks
+            # the PEFT version each call (~15-20 ms a step on the tiny models).
+            self._lora_layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
+            self._trainable_parameters = [p for p in unet.parameters() if p.requires_grad]
         else:
             unet.to(dtype=torch.float32)
             unet.requires_grad_(True)
-            self._trainable_parameter_names = [n for n, _ in unet.named_parameters()]
+            self._lora_layers, self._trainable_parameters = [], list(unet.parameters())
             if ref_model is None and self.needs_reference:
                 # Copied before any training step, so resuming can never hand half-trained weights to the reference.
                 ref_model = copy.deepcopy(unet)
@@ -342,14 +347,15 @@ class BaseDiffusionTrainer(Trainer):
             raise RuntimeError(
                 "full fine-tuning without a reference model; pass ref_model or use a loss that needs none"
             )
-        unet.disable_adapters()
+        for layer in self._lora_layers:
+            layer.enable_adapters(False)
         try:
             yield unet
         finally:
-            unet.enable_adapters()
-            trainable = set(self._trainable_parameter_names)
-            for name, param in unet.named_parameters():
-                if name in trainable and not param.requires_grad:
+            for layer in self._lora_layers:
+                layer.enable_adapters(True)
+            for param in self._trainable_parameters:  # enable_adapters restores them; be certain
+                if not param.requires_grad:
                     param.requires_grad_(True)
 
     # -- the denoiser call -------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from datasets import Dataset
+from datasets import Dataset, Features
 
 from ..data.formats import load_image, prepare_preference_dataset
 from ..data.transforms import prepare_pair
@@ -218,11 +218,38 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
             batched=True,
             batch_size=args.precompute_batch_size or args.per_device_train_batch_size,
             remove_columns=["chosen", "rejected"],
+            features=self._precomputed_features(dataset, encode),
             new_fingerprint=fingerprint,
             desc=f"Precomputing latents and text embeddings ({name})",
         )
         numeric = [c for c in encoded.column_names if c != "prompt"]
         return encoded.with_format("torch", columns=numeric, output_all_columns=True)
+
+    @staticmethod
+    def _precomputed_features(dataset: Dataset, encode) -> Features:
+        """Fixed-shape array features for the encoded columns (probed on one row).
+
+        Stored as nested lists, every batch would be rebuilt element by element when read back; fixed-shape
+        arrays load as whole tensors (the step's data loading drops from ~15 ms to a few ms on tiny models).
+        """
+        import random
+
+        from datasets import Array2D, Array3D, Sequence, Value
+
+        state = random.getstate()
+        with torch.random.fork_rng():  # the probe must not shift the random crops / VAE samples of the real pass
+            probe = encode(dataset[:1])
+        random.setstate(state)
+        features = Features({k: v for k, v in dataset.features.items() if k not in ("chosen", "rejected")})
+        for key, value in probe.items():
+            shape = tuple(value.shape[1:])
+            if len(shape) == 3:
+                features[key] = Array3D(shape=shape, dtype="float32")
+            elif len(shape) == 2:
+                features[key] = Array2D(shape=shape, dtype="float32")
+            else:
+                features[key] = Sequence(Value("float32"), length=shape[0])
+        return features
 
     # -- the step ----------------------------------------------------------------------------------------------
 
