@@ -1,0 +1,62 @@
+"""The shapes world: a synthetic text-to-image task with exact ground truth, a reward, a critic and an editor.
+
+See docs/shapes.md. Prompts like "two red circles on the left, on a white background" are rendered exactly by
+`render`, read back by `analyze`, scored by `alignment_score` (a reward function), criticized by `Critic` and fixed
+by `Editor`.
+"""
+
+from .analysis import COLOR_NAMES, DetectedObject, Observation, analyze, classify_shape
+from .critic import Critic, describe
+from .editor import Editor
+from .evaluate import ATTRIBUTES, alignment_score, check_attributes
+from .render import layout, render
+from .world import (
+    BACKGROUNDS,
+    COUNTS,
+    HELD_OUT_PAIRS,
+    PALETTE,
+    POSITIONS,
+    REGION_BOXES,
+    SHAPES,
+    Scene,
+    all_scenes,
+    object_size,
+    parse_prompt,
+    position_of,
+    prompt_text,
+    prompts,
+    slot_centers,
+    split_of,
+)
+
+__all__ = [
+    "ATTRIBUTES",
+    "BACKGROUNDS",
+    "COLOR_NAMES",
+    "COUNTS",
+    "HELD_OUT_PAIRS",
+    "PALETTE",
+    "POSITIONS",
+    "REGION_BOXES",
+    "SHAPES",
+    "Critic",
+    "DetectedObject",
+    "Editor",
+    "Observation",
+    "Scene",
+    "alignment_score",
+    "all_scenes",
+    "analyze",
+    "check_attributes",
+    "classify_shape",
+    "describe",
+    "layout",
+    "object_size",
+    "parse_prompt",
+    "position_of",
+    "prompt_text",
+    "prompts",
+    "render",
+    "slot_centers",
+    "split_of",
+]

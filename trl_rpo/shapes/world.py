@@ -1,0 +1,246 @@
+"""The shapes world: compositional prompts over shape, color, count, position and background.
+
+Grammar of a prompt (one object group per prompt)::
+
+    <count> <color> <shape>[s] <position phrase>, on a <background> background
+
+    count      one | two | three            ("a"/"an" are read as one)
+    color      red | orange | yellow | green | blue | purple
+    shape      circle | square | triangle | diamond   (plural with "s" when count > 1)
+    position   on the left | on the right | at the top | at the bottom | in the center
+    background white | black | gray
+
+e.g. "two red circles on the left, on a white background".
+
+Split rule: a scene is held out iff its (shape, color) pair is in `HELD_OUT_PAIRS` (one color per shape).
+Every shape and every color appears in train, but those pairs never do, so held-out prompts test
+compositional generalization; the splits are disjoint by construction.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "BACKGROUNDS",
+    "COUNTS",
+    "HELD_OUT_PAIRS",
+    "PALETTE",
+    "POSITIONS",
+    "REGION_BOXES",
+    "SHAPES",
+    "Scene",
+    "all_scenes",
+    "object_size",
+    "parse_prompt",
+    "position_of",
+    "prompt_text",
+    "prompts",
+    "slot_centers",
+    "split_of",
+]
+
+# Object colors: pairwise RGB distance >= 100 and far from every background, so nearest-color segmentation is exact.
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (220, 20, 20),
+    "orange": (255, 140, 0),
+    "yellow": (250, 230, 20),
+    "green": (20, 160, 40),
+    "blue": (20, 60, 220),
+    "purple": (150, 40, 190),
+}
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "white": (255, 255, 255),
+    "black": (0, 0, 0),
+    "gray": (128, 128, 128),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
+COUNTS: tuple[int, ...] = (1, 2, 3)
+POSITIONS: tuple[str, ...] = ("left", "right", "top", "bottom", "center")
+
+HELD_OUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
+    {("circle", "purple"), ("square", "orange"), ("triangle", "green"), ("diamond", "blue")}
+)
+
+_COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
+_WORD_COUNTS = {**{word: n for n, word in _COUNT_WORDS.items()}, "a": 1, "an": 1}
+_POSITION_PHRASES = {
+    "left": "on the left",
+    "right": "on the right",
+    "top": "at the top",
+    "bottom": "at the bottom",
+    "center": "in the center",
+}
+_PHRASE_POSITIONS = {phrase: position for position, phrase in _POSITION_PHRASES.items()}
+
+# Half-width of the central square (normalized coordinates) that counts as "center".
+CENTER_HALF_WIDTH = 0.25
+
+# Descriptive boxes (x0, y0, x1, y1) in [0, 1] for each region, used as `EditInstruction.region` for adds.
+REGION_BOXES: dict[str, tuple[float, float, float, float]] = {
+    "left": (0.0, 0.1, 0.3, 0.9),
+    "right": (0.7, 0.1, 1.0, 0.9),
+    "top": (0.1, 0.0, 0.9, 0.3),
+    "bottom": (0.1, 0.7, 0.9, 1.0),
+    "center": (0.25, 0.25, 0.75, 0.75),
+}
+
+# Canonical object centers for the "left" region by count; the other regions are mirrors/transposes of it.
+_LEFT_SLOTS = {
+    1: ((0.17, 0.5),),
+    2: ((0.15, 0.32), (0.15, 0.68)),
+    3: ((0.13, 0.22), (0.13, 0.5), (0.13, 0.78)),
+}
+_CENTER_SLOTS = {
+    1: ((0.5, 0.5),),
+    2: ((0.35, 0.5), (0.65, 0.5)),
+    3: ((0.36, 0.36), (0.64, 0.36), (0.5, 0.64)),
+}
+_OBJECT_SIZES = {1: 0.3, 2: 0.25, 3: 0.22}
+
+
+@dataclass(frozen=True)
+class Scene:
+    """The structured attributes of a prompt: `count` objects of one `shape` and `color` at `position`."""
+
+    shape: str
+    color: str
+    count: int
+    position: str
+    background: str
+
+    def __post_init__(self):
+        for name, value, allowed in (
+            ("shape", self.shape, SHAPES),
+            ("color", self.color, tuple(PALETTE)),
+            ("count", self.count, COUNTS),
+            ("position", self.position, POSITIONS),
+            ("background", self.background, tuple(BACKGROUNDS)),
+        ):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; expected one of {list(allowed)}")
+
+    @property
+    def noun(self) -> str:
+        """The shape noun, plural when the count is more than one ("circles")."""
+        return self.shape + ("s" if self.count > 1 else "")
+
+
+def prompt_text(scene: Scene) -> str:
+    """The canonical prompt of a scene, e.g. "two red circles on the left, on a white background"."""
+    return (
+        f"{_COUNT_WORDS[scene.count]} {scene.color} {scene.noun} {_POSITION_PHRASES[scene.position]}, "
+        f"on a {scene.background} background"
+    )
+
+
+def _lookup(kind: str, word: str, table: dict, text: str):
+    if word not in table:
+        raise ValueError(f"cannot parse {kind} {word!r} in prompt {text!r}; expected one of {sorted(table)}")
+    return table[word]
+
+
+def parse_prompt(text: str) -> Scene:
+    """The scene of a prompt (the exact inverse of `prompt_text`; case and extra spaces are ignored).
+
+    Raises:
+        ValueError: naming the part of the prompt that does not follow the grammar.
+    """
+    normalized = " ".join(str(text).lower().split())
+    objects, sep, background_part = normalized.rpartition(", on a ")
+    if not sep:
+        raise ValueError(f"cannot parse prompt {text!r}: missing ', on a <background> background'")
+    background_words = background_part.split()
+    if len(background_words) != 2 or background_words[1] != "background":
+        raise ValueError(f"cannot parse background part {background_part!r} in prompt {text!r}")
+    background = _lookup("background", background_words[0], {b: b for b in BACKGROUNDS}, text)
+    words = objects.split()
+    if len(words) < 4:
+        raise ValueError(
+            f"cannot parse object part {objects!r} in prompt {text!r}: expected '<count> <color> <shape> <position>'"
+        )
+    count = _lookup("count", words[0], _WORD_COUNTS, text)
+    color = _lookup("color", words[1], {c: c for c in PALETTE}, text)
+    noun = words[2]
+    shape = noun[:-1] if count > 1 and noun.endswith("s") else noun
+    _lookup("shape", shape, {s: s for s in SHAPES}, text)
+    if (count > 1) != noun.endswith("s"):
+        raise ValueError(
+            f"cannot parse shape {noun!r} in prompt {text!r}: its number does not agree with count {count}"
+        )
+    position = _lookup("position", " ".join(words[3:]), _PHRASE_POSITIONS, text)
+    return Scene(shape=shape, color=color, count=count, position=position, background=background)
+
+
+def split_of(scene: Scene) -> Literal["train", "held_out"]:
+    """ "held_out" iff the scene's (shape, color) pair is in `HELD_OUT_PAIRS`, else "train"."""
+    return "held_out" if (scene.shape, scene.color) in HELD_OUT_PAIRS else "train"
+
+
+def all_scenes(split: str | None = None) -> list[Scene]:
+    """Every scene of the world in a fixed order, optionally only those of one split."""
+    if split not in (None, "train", "held_out"):
+        raise ValueError(f"split must be 'train' or 'held_out', got {split!r}")
+    scenes = [
+        Scene(shape, color, count, position, background)
+        for shape, color, count, position, background in itertools.product(
+            SHAPES, PALETTE, COUNTS, POSITIONS, BACKGROUNDS
+        )
+    ]
+    return [s for s in scenes if split is None or split_of(s) == split]
+
+
+def prompts(n: int, seed: int = 0, split: str = "train") -> list[str]:
+    """`n` prompts of a split, deterministic for a seed.
+
+    Distinct while `n` does not exceed the split's size (900 train, 180 held-out scenes); beyond that the
+    split is cycled through in fresh shuffles.
+    """
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n}")
+    pool = [prompt_text(s) for s in all_scenes(split)]
+    rng = random.Random(seed)
+    out: list[str] = []
+    while len(out) < n:
+        order = pool[:]
+        rng.shuffle(order)
+        out.extend(order[: n - len(out)])
+    return out
+
+
+def position_of(x: float, y: float) -> str:
+    """The region of a point in normalized coordinates (x right, y down).
+
+    The central square `max(|x - .5|, |y - .5|) < CENTER_HALF_WIDTH` is "center"; the rest is split by the
+    diagonals into left / right / top / bottom by whichever offset from the middle dominates.
+    """
+    dx, dy = x - 0.5, y - 0.5
+    if max(abs(dx), abs(dy)) < CENTER_HALF_WIDTH:
+        return "center"
+    if abs(dx) >= abs(dy):
+        return "left" if dx < 0 else "right"
+    return "top" if dy < 0 else "bottom"
+
+
+def slot_centers(position: str, count: int) -> tuple[tuple[float, float], ...]:
+    """The canonical normalized centers of `count` objects in a region (where the renderer puts them)."""
+    if position == "center":
+        return _CENTER_SLOTS[count]
+    left = _LEFT_SLOTS[count]
+    if position == "left":
+        return left
+    if position == "right":
+        return tuple((1.0 - x, y) for x, y in left)
+    if position == "top":
+        return tuple((y, x) for x, y in left)
+    if position == "bottom":
+        return tuple((y, 1.0 - x) for x, y in left)
+    raise ValueError(f"unknown position {position!r}; expected one of {list(POSITIONS)}")
+
+
+def object_size(count: int) -> float:
+    """The side of an object's bounding box as a fraction of the image side (smaller when there are more)."""
+    return _OBJECT_SIZES[count]
