@@ -422,7 +422,7 @@ class BaseDiffusionTrainer(Trainer):
         if not self.args.should_save:
             return
         os.makedirs(output_dir, exist_ok=True)
-        unet = self.accelerator.unwrap_model(self.model)
+        unet = self._unwrapped_unet()
         if self.peft_config is not None:
             from diffusers.utils import convert_state_dict_to_diffusers
             from peft.utils import get_peft_model_state_dict
@@ -563,7 +563,7 @@ class BaseDiffusionTrainer(Trainer):
     def generate_validation_images(self) -> list:
         """Images of `args.validation_prompts` with the current weights (fixed seed, so runs are comparable)."""
         args = self.args
-        unet = self.accelerator.unwrap_model(self.model)
+        unet = self._unwrapped_unet()
         was_training = unet.training
         unet.eval()
         device = self.accelerator.device

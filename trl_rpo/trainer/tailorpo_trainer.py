@@ -242,7 +242,7 @@ class TailorPOTrainer(BaseDiffusionTrainer):
         args, device = self.args, self.accelerator.device
         scheduler = self.sample_scheduler
         scheduler.set_timesteps(args.num_inference_steps, device=device)
-        unet = self.accelerator.unwrap_model(self.model)
+        unet = self._unwrapped_unet()
         final_mode = args.pairing == "final"
         n_traj = 2 if final_mode else 1
         batch = len(prompts)
