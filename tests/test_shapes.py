@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from trl_rpo.data.critique import Critique, EditInstruction
+from trl_rpo.data.schema import Critique, EditInstruction
 from trl_rpo.rewards import combine_rewards
 from trl_rpo.shapes import (
     BACKGROUNDS,

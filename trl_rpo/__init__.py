@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0.dev0"
 
-from .data.critique import Critique, EditInstruction
+from .data.schema import Critique, EditInstruction
 from .data.formats import (
     InvalidRowError,
     load_preference_dataset,

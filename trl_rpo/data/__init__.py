@@ -1,6 +1,6 @@
 """Preference datasets: formats, validation and loading."""
 
-from .critique import Critique, EditInstruction, InvalidCritiqueError
+from .schema import Critique, EditInstruction, InvalidCritiqueError
 from .formats import (
     InvalidRowError,
     detect_format,

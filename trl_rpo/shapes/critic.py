@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from ..data.critique import Critique, EditInstruction
+from ..data.schema import Critique, EditInstruction
 from .analysis import DetectedObject, Observation, analyze
 from .world import REGION_BOXES, Scene, object_size, parse_prompt, prompt_text, slot_centers
 

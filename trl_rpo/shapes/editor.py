@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..data.critique import EditInstruction
+from ..data.schema import EditInstruction
 from .analysis import COLOR_NAMES, analyze
 from .render import Box, centroid_in_region, shape_mask
 from .world import BACKGROUNDS, COUNTS, PALETTE, POSITIONS, SHAPES, object_size, position_of, slot_centers

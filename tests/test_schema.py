@@ -1,6 +1,6 @@
 import pytest
 
-from trl_rpo.data.critique import Critique, EditInstruction, InvalidCritiqueError
+from trl_rpo.data.schema import Critique, EditInstruction, InvalidCritiqueError
 
 
 def test_a_dict_with_string_and_structured_instructions_becomes_a_critique():
