@@ -39,6 +39,8 @@ def test_round_trip_through_a_dict_drops_empty_fields():
         ({"critique": "c", "instructions": [{"kind": "recolor"}]}, "needs an 'instruction' field"),
         ({"critique": "c", "instructions": [{"instruction": "x", "region": [0.5, 0, 0.2, 1]}]}, "0 <= x0 < x1"),
         ({"critique": "c", "instructions": [{"instruction": "x", "colour": "red"}]}, "unknown instruction field"),
+        ({"critique": "c", "instructions": [{"instruction": "x", "region": 5}]}, "region must be 4 numbers"),
+        ({"critique": "c", "instructions": [{"instruction": "x", "region": [0, 0, True, 1]}]}, "region must be 4"),
         ({"critique": "c", "score": 3}, "unknown critique field"),
         ("just text", "must be a Critique or a dict"),
     ],

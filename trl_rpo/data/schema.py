@@ -46,8 +46,9 @@ class EditInstruction:
             if value is not None and not isinstance(value, str):
                 raise InvalidCritiqueError(f"instruction field {name!r} must be a string, got {value!r}")
         if self.region is not None:
-            region = tuple(self.region)
-            if len(region) != _REGION_LEN or not all(isinstance(v, (int, float)) for v in region):
+            region = tuple(self.region) if isinstance(self.region, (list, tuple)) else (self.region,)
+            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in region)
+            if len(region) != _REGION_LEN or not numeric:
                 raise InvalidCritiqueError(f"region must be 4 numbers (x0, y0, x1, y1), got {self.region!r}")
             x0, y0, x1, y1 = (float(v) for v in region)
             if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
