@@ -32,6 +32,14 @@ __all__ = [
     "tiny_aesthetic_scorer",
     "tiny_clip_scorer",
     "tiny_pickscore_scorer",
+    "tiny_instruct_pix2pix_pipeline",
+    "tiny_sdxl_instruct_pix2pix_pipeline",
+    "tiny_inpaint_pipeline",
+    "tiny_sdxl_inpaint_pipeline",
+    "tiny_controlnet_pipeline",
+    "tiny_img2img_pipeline",
+    "tiny_chat_tokenizer",
+    "tiny_vision_language_model",
 ]
 
 _TEXT_HIDDEN = 32
@@ -310,3 +318,250 @@ def tiny_pickscore_scorer(seed: int = 0):
     from .rewards import PickScoreScorer
 
     return PickScoreScorer(model=tiny_clip_model(seed), processor=tiny_clip_processor())
+
+
+# --- Tiny editing pipelines (InstructPix2Pix, inpainting, ControlNet, img2img) for `trl_rpo.data.editors`. ---
+
+
+def _editor_sd_components(seed: int, in_channels: int, sample_size: int = 16) -> dict:
+    """The components of a tiny SD 1.5 pipeline whose UNet reads `in_channels` latent channels.
+
+    Same architecture as `tiny_sd_pipeline`; editing models only widen the UNet input: 8 channels for
+    InstructPix2Pix (noisy latents + image latents), 9 for inpainting (noisy latents + mask + masked-image latents).
+    """
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    _seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=_TEXT_HIDDEN,
+        norm_num_groups=8,
+        attention_head_dim=8,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return {
+        "unet": unet,
+        "vae": _vae(),
+        "text_encoder": CLIPTextModel(_text_config()),
+        "tokenizer": tiny_clip_tokenizer(),
+        "scheduler": scheduler,
+        "safety_checker": None,
+        "feature_extractor": None,
+        "image_encoder": None,
+        "requires_safety_checker": False,
+    }
+
+
+def _editor_sdxl_components(seed: int, in_channels: int, sample_size: int = 16) -> dict:
+    """The components of a tiny SDXL pipeline (as `tiny_sdxl_pipeline`) whose UNet reads `in_channels` channels."""
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    _seed(seed)
+    time_embed_dim = 8
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * time_embed_dim + _TEXT_HIDDEN,
+        cross_attention_dim=2 * _TEXT_HIDDEN,
+        norm_num_groups=8,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    return {
+        "unet": unet,
+        "vae": _vae(),
+        "text_encoder": CLIPTextModel(_text_config()),
+        "text_encoder_2": CLIPTextModelWithProjection(_text_config()),
+        "tokenizer": tiny_clip_tokenizer(),
+        "tokenizer_2": tiny_clip_tokenizer(),
+        "scheduler": scheduler,
+        "force_zeros_for_empty_prompt": True,
+        "add_watermarker": False,
+    }
+
+
+def _quiet(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_instruct_pix2pix_pipeline(seed: int = 0):
+    """A seeded tiny `StableDiffusionInstructPix2PixPipeline` (SD 1.5 layout, UNet with 8 input channels)."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    return _quiet(StableDiffusionInstructPix2PixPipeline(**_editor_sd_components(seed, in_channels=8)))
+
+
+def tiny_sdxl_instruct_pix2pix_pipeline(seed: int = 0):
+    """A seeded tiny `StableDiffusionXLInstructPix2PixPipeline` (SDXL layout, UNet with 8 input channels)."""
+    from diffusers import StableDiffusionXLInstructPix2PixPipeline
+
+    components = _editor_sdxl_components(seed, in_channels=8)
+    return _quiet(StableDiffusionXLInstructPix2PixPipeline(**components, is_cosxl_edit=False))
+
+
+def tiny_inpaint_pipeline(seed: int = 0):
+    """A seeded tiny `StableDiffusionInpaintPipeline` (SD 1.5 layout, UNet with 9 input channels)."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    return _quiet(StableDiffusionInpaintPipeline(**_editor_sd_components(seed, in_channels=9)))
+
+
+def tiny_sdxl_inpaint_pipeline(seed: int = 0):
+    """A seeded tiny `StableDiffusionXLInpaintPipeline` (SDXL layout, UNet with 9 input channels)."""
+    from diffusers import StableDiffusionXLInpaintPipeline
+
+    components = _editor_sdxl_components(seed, in_channels=9)
+    return _quiet(StableDiffusionXLInpaintPipeline(**components, image_encoder=None, feature_extractor=None))
+
+
+def tiny_controlnet_pipeline(seed: int = 0):
+    """A seeded tiny `StableDiffusionControlNetImg2ImgPipeline`: the tiny SD 1.5 components plus a `ControlNetModel`.
+
+    The ControlNet is built from the tiny UNet (`ControlNetModel.from_unet`); its conditioning embedding
+    downsamples by 2, like the tiny VAE, so control images have the pixel size of the images.
+    """
+    from diffusers import ControlNetModel, StableDiffusionControlNetImg2ImgPipeline
+
+    components = _editor_sd_components(seed, in_channels=4)
+    controlnet = ControlNetModel.from_unet(components["unet"], conditioning_embedding_out_channels=(8, 16))
+    return _quiet(StableDiffusionControlNetImg2ImgPipeline(**components, controlnet=controlnet))
+
+
+def tiny_img2img_pipeline(seed: int = 0):
+    """A seeded tiny `StableDiffusionImg2ImgPipeline` (the components of `tiny_sd_pipeline`)."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    return _quiet(StableDiffusionImg2ImgPipeline(**_editor_sd_components(seed, in_channels=4)))
+
+
+_CHAT_SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<image>", "<|user|>", "<|assistant|>"]
+
+# A minimal chat template in the shape real VLM templates have: content is a string or a list of parts, image
+# parts become the processor's image token, and the generation prompt opens the assistant turn.
+_TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>"
+    "{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<image>{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|eos|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def tiny_chat_tokenizer():
+    """A byte-level `PreTrainedTokenizerFast` with chat special tokens, an `<image>` token and a chat template.
+
+    Built in memory (no merges, no files): every string round-trips through encode/decode, so tests can turn any
+    reply text into token ids. Pads on the left, as batched generation with decoder-only models needs.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(_byte_level_alphabet())}
+    for token in _CHAT_SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|bos|>",
+        eos_token="<|eos|>",
+        pad_token="<|pad|>",
+        additional_special_tokens=_CHAT_SPECIAL_TOKENS[3:],
+        padding_side="left",
+    )
+    tokenizer.chat_template = _TINY_CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_vision_language_model(seed: int = 0, image_size: int = 32):
+    """A seeded tiny LLaVA (`LlavaForConditionalGeneration`: CLIP vision tower + Llama text model) and its processor.
+
+    A real image-text-to-text model (the same classes as `llava-hf/llava-1.5-7b-hf`, about 60k parameters) whose
+    `LlavaProcessor` has a chat template, so critics run their real batching and `generate` path offline. Its
+    replies are random bytes: tests that need a given reply replace `model.generate`.
+
+    Returns:
+        `(model, processor)`.
+    """
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    try:  # transformers >= 5 names the PIL backend explicitly; the plain class warns without torchvision
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:  # pragma: no cover - older transformers
+        from transformers import CLIPImageProcessor as ImageProcessor
+
+    tokenizer = tiny_chat_tokenizer()
+    patch_size = 8
+    image_processor = ImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        chat_template=_TINY_CHAT_TEMPLATE,
+        num_additional_image_tokens=1,  # CLIP's class token, dropped by the "default" feature strategy
+    )
+    _seed(seed)
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    return LlavaForConditionalGeneration(config).eval(), processor
