@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0.dev0"
 
-from .data.schema import Critique, EditInstruction
+from .data.builder import RichPreferenceConfig, RichPreferenceDataBuilder
 from .data.formats import (
     InvalidRowError,
     load_preference_dataset,
@@ -10,6 +10,8 @@ from .data.formats import (
     pickapic_to_preference,
     prepare_preference_dataset,
 )
+from .data.schema import Critique, EditInstruction
+from .data.verifiers import ChangeGuard, CriticRecheckVerifier, RewardMarginVerifier
 from .losses import diffusion_dpo_loss, stepwise_dpo_loss
 from .trainer import (
     BaseDiffusionConfig,
@@ -23,6 +25,11 @@ from .trainer import (
 )
 
 __all__ = [
+    "ChangeGuard",
+    "CriticRecheckVerifier",
+    "RewardMarginVerifier",
+    "RichPreferenceConfig",
+    "RichPreferenceDataBuilder",
     "Critique",
     "EditInstruction",
     "BaseDiffusionConfig",

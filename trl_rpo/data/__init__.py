@@ -1,6 +1,8 @@
-"""Preference datasets: formats, validation and loading."""
+"""Preference datasets: formats, validation and loading; the RPO builder with its critics, editors, verifiers."""
 
-from .schema import Critique, EditInstruction, InvalidCritiqueError
+from .builder import PipelineGenerator, RichPreferenceConfig, RichPreferenceDataBuilder, ShapesGenerator
+from .critics import CRITIC_PROMPT, CriticRequestError, OpenAICompatibleCritic, TransformersCritic, parse_critique
+from .editors import ControlNetEditor, EditorRouter, Img2ImgEditor, InpaintEditor, InstructPix2PixEditor
 from .formats import (
     InvalidRowError,
     detect_format,
@@ -11,8 +13,22 @@ from .formats import (
     prepare_preference_dataset,
     prepare_prompt_dataset,
 )
+from .schema import Critique, EditInstruction, InvalidCritiqueError
+from .verifiers import ChangeGuard, CriticRecheckVerifier, RewardMarginVerifier, Verdict
 
 __all__ = [
+    "CRITIC_PROMPT",
+    "ControlNetEditor",
+    "CriticRequestError",
+    "EditorRouter",
+    "Img2ImgEditor",
+    "InpaintEditor",
+    "InstructPix2PixEditor",
+    "OpenAICompatibleCritic",
+    "TransformersCritic",
+    "parse_critique",
+    "ChangeGuard",
+    "CriticRecheckVerifier",
     "Critique",
     "EditInstruction",
     "InvalidCritiqueError",
@@ -24,4 +40,10 @@ __all__ = [
     "pickapic_to_preference",
     "prepare_preference_dataset",
     "prepare_prompt_dataset",
+    "PipelineGenerator",
+    "RewardMarginVerifier",
+    "RichPreferenceConfig",
+    "RichPreferenceDataBuilder",
+    "ShapesGenerator",
+    "Verdict",
 ]

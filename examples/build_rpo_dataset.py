@@ -1,0 +1,53 @@
+"""Build RPO preference pairs (critique -> instructions -> edit -> verify) and optionally push them to the Hub.
+
+Offline, in the shapes world (a generator with deliberate mistakes, the rule-based critic and editor):
+
+    python examples/build_rpo_dataset.py --config examples/configs/build_rpo_shapes.yaml
+
+Several processes split the prompts (no duplicates) and the main process merges the shards:
+
+    accelerate launch --num_processes 2 examples/build_rpo_dataset.py --config examples/configs/build_rpo_shapes.yaml
+
+SDXL with your own critic and editors (import paths `module:attribute`; a class is instantiated without arguments,
+so put a configured instance in a small module of yours to pass arguments):
+
+    accelerate launch examples/build_rpo_dataset.py --prompts prompts.txt \
+        --generator stabilityai/stable-diffusion-xl-base-1.0 --torch_dtype float16 \
+        --critic my_stages:critic --editor my_stages:instruct_editor my_stages:inpaint_editor \
+        --reward_funcs my_stages:reward --critic_recheck --change_guard \
+        --output_dir rpo-sdxl-pairs --push_to_hub --hub_dataset_id me/rpo-sdxl-pairs
+
+Re-running the same command resumes: finished shards in `--output_dir` are kept, only missing ones are built.
+The same works as `trl-rpo build-dataset ...`; this script shows the Python API the command wraps.
+"""
+
+from trl import TrlParser
+
+from trl_rpo.cli import BuildDatasetArguments, build_verifiers, load_prompts, resolve_generator, resolve_stage
+from trl_rpo.data import RichPreferenceConfig, RichPreferenceDataBuilder
+
+
+def main(script_args: BuildDatasetArguments, config: RichPreferenceConfig) -> None:
+    critic = resolve_stage(script_args.critic, "critic")
+    builder = RichPreferenceDataBuilder(
+        generator=resolve_generator(script_args.generator),
+        critic=critic,
+        editor=[resolve_stage(spec, "editor") for spec in script_args.editor],
+        verifier=build_verifiers(script_args, critic),
+        args=config,
+    )
+    prompts = load_prompts(
+        script_args.prompts, script_args.prompt_column, script_args.prompt_split, script_args.max_prompts
+    )
+    dataset = builder.build(prompts)
+    print(f"{len(dataset)} pairs in {config.output_dir}; counts: {builder.stats}")
+    if script_args.push_to_hub:
+        from accelerate import PartialState
+
+        if PartialState().is_main_process:  # already set up by build()
+            print(builder.push_to_hub(script_args.hub_dataset_id, private=script_args.hub_private))
+
+
+if __name__ == "__main__":
+    parser = TrlParser((BuildDatasetArguments, RichPreferenceConfig))
+    main(*parser.parse_args_and_config())

@@ -1,0 +1,142 @@
+"""The `trl-rpo` command line and the build-dataset example."""
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trl_rpo.cli import COMMANDS, BuildDatasetArguments, load_prompts, main, resolve_stage
+from trl_rpo.data import RichPreferenceConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES_YAML = ROOT / "examples" / "configs" / "build_rpo_shapes.yaml"
+
+
+def test_build_dataset_help_lists_stage_and_config_options():
+    result = subprocess.run(
+        [sys.executable, "-m", "trl_rpo.cli", "build-dataset", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for option in ("--prompts", "--generator", "--critic", "--editor", "--images_per_prompt", "--shard_size"):
+        assert option in result.stdout
+    assert result.stdout.startswith("usage: trl-rpo build-dataset")
+
+
+def test_no_command_prints_the_list_of_commands_and_fails(capsys):
+    assert main([]) == 2
+    assert "build-dataset" in capsys.readouterr().out
+
+
+def test_an_unknown_command_is_refused_naming_the_known_ones(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train-everything"])
+    assert exit_info.value.code == 2
+    assert "unknown command 'train-everything'; choose from build-dataset" in capsys.readouterr().err
+
+
+def test_commands_are_registered_in_one_table_so_new_ones_are_one_entry():
+    assert list(COMMANDS) == ["build-dataset"]
+    assert callable(COMMANDS["build-dataset"].run) and COMMANDS["build-dataset"].help
+
+
+def test_build_dataset_runs_the_offline_shapes_config_with_command_line_overrides(tmp_path, capsys):
+    out = tmp_path / "pairs"
+    code = main(
+        ["build-dataset", "--config", str(SHAPES_YAML), "--prompts", "shapes:4", "--output_dir", str(out)]
+        + ["--disable_tqdm", "true"]
+    )
+    assert code == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["counts"]["prompts"] == 4  # the command line beat the file's shapes:32
+    assert stats["config"]["shard_size"] == 8  # the file's value
+    assert len(stats["stages"]["verifiers"]) == 3  # reward margin, critic re-check, change guard
+    assert f"pair(s) in {out}" in capsys.readouterr().out
+
+
+def test_build_dataset_resumes_when_run_again(tmp_path):
+    args = ["build-dataset", "--config", str(SHAPES_YAML), "--prompts", "shapes:4", "--output_dir", str(tmp_path)]
+    args += ["--disable_tqdm", "true"]
+    assert main(args) == 0
+    manifest = (tmp_path / "manifest.json").read_text()
+    assert main(args) == 0
+    assert (tmp_path / "manifest.json").read_text() == manifest
+
+
+def test_the_console_script_points_at_main():
+    from importlib.metadata import entry_points
+
+    (entry,) = entry_points(group="console_scripts", name="trl-rpo") or [None]
+    if entry is None:
+        pytest.skip("trl-rpo is not installed as a console script (run `pip install -e .`)")
+    assert entry.value == "trl_rpo.cli:main"
+    assert shutil.which("trl-rpo", path=str(Path(sys.executable).parent))
+
+
+def test_stages_resolve_from_the_shapes_alias_and_import_paths():
+    from trl_rpo.shapes import Critic, alignment_score
+
+    assert isinstance(resolve_stage("shapes", "critic"), Critic)
+    assert isinstance(resolve_stage("trl_rpo.shapes:Critic", "critic"), Critic)  # a class is instantiated
+    assert resolve_stage("trl_rpo.shapes:alignment_score", "reward") is alignment_score  # a function is not
+
+
+def test_a_stage_that_cannot_be_resolved_is_named_in_the_error():
+    with pytest.raises(ValueError, match="critic 'trl_rpo.shapes:NoSuchCritic' cannot be imported"):
+        resolve_stage("trl_rpo.shapes:NoSuchCritic", "critic")
+    with pytest.raises(ValueError, match="editor 'gpt': expected 'shapes', one of .*'inpaint'"):
+        resolve_stage("gpt", "editor")
+
+
+def test_built_in_backends_are_built_with_their_keyword_arguments():
+    critic = resolve_stage("openai", "critic", {"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key": "k"})
+    assert type(critic).__name__ == "OpenAICompatibleCritic"
+    with pytest.raises(ValueError, match="critic 'trl_rpo.data.critics:OpenAICompatibleCritic' could not be built"):
+        resolve_stage("openai", "critic", {"no_such_argument": 1})
+    with pytest.raises(ValueError, match="takes no arguments"):
+        resolve_stage("shapes", "critic", {"x": 1})
+
+
+def test_stage_arguments_come_as_json_or_yaml_mappings_one_per_editor():
+    from trl_rpo.cli import BuildDatasetArguments
+
+    args = BuildDatasetArguments(
+        prompts="shapes:2", generator="shapes", critic="openai", critic_kwargs='{"model": "m"}',
+        editor=["inpaint", "img2img"], editor_kwargs=[{"strength": 0.5}, {}],
+    )  # fmt: skip
+    assert args.critic_kwargs == {"model": "m"} and args.editor_kwargs == [{"strength": 0.5}, {}]
+    with pytest.raises(ValueError, match="editor_kwargs has 1 entries for 2 editors"):
+        BuildDatasetArguments(prompts="p", generator="g", editor=["a", "b"], editor_kwargs='[{"x": 1}]')
+    with pytest.raises(ValueError, match="critic_kwargs is not valid JSON"):
+        BuildDatasetArguments(prompts="p", generator="g", critic_kwargs="{model: m}")
+
+
+def test_prompts_load_from_a_text_file_and_from_the_shapes_world(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("a cat\n\na dog\n")
+    assert load_prompts(str(path)) == ["a cat", "a dog"]
+    assert len(load_prompts("shapes:5", limit=3)) == 3
+    with pytest.raises(ValueError, match="expected 'shapes:N'"):
+        load_prompts("shapes:many")
+
+
+def test_push_to_hub_needs_a_repository_id():
+    with pytest.raises(ValueError, match="--push_to_hub needs --hub_dataset_id"):
+        BuildDatasetArguments(prompts="shapes:2", generator="shapes", push_to_hub=True)
+
+
+def test_the_example_script_builds_the_shapes_dataset(tmp_path):
+    spec = importlib.util.spec_from_file_location("build_rpo_dataset", ROOT / "examples" / "build_rpo_dataset.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = BuildDatasetArguments(prompts="shapes:4", generator="shapes", reward_funcs=["shapes"], change_guard=True)
+    config = RichPreferenceConfig(output_dir=str(tmp_path / "out"), shard_size=2, disable_tqdm=True)
+    module.main(args, config)
+    assert (tmp_path / "out" / "shard-00001").is_dir()

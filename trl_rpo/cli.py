@@ -1,0 +1,312 @@
+"""The `trl-rpo` command line: `trl-rpo <command> [options]`.
+
+Commands are registered in `COMMANDS` (name -> `Command`); each one parses its own arguments, so adding `demo`,
+`dpo` or `tailorpo` later is one entry. Today:
+
+    trl-rpo build-dataset --config rpo.yaml [--images_per_prompt 4 ...]
+
+builds RPO preference pairs with `RichPreferenceDataBuilder` (YAML and command-line options as in TRL scripts:
+the command line overrides the file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["COMMANDS", "BuildDatasetArguments", "Command", "build_dataset", "load_prompts", "main", "resolve_stage"]
+
+logger = logging.getLogger(__name__)
+
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+# Built-in backends, constructed with the `*_kwargs` arguments.
+CRITIC_ALIASES = {
+    "openai": "trl_rpo.data.critics:OpenAICompatibleCritic",
+    "transformers": "trl_rpo.data.critics:TransformersCritic",
+}
+EDITOR_ALIASES = {
+    "instruct_pix2pix": "trl_rpo.data.editors:InstructPix2PixEditor",
+    "inpaint": "trl_rpo.data.editors:InpaintEditor",
+    "controlnet": "trl_rpo.data.editors:ControlNetEditor",
+    "img2img": "trl_rpo.data.editors:Img2ImgEditor",
+}
+
+
+@dataclass
+class BuildDatasetArguments:
+    """What `trl-rpo build-dataset` builds from: prompts and the stages (the builder's settings are separate).
+
+    A stage is named by a built-in alias (`shapes`: the shapes world's generator, critic, editor or reward) or an
+    import path `package.module:attribute`; a class there is instantiated without arguments, anything else (a
+    function, a configured instance) is used as is. The generator may also be a Hub id or a local pipeline folder.
+    """
+
+    prompts: str = field(
+        metadata={
+            "help": "Prompts: a .txt file (one per line), a dataset (Hub id or save_to_disk folder), or "
+            "'shapes:N' for N shapes-world prompts."
+        }
+    )
+    generator: str = field(
+        metadata={"help": "Hub id or local folder of a diffusers pipeline, 'shapes', or 'module:attribute'."}
+    )
+    critic: str = field(
+        default="shapes",
+        metadata={"help": f"A critic: 'shapes', {sorted(CRITIC_ALIASES)} (with critic_kwargs) or 'module:attribute'."},
+    )
+    critic_kwargs: str | None = field(
+        default=None,
+        metadata={
+            "help": "Constructor arguments of the critic's class: a JSON object on the command line, a mapping in "
+            'YAML, e.g. \'{"base_url": "http://localhost:8000/v1", "model": "Qwen/Qwen2.5-VL-7B-Instruct"}\'.'
+        },
+    )
+    editor: list[str] = field(
+        default_factory=lambda: ["shapes"],
+        metadata={
+            "help": f"One or more editors, tried in order: 'shapes', {sorted(EDITOR_ALIASES)} or 'module:attribute'."
+        },
+    )
+    editor_kwargs: str | None = field(
+        default=None,
+        metadata={
+            "help": "Constructor arguments of the editors' classes: a JSON list with one object per editor (or one "
+            'object for a single editor), e.g. \'[{"pipeline": "timbrooks/instruct-pix2pix"}]\'.'
+        },
+    )
+    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompts of a dataset."})
+    prompt_split: str = field(default="train", metadata={"help": "Split of a prompt dataset."})
+    max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
+    reward_funcs: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Reward functions of a reward-margin verifier ('shapes' or 'module:attribute')."},
+    )
+    reward_margin: float = field(
+        default=0.0, metadata={"help": "The edit's reward must exceed the original's by more than this."}
+    )
+    critic_recheck: bool = field(
+        default=False, metadata={"help": "Re-run the critic on each edit; keep it when it asks for fewer edits."}
+    )
+    critic_recheck_require_none: bool = field(
+        default=False, metadata={"help": "With critic_recheck: keep only edits the critic finds nothing to fix in."}
+    )
+    change_guard: bool = field(
+        default=False, metadata={"help": "Keep only edits whose pixel distance lies in [min_change, max_change]."}
+    )
+    min_change: float = field(default=0.001, metadata={"help": "Change guard: smallest pixel distance accepted."})
+    max_change: float = field(default=0.5, metadata={"help": "Change guard: largest pixel distance accepted."})
+    change_metric: str = field(
+        default="mean_abs", metadata={"help": "Change guard metric: 'mean_abs' or 'changed_fraction'."}
+    )
+    push_to_hub: bool = field(default=False, metadata={"help": "Push the dataset and its card to the Hub."})
+    hub_dataset_id: str | None = field(default=None, metadata={"help": "Hub repository, e.g. me/rpo-pairs."})
+    hub_private: bool | None = field(default=None, metadata={"help": "Make a new Hub repository private."})
+
+    def __post_init__(self):
+        self.critic_kwargs = _parse_kwargs(self.critic_kwargs, "critic_kwargs")
+        editor_kwargs = _parse_kwargs(self.editor_kwargs, "editor_kwargs", allow_list=True)
+        if isinstance(editor_kwargs, dict):
+            editor_kwargs = [editor_kwargs] if editor_kwargs else []
+        if editor_kwargs and len(editor_kwargs) != len(self.editor):
+            raise ValueError(f"editor_kwargs has {len(editor_kwargs)} entries for {len(self.editor)} editors")
+        self.editor_kwargs = editor_kwargs or [{} for _ in self.editor]
+        if self.push_to_hub and not self.hub_dataset_id:
+            raise ValueError("--push_to_hub needs --hub_dataset_id (e.g. me/rpo-pairs)")
+
+
+def _parse_kwargs(value: Any, name: str, allow_list: bool = False) -> Any:
+    """A mapping (or, with `allow_list`, a list of mappings) from YAML or from a JSON string."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{name} is not valid JSON: {err}") from err
+    if isinstance(value, dict) or (allow_list and isinstance(value, list) and all(isinstance(v, dict) for v in value)):
+        return value
+    expected = "an object or a list of objects" if allow_list else "an object"
+    raise ValueError(f"{name} must be {expected} of keyword arguments, got {type(value).__name__}")
+
+
+def _shapes_stage(role: str) -> Any:
+    from . import shapes
+    from .data.builder import ShapesGenerator
+
+    return {
+        "generator": ShapesGenerator,
+        "critic": shapes.Critic,
+        "editor": shapes.Editor,
+        "reward": lambda: shapes.alignment_score,
+    }[role]()
+
+
+def resolve_stage(spec: str, role: str, kwargs: dict[str, Any] | None = None) -> Any:
+    """The stage object named by `spec`: the alias `shapes`, a built-in backend alias, or `module:attribute`.
+
+    A class is instantiated with `kwargs`; anything else (a function, a configured instance) is used as is.
+
+    Raises:
+        ValueError: naming the role and the spec when it is none of these, or the import fails.
+    """
+    kwargs = kwargs or {}
+    aliases = {"critic": CRITIC_ALIASES, "editor": EDITOR_ALIASES}.get(role, {})
+    spec = aliases.get(spec, spec)
+    if spec == "shapes":
+        if kwargs:
+            raise ValueError(f"the shapes {role} takes no arguments, got {sorted(kwargs)}")
+        return _shapes_stage(role)
+    if not _IMPORT_PATH.match(spec):
+        raise ValueError(
+            f"{role} {spec!r}: expected 'shapes', one of {sorted(aliases)} or an import path "
+            "'package.module:attribute'"
+        )
+    module_name, attribute = spec.split(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"{role} {spec!r} cannot be imported: {err}") from err
+    if isinstance(obj, type):
+        try:
+            return obj(**kwargs)
+        except TypeError as err:
+            raise ValueError(f"{role} {spec!r} could not be built with {sorted(kwargs)}: {err}") from err
+    if kwargs:
+        raise ValueError(f"{role} {spec!r} is not a class, so it takes no arguments (got {sorted(kwargs)})")
+    return obj
+
+
+def resolve_generator(spec: str) -> Any:
+    """`shapes`, an import path, or else a Hub id / local folder left for the builder to load."""
+    if spec == "shapes" or _IMPORT_PATH.match(spec):
+        return resolve_stage(spec, "generator")
+    return spec
+
+
+def load_prompts(spec: str, column: str = "prompt", split: str = "train", limit: int | None = None) -> list[str]:
+    """Prompts from a .txt file, a dataset, or `shapes:N` (N shapes-world training prompts)."""
+    if spec.startswith("shapes:"):
+        from .shapes import prompts as shapes_prompts
+
+        count = spec.split(":", 1)[1]
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"prompts {spec!r}: expected 'shapes:N' with N a positive integer")
+        prompts = shapes_prompts(int(count))
+    else:
+        from .data.formats import load_prompt_dataset
+
+        prompts = load_prompt_dataset(spec, split=split, prompt_column=column)["prompt"]
+    return list(prompts[:limit] if limit is not None else prompts)
+
+
+def build_verifiers(args: BuildDatasetArguments, critic: Any) -> list[Callable]:
+    """The verifiers the arguments ask for, in the order reward margin, critic re-check, change guard."""
+    from .data.verifiers import ChangeGuard, CriticRecheckVerifier, RewardMarginVerifier
+
+    verifiers: list[Callable] = []
+    if args.reward_funcs:
+        funcs = [resolve_stage(spec, "reward") for spec in args.reward_funcs]
+        verifiers.append(RewardMarginVerifier(funcs, margin=args.reward_margin))
+    if args.critic_recheck:
+        verifiers.append(CriticRecheckVerifier(critic, require_none=args.critic_recheck_require_none))
+    if args.change_guard:
+        verifiers.append(ChangeGuard(args.min_change, args.max_change, metric=args.change_metric))
+    return verifiers
+
+
+def build_dataset(args: BuildDatasetArguments, config: Any):
+    """Build (or resume) the dataset the arguments describe; push it when asked. Returns the builder."""
+    from .data.builder import RichPreferenceDataBuilder
+
+    critic = resolve_stage(args.critic, "critic", args.critic_kwargs)
+    builder = RichPreferenceDataBuilder(
+        generator=resolve_generator(args.generator),
+        critic=critic,
+        editor=[resolve_stage(spec, "editor", kw) for spec, kw in zip(args.editor, args.editor_kwargs)],
+        verifier=build_verifiers(args, critic),
+        args=config,
+    )
+    builder.build(load_prompts(args.prompts, args.prompt_column, args.prompt_split, args.max_prompts))
+    from .data.builder import _process_state
+
+    if args.push_to_hub and _process_state().is_main_process:
+        url = builder.push_to_hub(args.hub_dataset_id, private=args.hub_private)
+        logger.info("Pushed to %s", url)
+    return builder
+
+
+def _run_build_dataset(argv: Sequence[str]) -> int:
+    from trl import TrlParser
+
+    from .data.builder import RichPreferenceConfig
+
+    parser = TrlParser(
+        (BuildDatasetArguments, RichPreferenceConfig),
+        prog="trl-rpo build-dataset",
+        description="Build RPO preference pairs: generate, critique, edit, verify (resumable; see "
+        "docs/rich_preference_builder.md). Options may come from --config FILE.yaml; the command line overrides it.",
+    )
+    script_args, config = parser.parse_args_and_config(args=list(argv))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    builder = build_dataset(script_args, config)
+    counts = builder.stats
+    print(
+        f"{counts['kept']} pair(s) in {config.output_dir} ({counts['no_edit']} already good, "
+        f"{counts['edit_failed']} failed edits, {counts['rejected']} rejected by verifiers)"
+    )
+    return 0
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: one line of help and a function of the remaining arguments that returns an exit code."""
+
+    help: str
+    run: Callable[[Sequence[str]], int]
+
+
+COMMANDS: dict[str, Command] = {
+    "build-dataset": Command(
+        help="Build RPO preference pairs (critique -> instructions -> edit -> verify).", run=_run_build_dataset
+    ),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trl-rpo",
+        description="trl-rpo: preference optimization for text-to-image diffusion models.",
+        epilog="Run `trl-rpo COMMAND --help` for the options of a command.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        sub.add_parser(name, help=command.help, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `trl-rpo` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _top_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        parser.error(f"unknown command {name!r}; choose from {', '.join(COMMANDS)}")
+    return COMMANDS[name].run(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
