@@ -32,13 +32,24 @@ from trl_rpo.testing import tiny_sd_pipeline
 STAGES = ("generate", "critique", "edit", "verify", "write")
 
 
-def run(generator_name: str, args: argparse.Namespace) -> dict:
+class RemoteCritic:
+    """The shapes critic behind a simulated network round trip (a VLM server answering a batch)."""
+
+    def __init__(self, latency: float):
+        self.critic, self.latency = Critic(), latency
+
+    def __call__(self, images, prompts):
+        time.sleep(self.latency)  # waiting on a server: the CPU is free for the generator
+        return self.critic(images, prompts)
+
+
+def run(generator_name: str, args: argparse.Namespace, critic=None, overlap: bool = False) -> dict:
     """One fresh build; its counts, per-stage seconds and throughput."""
     generator = ShapesGenerator() if generator_name == "shapes" else tiny_sd_pipeline(seed=0)
     with tempfile.TemporaryDirectory() as out:
         builder = RichPreferenceDataBuilder(
             generator=generator,
-            critic=Critic(),
+            critic=critic or Critic(),
             editor=Editor(),
             verifier=[RewardMarginVerifier(alignment_score), ChangeGuard(max_change=1.0)],
             args=RichPreferenceConfig(
@@ -49,6 +60,7 @@ def run(generator_name: str, args: argparse.Namespace) -> dict:
                 num_inference_steps=args.num_inference_steps,
                 guidance_scale=3.0,
                 disable_tqdm=True,
+                overlap_generation=overlap,
             ),
         )
         start = time.perf_counter()
@@ -83,6 +95,9 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=16)
     parser.add_argument("--num-inference-steps", type=int, default=4)
     parser.add_argument("--generators", nargs="+", default=["shapes", "tiny-sd"], choices=["shapes", "tiny-sd"])
+    parser.add_argument(
+        "--remote-latency", type=float, default=0.3, help="seconds a simulated VLM server takes per batch (0: skip)"
+    )
     args = parser.parse_args()
     logging.getLogger("trl_rpo").setLevel(logging.WARNING)
     print(
@@ -92,6 +107,15 @@ def main() -> None:
     run("shapes", args)  # warm-up: imports, first-call overheads
     for name in args.generators:
         report(run(name, args))
+    if args.remote_latency > 0 and "tiny-sd" in args.generators:
+        # A critic that waits on a server leaves the generator idle unless the stages overlap.
+        critic = RemoteCritic(args.remote_latency)
+        sequential = run("tiny-sd", args, critic=critic)
+        overlapped = run("tiny-sd", args, critic=critic, overlap=True)
+        print(f"\ntiny-sd with a critic answering each batch after {args.remote_latency * 1000:.0f} ms:")
+        for label, result in (("sequential", sequential), ("overlap_generation", overlapped)):
+            print(f"  {label:<19} {result['pairs'] / result['wall']:6.1f} pairs/s  ({result['wall']:.2f} s)")
+        print(f"  speed-up from overlapping: {sequential['wall'] / overlapped['wall']:.2f}x")
 
 
 if __name__ == "__main__":

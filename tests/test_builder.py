@@ -251,6 +251,32 @@ def test_seeds_depend_only_on_prompt_and_image_index(tmp_path):
     assert [p["seed"] for p in dataset["provenance"]] == [100, 101, 102, 103, 104, 105]
 
 
+def test_overlapped_generation_builds_the_same_pairs(tmp_path):
+    plain = shapes_builder(tmp_path / "plain").build(PROMPTS)
+    overlapped = shapes_builder(tmp_path / "overlap", overlap_generation=True).build(PROMPTS)
+    assert keys(overlapped) == keys(plain) and overlapped["critique"] == plain["critique"]
+
+
+def test_overlapped_generation_makes_the_next_batch_while_the_current_one_is_critiqued(tmp_path):
+    import time
+
+    generated, critiqued = {}, []
+
+    def generator(prompts, seeds):
+        generated[seeds[0]] = time.perf_counter()
+        return [solid("red") for _ in prompts]
+
+    def slow_critic(images, prompts):
+        time.sleep(0.3)  # a remote VLM: the generator should not wait for it
+        critiqued.append(time.perf_counter())
+        return always_critic(images, prompts)
+
+    args = config(tmp_path / "out", batch_size=2, shard_size=4, overlap_generation=True)
+    RichPreferenceDataBuilder(generator, slow_critic, blue_editor, args=args).build(["a", "b"])
+    assert sorted(generated) == [0, 2]
+    assert generated[2] < critiqued[0], "batch 2 was generated only after batch 1's critique finished"
+
+
 def test_invalid_config_values_are_refused_naming_the_field():
     with pytest.raises(ValueError, match="images_per_prompt must be a positive integer"):
         RichPreferenceConfig(images_per_prompt=0)

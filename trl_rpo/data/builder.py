@@ -86,7 +86,7 @@ BUILDER_FEATURES = Features(
 )
 
 # Fields that do not change what is built; every other field must match to resume an output_dir.
-_RUNTIME_FIELDS = ("output_dir", "batch_size", "device", "disable_tqdm")
+_RUNTIME_FIELDS = ("output_dir", "batch_size", "device", "disable_tqdm", "overlap_generation")
 
 
 @dataclass
@@ -119,6 +119,10 @@ class RichPreferenceConfig:
             Device a generator given as a Hub id or folder is moved to; `None` uses the accelerate process's device.
         disable_tqdm (`bool`, defaults to `False`):
             Hide the progress bar.
+        overlap_generation (`bool`, defaults to `False`):
+            Generate the next batch in a background thread while the current one is critiqued, edited and
+            verified, so a slow critic (a VLM server) or editor does not leave the generator idle. Does not change
+            the result (every image has its own seed).
     """
 
     output_dir: str = field(
@@ -146,6 +150,10 @@ class RichPreferenceConfig:
         default=None, metadata={"help": "Device of a generator loaded by id (default: the process's device)."}
     )
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bar."})
+    overlap_generation: bool = field(
+        default=False,
+        metadata={"help": "Generate the next batch while the current one is critiqued and edited (same result)."},
+    )
 
     def __post_init__(self):
         for name in ("images_per_prompt", "shard_size", "batch_size", "num_inference_steps"):
@@ -589,10 +597,10 @@ class RichPreferenceDataBuilder:
         stats = _new_stats()
         stats["prompts"] = len(prompts)
         names = self.stage_names()
-        for lo in range(0, len(items), self.args.batch_size):
-            batch = items[lo : lo + self.args.batch_size]
+        batches = [items[lo : lo + self.args.batch_size] for lo in range(0, len(items), self.args.batch_size)]
+        for batch, images in zip(batches, self._generated(batches, names)):
             batch_stats = _new_stats()
-            self._run_batch(batch, rows, batch_stats, names)
+            self._run_batch(batch, images, rows, batch_stats, names)
             _add_stats(stats, batch_stats)
             _add_stats(run_stats, batch_stats)
             progress.update(len(batch))
@@ -614,12 +622,31 @@ class RichPreferenceDataBuilder:
         finally:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - began
 
-    def _run_batch(self, batch: list[tuple], rows: dict[str, list], stats: dict, names: dict) -> None:
+    def _generate(self, batch: list[tuple], names: dict) -> list[Image.Image]:
+        images = self._timed("generate", self.generator, [item[2] for item in batch], [item[3] for item in batch])
+        return self._check_images(images, len(batch), "generator", names["generator"], allow_none=False)
+
+    def _generated(self, batches: list[list[tuple]], names: dict):
+        """Each batch's images, in order; with `overlap_generation`, batch k+1 is generated while k is processed."""
+        if not self.args.overlap_generation:
+            for batch in batches:
+                yield self._generate(batch, names)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rpo-generate") as pool:
+            pending = pool.submit(self._generate, batches[0], names) if batches else None
+            for k in range(len(batches)):
+                images = pending.result()  # re-raises a generator error here, in order
+                pending = pool.submit(self._generate, batches[k + 1], names) if k + 1 < len(batches) else None
+                yield images
+
+    def _run_batch(
+        self, batch: list[tuple], images: list[Image.Image], rows: dict[str, list], stats: dict, names: dict
+    ) -> None:
         prompts = [item[2] for item in batch]
         seeds = [item[3] for item in batch]
         stats["images"] += len(batch)
-        images = self._timed("generate", self.generator, prompts, seeds)
-        images = self._check_images(images, len(batch), "generator", names["generator"], allow_none=False)
 
         raw = self._timed("critique", self.critic, images, prompts)
         if not isinstance(raw, (list, tuple)) or len(raw) != len(batch):
