@@ -110,6 +110,11 @@ def _seed(seed: int) -> None:
     np.random.seed(seed)
 
 
+def _quiet(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def tiny_sd_pipeline(seed: int = 0, prediction_type: str = "epsilon", sample_size: int = 16):
     """A seeded tiny `StableDiffusionPipeline` (SD 1.5 layout: one CLIP text encoder, cross-attention UNet).
 
@@ -118,46 +123,10 @@ def tiny_sd_pipeline(seed: int = 0, prediction_type: str = "epsilon", sample_siz
         prediction_type: the scheduler's `prediction_type`, `"epsilon"` or `"v_prediction"`.
         sample_size: latent side; images are `2 * sample_size` pixels (the VAE downsamples by 2).
     """
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from diffusers import StableDiffusionPipeline
 
-    _seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=sample_size,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=_TEXT_HIDDEN,
-        norm_num_groups=8,
-        attention_head_dim=8,
-    )
-    vae = _vae()
-    text_encoder = CLIPTextModel(_text_config())
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type=prediction_type,
-    )
-    pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tiny_clip_tokenizer(),
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        image_encoder=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    components = _sd_components(seed, in_channels=4, sample_size=sample_size, prediction_type=prediction_type)
+    return _quiet(StableDiffusionPipeline(**components))
 
 
 def tiny_sdxl_pipeline(seed: int = 0, prediction_type: str = "epsilon", sample_size: int = 16):
@@ -167,49 +136,10 @@ def tiny_sdxl_pipeline(seed: int = 0, prediction_type: str = "epsilon", sample_s
     (original size, crop top-left, target size) and the pooled embedding of the second encoder are
     real inputs of the model.
     """
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    from diffusers import StableDiffusionXLPipeline
 
-    _seed(seed)
-    time_embed_dim = 8
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=sample_size,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=time_embed_dim,
-        transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=6 * time_embed_dim + _TEXT_HIDDEN,
-        cross_attention_dim=2 * _TEXT_HIDDEN,
-        norm_num_groups=8,
-    )
-    vae = _vae()
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        timestep_spacing="leading",
-        prediction_type=prediction_type,
-    )
-    pipe = StableDiffusionXLPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=CLIPTextModel(_text_config()),
-        text_encoder_2=CLIPTextModelWithProjection(_text_config()),
-        tokenizer=tiny_clip_tokenizer(),
-        tokenizer_2=tiny_clip_tokenizer(),
-        scheduler=scheduler,
-        force_zeros_for_empty_prompt=True,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    components = _sdxl_components(seed, in_channels=4, sample_size=sample_size, prediction_type=prediction_type)
+    return _quiet(StableDiffusionXLPipeline(**components))
 
 
 _COLORS = {
@@ -323,10 +253,10 @@ def tiny_pickscore_scorer(seed: int = 0):
 # --- Tiny editing pipelines (InstructPix2Pix, inpainting, ControlNet, img2img) for `trl_rpo.data.editors`. ---
 
 
-def _editor_sd_components(seed: int, in_channels: int, sample_size: int = 16) -> dict:
+def _sd_components(seed: int, in_channels: int, sample_size: int = 16, prediction_type: str = "epsilon") -> dict:
     """The components of a tiny SD 1.5 pipeline whose UNet reads `in_channels` latent channels.
 
-    Same architecture as `tiny_sd_pipeline`; editing models only widen the UNet input: 8 channels for
+    4 channels for text-to-image, img2img and ControlNet; editing models only widen the UNet input: 8 channels for
     InstructPix2Pix (noisy latents + image latents), 9 for inpainting (noisy latents + mask + masked-image latents).
     """
     from diffusers import DDIMScheduler, UNet2DConditionModel
@@ -352,6 +282,7 @@ def _editor_sd_components(seed: int, in_channels: int, sample_size: int = 16) ->
         clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=1,
+        prediction_type=prediction_type,
     )
     return {
         "unet": unet,
@@ -366,8 +297,12 @@ def _editor_sd_components(seed: int, in_channels: int, sample_size: int = 16) ->
     }
 
 
-def _editor_sdxl_components(seed: int, in_channels: int, sample_size: int = 16) -> dict:
-    """The components of a tiny SDXL pipeline (as `tiny_sdxl_pipeline`) whose UNet reads `in_channels` channels."""
+def _sdxl_components(seed: int, in_channels: int, sample_size: int = 16, prediction_type: str = "epsilon") -> dict:
+    """The components of a tiny SDXL pipeline whose UNet reads `in_channels` latent channels.
+
+    The UNet uses `addition_embed_type="text_time"` exactly as SDXL does, so the six time ids (original size, crop
+    top-left, target size) and the pooled embedding of the second encoder are real inputs of the model.
+    """
     from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -396,6 +331,7 @@ def _editor_sdxl_components(seed: int, in_channels: int, sample_size: int = 16) 
         beta_schedule="scaled_linear",
         steps_offset=1,
         timestep_spacing="leading",
+        prediction_type=prediction_type,
     )
     return {
         "unet": unet,
@@ -410,23 +346,18 @@ def _editor_sdxl_components(seed: int, in_channels: int, sample_size: int = 16) 
     }
 
 
-def _quiet(pipe):
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def tiny_instruct_pix2pix_pipeline(seed: int = 0):
     """A seeded tiny `StableDiffusionInstructPix2PixPipeline` (SD 1.5 layout, UNet with 8 input channels)."""
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
-    return _quiet(StableDiffusionInstructPix2PixPipeline(**_editor_sd_components(seed, in_channels=8)))
+    return _quiet(StableDiffusionInstructPix2PixPipeline(**_sd_components(seed, in_channels=8)))
 
 
 def tiny_sdxl_instruct_pix2pix_pipeline(seed: int = 0):
     """A seeded tiny `StableDiffusionXLInstructPix2PixPipeline` (SDXL layout, UNet with 8 input channels)."""
     from diffusers import StableDiffusionXLInstructPix2PixPipeline
 
-    components = _editor_sdxl_components(seed, in_channels=8)
+    components = _sdxl_components(seed, in_channels=8)
     return _quiet(StableDiffusionXLInstructPix2PixPipeline(**components, is_cosxl_edit=False))
 
 
@@ -434,14 +365,14 @@ def tiny_inpaint_pipeline(seed: int = 0):
     """A seeded tiny `StableDiffusionInpaintPipeline` (SD 1.5 layout, UNet with 9 input channels)."""
     from diffusers import StableDiffusionInpaintPipeline
 
-    return _quiet(StableDiffusionInpaintPipeline(**_editor_sd_components(seed, in_channels=9)))
+    return _quiet(StableDiffusionInpaintPipeline(**_sd_components(seed, in_channels=9)))
 
 
 def tiny_sdxl_inpaint_pipeline(seed: int = 0):
     """A seeded tiny `StableDiffusionXLInpaintPipeline` (SDXL layout, UNet with 9 input channels)."""
     from diffusers import StableDiffusionXLInpaintPipeline
 
-    components = _editor_sdxl_components(seed, in_channels=9)
+    components = _sdxl_components(seed, in_channels=9)
     return _quiet(StableDiffusionXLInpaintPipeline(**components, image_encoder=None, feature_extractor=None))
 
 
@@ -453,7 +384,7 @@ def tiny_controlnet_pipeline(seed: int = 0):
     """
     from diffusers import ControlNetModel, StableDiffusionControlNetImg2ImgPipeline
 
-    components = _editor_sd_components(seed, in_channels=4)
+    components = _sd_components(seed, in_channels=4)
     controlnet = ControlNetModel.from_unet(components["unet"], conditioning_embedding_out_channels=(8, 16))
     return _quiet(StableDiffusionControlNetImg2ImgPipeline(**components, controlnet=controlnet))
 
@@ -462,7 +393,7 @@ def tiny_img2img_pipeline(seed: int = 0):
     """A seeded tiny `StableDiffusionImg2ImgPipeline` (the components of `tiny_sd_pipeline`)."""
     from diffusers import StableDiffusionImg2ImgPipeline
 
-    return _quiet(StableDiffusionImg2ImgPipeline(**_editor_sd_components(seed, in_channels=4)))
+    return _quiet(StableDiffusionImg2ImgPipeline(**_sd_components(seed, in_channels=4)))
 
 
 _CHAT_SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<image>", "<|user|>", "<|assistant|>"]
