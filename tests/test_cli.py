@@ -140,3 +140,21 @@ def test_the_example_script_builds_the_shapes_dataset(tmp_path):
     config = RichPreferenceConfig(output_dir=str(tmp_path / "out"), shard_size=2, disable_tqdm=True)
     module.main(args, config)
     assert (tmp_path / "out" / "shard-00001").is_dir()
+
+
+def test_stage_arguments_may_be_yaml_mappings(tmp_path):
+    from trl import TrlParser
+
+    from trl_rpo.cli import BuildDatasetArguments
+    from trl_rpo.data.builder import RichPreferenceConfig
+
+    path = tmp_path / "rpo.yaml"
+    path.write_text(
+        "prompts: shapes:2\ngenerator: shapes\ncritic: openai\n"
+        "critic_kwargs: {base_url: 'http://127.0.0.1:9/v1', model: m, max_concurrency: 8}\n"
+        "editor: [inpaint]\neditor_kwargs: [{pipeline: some/inpaint-model}]\n"
+    )
+    args, _ = TrlParser((BuildDatasetArguments, RichPreferenceConfig)).parse_args_and_config(["--config", str(path)])
+    assert args.critic_kwargs == {"base_url": "http://127.0.0.1:9/v1", "model": "m", "max_concurrency": 8}
+    assert args.editor_kwargs == [{"pipeline": "some/inpaint-model"}]
+    assert resolve_stage(args.critic, "critic", args.critic_kwargs).max_concurrency == 8
