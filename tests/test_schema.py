@@ -48,3 +48,23 @@ def test_round_trip_through_a_dict_drops_empty_fields():
 def test_malformed_critic_output_is_refused_with_the_reason(value, message):
     with pytest.raises(InvalidCritiqueError, match=message):
         Critique.coerce(value)
+
+
+def test_the_editor_protocol_check_coerces_instructions_and_defaults_prompts():
+    from trl_rpo.data.schema import coerce_edit_batch
+
+    images, instructions, prompts = coerce_edit_batch(["img"], [["make it red"]])
+    assert instructions == [[EditInstruction("make it red")]] and prompts == [""]
+    with pytest.raises(ValueError, match="got 2 instruction lists for 1 images"):
+        coerce_edit_batch(["img"], [[], []])
+    with pytest.raises(TypeError, match="must be a list of instructions"):
+        coerce_edit_batch(["img"], ["make it red"])
+
+
+def test_every_editor_refuses_a_bare_string_where_a_list_of_instructions_belongs():
+    from PIL import Image
+
+    from trl_rpo.shapes import Editor
+
+    with pytest.raises(TypeError, match="must be a list of instructions"):
+        Editor()([Image.new("RGB", (32, 32), "white")], ["remove one circle"])

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .schema import EditInstruction
+from .schema import EditInstruction, coerce_edit_batch
 
 __all__ = [
     "ControlNetEditor",
@@ -153,21 +153,6 @@ def canny_edges(image: Image.Image, low: float = 100.0, high: float = 200.0) -> 
             break
         edges = updated
     return Image.fromarray(np.repeat(edges[..., None].astype(np.uint8) * 255, 3, axis=2), "RGB")
-
-
-def _coerce_all(images: Sequence[Image.Image], instructions: Sequence[Sequence[Any]], prompts: Sequence[str] | None):
-    if len(images) != len(instructions):
-        raise ValueError(f"got {len(instructions)} instruction lists for {len(images)} images; expected one per image")
-    if prompts is None:
-        prompts = [""] * len(images)
-    elif isinstance(prompts, str) or len(prompts) != len(images):
-        raise ValueError(f"prompts must be a list with one prompt per image ({len(images)}), got {prompts!r}")
-    coerced = []
-    for items in instructions:
-        if isinstance(items, (str, dict, EditInstruction)):
-            raise TypeError(f"instructions[i] must be a list of instructions for image i, got {type(items).__name__}")
-        coerced.append([EditInstruction.coerce(item) for item in items])
-    return list(images), coerced, list(prompts)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -295,7 +280,7 @@ class _DiffusionEditor:
 
         An image with no instructions is returned unchanged (there is nothing to edit).
         """
-        images, instructions, prompts = _coerce_all(images, instructions, prompts)
+        images, instructions, prompts = coerce_edit_batch(images, instructions, prompts)
         current: list[Image.Image | None] = [image.convert("RGB") for image in images]
         steps = [self._steps(items) for items in instructions]
         for round_index in range(max((len(s) for s in steps), default=0)):
@@ -779,7 +764,7 @@ class EditorRouter:
         prompts: Sequence[str] | None = None,
     ) -> list[Image.Image | None]:
         """The edited images, one per input; None where no editor matched or an editor failed."""
-        images, instructions, prompts = _coerce_all(images, instructions, prompts)
+        images, instructions, prompts = coerce_edit_batch(images, instructions, prompts)
         plans = [self.plan(items) for items in instructions]
         current: list[Image.Image | None] = [image if plan is not None else None for image, plan in zip(images, plans)]
         methods: list[list[str]] = [[] for _ in images]

@@ -6,10 +6,11 @@ instruction is a string or a dict with the fields of `EditInstruction`; `Critiqu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Critique", "EditInstruction", "InvalidCritiqueError"]
+__all__ = ["Critique", "EditInstruction", "InvalidCritiqueError", "coerce_edit_batch"]
 
 _REGION_LEN = 4
 
@@ -120,3 +121,25 @@ class Critique:
                 for instruction in self.instructions
             ],
         }
+
+
+def coerce_edit_batch(
+    images: Sequence[Any], instructions: Sequence[Sequence[Any]], prompts: Sequence[str] | None = None
+) -> tuple[list[Any], list[list[EditInstruction]], list[str]]:
+    """Check and normalize the arguments of the editor protocol `editor(images, instructions, prompts)`.
+
+    Every editor receives one list of instructions per image (strings, dicts or `EditInstruction`s) and optionally
+    one prompt per image; returns `(images, instructions as EditInstruction lists, prompts)`.
+    """
+    if len(images) != len(instructions):
+        raise ValueError(f"got {len(instructions)} instruction lists for {len(images)} images; expected one per image")
+    if prompts is None:
+        prompts = [""] * len(images)
+    elif isinstance(prompts, str) or len(prompts) != len(images):
+        raise ValueError(f"prompts must be a list with one prompt per image ({len(images)}), got {prompts!r}")
+    coerced = []
+    for items in instructions:
+        if isinstance(items, (str, dict, EditInstruction)):
+            raise TypeError(f"instructions[i] must be a list of instructions for image i, got {type(items).__name__}")
+        coerced.append([EditInstruction.coerce(item) for item in items])
+    return list(images), coerced, list(prompts)

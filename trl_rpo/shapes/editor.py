@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..data.schema import EditInstruction
+from ..data.schema import EditInstruction, coerce_edit_batch
 from .analysis import COLOR_NAMES, analyze
 from .render import Box, centroid_in_region, shape_mask
 from .world import BACKGROUNDS, COUNTS, PALETTE, POSITIONS, SHAPES, object_size, position_of, slot_centers
@@ -164,8 +164,7 @@ class Editor:
         instructions: Sequence[Sequence[EditInstruction | dict | str]],
         prompts: Sequence[str] | None = None,
     ) -> list[Image.Image | None]:
-        if len(images) != len(instructions):
-            raise ValueError(f"got {len(instructions)} instruction lists for {len(images)} images")
+        images, instructions, _ = coerce_edit_batch(images, instructions, prompts)
         return [self.edit(image, items) for image, items in zip(images, instructions)]
 
     def edit(self, image: Image.Image, instructions: Sequence[EditInstruction | dict | str]) -> Image.Image | None:
