@@ -237,8 +237,12 @@ class TailorPOTrainer(BaseDiffusionTrainer):
     # -- sampling ------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample_pairs(self, prompts: list[str]) -> StepPairs:
-        """Roll out trajectories with the current policy and collect step-wise preference pairs."""
+    def sample_pairs(self, prompts: list[str], conditioning: tuple[dict, dict] | None = None) -> StepPairs:
+        """Roll out trajectories with the current policy and collect step-wise preference pairs.
+
+        `conditioning` is `encode_conditioning(prompts)` when the caller already has it (the training step reuses
+        it for the loss); it is computed here otherwise.
+        """
         args, device = self.args, self.accelerator.device
         scheduler = self.sample_scheduler
         scheduler.set_timesteps(args.num_inference_steps, device=device)
@@ -246,7 +250,7 @@ class TailorPOTrainer(BaseDiffusionTrainer):
         final_mode = args.pairing == "final"
         n_traj = 2 if final_mode else 1
         batch = len(prompts)
-        cond, uncond = self.encode_conditioning(prompts)
+        cond, uncond = conditioning if conditioning is not None else self.encode_conditioning(prompts)
         prompt_index = torch.arange(batch, device=device).repeat(n_traj)
         cond_all = {k: v[prompt_index] for k, v in cond.items()}
         uncond_all = {k: v[prompt_index] for k, v in uncond.items()}
@@ -430,7 +434,8 @@ class TailorPOTrainer(BaseDiffusionTrainer):
         mode = "train" if self.model.training else "eval"
         prompts = list(inputs["prompt"])
         start = time.perf_counter()
-        pairs = self.sample_pairs(prompts)
+        cond, uncond = self.encode_conditioning(prompts)  # once: for the rollout and for the loss
+        pairs = self.sample_pairs(prompts, (cond, uncond))
         self._timing["sampling"] = time.perf_counter() - start
         self._record_sampling_metrics(mode, pairs)
         if mode == "train":
@@ -445,7 +450,6 @@ class TailorPOTrainer(BaseDiffusionTrainer):
             loss = sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
             return (loss, {}) if return_outputs else loss
 
-        cond, uncond = self.encode_conditioning(prompts)
         policy_c, policy_r = self.step_log_probs(model, pairs, cond, uncond)
         with torch.no_grad(), self.reference_model() as reference:
             ref_c, ref_r = self.step_log_probs(reference, pairs, cond, uncond)
