@@ -360,3 +360,12 @@ def test_chunked_vae_decoding_gives_the_same_pairs(tmp_path):
     got = chunked.sample_pairs(["a red square", "a blue circle"])
     torch.testing.assert_close(got.chosen, expected.chosen)
     torch.testing.assert_close(got.rejected, expected.rejected)
+
+
+def test_a_training_step_encodes_its_prompts_once(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=1)
+    calls = []
+    original = trainer.encode_conditioning
+    trainer.encode_conditioning = lambda prompts: calls.append(list(prompts)) or original(prompts)
+    trainer.train()
+    assert len(calls) == 1
