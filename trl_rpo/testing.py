@@ -193,20 +193,27 @@ def tiny_lora_config(r: int = 4, lora_alpha: int | None = None):
     )
 
 
-def tiny_clip_model(seed: int = 0, image_size: int = 32, projection_dim: int = 32):
-    """A seeded tiny `CLIPModel` (text and vision towers) whose text side reads `tiny_clip_tokenizer` ids."""
-    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
+def _vision_config(image_size: int, patch_size: int, projection_dim: int = 512):
+    """The tiny CLIP vision tower shared by the CLIP scorers and the tiny vision-language model."""
+    from transformers import CLIPVisionConfig
 
-    _seed(seed)
-    vision = CLIPVisionConfig(
+    return CLIPVisionConfig(
         hidden_size=32,
         intermediate_size=37,
         num_attention_heads=4,
         num_hidden_layers=2,
         image_size=image_size,
-        patch_size=8,
+        patch_size=patch_size,
         projection_dim=projection_dim,
     )
+
+
+def tiny_clip_model(seed: int = 0, image_size: int = 32, projection_dim: int = 32):
+    """A seeded tiny `CLIPModel` (text and vision towers) whose text side reads `tiny_clip_tokenizer` ids."""
+    from transformers import CLIPConfig, CLIPModel
+
+    _seed(seed)
+    vision = _vision_config(image_size, patch_size=8, projection_dim=projection_dim)
     config = CLIPConfig(
         text_config=_text_config(projection_dim).to_dict(),
         vision_config=vision.to_dict(),
@@ -447,7 +454,7 @@ def tiny_vision_language_model(seed: int = 0, image_size: int = 32):
     Returns:
         `(model, processor)`.
     """
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     try:  # transformers >= 5 names the PIL backend explicitly; the plain class warns without torchvision
         from transformers import CLIPImageProcessorPil as ImageProcessor
@@ -468,14 +475,7 @@ def tiny_vision_language_model(seed: int = 0, image_size: int = 32):
         num_additional_image_tokens=1,  # CLIP's class token, dropped by the "default" feature strategy
     )
     _seed(seed)
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        image_size=image_size,
-        patch_size=patch_size,
-    )
+    vision = _vision_config(image_size, patch_size=patch_size)
     text = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
