@@ -9,6 +9,7 @@ from .analysis import COLOR_NAMES, DetectedObject, Observation, analyze, classif
 from .critic import Critic, describe
 from .editor import Editor
 from .evaluate import ATTRIBUTES, alignment_score, check_attributes
+from .model import CHECKPOINT_DIR, load_pipeline, training_info
 from .render import layout, render
 from .world import (
     BACKGROUNDS,
@@ -32,6 +33,7 @@ from .world import (
 __all__ = [
     "ATTRIBUTES",
     "BACKGROUNDS",
+    "CHECKPOINT_DIR",
     "COLOR_NAMES",
     "COUNTS",
     "HELD_OUT_PAIRS",
@@ -51,6 +53,7 @@ __all__ = [
     "classify_shape",
     "describe",
     "layout",
+    "load_pipeline",
     "object_size",
     "parse_prompt",
     "position_of",
@@ -59,4 +62,5 @@ __all__ = [
     "render",
     "slot_centers",
     "split_of",
+    "training_info",
 ]

@@ -1,0 +1,98 @@
+"""The shapes world's base model: its pretraining script, the shipped checkpoint and its recorded alignment."""
+
+import json
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from trl_rpo import shapes
+from trl_rpo.shapes.pretrain import PretrainConfig, build_tokenizer, evaluate_base, main, pretrain, vocabulary
+
+TINY = dict(images_per_scene=1, vae_steps=2, steps=2, batch_size=4, log_every=1, eval_prompts=2, eval_seeds=(0,),
+            num_inference_steps=2)  # fmt: skip
+
+
+def test_every_world_prompt_tokenizes_to_known_words_within_the_context():
+    tokenizer = build_tokenizer()
+    unk = tokenizer.unk_token_id
+    for scene in shapes.all_scenes():
+        ids = tokenizer(shapes.prompt_text(scene)).input_ids
+        assert unk not in ids and len(ids) <= tokenizer.model_max_length
+        assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+
+
+def test_tokenizer_maps_unknown_words_to_unk_and_pads_with_eos():
+    tokenizer = build_tokenizer()
+    ids = tokenizer("a Zebra", padding="max_length", max_length=6).input_ids
+    assert ids == [tokenizer.bos_token_id, vocabulary().index("a"), tokenizer.unk_token_id] + [
+        tokenizer.eos_token_id
+    ] * 3
+
+
+def test_pretraining_is_reproducible_and_saves_a_loadable_pipeline(tmp_path):
+    logs = []
+    record = pretrain(PretrainConfig(**TINY), tmp_path / "a", log=logs.append)
+    pretrain(PretrainConfig(**TINY), tmp_path / "b", log=lambda _: None)
+    a = StableDiffusionPipeline.from_pretrained(tmp_path / "a", local_files_only=True)
+    b = shapes.load_pipeline(tmp_path / "b")
+    for name in ("unet", "text_encoder", "vae"):
+        for (key, pa), pb in zip(getattr(a, name).state_dict().items(), getattr(b, name).state_dict().values()):
+            assert torch.equal(pa, pb), f"{name}.{key} differs between two runs with the same seed"
+    info = shapes.training_info(tmp_path / "a")
+    assert info["config"]["seed"] == 0 and info == json.loads(json.dumps(record))
+    assert set(info["alignment"]) == {"protocol", "held_out", "train"}
+    assert any(line.startswith("unet step 2/2") for line in logs)
+
+
+def test_pretraining_refuses_a_folder_that_is_not_empty(tmp_path):
+    (tmp_path / "keep.txt").write_text("user data")
+    with pytest.raises(FileExistsError, match="not empty"):
+        pretrain(PretrainConfig(**TINY), tmp_path)
+    assert (tmp_path / "keep.txt").read_text() == "user data"
+
+
+def test_pretrain_command_line_reads_the_yaml_and_refuses_unknown_fields(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("steps: 2\nbogus: 1\n")
+    with pytest.raises(SystemExit):
+        main(["--config", str(config), "--output-dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_shipped_config_is_the_one_recorded_with_the_checkpoint():
+    import yaml
+
+    shipped = yaml.safe_load((shapes.CHECKPOINT_DIR.parent / "pretrain.yaml").read_text())
+    recorded = shapes.training_info()["config"]
+    assert {k: (list(v) if isinstance(v, tuple) else v) for k, v in PretrainConfig(**shipped).__dict__.items()} == {
+        k: v for k, v in recorded.items()
+    }
+    assert shapes.training_info()["train_seconds"] < 30 * 60
+
+
+def test_shipped_checkpoint_loads_offline_as_a_stable_diffusion_pipeline():
+    pipe = shapes.load_pipeline()
+    assert isinstance(pipe, StableDiffusionPipeline)
+    assert pipe.vae_scale_factor * pipe.unet.config.sample_size == 32
+    size = sum(p.stat().st_size for p in shapes.CHECKPOINT_DIR.rglob("*") if p.is_file())
+    assert size < 12 * 2**20, f"the shipped checkpoint should stay a few MB, it is {size / 2**20:.1f} MiB"
+
+
+def test_load_pipeline_names_a_folder_that_is_not_a_pipeline(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        shapes.load_pipeline(tmp_path)
+
+
+@pytest.mark.slow
+def test_shipped_base_alignment_is_within_the_recorded_range_and_leaves_room_to_improve():
+    recorded = shapes.training_info()["alignment"]
+    protocol = recorded["protocol"]
+    config = PretrainConfig(eval_prompts=protocol["prompts"], eval_seeds=tuple(protocol["seeds"]),
+                            num_inference_steps=protocol["num_inference_steps"],
+                            guidance_scale=protocol["guidance_scale"])  # fmt: skip
+    measured = evaluate_base(shapes.load_pipeline(), config)
+    for split in ("held_out", "train"):
+        # Same seeds and weights: only float rounding across CPUs can move a few attributes.
+        assert measured[split]["alignment"] == pytest.approx(recorded[split]["alignment"], abs=0.03), split
+    assert measured["held_out"]["alignment"] < 0.9  # visibly imperfect: alignment has room to improve
