@@ -191,7 +191,8 @@ class PipelineGenerator:
         if self._pipeline is not None:
             config = getattr(self._pipeline, "config", None) or {}
             self.name = getattr(self._pipeline, "name_or_path", None) or config.get("_name_or_path") or ""
-            self.name = self.name or type(self._pipeline).__name__
+            # from_pretrained(Path) leaves a Path in name_or_path; the manifest and the card need a string.
+            self.name = str(self.name or type(self._pipeline).__name__)
         else:
             self.name = self._source
 
