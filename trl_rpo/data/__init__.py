@@ -13,11 +13,14 @@ from .formats import (
     prepare_preference_dataset,
     prepare_prompt_dataset,
 )
+from .reward_pairs import REWARD_PAIR_FEATURES, build_reward_pairs
 from .schema import Critique, EditInstruction, InvalidCritiqueError
 from .verifiers import ChangeGuard, CriticRecheckVerifier, RewardMarginVerifier, Verdict
 
 __all__ = [
     "CRITIC_PROMPT",
+    "REWARD_PAIR_FEATURES",
+    "build_reward_pairs",
     "ControlNetEditor",
     "CriticRequestError",
     "EditorRouter",
