@@ -80,3 +80,21 @@ def test_image_grid_refuses_ragged_rows_and_wrong_label_counts():
         image_grid([[red, red], [red]])
     with pytest.raises(ValueError, match="1 row labels for 2 rows"):
         image_grid([[red], [red]], row_labels=["a"])
+
+
+def test_line_chart_draws_each_series_and_lists_empty_ones():
+    from trl_rpo.evaluation import line_chart
+
+    chart = line_chart({"a": [(1, 0.5), (2, 0.7)], "b": []}, title="loss", size=(300, 200))
+    assert chart.size == (300, 200)
+    colors = {chart.getpixel((x, y)) for x in range(300) for y in range(200)}
+    assert (31, 119, 180) in colors  # the first series' line
+
+
+def test_line_chart_of_a_flat_series_is_drawn():
+    from trl_rpo.evaluation import line_chart
+
+    chart = line_chart({"flat": [(0, 1.0), (5, 1.0)]}, size=(300, 200))
+    # A flat range is widened by 0.5 each way, so the line runs across the middle of the plot area.
+    middle = {chart.getpixel((x, y)) for x in range(100, 300) for y in range(90, 110)}
+    assert (31, 119, 180) in middle

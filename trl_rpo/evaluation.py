@@ -19,7 +19,15 @@ from PIL import Image, ImageDraw
 
 from .rewards import combine_rewards, reward_name
 
-__all__ = ["EvaluationResult", "confidence_interval", "evaluate_pipeline", "generate_images", "image_grid", "win_rate"]
+__all__ = [
+    "EvaluationResult",
+    "confidence_interval",
+    "evaluate_pipeline",
+    "generate_images",
+    "image_grid",
+    "line_chart",
+    "win_rate",
+]
 
 # Two-sided 95% Student-t critical values by degrees of freedom (no scipy dependency).
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -174,3 +182,53 @@ def image_grid(
         for j, label in enumerate(column_labels):
             draw.text((left + j * size + 2, 2), str(label)[: max(4, size // 6)], fill="black")
     return grid
+
+
+_LINE_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
+
+
+def line_chart(
+    series: dict[str, Sequence[tuple[float, float]]],
+    title: str = "",
+    x_label: str = "step",
+    size: tuple[int, int] = (420, 260),
+) -> Image.Image:
+    """A small line chart of `{name: [(x, y), ...]}` with a legend and the y range printed (no plotting library).
+
+    Series with no points are listed in the legend as "(no data)"; a flat range is widened so lines stay visible.
+    """
+    width, height = size
+    left, right, top, bottom = 48, 10, 20, 28
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((left, 4), title, fill="black")
+    points = [p for values in series.values() for p in values if math.isfinite(p[1])]
+    draw.rectangle((left, top, width - right, height - bottom), outline=(160, 160, 160))
+    if points:
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        x0, x1 = min(xs), max(xs)
+        y0, y1 = min(ys), max(ys)
+        if x1 == x0:
+            x1 = x0 + 1
+        if y1 == y0:
+            y0, y1 = y0 - 0.5, y1 + 0.5
+
+        def to_pixel(x: float, y: float) -> tuple[float, float]:
+            px = left + (x - x0) / (x1 - x0) * (width - left - right)
+            return px, top + (y1 - y) / (y1 - y0) * (height - top - bottom)
+
+        draw.text((2, top - 4), f"{y1:.3g}", fill="black")
+        draw.text((2, height - bottom - 8), f"{y0:.3g}", fill="black")
+        draw.text((left, height - bottom + 4), f"{x0:.0f}", fill="black")
+        draw.text((width - right - 40, height - bottom + 4), f"{x1:.0f} {x_label}", fill="black")
+        for k, values in enumerate(series.values()):
+            pixels = [to_pixel(x, y) for x, y in values if math.isfinite(y)]
+            color = _LINE_COLORS[k % len(_LINE_COLORS)]
+            if len(pixels) > 1:
+                draw.line(pixels, fill=color, width=2)
+            elif pixels:
+                draw.ellipse((pixels[0][0] - 2, pixels[0][1] - 2, pixels[0][0] + 2, pixels[0][1] + 2), fill=color)
+    for k, (name, values) in enumerate(series.items()):
+        label = name if values else f"{name} (no data)"
+        draw.text((left + 6, top + 4 + 11 * k), label, fill=_LINE_COLORS[k % len(_LINE_COLORS)])
+    return image
