@@ -44,6 +44,44 @@ def is_sdxl_pipeline(pipeline) -> bool:
     )
 
 
+def fill_deepspeed_auto_sizes(hf_ds_config, unet) -> None:
+    """Fill DeepSpeed's `"auto"` bucket sizes from the UNet's widest block.
+
+    transformers derives them from `model.config.hidden_size`, which a diffusers UNet does not have, and then
+    refuses the config; these are its formulas with the UNet's largest `block_out_channels` as the hidden size.
+    """
+    hidden = max(unet.config.block_out_channels)
+    hf_ds_config.fill_only("zero_optimization.reduce_bucket_size", hidden * hidden)
+    if hf_ds_config.is_zero3():
+        hf_ds_config.fill_only("zero_optimization.stage3_prefetch_bucket_size", int(0.9 * hidden * hidden))
+        hf_ds_config.fill_only("zero_optimization.stage3_param_persistence_threshold", 10 * hidden)
+
+
+@contextlib.contextmanager
+def zero3_init_disabled():
+    """Load models whole even when DeepSpeed ZeRO-3 is configured.
+
+    With ZeRO-3, transformers' `from_pretrained` partitions every model it creates (`deepspeed.zero.Init`). Only
+    the trained UNet goes through the DeepSpeed engine; the frozen VAE and text encoders must stay whole on each
+    rank (as in the diffusers training scripts), so their loading runs with transformers' ZeRO-3 hook unset.
+    """
+    try:
+        from transformers.integrations import deepspeed as hf_deepspeed
+    except ImportError:  # pragma: no cover - transformers always has it
+        yield
+        return
+    reference = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    config = reference() if reference is not None else None
+    if config is None or not hf_deepspeed.is_deepspeed_zero3_enabled():
+        yield
+        return
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed.set_hf_deepspeed_config(config)
+
+
 def load_pipeline(model: Any, model_init_kwargs: dict | None = None, vae_model_name_or_path: str | None = None):
     """A diffusers pipeline from an object, a Hub id or a local folder (`DiffusionPipeline.from_pretrained`)."""
     from diffusers import AutoencoderKL, DiffusionPipeline
@@ -53,7 +91,8 @@ def load_pipeline(model: Any, model_init_kwargs: dict | None = None, vae_model_n
         if isinstance(kwargs.get("torch_dtype"), str) and kwargs["torch_dtype"] != "auto":
             kwargs["torch_dtype"] = getattr(torch, kwargs["torch_dtype"])
         try:
-            pipeline = DiffusionPipeline.from_pretrained(os.fspath(model), **kwargs)
+            with zero3_init_disabled():
+                pipeline = DiffusionPipeline.from_pretrained(os.fspath(model), **kwargs)
         except (OSError, ValueError) as err:
             raise OSError(
                 f"could not load the pipeline {os.fspath(model)!r}: {err}. Pass a local folder written by "
@@ -255,6 +294,11 @@ class BaseDiffusionTrainer(Trainer):
             self.ref_model.to(self.accelerator.device)
         if args.validation_prompts:
             self.add_callback(_ValidationImagesCallback(self))
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if self.is_deepspeed_enabled:
+            fill_deepspeed_auto_sizes(self.accelerator.state.deepspeed_plugin.hf_ds_config, self.pipeline.unet)
 
     # -- model setup -------------------------------------------------------------------------------------------
 

@@ -1,0 +1,200 @@
+"""Run one trainer under `accelerate launch` (several processes) and write what each rank saw to JSON.
+
+Used by tests/test_distributed.py; run by hand with e.g.
+
+    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 --main_process_port 29511 \
+        tests/distributed/train_check.py --trainer dpo --output_dir /tmp/check
+
+Each rank writes `rank-<r>.json`: the process count, the prompts it trained on per step, its local metric values,
+the logged (reduced) metrics and a checksum of its trainable parameters after training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+
+from trl_rpo import DiffusionDPOConfig, DiffusionDPOTrainer, TailorPOConfig, TailorPOTrainer
+from trl_rpo.testing import tiny_lora_config, tiny_preference_dataset, tiny_sd_pipeline, tiny_sdxl_pipeline
+from trl_rpo.trainer.base import zero3_init_disabled
+
+
+class Recording:
+    """Mixin: remembers the prompts of every training batch and the local value of every metric."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen_prompts: list[list[str]] = []
+        self.local_metrics: dict[str, list[float]] = defaultdict(list)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self.seen_prompts.append(list(inputs["prompt"]))
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def _record_metric(self, mode, name, value):
+        self.local_metrics[name].append(value.detach().float().mean().item())
+        super()._record_metric(mode, name, value)
+
+
+class RecordingDPO(Recording, DiffusionDPOTrainer):
+    pass
+
+
+class RecordingTailorPO(Recording, TailorPOTrainer):
+    pass
+
+
+def brightness(images, prompts, **kwargs):
+    return [sum(img.convert("L").getdata()) / (255.0 * img.width * img.height) for img in images]
+
+
+def _unet_inputs(unet, sdxl: bool):
+    generator = torch.Generator().manual_seed(0)
+    size = unet.config.sample_size
+    sample = torch.randn(2, unet.config.in_channels, size, size, generator=generator)
+    hidden = torch.randn(2, 4, unet.config.cross_attention_dim, generator=generator)
+    kwargs = {}
+    if sdxl:
+        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+        kwargs["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(2, pooled, generator=generator),
+            "time_ids": torch.tensor([[32.0, 32.0, 0.0, 0.0, 32.0, 32.0]] * 2),
+        }
+    return sample, torch.tensor([10, 500]), hidden, kwargs
+
+
+@torch.no_grad()
+def _reload_difference(trainer, cli, saved) -> float | None:
+    """Max |difference| between the trained UNet and a fresh pipeline with the saved weights (same input).
+
+    Every rank runs the trained UNet (under ZeRO-3 its forward gathers the partitioned weights collectively);
+    the main process loads the saved LoRA / UNet into a fresh pipeline and compares.
+    """
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+
+    unet = trainer.accelerator.unwrap_model(trainer.model)
+    sdxl = trainer.is_sdxl
+    sample, timesteps, hidden, kwargs = _unet_inputs(unet, sdxl)
+    device, dtype = next(unet.parameters()).device, next(unet.parameters()).dtype
+    sample, timesteps, hidden = sample.to(device, dtype), timesteps.to(device), hidden.to(device, dtype)
+    if "added_cond_kwargs" in kwargs:
+        kwargs["added_cond_kwargs"] = {k: v.to(device, dtype) for k, v in kwargs["added_cond_kwargs"].items()}
+    unet.eval()
+    trained = unet(sample, timesteps, hidden, **kwargs).sample.float()
+    if not trainer.accelerator.is_main_process:
+        return None
+    if cli.model_path is not None:
+        # Only this rank loads: transformers' ZeRO-3 hook (a collective zero.Init) must be off, as in the trainer.
+        with zero3_init_disabled():
+            fresh = DiffusionPipeline.from_pretrained(cli.model_path)
+    else:
+        fresh = tiny_sdxl_pipeline() if cli.model == "sdxl" else tiny_sd_pipeline()
+    if cli.full:
+        fresh.unet = UNet2DConditionModel.from_pretrained(saved, subfolder="unet")
+    else:
+        fresh.load_lora_weights(str(saved))
+    fresh.unet.to(device, dtype)
+    loaded = fresh.unet(sample, timesteps, hidden, **kwargs).sample.float()
+    return float((loaded - trained).abs().max())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trainer", choices=("dpo", "tailorpo"), required=True)
+    parser.add_argument("--model", choices=("sd", "sdxl"), default="sd")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--per_device_train_batch_size", type=int, default=2)
+    parser.add_argument("--max_steps", type=int, default=-1)
+    parser.add_argument("--deepspeed", default=None, help="DeepSpeed JSON (ZeRO tests)")
+    parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    parser.add_argument("--save", action="store_true", help="save the model to output_dir/model at the end")
+    parser.add_argument("--save_steps", type=int, default=None, help="write checkpoint-N every N steps")
+    parser.add_argument("--resume", action="store_true", help="resume from the last checkpoint of output_dir/run")
+    parser.add_argument("--cuda", action="store_true", help="GPUs with NCCL (default: CPU processes with gloo)")
+    parser.add_argument("--model_path", default=None, help="load this saved pipeline folder instead of building one")
+    cli = parser.parse_args()
+    # On CPU, a bare PartialState() ignores ACCELERATE_USE_CPU: ask for gloo explicitly before the trainer.
+    state = PartialState() if cli.cuda else PartialState(cpu=True, backend="gloo")
+    out = Path(cli.output_dir)
+    if cli.model_path is not None:
+        pipe = cli.model_path  # loaded by the trainer, after the DeepSpeed config exists (the ZeRO-3 case)
+    else:
+        pipe = tiny_sdxl_pipeline() if cli.model == "sdxl" else tiny_sd_pipeline()
+    peft = None if cli.full else tiny_lora_config()
+    common = dict(
+        output_dir=str(out / "run"), per_device_train_batch_size=cli.per_device_train_batch_size,
+        max_steps=cli.max_steps, num_train_epochs=1, learning_rate=1e-3, logging_steps=1, report_to=[],
+        save_strategy="steps" if cli.save_steps else "no", save_steps=cli.save_steps or 500, seed=0,
+        disable_tqdm=True, accelerator_config={"use_configured_state": True}, deepspeed=cli.deepspeed,
+        bf16=cli.cuda,
+    )  # fmt: skip
+    if cli.trainer == "dpo":
+        data = tiny_preference_dataset(cli.rows, seed=0)
+        data = data.map(lambda row, i: {"prompt": f"p{i} {row['prompt']}"}, with_indices=True)
+        trainer = RecordingDPO(model=pipe, args=DiffusionDPOConfig(beta=500, **common), train_dataset=data,
+                               peft_config=peft)  # fmt: skip
+    else:
+        from datasets import Dataset
+
+        data = Dataset.from_dict({"prompt": [f"p{i} a red square" for i in range(cli.rows)]})
+        trainer = RecordingTailorPO(
+            model=pipe, reward_funcs=brightness, train_dataset=data, peft_config=peft,
+            args=TailorPOConfig(num_inference_steps=3, num_selected_timesteps=2, **common),
+        )  # fmt: skip
+    if trainer.is_deepspeed_enabled:
+        # DeepSpeed keeps tensors below stage3_param_persistence_threshold (default 1e5 elements) whole; every
+        # tensor of the tiny UNet is smaller, so lower it to see ZeRO-3 really partition them.
+        plugin = trainer.accelerator.state.deepspeed_plugin
+        for config in (plugin.deepspeed_config, plugin.hf_ds_config.config):
+            config.setdefault("zero_optimization", {})["stage3_param_persistence_threshold"] = 0
+    trainer.train(resume_from_checkpoint=True if cli.resume else None)
+    unet = trainer.accelerator.unwrap_model(trainer.model)
+    if trainer.is_deepspeed_enabled:
+        import deepspeed
+
+        params = [p for p in unet.parameters() if p.requires_grad]
+        # Small tensors (LoRA factors) stay whole under ZeRO-3 (stage3_param_persistence_threshold); the UNet's
+        # large frozen weights are the ones partitioned.
+        partitioned = any(getattr(p, "ds_numel", 0) > 0 and p.numel() == 0 for p in unet.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            checksum = [float(p.detach().double().sum()) for p in params]
+    else:
+        partitioned = False
+        checksum = [float(p.detach().double().sum()) for p in unet.parameters() if p.requires_grad]
+    frozen_whole = all(p.numel() > 0 for m in trainer._frozen_modules() for p in m.parameters())
+    reload_difference = None
+    if cli.save:
+        trainer.save_model(str(out / "model"))
+        reload_difference = _reload_difference(trainer, cli, out / "model")
+    record = {
+        "rank": state.process_index,
+        "num_processes": state.num_processes,
+        "world_size_env": int(os.environ.get("WORLD_SIZE", "1")),
+        "global_step": trainer.state.global_step,
+        "seen_prompts": trainer.seen_prompts,
+        "local_metrics": trainer.local_metrics,
+        "log_history": trainer.state.log_history,
+        "checksum": checksum,
+        "partitioned": partitioned,
+        "final_loss": next((e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None),
+        "is_deepspeed": bool(trainer.is_deepspeed_enabled),
+        "frozen_modules_whole": frozen_whole,
+        "reload_difference": reload_difference,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    record["steps_logged"] = [e["step"] for e in trainer.state.log_history if "loss" in e]
+    (out / f"rank-{state.process_index}{'-resumed' if cli.resume else ''}.json").write_text(json.dumps(record))
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Several processes on CPU (gloo): DDP for both trainers, DeepSpeed ZeRO-2/3 for Diffusion-DPO on tiny SDXL.
+
+Each test launches `tests/distributed/train_check.py` with `accelerate launch`, reads what every rank wrote and
+asserts the process count it ran with. CUDA/NCCL variants run the same script when a GPU is present.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tests" / "distributed" / "train_check.py"
+CONFIGS = ROOT / "examples" / "accelerate_configs"
+pytestmark = pytest.mark.slow
+
+# Each test runs on CPU processes (gloo) here and on GPUs (NCCL) where at least two are present.
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (NCCL)")),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+    # DeepSpeed JIT-compiles ops on first use: one build folder per test session keeps later runs fast.
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "trl_rpo_torch_extensions"))
+    env.update(extra)
+    return env
+
+
+def launch(tmp_path, *args, num_processes=2, config_file=None, cuda=False, suffix=""):
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+                "--main_process_port", str(_free_port())]  # fmt: skip
+    extra = {}
+    if config_file is not None:
+        launcher += ["--config_file", str(config_file), "--mixed_precision", "no" if not cuda else "bf16"]
+    else:
+        launcher += ["--multi_gpu"]
+    if not cuda and config_file is None:
+        # DDP on CPU processes. (DeepSpeed picks its CPU accelerator by itself when there is no GPU; with
+        # ACCELERATE_USE_CPU set, accelerate would drop DeepSpeed and run plain CPU DDP.)
+        extra["ACCELERATE_USE_CPU"] = "true"
+    out = tmp_path / "out"
+    if cuda:
+        args = (*args, "--cuda")
+    result = subprocess.run([*launcher, str(SCRIPT), "--output_dir", str(out), *args], env=_env(**extra),
+                            capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-5000:]
+    ranks = [json.loads((out / f"rank-{r}{suffix}.json").read_text()) for r in range(num_processes)]
+    for r, record in enumerate(ranks):
+        assert record["rank"] == r and record["num_processes"] == num_processes, record
+    return ranks, out
+
+
+def _assert_ddp_semantics(ranks, rows, per_device):
+    a, b = ranks
+    # Same weights on every rank after the optimizer steps.
+    assert a["checksum"] == b["checksum"]
+    # Effective batch = 2 x per-device: one epoch of `rows` rows takes rows / (2 * per_device) steps, and the
+    # ranks see disjoint rows that together cover the dataset.
+    assert a["global_step"] == b["global_step"] == rows // (2 * per_device)
+    seen_a = [p for batch in a["seen_prompts"] for p in batch]
+    seen_b = [p for batch in b["seen_prompts"] for p in batch]
+    assert all(len(batch) == per_device for batch in a["seen_prompts"] + b["seen_prompts"])
+    assert not set(seen_a) & set(seen_b)
+    assert len(set(seen_a) | set(seen_b)) == rows
+    # Logged metrics are the mean over both ranks of each rank's local value (logging every step).
+    name = "rewards/margins"
+    logged = [e[name] for e in a["log_history"] if name in e]
+    expected = [(x + y) / 2 for x, y in zip(a["local_metrics"][name], b["local_metrics"][name])]
+    assert logged == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    assert a["local_metrics"][name] != b["local_metrics"][name]  # the ranks really saw different data
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_two_process_ddp_diffusion_dpo_keeps_ranks_identical_and_reduces_metrics(tmp_path, device):
+    ranks, _ = launch(tmp_path, "--trainer", "dpo", "--rows", "8", "--per_device_train_batch_size", "2",
+                      cuda=device == "cuda")  # fmt: skip
+    _assert_ddp_semantics(ranks, rows=8, per_device=2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_two_process_ddp_tailorpo_keeps_ranks_identical_and_reduces_metrics(tmp_path, device):
+    ranks, _ = launch(tmp_path, "--trainer", "tailorpo", "--rows", "4", "--per_device_train_batch_size", "1",
+                      cuda=device == "cuda")  # fmt: skip
+    a, b = ranks
+    assert a["checksum"] == b["checksum"]
+    assert a["global_step"] == b["global_step"] == 2
+    assert not {p for s in a["seen_prompts"] for p in s} & {p for s in b["seen_prompts"] for p in s}
+    name = "rewards/brightness/mean"
+    logged = [e[name] for e in a["log_history"] if name in e]
+    expected = [(x + y) / 2 for x, y in zip(a["local_metrics"][name], b["local_metrics"][name])]
+    assert logged == pytest.approx(expected, rel=1e-4, abs=1e-7)
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl_dir(tmp_path_factory):
+    from trl_rpo.testing import tiny_sdxl_pipeline
+
+    path = tmp_path_factory.mktemp("tiny-sdxl") / "pipe"
+    tiny_sdxl_pipeline().save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_process_deepspeed_zero_dpo_on_tiny_sdxl_saves_a_lora_that_reloads(tmp_path, tiny_sdxl_dir, stage, device):
+    pytest.importorskip("deepspeed")
+    ranks, out = launch(tmp_path, "--trainer", "dpo", "--model", "sdxl", "--model_path", str(tiny_sdxl_dir),
+                        "--max_steps", "2", "--save", config_file=CONFIGS / f"deepspeed_zero{stage}.yaml",
+                        cuda=device == "cuda")  # fmt: skip
+    a, b = ranks
+    assert a["is_deepspeed"] and b["is_deepspeed"]
+    assert a["final_loss"] is not None and torch.isfinite(torch.tensor(a["final_loss"]))
+    assert a["checksum"] == b["checksum"]
+    assert a["partitioned"] is (stage == 3) and b["partitioned"] is (stage == 3)
+    # The frozen VAE and text encoders were loaded outside ZeRO-3 partitioning.
+    assert a["frozen_modules_whole"] and b["frozen_modules_whole"]
+    assert (out / "model" / "pytorch_lora_weights.safetensors").is_file()
+    assert a["reload_difference"] < (1e-5 if device == "cpu" else 2e-2)  # bf16 on CUDA
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_process_deepspeed_zero_training_resumes_from_its_checkpoint(tmp_path, tiny_sdxl_dir, stage):
+    pytest.importorskip("deepspeed")
+    config = CONFIGS / f"deepspeed_zero{stage}.yaml"
+    common = ("--trainer", "dpo", "--model", "sdxl", "--model_path", str(tiny_sdxl_dir), "--save_steps", "1")
+    first, out = launch(tmp_path, *common, "--max_steps", "2", config_file=config)
+    assert (out / "run" / "checkpoint-2").is_dir()
+    resumed, _ = launch(tmp_path, *common, "--max_steps", "3", "--resume", config_file=config, suffix="-resumed")
+    for record in resumed:
+        assert record["is_deepspeed"] and record["global_step"] == 3
+        assert record["steps_logged"] == [3]  # steps 1-2 came from the checkpoint, not retrained
+    assert resumed[0]["checksum"] == resumed[1]["checksum"]
