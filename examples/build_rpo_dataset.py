@@ -17,6 +17,10 @@ so put a configured instance in a small module of yours to pass arguments):
         --reward_funcs my_stages:reward --critic_recheck --change_guard \
         --output_dir rpo-sdxl-pairs --push_to_hub --hub_dataset_id me/rpo-sdxl-pairs
 
+With a served VLM as the critic, InstructPix2Pix as the editor, and a push to the Hub at the end:
+
+    accelerate launch examples/build_rpo_dataset.py --config examples/configs/build_rpo_served_vlm.yaml
+
 Re-running the same command resumes: finished shards in `--output_dir` are kept, only missing ones are built.
 The same works as `trl-rpo build-dataset ...`; this script shows the Python API the command wraps.
 """

@@ -19,58 +19,14 @@ SD 1.5 from a YAML file (every field of DiffusionDPOConfig, plus the model and d
 `--model_name_or_path` is a Hub id or a folder written by `pipeline.save_pretrained`; `--dataset_name` a Hub id
 or a folder written by `Dataset.save_to_disk`. The dataset may be in TRL's preference format
 (`prompt`, `chosen`, `rejected`) or Pick-a-Pic v2's (`caption`, `jpg_0`, `jpg_1`, `label_0`).
+
+The same script is `trl-rpo dpo` (`trl_rpo/scripts/dpo.py`); this file is kept for `accelerate launch
+examples/diffusion_dpo.py ...`.
 """
 
-from dataclasses import dataclass, field
+import sys
 
-from trl import TrlParser
-
-from trl_rpo import (
-    DiffusionDPOConfig,
-    DiffusionDPOTrainer,
-    DiffusionModelConfig,
-    get_peft_config,
-    load_preference_dataset,
-)
-
-
-@dataclass
-class ScriptArguments:
-    dataset_name: str = field(metadata={"help": "Hub id or local `save_to_disk` folder of the preference dataset."})
-    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
-    dataset_test_split: str | None = field(default=None, metadata={"help": "Split to evaluate on (optional)."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training rows."})
-
-
-def main(script_args: ScriptArguments, training_args: DiffusionDPOConfig, model_args: DiffusionModelConfig) -> None:
-    if model_args.model_name_or_path is None:
-        raise SystemExit("--model_name_or_path is required (a Hub id or a local pipeline folder)")
-    train_dataset = load_preference_dataset(script_args.dataset_name, script_args.dataset_train_split)
-    if script_args.max_train_samples is not None:
-        train_dataset = train_dataset.select(range(min(script_args.max_train_samples, len(train_dataset))))
-    eval_dataset = (
-        load_preference_dataset(script_args.dataset_name, script_args.dataset_test_split)
-        if script_args.dataset_test_split
-        else None
-    )
-    training_args.model_init_kwargs = {**model_args.pipeline_kwargs(), **(training_args.model_init_kwargs or {})}
-
-    trainer = DiffusionDPOTrainer(
-        model=model_args.model_name_or_path,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        peft_config=get_peft_config(model_args),
-    )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    if eval_dataset is not None:
-        trainer.log_metrics("eval", trainer.evaluate())
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
-    trainer.accelerator.end_training()
-
+from trl_rpo.scripts.dpo import ScriptArguments, main, make_parser, run  # noqa: F401  (the script's API)
 
 if __name__ == "__main__":
-    parser = TrlParser((ScriptArguments, DiffusionDPOConfig, DiffusionModelConfig))
-    main(*parser.parse_args_and_config())
+    sys.exit(run())

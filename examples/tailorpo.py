@@ -22,87 +22,14 @@ Prompts come from a text file (one per line), a `save_to_disk` folder or a Hub d
 names the column). Rewards are the names below; scorers that need weights load them with `from_pretrained`
 from the given ids or local folders (`--aesthetic_clip_model`, `--aesthetic_head`, `--clip_model`,
 `--pickscore_model`, `--pickscore_processor`).
+
+The same script is `trl-rpo tailorpo` (`trl_rpo/scripts/tailorpo.py`); this file is kept for `accelerate launch
+examples/tailorpo.py ...`.
 """
 
-from dataclasses import dataclass, field
+import sys
 
-from trl import TrlParser
-
-from trl_rpo import DiffusionModelConfig, TailorPOConfig, TailorPOTrainer, get_peft_config
-from trl_rpo.data import load_prompt_dataset
-from trl_rpo.rewards import (
-    AestheticScorer,
-    CLIPScorer,
-    PickScoreScorer,
-    jpeg_compressibility,
-    jpeg_incompressibility,
-)
-from trl_rpo.rewards.clip import (
-    DEFAULT_AESTHETIC_HEAD,
-    DEFAULT_AESTHETIC_HEAD_FILE,
-    DEFAULT_CLIP,
-    DEFAULT_PICKSCORE,
-    DEFAULT_PICKSCORE_PROCESSOR,
-)
-
-REWARDS = ("aesthetic", "clip_score", "pickscore", "jpeg_compressibility", "jpeg_incompressibility")
-
-
-@dataclass
-class ScriptArguments:
-    prompts_name_or_path: str = field(
-        metadata={"help": "Text file (one prompt per line), `save_to_disk` folder or Hub id of the prompts."}
-    )
-    prompts_split: str = field(default="train", metadata={"help": "Split of a prompt dataset."})
-    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompts."})
-    reward_funcs: list[str] = field(
-        default_factory=lambda: ["aesthetic"], metadata={"help": f"Rewards to optimize, among {list(REWARDS)}."}
-    )
-    aesthetic_clip_model: str = field(default=DEFAULT_CLIP, metadata={"help": "CLIP of the aesthetic scorer."})
-    aesthetic_head: str = field(default=DEFAULT_AESTHETIC_HEAD, metadata={"help": "Repo, folder or file of its MLP."})
-    aesthetic_head_filename: str = field(default=DEFAULT_AESTHETIC_HEAD_FILE, metadata={"help": "MLP file name."})
-    clip_model: str = field(default=DEFAULT_CLIP, metadata={"help": "CLIP of the `clip_score` reward."})
-    pickscore_model: str = field(default=DEFAULT_PICKSCORE, metadata={"help": "PickScore model."})
-    pickscore_processor: str = field(default=DEFAULT_PICKSCORE_PROCESSOR, metadata={"help": "PickScore processor."})
-
-
-def build_rewards(script_args: ScriptArguments) -> list:
-    unknown = [name for name in script_args.reward_funcs if name not in REWARDS]
-    if unknown:
-        raise SystemExit(f"unknown reward(s) {unknown}; choose among {list(REWARDS)}")
-    builders = {
-        "aesthetic": lambda: AestheticScorer(
-            script_args.aesthetic_clip_model, script_args.aesthetic_head, script_args.aesthetic_head_filename
-        ),
-        "clip_score": lambda: CLIPScorer(script_args.clip_model),
-        "pickscore": lambda: PickScoreScorer(script_args.pickscore_model, script_args.pickscore_processor),
-        "jpeg_compressibility": lambda: jpeg_compressibility,
-        "jpeg_incompressibility": lambda: jpeg_incompressibility,
-    }
-    return [builders[name]() for name in script_args.reward_funcs]
-
-
-def main(script_args: ScriptArguments, training_args: TailorPOConfig, model_args: DiffusionModelConfig) -> None:
-    if model_args.model_name_or_path is None:
-        raise SystemExit("--model_name_or_path is required (a Hub id or a local pipeline folder)")
-    prompts = load_prompt_dataset(
-        script_args.prompts_name_or_path, script_args.prompts_split, prompt_column=script_args.prompt_column
-    )
-    training_args.model_init_kwargs = {**model_args.pipeline_kwargs(), **(training_args.model_init_kwargs or {})}
-    trainer = TailorPOTrainer(
-        model=model_args.model_name_or_path,
-        reward_funcs=build_rewards(script_args),
-        args=training_args,
-        train_dataset=prompts,
-        peft_config=get_peft_config(model_args),
-    )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.prompts_name_or_path)
-    trainer.accelerator.end_training()
-
+from trl_rpo.scripts.tailorpo import ScriptArguments, build_rewards, main, make_parser, run  # noqa: F401  (the script's API)
 
 if __name__ == "__main__":
-    parser = TrlParser((ScriptArguments, TailorPOConfig, DiffusionModelConfig))
-    main(*parser.parse_args_and_config())
+    sys.exit(run())

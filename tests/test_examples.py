@@ -159,3 +159,85 @@ def test_tiny_demo_runs_end_to_end(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Held-out pairs" in result.stdout and "max pixel difference 0.00e+00" in result.stdout
+
+
+def _tiny_yaml(tmp_path, name, **overrides):
+    """The example config `name` with its Hub ids and GPU-only settings replaced by tiny local ones."""
+    import yaml
+
+    values = yaml.safe_load((EXAMPLES / "configs" / name).read_text())
+    values.update(overrides)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+_TINY_RUN = dict(max_steps=2, per_device_train_batch_size=1, gradient_accumulation_steps=1, resolution=32,
+                 bf16=False, report_to="none", save_strategy="no", logging_steps=1,
+                 validation_prompts=None)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("config", "pipeline", "lora"),
+    [("diffusion_dpo_sd15_full.yaml", "sd", False), ("diffusion_dpo_sdxl_lora.yaml", "sdxl", True)],
+)
+def test_dpo_example_configs_run_under_accelerate_launch_on_tiny_pipelines(tmp_path, config, pipeline, lora):
+    from trl_rpo.testing import tiny_sdxl_pipeline
+
+    (tiny_sdxl_pipeline() if pipeline == "sdxl" else tiny_sd_pipeline()).save_pretrained(tmp_path / "pipe")
+    tiny_preference_dataset(4).save_to_disk(tmp_path / "data")
+    out = tmp_path / "out"
+    overrides = dict(_TINY_RUN, model_name_or_path=str(tmp_path / "pipe"), dataset_name=str(tmp_path / "data"),
+                     output_dir=str(out), vae_model_name_or_path=None)  # fmt: skip
+    if config.endswith("full.yaml"):
+        overrides["optim"] = "adamw_torch"  # 8-bit AdamW is covered by the trainer tests
+    result = _launch(EXAMPLES / "diffusion_dpo.py", "--config", str(_tiny_yaml(tmp_path, config, **overrides)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    if lora:
+        assert (out / "pytorch_lora_weights.safetensors").is_file()
+    else:
+        assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_served_vlm_example_builds_pairs_with_instruct_pix2pix_and_pushes_them(tmp_path, monkeypatch):
+    import huggingface_hub
+    from datasets import Dataset
+
+    from tests.test_builder import FakeHfApi
+    from tests.test_critics import GOOD_JSON, ChatServer
+    from trl_rpo.testing import tiny_instruct_pix2pix_pipeline
+
+    tiny_sd_pipeline().save_pretrained(tmp_path / "pipe")
+    tiny_instruct_pix2pix_pipeline().save_pretrained(tmp_path / "ip2p")
+    (tmp_path / "prompts.txt").write_text("a red circle\na blue square\n")
+    pushed = []
+    FakeHfApi.instances = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    monkeypatch.setattr(Dataset, "push_to_hub", lambda self, repo_id, **kw: pushed.append((repo_id, len(self))))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-example-secret-key")
+    example = _load_example("build_rpo_dataset")
+    from trl import TrlParser
+
+    from trl_rpo.cli import BuildDatasetArguments
+    from trl_rpo.data import RichPreferenceConfig
+
+    with ChatServer(default=GOOD_JSON) as server:
+        config = _tiny_yaml(
+            tmp_path, "build_rpo_served_vlm.yaml", prompts=str(tmp_path / "prompts.txt"),
+            generator=str(tmp_path / "pipe"), torch_dtype=None, num_inference_steps=2,
+            output_dir=str(tmp_path / "out"),
+            critic_kwargs={"base_url": server.url, "model": "tiny-vlm", "max_concurrency": 2, "timeout": 30},
+            editor_kwargs=[{"pipeline": str(tmp_path / "ip2p"), "num_inference_steps": 2}],
+            critic_recheck=False, change_guard=False, hub_dataset_id="me/rpo-tiny",
+        )  # fmt: skip
+        parser = TrlParser((BuildDatasetArguments, RichPreferenceConfig))
+        args = parser.parse_args_and_config(["--config", str(config)])
+        example.main(*args)
+        requests = list(server.requests)
+    assert len(requests) >= 4 and all(r["body"]["model"] == "tiny-vlm" for r in requests)  # 2 prompts x 2 images
+    assert requests[0]["headers"]["Authorization"] == "Bearer sk-example-secret-key"
+    assert pushed and pushed[0][0] == "me/rpo-tiny" and pushed[0][1] > 0
+    card = "".join(str(call) for api in FakeHfApi.instances for call in api.calls)
+    assert "sk-example-secret-key" not in card

@@ -19,6 +19,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 __all__ = ["COMMANDS", "BuildDatasetArguments", "Command", "build_dataset", "load_prompts", "main", "resolve_stage"]
@@ -268,6 +269,82 @@ def _run_build_dataset(argv: Sequence[str]) -> int:
     return 0
 
 
+def demo_arguments_class() -> type:
+    """`trl-rpo demo`'s options: `--quick`, `--output_dir`, and every `DemoConfig` field as an override.
+
+    Overrides default to None ("the preset's value"), so `--quick --dpo_steps 50` changes only the DPO steps of
+    the quick preset; each help text gives both presets' values.
+    """
+    from dataclasses import field, fields, make_dataclass
+
+    from .shapes.demo import DemoConfig
+
+    full, quick = DemoConfig(), DemoConfig.quick()
+    specs: list[tuple[str, Any, Any]] = [
+        ("quick", bool, field(default=False, metadata={"help": "Small budgets: a smoke test in about 3 minutes."})),
+        ("output_dir", str | None, field(default=None, metadata={
+            "help": "New folder for results.json, grid.png, curves.png and the runs (never overwritten); "
+            "default: outputs/demo/run-<time>."})),
+    ]  # fmt: skip
+    # Every override is optional (None = the preset's value); tuples become lists for the argument parser.
+    kinds = {"int": int | None, "float": float | None, "str | None": str | None, "tuple[int, ...]": list[int] | None}
+    for f in fields(DemoConfig):
+        default, quick_default = getattr(full, f.name), getattr(quick, f.name)
+        preset = f"preset: {default!r}" + ("" if quick_default == default else f"; {quick_default!r} with --quick")
+        help_text = f"{f.metadata['help']} ({preset})"
+        specs.append((f.name, kinds[f.type], field(default=None, metadata={"help": help_text})))
+    return make_dataclass("DemoArguments", specs)
+
+
+def _run_demo(argv: Sequence[str]) -> int:
+    from dataclasses import asdict, fields
+
+    from trl import TrlParser
+
+    from .shapes.demo import DemoConfig, run_demo
+
+    parser = TrlParser(
+        (demo_arguments_class(),),
+        prog="trl-rpo demo",
+        description="The shapes-world demo: base model, DPO on reward-labelled vs RPO pairs, TailorPO and its "
+        "final-image baseline, all evaluated on held-out prompts (see docs/shapes.md). Options may come from "
+        "--config FILE.yaml; the command line overrides it.",
+    )
+    (args,) = parser.parse_args_and_config(args=list(argv))
+    values = {k: v for k, v in asdict(args).items() if k not in ("quick", "output_dir") and v is not None}
+    known = {f.name for f in fields(DemoConfig)}
+    assert set(values) <= known, set(values) - known
+    try:
+        config = DemoConfig.quick(**values) if args.quick else DemoConfig(**values)
+    except ValueError as err:
+        parser.error(str(err))
+    import time
+
+    output_dir = args.output_dir or f"outputs/demo/run-{time.strftime('%Y%m%d-%H%M%S')}"
+    if Path(output_dir).exists() and any(Path(output_dir).iterdir()):
+        parser.error(f"--output_dir {output_dir} exists and is not empty; the demo never overwrites a run")
+    start = time.perf_counter()
+    run_demo(config, output_dir)
+    print(f"results, grid.png and curves.png in {output_dir} ({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+def _trainer_command(module_name: str, prog: str) -> Callable[[Sequence[str]], int]:
+    """Run `trl_rpo.scripts.<module_name>`; invalid values are reported as a usage error before any model loads."""
+
+    def run(argv: Sequence[str]) -> int:
+        module = importlib.import_module(f"trl_rpo.scripts.{module_name}")
+        parser = module.make_parser(prog=prog)
+        try:
+            args = parser.parse_args_and_config(args=list(argv))
+        except (ValueError, TypeError) as err:  # config __post_init__ checks, YAML of the wrong type
+            parser.error(str(err))
+        module.main(*args)
+        return 0
+
+    return run
+
+
 @dataclass(frozen=True)
 class Command:
     """A subcommand: one line of help and a function of the remaining arguments that returns an exit code."""
@@ -279,6 +356,18 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "build-dataset": Command(
         help="Build RPO preference pairs (critique -> instructions -> edit -> verify).", run=_run_build_dataset
+    ),
+    "dpo": Command(
+        help="Diffusion-DPO (SD 1.5 / SDXL, LoRA or full) on a preference dataset.",
+        run=_trainer_command("dpo", "trl-rpo dpo"),
+    ),
+    "tailorpo": Command(
+        help="TailorPO: online step-wise preference optimization with reward models.",
+        run=_trainer_command("tailorpo", "trl-rpo tailorpo"),
+    ),
+    "demo": Command(
+        help="Run every method on the shapes world's base model and compare them (offline, CPU, minutes).",
+        run=_run_demo,
     ),
 }
 
