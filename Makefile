@@ -18,8 +18,9 @@ $(STAMP): setup.py constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
+# The main job on the embedded default: every method on the shapes world's shipped base model (<= 15 min, CPU).
 demo: $(STAMP)
-	$(PY) examples/tiny_dpo_demo.py
+	$(VENV)/bin/trl-rpo demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest tests

@@ -11,6 +11,7 @@ import pytest
 
 from trl_rpo.cli import COMMANDS, BuildDatasetArguments, load_prompts, main, resolve_stage
 from trl_rpo.data import RichPreferenceConfig
+from trl_rpo.testing import tiny_preference_dataset, tiny_sd_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES_YAML = ROOT / "examples" / "configs" / "build_rpo_shapes.yaml"
@@ -158,3 +159,50 @@ def test_stage_arguments_may_be_yaml_mappings(tmp_path):
     assert args.critic_kwargs == {"base_url": "http://127.0.0.1:9/v1", "model": "m", "max_concurrency": 8}
     assert args.editor_kwargs == [{"pipeline": "some/inpaint-model"}]
     assert resolve_stage(args.critic, "critic", args.critic_kwargs).max_concurrency == 8
+
+
+@pytest.mark.parametrize(
+    ("command", "config_class"), [("dpo", "DiffusionDPOConfig"), ("tailorpo", "TailorPOConfig")]
+)
+def test_trainer_command_help_lists_every_config_field_and_the_lora_flags(command, config_class, capsys):
+    import dataclasses
+
+    import trl_rpo
+    from trl_rpo.cli import main
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    fields = [f.name for f in dataclasses.fields(getattr(trl_rpo, config_class)) if f.init]
+    missing = [name for name in fields if f"--{name}" not in text]
+    assert not missing
+    for flag in ("--model_name_or_path", "--use_peft", "--lora_r", "--lora_alpha", "--lora_target_modules"):
+        assert flag in text
+
+
+def test_trainer_command_reports_a_bad_value_before_loading_anything(tmp_path, capsys):
+    from trl_rpo.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["dpo", "--dataset_name", str(tmp_path / "none"), "--model_name_or_path", str(tmp_path / "none"),
+              "--output_dir", str(tmp_path / "out"), "--beta", "-1"])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "beta must be positive" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_trl_rpo_dpo_trains_from_a_yaml_config_with_command_line_overrides(tmp_path):
+    import yaml
+
+    from trl_rpo.cli import main
+
+    tiny_sd_pipeline().save_pretrained(tmp_path / "pipe")
+    tiny_preference_dataset(4).save_to_disk(tmp_path / "data")
+    config = tmp_path / "dpo.yaml"
+    values = {"model_name_or_path": str(tmp_path / "pipe"), "dataset_name": str(tmp_path / "data"),
+              "output_dir": str(tmp_path / "out"), "max_steps": 5, "use_peft": True, "lora_r": 4, "report_to": "none",
+              "save_strategy": "no", "per_device_train_batch_size": 2}  # fmt: skip
+    config.write_text(yaml.safe_dump(values))
+    assert main(["dpo", "--config", str(config), "--max_steps", "1"]) == 0
+    assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").is_file()
