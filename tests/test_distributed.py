@@ -143,5 +143,6 @@ def test_two_process_deepspeed_zero_training_resumes_from_its_checkpoint(tmp_pat
     resumed, _ = launch(tmp_path, *common, "--max_steps", "3", "--resume", config_file=config, suffix="-resumed")
     for record in resumed:
         assert record["is_deepspeed"] and record["global_step"] == 3
-        assert record["steps_logged"] == [3]  # steps 1-2 came from the checkpoint, not retrained
+        assert len(record["seen_prompts"]) == 1  # only step 3 was trained; steps 1-2 came from the checkpoint
+        assert record["steps_logged"] == [1, 2, 3]  # the log history of steps 1-2 is restored with it
     assert resumed[0]["checksum"] == resumed[1]["checksum"]
