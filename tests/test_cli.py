@@ -44,8 +44,8 @@ def test_an_unknown_command_is_refused_naming_the_known_ones(capsys):
 
 
 def test_commands_are_registered_in_one_table_so_new_ones_are_one_entry():
-    assert list(COMMANDS) == ["build-dataset"]
-    assert callable(COMMANDS["build-dataset"].run) and COMMANDS["build-dataset"].help
+    assert list(COMMANDS) == ["build-dataset", "dpo", "tailorpo", "demo"]
+    assert all(callable(command.run) and command.help for command in COMMANDS.values())
 
 
 def test_build_dataset_runs_the_offline_shapes_config_with_command_line_overrides(tmp_path, capsys):
