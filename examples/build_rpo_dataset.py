@@ -22,34 +22,20 @@ With a served VLM as the critic, InstructPix2Pix as the editor, and a push to th
     accelerate launch examples/build_rpo_dataset.py --config examples/configs/build_rpo_served_vlm.yaml
 
 Re-running the same command resumes: finished shards in `--output_dir` are kept, only missing ones are built.
-The same works as `trl-rpo build-dataset ...`; this script shows the Python API the command wraps.
+The same works as `trl-rpo build-dataset ...`; this script calls the function the command wraps.
 """
 
 from trl import TrlParser
 
-from trl_rpo.cli import BuildDatasetArguments, build_verifiers, load_prompts, resolve_generator, resolve_stage
-from trl_rpo.data import RichPreferenceConfig, RichPreferenceDataBuilder
+from trl_rpo.cli import BuildDatasetArguments, build_dataset
+from trl_rpo.data import RichPreferenceConfig
 
 
 def main(script_args: BuildDatasetArguments, config: RichPreferenceConfig) -> None:
-    critic = resolve_stage(script_args.critic, "critic")
-    builder = RichPreferenceDataBuilder(
-        generator=resolve_generator(script_args.generator),
-        critic=critic,
-        editor=[resolve_stage(spec, "editor") for spec in script_args.editor],
-        verifier=build_verifiers(script_args, critic),
-        args=config,
-    )
-    prompts = load_prompts(
-        script_args.prompts, script_args.prompt_column, script_args.prompt_split, script_args.max_prompts
-    )
-    dataset = builder.build(prompts)
-    print(f"{len(dataset)} pairs in {config.output_dir}; counts: {builder.stats}")
-    if script_args.push_to_hub:
-        from accelerate import PartialState
-
-        if PartialState().is_main_process:  # already set up by build()
-            print(builder.push_to_hub(script_args.hub_dataset_id, private=script_args.hub_private))
+    # build_dataset resolves the stages (with critic_kwargs / editor_kwargs), builds or resumes the shards and
+    # pushes the dataset and its card from the main process when push_to_hub is set.
+    builder = build_dataset(script_args, config)
+    print(f"{builder.stats['kept']} pairs in {config.output_dir}; counts: {builder.stats}")
 
 
 if __name__ == "__main__":
