@@ -12,6 +12,13 @@ SDXL, LoRA, Pick-a-Pic v2 (ties dropped), on one or more GPUs:
         --activation_checkpointing --precompute_latents \
         --validation_prompts "a photo of a cat" "a red car in the snow" --validation_steps 200
 
+SDXL with LoRA under DeepSpeed ZeRO-2, and SD 1.5 full fine-tuning, from their YAML files:
+
+    accelerate launch --config_file examples/accelerate_configs/deepspeed_zero2.yaml \\
+        -m trl_rpo.cli dpo --config examples/configs/diffusion_dpo_sdxl_lora.yaml
+    accelerate launch --config_file examples/accelerate_configs/deepspeed_zero2.yaml \\
+        -m trl_rpo.cli dpo --config examples/configs/diffusion_dpo_sd15_full.yaml
+
 SD 1.5 from a YAML file (every field of DiffusionDPOConfig, plus the model and dataset arguments):
 
     accelerate launch -m trl_rpo.cli dpo --config examples/configs/diffusion_dpo_sd15_lora.yaml
