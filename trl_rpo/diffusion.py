@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "stable_diffusion_ddim_scheduler",
     "sample_pair_noise_and_timesteps",
     "diffusion_target",
     "per_sample_mse",
@@ -189,3 +190,23 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
     r"""Per-sample :math:`\frac1D\sum_d \log\mathcal N(x_d; \mu_d, s^2)`, averaged over non-batch dimensions."""
     log_prob = -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
     return log_prob.mean(dim=tuple(range(1, x.ndim)))
+
+
+def stable_diffusion_ddim_scheduler(prediction_type: str = "epsilon"):
+    """A `DDIMScheduler` with Stable Diffusion's noise schedule (scaled linear, betas 0.00085-0.012, 1000 steps).
+
+    The schedule of the models built here (the tiny test pipelines, the shapes base model), so the trainers treat
+    them like SD 1.5.
+    """
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )

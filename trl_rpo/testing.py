@@ -266,8 +266,10 @@ def _sd_components(seed: int, in_channels: int, sample_size: int = 16, predictio
     4 channels for text-to-image, img2img and ControlNet; editing models only widen the UNet input: 8 channels for
     InstructPix2Pix (noisy latents + image latents), 9 for inpainting (noisy latents + mask + masked-image latents).
     """
-    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
+
+    from .diffusion import stable_diffusion_ddim_scheduler
 
     _seed(seed)
     unet = UNet2DConditionModel(
@@ -282,15 +284,7 @@ def _sd_components(seed: int, in_channels: int, sample_size: int = 16, predictio
         norm_num_groups=8,
         attention_head_dim=8,
     )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type=prediction_type,
-    )
+    scheduler = stable_diffusion_ddim_scheduler(prediction_type)
     return {
         "unet": unet,
         "vae": _vae(),

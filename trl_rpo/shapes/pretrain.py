@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..diffusion import stable_diffusion_ddim_scheduler
 from .world import BACKGROUNDS, PALETTE, POSITIONS, SHAPES, all_scenes, prompt_text
 
 __all__ = [
@@ -126,7 +127,7 @@ def build_tokenizer(model_max_length: int = 16):
 
 def build_components(config: PretrainConfig) -> dict[str, Any]:
     """Freshly initialized pipeline components (seeded by `config.seed`)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(config.seed)
@@ -171,16 +172,7 @@ def build_components(config: PretrainConfig) -> dict[str, Any]:
         attention_head_dim=8,
         norm_num_groups=16,
     )
-    # Stable Diffusion's noise schedule and DDIM settings, so the trainers treat it like SD 1.5.
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = stable_diffusion_ddim_scheduler()
     return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "unet": unet, "scheduler": scheduler}
 
 
