@@ -105,10 +105,10 @@ def _quiet_libraries() -> None:
 
 
 def _lora_config(r: int):
-    from peft import LoraConfig
+    from ..trainer import DiffusionModelConfig, get_peft_config
 
-    return LoraConfig(r=r, lora_alpha=r, init_lora_weights="gaussian",
-                      target_modules=["to_q", "to_k", "to_v", "to_out.0"])  # fmt: skip
+    # The command line's LoRA defaults (attention projections, alpha = r), as `trl-rpo dpo --use_peft` builds them.
+    return get_peft_config(DiffusionModelConfig(use_peft=True, lora_r=r, lora_alpha=r))
 
 
 def _curve(log_history: list[dict[str, float]], key: str) -> list[tuple[float, float]]:
