@@ -1,19 +1,21 @@
-"""Evaluate text-to-image pipelines with reward functions: means with confidence intervals, win rates, grids.
+"""Evaluate text-to-image pipelines with reward functions: means, paired comparisons, win rates, grids, plots.
 
 General, not tied to a trainer: any diffusers text-to-image pipeline (or any callable returning
 `.images`) and any reward function `f(images, prompts, **kwargs) -> list[float]` from `trl_rpo.rewards`.
 Images are generated with fixed seeds, so two pipelines evaluated with the same seeds start from the same
-noise and their scores compare image for image.
+noise and their scores compare image for image: `paired_comparison` uses exactly that pairing, which is
+several times tighter than comparing two separate confidence intervals.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
@@ -21,31 +23,156 @@ from .rewards import combine_rewards, reward_name
 
 __all__ = [
     "EvaluationResult",
+    "PairedComparison",
+    "compare_pipelines",
     "confidence_interval",
     "evaluate_pipeline",
     "generate_images",
     "image_grid",
-    "line_chart",
+    "paired_comparison",
+    "plot_curves",
+    "plot_gains",
+    "smooth",
     "win_rate",
 ]
 
-# Two-sided 95% Student-t critical values by degrees of freedom (no scipy dependency).
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-        12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}  # fmt: skip
 
+def confidence_interval(values: Sequence[float], confidence_level: float = 0.95) -> float:
+    r"""Half-width of the Student-t confidence interval of the mean, $t_{(1+c)/2,\, n-1}\, s / \sqrt{n}$.
 
-def confidence_interval(values: Sequence[float]) -> float:
-    r"""Half-width of the 95% confidence interval of the mean, $t_{0.975, n-1}\, s / \sqrt{n}$.
-
-    NaN for fewer than two values (the spread of one value is unknown).
+    NaN for fewer than two values (the spread of one value is unknown). Quantiles from `scipy.stats.t`.
     """
+    from scipy import stats
+
     n = len(values)
     if n < 2:
         return math.nan
-    df = n - 1
-    # Between tabulated degrees of freedom use the next smaller one (a slightly wider, conservative interval).
-    t = 1.96 if df > 30 else _T95[max(k for k in _T95 if k <= df)]
-    return t * statistics.stdev(values) / math.sqrt(n)
+    return float(stats.t.ppf(0.5 + confidence_level / 2, n - 1) * statistics.stdev(values) / math.sqrt(n))
+
+
+@dataclass
+class PairedComparison:
+    """A paired comparison of two methods scored on the same prompts x seeds (a minus b).
+
+    The unit of resampling is the *prompt*: each prompt's difference (and win fraction) is averaged over its
+    seeds, so images of one prompt are not treated as independent.
+
+    Attributes:
+        gain: mean of `a - b` over every image (equal to the mean of the per-prompt differences).
+        gain_ci: `[low, high]`, the bootstrap confidence interval of `gain` over prompts
+            (`scipy.stats.bootstrap`, BCa, `n_resamples` resamples).
+        win_rate: share of images where a scores higher than b, ties counted half.
+        win_rate_ci: `[low, high]`, its bootstrap interval over prompts.
+        p_value: two-sided paired t-test of the per-prompt differences against 0 (`scipy.stats.ttest_1samp`).
+        mean_a, mean_b: each method's mean score.
+        wins, ties, losses: image counts; n_prompts, n_images: sample sizes.
+        confidence_level: of both intervals.
+    """
+
+    gain: float
+    gain_ci: list[float]
+    win_rate: float
+    win_rate_ci: list[float]
+    p_value: float
+    mean_a: float
+    mean_b: float
+    wins: int
+    ties: int
+    losses: int
+    n_prompts: int
+    n_images: int
+    confidence_level: float = 0.95
+    test: str = "bootstrap over prompts (BCa); paired t-test over prompts"
+
+    @property
+    def significant(self) -> bool:
+        """Whether the gain's interval excludes zero."""
+        return self.gain_ci[0] > 0 or self.gain_ci[1] < 0
+
+    def to_dict(self, digits: int | None = 4) -> dict[str, Any]:
+        """The fields as JSON-ready values, rounded to `digits` (None: unrounded)."""
+
+        def rnd(value: Any) -> Any:
+            if isinstance(value, float) and digits is not None and math.isfinite(value):
+                return round(value, digits)
+            if isinstance(value, list):
+                return [rnd(v) for v in value]
+            return value
+
+        return {key: rnd(value) for key, value in asdict(self).items()}
+
+
+def _bootstrap_ci(values: np.ndarray, confidence_level: float, n_resamples: int, seed: int) -> list[float]:
+    from scipy import stats
+
+    if len(values) < 2 or np.all(values == values[0]):
+        # No spread to resample (BCa is undefined): the interval is the point itself.
+        point = float(values.mean())
+        return [point, point]
+    result = stats.bootstrap(
+        (values,), np.mean, confidence_level=confidence_level, n_resamples=n_resamples, method="BCa",
+        random_state=np.random.default_rng(seed),
+    )  # fmt: skip
+    low, high = result.confidence_interval
+    if not (math.isfinite(low) and math.isfinite(high)):  # BCa degenerates on a few distinct values
+        result = stats.bootstrap((values,), np.mean, confidence_level=confidence_level, n_resamples=n_resamples,
+                                 method="percentile", random_state=np.random.default_rng(seed))  # fmt: skip
+        low, high = result.confidence_interval
+    return [float(low), float(high)]
+
+
+def paired_comparison(
+    scores_a: Sequence[Sequence[float]] | Sequence[float],
+    scores_b: Sequence[Sequence[float]] | Sequence[float],
+    confidence_level: float = 0.95,
+    n_resamples: int = 9999,
+    seed: int = 0,
+) -> PairedComparison:
+    r"""Compare two methods' scores on the same images' prompts and seeds, `a - b`.
+
+    `scores_a[s][p]` and `scores_b[s][p]` are the scores of seed `s` and prompt `p` (the layout of
+    `EvaluationResult.scores`); a flat list is one seed. With $d_p = \frac{1}{S}\sum_s (a_{sp} - b_{sp})$:
+
+    - gain $= \bar d$, with a bootstrap (BCa) confidence interval resampling prompts;
+    - p-value of the paired t-test $t = \bar d / (s_d / \sqrt{P})$ with $P - 1$ degrees of freedom;
+    - win rate $= (\#\{a > b\} + \tfrac12 \#\{a = b\}) / (S P)$, its interval bootstrapped over prompts too.
+
+    The resampling is seeded (`seed`), so a report is reproducible.
+    """
+    from scipy import stats
+
+    a = np.atleast_2d(np.asarray(scores_a, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(scores_b, dtype=np.float64))
+    if a.shape != b.shape:
+        raise ValueError(f"paired scores need the same [seed][prompt] shape, got {a.shape} and {b.shape}")
+    if a.size == 0:
+        raise ValueError("paired_comparison needs at least one score")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("paired_comparison got a non-finite score")
+    if not 0 < confidence_level < 1:
+        raise ValueError(f"confidence_level must be in (0, 1), got {confidence_level}")
+    diff = a - b
+    per_prompt = diff.mean(axis=0)
+    wins_per_prompt = ((diff > 0) + 0.5 * (diff == 0)).mean(axis=0)
+    if len(per_prompt) < 2 or np.all(per_prompt == per_prompt[0]):
+        p_value = 1.0 if np.all(per_prompt == 0) else (0.0 if len(per_prompt) > 1 else math.nan)
+    else:
+        p_value = float(stats.ttest_1samp(per_prompt, 0.0).pvalue)
+    return PairedComparison(
+        gain=float(diff.mean()),
+        gain_ci=_bootstrap_ci(per_prompt, confidence_level, n_resamples, seed),
+        win_rate=float(wins_per_prompt.mean()),
+        win_rate_ci=_bootstrap_ci(wins_per_prompt, confidence_level, n_resamples, seed),
+        p_value=p_value,
+        mean_a=float(a.mean()),
+        mean_b=float(b.mean()),
+        wins=int((diff > 0).sum()),
+        ties=int((diff == 0).sum()),
+        losses=int((diff < 0).sum()),
+        n_prompts=int(a.shape[1]),
+        n_images=int(a.size),
+        confidence_level=confidence_level,
+    )
 
 
 @dataclass
@@ -151,15 +278,43 @@ def win_rate(
             "reward": reward_name(reward_func)}  # fmt: skip
 
 
+def compare_pipelines(
+    pipeline_a: Callable[..., Any],
+    pipeline_b: Callable[..., Any],
+    prompts: Sequence[str],
+    reward_func: Callable,
+    seeds: Sequence[int] = (0, 1, 2),
+    batch_size: int = 8,
+    confidence_level: float = 0.95,
+    **pipeline_kwargs: Any,
+) -> PairedComparison:
+    """Evaluate two pipelines on the same prompts and seeds and compare them image for image (`a - b`).
+
+    The question every user asks after training: `compare_pipelines(trained, base, prompts, reward)`; see
+    `paired_comparison` for the statistics.
+    """
+    results = [
+        evaluate_pipeline(pipeline, prompts, reward_func, seeds=seeds, batch_size=batch_size, **pipeline_kwargs)
+        for pipeline in (pipeline_a, pipeline_b)
+    ]
+    name = reward_name(reward_func)
+    return paired_comparison(results[0].scores[name], results[1].scores[name], confidence_level=confidence_level)
+
+
 def image_grid(
     rows: Sequence[Sequence[Image.Image]],
     row_labels: Sequence[str] | None = None,
     column_labels: Sequence[str] | None = None,
     cell_size: int | None = None,
-    label_width: int = 120,
-    label_height: int = 16,
+    label_width: int = 130,
 ) -> Image.Image:
-    """A labelled grid: `rows[i][j]` at row i, column j (e.g. methods x prompts), cells resized to `cell_size`."""
+    """A labelled grid: `rows[i][j]` at row i, column j (e.g. methods x prompts), cells resized to `cell_size`.
+
+    Column labels (e.g. prompts) are shown whole, wrapped to the cell width; cells are resized with
+    nearest-neighbour sampling so small images stay sharp.
+    """
+    import textwrap
+
     if not rows or not rows[0]:
         raise ValueError("image_grid needs at least one row with one image")
     n_cols = len(rows[0])
@@ -169,66 +324,98 @@ def image_grid(
         if labels is not None and len(labels) != count:
             raise ValueError(f"got {len(labels)} {what} labels for {count} {what}s")
     size = cell_size or rows[0][0].width
+    line_height = 12  # PIL's default bitmap font is about 11 px high
+    chars = max(4, (size - 4) // 6)
+    wrapped = [textwrap.wrap(str(label), chars) or [""] for label in column_labels] if column_labels else []
     left = label_width if row_labels else 0
-    top = label_height if column_labels else 0
+    top = (max(len(lines) for lines in wrapped) * line_height + 6) if wrapped else 0
     grid = Image.new("RGB", (left + n_cols * size, top + len(rows) * size), "white")
     draw = ImageDraw.Draw(grid)
     for i, row in enumerate(rows):
         for j, image in enumerate(row):
-            grid.paste(image.convert("RGB").resize((size, size)), (left + j * size, top + i * size))
+            resized = image.convert("RGB").resize((size, size), Image.NEAREST)
+            grid.paste(resized, (left + j * size, top + i * size))
         if row_labels:
-            draw.text((4, top + i * size + size // 2 - 5), str(row_labels[i])[:24], fill="black")
-    if column_labels:
-        for j, label in enumerate(column_labels):
-            draw.text((left + j * size + 2, 2), str(label)[: max(4, size // 6)], fill="black")
+            for k, line in enumerate(textwrap.wrap(str(row_labels[i]), max(4, (label_width - 8) // 6))):
+                draw.text((4, top + i * size + size // 2 - 6 + k * line_height), line, fill="black")
+    for j, lines in enumerate(wrapped):
+        for k, line in enumerate(lines):
+            draw.text((left + j * size + 2, 3 + k * line_height), line, fill="black")
     return grid
 
 
-_LINE_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
+def smooth(values: Sequence[float], weight: float = 0.9) -> list[float]:
+    r"""Exponential moving average with bias correction, $m_k = w m_{k-1} + (1 - w) y_k$, $\hat m_k = m_k/(1-w^k)$.
 
-
-def line_chart(
-    series: dict[str, Sequence[tuple[float, float]]],
-    title: str = "",
-    x_label: str = "step",
-    size: tuple[int, int] = (420, 260),
-) -> Image.Image:
-    """A small line chart of `{name: [(x, y), ...]}` with a legend and the y range printed (no plotting library).
-
-    Series with no points are listed in the legend as "(no data)"; a flat range is widened so lines stay visible.
+    TensorBoard's smoothing; `weight=0` returns the values unchanged.
     """
-    width, height = size
-    left, right, top, bottom = 48, 10, 20, 28
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((left, 4), title, fill="black")
-    points = [p for values in series.values() for p in values if math.isfinite(p[1])]
-    draw.rectangle((left, top, width - right, height - bottom), outline=(160, 160, 160))
-    if points:
-        xs, ys = [p[0] for p in points], [p[1] for p in points]
-        x0, x1 = min(xs), max(xs)
-        y0, y1 = min(ys), max(ys)
-        if x1 == x0:
-            x1 = x0 + 1
-        if y1 == y0:
-            y0, y1 = y0 - 0.5, y1 + 0.5
+    if not 0 <= weight < 1:
+        raise ValueError(f"smoothing weight must be in [0, 1), got {weight}")
+    out, m = [], 0.0
+    for k, y in enumerate(values, start=1):
+        m = weight * m + (1 - weight) * y
+        out.append(m / (1 - weight**k))
+    return out
 
-        def to_pixel(x: float, y: float) -> tuple[float, float]:
-            px = left + (x - x0) / (x1 - x0) * (width - left - right)
-            return px, top + (y1 - y) / (y1 - y0) * (height - top - bottom)
 
-        draw.text((2, top - 4), f"{y1:.3g}", fill="black")
-        draw.text((2, height - bottom - 8), f"{y0:.3g}", fill="black")
-        draw.text((left, height - bottom + 4), f"{x0:.0f}", fill="black")
-        draw.text((width - right - 40, height - bottom + 4), f"{x1:.0f} {x_label}", fill="black")
-        for k, values in enumerate(series.values()):
-            pixels = [to_pixel(x, y) for x, y in values if math.isfinite(y)]
-            color = _LINE_COLORS[k % len(_LINE_COLORS)]
-            if len(pixels) > 1:
-                draw.line(pixels, fill=color, width=2)
-            elif pixels:
-                draw.ellipse((pixels[0][0] - 2, pixels[0][1] - 2, pixels[0][0] + 2, pixels[0][1] + 2), fill=color)
-    for k, (name, values) in enumerate(series.items()):
-        label = name if values else f"{name} (no data)"
-        draw.text((left + 6, top + 4 + 11 * k), label, fill=_LINE_COLORS[k % len(_LINE_COLORS)])
-    return image
+def plot_curves(
+    panels: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]],
+    smoothing: float = 0.9,
+    x_label: str = "step",
+):
+    """Training curves with matplotlib: one panel per `{title: {series: [(x, y), ...]}}`, raw and smoothed.
+
+    Each series is drawn faint (raw) with its exponential moving average on top (`smooth`). Returns a
+    `matplotlib.figure.Figure` (save it with `figure.savefig(path)`); series with no points are listed as
+    "(no data)".
+    """
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5.2 * max(1, len(panels)), 3.6), layout="constrained")
+    axes = figure.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    for ax, (title, series) in zip(axes, panels.items()):
+        for k, (name, points) in enumerate(series.items()):
+            points = [(x, y) for x, y in points if math.isfinite(y)]
+            color = f"C{k}"
+            if not points:
+                ax.plot([], [], color=color, label=f"{name} (no data)")
+                continue
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, color=color, alpha=0.25, linewidth=1)
+            ax.plot(xs, smooth(ys, smoothing), color=color, linewidth=2, label=name)
+        ax.set_title(title)
+        ax.set_xlabel(x_label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return figure
+
+
+def plot_gains(
+    gains: Mapping[str, tuple[float, Sequence[float]]],
+    title: str = "",
+    y_label: str = "gain over base",
+):
+    """A bar chart of `{label: (gain, [low, high])}` with the confidence intervals as error bars (matplotlib).
+
+    Bars whose interval excludes zero are drawn solid, the others hatched. Returns a `matplotlib.figure.Figure`.
+    """
+    from matplotlib.figure import Figure
+
+    labels = list(gains)
+    figure = Figure(figsize=(max(4.0, 1.3 * len(labels) + 1.5), 3.6), layout="constrained")
+    ax = figure.subplots()
+    values = [gains[label][0] for label in labels]
+    lows = [gains[label][0] - gains[label][1][0] for label in labels]
+    highs = [gains[label][1][1] - gains[label][0] for label in labels]
+    bars = ax.bar(labels, values, yerr=[lows, highs], capsize=4, color=[f"C{k}" for k in range(len(labels))])
+    for bar, label in zip(bars, labels):
+        low, high = gains[label][1]
+        if not (low > 0 or high < 0):
+            bar.set_alpha(0.45)
+            bar.set_hatch("//")
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_ylabel(y_label)
+    ax.set_title(title)
+    ax.tick_params(axis="x", labelrotation=20)
+    ax.grid(axis="y", alpha=0.3)
+    return figure
