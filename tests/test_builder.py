@@ -81,8 +81,10 @@ def test_plain_callables_build_a_dataset_in_the_trl_preference_format_with_rich_
         "edit_method",
         "scores",
         "provenance",
+        "mask",
     ]
     assert len(dataset) == 4
+    assert dataset[0]["mask"] is None  # a plain callable editor does not say where it edited
     row = dataset[0]
     assert row["chosen"].getpixel((0, 0)) == (0, 0, 255) and row["rejected"].getpixel((0, 0)) == (255, 0, 0)
     assert row["critique"] == "too red"
@@ -177,6 +179,70 @@ def test_editors_receive_each_images_list_of_edit_instructions(tmp_path):
 
     RichPreferenceDataBuilder(red_generator, always_critic, editor, args=config(tmp_path / "out")).build(["a"])
     assert all(isinstance(items, list) and isinstance(items[0], EditInstruction) for items in received)
+
+
+class HalfEditor:
+    """Paints the left half blue and reports that region, as the editor protocol's `last_masks` allows."""
+
+    name = "half_editor"
+
+    def __call__(self, images, instructions, prompts):
+        out, self.last_masks = [], []
+        for image in images:
+            edited = image.copy()
+            edited.paste((0, 0, 255), (0, 0, image.width // 2, image.height))
+            mask = Image.new("L", image.size, 0)
+            mask.paste(255, (0, 0, image.width // 2, image.height))
+            out.append(edited)
+            self.last_masks.append(mask)
+        return out
+
+
+def test_an_editor_reporting_its_region_has_the_mask_stored_with_the_pair(tmp_path):
+    builder = RichPreferenceDataBuilder(red_generator, always_critic, HalfEditor(), args=config(tmp_path / "out"))
+    mask = builder.build(["a blue square"])[0]["mask"]
+    assert np.asarray(mask.convert("L"))[:, :8].min() == 255 and np.asarray(mask.convert("L"))[:, 8:].max() == 0
+
+
+def test_shapes_pairs_store_the_pixels_the_edit_changed_as_the_mask(tmp_path):
+    dataset = shapes_builder(tmp_path / "out").build(PROMPTS[:4])
+    assert len(dataset) > 0
+    for row in dataset:
+        changed = np.any(np.asarray(row["chosen"]) != np.asarray(row["rejected"]), axis=-1)
+        np.testing.assert_array_equal(np.asarray(row["mask"].convert("L")) > 0, changed)
+
+
+def test_a_refiner_runs_on_each_edit_with_its_prompt_and_mask_before_verification(tmp_path):
+    seen = {}
+
+    def green_refiner(images, prompts, masks):
+        seen.update(prompts=list(prompts), masks=list(masks))
+        return [solid("green") for _ in images]
+
+    def saw_green(originals, edited, prompts):
+        seen["verified"] = [image.getpixel((0, 0)) for image in edited]
+        return [True] * len(edited)
+
+    builder = RichPreferenceDataBuilder(
+        red_generator, always_critic, HalfEditor(), verifier=saw_green,
+        args=config(tmp_path / "out", images_per_prompt=1), refiner=green_refiner,
+    )  # fmt: skip
+    dataset = builder.build(["a blue square"])
+    assert seen["prompts"] == ["a blue square"] and seen["masks"][0].size == (16, 16)
+    assert seen["verified"] == [(0, 128, 0)] and dataset[0]["chosen"].getpixel((0, 0)) == (0, 128, 0)
+    assert builder.stage_names()["refiner"] == "green_refiner"
+
+
+def test_a_refiner_returning_none_drops_the_pair_as_refine_failed(tmp_path):
+    builder = RichPreferenceDataBuilder(red_generator, always_critic, blue_editor, args=config(tmp_path / "out"),
+                                        refiner=lambda images, prompts, masks: [None] * len(images))  # fmt: skip
+    assert len(builder.build(["a blue square"])) == 0
+    assert builder.stats["refine_failed"] == 2 and builder.stats["kept"] == 0
+
+
+def test_a_build_without_refiner_keeps_the_fingerprint_of_older_output_folders(tmp_path):
+    builder = RichPreferenceDataBuilder(red_generator, always_critic, blue_editor, args=config(tmp_path / "out"))
+    assert "refiner" not in builder.fingerprint()["stages"]
 
 
 def test_each_verifier_rejection_is_counted_under_its_name(tmp_path):

@@ -13,6 +13,8 @@ from .formats import (
     prepare_preference_dataset,
     prepare_prompt_dataset,
 )
+from .masks import difference_mask, dilate_mask, union_masks
+from .refiners import Img2ImgRefiner
 from .reward_pairs import REWARD_PAIR_FEATURES, build_reward_pairs
 from .schema import Critique, EditInstruction, InvalidCritiqueError
 from .verifiers import ChangeGuard, CriticRecheckVerifier, RewardMarginVerifier, Verdict
@@ -25,6 +27,10 @@ __all__ = [
     "CriticRequestError",
     "EditorRouter",
     "Img2ImgEditor",
+    "Img2ImgRefiner",
+    "difference_mask",
+    "dilate_mask",
+    "union_masks",
     "InpaintEditor",
     "InstructPix2PixEditor",
     "OpenAICompatibleCritic",

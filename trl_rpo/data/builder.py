@@ -1,7 +1,7 @@
 """Rich preference data: generate -> critique -> edit -> verify, written as resumable shards (RPO, arXiv 2503.11720).
 
-    prompts ──> generator ──> critic ──> editor(s) ──> verifier(s) ──> (prompt, chosen=edit, rejected=original)
-                 (seeded)      │ no instructions: "no edit"  │ None: "edit failed"  │ False: "rejected"
+    prompts ──> generator ──> critic ──> editor(s) ──> [refiner] ──> verifier(s) ──> (prompt, chosen, rejected)
+                 (seeded)      │ no instructions: "no edit"  │ None: "edit failed"    │ False: "rejected"
 
 Each stage is a plain callable, so any model (or rule) can stand in:
 
@@ -9,11 +9,14 @@ Each stage is a plain callable, so any model (or rule) can stand in:
 - critic: `critic(images, prompts) -> list[Critique | dict]`;
 - editor: `editor(images, instructions, prompts) -> list[PIL.Image | None]` (None: the edit failed); a list of
   editors is tried in order, the first image returned wins;
+- refiner (optional): `refiner(edited, prompts, masks) -> list[PIL.Image | None]`, e.g. `Img2ImgRefiner` with the
+  generator's own pipeline, so the chosen image lies on the model's manifold (see `trl_rpo.data.refiners`);
 - verifier: `verifier(originals, edited, prompts) -> list[bool]` (several allowed, see `trl_rpo.data.verifiers`).
 
 The output is a `datasets.Dataset` in TRL's preference format (`prompt`, `chosen`, `rejected`) that
-`DiffusionDPOTrainer` takes as is, plus the rich columns `critique`, `instructions`, `edit_method`, `scores` and
-`provenance`.
+`DiffusionDPOTrainer` takes as is, plus the rich columns `critique`, `instructions`, `edit_method`, `scores`,
+`provenance` and `mask` (the edit's region, 255 = edited, when the editor reports it: see
+`trl_rpo.data.editors.edit_masks`; None otherwise).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from datasets import Image as ImageFeature
 from PIL import Image
 
 from ..rewards.base import reward_name
+from .editors import edit_masks
 from .schema import Critique, InvalidCritiqueError
 
 logger = logging.getLogger(__name__)
@@ -82,6 +86,7 @@ BUILDER_FEATURES = Features(
             "prompt_index": Value("int64"),
             "image_index": Value("int32"),
         },
+        "mask": ImageFeature(),
     }
 )
 
@@ -347,6 +352,7 @@ def _new_stats() -> dict[str, Any]:
         "no_edit": 0,
         "invalid_critique": 0,
         "edit_failed": 0,
+        "refine_failed": 0,
         "rejected": 0,
         "rejected_by": {},
         "kept": 0,
@@ -389,6 +395,9 @@ class RichPreferenceDataBuilder:
         verifier: optional; one or a list of `verifier(originals, edited, prompts) -> list[bool]`, applied in order
             (a pair rejected by one is not shown to the next, and is counted under that verifier's name).
         args: a `RichPreferenceConfig`.
+        refiner: optional; `refiner(edited, prompts, masks) -> list[PIL.Image | None]` run on each edit before
+            verification (e.g. `Img2ImgRefiner(generator_pipeline, strength=0.3)`); None drops the pair
+            (`refine_failed`).
 
     Example:
 
@@ -405,6 +414,7 @@ class RichPreferenceDataBuilder:
         editor: Callable | Sequence[Callable],
         verifier: Callable | Sequence[Callable] | None = None,
         args: RichPreferenceConfig | None = None,
+        refiner: Callable | None = None,
     ):
         self.args = args if args is not None else RichPreferenceConfig()
         if isinstance(generator, (str, os.PathLike)) or _is_diffusers_pipeline(generator):
@@ -423,6 +433,9 @@ class RichPreferenceDataBuilder:
             self.verifiers = list(verifier) if isinstance(verifier, (list, tuple)) else [verifier]
         if not all(callable(v) for v in self.verifiers):
             raise TypeError(f"verifier must be a callable or a list of callables, got {verifier!r}")
+        if refiner is not None and not callable(refiner):
+            raise TypeError(f"refiner must be callable (images, prompts, masks), got {type(refiner).__name__}")
+        self.refiner = refiner
         self.dataset: Dataset | None = None
         self.stats: dict[str, Any] = _new_stats()  # counts of the whole output_dir (all runs, all processes)
         self.run_stats: dict[str, Any] = _new_stats()  # counts of this process in the last build() call
@@ -436,12 +449,15 @@ class RichPreferenceDataBuilder:
 
     def stage_names(self) -> dict[str, Any]:
         """The name of each stage, as recorded in the manifest, the provenance column and the dataset card."""
-        return {
+        names = {
             "generator": stage_name(self.generator),
             "critic": stage_name(self.critic),
             "editors": [stage_name(e) for e in self.editors],
             "verifiers": [stage_name(v) for v in self.verifiers],
         }
+        if self.refiner is not None:  # only then, so folders built without one keep their fingerprint
+            names["refiner"] = stage_name(self.refiner)
+        return names
 
     def fingerprint(self) -> dict[str, Any]:
         """What an output_dir was built with; resuming requires the same fingerprint."""
@@ -609,7 +625,7 @@ class RichPreferenceDataBuilder:
             progress.set_postfix(
                 kept=run_stats["kept"],
                 no_edit=run_stats["no_edit"],
-                failed=run_stats["edit_failed"] + run_stats["invalid_critique"],
+                failed=run_stats["edit_failed"] + run_stats["invalid_critique"] + run_stats["refine_failed"],
                 rejected=run_stats["rejected"],
                 pairs_s=f"{run_stats['kept'] / elapsed:.2f}",
                 refresh=False,
@@ -667,11 +683,20 @@ class RichPreferenceDataBuilder:
                 critiques.append(None)
         todo = [k for k, c in enumerate(critiques) if c is not None and c.needs_edit]
         stats["no_edit"] += sum(1 for c in critiques if c is not None and not c.needs_edit)
-        edits, methods = self._edit(
+        edits, methods, masks = self._edit(
             [images[k] for k in todo], [critiques[k] for k in todo], [prompts[k] for k in todo]
         )
         stats["edit_failed"] += sum(1 for e in edits if e is None)
         alive = [(k, e, m) for k, e, m in zip(todo, edits, methods) if e is not None]
+        mask_of = {k: mask for k, e, mask in zip(todo, edits, masks) if e is not None}
+        if self.refiner is not None and alive:
+            refined = self._timed(
+                "refine", self.refiner, [e for _, e, _ in alive], [prompts[k] for k, _, _ in alive],
+                [mask_of[k] for k, _, _ in alive],
+            )  # fmt: skip
+            refined = self._check_images(refined, len(alive), "refiner", names["refiner"], allow_none=True)
+            stats["refine_failed"] += sum(1 for image in refined if image is None)
+            alive = [(k, image, m) for (k, _, m), image in zip(alive, refined) if image is not None]
         scores: dict[int, dict[str, float]] = {k: {} for k, _, _ in alive}
         for verifier, verifier_label in zip(self.verifiers, names["verifiers"]):
             if not alive:
@@ -692,6 +717,7 @@ class RichPreferenceDataBuilder:
             rows["instructions"].append(_instruction_cells(critiques[k]))
             rows["edit_method"].append(method)
             rows["scores"].append([{"name": key, "value": value} for key, value in scores[k].items()])
+            rows["mask"].append(mask_of[k])
             rows["provenance"].append(
                 {
                     "generator": names["generator"],
@@ -718,10 +744,11 @@ class RichPreferenceDataBuilder:
                 raise TypeError(f"{role} {name!r} returned {type(image).__name__} for image {k}; expected {expected}")
         return [image.convert("RGB") if image is not None and image.mode != "RGB" else image for image in images]
 
-    def _edit(self, images: list, critiques: list[Critique], prompts: list[str]) -> tuple[list, list]:
-        """Each image through the editors in order until one returns an image; the edits and editor names."""
+    def _edit(self, images: list, critiques: list[Critique], prompts: list[str]) -> tuple[list, list, list]:
+        """Each image through the editors in order until one returns an image; the edits, editor names and masks."""
         edits: list[Image.Image | None] = [None] * len(images)
         methods: list[str | None] = [None] * len(images)
+        masks: list[Image.Image | None] = [None] * len(images)
         for editor in self.editors:
             pending = [k for k, e in enumerate(edits) if e is None]
             if not pending:
@@ -740,10 +767,12 @@ class RichPreferenceDataBuilder:
             used = (
                 list(used) if isinstance(used, (list, tuple)) and len(used) == len(pending) else [name] * len(pending)
             )
-            for k, image, method in zip(pending, out, used):
+            regions = edit_masks(editor, len(pending))
+            for k, image, method, region in zip(pending, out, used, regions):
                 if image is not None:
                     edits[k], methods[k] = image, str(method or name)
-        return edits, methods
+                    masks[k] = region if region is None or region.size == image.size else None
+        return edits, methods, masks
 
     def _verify(self, verifier, label, alive, images, prompts, critiques, scores) -> list[bool]:
         """One verifier's keep flags for the surviving pairs; records its scores when it gives any."""
@@ -822,13 +851,14 @@ class RichPreferenceDataBuilder:
         rejected = ", ".join(f"{k}: {v}" for k, v in totals["rejected_by"].items()) or "none"
         logger.info(
             "Built %d pair(s) from %d prompt(s), %d image(s): %d needed no edit, %d invalid critique(s), "
-            "%d failed edit(s), %d rejected by verifiers (%s)",
+            "%d failed edit(s), %d failed refinement(s), %d rejected by verifiers (%s)",
             totals["kept"],
             totals["prompts"],
             totals["images"],
             totals["no_edit"],
             totals["invalid_critique"],
             totals["edit_failed"],
+            totals.get("refine_failed", 0),
             totals["rejected"],
             rejected,
         )
@@ -842,6 +872,12 @@ class RichPreferenceDataBuilder:
         ]
         if not parts:
             return Dataset.from_dict({name: [] for name in BUILDER_FEATURES}, features=BUILDER_FEATURES)
+        # Shards written before the `mask` column existed get an empty one, so old and new shards concatenate.
+        parts = [
+            part if "mask" in part.column_names
+            else part.add_column("mask", [None] * len(part), feature=BUILDER_FEATURES["mask"])
+            for part in parts
+        ]  # fmt: skip
         return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
     def load(self) -> Dataset:
@@ -977,6 +1013,7 @@ def _build_dataset_card(builder: RichPreferenceDataBuilder, repo_id: str | None,
             f"| generator | `{_cell(names['generator'])}` |",
             f"| critic | `{_cell(names['critic'])}` |",
             *(f"| editor {i + 1} | `{_cell(n)}` |" for i, n in enumerate(names["editors"])),
+            *([f"| refiner | `{_cell(names['refiner'])}` |"] if "refiner" in names else []),
             *(f"| verifier {i + 1} | `{_cell(n)}` |" for i, n in enumerate(names["verifiers"])),
         ]
     )
@@ -986,7 +1023,8 @@ def _build_dataset_card(builder: RichPreferenceDataBuilder, repo_id: str | None,
         f"| already good (no instructions) | {counts.get('no_edit', 0)} |\n"
         f"| invalid critiques | {counts.get('invalid_critique', 0)} |\n"
         f"| edits failed | {counts.get('edit_failed', 0)} |\n"
-        f"| rejected by verifiers | {counts.get('rejected', 0)} |{rejected_by}\n"
+        + (f"| refinements failed | {counts['refine_failed']} |\n" if counts.get("refine_failed") else "")
+        + f"| rejected by verifiers | {counts.get('rejected', 0)} |{rejected_by}\n"
         f"| **pairs kept** | **{counts.get('kept', len(dataset))}** |"
     )
     text = dataset.select_columns(["prompt", "critique", "instructions", "edit_method"])

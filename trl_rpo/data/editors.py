@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .masks import union_masks
 from .schema import EditInstruction, coerce_edit_batch
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "InstructPix2PixEditor",
     "canny_edges",
     "default_inpaint_prompt",
+    "edit_masks",
     "region_mask",
     "rewrite_prompt",
 ]
@@ -283,6 +285,7 @@ class _DiffusionEditor:
         images, instructions, prompts = coerce_edit_batch(images, instructions, prompts)
         current: list[Image.Image | None] = [image.convert("RGB") for image in images]
         steps = [self._steps(items) for items in instructions]
+        masks: list[list[Image.Image | None]] = [[] for _ in images]
         for round_index in range(max((len(s) for s in steps), default=0)):
             jobs = []
             for i, image in enumerate(current):
@@ -293,8 +296,11 @@ class _DiffusionEditor:
                     current[i] = None
                 else:
                     jobs.append(job)
+                    masks[i].append(job.mask)
             for i, edited in self._run(jobs).items():
                 current[i] = edited
+        # Where each image was changed: known when every step pasted back through a mask (None: anywhere).
+        self.last_masks = [union_masks(m) if image is not None else None for m, image in zip(masks, current)]
         return current
 
     @torch.no_grad()
@@ -696,6 +702,18 @@ class Img2ImgEditor(_DiffusionEditor):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def edit_masks(editor: Any, n: int) -> list[Image.Image | None]:
+    """The masks of the region each of an editor's last `n` outputs changed (its `last_masks`), else n Nones.
+
+    The editor protocol's optional per-call state, like `last_methods`: an editor that knows where it edited
+    (inpainting with paste-back, a pixel editor) sets `last_masks` to one mode "L" mask or None per image.
+    """
+    masks = getattr(editor, "last_masks", None)
+    if isinstance(masks, (list, tuple)) and len(masks) == n:
+        return [mask if isinstance(mask, Image.Image) else None for mask in masks]
+    return [None] * n
+
+
 def _editor_name(editor: Any) -> str:
     return str(getattr(editor, "name", None) or type(editor).__name__)
 
@@ -715,8 +733,9 @@ class EditorRouter:
     Which editors edited each image: after every call, `last_methods[i]` is the "+"-joined names of the editors
     that were applied to image i, in order (e.g. "inpaint+img2img"), "" when no route matched. A dataset builder
     should record `last_methods[i]` as the row's `edit_method` when the editor has the attribute, and `name`
-    otherwise; `name` itself is "router(<sorted editor names>)". `last_methods` is per-call state: read it before
-    the next call.
+    otherwise; `name` itself is "router(<sorted editor names>)". `last_masks[i]` is the union of the chained
+    editors' masks (`edit_masks`), None when one of them edits anywhere. Both are per-call state: read them
+    before the next call.
     """
 
     def __init__(self, routes: dict[str, Any], default: Any | None = None):
@@ -768,6 +787,7 @@ class EditorRouter:
         plans = [self.plan(items) for items in instructions]
         current: list[Image.Image | None] = [image if plan is not None else None for image, plan in zip(images, plans)]
         methods: list[list[str]] = [[] for _ in images]
+        masks: list[list[Image.Image | None]] = [[] for _ in images]
         for step in range(max((len(p) for p in plans if p is not None), default=0)):
             groups: dict[int, tuple[Any, list[int]]] = {}
             for i, plan in enumerate(plans):
@@ -782,8 +802,11 @@ class EditorRouter:
                     raise RuntimeError(
                         f"editor {_editor_name(editor)!r} returned {len(outputs)} images for {len(indices)} inputs"
                     )
-                for i, output in zip(indices, outputs):
+                used = edit_masks(editor, len(indices))
+                for i, output, mask in zip(indices, outputs, used):
                     methods[i].append(_editor_name(editor))
+                    masks[i].append(mask)
                     current[i] = output
         self.last_methods = ["+".join(names) for names in methods]
+        self.last_masks = [union_masks(m) if image is not None else None for m, image in zip(masks, current)]
         return current

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..data.masks import difference_mask
 from ..data.schema import EditInstruction, coerce_edit_batch
 from .analysis import COLOR_NAMES, analyze
 from .render import Box, centroid_in_region, shape_mask
@@ -153,7 +154,7 @@ class Editor:
     - "background": `{"color": name}` repaints every pixel outside the objects.
 
     An image whose instructions cannot all be executed (unknown kind, bad params, no matching object, no room)
-    yields None.
+    yields None. After each call, `last_masks[i]` marks the pixels the edit of image i changed.
     """
 
     name = "shapes_editor"
@@ -165,7 +166,12 @@ class Editor:
         prompts: Sequence[str] | None = None,
     ) -> list[Image.Image | None]:
         images, instructions, _ = coerce_edit_batch(images, instructions, prompts)
-        return [self.edit(image, items) for image, items in zip(images, instructions)]
+        edited = [self.edit(image, items) for image, items in zip(images, instructions)]
+        # The editor protocol's optional region report (`trl_rpo.data.editors.edit_masks`): the repainted pixels.
+        self.last_masks = [
+            difference_mask(image, out) if out is not None else None for image, out in zip(images, edited)
+        ]
+        return edited
 
     def edit(self, image: Image.Image, instructions: Sequence[EditInstruction | dict | str]) -> Image.Image | None:
         """The edited image, or None if some instruction cannot be executed."""
