@@ -24,6 +24,8 @@ INSTALL_REQUIRES = [
     "Pillow>=10",
     "numpy>=1.26",
     "pyyaml>=6",
+    "scipy>=1.11",  # paired statistics (bootstrap, t-tests) in trl_rpo.evaluation
+    "matplotlib>=3.8",  # training curves and gain charts (evaluation.plot_curves / plot_gains, the demo)
 ]
 
 EXTRAS = {

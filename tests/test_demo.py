@@ -8,7 +8,16 @@ import pytest
 from PIL import Image
 
 from trl_rpo.cli import demo_arguments_class
-from trl_rpo.shapes.demo import METHODS, DemoConfig, format_table, pair_efficacy, run_demo
+from trl_rpo.shapes import prompts
+from trl_rpo.shapes.demo import (
+    COMPARISONS,
+    METHODS,
+    DemoConfig,
+    efficacy_comparison,
+    format_table,
+    pair_efficacy,
+    run_demo,
+)
 
 
 def _parse(*argv):
@@ -54,13 +63,35 @@ def test_pair_efficacy_is_gain_per_pair_and_undefined_without_pairs():
     assert pair_efficacy(0.6, 0.5, 0) is None
 
 
-def test_table_reports_every_row_and_the_efficacy_ratio():
-    rows = [{"method": m, "alignment": 0.5, "alignment_ci": None, "pairs": 1, "seconds": 1.0} for m in METHODS]
-    rows[1].update(gain=0.1, distinguishable_from_base=True)
-    text = format_table({"rows": rows, "pair_efficacy": {"dpo_reward_pairs": 0.01, "dpo_rpo_pairs": 0.02,
-                                                         "rpo_vs_reward_percent": 100.0}})  # fmt: skip
-    assert all(m in text for m in METHODS) and "+100.0%" in text and "n/a" in text
-    assert "+0.100*" in text
+def test_efficacy_is_gain_per_pair_with_the_gains_interval_scaled_by_the_pairs():
+    gains_a, gains_b = [0.1, 0.2, 0.15, 0.05, 0.12, 0.18], [0.05, 0.1, 0.02, 0.04, 0.06, 0.09]
+    result = efficacy_comparison(gains_a, gains_b, pairs_a=50, pairs_b=100)
+    assert result["a"]["efficacy"] == pytest.approx(sum(gains_a) / 6 / 50)
+    low, high = result["a"]["efficacy_ci"]
+    assert low < result["a"]["efficacy"] < high
+    expected = 100 * ((sum(gains_a) / 6 / 50) / (sum(gains_b) / 6 / 100) - 1)
+    assert result["relative_percent"] == pytest.approx(expected)
+    assert result["relative_percent_ci"][0] < expected < result["relative_percent_ci"][1]
+
+
+def test_relative_efficacy_is_undefined_when_the_reference_gain_is_noise():
+    result = efficacy_comparison([0.1, 0.2, 0.1, 0.2], [0.05, -0.05, 0.04, -0.04], pairs_a=10, pairs_b=10)
+    assert result["relative_percent"] is None and result["relative_percent_ci"] is None
+    assert not result["b"]["gain_ci_excludes_zero"]
+
+
+def test_table_reports_every_row_its_paired_interval_and_the_comparisons():
+    rows = [{"method": m, "alignment": 0.5, "pairs": 1, "seconds": 1.0} for m in METHODS]
+    rows[1].update(gain=0.1, gain_ci=[0.02, 0.18], win_rate=0.7, in_distribution_gain=0.05)
+    comparison = {"a": "dpo_rpo_pairs", "b": "dpo_reward_pairs", "prompts": "test", "gain": 0.03,
+                  "gain_ci": [-0.01, 0.07], "win_rate": 0.55, "p_value": 0.2}  # fmt: skip
+    efficacy = {"efficacy": 0.001, "efficacy_ci": [0.0005, 0.0015]}
+    text = format_table({"rows": rows, "comparisons": [comparison],
+                         "pair_efficacy": {"dpo_reward_pairs": efficacy, "dpo_rpo_pairs": None,
+                                           "rpo_vs_reward_percent": None}})  # fmt: skip
+    assert all(m in text for m in METHODS) and "n/a" in text
+    assert "+0.100" in text and "[+0.020, +0.180]*" in text
+    assert "dpo_rpo_pairs vs dpo_reward_pairs (test): +0.030" in text
 
 
 @pytest.mark.slow
@@ -73,13 +104,19 @@ def test_trl_rpo_demo_quick_runs_end_to_end_and_writes_results_grid_and_curves(t
     assert [row["method"] for row in results["rows"]] == list(METHODS)
     for row in results["rows"]:
         assert 0.0 <= row["alignment"] <= 1.0
-        assert row["alignment_ci"] is None or row["alignment_ci"] >= 0
         assert isinstance(row["pairs"], int) and row["seconds"] >= 0
     assert results["rows"][0]["pairs"] == 0
-    assert all(row["pairs"] > 0 for row in results["rows"][1:]), results["rows"]
-    assert "pair efficacy" in result.stdout and "dpo_rpo_pairs" in result.stdout
+    for row in results["rows"][1:]:
+        assert row["pairs"] > 0, row
+        low, high = row["gain_ci"]
+        assert low <= row["gain"] <= high and 0 <= row["win_rate"] <= 1 and 0 <= row["p_value"] <= 1
+        assert row["in_distribution_gain_ci"][0] <= row["in_distribution_gain"] <= row["in_distribution_gain_ci"][1]
+    assert {(c["a"], c["b"]) for c in results["comparisons"]} == set(COMPARISONS)
+    assert {c["prompts"] for c in results["comparisons"]} == {"test", "in_distribution"}
+    assert "pair efficacy" in result.stdout and "dpo_rpo_pairs vs dpo_reward_pairs" in result.stdout
     config = DemoConfig.quick()
+    assert set(results["eval_prompts"]["test"]).isdisjoint(prompts(60, 0, "dev"))  # never the dev prompts
     grid = Image.open(out / "grid.png")
-    assert grid.size[1] >= len(METHODS) * 96 and grid.size[0] >= config.grid_prompts * 96
-    assert Image.open(out / "curves.png").size[0] > 0
+    assert grid.size[1] >= len(METHODS) * 128 and grid.size[0] >= config.grid_prompts * 128
+    assert Image.open(out / "curves.png").size[0] > 0 and Image.open(out / "gains.png").size[0] > 0
     assert (out / "rpo_pairs" / "manifest.json").is_file() and (out / "reward_pairs").is_dir()

@@ -67,6 +67,13 @@ def test_train_and_held_out_splits_are_disjoint_and_cover_the_world():
     assert len(train) + len(held_out) == len(all_scenes())
 
 
+def test_dev_and_test_partition_the_held_out_scenes_whatever_the_prompt_seed():
+    dev, test = set(prompts(60, 0, "dev")), set(prompts(120, 5, "test"))
+    assert len(dev) == 60 and len(test) == 120 and not dev & test
+    assert dev | test == set(prompts(180, 0, "held_out"))
+    assert set(prompts(60, 3, "dev")) == dev  # another seed reorders, never moves a scene across
+
+
 def test_held_out_prompts_use_only_shape_color_pairs_never_seen_in_train():
     train_pairs = {(s.shape, s.color) for s in map(parse_prompt, prompts(900, 0, "train"))}
     held_pairs = {(s.shape, s.color) for s in map(parse_prompt, prompts(180, 0, "held_out"))}
@@ -78,7 +85,7 @@ def test_held_out_prompts_use_only_shape_color_pairs_never_seen_in_train():
 
 def test_prompts_reject_an_unknown_split():
     with pytest.raises(ValueError, match="split"):
-        prompts(3, split="test")
+        prompts(3, split="validation")
 
 
 def test_prompt_text_reads_naturally():

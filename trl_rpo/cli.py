@@ -287,7 +287,8 @@ def demo_arguments_class() -> type:
             "default: outputs/demo/run-<time>."})),
     ]  # fmt: skip
     # Every override is optional (None = the preset's value); tuples become lists for the argument parser.
-    kinds = {"int": int | None, "float": float | None, "str | None": str | None, "tuple[int, ...]": list[int] | None}
+    kinds = {"int": int | None, "float": float | None, "bool": bool | None, "str | None": str | None,
+             "tuple[int, ...]": list[int] | None}  # fmt: skip
     for f in fields(DemoConfig):
         default, quick_default = getattr(full, f.name), getattr(quick, f.name)
         preset = f"preset: {default!r}" + ("" if quick_default == default else f"; {quick_default!r} with --quick")
@@ -325,7 +326,7 @@ def _run_demo(argv: Sequence[str]) -> int:
         parser.error(f"--output_dir {output_dir} exists and is not empty; the demo never overwrites a run")
     start = time.perf_counter()
     run_demo(config, output_dir)
-    print(f"results, grid.png and curves.png in {output_dir} ({time.perf_counter() - start:.0f} s)")
+    print(f"results.json, grid.png, curves.png and gains.png in {output_dir} ({time.perf_counter() - start:.0f} s)")
     return 0
 
 

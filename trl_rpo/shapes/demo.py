@@ -2,19 +2,27 @@
 
     trl-rpo demo [--quick] [--output-dir DIR]
 
+Protocol (three prompt sets, `trl_rpo.shapes.world`): pairs and rollouts use *train* scenes; the recipe
+(learning rate, beta, steps, LoRA or full fine-tuning) was chosen on *dev* prompts by
+`examples/shapes/dev_sweep.py` (its table is in docs/shapes.md); the results are reported on *test* prompts, held-out
+compositions never used for anything else, and on in-distribution prompts (train scenes, seeds never used to build
+pairs).
+
 Stages (a progress bar shows each):
 
-1. evaluate the base model on held-out prompts with fixed seeds (`trl_rpo.evaluation.evaluate_pipeline`);
-2. RPO pairs: `RichPreferenceDataBuilder` with the shapes critic and editor (and a reward-margin verifier) on
-   `image_budget` generated images;
+1. evaluate the base model (`trl_rpo.evaluation.evaluate_pipeline`, fixed seeds);
+2. RPO pairs: `RichPreferenceDataBuilder` with the shapes critic and editor, the base model itself refining each
+   edit inside its mask (`Img2ImgRefiner`, so the chosen image looks like the model's own), and a reward-margin
+   verifier, on `image_budget` generated images;
 3. reward-labelled pairs for the *same* number of generated images: two samples per prompt, `alignment_score`
    picks the winner (`trl_rpo.data.build_reward_pairs`);
-4. `DiffusionDPOTrainer` with LoRA on each pair set (same steps, same hyper-parameters);
+4. `DiffusionDPOTrainer` on each pair set (same steps, same hyper-parameters);
 5. `TailorPOTrainer` with `alignment_score` as the step-wise reward, and with `pairing="final"`;
-6. evaluate each model like the base; write `results.json`, `grid.png` (methods x prompts, same seeds) and
-   `curves.png` (training curves), and print a table.
+6. evaluate each model on the same prompts and seeds as the base, compare image for image
+   (`trl_rpo.evaluation.paired_comparison`: bootstrap over prompts), write `results.json`, `grid.png`,
+   `curves.png` and `gains.png`, and print a table.
 
-The numbers are whatever the runs give; nothing is tuned to an outcome.
+The numbers are whatever the runs give; nothing is tuned on the test prompts.
 """
 
 from __future__ import annotations
@@ -22,63 +30,83 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
-__all__ = ["DemoConfig", "METHODS", "pair_efficacy", "run_demo"]
+__all__ = [
+    "COMPARISONS",
+    "DemoConfig",
+    "METHODS",
+    "efficacy_comparison",
+    "format_table",
+    "pair_efficacy",
+    "run_demo",
+]
 
 METHODS = ("base", "dpo_reward_pairs", "dpo_rpo_pairs", "tailorpo", "tailorpo_final")
+# Paired comparisons reported besides "each method vs base": (a, b) means a - b.
+COMPARISONS = (("dpo_rpo_pairs", "dpo_reward_pairs"), ("tailorpo", "tailorpo_final"))
+# Seeds of the in-distribution evaluation: far from the builder's (seed + prompt index), so no image is reused.
+IN_DISTRIBUTION_SEED_OFFSET = 10_000
 
 
 @dataclass
 class DemoConfig:
-    """Budgets of the demo. `DemoConfig.quick()` is the `--quick` preset."""
+    """Budgets and the recipe of the demo. `DemoConfig.quick()` is the `--quick` preset.
+
+    The DPO and TailorPO recipes are the ones the dev sweep chose (docs/shapes.md); the image budget is the same
+    for both pair-building methods.
+    """
 
     model: str | None = field(default=None, metadata={"help": "Pipeline folder; default: the shipped base model."})
     seed: int = field(default=0, metadata={"help": "Seed of prompts, generation and training."})
-    eval_prompts: int = field(default=48, metadata={"help": "Held-out prompts of each evaluation."})
+    eval_prompts: int = field(default=60, metadata={"help": "Test prompts (held-out compositions) per evaluation."})
+    in_distribution_prompts: int = field(
+        default=30, metadata={"help": "Train-scene prompts (unseen seeds) per evaluation; 0 skips them."}
+    )
     eval_seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "Seeds of each evaluation."})
     num_inference_steps: int = field(default=20, metadata={"help": "DDIM steps of evaluation and pair generation."})
     guidance_scale: float = field(default=5.0, metadata={"help": "Classifier-free guidance scale."})
     image_budget: int = field(default=512, metadata={"help": "Generated images per pair set (RPO and reward)."})
+    refine_strength: float = field(
+        default=0.3, metadata={"help": "SDEdit strength of the base model's refinement of RPO edits; 0 disables it."}
+    )
     dpo_steps: int = field(default=150, metadata={"help": "DiffusionDPOTrainer optimizer steps per pair set."})
     dpo_batch_size: int = field(default=8, metadata={"help": "Pairs per DPO step."})
-    dpo_learning_rate: float = field(
-        default=5e-4, metadata={"help": "DPO LoRA learning rate (the diffusers DPO LoRA script's default)."}
-    )
-    dpo_beta: float = field(default=5000.0, metadata={"help": "Diffusion-DPO beta (the paper's SD 1.5 value)."})
+    dpo_learning_rate: float = field(default=5e-4, metadata={"help": "DPO learning rate (dev sweep's choice)."})
+    dpo_beta: float = field(default=5000.0, metadata={"help": "Diffusion-DPO beta (dev sweep's choice)."})
+    dpo_use_lora: bool = field(default=True, metadata={"help": "LoRA (True) or full fine-tuning of the UNet."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank of every trained model."})
     tailorpo_steps: int = field(default=40, metadata={"help": "TailorPOTrainer optimizer steps per run."})
     tailorpo_batch_size: int = field(default=4, metadata={"help": "Prompts sampled per TailorPO step."})
     tailorpo_num_inference_steps: int = field(default=10, metadata={"help": "DDIM steps of TailorPO rollouts."})
-    tailorpo_learning_rate: float = field(
-        default=5e-4, metadata={"help": "TailorPO LoRA learning rate (the same as DPO's, for a like comparison)."}
-    )
+    tailorpo_learning_rate: float = field(default=5e-4, metadata={"help": "TailorPO LoRA learning rate."})
     num_candidates: int = field(default=2, metadata={"help": "TailorPO candidates per noisy parent."})
-    grid_prompts: int = field(default=8, metadata={"help": "Held-out prompts (columns) of grid.png."})
+    grid_prompts: int = field(default=8, metadata={"help": "Test prompts (columns) of grid.png."})
 
     def __post_init__(self):
         self.eval_seeds = tuple(self.eval_seeds)
         for name in ("eval_prompts", "image_budget", "dpo_steps", "tailorpo_steps", "grid_prompts", "lora_r"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.in_distribution_prompts < 0:
+            raise ValueError(f"in_distribution_prompts must be >= 0, got {self.in_distribution_prompts}")
         if not self.eval_seeds:
             raise ValueError("eval_seeds must hold at least one seed")
         if self.image_budget < 2:
             raise ValueError(f"image_budget must be at least 2 (one reward-labelled pair), got {self.image_budget}")
+        if not 0.0 <= self.refine_strength <= 1.0:
+            raise ValueError(f"refine_strength must be in [0, 1], got {self.refine_strength}")
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
         """The `--quick` preset: the same stages with small budgets (a smoke test in about 3 minutes)."""
         values = dict(
-            eval_prompts=16, eval_seeds=(0, 1), num_inference_steps=10, image_budget=64, dpo_steps=20,
-            dpo_batch_size=4, tailorpo_steps=4, tailorpo_batch_size=2, tailorpo_num_inference_steps=6,
+            eval_prompts=16, in_distribution_prompts=8, eval_seeds=(0, 1), num_inference_steps=10, image_budget=64,
+            dpo_steps=20, dpo_batch_size=4, tailorpo_steps=4, tailorpo_batch_size=2, tailorpo_num_inference_steps=6,
             grid_prompts=6,
         )  # fmt: skip
         values.update(overrides)
@@ -88,6 +116,51 @@ class DemoConfig:
 def pair_efficacy(alignment: float, base_alignment: float, pairs: int) -> float | None:
     """Alignment gain per training pair, `(alignment - base) / pairs`; None without pairs."""
     return (alignment - base_alignment) / pairs if pairs > 0 else None
+
+
+def efficacy_comparison(
+    gains_a: Sequence[float],
+    gains_b: Sequence[float],
+    pairs_a: int,
+    pairs_b: int,
+    confidence_level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    r"""Pair efficacy (gain per pair) of two pair sets, and how much more efficient a is than b, with CIs.
+
+    `gains_a[p]`, `gains_b[p]` are the per-prompt gains over the same base (same prompts). Efficacy
+    $e = \bar g / n_{pairs}$, its interval the gain's bootstrap interval over prompts divided by $n_{pairs}$.
+    The relative efficacy $e_a / e_b - 1$ (the RPO paper's "+42%") is bootstrapped over prompts with the two
+    gains resampled together; it is None when b's gain interval includes 0 (a ratio to noise means nothing).
+    """
+    import numpy as np
+    from scipy import stats
+
+    from ..evaluation import paired_comparison
+
+    a, b = np.asarray(gains_a, dtype=float), np.asarray(gains_b, dtype=float)
+    out: dict[str, Any] = {}
+    for key, gains, pairs in (("a", a, pairs_a), ("b", b, pairs_b)):
+        result = paired_comparison(gains, np.zeros_like(gains), confidence_level=confidence_level, seed=seed)
+        out[key] = {
+            "pairs": pairs,
+            "efficacy": result.gain / pairs if pairs else None,
+            "efficacy_ci": [v / pairs for v in result.gain_ci] if pairs else None,
+            "gain_ci_excludes_zero": result.significant,
+        }
+    out["relative_percent"] = out["relative_percent_ci"] = None
+    if pairs_a and pairs_b and out["b"]["gain_ci_excludes_zero"] and b.mean() > 0:
+
+        def relative(x, y, axis=-1):
+            return 100.0 * ((x.mean(axis=axis) / pairs_a) / (y.mean(axis=axis) / pairs_b) - 1.0)
+
+        ci = stats.bootstrap(
+            (a, b), relative, paired=True, vectorized=True, confidence_level=confidence_level, method="percentile",
+            random_state=np.random.default_rng(seed),
+        ).confidence_interval
+        out["relative_percent"] = float(relative(a, b))
+        out["relative_percent_ci"] = [float(ci.low), float(ci.high)]
+    return out
 
 
 def _quiet_libraries() -> None:
@@ -115,13 +188,108 @@ def _curve(log_history: list[dict[str, float]], key: str) -> list[tuple[float, f
     return [(entry["step"], entry[key]) for entry in log_history if key in entry and "step" in entry]
 
 
+def _sampling(config: DemoConfig) -> dict[str, Any]:
+    return {"num_inference_steps": config.num_inference_steps, "guidance_scale": config.guidance_scale}
+
+
+def _common_args(config: DemoConfig, output_dir: Path, name: str) -> dict[str, Any]:
+    return dict(output_dir=str(output_dir / "runs" / name), report_to=[], save_strategy="no", disable_tqdm=True,
+                seed=config.seed, lr_scheduler_type="constant", logging_steps=1)  # fmt: skip
+
+
+def build_rpo_pairs(config: DemoConfig, base, prompts: list[str], output_dir: Path):
+    """RPO pairs from `prompts` (one image each): critic, editor, base-model refinement, reward-margin verifier."""
+    from ..data import Img2ImgRefiner, RewardMarginVerifier, RichPreferenceConfig, RichPreferenceDataBuilder
+    from .critic import Critic
+    from .editor import Editor
+    from .evaluate import alignment_score
+
+    refiner = None
+    if config.refine_strength > 0:
+        refiner = Img2ImgRefiner(base, strength=config.refine_strength, seed=config.seed, batch_size=16,
+                                 mask_dilation=2 / 32, **_sampling(config))  # fmt: skip
+    builder = RichPreferenceDataBuilder(
+        generator=base,
+        critic=Critic(),
+        editor=Editor(),
+        verifier=RewardMarginVerifier(alignment_score),
+        refiner=refiner,
+        args=RichPreferenceConfig(output_dir=str(output_dir), images_per_prompt=1, batch_size=16, seed=config.seed,
+                                  disable_tqdm=True, **_sampling(config)),  # fmt: skip
+    )
+    return builder.build(prompts), builder
+
+
+def train_dpo(config: DemoConfig, pairs, output_dir: Path, name: str, **overrides: Any):
+    """A `DiffusionDPOTrainer` run on `pairs` with the demo's recipe (fields overridable); returns the trainer."""
+    from transformers import PrinterCallback
+
+    from ..trainer import DiffusionDPOConfig, DiffusionDPOTrainer
+    from .model import load_pipeline
+
+    recipe = {"learning_rate": config.dpo_learning_rate, "beta": config.dpo_beta, "max_steps": config.dpo_steps,
+              "use_lora": config.dpo_use_lora, **overrides}  # fmt: skip
+    trainer = DiffusionDPOTrainer(
+        model=load_pipeline(config.model),
+        args=DiffusionDPOConfig(
+            max_steps=recipe["max_steps"], per_device_train_batch_size=min(config.dpo_batch_size, len(pairs)),
+            learning_rate=recipe["learning_rate"], beta=recipe["beta"], precompute_latents=True,
+            **_common_args(config, output_dir, name),
+        ),
+        train_dataset=pairs.select_columns(["prompt", "chosen", "rejected"]),
+        peft_config=_lora_config(config.lora_r) if recipe["use_lora"] else None,
+    )  # fmt: skip
+    trainer.remove_callback(PrinterCallback)  # the demo's own bar and table report progress
+    trainer.train()
+    trainer.pipeline.unet.eval()
+    return trainer
+
+
+class _Scorer:
+    """Evaluates pipelines on fixed prompt sets and seeds, keeping every image's score for paired comparisons."""
+
+    def __init__(self, config: DemoConfig, sets: dict[str, tuple[list[str], tuple[int, ...]]]):
+        self.config = config
+        self.sets = sets
+        self.scores: dict[str, dict[str, list[list[float]]]] = {}  # method -> set -> [seed][prompt]
+        self.images: dict[str, list] = {}
+
+    def __call__(self, method: str, pipeline) -> float:
+        from ..evaluation import evaluate_pipeline
+        from .evaluate import alignment_score
+
+        start = time.perf_counter()
+        pipeline.set_progress_bar_config(disable=True)
+        for name, (prompts, seeds) in self.sets.items():
+            result = evaluate_pipeline(pipeline, prompts, alignment_score, seeds=seeds, batch_size=16,
+                                       return_images=name == "test", **_sampling(self.config))  # fmt: skip
+            self.scores.setdefault(method, {})[name] = result.scores["alignment_score"]
+            if name == "test":
+                self.images[method] = result.images[0][: self.config.grid_prompts]
+        return time.perf_counter() - start
+
+    def mean(self, method: str, name: str) -> float:
+        rows = self.scores[method][name]
+        return sum(map(sum, rows)) / sum(map(len, rows))
+
+    def compare(self, a: str, b: str, name: str = "test"):
+        from ..evaluation import paired_comparison
+
+        return paired_comparison(self.scores[a][name], self.scores[b][name], seed=self.config.seed)
+
+    def per_prompt_gain(self, a: str, b: str, name: str = "test") -> list[float]:
+        import numpy as np
+
+        return (np.asarray(self.scores[a][name]) - np.asarray(self.scores[b][name])).mean(axis=0).tolist()
+
+
 def run_demo(
     config: DemoConfig,
     output_dir: str | Path,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run every stage, write `results.json`, `grid.png` and `curves.png` under `output_dir`; return the results.
+    """Run every stage, write `results.json`, `grid.png`, `curves.png` and `gains.png`; return the results.
 
     `output_dir` must be new or empty: nothing a previous run wrote is overwritten.
     """
@@ -130,11 +298,8 @@ def run_demo(
     from tqdm.auto import tqdm
     from transformers import PrinterCallback
 
-    from ..data import RewardMarginVerifier, RichPreferenceConfig, RichPreferenceDataBuilder, build_reward_pairs
-    from ..evaluation import evaluate_pipeline, image_grid, line_chart
-    from ..trainer import DiffusionDPOConfig, DiffusionDPOTrainer, TailorPOConfig, TailorPOTrainer
-    from .critic import Critic
-    from .editor import Editor
+    from ..data import build_reward_pairs
+    from ..trainer import TailorPOConfig, TailorPOTrainer
     from .evaluate import alignment_score
     from .model import load_pipeline
     from .world import prompts as shape_prompts
@@ -145,56 +310,39 @@ def run_demo(
     output_dir.mkdir(parents=True, exist_ok=True)
     _quiet_libraries()
     torch.manual_seed(config.seed)
-    sampling = {"num_inference_steps": config.num_inference_steps, "guidance_scale": config.guidance_scale}
-    eval_prompts = shape_prompts(config.eval_prompts, seed=config.seed, split="held_out")
+    sampling = _sampling(config)
+    test_prompts = shape_prompts(config.eval_prompts, seed=config.seed, split="test")
+    sets = {"test": (test_prompts, config.eval_seeds)}
+    if config.in_distribution_prompts:
+        sets["in_distribution"] = (
+            shape_prompts(config.in_distribution_prompts, seed=config.seed + 1, split="train"),
+            tuple(IN_DISTRIBUTION_SEED_OFFSET + s for s in config.eval_seeds),
+        )
     train_prompts = shape_prompts(config.image_budget, seed=config.seed, split="train")
+    scorer = _Scorer(config, sets)
     stages = ["base", "rpo pairs", "reward pairs", *METHODS[1:]]
     bar = tqdm(total=len(stages), desc="demo", disable=not progress, unit="stage")
     rows: list[dict[str, Any]] = []
-    images: dict[str, list] = {}
-    curves: dict[str, dict[str, list[tuple[float, float]]]] = {"dpo": {}, "tailorpo": {}}
+    curves: dict[str, dict[str, list[tuple[float, float]]]] = {
+        "Diffusion-DPO loss": {}, "DPO implicit accuracy": {}, "TailorPO rollout alignment": {},
+    }  # fmt: skip
 
     def evaluate(method: str, pipeline, pairs: int, seconds: float, **extra: Any) -> None:
         bar.set_postfix_str(f"evaluating {method}")
-        start = time.perf_counter()
-        pipeline.set_progress_bar_config(disable=True)
-        result = evaluate_pipeline(pipeline, eval_prompts, alignment_score, seeds=config.eval_seeds,
-                                   batch_size=16, return_images=True, **sampling)  # fmt: skip
-        images[method] = result.images[0][: config.grid_prompts]
-        ci = result.ci["alignment_score"]
-        rows.append({
-            "method": method,
-            "alignment": round(result.mean["alignment_score"], 4),
-            "alignment_ci": None if math.isnan(ci) else round(ci, 4),
-            "pairs": int(pairs),
-            "seconds": round(seconds, 1),
-            "eval_seconds": round(time.perf_counter() - start, 1),
-            **extra,
-        })  # fmt: skip
+        eval_seconds = scorer(method, pipeline)
+        rows.append({"method": method, "alignment": round(scorer.mean(method, "test"), 4), "pairs": int(pairs),
+                     "seconds": round(seconds, 1), "eval_seconds": round(eval_seconds, 1), **extra})  # fmt: skip
         bar.update(1)
-
-    def common_args(name: str) -> dict[str, Any]:
-        return dict(output_dir=str(output_dir / "runs" / name), report_to=[], save_strategy="no", disable_tqdm=True,
-                    seed=config.seed, lr_scheduler_type="constant", logging_steps=1)  # fmt: skip
 
     # 1. base
     bar.set_description("base")
     base = load_pipeline(config.model)
     evaluate("base", base, pairs=0, seconds=0.0)
-    base_alignment = rows[0]["alignment"]
 
-    # 2. RPO pairs: critic + editor on one image per prompt, kept when the edit scores higher.
+    # 2. RPO pairs: critic + editor (+ the base model's refinement) on one image per prompt, verified.
     bar.set_description("rpo pairs")
     start = time.perf_counter()
-    builder = RichPreferenceDataBuilder(
-        generator=base,
-        critic=Critic(),
-        editor=Editor(),
-        verifier=RewardMarginVerifier(alignment_score),
-        args=RichPreferenceConfig(output_dir=str(output_dir / "rpo_pairs"), images_per_prompt=1, batch_size=16,
-                                  seed=config.seed, disable_tqdm=True, **sampling),  # fmt: skip
-    )
-    rpo_pairs = builder.build(train_prompts)
+    rpo_pairs, builder = build_rpo_pairs(config, base, train_prompts, output_dir / "rpo_pairs")
     rpo_seconds = time.perf_counter() - start
     rpo_stats = {k: v for k, v in builder.stats.items() if isinstance(v, (int, float))}
     bar.update(1)
@@ -210,7 +358,7 @@ def run_demo(
     reward_seconds = time.perf_counter() - start
     bar.update(1)
 
-    # 4. Diffusion-DPO with LoRA on each pair set.
+    # 4. Diffusion-DPO on each pair set, the same recipe.
     for method, pairs, build_seconds, extra in (
         ("dpo_reward_pairs", reward_pairs, reward_seconds, {"images": reward_counts["images"],
                                                             "ties": reward_counts["ties"]}),
@@ -221,21 +369,10 @@ def run_demo(
             evaluate(method, base, 0, build_seconds, note="no pairs were built: the base model is reported", **extra)
             continue
         start = time.perf_counter()
-        trainer = DiffusionDPOTrainer(
-            model=load_pipeline(config.model),
-            args=DiffusionDPOConfig(
-                max_steps=config.dpo_steps, per_device_train_batch_size=min(config.dpo_batch_size, len(pairs)),
-                learning_rate=config.dpo_learning_rate, beta=config.dpo_beta, precompute_latents=True,
-                **common_args(method),
-            ),
-            train_dataset=pairs.select_columns(["prompt", "chosen", "rejected"]),
-            peft_config=_lora_config(config.lora_r),
-        )  # fmt: skip
-        trainer.remove_callback(PrinterCallback)  # the demo's own bar and table report progress
-        trainer.train()
+        trainer = train_dpo(config, pairs, output_dir, method)
         seconds = build_seconds + time.perf_counter() - start
-        curves["dpo"][method] = _curve(trainer.state.log_history, "loss")
-        trainer.pipeline.unet.eval()
+        curves["Diffusion-DPO loss"][method] = _curve(trainer.state.log_history, "loss")
+        curves["DPO implicit accuracy"][method] = _curve(trainer.state.log_history, "rewards/accuracies")
         evaluate(method, trainer.pipeline, len(pairs), seconds, build_seconds=round(build_seconds, 1), **extra)
         del trainer
 
@@ -251,7 +388,7 @@ def run_demo(
                 max_steps=config.tailorpo_steps, per_device_train_batch_size=config.tailorpo_batch_size,
                 learning_rate=config.tailorpo_learning_rate, num_inference_steps=config.tailorpo_num_inference_steps,
                 guidance_scale=config.guidance_scale, num_candidates=config.num_candidates, pairing=pairing,
-                **common_args(method),
+                **_common_args(config, output_dir, method),
             ),
             train_dataset=prompt_dataset,
             peft_config=_lora_config(config.lora_r),
@@ -261,83 +398,111 @@ def run_demo(
         seconds = time.perf_counter() - start
         history = trainer.state.log_history
         pairs = round(sum(value for _, value in _curve(history, "pairs/count")))
-        curves["tailorpo"][method] = _curve(history, "rewards/alignment_score/mean")
+        curves["TailorPO rollout alignment"][method] = _curve(history, "rewards/alignment_score/mean")
         trainer.pipeline.unet.eval()
         evaluate(method, trainer.pipeline, pairs, seconds)
         del trainer
     bar.close()
 
-    # 6. Report.
-    by_method = {row["method"]: row for row in rows}
-    base_ci = rows[0]["alignment_ci"]
-    for row in rows[1:]:
-        row["gain"] = round(row["alignment"] - base_alignment, 4)
-        # Conservative: a gain counts only when the two 95% intervals do not overlap.
-        cis = (row["alignment_ci"], base_ci)
-        row["distinguishable_from_base"] = None if None in cis else abs(row["gain"]) > sum(cis)
-    efficacy = {
-        method: pair_efficacy(by_method[method]["alignment"], base_alignment, by_method[method]["pairs"])
-        for method in ("dpo_reward_pairs", "dpo_rpo_pairs")
-    }
-    reference = efficacy["dpo_reward_pairs"]
-    relative = None
-    if efficacy["dpo_rpo_pairs"] is not None and reference is not None and reference > 0:
-        relative = round(100.0 * (efficacy["dpo_rpo_pairs"] / reference - 1.0), 1)
-    measurable = any(by_method[m].get("distinguishable_from_base") for m in ("dpo_reward_pairs", "dpo_rpo_pairs"))
-    results = {
-        "rows": rows,
-        "pair_efficacy": {
-            "dpo_reward_pairs": efficacy["dpo_reward_pairs"],
-            "dpo_rpo_pairs": efficacy["dpo_rpo_pairs"],
-            "rpo_vs_reward_percent": relative,
-            "gains_measurable": measurable,
-            "note": "alignment gain over base per training pair; the RPO paper reports +42% for RPO pairs on SDXL. "
-            "rpo_vs_reward_percent is null when reward pairs gave no positive gain (a ratio would mislead).",
-        },
-        "config": dataclasses.asdict(config),
-        "eval_prompts": eval_prompts,
-    }
+    results = _report(config, scorer, rows)
+    results["eval_prompts"] = {name: prompts for name, (prompts, _) in sets.items()}
+    results["eval_seeds"] = {name: list(seeds) for name, (_, seeds) in sets.items()}
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    grid = image_grid([images[m] for m in METHODS], row_labels=list(METHODS),
-                      column_labels=eval_prompts[: config.grid_prompts], cell_size=96)  # fmt: skip
-    grid.save(output_dir / "grid.png")
-    charts = [
-        line_chart(curves["dpo"], title="Diffusion-DPO loss (LoRA)"),
-        line_chart(curves["tailorpo"], title="TailorPO rollout alignment (final images)"),
-    ]
-    canvas = Image.new("RGB", (sum(c.width for c in charts), max(c.height for c in charts)), "white")
-    x = 0
-    for chart in charts:
-        canvas.paste(chart, (x, 0))
-        x += chart.width
-    canvas.save(output_dir / "curves.png")
+    _figures(config, scorer, results, curves, test_prompts, output_dir)
     log(format_table(results))
     return results
 
 
+def _report(config: DemoConfig, scorer: _Scorer, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-method paired statistics against the base, the method comparisons and the pair efficacy."""
+    for row in rows[1:]:
+        method = row["method"]
+        for name in scorer.sets:
+            prefix = "" if name == "test" else f"{name}_"
+            result = scorer.compare(method, "base", name).to_dict()
+            if name != "test":
+                row[f"{prefix}alignment"] = round(scorer.mean(method, name), 4)
+            row.update({f"{prefix}{key}": result[key] for key in ("gain", "gain_ci", "win_rate", "win_rate_ci",
+                                                                  "p_value")})  # fmt: skip
+    if "in_distribution" in scorer.sets:
+        rows[0]["in_distribution_alignment"] = round(scorer.mean("base", "in_distribution"), 4)
+    comparisons = []
+    for a, b in COMPARISONS:
+        for name in scorer.sets:
+            comparisons.append({"a": a, "b": b, "prompts": name, **scorer.compare(a, b, name).to_dict()})
+    by_method = {row["method"]: row for row in rows}
+    efficacy = efficacy_comparison(
+        scorer.per_prompt_gain("dpo_rpo_pairs", "base"), scorer.per_prompt_gain("dpo_reward_pairs", "base"),
+        by_method["dpo_rpo_pairs"]["pairs"], by_method["dpo_reward_pairs"]["pairs"], seed=config.seed,
+    )  # fmt: skip
+    return {
+        "rows": rows,
+        "comparisons": comparisons,
+        "pair_efficacy": {
+            "dpo_rpo_pairs": efficacy["a"],
+            "dpo_reward_pairs": efficacy["b"],
+            "rpo_vs_reward_percent": efficacy["relative_percent"],
+            "rpo_vs_reward_percent_ci": efficacy["relative_percent_ci"],
+            "note": "alignment gain over base per training pair on the test prompts; the RPO paper reports +42% "
+            "for RPO pairs on SDXL. The relative figure is null unless reward pairs' own gain is distinguishable "
+            "from zero (a ratio to noise would mislead).",
+        },
+        "statistics": "gain = mean over images of (method - base) on the same prompts and seeds; gain_ci: 95% BCa "
+        "bootstrap over prompts; p_value: paired t-test over per-prompt differences; win_rate: ties count half.",
+        "config": dataclasses.asdict(config),
+    }
+
+
+def _figures(config, scorer: _Scorer, results, curves, test_prompts, output_dir: Path) -> None:
+    from ..evaluation import image_grid, plot_curves, plot_gains
+
+    methods = [m for m in METHODS if m in scorer.images]
+    grid = image_grid([scorer.images[m] for m in methods], row_labels=methods,
+                      column_labels=test_prompts[: config.grid_prompts], cell_size=128)  # fmt: skip
+    grid.save(output_dir / "grid.png")
+    plot_curves(curves).savefig(output_dir / "curves.png", dpi=110)
+    gains = {row["method"]: (row["gain"], row["gain_ci"]) for row in results["rows"][1:]}
+    plot_gains(gains, title="alignment gain over base, test prompts (95% CI)").savefig(
+        output_dir / "gains.png", dpi=110
+    )
+
+
 def format_table(results: dict[str, Any]) -> str:
-    """The results as a plain-text table, with the pair-efficacy line."""
-    lines = [f"{'method':<18} {'alignment':>10} {'± 95% CI':>9} {'gain':>7} {'pairs':>7} {'seconds':>8}"]
+    """The results as a plain-text table, with the comparisons and the pair-efficacy line."""
+
+    def interval(ci: Sequence[float] | None) -> str:
+        return "" if ci is None else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+    lines = [f"{'method':<18} {'alignment':>9} {'gain':>7} {'95% CI (paired)':>18} {'win':>5} {'in-dist gain':>13} "
+             f"{'pairs':>6} {'seconds':>8}"]  # fmt: skip
     for row in results["rows"]:
-        ci = "n/a" if row["alignment_ci"] is None else f"{row['alignment_ci']:.3f}"
         gain = f"{row['gain']:+.3f}" if "gain" in row else ""
-        mark = "*" if row.get("distinguishable_from_base") else " "
+        mark = "*" if row.get("gain_ci") and (row["gain_ci"][0] > 0 or row["gain_ci"][1] < 0) else " "
+        win = f"{row['win_rate']:.2f}" if "win_rate" in row else ""
+        in_dist = f"{row['in_distribution_gain']:+.3f}" if "in_distribution_gain" in row else ""
         lines.append(
-            f"{row['method']:<18} {row['alignment']:>10.3f} {ci:>9} {gain:>7}{mark}"
-            f"{row['pairs']:>6} {row['seconds']:>8.1f}"
+            f"{row['method']:<18} {row['alignment']:>9.3f} {gain:>7} {interval(row.get('gain_ci')):>18}{mark}"
+            f"{win:>5} {in_dist:>13} {row['pairs']:>6} {row['seconds']:>8.1f}"
+        )
+    for c in results.get("comparisons", []):
+        lines.append(
+            f"{c['a']} vs {c['b']} ({c['prompts']}): {c['gain']:+.3f} {interval(c['gain_ci'])}, "
+            f"win rate {c['win_rate']:.2f}, p = {c['p_value']:.3g}"
         )
     eff = results["pair_efficacy"]
 
-    def fmt(value: float | None) -> str:
-        return "n/a" if value is None else f"{value:+.5f}"
+    def fmt(entry: dict[str, Any] | None) -> str:
+        if not entry or entry.get("efficacy") is None:
+            return "n/a"
+        low, high = entry["efficacy_ci"]
+        return f"{entry['efficacy']:+.5f} [{low:+.5f}, {high:+.5f}]"
 
+    relative = eff.get("rpo_vs_reward_percent")
     lines.append(
-        f"pair efficacy (alignment gain per pair): reward pairs {fmt(eff['dpo_reward_pairs'])}, "
-        f"RPO pairs {fmt(eff['dpo_rpo_pairs'])}"
-        + ("" if eff["rpo_vs_reward_percent"] is None else f" ({eff['rpo_vs_reward_percent']:+.1f}%; paper: +42%)")
+        f"pair efficacy (gain per pair): RPO pairs {fmt(eff['dpo_rpo_pairs'])}, "
+        f"reward pairs {fmt(eff['dpo_reward_pairs'])}"
+        + ("" if relative is None else f"; RPO {relative:+.0f}% {interval(eff['rpo_vs_reward_percent_ci'])} "
+           "(paper: +42%)")  # fmt: skip
     )
-    lines.append(
-        "* = the 95% intervals of the method and the base do not overlap."
-        + ("" if eff.get("gains_measurable", True) else " No DPO gain is measurable, so the efficacy ratio is noise.")
-    )
+    lines.append("* = the paired 95% interval of the gain over base excludes zero (test prompts: held-out scenes)")
     return "\n".join(lines)

@@ -14,7 +14,9 @@ e.g. "two red circles on the left, on a white background".
 
 Split rule: a scene is held out iff its (shape, color) pair is in `HELD_OUT_PAIRS` (one color per shape).
 Every shape and every color appears in train, but those pairs never do, so held-out prompts test
-compositional generalization; the splits are disjoint by construction.
+compositional generalization; the splits are disjoint by construction. The held-out scenes are further split,
+by a fixed shuffle that no demo seed changes, into "dev" (a third: for choosing hyper-parameters) and "test"
+(the rest: reported only), so a recipe is never tuned on the prompts it is reported on.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "POSITIONS",
     "REGION_BOXES",
     "SHAPES",
+    "SPLITS",
     "Scene",
     "all_scenes",
     "object_size",
@@ -180,24 +183,37 @@ def split_of(scene: Scene) -> Literal["train", "held_out"]:
     return "held_out" if (scene.shape, scene.color) in HELD_OUT_PAIRS else "train"
 
 
+SPLITS: tuple[str, ...] = ("train", "held_out", "dev", "test")
+_DEV_SHUFFLE_SEED = 20260  # fixed: the dev/test partition of the held-out scenes never moves
+
+
 def all_scenes(split: str | None = None) -> list[Scene]:
-    """Every scene of the world in a fixed order, optionally only those of one split."""
-    if split not in (None, "train", "held_out"):
-        raise ValueError(f"split must be 'train' or 'held_out', got {split!r}")
+    """Every scene of the world in a fixed order, optionally only those of one split.
+
+    Splits: "train" (900 scenes), "held_out" (180), and its disjoint parts "dev" (60) and "test" (120).
+    """
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     scenes = [
         Scene(shape, color, count, position, background)
         for shape, color, count, position, background in itertools.product(
             SHAPES, PALETTE, COUNTS, POSITIONS, BACKGROUNDS
         )
     ]
+    if split in ("dev", "test"):
+        held_out = [s for s in scenes if split_of(s) == "held_out"]
+        order = list(range(len(held_out)))
+        random.Random(_DEV_SHUFFLE_SEED).shuffle(order)
+        dev = set(order[: len(held_out) // 3])
+        return [s for i, s in enumerate(held_out) if (i in dev) == (split == "dev")]
     return [s for s in scenes if split is None or split_of(s) == split]
 
 
 def prompts(n: int, seed: int = 0, split: str = "train") -> list[str]:
     """`n` prompts of a split, deterministic for a seed.
 
-    Distinct while `n` does not exceed the split's size (900 train, 180 held-out scenes); beyond that the
-    split is cycled through in fresh shuffles.
+    Distinct while `n` does not exceed the split's size (900 train, 180 held-out = 60 dev + 120 test scenes);
+    beyond that the split is cycled through in fresh shuffles.
     """
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
