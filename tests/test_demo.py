@@ -120,3 +120,28 @@ def test_trl_rpo_demo_quick_runs_end_to_end_and_writes_results_grid_and_curves(t
     assert grid.size[1] >= len(METHODS) * 128 and grid.size[0] >= config.grid_prompts * 128
     assert Image.open(out / "curves.png").size[0] > 0 and Image.open(out / "gains.png").size[0] > 0
     assert (out / "rpo_pairs" / "manifest.json").is_file() and (out / "reward_pairs").is_dir()
+
+
+def test_sweep_table_marks_the_chosen_recipe_and_shows_both_pair_sets():
+    from trl_rpo.shapes.sweep import format_sweep
+
+    entry = {"gain": 0.02, "gain_ci": [-0.01, 0.05]}
+    rows = [{"recipe": {"use_lora": True, "learning_rate": 5e-4, "beta": 5000.0, "max_steps": 150},
+             "rpo_pairs": entry, "reward_pairs": entry, "mean_gain": 0.02},
+            {"recipe": {"use_lora": False, "learning_rate": 1e-4, "beta": 500.0, "max_steps": 400},
+             "rpo_pairs": entry, "reward_pairs": entry, "mean_gain": 0.03}]  # fmt: skip
+    table = format_sweep({"rows": rows, "best": 1})
+    assert "| 1 | full | 0.0001 | 500 | 400 | +0.020 [-0.010, +0.050] |" in table
+    assert table.count("(chosen)") == 1 and table.splitlines()[-1].endswith("**(chosen)** |")
+
+
+@pytest.mark.slow
+def test_dev_sweep_scores_recipes_on_dev_prompts_only(tmp_path):
+    from trl_rpo.shapes.sweep import run_dev_sweep
+
+    config = DemoConfig.quick(image_budget=8, eval_seeds=(0,), num_inference_steps=4, dpo_batch_size=2)
+    recipe = {"use_lora": True, "learning_rate": 5e-4, "beta": 5000.0, "max_steps": 2}
+    results = run_dev_sweep(config, tmp_path / "sweep", recipes=[recipe], dev_prompts=4, log=lambda _: None)
+    assert set(results["dev_prompts"]) <= set(prompts(60, 0, "dev"))
+    assert results["best"] == 0 and set(results["rows"][0]) >= {"rpo_pairs", "reward_pairs", "mean_gain"}
+    assert (tmp_path / "sweep" / "sweep.md").read_text().count("\n") == 3
