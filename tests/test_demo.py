@@ -131,7 +131,7 @@ def test_sweep_table_marks_the_chosen_recipe_and_shows_both_pair_sets():
             {"recipe": {"use_lora": False, "learning_rate": 1e-4, "beta": 500.0, "max_steps": 400},
              "rpo_pairs": entry, "reward_pairs": entry, "mean_gain": 0.03}]  # fmt: skip
     table = format_sweep({"rows": rows, "best": 1})
-    assert "| 1 | full | 0.0001 | 500 | 400 | +0.020 [-0.010, +0.050] |" in table
+    assert "| 1 | sigmoid | full | 0.0001 | 500 | 400 | +0.020 [-0.010, +0.050] |" in table
     assert table.count("(chosen)") == 1 and table.splitlines()[-1].endswith("**(chosen)** |")
 
 
@@ -145,3 +145,5 @@ def test_dev_sweep_scores_recipes_on_dev_prompts_only(tmp_path):
     assert set(results["dev_prompts"]) <= set(prompts(60, 0, "dev"))
     assert results["best"] == 0 and set(results["rows"][0]) >= {"rpo_pairs", "reward_pairs", "mean_gain"}
     assert (tmp_path / "sweep" / "sweep.md").read_text().count("\n") == 3
+    accuracy = results["rows"][0]["rpo_pairs"]["dev_pair_accuracy"]
+    assert results["pairs"]["dev_pairs"] == 0 or 0.0 <= accuracy <= 1.0

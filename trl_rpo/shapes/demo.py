@@ -228,13 +228,13 @@ def train_dpo(config: DemoConfig, pairs, output_dir: Path, name: str, **override
     from .model import load_pipeline
 
     recipe = {"learning_rate": config.dpo_learning_rate, "beta": config.dpo_beta, "max_steps": config.dpo_steps,
-              "use_lora": config.dpo_use_lora, **overrides}  # fmt: skip
+              "use_lora": config.dpo_use_lora, "loss_type": "sigmoid", **overrides}  # fmt: skip
     trainer = DiffusionDPOTrainer(
         model=load_pipeline(config.model),
         args=DiffusionDPOConfig(
             max_steps=recipe["max_steps"], per_device_train_batch_size=min(config.dpo_batch_size, len(pairs)),
-            learning_rate=recipe["learning_rate"], beta=recipe["beta"], precompute_latents=True,
-            **_common_args(config, output_dir, name),
+            learning_rate=recipe["learning_rate"], beta=recipe["beta"], loss_type=recipe["loss_type"],
+            precompute_latents=True, **_common_args(config, output_dir, name),
         ),
         train_dataset=pairs.select_columns(["prompt", "chosen", "rejected"]),
         peft_config=_lora_config(config.lora_r) if recipe["use_lora"] else None,

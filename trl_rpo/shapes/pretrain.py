@@ -61,6 +61,16 @@ class PretrainConfig:
     vae_steps: int = field(default=600, metadata={"help": "Optimizer steps of the autoencoder stage."})
     vae_learning_rate: float = field(default=2e-3, metadata={"help": "AdamW learning rate of the autoencoder."})
     vae_kl_weight: float = field(default=1e-6, metadata={"help": "Weight of the KL term of the autoencoder loss."})
+    vae_l1_weight: float = field(
+        default=0.0, metadata={"help": "Weight of an L1 reconstruction term (sharper edges than MSE alone)."}
+    )
+    vae_channels: tuple[int, ...] = field(
+        default=(16, 32), metadata={"help": "Autoencoder block_out_channels (two blocks: one 2x downsampling)."}
+    )
+    latent_channels: int = field(
+        default=4,
+        metadata={"help": "Latent channels; 12 hold every value of a 32x32x3 image at 16x16 (sharp edges)."},
+    )
     steps: int = field(default=2400, metadata={"help": "Optimizer steps of the UNet + text encoder stage."})
     batch_size: int = field(default=32, metadata={"help": "Images per optimizer step (both stages)."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak AdamW learning rate of the UNet stage."})
@@ -83,6 +93,7 @@ class PretrainConfig:
 
     def __post_init__(self):
         self.unet_channels = tuple(self.unet_channels)
+        self.vae_channels = tuple(self.vae_channels)
         self.eval_seeds = tuple(self.eval_seeds)
         for name in ("image_size", "images_per_scene", "steps", "batch_size", "vae_steps"):
             if getattr(self, name) <= 0:
@@ -152,9 +163,9 @@ def build_components(config: PretrainConfig) -> dict[str, Any]:
         out_channels=3,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(16, 32),
+        block_out_channels=config.vae_channels,
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=config.latent_channels,
         norm_num_groups=8,
         sample_size=config.image_size,
         mid_block_add_attention=False,
@@ -162,8 +173,8 @@ def build_components(config: PretrainConfig) -> dict[str, Any]:
     c0, c1, c2 = config.unet_channels
     unet = UNet2DConditionModel(
         sample_size=config.image_size // 2,
-        in_channels=4,
-        out_channels=4,
+        in_channels=config.latent_channels,
+        out_channels=config.latent_channels,
         block_out_channels=(c0, c1, c2),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
@@ -207,6 +218,8 @@ def _train_vae(vae, pixels: torch.Tensor, config: PretrainConfig, rng: torch.Gen
         posterior = vae.encode(batch).latent_dist
         reconstruction = vae.decode(posterior.sample(generator=rng)).sample
         loss = F.mse_loss(reconstruction, batch) + config.vae_kl_weight * posterior.kl().mean()
+        if config.vae_l1_weight:
+            loss = loss + config.vae_l1_weight * F.l1_loss(reconstruction, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -3,10 +3,12 @@
     python examples/shapes/dev_sweep.py --output-dir outputs/dev-sweep
 
 Both pair sets of the demo (RPO pairs and reward-labelled pairs, the same image budget) are built once; each
-recipe (learning rate, beta, steps, LoRA or full fine-tuning) trains on each set and is scored on the dev split
-(held-out scenes disjoint from the demo's test prompts) by its paired gain over the base model. The recipe with
-the best mean dev gain over the two pair sets is the one to put in `DemoConfig`; `sweep.md` is the table
-docs/shapes.md quotes. Test prompts are never evaluated here.
+recipe (learning rate, beta, steps, LoRA or full fine-tuning, and an SFT control on the chosen images) trains on
+each set and is scored on the dev split (held-out scenes disjoint from the demo's test prompts) by its paired gain
+over the base model, and by its implicit-reward accuracy on RPO pairs built from dev prompts (does the model rank
+unseen pairs correctly, even where sampling does not change?). The Diffusion-DPO recipe with the best mean dev gain
+over the two pair sets is the one to put in `DemoConfig`; `sweep.md` is the table docs/shapes.md quotes. Test
+prompts are never evaluated here.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ DEFAULT_RECIPES: tuple[dict[str, Any], ...] = (
     {"use_lora": True, "learning_rate": 5e-4, "beta": 500.0, "max_steps": 150},
     {"use_lora": True, "learning_rate": 5e-4, "beta": 5000.0, "max_steps": 400},
     {"use_lora": False, "learning_rate": 1e-4, "beta": 5000.0, "max_steps": 150},
+    {"use_lora": True, "learning_rate": 5e-4, "beta": 5000.0, "max_steps": 150, "loss_type": "sft"},
 )
 
 
@@ -60,6 +63,9 @@ def run_dev_sweep(
                                          images_per_prompt=2, seed=config.seed, batch_size=16,
                                          num_inference_steps=config.num_inference_steps,
                                          guidance_scale=config.guidance_scale)  # fmt: skip
+    dev_pairs, _ = build_rpo_pairs(config, base, shape_prompts(max(8, dev_prompts), seed=config.seed + 1, split="dev"),
+                                   output_dir / "dev_pairs")  # fmt: skip
+    dev_pairs = dev_pairs.select_columns(["prompt", "chosen", "rejected"])
     log(f"dev sweep: {len(rpo_pairs)} RPO pairs, {len(reward_pairs)} reward pairs, base dev alignment "
         f"{scorer.mean('base', 'dev'):.3f}")  # fmt: skip
     rows = []
@@ -70,16 +76,23 @@ def run_dev_sweep(
             trainer = train_dpo(config, pairs, output_dir, f"recipe{k}-{label}", **recipe)
             method = f"recipe{k}-{label}"
             scorer(method, trainer.pipeline)
+            accuracy = None
+            if len(dev_pairs):
+                metrics = trainer.evaluate(eval_dataset=dev_pairs)
+                accuracy = metrics.get("eval_rewards/accuracies")
             del trainer
             result = scorer.compare(method, "base", "dev").to_dict()
             row[label] = {key: result[key] for key in ("gain", "gain_ci", "win_rate", "p_value")}
+            row[label]["dev_pair_accuracy"] = None if accuracy is None else round(float(accuracy), 3)
             row[label]["seconds"] = round(time.perf_counter() - start, 1)
         row["mean_gain"] = round((row["rpo_pairs"]["gain"] + row["reward_pairs"]["gain"]) / 2, 4)
         rows.append(row)
         log(format_sweep({"rows": [row]}).splitlines()[-1])
-    best = max(range(len(rows)), key=lambda i: rows[i]["mean_gain"])
+    # The SFT control is a diagnosis, not a candidate for the demo's Diffusion-DPO recipe.
+    candidates = [i for i, row in enumerate(rows) if row["recipe"].get("loss_type", "sigmoid") != "sft"] or [0]
+    best = max(candidates, key=lambda i: rows[i]["mean_gain"])
     results = {"rows": rows, "best": best, "dev_prompts": dev, "base_dev_alignment": scorer.mean("base", "dev"),
-               "pairs": {"rpo_pairs": len(rpo_pairs), "reward_pairs": len(reward_pairs)},
+               "pairs": {"rpo_pairs": len(rpo_pairs), "reward_pairs": len(reward_pairs), "dev_pairs": len(dev_pairs)},
                "config": {k: v for k, v in vars(config).items()}}  # fmt: skip
     (output_dir / "sweep.json").write_text(json.dumps(results, indent=2, default=list) + "\n", encoding="utf-8")
     table = format_sweep(results)
@@ -89,20 +102,25 @@ def run_dev_sweep(
 
 
 def format_sweep(results: dict[str, Any]) -> str:
-    """The sweep as a Markdown table: one row per recipe, dev gain over base [95% CI] per pair set."""
+    """The sweep as a Markdown table: one row per recipe, dev gain over base [95% CI] and dev-pair accuracy."""
 
     def cell(entry: dict[str, Any]) -> str:
         low, high = entry["gain_ci"]
-        return f"{entry['gain']:+.3f} [{low:+.3f}, {high:+.3f}]"
+        accuracy = entry.get("dev_pair_accuracy")
+        text = f"{entry['gain']:+.3f} [{low:+.3f}, {high:+.3f}]"
+        return text if accuracy is None else f"{text}, acc {accuracy:.2f}"
 
-    lines = ["| # | tuning | lr | beta | steps | RPO pairs: dev gain [95% CI] | reward pairs: dev gain [95% CI] "
-             "| mean |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| # | loss | tuning | lr | beta | steps | RPO pairs: dev gain [95% CI], dev-pair acc "
+        "| reward pairs: dev gain [95% CI], dev-pair acc | mean gain |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for k, row in enumerate(results["rows"]):
         recipe = row["recipe"]
         best = " **(chosen)**" if results.get("best") == k else ""
         lines.append(
-            f"| {k} | {'LoRA' if recipe['use_lora'] else 'full'} | {recipe['learning_rate']:g} | {recipe['beta']:g} "
-            f"| {recipe['max_steps']} | {cell(row['rpo_pairs'])} | {cell(row['reward_pairs'])} "
-            f"| {row['mean_gain']:+.3f}{best} |"
+            f"| {k} | {recipe.get('loss_type', 'sigmoid')} | {'LoRA' if recipe['use_lora'] else 'full'} "
+            f"| {recipe['learning_rate']:g} | {recipe['beta']:g} | {recipe['max_steps']} | {cell(row['rpo_pairs'])} "
+            f"| {cell(row['reward_pairs'])} | {row['mean_gain']:+.3f}{best} |"
         )
     return "\n".join(lines)
