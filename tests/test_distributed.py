@@ -41,7 +41,7 @@ def _env(**extra):
     return env
 
 
-def launch(tmp_path, *args, num_processes=2, config_file=None, cuda=False, suffix=""):
+def launch(tmp_path, *args, num_processes=2, config_file=None, cuda=False, suffix="", timeout=900):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
                 "--main_process_port", str(_free_port())]  # fmt: skip
     extra = {}
@@ -57,7 +57,7 @@ def launch(tmp_path, *args, num_processes=2, config_file=None, cuda=False, suffi
     if cuda:
         args = (*args, "--cuda")
     result = subprocess.run([*launcher, str(SCRIPT), "--output_dir", str(out), *args], env=_env(**extra),
-                            capture_output=True, text=True, timeout=900)  # fmt: skip
+                            capture_output=True, text=True, timeout=timeout)  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-5000:]
     ranks = [json.loads((out / f"rank-{r}{suffix}.json").read_text()) for r in range(num_processes)]
     for r, record in enumerate(ranks):
@@ -131,6 +131,21 @@ def test_two_process_deepspeed_zero_dpo_on_tiny_sdxl_saves_a_lora_that_reloads(t
     assert a["frozen_modules_whole"] and b["frozen_modules_whole"]
     assert (out / "model" / "pytorch_lora_weights.safetensors").is_file()
     assert a["reload_difference"] < (1e-5 if device == "cpu" else 2e-2)  # bf16 on CUDA
+
+
+def test_two_process_zero3_full_fine_tuning_renders_the_validation_images_of_the_whole_unet(tmp_path, tiny_sdxl_dir):
+    # Only the main process renders, while every UNet weight is sharded (persistence threshold 0): a forward on one
+    # process alone would wait on, or pair with, the other process's collectives. A hang fails the timeout.
+    pytest.importorskip("deepspeed")
+    ranks, out = launch(tmp_path, "--trainer", "dpo", "--model", "sdxl", "--model_path", str(tiny_sdxl_dir),
+                        "--max_steps", "2", "--full", "--validation", config_file=CONFIGS / "deepspeed_zero3.yaml",
+                        timeout=420)  # fmt: skip
+    a, b = ranks
+    assert a["partitioned"] and b["partitioned"]
+    for step in (1, 2):
+        assert len(list((out / "run" / "validation" / f"step-{step:06d}").glob("*.png"))) == 2
+    # The final step's images equal what the gathered weights give in a fresh pipeline, outside DeepSpeed.
+    assert a["validation_difference"] == 0
 
 
 @pytest.mark.parametrize("stage", ["2", "3", "3_offload"])
