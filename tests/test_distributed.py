@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -161,3 +162,34 @@ def test_two_process_deepspeed_zero_training_resumes_from_its_checkpoint(tmp_pat
         assert len(record["seen_prompts"]) == 1  # only step 3 was trained; steps 1-2 came from the checkpoint
         assert record["steps_logged"] == [1, 2, 3]  # the log history of steps 1-2 is restored with it
     assert resumed[0]["checksum"] == resumed[1]["checksum"]
+
+
+PRECOMPUTE_SCRIPT = ROOT / "tests" / "distributed" / "precompute_check.py"
+
+
+def _precompute(tmp_path, num_processes):
+    out = tmp_path / f"precompute-{num_processes}"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+                "--main_process_port", str(_free_port()), *(["--multi_gpu"] if num_processes > 1 else [])]  # fmt: skip
+    result = subprocess.run([*launcher, str(PRECOMPUTE_SCRIPT), "--output_dir", str(out), "--cache_dir",
+                             str(out / "cache")], env=_env(ACCELERATE_USE_CPU="true"), capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-5000:]
+    records = [json.loads((out / f"rank-{r}.json").read_text()) for r in range(num_processes)]
+    assert [(r["rank"], r["num_processes"]) for r in records] == [(r, num_processes) for r in range(num_processes)]
+    return records, [dict(np.load(out / f"rank-{r}.npz")) for r in range(num_processes)]
+
+
+def test_two_process_precompute_encodes_one_shard_each_and_gives_the_one_process_cache(tmp_path):
+    (single,), (expected,) = _precompute(tmp_path, 1)
+    ranks, caches = _precompute(tmp_path, 2)
+    assert single["encoded_rows"] == list(range(6))
+    # Each process encoded its own half of the rows, not all of them (and not rank 0 alone) ...
+    assert [r["encoded_rows"] for r in ranks] == [[0, 1, 2], [3, 4, 5]]
+    # ... and each reads the whole dataset, equal to the one-process cache: same crops (in time_ids), same VAE
+    # samples and embeddings (up to float rounding, since the VAE runs on other batch compositions).
+    for record, cache in zip(ranks, caches):
+        assert record["prompts"] == single["prompts"]
+        np.testing.assert_array_equal(cache["chosen_time_ids"], expected["chosen_time_ids"])
+        for key, value in expected.items():
+            np.testing.assert_allclose(cache[key], value, rtol=1e-5, atol=1e-6, err_msg=key)

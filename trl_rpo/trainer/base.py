@@ -178,12 +178,15 @@ def encode_prompts(pipeline, prompts: list[str], device: torch.device | str | No
 
 
 @torch.no_grad()
-def encode_images(vae, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def encode_images(
+    vae, pixel_values: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None
+) -> torch.Tensor:
     """VAE latents of images in [-1, 1], scaled (and shifted, where the VAE has a shift) as the UNet expects.
 
     Latents are a sample of the VAE posterior (as in the diffusers training scripts); pass `generator` for a
-    reproducible draw. Autocast is switched off so the VAE really runs in its own dtype: SDXL's VAE is kept in
-    float32 because it overflows in fp16, which an enclosing fp16 autocast would silently undo.
+    reproducible draw (a list: one generator per image). Autocast is switched off so the VAE really runs in its
+    own dtype: SDXL's VAE is kept in float32 because it overflows in fp16, which an enclosing fp16 autocast would
+    silently undo.
     """
     pixel_values = pixel_values.to(device=vae.device, dtype=vae.dtype)
     with torch.autocast(device_type=pixel_values.device.type, enabled=False):
