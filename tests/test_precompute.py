@@ -4,7 +4,9 @@ The 2-process case (each process encodes its own shard, all see the whole cache)
 """
 
 import io
+import logging
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,3 +127,25 @@ def test_a_bad_image_is_reported_by_row_and_column_when_precomputed(tmp_path):
 def test_skip_invalid_rows_still_decodes_every_image_up_front_to_drop_bad_ones(tmp_path):
     trainer = make_trainer(tmp_path, dataset=_with_bad_image(3, "chosen"), skip_invalid_rows=True)
     assert len(trainer.train_dataset) == 5
+
+
+def test_the_shard_size_is_logged_before_the_shard_is_written(tmp_path, caplog):
+    seen = []
+
+    class FileState(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("Precomputing train rows"):
+                path = Path(record.args[-1])
+                seen.append((record.args[-3], path.exists(), path))
+
+    handler = FileState()
+    logging.getLogger("trl_rpo.trainer.diffusion_dpo_trainer").addHandler(handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="trl_rpo.trainer.diffusion_dpo_trainer"):
+            _precompute(tmp_path, "logged")
+    finally:
+        logging.getLogger("trl_rpo.trainer.diffusion_dpo_trainer").removeHandler(handler)
+    ((mib, existed, path),) = seen
+    assert not existed
+    # The logged estimate is the size of the arrays written (the file adds Arrow's framing and the prompts).
+    assert 0.5 < mib * 2**20 / path.stat().st_size <= 1.0
