@@ -134,12 +134,14 @@ def test_two_process_deepspeed_zero_dpo_on_tiny_sdxl_saves_a_lora_that_reloads(t
     assert a["reload_difference"] < (1e-5 if device == "cpu" else 2e-2)  # bf16 on CUDA
 
 
-def test_two_process_zero3_full_fine_tuning_renders_the_validation_images_of_the_whole_unet(tmp_path, tiny_sdxl_dir):
+@pytest.mark.parametrize("training", ["full", "lora"])
+def test_two_process_zero3_renders_the_validation_images_of_the_whole_unet(tmp_path, tiny_sdxl_dir, training):
     # Only the main process renders, while every UNet weight is sharded (persistence threshold 0): a forward on one
     # process alone would wait on, or pair with, the other process's collectives. A hang fails the timeout.
     pytest.importorskip("deepspeed")
+    full = ("--full",) if training == "full" else ()
     ranks, out = launch(tmp_path, "--trainer", "dpo", "--model", "sdxl", "--model_path", str(tiny_sdxl_dir),
-                        "--max_steps", "2", "--full", "--validation", config_file=CONFIGS / "deepspeed_zero3.yaml",
+                        "--max_steps", "2", *full, "--validation", config_file=CONFIGS / "deepspeed_zero3.yaml",
                         timeout=420)  # fmt: skip
     a, b = ranks
     assert a["partitioned"] and b["partitioned"]
