@@ -48,11 +48,6 @@ def from_storage(array: np.ndarray | torch.Tensor) -> torch.Tensor:
     return tensor if tensor.is_floating_point() else tensor.to(torch.int16).view(torch.bfloat16)
 
 
-def storage_dtype(dtype: torch.dtype) -> str:
-    """The Arrow dtype name under which :func:`to_storage` keeps tensors of `dtype`."""
-    return {torch.bfloat16: "int16", torch.float16: "float16"}.get(dtype, "float32")
-
-
 def shard_bounds(num_rows: int, num_shards: int, index: int) -> tuple[int, int]:
     """`[start, end)` of contiguous shard `index` of `num_shards` (sizes differ by at most one row)."""
     size, extra = divmod(num_rows, num_shards)
