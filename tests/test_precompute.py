@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset, Features, Value
+from datasets import Image as ImageFeature
 
 from trl_rpo.data.formats import InvalidRowError
 from trl_rpo.testing import tiny_preference_dataset
@@ -106,8 +107,10 @@ def _with_bad_image(row: int, column: str) -> Dataset:
             image.save(buffer, format="PNG")
             data[image_column].append(buffer.getvalue())
     data[column][row] = b"not an image"
-    features = Features({"prompt": Value("string"), "chosen": Value("binary"), "rejected": Value("binary")})
-    return Dataset.from_dict(data, features=features)
+    # As datasets.Image columns (the common case), which datasets would otherwise decode, unnamed, on access.
+    cells = {k: [{"bytes": v, "path": None} for v in data[k]] for k in ("chosen", "rejected")}
+    features = Features({"prompt": Value("string"), "chosen": ImageFeature(), "rejected": ImageFeature()})
+    return Dataset.from_dict({**data, **cells}, features=features)
 
 
 def test_a_bad_image_is_reported_by_row_and_column_when_a_batch_reads_it(tmp_path):

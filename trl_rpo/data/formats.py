@@ -166,9 +166,11 @@ def prepare_preference_dataset(
     Args:
         skip_invalid_rows: drop rows that fail validation (logging how many and why) instead of raising.
         validate_images: decode every image now (one full pass over the data). With False only prompts (and
-            Pick-a-Pic labels) are checked here; the result gets a `row_index` column so that whoever reads an
-            image later can name its row (`load_image(..., row=example["row_index"], column=...)`). Cannot be
-            combined with `skip_invalid_rows`, which must see every image to drop the bad ones.
+            Pick-a-Pic labels) are checked here; the result keeps its images encoded (`datasets.Image(decode=
+            False)`: `datasets` would otherwise decode them on access and raise PIL's error, naming no row) and
+            gets a `row_index` column, so whoever reads an image later names its row
+            (`load_image(example["chosen"], row=example["row_index"], column="chosen")`). Cannot be combined
+            with `skip_invalid_rows`, which must see every image to drop the bad ones.
         num_proc: processes for the validation pass (it decodes every image once).
         name: how error messages refer to the dataset.
 
@@ -216,8 +218,9 @@ def prepare_preference_dataset(
         raw = raw.add_column(ROW_INDEX, list(range(len(raw))))
         columns.append(ROW_INDEX)
     if fmt == "pickapic":
-        return pickapic_to_preference(raw, num_proc=num_proc)
-    return _restore_decoding(raw.select_columns(columns), dataset)
+        return pickapic_to_preference(raw, num_proc=num_proc, decode_images=validate_images)
+    raw = raw.select_columns(columns)
+    return _restore_decoding(raw, dataset) if validate_images else raw
 
 
 def _restore_decoding(raw: Dataset, original: Dataset) -> Dataset:
@@ -245,13 +248,14 @@ def _as_image_cell(value: Any) -> Any:
     return value
 
 
-def pickapic_to_preference(dataset: Dataset, *, num_proc: int | None = None) -> Dataset:
+def pickapic_to_preference(dataset: Dataset, *, num_proc: int | None = None, decode_images: bool = True) -> Dataset:
     """Convert Pick-a-Pic v2 rows to TRL's preference format, winner as `chosen`, dropping ties.
 
     Pick-a-Pic stores `label_0 = 1` when `jpg_0` won, `0` when `jpg_1` won and `0.5` for a tie. The
     diffusers DPO scripts turn a tie into "jpg_0 wins"; Diffusion-DPO's reference code drops ties, and
     so does this function (the count is logged). Rows are not otherwise validated unless this is
-    reached through :func:`prepare_preference_dataset`.
+    reached through :func:`prepare_preference_dataset`. With `decode_images=False` the image columns stay
+    encoded (`datasets.Image(decode=False)`), for readers that decode them with :func:`load_image`.
     """
     detect_format(dataset.column_names)
     dataset = _undecoded(dataset, ("jpg_0", "jpg_1"))
@@ -262,6 +266,8 @@ def pickapic_to_preference(dataset: Dataset, *, num_proc: int | None = None) -> 
         logger.warning("Pick-a-Pic: dropped %d tie(s) (label_0 == 0.5) out of %d pairs", ties, len(labels))
         dataset = dataset.select(keep)
     features = PREFERENCE_FEATURES.copy()
+    if not decode_images:
+        features["chosen"] = features["rejected"] = ImageFeature(decode=False)
     if ROW_INDEX in dataset.column_names:
         features[ROW_INDEX] = dataset.features[ROW_INDEX]
     return dataset.map(
