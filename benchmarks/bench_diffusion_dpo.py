@@ -5,8 +5,9 @@ run, because the machine may be busy with other work:
 
 (a) speed: steady-state optimizer steps per second of the trainer (LoRA, `precompute_latents=True`, one UNet
     call on the stacked `[chosen; rejected]` batch for the policy and one for the adapter-disabled reference)
-    and of a plain loop written below the way the diffusers Diffusion-DPO example does its step (VAE and text
-    encoder(s) every step, one UNet call per branch: policy chosen / rejected, reference chosen / rejected).
+    and of a plain loop written below with the structure of the diffusers Diffusion-DPO example's step (VAE and
+    text encoder(s) every step, chosen and rejected stacked, one UNet call for the policy and one for the
+    reference with `disable_adapters()`).
     By default the two are interleaved step by step: a callback runs one plain step at the end of every
     trainer step, and each side is timed only over its own work, so background load hits both alike.
 (b) peak memory (peak RSS, `VmHWM`) of the trainer and of the plain loop, each in a fresh subprocess.
@@ -136,12 +137,13 @@ def make_trainer(
 
 
 class PlainDiffusionDPO:
-    """A straightforward Diffusion-DPO LoRA loop, the way the diffusers example script writes its step.
+    """A Diffusion-DPO LoRA loop with the structure of the diffusers example's step (train_diffusion_dpo.py).
 
-    Every step encodes the images with the VAE and the prompts with the text encoder(s), then calls the UNet
-    once per branch: policy chosen, policy rejected, and (adapters disabled, no gradient) reference chosen and
-    reference rejected. Same loss (`trl_rpo.diffusion_dpo_loss`), AdamW, learning rate and gradient clipping
-    as the trainer.
+    Every step encodes the `[chosen; rejected]` images with the VAE and the prompts with the text encoder(s),
+    stacks the pair into one `2B` batch (same noise and timestep for both halves), and calls the UNet twice: the
+    policy with gradients, then the reference (`unet.disable_adapters()`, no gradient). Same loss
+    (`trl_rpo.diffusion_dpo_loss`), AdamW, learning rate and gradient clipping as the trainer. What the trainer
+    adds over it is precomputation (no VAE / text encoder in the step) and its own bookkeeping.
     """
 
     def __init__(self, args, model: str):
@@ -201,31 +203,35 @@ class PlainDiffusionDPO:
         pipe, b = self.pipe, len(batch["prompt"])
         with torch.no_grad():
             vae = pipe.vae
+            # pixel_values is already [chosen; rejected]: one VAE call on all 2B images.
             latents = vae.encode(batch["pixel_values"]).latent_dist.sample() * vae.config.scaling_factor
             if self.is_sdxl:
                 embeds, _, pooled, _ = pipe.encode_prompt(
                     batch["prompt"], device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False
                 )
+                pooled = pooled.repeat(2, 1)
                 time_ids = sdxl_time_ids(batch["original_sizes"], batch["crop_top_lefts"], self.args.resolution)
             else:
                 embeds, _ = pipe.encode_prompt(batch["prompt"], "cpu", 1, False)
-                pooled, time_ids = None, torch.empty(2 * b, 0)
-        chosen, rejected = latents.chunk(2)
-        noise = torch.randn_like(chosen)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,))
-        noisy_chosen = self.noise_scheduler.add_noise(chosen, noise, timesteps)
-        noisy_rejected = self.noise_scheduler.add_noise(rejected, noise, timesteps)
-        ids_chosen, ids_rejected = time_ids.chunk(2)
+                pooled, time_ids = None, None
+            embeds = embeds.repeat(2, 1, 1)
+        # Same noise and timestep for both images of a pair, as the diffusers script draws them.
+        noise = torch.randn_like(latents).chunk(2)[0].repeat(2, 1, 1, 1)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,)).repeat(2)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
 
-        policy_chosen = per_sample_mse(self._unet(noisy_chosen, timesteps, embeds, pooled, ids_chosen), noise)
-        policy_rejected = per_sample_mse(self._unet(noisy_rejected, timesteps, embeds, pooled, ids_rejected), noise)
+        # Policy: one call on the stacked 2B batch; reference: the same UNet with adapters disabled, one call.
+        policy_chosen, policy_rejected = per_sample_mse(
+            self._unet(noisy, timesteps, embeds, pooled, time_ids), noise
+        ).chunk(2)
+        self.unet.disable_adapters()
         with torch.no_grad():
-            self.unet.disable_adapters()
-            ref_chosen = per_sample_mse(self._unet(noisy_chosen, timesteps, embeds, pooled, ids_chosen), noise)
-            ref_rejected = per_sample_mse(self._unet(noisy_rejected, timesteps, embeds, pooled, ids_rejected), noise)
-            self.unet.enable_adapters()
-            for p in self.params:  # PEFT's disable/enable may clear requires_grad
-                p.requires_grad_(True)
+            ref_chosen, ref_rejected = per_sample_mse(
+                self._unet(noisy, timesteps, embeds, pooled, time_ids), noise
+            ).chunk(2)
+        self.unet.enable_adapters()
+        for p in self.params:  # PEFT's disable/enable may clear requires_grad
+            p.requires_grad_(True)
 
         losses, _, _ = diffusion_dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=5000.0)
         loss = losses.mean()
@@ -380,8 +386,8 @@ def run_child(args, kind: str, model: str) -> dict[str, Any]:
 def measure_breakdown(args, model: str) -> list[tuple[str, str, float]]:
     """Median milliseconds of the pieces of a trainer step and of a plain step, timed round-robin side by side.
 
-    Returns `(side, piece, ms)` rows. The UNet pieces run on the same fixed inputs for both sides, so their
-    difference is purely one call on `2B` vs two calls on `B`.
+    Returns `(side, piece, ms)` rows. Both sides make the same two UNet calls on `2B` (timed once, on the
+    trainer's side); the plain side adds the per-step VAE and text encoding and PEFT's public adapter toggle.
     """
     import torch
 
@@ -407,27 +413,20 @@ def measure_breakdown(args, model: str) -> list[tuple[str, str, float]]:
         latents, cond = trainer.encode_batch(inputs)
         noise, timesteps = trainer.sample_noise_and_timesteps(latents)
         noisy = trainer.noise_scheduler.add_noise(latents, noise, timesteps)
-        halves = [
-            (noisy[i], timesteps[i], {k: v[i] for k, v in cond.items()})
-            for i in (slice(0, len(noisy) // 2), slice(len(noisy) // 2, None))
-        ]
         raw = plain._next_batch()
 
         def policy_stacked():
             per_sample_mse(trainer.unet_forward(unet, noisy, timesteps, cond), noise).sum().backward()
 
-        def policy_per_branch():
-            errs = [per_sample_mse(trainer.unet_forward(unet, x, t, c), noise[: len(x)]) for x, t, c in halves]
-            (errs[0] + errs[1]).sum().backward()
-
         def reference_stacked():
             with torch.no_grad(), trainer.reference_model() as ref:
                 trainer.unet_forward(ref, noisy, timesteps, cond)
 
-        def reference_per_branch():
-            with torch.no_grad(), trainer.reference_model() as ref:
-                for x, t, c in halves:
-                    trainer.unet_forward(ref, x, t, c)
+        def reference_public_toggle():
+            plain.unet.disable_adapters()
+            plain.unet.enable_adapters()
+            for p in plain.params:
+                p.requires_grad_(True)
 
         def reference_toggle_only():
             with trainer.reference_model():
@@ -454,8 +453,7 @@ def measure_breakdown(args, model: str) -> list[tuple[str, str, float]]:
             ("plain", "next batch (decode + resize PIL images)", plain._next_batch),
             ("plain", "VAE encode of 2B images", vae_encode),
             ("plain", "text encoder(s) on B prompts", text_encode),
-            ("plain", "policy UNet fwd+bwd, two calls on B", policy_per_branch),
-            ("plain", "reference UNet fwd, two calls on B (incl. adapter toggle)", reference_per_branch),
+            ("plain", "reference adapter toggle (public disable/enable_adapters)", reference_public_toggle),
         ]
         times: dict[str, list[float]] = {name: [] for _, name, _ in pieces}
         for rep in range(args.breakdown_reps + 2):

@@ -67,6 +67,23 @@ def _activations(resolution: int, lora_r: int | None, checkpointing: bool) -> in
     return saved_activation_bytes(run, dtype_bytes=2)
 
 
+def _print_measured() -> None:
+    """Modelled total vs measured CUDA peak (`max_memory_allocated`) of a float32 Diffusion-DPO step, small UNet."""
+    from trl_rpo.memory import modelled_and_measured_peak, small_unet_config
+
+    if not torch.cuda.is_available():
+        print("--measure: no CUDA GPU here; modelled totals are GPU bytes, so there is nothing to measure\n")
+        return
+    print(f"modelled vs measured ({torch.cuda.get_device_name()}, small UNet, fp32, 1 pair, 32x32 latents):")
+    for name, rank in (("LoRA r=8", 8), ("full", None)):
+        modelled, measured = modelled_and_measured_peak(small_unet_config(), rank, latent_side=32)
+        row = modelled.row()
+        parts = ", ".join(f"{k} {row[k]:.3f}" for k in ("weights", "gradients", "optimizer", "activations"))
+        print(f"  {name:<9} modelled {row['total']:.3f} GiB ({parts}); measured peak {measured / 2**30:.3f} GiB; "
+              f"measured/modelled {measured / modelled.total:.2f}")  # fmt: skip
+    print()
+
+
 def main() -> None:
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
@@ -84,7 +101,10 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=1024)
     parser.add_argument("--lora_r", type=int, default=16)
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (docs/memory.md)")
+    parser.add_argument("--measure", action="store_true", help="also compare modelled totals with CUDA peaks")
     cli = parser.parse_args()
+    if cli.measure:
+        _print_measured()
     start = time.perf_counter()
     unet_params = count_parameters(lambda: UNet2DConditionModel(**sdxl_unet_config()))
     with init_empty_weights():

@@ -58,3 +58,8 @@ def make_trainer(output_dir, sdxl=False, lora=True, pipe=None, dataset=None, pre
         train_dataset=dataset if dataset is not None else tiny_preference_dataset(8),
         peft_config=tiny_lora_config() if lora else None,
     )
+
+
+def wide_preference_pairs(rows: int = 6):
+    """Pairs of 64x40 images: at resolution 32 a random crop has room to move (its offset shows in time_ids)."""
+    return tiny_preference_dataset(rows).map(lambda row: {k: row[k].resize((64, 40)) for k in ("chosen", "rejected")})

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,7 +42,7 @@ def _env(**extra):
     return env
 
 
-def launch(tmp_path, *args, num_processes=2, config_file=None, cuda=False, suffix=""):
+def launch(tmp_path, *args, num_processes=2, config_file=None, cuda=False, suffix="", timeout=900):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
                 "--main_process_port", str(_free_port())]  # fmt: skip
     extra = {}
@@ -57,7 +58,7 @@ def launch(tmp_path, *args, num_processes=2, config_file=None, cuda=False, suffi
     if cuda:
         args = (*args, "--cuda")
     result = subprocess.run([*launcher, str(SCRIPT), "--output_dir", str(out), *args], env=_env(**extra),
-                            capture_output=True, text=True, timeout=900)  # fmt: skip
+                            capture_output=True, text=True, timeout=timeout)  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-5000:]
     ranks = [json.loads((out / f"rank-{r}{suffix}.json").read_text()) for r in range(num_processes)]
     for r, record in enumerate(ranks):
@@ -133,6 +134,23 @@ def test_two_process_deepspeed_zero_dpo_on_tiny_sdxl_saves_a_lora_that_reloads(t
     assert a["reload_difference"] < (1e-5 if device == "cpu" else 2e-2)  # bf16 on CUDA
 
 
+@pytest.mark.parametrize("training", ["full", "lora"])
+def test_two_process_zero3_renders_the_validation_images_of_the_whole_unet(tmp_path, tiny_sdxl_dir, training):
+    # Only the main process renders, while every UNet weight is sharded (persistence threshold 0): a forward on one
+    # process alone would wait on, or pair with, the other process's collectives. A hang fails the timeout.
+    pytest.importorskip("deepspeed")
+    full = ("--full",) if training == "full" else ()
+    ranks, out = launch(tmp_path, "--trainer", "dpo", "--model", "sdxl", "--model_path", str(tiny_sdxl_dir),
+                        "--max_steps", "2", *full, "--validation", config_file=CONFIGS / "deepspeed_zero3.yaml",
+                        timeout=420)  # fmt: skip
+    a, b = ranks
+    assert a["partitioned"] and b["partitioned"]
+    for step in (1, 2):
+        assert len(list((out / "run" / "validation" / f"step-{step:06d}").glob("*.png"))) == 2
+    # The final step's images equal what the gathered weights give in a fresh pipeline, outside DeepSpeed.
+    assert a["validation_difference"] == 0
+
+
 @pytest.mark.parametrize("stage", ["2", "3", "3_offload"])
 def test_two_process_deepspeed_zero_training_resumes_from_its_checkpoint(tmp_path, tiny_sdxl_dir, stage):
     pytest.importorskip("deepspeed")
@@ -146,3 +164,34 @@ def test_two_process_deepspeed_zero_training_resumes_from_its_checkpoint(tmp_pat
         assert len(record["seen_prompts"]) == 1  # only step 3 was trained; steps 1-2 came from the checkpoint
         assert record["steps_logged"] == [1, 2, 3]  # the log history of steps 1-2 is restored with it
     assert resumed[0]["checksum"] == resumed[1]["checksum"]
+
+
+PRECOMPUTE_SCRIPT = ROOT / "tests" / "distributed" / "precompute_check.py"
+
+
+def _precompute(tmp_path, num_processes):
+    out = tmp_path / f"precompute-{num_processes}"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+                "--main_process_port", str(_free_port()), *(["--multi_gpu"] if num_processes > 1 else [])]  # fmt: skip
+    result = subprocess.run([*launcher, str(PRECOMPUTE_SCRIPT), "--output_dir", str(out), "--cache_dir",
+                             str(out / "cache")], env=_env(ACCELERATE_USE_CPU="true"), capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-5000:]
+    records = [json.loads((out / f"rank-{r}.json").read_text()) for r in range(num_processes)]
+    assert [(r["rank"], r["num_processes"]) for r in records] == [(r, num_processes) for r in range(num_processes)]
+    return records, [dict(np.load(out / f"rank-{r}.npz")) for r in range(num_processes)]
+
+
+def test_two_process_precompute_encodes_one_shard_each_and_gives_the_one_process_cache(tmp_path):
+    (single,), (expected,) = _precompute(tmp_path, 1)
+    ranks, caches = _precompute(tmp_path, 2)
+    assert single["encoded_rows"] == list(range(6))
+    # Each process encoded its own half of the rows, not all of them (and not rank 0 alone) ...
+    assert [r["encoded_rows"] for r in ranks] == [[0, 1, 2], [3, 4, 5]]
+    # ... and each reads the whole dataset, equal to the one-process cache: same crops (in time_ids), same VAE
+    # samples and embeddings (up to float rounding, since the VAE runs on other batch compositions).
+    for record, cache in zip(ranks, caches):
+        assert record["prompts"] == single["prompts"]
+        np.testing.assert_array_equal(cache["chosen_time_ids"], expected["chosen_time_ids"])
+        for key, value in expected.items():
+            np.testing.assert_allclose(cache[key], value, rtol=1e-5, atol=1e-6, err_msg=key)

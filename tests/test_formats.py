@@ -174,3 +174,25 @@ def test_prompt_dataset_renames_the_prompt_column_and_names_a_missing_one(tmp_pa
     assert load_prompt_dataset(str(tmp_path / "d"), prompt_column="caption")["prompt"] == ["a cat", "a dog"]
     with pytest.raises(InvalidRowError, match="column 'text'"):
         load_prompt_dataset(str(tmp_path / "d"), prompt_column="text")
+
+
+def test_lazy_validation_keeps_the_original_row_index_through_pick_a_pic_ties():
+    data = Dataset.from_dict(
+        {
+            "caption": ["a", "tie", "c"],
+            "jpg_0": [_png(), _png(), _png()],
+            "jpg_1": [_png((0, 0, 255)), _png(), b"not an image"],
+            "label_0": [1.0, 0.5, 0.0],
+        }
+    )
+    prepared = prepare_preference_dataset(data, validate_images=False)  # the bad image is not read here
+    assert prepared["row_index"] == [0, 2]
+    row = prepared[1]
+    with pytest.raises(InvalidRowError, match=r"row 2, column 'chosen'"):
+        load_image(row["chosen"], row=row["row_index"], column="chosen")  # jpg_1 won row 2: it is `chosen`
+
+
+def test_lazy_validation_cannot_skip_invalid_rows():
+    with pytest.raises(ValueError, match="skip_invalid_rows needs validate_images=True"):
+        prepare_preference_dataset(Dataset.from_dict({"prompt": ["a"], "chosen": [_png()], "rejected": [_png()]}),
+                                   skip_invalid_rows=True, validate_images=False)  # fmt: skip

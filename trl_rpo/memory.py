@@ -3,7 +3,8 @@
 Counts come from the real model configs (models are instantiated on the meta device: no weights, no download),
 activations from a forward pass on meta tensors that records what autograd would keep for backward. Used by
 `benchmarks/memory_guide.py` and `docs/memory.md`; checked against measured values on the tiny models in
-`tests/test_memory.py`.
+`tests/test_memory.py`, and (where a GPU is present) the modelled totals against measured CUDA peaks
+(:func:`modelled_and_measured_peak`).
 
 Bytes per parameter follow the usual mixed-precision accounting (ZeRO paper, Rajbhandari et al. 2020):
 
@@ -26,10 +27,13 @@ __all__ = [
     "MemoryEstimate",
     "TrainingSetup",
     "count_parameters",
+    "cuda_peak_bytes",
     "estimate_training_memory",
     "lora_parameter_count",
+    "modelled_and_measured_peak",
     "saved_activation_bytes",
     "sdxl_unet_config",
+    "small_unet_config",
 ]
 
 GiB = 2**30
@@ -56,6 +60,19 @@ def sdxl_unet_config() -> dict[str, Any]:
         "transformer_layers_per_block": [1, 2, 10],
         "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
         "use_linear_projection": True,
+    }
+
+
+def small_unet_config() -> dict[str, Any]:
+    """A UNet of ~25 M parameters for measuring against the model on a GPU in seconds (attention at 1/2 and 1/4)."""
+    return {
+        "block_out_channels": [128, 256, 256],
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "cross_attention_dim": 256,
+        "attention_head_dim": 32,
+        "layers_per_block": 2,
+        "sample_size": 32,
     }
 
 
@@ -177,3 +194,87 @@ def lora_parameter_count(unet: torch.nn.Module, rank: int, targets=("to_q", "to_
         if isinstance(module, torch.nn.Linear) and any(name.endswith(t) for t in targets):
             total += rank * (module.in_features + module.out_features)
     return total
+
+
+def cuda_peak_bytes(run: Callable[[], Any], device: torch.device | str | None = None) -> int:
+    """Peak bytes the CUDA caching allocator had handed out while `run()` executed (`max_memory_allocated`).
+
+    Counts everything allocated at that moment on `device`, including what existed before `run` (weights,
+    optimizer states): the figure to compare with a modelled total.
+    """
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    run()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device)
+
+
+def _dpo_unet_inputs(config: dict[str, Any], latent_side: int, device) -> dict[str, Any]:
+    """One preference pair (2 latents) of UNet inputs for `config`, SD 1.5- or SDXL-style."""
+    inputs: dict[str, Any] = {
+        "sample": torch.randn(2, config.get("in_channels", 4), latent_side, latent_side, device=device),
+        "timestep": torch.tensor([10, 10], device=device),
+        "encoder_hidden_states": torch.randn(2, 77, config["cross_attention_dim"], device=device),
+    }
+    if config.get("addition_embed_type") == "text_time":
+        pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
+        inputs["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(2, pooled, device=device),
+            "time_ids": torch.ones(2, 6, device=device),
+        }
+    return inputs
+
+
+def modelled_and_measured_peak(
+    unet_config: dict[str, Any], lora_rank: int | None, latent_side: int, device: torch.device | str = "cuda"
+) -> tuple[MemoryEstimate, int]:
+    """Modelled total and measured CUDA peak of a float32 Diffusion-DPO step with one pair, for one UNet config.
+
+    Builds the UNet on `device` (LoRA of `lora_rank` on the attention projections with the adapter-off
+    reference, or full fine-tuning with a frozen reference copy), runs one warm-up step (AdamW states exist
+    from then on) and measures the second: policy forward + backward on the pair, reference forward without
+    gradients, optimizer step. The model gets the real parameter counts and the activations autograd saved in
+    the same forward (:func:`saved_activation_bytes`), so the comparison tests the accounting, not the inputs.
+    """
+    import copy
+
+    from diffusers import UNet2DConditionModel
+
+    torch.cuda.empty_cache()
+    unet = UNet2DConditionModel(**unet_config).to(device).train()
+    unet_params = sum(p.numel() for p in unet.parameters())
+    reference = None
+    if lora_rank:
+        from peft import LoraConfig
+
+        unet.requires_grad_(False)
+        targets = ["to_q", "to_k", "to_v", "to_out.0"]
+        unet.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=targets))
+    else:
+        reference = copy.deepcopy(unet).requires_grad_(False).eval()
+    trained = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=1e-6)
+    inputs = _dpo_unet_inputs(unet_config, latent_side, device)
+
+    def step() -> None:
+        loss = unet(**inputs).sample.float().pow(2).mean()
+        with torch.no_grad():
+            if reference is not None:
+                reference(**inputs)
+            else:
+                unet.disable_adapters()
+                unet(**inputs)
+                unet.enable_adapters()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()
+    measured = cuda_peak_bytes(step, device)
+    activations = saved_activation_bytes(lambda: unet(**inputs).sample)
+    setup = TrainingSetup(
+        "measured", lora=bool(lora_rank), lora_fraction=sum(p.numel() for p in trained) / unet_params,
+        precompute_latents=True,
+    )  # fmt: skip
+    modelled = estimate_training_memory(setup, unet_params, 0, activations, activations, compute_bytes=4)
+    return modelled, measured

@@ -12,6 +12,7 @@ the logged (reduced) metrics and a checksum of its trainable parameters after tr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 from collections import defaultdict
@@ -105,6 +106,58 @@ def _reload_difference(trainer, cli, saved) -> float | None:
     return float((loaded - trained).abs().max())
 
 
+VALIDATION_PROMPTS = ("a red square", "a blue circle")
+
+
+def _validation_difference(trainer, cli, run_dir: Path) -> float | None:
+    """Max |difference| (0-255 levels) between the last validation images and a whole, unpartitioned UNet's.
+
+    Every rank takes part in gathering the trained UNet's weights (a collective under ZeRO-3); the main process
+    copies them into a fresh pipeline, outside DeepSpeed, renders the validation prompts with the trainer's
+    settings and compares with the PNGs the trainer wrote for the final step.
+    """
+    import numpy as np
+    from PIL import Image
+
+    unet = trainer.accelerator.unwrap_model(trainer.model)
+    gathered = contextlib.nullcontext()
+    if trainer.is_deepspeed_enabled:
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(list(unet.parameters()), modifier_rank=None)
+    with gathered:
+        state = (
+            {k: v.detach().clone() for k, v in unet.state_dict().items()}
+            if trainer.accelerator.is_main_process
+            else None
+        )
+    if not trainer.accelerator.is_main_process:
+        return None
+    from diffusers import DiffusionPipeline
+
+    with zero3_init_disabled():
+        fresh = DiffusionPipeline.from_pretrained(cli.model_path) if cli.model_path else None
+    if fresh is None:
+        fresh = tiny_sdxl_pipeline() if cli.model == "sdxl" else tiny_sd_pipeline()
+    if trainer.peft_config is not None:
+        fresh.unet.add_adapter(trainer.peft_config)
+    fresh.unet.load_state_dict(state, strict=True)
+    fresh.set_progress_bar_config(disable=True)
+    args = trainer.args
+    expected = fresh(
+        list(args.validation_prompts), num_images_per_prompt=args.num_validation_images,
+        num_inference_steps=args.validation_num_inference_steps, guidance_scale=args.validation_guidance_scale,
+        height=trainer.resolution, width=trainer.resolution, generator=torch.Generator().manual_seed(args.seed),
+    ).images  # fmt: skip
+    folder = run_dir / "validation" / f"step-{trainer.state.global_step:06d}"
+    written = sorted(folder.glob("*.png"))
+    assert len(written) == len(expected), (written, len(expected))
+    return max(
+        float(np.abs(np.asarray(Image.open(path), dtype=np.int16) - np.asarray(image, dtype=np.int16)).max())
+        for path, image in zip(written, expected)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trainer", choices=("dpo", "tailorpo"), required=True)
@@ -120,6 +173,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="resume from the last checkpoint of output_dir/run")
     parser.add_argument("--cuda", action="store_true", help="GPUs with NCCL (default: CPU processes with gloo)")
     parser.add_argument("--model_path", default=None, help="load this saved pipeline folder instead of building one")
+    parser.add_argument("--validation", action="store_true", help="render validation images every step")
     cli = parser.parse_args()
     # On CPU, a bare PartialState() ignores ACCELERATE_USE_CPU: ask for gloo explicitly before the trainer.
     state = PartialState() if cli.cuda else PartialState(cpu=True, backend="gloo")
@@ -136,6 +190,10 @@ def main() -> None:
         disable_tqdm=True, accelerator_config={"use_configured_state": True}, deepspeed=cli.deepspeed,
         bf16=cli.cuda,
     )  # fmt: skip
+    if cli.validation:
+        common.update(
+            validation_prompts=list(VALIDATION_PROMPTS), validation_steps=1, validation_num_inference_steps=2
+        )
     if cli.trainer == "dpo":
         data = tiny_preference_dataset(cli.rows, seed=0)
         data = data.map(lambda row, i: {"prompt": f"p{i} {row['prompt']}"}, with_indices=True)
@@ -174,6 +232,7 @@ def main() -> None:
     if cli.save:
         trainer.save_model(str(out / "model"))
         reload_difference = _reload_difference(trainer, cli, out / "model")
+    validation_difference = _validation_difference(trainer, cli, out / "run") if cli.validation else None
     record = {
         "rank": state.process_index,
         "num_processes": state.num_processes,
@@ -188,6 +247,7 @@ def main() -> None:
         "is_deepspeed": bool(trainer.is_deepspeed_enabled),
         "frozen_modules_whole": frozen_whole,
         "reload_difference": reload_difference,
+        "validation_difference": validation_difference,
     }
     out.mkdir(parents=True, exist_ok=True)
     record["steps_logged"] = [e["step"] for e in trainer.state.log_history if "loss" in e]

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "InvalidRowError",
+    "ROW_INDEX",
     "PREFERENCE_COLUMNS",
     "PICKAPIC_COLUMNS",
     "load_image",
@@ -36,6 +37,9 @@ __all__ = [
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
 PICKAPIC_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0")
 PREFERENCE_FEATURES = Features({"prompt": Value("string"), "chosen": ImageFeature(), "rejected": ImageFeature()})
+# Column holding each row's index in the dataset as given, so an image checked only when it is read can still be
+# reported by row (ties dropped from Pick-a-Pic would otherwise shift the numbering).
+ROW_INDEX = "row_index"
 
 
 class InvalidRowError(ValueError):
@@ -115,7 +119,7 @@ def _undecoded(dataset: Dataset, columns: tuple[str, ...]) -> Dataset:
     return dataset
 
 
-def _row_error(example: dict, row: int, fmt: str) -> tuple[str, str] | None:
+def _row_error(example: dict, row: int, fmt: str, images: bool = True) -> tuple[str, str] | None:
     """`(column, reason)` of the first problem in one row, or None if the row is usable."""
     prompt_col = "prompt" if fmt == "preference" else "caption"
     image_cols = ("chosen", "rejected") if fmt == "preference" else ("jpg_0", "jpg_1")
@@ -128,7 +132,7 @@ def _row_error(example: dict, row: int, fmt: str) -> tuple[str, str] | None:
         label = example["label_0"]
         if isinstance(label, bool) or not isinstance(label, (int, float)) or float(label) not in (0.0, 0.5, 1.0):
             return "label_0", f"expected 0, 0.5 or 1 (which image won), got {label!r}"
-    for col in image_cols:
+    for col in image_cols if images else ():
         try:
             load_image(example[col], row=row, column=col)
         except InvalidRowError as err:
@@ -136,10 +140,10 @@ def _row_error(example: dict, row: int, fmt: str) -> tuple[str, str] | None:
     return None
 
 
-def _find_errors(examples: dict, indices: list[int], fmt: str) -> dict:
+def _find_errors(examples: dict, indices: list[int], fmt: str, images: bool = True) -> dict:
     columns, reasons = [], []
     for i, row in enumerate(indices):
-        found = _row_error({k: v[i] for k, v in examples.items()}, row, fmt)
+        found = _row_error({k: v[i] for k, v in examples.items()}, row, fmt, images)
         columns.append(found[0] if found else None)
         reasons.append(found[1] if found else None)
     return {"error_column": columns, "error_reason": reasons}
@@ -149,6 +153,7 @@ def prepare_preference_dataset(
     dataset: Dataset,
     *,
     skip_invalid_rows: bool = False,
+    validate_images: bool = True,
     num_proc: int | None = None,
     name: str = "train_dataset",
 ) -> Dataset:
@@ -160,6 +165,12 @@ def prepare_preference_dataset(
 
     Args:
         skip_invalid_rows: drop rows that fail validation (logging how many and why) instead of raising.
+        validate_images: decode every image now (one full pass over the data). With False only prompts (and
+            Pick-a-Pic labels) are checked here; the result keeps its images encoded (`datasets.Image(decode=
+            False)`: `datasets` would otherwise decode them on access and raise PIL's error, naming no row) and
+            gets a `row_index` column, so whoever reads an image later names its row
+            (`load_image(example["chosen"], row=example["row_index"], column="chosen")`). Cannot be combined
+            with `skip_invalid_rows`, which must see every image to drop the bad ones.
         num_proc: processes for the validation pass (it decodes every image once).
         name: how error messages refer to the dataset.
 
@@ -168,16 +179,19 @@ def prepare_preference_dataset(
     """
     if isinstance(dataset, DatasetDict):
         raise TypeError(f"{name} is a DatasetDict with splits {list(dataset)}; pass one split, e.g. dataset['train']")
+    if skip_invalid_rows and not validate_images:
+        raise ValueError("skip_invalid_rows needs validate_images=True: a bad image is only found by decoding it")
     fmt = detect_format(dataset.column_names)
     image_cols = ("chosen", "rejected") if fmt == "preference" else ("jpg_0", "jpg_1")
     raw = _undecoded(dataset, image_cols)
     needed = [*PREFERENCE_COLUMNS] if fmt == "preference" else [*PICKAPIC_COLUMNS]
-    checks = raw.select_columns(needed).map(
+    checked = needed if validate_images else [c for c in needed if c not in image_cols]
+    checks = raw.select_columns(checked).map(
         _find_errors,
         batched=True,
         with_indices=True,
-        fn_kwargs={"fmt": fmt},
-        remove_columns=needed,
+        fn_kwargs={"fmt": fmt, "images": validate_images},
+        remove_columns=checked,
         num_proc=num_proc,
         desc=f"Validating {name}",
     )
@@ -199,9 +213,14 @@ def prepare_preference_dataset(
         )
         bad_rows = {i for i, _, _ in bad}
         raw = raw.select([i for i in range(len(raw)) if i not in bad_rows])
+    columns = list(PREFERENCE_COLUMNS)
+    if not validate_images:
+        raw = raw.add_column(ROW_INDEX, list(range(len(raw))))
+        columns.append(ROW_INDEX)
     if fmt == "pickapic":
-        return pickapic_to_preference(raw, num_proc=num_proc)
-    return _restore_decoding(raw.select_columns(list(PREFERENCE_COLUMNS)), dataset)
+        return pickapic_to_preference(raw, num_proc=num_proc, decode_images=validate_images)
+    raw = raw.select_columns(columns)
+    return _restore_decoding(raw, dataset) if validate_images else raw
 
 
 def _restore_decoding(raw: Dataset, original: Dataset) -> Dataset:
@@ -217,7 +236,10 @@ def _pickapic_rows(examples: dict) -> dict:
         win, lose = (first, second) if float(label) == 1.0 else (second, first)
         chosen.append(_as_image_cell(win))
         rejected.append(_as_image_cell(lose))
-    return {"prompt": examples["caption"], "chosen": chosen, "rejected": rejected}
+    rows = {"prompt": examples["caption"], "chosen": chosen, "rejected": rejected}
+    if ROW_INDEX in examples:
+        rows[ROW_INDEX] = examples[ROW_INDEX]
+    return rows
 
 
 def _as_image_cell(value: Any) -> Any:
@@ -226,13 +248,14 @@ def _as_image_cell(value: Any) -> Any:
     return value
 
 
-def pickapic_to_preference(dataset: Dataset, *, num_proc: int | None = None) -> Dataset:
+def pickapic_to_preference(dataset: Dataset, *, num_proc: int | None = None, decode_images: bool = True) -> Dataset:
     """Convert Pick-a-Pic v2 rows to TRL's preference format, winner as `chosen`, dropping ties.
 
     Pick-a-Pic stores `label_0 = 1` when `jpg_0` won, `0` when `jpg_1` won and `0.5` for a tie. The
     diffusers DPO scripts turn a tie into "jpg_0 wins"; Diffusion-DPO's reference code drops ties, and
     so does this function (the count is logged). Rows are not otherwise validated unless this is
-    reached through :func:`prepare_preference_dataset`.
+    reached through :func:`prepare_preference_dataset`. With `decode_images=False` the image columns stay
+    encoded (`datasets.Image(decode=False)`), for readers that decode them with :func:`load_image`.
     """
     detect_format(dataset.column_names)
     dataset = _undecoded(dataset, ("jpg_0", "jpg_1"))
@@ -242,11 +265,16 @@ def pickapic_to_preference(dataset: Dataset, *, num_proc: int | None = None) -> 
     if ties:
         logger.warning("Pick-a-Pic: dropped %d tie(s) (label_0 == 0.5) out of %d pairs", ties, len(labels))
         dataset = dataset.select(keep)
+    features = PREFERENCE_FEATURES.copy()
+    if not decode_images:
+        features["chosen"] = features["rejected"] = ImageFeature(decode=False)
+    if ROW_INDEX in dataset.column_names:
+        features[ROW_INDEX] = dataset.features[ROW_INDEX]
     return dataset.map(
         _pickapic_rows,
         batched=True,
         remove_columns=dataset.column_names,
-        features=PREFERENCE_FEATURES,
+        features=features,
         num_proc=num_proc,
         desc="Converting Pick-a-Pic to preference pairs",
     )

@@ -44,15 +44,12 @@ class ScriptArguments:
     dataset_name: str = field(metadata={"help": "Hub id or local `save_to_disk` folder of the preference dataset."})
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
     dataset_test_split: str | None = field(default=None, metadata={"help": "Split to evaluate on (optional)."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training rows."})
 
 
 def main(script_args: ScriptArguments, training_args: DiffusionDPOConfig, model_args: DiffusionModelConfig) -> None:
     if model_args.model_name_or_path is None:
         raise SystemExit("--model_name_or_path is required (a Hub id or a local pipeline folder)")
     train_dataset = load_preference_dataset(script_args.dataset_name, script_args.dataset_train_split)
-    if script_args.max_train_samples is not None:
-        train_dataset = train_dataset.select(range(min(script_args.max_train_samples, len(train_dataset))))
     eval_dataset = (
         load_preference_dataset(script_args.dataset_name, script_args.dataset_test_split)
         if script_args.dataset_test_split

@@ -82,6 +82,51 @@ def zero3_init_disabled():
         hf_deepspeed.set_hf_deepspeed_config(config)
 
 
+def is_zero3(accelerator) -> bool:
+    """True when `accelerator` runs DeepSpeed ZeRO stage 3 (weights partitioned across processes)."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return plugin is not None and plugin.zero_stage == 3
+
+
+def gathered_state_dict(module: torch.nn.Module, is_main_process: bool) -> dict[str, torch.Tensor] | None:
+    """The whole state dict of a ZeRO-3-partitioned module on the main process (None on the others).
+
+    Every process must call it: the weights are gathered (`deepspeed.zero.GatheredParameters`, a collective)
+    one child module at a time, as DeepSpeed's own 16-bit consolidation does, so at most one child is whole at
+    once besides the main process's copy.
+    """
+    import deepspeed
+
+    state: dict[str, torch.Tensor] = {}
+    groups = [(f"{name}.", child, True) for name, child in module.named_children()] + [("", module, False)]
+    for prefix, part, recurse in groups:
+        with deepspeed.zero.GatheredParameters(list(part.parameters(recurse=recurse)), modifier_rank=None):
+            if is_main_process:
+                items = part.state_dict().items() if recurse else _own_state(part)
+                state.update({prefix + k: v.detach().clone() for k, v in items})
+    return state if is_main_process else None
+
+
+def _own_state(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The parameters and persistent buffers held by `module` itself, not by its children."""
+    own = [(k, v) for k, v in module._parameters.items() if v is not None]
+    return own + [
+        (k, v) for k, v in module._buffers.items() if v is not None and k not in module._non_persistent_buffers_set
+    ]
+
+
+def unpartitioned_copy(unet: torch.nn.Module, state: dict[str, torch.Tensor], peft_config=None) -> torch.nn.Module:
+    """A plain module with `unet`'s architecture (and LoRA adapters) holding `state`: no DeepSpeed hooks."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        copy_ = type(unet).from_config(unet.config)
+        if peft_config is not None:
+            copy_.add_adapter(peft_config)
+    copy_.load_state_dict(state, strict=True, assign=True)
+    return copy_.requires_grad_(False).eval()
+
+
 def load_pipeline(model: Any, model_init_kwargs: dict | None = None, vae_model_name_or_path: str | None = None):
     """A diffusers pipeline from an object, a Hub id or a local folder (`DiffusionPipeline.from_pretrained`)."""
     from diffusers import AutoencoderKL, DiffusionPipeline
@@ -133,12 +178,15 @@ def encode_prompts(pipeline, prompts: list[str], device: torch.device | str | No
 
 
 @torch.no_grad()
-def encode_images(vae, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def encode_images(
+    vae, pixel_values: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None
+) -> torch.Tensor:
     """VAE latents of images in [-1, 1], scaled (and shifted, where the VAE has a shift) as the UNet expects.
 
     Latents are a sample of the VAE posterior (as in the diffusers training scripts); pass `generator` for a
-    reproducible draw. Autocast is switched off so the VAE really runs in its own dtype: SDXL's VAE is kept in
-    float32 because it overflows in fp16, which an enclosing fp16 autocast would silently undo.
+    reproducible draw (a list: one generator per image). Autocast is switched off so the VAE really runs in its
+    own dtype: SDXL's VAE is kept in float32 because it overflows in fp16, which an enclosing fp16 autocast would
+    silently undo.
     """
     pixel_values = pixel_values.to(device=vae.device, dtype=vae.dtype)
     with torch.autocast(device_type=pixel_values.device.type, enabled=False):
@@ -634,10 +682,19 @@ class BaseDiffusionTrainer(Trainer):
         return images
 
     def log_validation_images(self) -> None:
-        """Render validation images, save them under `output_dir/validation/step-N/` and send them to trackers."""
-        if not self.args.validation_prompts or not self.is_world_process_zero():
+        """Render validation images, save them under `output_dir/validation/step-N/` and send them to trackers.
+
+        Every process must call it (the callback does): under ZeRO-3 all of them gather the UNet's weights; the
+        main process alone renders, saves and logs.
+        """
+        if not self.args.validation_prompts:
             return
-        images = self.generate_validation_images()
+        if is_zero3(self.accelerator):
+            images = self._generate_validation_images_from_shards()
+        else:
+            images = self.generate_validation_images() if self.is_world_process_zero() else None
+        if images is None:
+            return
         step = self.state.global_step
         folder = Path(self.args.output_dir) / "validation" / f"step-{step:06d}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -647,6 +704,26 @@ class BaseDiffusionTrainer(Trainer):
             image.save(folder / f"{i // n:03d}-{i % n}.png")
         (folder / "prompts.json").write_text(json.dumps(captions, indent=1))
         self._send_images_to_trackers(images, captions, step)
+
+    def _generate_validation_images_from_shards(self) -> list | None:
+        """Validation images under ZeRO-3, rendered by the main process with a whole, hook-free copy of the UNet.
+
+        Each process holds only a shard of the UNet's weights, and DeepSpeed's forward hooks gather them (and
+        check the module order) with collectives on every forward. A forward on the main process alone pairs
+        those collectives with whatever the other processes run next (in a 2-process run: the loss-logging
+        `all_gather`), which hangs or mixes up weights. So every process takes part in gathering the weights
+        into a plain copy on the main process (:func:`gathered_state_dict`), which then renders alone.
+        """
+        unet = self._unwrapped_unet()
+        state = gathered_state_dict(unet, self.is_world_process_zero())
+        if state is None:
+            return None
+        whole = unpartitioned_copy(unet, state, self.peft_config).to(self.accelerator.device)
+        original, self.pipeline.unet = self.pipeline.unet, whole
+        try:
+            return self.generate_validation_images()
+        finally:
+            self.pipeline.unet = original
 
     def save_and_track_images(self, images: list, captions: list[str], kind: str, step: int | None = None) -> Path:
         """Save images with their captions under `output_dir/<kind>/step-N/` and send them to the trackers."""

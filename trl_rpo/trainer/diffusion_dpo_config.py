@@ -43,15 +43,25 @@ class DiffusionDPOConfig(BaseDiffusionConfig):
             why. By default such a row raises an error naming its index and column.
         dataset_num_proc (`int`, *optional*):
             Processes for dataset validation and conversion.
+        max_train_samples (`int`, *optional*):
+            Keep only the first N training rows. Applied before anything else (validation, precompute), so a
+            short run on Pick-a-Pic v2 never reads or encodes the rest of it.
 
         > Parameters that control speed and memory
 
         precompute_latents (`bool`, *optional*, defaults to `False`):
-            Encode every image with the VAE and every prompt with the text encoder(s) once, before training, and
-            store the results with the dataset (cached by `datasets` for file-backed datasets), so that training
-            steps run only the UNet. Random crop / flip then happen once, at precompute time.
+            Encode every image with the VAE and every prompt with the text encoder(s) once, before training, so
+            that training steps run only the UNet. Random crop / flip then happen once, at precompute time. Each
+            process encodes its own share of the rows (in the training dtype: bf16 / fp16 under mixed
+            precision), writes it to `precompute_cache_dir`, and then reads every share, so all processes see the
+            whole precomputed dataset. Each row's random crop, flip and VAE sample follow `seed` and its row
+            index, so the cache is the same for any number of processes.
         precompute_batch_size (`int`, *optional*):
             Batch size of the precompute pass. Defaults to `per_device_train_batch_size`.
+        precompute_cache_dir (`str`, *optional*):
+            Folder of the precomputed shards (one sub-folder per dataset, encoder weights and settings; an
+            existing shard is reused, not encoded again). Must be visible to every process. Defaults to
+            `<HF_DATASETS_CACHE>/trl_rpo_precomputed`.
         offload_encoders (`bool`, *optional*, defaults to `True`):
             With `precompute_latents`, move the VAE and text encoders to the CPU afterwards; they return to the
             device only to render validation images.
@@ -81,6 +91,9 @@ class DiffusionDPOConfig(BaseDiffusionConfig):
         metadata={"help": "Drop invalid rows (logged with reasons) instead of raising an error naming the row."},
     )
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset validation."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N training rows (before validation and precompute)."}
+    )
     precompute_latents: bool = field(
         default=False,
         metadata={
@@ -89,6 +102,12 @@ class DiffusionDPOConfig(BaseDiffusionConfig):
     )
     precompute_batch_size: int | None = field(
         default=None, metadata={"help": "Batch size of the precompute pass (default: per-device train batch size)."}
+    )
+    precompute_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of the precomputed shards, shared by all processes (default: in HF_DATASETS_CACHE)."
+        },
     )
     offload_encoders: bool = field(
         default=True,
@@ -103,3 +122,5 @@ class DiffusionDPOConfig(BaseDiffusionConfig):
             raise ValueError(f"beta must be positive, got {self.beta}")
         if not 0.0 <= self.caption_dropout_probability <= 1.0:
             raise ValueError(f"caption_dropout_probability must be in [0, 1], got {self.caption_dropout_probability}")
+        if self.max_train_samples is not None and self.max_train_samples <= 0:
+            raise ValueError(f"max_train_samples must be positive, got {self.max_train_samples}")

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from datasets import Dataset, Features
 
-from ..data.formats import load_image, prepare_preference_dataset
+from ..data.formats import ROW_INDEX, load_image, prepare_preference_dataset
 from ..data.transforms import prepare_pair
 from ..diffusion import diffusion_target, per_sample_mse, sample_pair_noise_and_timesteps
 from ..losses import diffusion_dpo_loss
@@ -23,6 +27,40 @@ logger = logging.getLogger(__name__)
 __all__ = ["DataCollatorForDiffusionPreference", "DiffusionDPOTrainer"]
 
 _PRECOMPUTED = "chosen_latents"
+
+
+def to_storage(tensor: torch.Tensor) -> np.ndarray:
+    """A numpy array holding `tensor`'s exact values in its own dtype, for an Arrow cache.
+
+    numpy (and Arrow) have no bfloat16: bfloat16 is stored as its raw 16-bit patterns (`int16`), which
+    :func:`from_storage` reinterprets, so a bf16 cache costs what an fp16 one does and loses nothing.
+    """
+    tensor = tensor.detach().cpu().contiguous()
+    return (tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor).numpy()
+
+
+def from_storage(array: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """The tensor :func:`to_storage` stored: integer arrays are bfloat16 bit patterns, floats are as they are.
+
+    `datasets` formatters widen integers to int64 when reading; the values are still the int16 patterns.
+    """
+    tensor = torch.as_tensor(array)
+    return tensor if tensor.is_floating_point() else tensor.to(torch.int16).view(torch.bfloat16)
+
+
+def shard_bounds(num_rows: int, num_shards: int, index: int) -> tuple[int, int]:
+    """`[start, end)` of contiguous shard `index` of `num_shards` (sizes differ by at most one row)."""
+    size, extra = divmod(num_rows, num_shards)
+    start = index * size + min(index, extra)
+    return start, start + size + (1 if index < extra else 0)
+
+
+def row_seed(seed: int, row: int) -> int:
+    """A seed for one dataset row, so its random crop, flip and VAE sample depend on (seed, row) only.
+
+    Independent of how rows are batched or split across processes: 1 or N processes cache the same values.
+    """
+    return int(np.random.SeedSequence([seed, row]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 @dataclass
@@ -38,30 +76,33 @@ class DataCollatorForDiffusionPreference:
     random_crop: bool = False
     random_flip: bool = False
 
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, examples: list[dict[str, Any]], rngs: list[random.Random] | None = None) -> dict[str, Any]:
+        """`rngs` (one per example) draw the crops and flips; by default Python's global `random`."""
         prompts = [ex["prompt"] for ex in examples]
         if _PRECOMPUTED in examples[0]:
+
+            def stack(key: str) -> torch.Tensor:
+                return from_storage(np.stack([np.asarray(ex[key]) for ex in examples]))
+
             batch = {
                 "prompt": prompts,
-                "latents": torch.cat(
-                    [torch.stack([ex[f"{k}_latents"] for ex in examples]) for k in ("chosen", "rejected")]
-                ),
-                "prompt_embeds": torch.stack([ex["prompt_embeds"] for ex in examples]),
+                "latents": torch.cat([stack("chosen_latents"), stack("rejected_latents")]),
+                "prompt_embeds": stack("prompt_embeds"),
             }
             if "pooled_prompt_embeds" in examples[0]:
-                batch["pooled_prompt_embeds"] = torch.stack([ex["pooled_prompt_embeds"] for ex in examples])
-                batch["time_ids"] = torch.cat(
-                    [torch.stack([ex[f"{k}_time_ids"] for ex in examples]) for k in ("chosen", "rejected")]
-                )
+                batch["pooled_prompt_embeds"] = stack("pooled_prompt_embeds")
+                batch["time_ids"] = torch.cat([stack("chosen_time_ids"), stack("rejected_time_ids")])
             return batch
         chosen, rejected = [], []
-        for ex in examples:
+        for i, ex in enumerate(examples):
+            row = ex.get(ROW_INDEX)  # images not validated up front are checked here, named by row
             c, r = prepare_pair(
-                load_image(ex["chosen"], column="chosen"),
-                load_image(ex["rejected"], column="rejected"),
+                load_image(ex["chosen"], row=row, column="chosen"),
+                load_image(ex["rejected"], row=row, column="rejected"),
                 self.resolution,
                 self.random_crop,
                 self.random_flip,
+                rngs[i] if rngs is not None else None,
             )
             chosen.append(c)
             rejected.append(r)
@@ -150,20 +191,28 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
         return DataCollatorForDiffusionPreference(self.resolution, self.args.random_crop, self.args.random_flip)
 
     def _prepare_dataset(self, dataset, name: str):
+        """`max_train_samples` first, then the cheap checks, then (optionally) the per-process precompute.
+
+        Images are not decoded here unless `skip_invalid_rows` asks to drop bad ones: each is checked where it is
+        first read (precompute or batch building), and a bad one raises an error naming its row and column.
+        """
         args = self.args
+        if name == "train" and args.max_train_samples is not None:
+            dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
         with args.main_process_first(desc=f"preparing {name} dataset"):
             dataset = prepare_preference_dataset(
                 dataset,
                 skip_invalid_rows=args.skip_invalid_rows,
+                validate_images=args.skip_invalid_rows,
                 num_proc=args.dataset_num_proc,
                 name=f"{name}_dataset",
             )
-            if len(dataset) == 0:
-                raise ValueError(f"{name}_dataset has no usable rows left after validation")
-            if args.precompute_latents:
-                if args.caption_dropout_probability > 0 and self._null_conditioning is None:
-                    self._null_conditioning = encode_prompts(self.pipeline, [""], "cpu")
-                dataset = self._precompute(dataset, name)
+        if len(dataset) == 0:
+            raise ValueError(f"{name}_dataset has no usable rows left after validation")
+        if args.precompute_latents:
+            if args.caption_dropout_probability > 0 and self._null_conditioning is None:
+                self._null_conditioning = encode_prompts(self.pipeline, [""], "cpu")
+            dataset = self._precompute(dataset, name)
         return dataset
 
     def _frozen_signature(self) -> str:
@@ -178,31 +227,54 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
             parts.append(str(next(module.parameters()).dtype))
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
+    def _encode_rows(self, batch: dict[str, list], indices: list[int]) -> dict[str, np.ndarray]:
+        """VAE latents and text embeddings of a batch of rows, in the training dtype.
+
+        Each row's random crop, flip and VAE posterior sample come from its own generators seeded by
+        `(args.seed, row)` (:func:`row_seed`), so the cache is the same however rows are batched or sharded.
+        """
+        dtype = self.weight_dtype
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        seeds = [row_seed(self.args.seed, i) for i in indices]
+        raw = self._default_data_collator()(rows, rngs=[random.Random(s) for s in seeds])
+        vae = self.pipeline.vae
+        generators = [torch.Generator(vae.device).manual_seed(s) for s in seeds]
+        latents = encode_images(vae, raw["pixel_values"].to(vae.device), generators + generators)
+        half = len(rows)
+        cond = encode_prompts(self.pipeline, raw["prompt"], "cpu")
+        out = {
+            "chosen_latents": to_storage(latents[:half].to(dtype)),
+            "rejected_latents": to_storage(latents[half:].to(dtype)),
+            "prompt_embeds": to_storage(cond["prompt_embeds"].to(dtype)),
+        }
+        if self.is_sdxl:
+            # Sizes and crop offsets stay float32: bf16 cannot hold e.g. 1023 exactly.
+            time_ids = sdxl_time_ids(raw["original_sizes"], raw["crop_top_lefts"], self.resolution)
+            out["pooled_prompt_embeds"] = to_storage(cond["pooled_prompt_embeds"].to(dtype))
+            out["chosen_time_ids"], out["rejected_time_ids"] = time_ids[:half].numpy(), time_ids[half:].numpy()
+        return out
+
+    def _precompute_cache_dir(self, fingerprint: str) -> Path:
+        import datasets
+
+        root = self.args.precompute_cache_dir or os.path.join(datasets.config.HF_DATASETS_CACHE, "trl_rpo_precomputed")
+        return Path(root) / fingerprint
+
     def _precompute(self, dataset: Dataset, name: str) -> Dataset:
-        """Encode images and prompts once; steps then run only the UNet."""
+        """Encode images and prompts once; steps then run only the UNet.
+
+        Each process encodes its own contiguous shard of the rows into `<cache>/<fingerprint>/<name>-<rank>-of-
+        <world>.arrow` (skipped when that file exists: each shard is encoded once, also across runs), then every
+        process memory-maps all shards and concatenates them, so each sees the whole precomputed dataset. The
+        cache folder must be visible to every process (shared storage across nodes).
+        """
+        from accelerate import PartialState
+        from datasets import concatenate_datasets
         from datasets.fingerprint import Hasher
 
         args = self.args
-        collate = self._default_data_collator()
-        device = args.device
-
-        def encode(batch: dict[str, list]) -> dict[str, Any]:
-            rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-            raw = collate(rows)
-            latents = encode_images(self.pipeline.vae, raw["pixel_values"].to(device)).cpu()
-            half = len(rows)
-            cond = encode_prompts(self.pipeline, raw["prompt"], "cpu")
-            out = {
-                "chosen_latents": latents[:half].numpy(),
-                "rejected_latents": latents[half:].numpy(),
-                "prompt_embeds": cond["prompt_embeds"].float().numpy(),
-            }
-            if self.is_sdxl:
-                time_ids = sdxl_time_ids(raw["original_sizes"], raw["crop_top_lefts"], self.resolution)
-                out["pooled_prompt_embeds"] = cond["pooled_prompt_embeds"].float().numpy()
-                out["chosen_time_ids"], out["rejected_time_ids"] = time_ids[:half].numpy(), time_ids[half:].numpy()
-            return out
-
+        state = PartialState()
+        world, rank = state.num_processes, state.process_index
         fingerprint = Hasher.hash(
             [
                 dataset._fingerprint,
@@ -211,44 +283,58 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
                 args.random_crop,
                 args.random_flip,
                 args.seed,
+                str(self.weight_dtype),
             ]
         )
-        encoded = dataset.map(
-            encode,
-            batched=True,
-            batch_size=args.precompute_batch_size or args.per_device_train_batch_size,
-            remove_columns=["chosen", "rejected"],
-            features=self._precomputed_features(dataset, encode),
-            new_fingerprint=fingerprint,
-            desc=f"Precomputing latents and text embeddings ({name})",
-        )
+        folder = self._precompute_cache_dir(fingerprint)
+        paths = [folder / f"{name}-{r:05d}-of-{world:05d}.arrow" for r in range(world)]
+        if not paths[rank].is_file():
+            start, end = shard_bounds(len(dataset), world, rank)
+            shard = dataset.select(range(start, end))
+            features = self._precomputed_features(shard if len(shard) else dataset, start if len(shard) else 0)
+            row_bytes = sum(_feature_bytes(features[k]) for k in features if k not in shard.column_names)
+            logger.info(
+                "Precomputing %s rows %d-%d of %d on process %d/%d: about %.1f MiB (%s) into %s",
+                name, start, end, len(dataset), rank, world, row_bytes * (end - start) / 2**20,
+                self.weight_dtype, paths[rank],
+            )  # fmt: skip
+            folder.mkdir(parents=True, exist_ok=True)
+            shard.map(
+                lambda batch, idx: self._encode_rows(batch, [start + i for i in idx]),
+                batched=True,
+                with_indices=True,
+                batch_size=args.precompute_batch_size or args.per_device_train_batch_size,
+                remove_columns=[c for c in ("chosen", "rejected", ROW_INDEX) if c in shard.column_names],
+                features=features,
+                cache_file_name=str(paths[rank]),
+                load_from_cache_file=False,
+                new_fingerprint=Hasher.hash([fingerprint, rank, world]),
+                desc=f"Precomputing latents and text embeddings ({name}, process {rank})",
+            )
+        state.wait_for_everyone()
+        encoded = concatenate_datasets([Dataset.from_file(str(path)) for path in paths])
         numeric = [c for c in encoded.column_names if c != "prompt"]
-        return encoded.with_format("torch", columns=numeric, output_all_columns=True)
+        return encoded.with_format("numpy", columns=numeric, output_all_columns=True)
 
-    @staticmethod
-    def _precomputed_features(dataset: Dataset, encode) -> Features:
-        """Fixed-shape array features for the encoded columns (probed on one row).
+    def _precomputed_features(self, dataset: Dataset, first_row: int = 0) -> Features:
+        """Fixed-shape array features for the encoded columns (probed on the first row, `first_row` overall).
 
         Stored as nested lists, every batch would be rebuilt element by element when read back; fixed-shape
-        arrays load as whole tensors (the step's data loading drops from ~15 ms to a few ms on tiny models).
+        arrays load as whole arrays (the step's data loading drops from ~15 ms to a few ms on tiny models).
         """
-        import random
-
         from datasets import Array2D, Array3D, Sequence, Value
 
-        state = random.getstate()
-        with torch.random.fork_rng():  # the probe must not shift the random crops / VAE samples of the real pass
-            probe = encode(dataset[:1])
-        random.setstate(state)
-        features = Features({k: v for k, v in dataset.features.items() if k not in ("chosen", "rejected")})
+        probe = self._encode_rows(dataset[:1], [first_row])
+        drop = ("chosen", "rejected", ROW_INDEX)
+        features = Features({k: v for k, v in dataset.features.items() if k not in drop})
         for key, value in probe.items():
-            shape = tuple(value.shape[1:])
+            shape, dtype = tuple(value.shape[1:]), str(value.dtype)
             if len(shape) == 3:
-                features[key] = Array3D(shape=shape, dtype="float32")
+                features[key] = Array3D(shape=shape, dtype=dtype)
             elif len(shape) == 2:
-                features[key] = Array2D(shape=shape, dtype="float32")
+                features[key] = Array2D(shape=shape, dtype=dtype)
             else:
-                features[key] = Sequence(Value("float32"), length=shape[0])
+                features[key] = Sequence(Value(dtype), length=shape[0])
         return features
 
     # -- the step ----------------------------------------------------------------------------------------------
@@ -351,3 +437,10 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
             )
         finally:
             self._eval_generator = None
+
+
+def _feature_bytes(feature) -> int:
+    """Bytes one row of a fixed-shape array feature takes (for the cache-size log line)."""
+    shape = getattr(feature, "shape", None) or (getattr(feature, "length", 1),)
+    dtype = getattr(feature, "dtype", None) or feature.feature.dtype
+    return int(np.prod(shape)) * np.dtype(dtype).itemsize
