@@ -72,8 +72,11 @@ def test_training_runs_and_logs_reward_and_pair_metrics(tmp_path, sdxl):
         assert key in first, key
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at the first step
     # 2 prompts x 4 selected steps, one best/worst pair each unless the candidates' (uint8-quantized) images tie.
-    assert first["pairs/count"] == pytest.approx(2 * 4 * (1 - first["pairs/tie_fraction"]))
-    assert first["pairs/count"] >= 4
+    # The tiny SDXL's scheduler config (Euler) has no set_alpha_to_one, so its last DDIM step is deterministic and
+    # not paired.
+    steps = 3 if sdxl else 4
+    assert first["pairs/count"] == pytest.approx(2 * steps * (1 - first["pairs/tie_fraction"]))
+    assert first["pairs/count"] >= steps
 
 
 def test_candidates_share_their_parent_and_were_drawn_from_it(tmp_path):
