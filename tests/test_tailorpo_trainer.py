@@ -184,6 +184,28 @@ def test_final_pairing_labels_whole_trajectories_with_distinct_parents(tmp_path)
     assert math.isfinite(_logs(trainer)[0]["loss"])
 
 
+def test_final_pairing_skips_the_deterministic_last_step_of_a_config_without_set_alpha_to_one(tmp_path):
+    from diffusers import DDIMScheduler
+
+    pipe = tiny_sd_pipeline()
+    config = {k: v for k, v in pipe.scheduler.config.items() if k != "set_alpha_to_one"}
+    pipe.scheduler = DDIMScheduler.from_config(config)  # DDIM's default then: final alpha 1, a zero-variance last step
+    trainer = TailorPOTrainer(
+        model=pipe,
+        reward_funcs=brightness,
+        args=tailorpo_config(tmp_path, pairing="final"),
+        train_dataset=PROMPTS,
+        peft_config=tiny_lora_config(),
+    )
+    assert trainer.sample_scheduler.final_alpha_cumprod == 1.0
+    pairs = trainer.sample_pairs(["a red square", "a blue circle"])
+    assert len(pairs) > 0
+    assert int(trainer.sample_scheduler.timesteps[-1]) not in pairs.timesteps.tolist()
+    trainer.train()
+    first = _logs(trainer)[0]
+    assert all(math.isfinite(first[key]) for key in ("loss", "logps/chosen", "logps/rejected"))
+
+
 def test_all_ranked_pairs_and_windowed_timesteps(tmp_path):
     trainer = make_trainer(
         tmp_path,
