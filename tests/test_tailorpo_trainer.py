@@ -222,14 +222,21 @@ def test_all_ranked_pairs_and_windowed_timesteps(tmp_path):
 
 
 def test_reward_guidance_moves_the_chosen_candidate_up_the_reward(tmp_path):
-    guided = make_trainer(tmp_path, reward_funcs=[DifferentiableBrightness()], reward_guidance_scale=50.0)
-    plain = make_trainer(tmp_path / "plain", reward_funcs=[DifferentiableBrightness()])
-    torch.manual_seed(0)
-    with_guidance = guided.sample_pairs(["a red square"])
-    torch.manual_seed(0)
+    from trl_rpo.trainer.base import decode_latents
+
+    scorer = DifferentiableBrightness()
+    guided = make_trainer(tmp_path, reward_funcs=[scorer], reward_guidance_scale=50.0)
+    plain = make_trainer(tmp_path / "plain", reward_funcs=[scorer])
+    with_guidance = guided.sample_pairs(["a red square"])  # both from the same seed: the same rollout
     without = plain.sample_pairs(["a red square"])
     assert torch.equal(with_guidance.rejected, without.rejected)
-    assert not torch.allclose(with_guidance.chosen, without.chosen)
+    # At the last step the sample is the clean image itself, so its reward is the scorer's on its decoding.
+    last = with_guidance.timesteps == guided.sample_scheduler.timesteps[-1]
+    assert last.any()
+    with torch.no_grad():
+        up = scorer.score_tensor(decode_latents(guided.pipeline.vae, with_guidance.chosen[last]), None)
+        before = scorer.score_tensor(decode_latents(guided.pipeline.vae, without.chosen[last]), None)
+    assert (up > before).all()
     guided.train()
 
 
