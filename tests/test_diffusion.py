@@ -117,3 +117,16 @@ def test_ddim_step_needs_positive_eta():
         ddim_step_with_logprob(
             scheduler, torch.zeros(1, 4, 8, 8), scheduler.timesteps[0], torch.zeros(1, 4, 8, 8), eta=0.0
         )
+
+
+@pytest.mark.parametrize("alpha_one", [True, False], ids=["set_alpha_to_one", "final_alpha_from_schedule"])
+def test_ddim_step_variance_is_zero_only_at_the_last_step_with_final_alpha_one(alpha_one):
+    from diffusers import DDIMScheduler
+
+    from trl_rpo.diffusion import ddim_step_variance
+
+    scheduler = DDIMScheduler.from_config(_ddim().config, set_alpha_to_one=alpha_one)
+    scheduler.set_timesteps(10)
+    variance = ddim_step_variance(scheduler, scheduler.timesteps)
+    assert (variance[:-1] > 0).all()
+    assert bool(variance[-1] == 0) is alpha_one

@@ -4,8 +4,10 @@ Each test launches `tests/distributed/train_check.py` with `accelerate launch`, 
 asserts the process count it ran with. CUDA/NCCL variants run the same script when a GPU is present.
 """
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -42,6 +44,17 @@ def _env(**extra):
     return env
 
 
+def _kill_tree(pid: int) -> None:
+    """Kill a launcher and its workers: torch's elastic agent starts each worker in a session of its own, so a
+    hung run's workers would outlive the launcher (and keep its output pipes open)."""
+    import psutil
+
+    parent = psutil.Process(pid)
+    for process in [*parent.children(recursive=True), parent]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+
+
 def launch(tmp_path, *args, num_processes=2, config_file=None, cuda=False, suffix="", timeout=900):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
                 "--main_process_port", str(_free_port())]  # fmt: skip
@@ -57,9 +70,20 @@ def launch(tmp_path, *args, num_processes=2, config_file=None, cuda=False, suffi
     out = tmp_path / "out"
     if cuda:
         args = (*args, "--cuda")
-    result = subprocess.run([*launcher, str(SCRIPT), "--output_dir", str(out), *args], env=_env(**extra),
-                            capture_output=True, text=True, timeout=timeout)  # fmt: skip
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-5000:]
+    process = subprocess.Popen(
+        [*launcher, str(SCRIPT), "--output_dir", str(out), *args],
+        env=_env(**extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_tree(process.pid)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"the {num_processes}-process run did not finish within {timeout} s (hung?):\n{stderr[-3000:]}")
+    assert process.returncode == 0, stdout[-2000:] + stderr[-5000:]
     ranks = [json.loads((out / f"rank-{r}{suffix}.json").read_text()) for r in range(num_processes)]
     for r, record in enumerate(ranks):
         assert record["rank"] == r and record["num_processes"] == num_processes, record
@@ -101,10 +125,67 @@ def test_two_process_ddp_tailorpo_keeps_ranks_identical_and_reduces_metrics(tmp_
     assert a["checksum"] == b["checksum"]
     assert a["global_step"] == b["global_step"] == 2
     assert not {p for s in a["seen_prompts"] for p in s} & {p for s in b["seen_prompts"] for p in s}
-    name = "rewards/brightness/mean"
-    logged = [e[name] for e in a["log_history"] if name in e]
-    expected = [(x + y) / 2 for x, y in zip(a["local_metrics"][name], b["local_metrics"][name])]
+    name = "rewards/brightness"
+    logged = [e[f"{name}/mean"] for e in a["log_history"] if f"{name}/mean" in e]
+    expected = [np.mean(x + y) for x, y in zip(a["pooled_values"][name], b["pooled_values"][name])]
     assert logged == pytest.approx(expected, rel=1e-4, abs=1e-7)
+
+
+def test_two_process_dpo_ranks_draw_different_noise_and_timesteps_and_resume_continues_each_stream(tmp_path):
+    common = ("--trainer", "dpo", "--rows", "12", "--per_device_train_batch_size", "2", "--save_steps", "1")
+    straight, out = launch(tmp_path, *common, "--max_steps", "3")
+    a, b = straight
+    assert len(a["draws"]) == len(b["draws"]) == 3
+    for step_a, step_b in zip(a["draws"], b["draws"]):
+        assert step_a["timesteps"] != step_b["timesteps"]
+        assert step_a["noise"] != step_b["noise"]
+    # Resume after step 2 (mid-epoch: 3 steps per epoch): step 3 draws what the uninterrupted run drew at step 3.
+    shutil.rmtree(out / "run" / "checkpoint-3")
+    resumed, _ = launch(tmp_path, *common, "--max_steps", "3", "--resume", suffix="-resumed")
+    for record, uninterrupted in zip(resumed, straight):
+        assert record["global_step"] == 3 and len(record["draws"]) == 1
+        assert record["draws"][0] == uninterrupted["draws"][2]
+
+
+@pytest.fixture(scope="module")
+def tailorpo_with_ties_on_one_rank(tmp_path_factory):
+    """Two TailorPO processes with a discrete reward that ties every candidate on process 1 (no pairs there)."""
+    tmp_path = tmp_path_factory.mktemp("tailorpo-ties")
+    ranks, _ = launch(tmp_path, "--trainer", "tailorpo", "--reward", "discrete_brightness", "--rows", "8",
+                      "--per_device_train_batch_size", "2", timeout=300)  # fmt: skip
+    return ranks
+
+
+def test_two_process_tailorpo_finishes_when_one_rank_finds_no_pair(tailorpo_with_ties_on_one_rank):
+    a, b = tailorpo_with_ties_on_one_rank
+    assert a["global_step"] == b["global_step"] == 2
+    assert b["local_metrics"]["pairs/count"] == [0.0, 0.0]
+    assert all(count > 0 for count in a["local_metrics"]["pairs/count"])
+    assert a["checksum"] == b["checksum"]  # process 1's zero-weight pass joined the gradient all-reduce
+    assert a["checksum"] != a["initial_checksum"]  # and process 0's pairs trained the weights
+
+
+def test_two_process_tailorpo_pair_metrics_pool_the_pairs_of_all_ranks(tailorpo_with_ties_on_one_rank):
+    a, b = tailorpo_with_ties_on_one_rank
+    name = "rewards/margins"
+    assert all(values == [] for values in b["pooled_values"][name])
+    logged = [e[name] for e in a["log_history"] if name in e]
+    assert logged == pytest.approx([np.mean(values) for values in a["pooled_values"][name]], rel=1e-4)
+
+
+def test_two_process_tailorpo_reward_std_is_over_the_images_of_all_ranks(tailorpo_with_ties_on_one_rank):
+    a, b = tailorpo_with_ties_on_one_rank
+    name = "rewards/discrete_brightness"
+    logged = [e[f"{name}/std"] for e in a["log_history"] if f"{name}/std" in e]
+    expected = [np.std(x + y, ddof=1) for x, y in zip(a["pooled_values"][name], b["pooled_values"][name])]
+    assert len(logged) == 2 and logged == pytest.approx(expected, rel=1e-4)
+
+
+def test_two_process_tailorpo_ranks_roll_out_from_different_noise(tailorpo_with_ties_on_one_rank):
+    a, b = tailorpo_with_ties_on_one_rank
+    assert len(a["draws"]) == len(b["draws"]) == 2
+    for step_a, step_b in zip(a["draws"], b["draws"]):
+        assert step_a["start"] != step_b["start"]
 
 
 @pytest.fixture(scope="module")

@@ -72,8 +72,11 @@ def test_training_runs_and_logs_reward_and_pair_metrics(tmp_path, sdxl):
         assert key in first, key
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at the first step
     # 2 prompts x 4 selected steps, one best/worst pair each unless the candidates' (uint8-quantized) images tie.
-    assert first["pairs/count"] == pytest.approx(2 * 4 * (1 - first["pairs/tie_fraction"]))
-    assert first["pairs/count"] >= 4
+    # The tiny SDXL's scheduler config (Euler) has no set_alpha_to_one, so its last DDIM step is deterministic and
+    # not paired.
+    steps = 3 if sdxl else 4
+    assert first["pairs/count"] == pytest.approx(2 * steps * (1 - first["pairs/tie_fraction"]))
+    assert first["pairs/count"] >= steps
 
 
 def test_candidates_share_their_parent_and_were_drawn_from_it(tmp_path):
@@ -181,6 +184,28 @@ def test_final_pairing_labels_whole_trajectories_with_distinct_parents(tmp_path)
     assert math.isfinite(_logs(trainer)[0]["loss"])
 
 
+def test_final_pairing_skips_the_deterministic_last_step_of_a_config_without_set_alpha_to_one(tmp_path):
+    from diffusers import DDIMScheduler
+
+    pipe = tiny_sd_pipeline()
+    config = {k: v for k, v in pipe.scheduler.config.items() if k != "set_alpha_to_one"}
+    pipe.scheduler = DDIMScheduler.from_config(config)  # DDIM's default then: final alpha 1, a zero-variance last step
+    trainer = TailorPOTrainer(
+        model=pipe,
+        reward_funcs=brightness,
+        args=tailorpo_config(tmp_path, pairing="final"),
+        train_dataset=PROMPTS,
+        peft_config=tiny_lora_config(),
+    )
+    assert trainer.sample_scheduler.final_alpha_cumprod == 1.0
+    pairs = trainer.sample_pairs(["a red square", "a blue circle"])
+    assert len(pairs) > 0
+    assert int(trainer.sample_scheduler.timesteps[-1]) not in pairs.timesteps.tolist()
+    trainer.train()
+    first = _logs(trainer)[0]
+    assert all(math.isfinite(first[key]) for key in ("loss", "logps/chosen", "logps/rejected"))
+
+
 def test_all_ranked_pairs_and_windowed_timesteps(tmp_path):
     trainer = make_trainer(
         tmp_path,
@@ -197,14 +222,21 @@ def test_all_ranked_pairs_and_windowed_timesteps(tmp_path):
 
 
 def test_reward_guidance_moves_the_chosen_candidate_up_the_reward(tmp_path):
-    guided = make_trainer(tmp_path, reward_funcs=[DifferentiableBrightness()], reward_guidance_scale=50.0)
-    plain = make_trainer(tmp_path / "plain", reward_funcs=[DifferentiableBrightness()])
-    torch.manual_seed(0)
-    with_guidance = guided.sample_pairs(["a red square"])
-    torch.manual_seed(0)
+    from trl_rpo.trainer.base import decode_latents
+
+    scorer = DifferentiableBrightness()
+    guided = make_trainer(tmp_path, reward_funcs=[scorer], reward_guidance_scale=50.0)
+    plain = make_trainer(tmp_path / "plain", reward_funcs=[scorer])
+    with_guidance = guided.sample_pairs(["a red square"])  # both from the same seed: the same rollout
     without = plain.sample_pairs(["a red square"])
     assert torch.equal(with_guidance.rejected, without.rejected)
-    assert not torch.allclose(with_guidance.chosen, without.chosen)
+    # At the last step the sample is the clean image itself, so its reward is the scorer's on its decoding.
+    last = with_guidance.timesteps == guided.sample_scheduler.timesteps[-1]
+    assert last.any()
+    with torch.no_grad():
+        up = scorer.score_tensor(decode_latents(guided.pipeline.vae, with_guidance.chosen[last]), None)
+        before = scorer.score_tensor(decode_latents(guided.pipeline.vae, without.chosen[last]), None)
+    assert (up > before).all()
     guided.train()
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "per_sample_mse",
     "predicted_original_sample",
     "ddim_previous_timestep",
+    "ddim_step_variance",
     "ddim_step_with_logprob",
     "gaussian_log_prob",
 ]
@@ -118,6 +119,25 @@ def ddim_previous_timestep(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
     return timesteps - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
 
 
+def _ddim_alphas(scheduler, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r""":math:`(\bar\alpha_t, \bar\alpha_{t'})` per timestep; past the last step, the scheduler's final alpha."""
+    prev_t = ddim_previous_timestep(scheduler, timesteps)
+    alphas = scheduler.alphas_cumprod.to(timesteps.device)
+    final = torch.as_tensor(scheduler.final_alpha_cumprod, device=timesteps.device, dtype=alphas.dtype)
+    return alphas[timesteps], torch.where(prev_t >= 0, alphas[prev_t.clamp(min=0)], final)
+
+
+def ddim_step_variance(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    r"""DDIM's :math:`\sigma_t^2 = \frac{1-a'}{1-a}(1-\frac{a}{a'})` (at :math:`\eta = 1`) per timestep.
+
+    Zero for the last step when the scheduler's final alpha is 1 (`set_alpha_to_one=True`, `DDIMScheduler`'s
+    default when a config does not name it): that step is deterministic and has no log-probability.
+    """
+    timesteps = torch.as_tensor(timesteps).long().reshape(-1)
+    a, a_prev = _ddim_alphas(scheduler, timesteps)
+    return (1 - a_prev) / (1 - a) * (1 - a / a_prev)
+
+
 def ddim_step_with_logprob(
     scheduler,
     model_output: torch.Tensor,
@@ -163,11 +183,7 @@ def ddim_step_with_logprob(
     if getattr(scheduler.config, "thresholding", False):
         raise ValueError("dynamic thresholding makes the step non-Gaussian; use a scheduler with thresholding=False")
     timesteps = torch.as_tensor(timesteps, device=sample.device).long().reshape(-1).expand(sample.shape[0])
-    prev_t = ddim_previous_timestep(scheduler, timesteps)
-    alphas = scheduler.alphas_cumprod.to(sample.device)
-    final = torch.as_tensor(scheduler.final_alpha_cumprod, device=sample.device, dtype=alphas.dtype)
-    a = alphas[timesteps]
-    a_prev = torch.where(prev_t >= 0, alphas[prev_t.clamp(min=0)], final)
+    a, a_prev = _ddim_alphas(scheduler, timesteps)
 
     x0, eps = predicted_original_sample(model_output, sample, a, prediction_type or scheduler.config.prediction_type)
     if getattr(scheduler.config, "clip_sample", False):

@@ -27,12 +27,14 @@ from trl_rpo.trainer.base import zero3_init_disabled
 
 
 class Recording:
-    """Mixin: remembers the prompts of every training batch and the local value of every metric."""
+    """Mixin: remembers the prompts of every training batch, the local value of every metric and the random draws."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.seen_prompts: list[list[str]] = []
         self.local_metrics: dict[str, list[float]] = defaultdict(list)
+        self.pooled_values: dict[str, list[list[float]]] = defaultdict(list)  # this process's values, per call
+        self.draws: list[dict] = []  # per training step: what this process drew from its random stream
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
@@ -43,17 +45,41 @@ class Recording:
         self.local_metrics[name].append(value.detach().float().mean().item())
         super()._record_metric(mode, name, value)
 
+    def _record_pooled(self, mode, name, values, std=False):
+        self.pooled_values[name].append(values.detach().float().reshape(-1).tolist())
+        super()._record_pooled(mode, name, values, std)
+
 
 class RecordingDPO(Recording, DiffusionDPOTrainer):
-    pass
+    def sample_noise_and_timesteps(self, latents):
+        noise, timesteps = super().sample_noise_and_timesteps(latents)
+        if self.model.training:
+            self.draws.append({"timesteps": timesteps.tolist(), "noise": noise.flatten()[:4].tolist()})
+        return noise, timesteps
 
 
 class RecordingTailorPO(Recording, TailorPOTrainer):
-    pass
+    def sample_pairs(self, prompts, conditioning=None, generator=None):
+        # The first values this rollout draws (its starting latents), from a copy of the stream it draws from.
+        stream = getattr(self, "rank_generator", None)
+        probe = torch.Generator().set_state(stream.get_state() if stream is not None else torch.get_rng_state())
+        self.draws.append({"start": torch.randn(4, generator=probe).tolist()})
+        return super().sample_pairs(prompts, conditioning, **({"generator": generator} if generator else {}))
 
 
 def brightness(images, prompts, **kwargs):
     return [sum(img.convert("L").getdata()) / (255.0 * img.width * img.height) for img in images]
+
+
+def discrete_brightness(images, prompts, **kwargs):
+    """A discrete reward that ties every candidate on process 1 and rarely on process 0: ranks find different numbers
+    of pairs, process 1 none at all (as `alignment_score` does when every candidate is equally right or wrong)."""
+    if PartialState().process_index == 1:
+        return [0.0] * len(images)
+    return [float(sum(img.convert("L").getdata())) for img in images]  # integer sums of 8-bit pixels
+
+
+REWARDS = {"brightness": brightness, "discrete_brightness": discrete_brightness}
 
 
 def _unet_inputs(unet, sdxl: bool):
@@ -174,6 +200,7 @@ def main() -> None:
     parser.add_argument("--cuda", action="store_true", help="GPUs with NCCL (default: CPU processes with gloo)")
     parser.add_argument("--model_path", default=None, help="load this saved pipeline folder instead of building one")
     parser.add_argument("--validation", action="store_true", help="render validation images every step")
+    parser.add_argument("--reward", choices=("brightness", "discrete_brightness"), default="brightness")
     cli = parser.parse_args()
     # On CPU, a bare PartialState() ignores ACCELERATE_USE_CPU: ask for gloo explicitly before the trainer.
     state = PartialState() if cli.cuda else PartialState(cpu=True, backend="gloo")
@@ -204,7 +231,7 @@ def main() -> None:
 
         data = Dataset.from_dict({"prompt": [f"p{i} a red square" for i in range(cli.rows)]})
         trainer = RecordingTailorPO(
-            model=pipe, reward_funcs=brightness, train_dataset=data, peft_config=peft,
+            model=pipe, reward_funcs=REWARDS[cli.reward], train_dataset=data, peft_config=peft,
             args=TailorPOConfig(num_inference_steps=3, num_selected_timesteps=2, **common),
         )  # fmt: skip
     if trainer.is_deepspeed_enabled:
@@ -213,6 +240,9 @@ def main() -> None:
         plugin = trainer.accelerator.state.deepspeed_plugin
         for config in (plugin.deepspeed_config, plugin.hf_ds_config.config):
             config.setdefault("zero_optimization", {})["stage3_param_persistence_threshold"] = 0
+    initial_checksum = None
+    if not trainer.is_deepspeed_enabled:
+        initial_checksum = [float(p.detach().double().sum()) for p in trainer.model.parameters() if p.requires_grad]
     trainer.train(resume_from_checkpoint=True if cli.resume else None)
     unet = trainer.accelerator.unwrap_model(trainer.model)
     if trainer.is_deepspeed_enabled:
@@ -240,8 +270,11 @@ def main() -> None:
         "global_step": trainer.state.global_step,
         "seen_prompts": trainer.seen_prompts,
         "local_metrics": trainer.local_metrics,
+        "pooled_values": trainer.pooled_values,
+        "draws": trainer.draws,
         "log_history": trainer.state.log_history,
         "checksum": checksum,
+        "initial_checksum": initial_checksum,
         "partitioned": partitioned,
         "final_loss": next((e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None),
         "is_deepspeed": bool(trainer.is_deepspeed_enabled),

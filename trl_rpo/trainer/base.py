@@ -222,6 +222,28 @@ def sdxl_time_ids(original_sizes: torch.Tensor, crop_top_lefts: torch.Tensor, ta
     return torch.cat([original_sizes.float(), crop_top_lefts.float(), target.float()], dim=-1)
 
 
+def process_seed(seed: int, process_index: int) -> int:
+    """The seed of one process's own random stream: `seed` itself on process 0, a distinct fixed seed on each other.
+
+    `Trainer` seeds every process alike, which keeps their initial weights identical; draws that must differ
+    between processes (noise, timesteps, caption dropout, rollouts) come from a generator seeded with this.
+    """
+    return (seed + process_index * 0x9E3779B97F4A7C15) % 2**63  # a large odd stride: no two ranks share a seed
+
+
+def pooled_mean_and_std(total: float, total_sq: float, count: float) -> tuple[float, float]:
+    """Mean and sample standard deviation of values known only by their sum, sum of squares and count.
+
+    What a metric over several processes needs: those three add up across processes, per-process means and
+    standard deviations do not.
+    """
+    mean = total / count
+    if count < 2:
+        return mean, 0.0
+    variance = max(total_sq - count * mean * mean, 0.0) / (count - 1)  # clamped: rounding can dip below zero
+    return mean, variance**0.5
+
+
 def mixed_precision_dtype(args) -> torch.dtype:
     """The dtype frozen weights are kept in: bf16 / fp16 under mixed precision, float32 otherwise."""
     if getattr(args, "bf16", False):
@@ -340,6 +362,8 @@ class BaseDiffusionTrainer(Trainer):
         )
         if self.ref_model is not None:
             self.ref_model.to(self.accelerator.device)
+        # This process's own stream for noise, timesteps and rollouts (saved in checkpoints, restored on resume).
+        self.rank_generator = torch.Generator().manual_seed(process_seed(args.seed, self.accelerator.process_index))
         if args.validation_prompts:
             self.add_callback(_ValidationImagesCallback(self))
 
@@ -485,6 +509,27 @@ class BaseDiffusionTrainer(Trainer):
         value = value.detach().float().reshape(-1).to(self.accelerator.device)
         self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value).mean().item())
 
+    def _record_pooled(self, mode: str, name: str, values: torch.Tensor, std: bool = False) -> None:
+        """Record the mean of `values` pooled over all processes (`name`, or `name/mean` and `name/std`).
+
+        Each process may hold any number of values, none included: sums, sums of squares and counts are
+        all-reduced as one small tensor, so every process runs the same collective whatever its count (an
+        all-gather of the values needs equal sizes). Every process must call this with the same names in the same
+        order. Nothing is recorded when no process has a value.
+        """
+        values = values.detach().float().reshape(-1).to(self.accelerator.device)
+        count = torch.tensor(float(values.numel()), device=values.device)
+        moments = torch.stack([values.sum(), (values**2).sum(), count])
+        total, total_sq, count = self.accelerator.reduce(moments, reduction="sum").tolist()
+        if count == 0:
+            return
+        mean, deviation = pooled_mean_and_std(total, total_sq, count)
+        if std:
+            self._metrics[mode][f"{name}/mean"].append(mean)
+            self._metrics[mode][f"{name}/std"].append(deviation)
+        else:
+            self._metrics[mode][name].append(mean)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         metrics = {key: sum(val) / len(val) for key, val in self._metrics[mode].items() if val}
@@ -566,6 +611,21 @@ class BaseDiffusionTrainer(Trainer):
         else:
             state_dict = _load_unet_folder(os.path.join(resume_from_checkpoint, UNET_SUBFOLDER))
             unet.load_state_dict(state_dict, strict=True)
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        path = os.path.join(output_dir, f"rank_generator_{self.accelerator.process_index}.pth")
+        torch.save(self.rank_generator.get_state(), path)
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, f"rank_generator_{self.accelerator.process_index}.pth")
+        if not os.path.isfile(path):
+            logger.warning(f"{path} is missing: this process's noise and timestep stream restarts from its seed")
+            return
+        self.rank_generator.set_state(torch.load(path, weights_only=True))
 
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)

@@ -18,7 +18,7 @@ from ..data.formats import ROW_INDEX, load_image, prepare_preference_dataset
 from ..data.transforms import prepare_pair
 from ..diffusion import diffusion_target, per_sample_mse, sample_pair_noise_and_timesteps
 from ..losses import diffusion_dpo_loss
-from .base import BaseDiffusionTrainer, encode_images, encode_prompts, sdxl_time_ids
+from .base import BaseDiffusionTrainer, encode_images, encode_prompts, process_seed, sdxl_time_ids
 from .diffusion_dpo_config import DiffusionDPOConfig
 from .model_card import DIFFUSION_DPO_CITATION, RPO_CITATION
 
@@ -347,7 +347,9 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
         """
         prompts = list(inputs["prompt"])
         device = self.accelerator.device
-        drop = torch.rand(len(prompts)) < self.args.caption_dropout_probability if self.model.training else None
+        drop = None
+        if self.model.training:
+            drop = torch.rand(len(prompts), generator=self.rank_generator) < self.args.caption_dropout_probability
         if "latents" in inputs:
             latents = inputs["latents"].float()
             cond = {k: inputs[k] for k in ("prompt_embeds", "pooled_prompt_embeds") if k in inputs}
@@ -373,8 +375,10 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
         return None if self.model.training else self._eval_generator
 
     def sample_noise_and_timesteps(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Same noise and timestep for both images of a pair; seeded during evaluation so eval losses compare."""
+        """Same noise and timestep for both images of a pair, from this process's own stream (each process draws
+        its own); seeded afresh during evaluation so eval losses compare."""
         generator = self._eval_generator_or_none()
+        generator = generator if generator is not None else self.rank_generator
         return sample_pair_noise_and_timesteps(latents, self.noise_scheduler.config.num_train_timesteps, generator)
 
     def preference_loss(
@@ -430,7 +434,8 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
         """`Trainer.evaluate` with a fixed noise/timestep stream, so two evaluations are directly comparable."""
         if eval_dataset is not None and not isinstance(eval_dataset, (str, dict)):
             eval_dataset = self._prepare_dataset(eval_dataset, "eval")
-        self._eval_generator = torch.Generator().manual_seed(self.args.seed)
+        seed = process_seed(self.args.seed, self.accelerator.process_index)
+        self._eval_generator = torch.Generator().manual_seed(seed)
         try:
             return super().evaluate(
                 eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix

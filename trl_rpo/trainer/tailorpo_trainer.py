@@ -12,7 +12,12 @@ import torch
 from datasets import Dataset
 
 from ..data.formats import prepare_prompt_dataset
-from ..diffusion import ddim_previous_timestep, ddim_step_with_logprob, predicted_original_sample
+from ..diffusion import (
+    ddim_previous_timestep,
+    ddim_step_variance,
+    ddim_step_with_logprob,
+    predicted_original_sample,
+)
 from ..losses import stepwise_dpo_loss
 from ..pairing import rank_pairs, select_timestep_indices
 from ..rewards import combine_rewards, reward_name
@@ -237,13 +242,20 @@ class TailorPOTrainer(BaseDiffusionTrainer):
     # -- sampling ------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample_pairs(self, prompts: list[str], conditioning: tuple[dict, dict] | None = None) -> StepPairs:
+    def sample_pairs(
+        self,
+        prompts: list[str],
+        conditioning: tuple[dict, dict] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> StepPairs:
         """Roll out trajectories with the current policy and collect step-wise preference pairs.
 
         `conditioning` is `encode_conditioning(prompts)` when the caller already has it (the training step reuses
-        it for the loss); it is computed here otherwise.
+        it for the loss); it is computed here otherwise. Starting latents, step noise and the choice of steps and
+        candidates come from `generator`, by default this process's own stream (`rank_generator`).
         """
         args, device = self.args, self.accelerator.device
+        generator = generator if generator is not None else self.rank_generator
         scheduler = self.sample_scheduler
         scheduler.set_timesteps(args.num_inference_steps, device=device)
         unet = self._unwrapped_unet()
@@ -257,14 +269,15 @@ class TailorPOTrainer(BaseDiffusionTrainer):
 
         unet_cfg = unet.config
         side = self.resolution // self.pipeline.vae_scale_factor
-        latents = torch.randn(len(prompt_index), unet_cfg.in_channels, side, side, device=device)
+        latents = torch.randn(len(prompt_index), unet_cfg.in_channels, side, side, generator=generator).to(device)
         latents = latents * scheduler.init_noise_sigma
-        selected = set(
+        selected = self._pairable_steps(
             select_timestep_indices(
                 args.num_inference_steps,
                 args.timestep_selection,
                 args.num_selected_timesteps,
                 (args.timestep_window_start, args.timestep_window_end),
+                generator=generator,
             )
         )
         alphas = scheduler.alphas_cumprod.to(device)
@@ -278,14 +291,14 @@ class TailorPOTrainer(BaseDiffusionTrainer):
                 eps = self.guided_prediction(unet, latents, timesteps, cond_all, uncond_all)
             if step in selected and not final_mode:
                 latents, eps, found, step_ties, step_ranked = self._branch(
-                    unet, scheduler, alphas, latents, eps, timesteps, prompts, cond_all, uncond_all
+                    unet, scheduler, alphas, latents, eps, timesteps, prompts, cond_all, uncond_all, generator
                 )
                 ties += step_ties
                 ranked += step_ranked
                 for key, value in found.items():
                     rows[key].extend(value)
                 continue
-            child = ddim_step_with_logprob(scheduler, eps, timesteps, latents, args.eta)[0]
+            child = ddim_step_with_logprob(scheduler, eps, timesteps, latents, args.eta, generator=generator)[0]
             if step in selected:
                 transitions.append((timesteps, latents, child))
             latents, eps = child, None
@@ -298,15 +311,33 @@ class TailorPOTrainer(BaseDiffusionTrainer):
             rows, shared_parent=not final_mode, ties=ties, ranked=ranked, images=final_images, rewards=per_func
         )
 
-    def _branch(self, unet, scheduler, alphas, latents, eps, timesteps, prompts, cond, uncond):
+    def _pairable_steps(self, indices: list[int]) -> set[int]:
+        """The selected step indices whose DDIM step is random, so that a log-probability exists.
+
+        With `set_alpha_to_one=True` (`DDIMScheduler`'s default when a config does not name it) the last step has
+        zero variance: its log-probability would be NaN, and every candidate drawn there is the same.
+        """
+        scheduler = self.sample_scheduler
+        variance = ddim_step_variance(scheduler, scheduler.timesteps[indices].cpu()) if indices else torch.zeros(0)
+        kept = {i for i, v in zip(indices, variance.tolist()) if v > 0}
+        if len(kept) < len(indices) and not getattr(self, "_warned_deterministic_step", False):
+            self._warned_deterministic_step = True
+            logger.warning(
+                "the last DDIM step has zero variance with this scheduler (final alpha 1, set_alpha_to_one=True): "
+                "it is deterministic and yields no preference pairs; set set_alpha_to_one=False to pair it"
+            )
+        return kept
+
+    def _branch(self, unet, scheduler, alphas, latents, eps, timesteps, prompts, cond, uncond, generator=None):
         """Draw K children of each parent, rank them by step-wise reward, continue from a random one.
 
         Returns the next latents and their denoiser output, the pairs found, ties skipped and comparisons made.
         """
         args, k = self.args, self.args.num_candidates
         batch = latents.shape[0]
+        step = (scheduler, eps, timesteps, latents, args.eta)
         children = torch.stack(
-            [ddim_step_with_logprob(scheduler, eps, timesteps, latents, args.eta)[0] for _ in range(k)]
+            [ddim_step_with_logprob(*step, generator=generator)[0] for _ in range(k)]
         )  # [K, B, ...], all from the same parent and the same mean
         flat = children.flatten(0, 1)
         prev_t = ddim_previous_timestep(scheduler, timesteps)
@@ -348,7 +379,7 @@ class TailorPOTrainer(BaseDiffusionTrainer):
                 found["t"].append(timesteps[b])
                 found["i"].append(torch.tensor(b, device=latents.device))
         # Continue each trajectory from a random candidate (SPO), reusing its denoiser output for the next step.
-        pick = torch.randint(k, (batch,)).to(latents.device)  # torch's RNG, so a seed fixes the whole rollout
+        pick = torch.randint(k, (batch,), generator=generator).to(latents.device)
         rows = pick * batch + torch.arange(batch, device=latents.device)
         next_eps = child_eps[rows] if child_eps is not None else None
         considered = batch if args.pairing == "best_worst" else batch * k * (k - 1) // 2
@@ -442,27 +473,50 @@ class TailorPOTrainer(BaseDiffusionTrainer):
             self._maybe_log_samples(pairs, prompts)
 
         if self.args.max_pairs_per_step is not None and len(pairs) > self.args.max_pairs_per_step:
-            pairs = pairs.subset(
-                torch.randperm(len(pairs), device=pairs.timesteps.device)[: self.args.max_pairs_per_step]
-            )
-        if len(pairs) == 0:
-            # Every candidate tied: nothing to learn, but every process must still join the gradient all-reduce.
-            loss = sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
-            return (loss, {}) if return_outputs else loss
+            pick = torch.randperm(len(pairs), generator=self.rank_generator)[: self.args.max_pairs_per_step]
+            pairs = pairs.subset(pick.to(pairs.timesteps.device))
+        # Every candidate tied (common with discrete rewards): nothing to learn on this process, but its forward and
+        # backward must match the other processes' (DDP's gradient all-reduce, ZeRO-3's parameter gathers), so a
+        # placeholder pair goes through the same passes and is weighted zero.
+        has_pairs = len(pairs) > 0
+        if not has_pairs:
+            pairs = self._placeholder_pair()
 
         policy_c, policy_r = self.step_log_probs(model, pairs, cond, uncond)
         with torch.no_grad(), self.reference_model() as reference:
             ref_c, ref_r = self.step_log_probs(reference, pairs, cond, uncond)
         losses, chosen_rewards, rejected_rewards = self.preference_loss(policy_c, policy_r, ref_c, ref_r)
-        loss = losses.mean()
+        if has_pairs:
+            loss = losses.mean()
+        else:
+            loss = losses.sum() * 0.0
+            losses, chosen_rewards, rejected_rewards, policy_c, policy_r = (
+                t[:0] for t in (losses, chosen_rewards, rejected_rewards, policy_c, policy_r)
+            )
 
-        self._record_metric(mode, "rewards/chosen", chosen_rewards)
-        self._record_metric(mode, "rewards/rejected", rejected_rewards)
-        self._record_metric(mode, "rewards/accuracies", (chosen_rewards > rejected_rewards).float())
-        self._record_metric(mode, "rewards/margins", chosen_rewards - rejected_rewards)
-        self._record_metric(mode, "logps/chosen", policy_c)
-        self._record_metric(mode, "logps/rejected", policy_r)
+        # Pooled over processes by sums and counts: processes hold different numbers of pairs, possibly none.
+        self._record_pooled(mode, "rewards/chosen", chosen_rewards)
+        self._record_pooled(mode, "rewards/rejected", rejected_rewards)
+        self._record_pooled(mode, "rewards/accuracies", (chosen_rewards > rejected_rewards).float())
+        self._record_pooled(mode, "rewards/margins", chosen_rewards - rejected_rewards)
+        self._record_pooled(mode, "logps/chosen", policy_c)
+        self._record_pooled(mode, "logps/rejected", policy_r)
         return (loss, {"losses": losses.detach()}) if return_outputs else loss
+
+    def _placeholder_pair(self) -> StepPairs:
+        """One pair at the first (random) step from zero latents, for a process that found no pair to learn from."""
+        device = self.accelerator.device
+        side = self.resolution // self.pipeline.vae_scale_factor
+        zeros = torch.zeros(1, self.pipeline.unet.config.in_channels, side, side, device=device)
+        return StepPairs(
+            parent_chosen=zeros,
+            parent_rejected=zeros,
+            chosen=zeros,
+            rejected=zeros,
+            timesteps=self.sample_scheduler.timesteps[:1].to(device),
+            prompt_index=torch.zeros(1, dtype=torch.long, device=device),
+            shared_parent=True,
+        )
 
     def _maybe_log_samples(self, pairs: StepPairs, prompts: list[str]) -> None:
         """Save the rollout's final images every `log_samples_steps` optimizer steps (first micro-step only)."""
@@ -479,13 +533,13 @@ class TailorPOTrainer(BaseDiffusionTrainer):
 
     def _record_sampling_metrics(self, mode: str, pairs: StepPairs) -> None:
         device = self.accelerator.device
-        for name, values in pairs.final_rewards.items():
-            values = values.float().to(device)
-            self._record_metric(mode, f"rewards/{name}/mean", values.mean())
-            self._record_metric(mode, f"rewards/{name}/std", values.std() if values.numel() > 1 else values * 0)
+        for name, values in pairs.final_rewards.items():  # mean and std over every process's images
+            self._record_pooled(mode, f"rewards/{name}", values, std=True)
         self._record_metric(mode, "pairs/count", torch.tensor(float(len(pairs)), device=device))
-        considered = max(pairs.candidates_ranked, 1)
-        self._record_metric(mode, "pairs/tie_fraction", torch.tensor(pairs.ties / considered, device=device))
+        # Ties over all comparisons of all processes: one 0/1 value per comparison.
+        tied = torch.zeros(pairs.candidates_ranked, device=device)
+        tied[: pairs.ties] = 1.0
+        self._record_pooled(mode, "pairs/tie_fraction", tied)
         self._record_metric(mode, "time/sampling_s", torch.tensor(self._timing.get("sampling", 0.0), device=device))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
