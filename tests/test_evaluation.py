@@ -105,6 +105,13 @@ def test_identical_methods_compare_as_zero_gain_with_a_point_interval():
     assert result.p_value == 1.0 and not result.significant
 
 
+def test_one_prompt_has_no_interval_and_is_never_significant():
+    result = paired_comparison([[0.3], [0.5]], [[0.1], [0.1]])
+    assert result.gain == pytest.approx(0.3) and all(math.isnan(v) for v in result.gain_ci)
+    assert not result.significant and math.isnan(result.p_value)
+    assert result.to_dict()["gain_ci"] == [None, None] and result.to_dict()["p_value"] is None
+
+
 def test_paired_comparison_refuses_unpaired_shapes():
     with pytest.raises(ValueError, match="same \\[seed\\]\\[prompt\\] shape"):
         paired_comparison([[0.1, 0.2]], [[0.1, 0.2, 0.3]])

@@ -82,18 +82,20 @@ class PairedComparison:
     n_prompts: int
     n_images: int
     confidence_level: float = 0.95
-    test: str = "bootstrap over prompts (BCa); paired t-test over prompts"
+    test: str = "bootstrap over prompts (BCa, percentile where BCa is undefined); paired t-test over prompts"
 
     @property
     def significant(self) -> bool:
-        """Whether the gain's interval excludes zero."""
-        return self.gain_ci[0] > 0 or self.gain_ci[1] < 0
+        """Whether the gain's interval excludes zero (False when it is undefined: fewer than two prompts)."""
+        return bool(self.gain_ci[0] > 0 or self.gain_ci[1] < 0)
 
     def to_dict(self, digits: int | None = 4) -> dict[str, Any]:
         """The fields as JSON-ready values, rounded to `digits` (None: unrounded)."""
 
         def rnd(value: Any) -> Any:
-            if isinstance(value, float) and digits is not None and math.isfinite(value):
+            if isinstance(value, float) and not math.isfinite(value):
+                return None  # strict JSON has no NaN
+            if isinstance(value, float) and digits is not None:
                 return round(value, digits)
             if isinstance(value, list):
                 return [rnd(v) for v in value]
@@ -105,8 +107,10 @@ class PairedComparison:
 def _bootstrap_ci(values: np.ndarray, confidence_level: float, n_resamples: int, seed: int) -> list[float]:
     from scipy import stats
 
-    if len(values) < 2 or np.all(values == values[0]):
-        # No spread to resample (BCa is undefined): the interval is the point itself.
+    if len(values) < 2:
+        return [math.nan, math.nan]  # one prompt says nothing about the spread over prompts
+    if np.all(values == values[0]):
+        # Every prompt gave the same value (BCa is undefined): the interval is the point itself.
         point = float(values.mean())
         return [point, point]
     result = stats.bootstrap(
@@ -114,7 +118,8 @@ def _bootstrap_ci(values: np.ndarray, confidence_level: float, n_resamples: int,
         random_state=np.random.default_rng(seed),
     )  # fmt: skip
     low, high = result.confidence_interval
-    if not (math.isfinite(low) and math.isfinite(high)):  # BCa degenerates on a few distinct values
+    if not (math.isfinite(low) and math.isfinite(high)):
+        # BCa degenerates on a few distinct values; the percentile interval is the documented fallback.
         result = stats.bootstrap((values,), np.mean, confidence_level=confidence_level, n_resamples=n_resamples,
                                  method="percentile", random_state=np.random.default_rng(seed))  # fmt: skip
         low, high = result.confidence_interval
@@ -137,7 +142,8 @@ def paired_comparison(
     - p-value of the paired t-test $t = \bar d / (s_d / \sqrt{P})$ with $P - 1$ degrees of freedom;
     - win rate $= (\#\{a > b\} + \tfrac12 \#\{a = b\}) / (S P)$, its interval bootstrapped over prompts too.
 
-    The resampling is seeded (`seed`), so a report is reproducible.
+    The resampling is seeded (`seed`), so a report is reproducible. BCa falls back to the percentile interval
+    where it is undefined (few distinct values); with one prompt the intervals and the p-value are NaN.
     """
     from scipy import stats
 
@@ -286,6 +292,8 @@ def compare_pipelines(
     seeds: Sequence[int] = (0, 1, 2),
     batch_size: int = 8,
     confidence_level: float = 0.95,
+    n_resamples: int = 9999,
+    bootstrap_seed: int = 0,
     **pipeline_kwargs: Any,
 ) -> PairedComparison:
     """Evaluate two pipelines on the same prompts and seeds and compare them image for image (`a - b`).
@@ -298,7 +306,8 @@ def compare_pipelines(
         for pipeline in (pipeline_a, pipeline_b)
     ]
     name = reward_name(reward_func)
-    return paired_comparison(results[0].scores[name], results[1].scores[name], confidence_level=confidence_level)
+    return paired_comparison(results[0].scores[name], results[1].scores[name], confidence_level=confidence_level,
+                             n_resamples=n_resamples, seed=bootstrap_seed)  # fmt: skip
 
 
 def image_grid(

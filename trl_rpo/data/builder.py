@@ -43,6 +43,7 @@ from PIL import Image
 
 from ..rewards.base import reward_name
 from .editors import edit_masks
+from .masks import union_masks
 from .schema import Critique, InvalidCritiqueError
 
 logger = logging.getLogger(__name__)
@@ -696,6 +697,9 @@ class RichPreferenceDataBuilder:
             )  # fmt: skip
             refined = self._check_images(refined, len(alive), "refiner", names["refiner"], allow_none=True)
             stats["refine_failed"] += sum(1 for image in refined if image is None)
+            # The stored mask covers what the edit *and* the refinement changed (None once either is unbounded).
+            for (k, _, _), region in zip(alive, edit_masks(self.refiner, len(alive))):
+                mask_of[k] = union_masks([mask_of[k], region])
             alive = [(k, image, m) for (k, _, m), image in zip(alive, refined) if image is not None]
         scores: dict[int, dict[str, float]] = {k: {} for k, _, _ in alive}
         for verifier, verifier_label in zip(self.verifiers, names["verifiers"]):
@@ -771,7 +775,7 @@ class RichPreferenceDataBuilder:
             for k, image, method, region in zip(pending, out, used, regions):
                 if image is not None:
                     edits[k], methods[k] = image, str(method or name)
-                    masks[k] = region if region is None or region.size == image.size else None
+                    masks[k] = region.convert("L") if region is not None and region.size == image.size else None
         return edits, methods, masks
 
     def _verify(self, verifier, label, alive, images, prompts, critiques, scores) -> list[bool]:

@@ -30,8 +30,9 @@ class Img2ImgRefiner(Img2ImgEditor):
 
     With `inside_mask=True` and a known edit mask, only the pixels inside the mask grown by `mask_dilation`
     (a fraction of the image side) take the refined values; the rest of the image stays exactly the edited one,
-    which is inpainting inside the edit region by paste-back, and works with any img2img-capable pipeline (SD 1.5,
-    SDXL, SD3, FLUX through `AutoPipelineForImage2Image`). Without a mask the whole image is refined.
+    which is inpainting inside the edit region by paste-back, and works with any img2img-capable UNet pipeline
+    (SD 1.5, SDXL, through `AutoPipelineForImage2Image`). Without a mask the whole image is refined. After a call,
+    `last_masks[i]` is where image i may have changed (the dilated mask, or None for the whole image).
 
     Args:
         pipeline: the generator's pipeline (text-to-image or img2img), or an id / folder of one.
@@ -92,7 +93,15 @@ class Img2ImgRefiner(Img2ImgEditor):
                 paste = dilate_mask(mask, round(self.mask_dilation * max(image.size)))
             jobs.append(_Job(i, image, prompt, mask=paste))
         results = self._run(jobs)
+        # Where the refinement may have changed pixels (the editor protocol's `last_masks`): None = anywhere.
+        self.last_masks = [job.mask if results.get(job.index) is not None else None for job in jobs]
         return [results.get(i) for i in range(len(images))]
 
     def __repr__(self) -> str:
-        return f"{super().__repr__()[:-1]}, strength={self.strength}, inside_mask={self.inside_mask})"
+        # The builder's fingerprint: every setting that changes the refined pixels.
+        extra = {k: v for k, v in (("resolution", self.resolution), ("pipeline_kwargs", self.pipeline_kwargs)) if v}
+        settings = "".join(f", {k}={v!r}" for k, v in extra.items())
+        return (
+            f"{super().__repr__()[:-1]}, strength={self.strength}, inside_mask={self.inside_mask}, "
+            f"mask_dilation={self.mask_dilation}{settings})"
+        )

@@ -49,7 +49,8 @@ __all__ = [
 METHODS = ("base", "dpo_reward_pairs", "dpo_rpo_pairs", "tailorpo", "tailorpo_final")
 # Paired comparisons reported besides "each method vs base": (a, b) means a - b.
 COMPARISONS = (("dpo_rpo_pairs", "dpo_reward_pairs"), ("tailorpo", "tailorpo_final"))
-# Seeds of the in-distribution evaluation: far from the builder's (seed + prompt index), so no image is reused.
+# Seeds of the in-distribution evaluation start this far past every seed the pair builders use
+# (`seed + i` for i < image_budget), so no training image is evaluated again.
 IN_DISTRIBUTION_SEED_OFFSET = 10_000
 
 
@@ -92,8 +93,11 @@ class DemoConfig:
         for name in ("eval_prompts", "image_budget", "dpo_steps", "tailorpo_steps", "grid_prompts", "lora_r"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.in_distribution_prompts < 0:
-            raise ValueError(f"in_distribution_prompts must be >= 0, got {self.in_distribution_prompts}")
+        if not 2 <= self.eval_prompts <= 120:
+            raise ValueError(f"eval_prompts must be 2-120 (the test split's distinct scenes), got {self.eval_prompts}")
+        if not 0 <= self.in_distribution_prompts <= 900:
+            count = self.in_distribution_prompts
+            raise ValueError(f"in_distribution_prompts must be 0-900 (the train scenes), got {count}")
         if not self.eval_seeds:
             raise ValueError("eval_seeds must hold at least one seed")
         if self.image_budget < 2:
@@ -131,7 +135,8 @@ def efficacy_comparison(
     `gains_a[p]`, `gains_b[p]` are the per-prompt gains over the same base (same prompts). Efficacy
     $e = \bar g / n_{pairs}$, its interval the gain's bootstrap interval over prompts divided by $n_{pairs}$.
     The relative efficacy $e_a / e_b - 1$ (the RPO paper's "+42%") is bootstrapped over prompts with the two
-    gains resampled together; it is None when b's gain interval includes 0 (a ratio to noise means nothing).
+    gains resampled together; it is None unless b's gain is positive with an interval excluding 0 (a ratio to
+    noise means nothing), both pair counts are positive and there are at least two prompts.
     """
     import numpy as np
     from scipy import stats
@@ -149,7 +154,7 @@ def efficacy_comparison(
             "gain_ci_excludes_zero": result.significant,
         }
     out["relative_percent"] = out["relative_percent_ci"] = None
-    if pairs_a and pairs_b and out["b"]["gain_ci_excludes_zero"] and b.mean() > 0:
+    if pairs_a and pairs_b and len(a) >= 2 and out["b"]["gain_ci_excludes_zero"] and b.mean() > 0:
 
         def relative(x, y, axis=-1):
             return 100.0 * ((x.mean(axis=axis) / pairs_a) / (y.mean(axis=axis) / pairs_b) - 1.0)
@@ -316,7 +321,7 @@ def run_demo(
     if config.in_distribution_prompts:
         sets["in_distribution"] = (
             shape_prompts(config.in_distribution_prompts, seed=config.seed + 1, split="train"),
-            tuple(IN_DISTRIBUTION_SEED_OFFSET + s for s in config.eval_seeds),
+            tuple(config.seed + config.image_budget + IN_DISTRIBUTION_SEED_OFFSET + s for s in config.eval_seeds),
         )
     train_prompts = shape_prompts(config.image_budget, seed=config.seed, split="train")
     scorer = _Scorer(config, sets)

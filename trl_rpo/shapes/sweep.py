@@ -72,6 +72,8 @@ def run_dev_sweep(
     for k, recipe in enumerate(recipes):
         row: dict[str, Any] = {"recipe": dict(recipe)}
         for label, pairs in (("rpo_pairs", rpo_pairs), ("reward_pairs", reward_pairs)):
+            if len(pairs) == 0:
+                raise RuntimeError(f"the dev sweep built no {label}; raise the image budget")
             start = time.perf_counter()
             trainer = train_dpo(config, pairs, output_dir, f"recipe{k}-{label}", **recipe)
             method = f"recipe{k}-{label}"
