@@ -45,6 +45,15 @@ def test_pretraining_is_reproducible_and_saves_a_loadable_pipeline(tmp_path):
     assert any(line.startswith("unet step 2/2") for line in logs)
 
 
+def test_pretraining_options_shape_the_autoencoder_latents(tmp_path):
+    config = PretrainConfig(**{**TINY, "latent_channels": 12, "vae_l1_weight": 1.0})
+    pretrain(config, tmp_path / "c", log=lambda _: None)
+    pipe = shapes.load_pipeline(tmp_path / "c")
+    assert pipe.vae.config.latent_channels == 12 and pipe.unet.config.in_channels == 12
+    assert pipe(["one red circle in the center, on a white background"], num_inference_steps=2,
+                output_type="np").images.shape == (1, 32, 32, 3)  # fmt: skip
+
+
 def test_pretraining_refuses_a_folder_that_is_not_empty(tmp_path):
     (tmp_path / "keep.txt").write_text("user data")
     with pytest.raises(FileExistsError, match="not empty"):
@@ -68,7 +77,7 @@ def test_shipped_config_is_the_one_recorded_with_the_checkpoint():
     assert {k: (list(v) if isinstance(v, tuple) else v) for k, v in PretrainConfig(**shipped).__dict__.items()} == {
         k: v for k, v in recorded.items()
     }
-    assert shapes.training_info()["train_seconds"] < 60 * 60
+    assert shapes.training_info()["train_seconds"] < 30 * 60
 
 
 def test_shipped_checkpoint_loads_offline_as_a_stable_diffusion_pipeline():
@@ -85,7 +94,7 @@ def test_load_pipeline_names_a_folder_that_is_not_a_pipeline(tmp_path):
 
 
 @pytest.mark.slow
-def test_shipped_base_alignment_is_within_the_recorded_range_and_leaves_room_both_ways():
+def test_shipped_base_alignment_is_within_the_recorded_range_and_leaves_room_to_improve():
     recorded = shapes.training_info()["alignment"]
     protocol = recorded["protocol"]
     config = PretrainConfig(eval_prompts=protocol["prompts"], eval_seeds=tuple(protocol["seeds"]),
@@ -95,5 +104,4 @@ def test_shipped_base_alignment_is_within_the_recorded_range_and_leaves_room_bot
     for split in ("held_out", "train"):
         # Same seeds and weights: only float rounding across CPUs can move a few attributes.
         assert measured[split]["alignment"] == pytest.approx(recorded[split]["alignment"], abs=0.03), split
-    # Worth aligning: right often enough that edits stay close to its own images, wrong often enough to improve.
-    assert 0.45 <= measured["held_out"]["alignment"] <= 0.75, measured["held_out"]
+    assert measured["held_out"]["alignment"] < 0.9  # visibly imperfect: alignment has room to improve
