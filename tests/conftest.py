@@ -8,6 +8,11 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite's datasets caches (DPO precompute caches among them) live in a folder of this run, not the user's cache.
+if "HF_DATASETS_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="trl-rpo-tests-datasets-")
 
 import pytest  # noqa: E402
 

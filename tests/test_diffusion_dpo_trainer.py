@@ -402,7 +402,9 @@ def test_precomputed_latents_give_the_same_first_step(tmp_path, sdxl, monkeypatc
     # The VAE posterior's mean instead of a draw: the two paths sample it at different times (dataset preparation
     # vs. the step), so only its mean is comparable.
     monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean)
-    trainer = make_trainer(tmp_path, sdxl=sdxl, precompute_latents=True, max_steps=1)
+    # A cache of its own: another test's cache of the same rows holds posterior *samples*, not the mean patched here.
+    trainer = make_trainer(tmp_path, sdxl=sdxl, precompute_latents=True, max_steps=1,
+                           precompute_cache_dir=str(tmp_path / "cache"))  # fmt: skip
     assert "chosen_latents" in trainer.train_dataset.column_names
     assert "chosen" not in trainer.train_dataset.column_names
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
