@@ -77,7 +77,7 @@ class DemoConfig:
     )
     dpo_steps: int = field(default=150, metadata={"help": "DiffusionDPOTrainer optimizer steps per pair set."})
     dpo_batch_size: int = field(default=8, metadata={"help": "Pairs per DPO step."})
-    dpo_learning_rate: float = field(default=5e-4, metadata={"help": "DPO learning rate (dev sweep's choice)."})
+    dpo_learning_rate: float = field(default=2e-3, metadata={"help": "DPO learning rate (dev sweep's choice)."})
     dpo_beta: float = field(default=5000.0, metadata={"help": "Diffusion-DPO beta (dev sweep's choice)."})
     dpo_use_lora: bool = field(default=True, metadata={"help": "LoRA (True) or full fine-tuning of the UNet."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank of every trained model."})
