@@ -267,21 +267,13 @@ def win_rate(
 ) -> dict[str, float]:
     """How often `pipeline_a`'s image beats `pipeline_b`'s under `reward_func`, same prompt and seed.
 
-    Ties count half. Returns `{"win_rate", "wins", "ties", "losses", "n"}`.
+    Ties count half. Returns `{"win_rate", "wins", "ties", "losses", "n"}`; `compare_pipelines` gives the same
+    counts with confidence intervals.
     """
-    wins = ties = losses = 0
-    for seed in seeds:
-        images_a = generate_images(pipeline_a, prompts, seed, batch_size=batch_size, **pipeline_kwargs)
-        images_b = generate_images(pipeline_b, prompts, seed, batch_size=batch_size, **pipeline_kwargs)
-        (score_a, _), (score_b, _) = (
-            combine_rewards([reward_func], [1.0], images, list(prompts)) for images in (images_a, images_b)
-        )
-        wins += int((score_a > score_b).sum())
-        ties += int((score_a == score_b).sum())
-        losses += int((score_a < score_b).sum())
-    n = wins + ties + losses
-    return {"win_rate": (wins + 0.5 * ties) / n, "wins": wins, "ties": ties, "losses": losses, "n": n,
-            "reward": reward_name(reward_func)}  # fmt: skip
+    result = compare_pipelines(pipeline_a, pipeline_b, prompts, reward_func, seeds=seeds, batch_size=batch_size,
+                               **pipeline_kwargs)  # fmt: skip
+    return {"win_rate": result.win_rate, "wins": result.wins, "ties": result.ties, "losses": result.losses,
+            "n": result.n_images, "reward": reward_name(reward_func)}  # fmt: skip
 
 
 def compare_pipelines(
