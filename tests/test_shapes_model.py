@@ -46,10 +46,11 @@ def test_pretraining_is_reproducible_and_saves_a_loadable_pipeline(tmp_path):
 
 
 def test_pretraining_options_shape_the_autoencoder_latents(tmp_path):
-    config = PretrainConfig(**{**TINY, "latent_channels": 12, "vae_l1_weight": 1.0})
+    config = PretrainConfig(**{**TINY, "latent_channels": 12, "vae_l1_weight": 1.0, "offset_noise": 0.1})
     pretrain(config, tmp_path / "c", log=lambda _: None)
     pipe = shapes.load_pipeline(tmp_path / "c")
     assert pipe.vae.config.latent_channels == 12 and pipe.unet.config.in_channels == 12
+    assert shapes.training_info(tmp_path / "c")["config"]["offset_noise"] == 0.1
     assert pipe(["one red circle in the center, on a white background"], num_inference_steps=2,
                 output_type="np").images.shape == (1, 32, 32, 3)  # fmt: skip
 

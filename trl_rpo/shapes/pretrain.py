@@ -77,6 +77,11 @@ class PretrainConfig:
     warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up steps before the cosine decay."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (both stages)."})
     snr_gamma: float | None = field(default=5.0, metadata={"help": "Min-SNR-gamma weighting; None disables."})
+    offset_noise: float = field(
+        default=0.0,
+        metadata={"help": "Offset noise: add this times a per-image, per-channel constant to the noise, so the model "
+                  "can move an image's mean (black and white backgrounds) despite non-zero terminal SNR."},
+    )  # fmt: skip
     empty_prompt_probability: float = field(
         default=0.1, metadata={"help": "Share of captions replaced by '' so classifier-free guidance works."}
     )
@@ -270,6 +275,8 @@ def _train_unet(components, latents, prompts, config: PretrainConfig, rng: torch
         rows[torch.rand(len(rows), generator=rng) < config.empty_prompt_probability] = empty_row
         hidden = text_encoder(token_ids[rows])[0]
         noise = torch.randn(x0.shape, generator=rng)
+        if config.offset_noise:
+            noise = noise + config.offset_noise * torch.randn((x0.shape[0], x0.shape[1], 1, 1), generator=rng)
         timesteps = torch.randint(scheduler.config.num_train_timesteps, (len(x0),), generator=rng)
         noisy = scheduler.add_noise(x0, noise, timesteps)
         prediction = unet(noisy, timesteps, hidden).sample
