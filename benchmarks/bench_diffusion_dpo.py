@@ -197,7 +197,7 @@ class PlainDiffusionDPO:
 
         from trl_rpo import diffusion_dpo_loss
         from trl_rpo.diffusion import per_sample_mse
-        from trl_rpo.trainer.base import sdxl_time_ids
+        from trl_rpo.pipelines import sdxl_time_ids
 
         batch = self._next_batch()
         pipe, b = self.pipe, len(batch["prompt"])
@@ -392,7 +392,7 @@ def measure_breakdown(args, model: str) -> list[tuple[str, str, float]]:
     import torch
 
     from trl_rpo.diffusion import per_sample_mse
-    from trl_rpo.trainer.base import encode_prompts
+    from trl_rpo.pipelines import encode_prompts
 
     with tempfile.TemporaryDirectory() as output_dir:
         torch.manual_seed(args.seed)

@@ -222,7 +222,7 @@ def test_all_ranked_pairs_and_windowed_timesteps(tmp_path):
 
 
 def test_reward_guidance_moves_the_chosen_candidate_up_the_reward(tmp_path):
-    from trl_rpo.trainer.base import decode_latents
+    from trl_rpo.pipelines import decode_latents
 
     scorer = DifferentiableBrightness()
     guided = make_trainer(tmp_path, reward_funcs=[scorer], reward_guidance_scale=50.0)

@@ -1,6 +1,7 @@
 """Trainers and their configs."""
 
-from .base import BaseDiffusionTrainer, encode_images, encode_prompts, is_sdxl_pipeline, load_pipeline, sdxl_time_ids
+from ..pipelines import encode_images, encode_prompts, is_sdxl_pipeline, load_pipeline, sdxl_time_ids
+from .base import BaseDiffusionTrainer
 from .base_config import BaseDiffusionConfig
 from .diffusion_dpo_config import DiffusionDPOConfig
 from .diffusion_dpo_trainer import DataCollatorForDiffusionPreference, DiffusionDPOTrainer

@@ -18,7 +18,8 @@ from ..data.formats import ROW_INDEX, load_image, prepare_preference_dataset
 from ..data.transforms import prepare_pair
 from ..diffusion import diffusion_target, per_sample_mse, sample_pair_noise_and_timesteps
 from ..losses import diffusion_dpo_loss
-from .base import BaseDiffusionTrainer, encode_images, encode_prompts, process_seed, sdxl_time_ids
+from ..pipelines import encode_images, encode_prompts, sdxl_time_ids
+from .base import BaseDiffusionTrainer, process_seed
 from .diffusion_dpo_config import DiffusionDPOConfig
 from .model_card import DIFFUSION_DPO_CITATION, RPO_CITATION
 

@@ -20,8 +20,9 @@ from ..diffusion import (
 )
 from ..losses import stepwise_dpo_loss
 from ..pairing import rank_pairs, select_timestep_indices
+from ..pipelines import decode_latents, tensor_to_pil
 from ..rewards import combine_rewards, reward_name
-from .base import BaseDiffusionTrainer, decode_latents, tensor_to_pil
+from .base import BaseDiffusionTrainer
 from .model_card import TAILORPO_CITATION
 from .tailorpo_config import TailorPOConfig
 
