@@ -147,3 +147,17 @@ def test_dev_sweep_scores_recipes_on_dev_prompts_only(tmp_path):
     assert (tmp_path / "sweep" / "sweep.md").read_text().count("\n") == 3
     accuracy = results["rows"][0]["rpo_pairs"]["dev_pair_accuracy"]
     assert results["pairs"]["dev_pairs"] == 0 or 0.0 <= accuracy <= 1.0
+
+
+@pytest.mark.slow
+def test_dev_sweep_chooses_the_guidance_scale_with_the_best_base_dev_alignment(tmp_path):
+    from trl_rpo.shapes.sweep import run_dev_sweep
+
+    config = DemoConfig.quick(image_budget=4, eval_seeds=(0,), num_inference_steps=4, dpo_batch_size=2)
+    recipe = {"use_lora": True, "learning_rate": 5e-4, "beta": 5000.0, "max_steps": 1}
+    results = run_dev_sweep(config, tmp_path / "sweep", recipes=[recipe], dev_prompts=4, log=lambda _: None,
+                            guidance_scales=(0.0, 7.5))  # fmt: skip
+    by_guidance = results["base_dev_alignment_by_guidance"]
+    assert set(by_guidance) == {0.0, 7.5}
+    assert results["guidance_scale"] == max(by_guidance, key=by_guidance.get)
+    assert results["base_dev_alignment"] == pytest.approx(by_guidance[results["guidance_scale"]])

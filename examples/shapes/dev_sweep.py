@@ -2,10 +2,11 @@
 
     python examples/shapes/dev_sweep.py --output-dir outputs/dev-sweep [--quick]
 
-Builds the demo's two pair sets once (RPO pairs refined by the base model, reward-labelled pairs; the same image
-budget), trains each recipe of `trl_rpo.shapes.sweep.DEFAULT_RECIPES` on both, and prints a Markdown table of the
-paired dev gains over the base model (also written to `sweep.md`, with everything in `sweep.json`). About 20
-minutes on 2 CPU cores; `--quick` is a smoke test.
+First chooses the guidance scale (5, 7.5 or 10) by the base model's dev alignment. Then builds the demo's two pair
+sets once (RPO pairs refined by the base model, reward-labelled pairs; the same image budget), trains each recipe
+of `trl_rpo.shapes.sweep.DEFAULT_RECIPES` on both, and prints a Markdown table of the paired dev gains over the
+base model (also written to `sweep.md`, with everything in `sweep.json`). About 30 minutes on 2 CPU cores;
+`--quick` is a smoke test.
 """
 
 import argparse
@@ -25,7 +26,9 @@ def main() -> None:
         recipes = [{**recipe, "max_steps": 4} for recipe in DEFAULT_RECIPES[:2]]
         run_dev_sweep(config, args.output_dir, recipes=recipes, dev_prompts=8)
     else:
-        run_dev_sweep(DemoConfig(model=args.model, eval_seeds=(0, 1)), args.output_dir)
+        run_dev_sweep(
+            DemoConfig(model=args.model, eval_seeds=(0, 1)), args.output_dir, guidance_scales=(5.0, 7.5, 10.0)
+        )
 
 
 if __name__ == "__main__":

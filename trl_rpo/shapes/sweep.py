@@ -13,6 +13,7 @@ prompts are never evaluated here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -41,8 +42,14 @@ def run_dev_sweep(
     recipes: Sequence[dict[str, Any]] = DEFAULT_RECIPES,
     dev_prompts: int = 60,
     log: Callable[[str], None] = print,
+    guidance_scales: Sequence[float] = (),
 ) -> dict[str, Any]:
-    """Train every recipe on both pair sets, score each on dev prompts against the base; write sweep.json/.md."""
+    """Train every recipe on both pair sets, score each on dev prompts against the base; write sweep.json/.md.
+
+    With `guidance_scales`, the base model is first scored on the dev prompts at each classifier-free guidance
+    scale and the best one is used for everything after (pairs, training, evaluation): guidance is a sampling
+    hyper-parameter, so it is chosen on dev like the others.
+    """
     from ..data import build_reward_pairs
     from .evaluate import alignment_score
     from .model import load_pipeline
@@ -54,8 +61,16 @@ def run_dev_sweep(
     output_dir.mkdir(parents=True, exist_ok=True)
     _quiet_libraries()
     dev = shape_prompts(dev_prompts, seed=config.seed, split="dev")
-    scorer = _Scorer(config, {"dev": (dev, config.eval_seeds)})
     base = load_pipeline(config.model)
+    guidance = {}
+    for scale in guidance_scales:
+        probe = _Scorer(dataclasses.replace(config, guidance_scale=float(scale)), {"dev": (dev, config.eval_seeds)})
+        probe("base", base)
+        guidance[float(scale)] = probe.mean("base", "dev")
+        log(f"dev sweep: base dev alignment {guidance[float(scale)]:.3f} at guidance {scale:g}")
+    if guidance:
+        config = dataclasses.replace(config, guidance_scale=max(guidance, key=guidance.get))
+    scorer = _Scorer(config, {"dev": (dev, config.eval_seeds)})
     scorer("base", base)
     train_prompts = shape_prompts(config.image_budget, seed=config.seed, split="train")
     rpo_pairs, _ = build_rpo_pairs(config, base, train_prompts, output_dir / "rpo_pairs")
@@ -94,6 +109,7 @@ def run_dev_sweep(
     candidates = [i for i, row in enumerate(rows) if row["recipe"].get("loss_type", "sigmoid") != "sft"] or [0]
     best = max(candidates, key=lambda i: rows[i]["mean_gain"])
     results = {"rows": rows, "best": best, "dev_prompts": dev, "base_dev_alignment": scorer.mean("base", "dev"),
+               "guidance_scale": config.guidance_scale, "base_dev_alignment_by_guidance": guidance,
                "pairs": {"rpo_pairs": len(rpo_pairs), "reward_pairs": len(reward_pairs), "dev_pairs": len(dev_pairs)},
                "config": {k: v for k, v in vars(config).items()}}  # fmt: skip
     (output_dir / "sweep.json").write_text(json.dumps(results, indent=2, default=list) + "\n", encoding="utf-8")
