@@ -24,13 +24,14 @@ from .demo import DemoConfig, _quiet_libraries, _Scorer, build_rpo_pairs, train_
 
 __all__ = ["DEFAULT_RECIPES", "format_sweep", "run_dev_sweep"]
 
-# Around the diffusers DPO LoRA script's defaults (lr 5e-4 for LoRA, beta 5000 in our convention), one change at
-# a time, plus full fine-tuning at a lower learning rate.
+# The diffusers DPO LoRA script's defaults (lr 5e-4 for LoRA, beta 5000 in our convention), a higher learning
+# rate and, from it, one change at a time (lower beta lets the model move further before the sigmoid saturates;
+# more steps), plus full fine-tuning at a lower learning rate.
 DEFAULT_RECIPES: tuple[dict[str, Any], ...] = (
     {"use_lora": True, "learning_rate": 5e-4, "beta": 5000.0, "max_steps": 150},
     {"use_lora": True, "learning_rate": 2e-3, "beta": 5000.0, "max_steps": 150},
-    {"use_lora": True, "learning_rate": 5e-4, "beta": 500.0, "max_steps": 150},
-    {"use_lora": True, "learning_rate": 5e-4, "beta": 5000.0, "max_steps": 400},
+    {"use_lora": True, "learning_rate": 2e-3, "beta": 500.0, "max_steps": 150},
+    {"use_lora": True, "learning_rate": 2e-3, "beta": 5000.0, "max_steps": 300},
     {"use_lora": False, "learning_rate": 1e-4, "beta": 5000.0, "max_steps": 150},
     {"use_lora": True, "learning_rate": 5e-4, "beta": 5000.0, "max_steps": 150, "loss_type": "sft"},
 )
