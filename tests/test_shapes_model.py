@@ -78,7 +78,7 @@ def test_shipped_config_is_the_one_recorded_with_the_checkpoint():
     assert {k: (list(v) if isinstance(v, tuple) else v) for k, v in PretrainConfig(**shipped).__dict__.items()} == {
         k: v for k, v in recorded.items()
     }
-    assert shapes.training_info()["train_seconds"] < 30 * 60
+    assert shapes.training_info()["train_seconds"] < 60 * 60  # the pretraining budget: an hour on 2 cores
 
 
 def test_shipped_checkpoint_loads_offline_as_a_stable_diffusion_pipeline():
@@ -95,7 +95,7 @@ def test_load_pipeline_names_a_folder_that_is_not_a_pipeline(tmp_path):
 
 
 @pytest.mark.slow
-def test_shipped_base_alignment_is_within_the_recorded_range_and_leaves_room_to_improve():
+def test_shipped_base_alignment_is_the_recorded_one_and_in_the_range_worth_aligning():
     recorded = shapes.training_info()["alignment"]
     protocol = recorded["protocol"]
     config = PretrainConfig(eval_prompts=protocol["prompts"], eval_seeds=tuple(protocol["seeds"]),
@@ -105,4 +105,5 @@ def test_shipped_base_alignment_is_within_the_recorded_range_and_leaves_room_to_
     for split in ("held_out", "train"):
         # Same seeds and weights: only float rounding across CPUs can move a few attributes.
         assert measured[split]["alignment"] == pytest.approx(recorded[split]["alignment"], abs=0.03), split
-    assert measured["held_out"]["alignment"] < 0.9  # visibly imperfect: alignment has room to improve
+    # Room both ways for preference optimization: right often enough to learn from, wrong often enough to improve.
+    assert 0.45 <= measured["held_out"]["alignment"] <= 0.75
