@@ -18,10 +18,9 @@ from trl_rpo.data import (
     RewardMarginVerifier,
     RichPreferenceConfig,
     RichPreferenceDataBuilder,
-    ShapesGenerator,
 )
 from trl_rpo.data.schema import Critique, EditInstruction
-from trl_rpo.shapes import Critic, Editor, alignment_score, prompts
+from trl_rpo.shapes import Critic, Editor, ShapesGenerator, alignment_score, prompts
 from trl_rpo.testing import tiny_lora_config, tiny_sd_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -605,8 +604,8 @@ def test_load_returns_the_pairs_of_a_previous_build(tmp_path):
 TWO_PROCESS_SCRIPT = """
 import json, sys
 from accelerate import PartialState
-from trl_rpo.data import RichPreferenceConfig, RichPreferenceDataBuilder, ShapesGenerator
-from trl_rpo.shapes import Critic, Editor, prompts
+from trl_rpo.data import RichPreferenceConfig, RichPreferenceDataBuilder
+from trl_rpo.shapes import Critic, Editor, ShapesGenerator, prompts
 
 out = sys.argv[1]
 builder = RichPreferenceDataBuilder(ShapesGenerator(), Critic(), Editor(),

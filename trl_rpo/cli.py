@@ -143,10 +143,8 @@ def _parse_kwargs(value: Any, name: str, allow_list: bool = False) -> Any:
 
 def _shapes_stage(role: str) -> Any:
     from . import shapes
-    from .data.builder import ShapesGenerator
-
     return {
-        "generator": ShapesGenerator,
+        "generator": shapes.ShapesGenerator,
         "critic": shapes.Critic,
         "editor": shapes.Editor,
         "reward": lambda: shapes.alignment_score,
