@@ -6,6 +6,7 @@ is one entry:
     trl-rpo build-dataset --config rpo.yaml [--images_per_prompt 4 ...]   # RPO pairs (RichPreferenceDataBuilder)
     trl-rpo dpo --config dpo.yaml [...]                                    # DiffusionDPOTrainer
     trl-rpo tailorpo --config tailorpo.yaml [...]                          # TailorPOTrainer
+    trl-rpo eval --model trained/ --base base/ --prompts prompts.txt ...  # did training help? (paired gain, CI)
     trl-rpo demo [--quick]                                                 # the shapes-world demo
 
 Options come from a YAML file and the command line, as in TRL scripts: the command line overrides the file.
@@ -331,6 +332,42 @@ def _run_demo(argv: Sequence[str]) -> int:
     return 0
 
 
+# Arguments that name a Hub repository or a local folder, and the folder each expects.
+_FOLDER_ARGUMENTS = {
+    "model_name_or_path": "a Hub model id (org/name) or a folder written by `pipeline.save_pretrained`",
+    "vae_model_name_or_path": "a Hub model id (org/name) or a folder written by `vae.save_pretrained`",
+    "dataset_name": "a Hub dataset id (org/name) or a folder written by `Dataset.save_to_disk`",
+    "prompts_name_or_path": "a Hub dataset id (org/name), a `Dataset.save_to_disk` folder or a .txt file",
+}
+
+
+def looks_local(value: str) -> bool:
+    """Whether `value` is meant as a local path rather than a Hub id (`name` or `org/name`).
+
+    Absolute paths, `./` `../` `~` prefixes, more than one `/`, and file suffixes cannot be Hub ids.
+    """
+    return (
+        Path(value).expanduser().is_absolute()
+        or value.startswith((".", "~"))
+        or value.count("/") > 1
+        or "\\" in value
+        or Path(value).suffix.lower() in (".txt", ".json", ".jsonl", ".csv", ".parquet")
+    )
+
+
+def missing_path_error(args: Sequence[Any]) -> str | None:
+    """One line naming the first folder argument that points at nothing on disk, or None when all are fine.
+
+    A value that exists locally, or could be a Hub id, passes; loading reports what is wrong with it later.
+    """
+    for group in args:
+        for name, expected in _FOLDER_ARGUMENTS.items():
+            value = getattr(group, name, None)
+            if isinstance(value, str) and value and looks_local(value) and not Path(value).expanduser().exists():
+                return f"--{name} {value}: no such file or folder; expected {expected}"
+    return None
+
+
 def _trainer_command(module_name: str, prog: str) -> Callable[[Sequence[str]], int]:
     """Run `trl_rpo.scripts.<module_name>`; invalid values are reported as a usage error before any model loads."""
 
@@ -341,6 +378,9 @@ def _trainer_command(module_name: str, prog: str) -> Callable[[Sequence[str]], i
             args = parser.parse_args_and_config(args=list(argv))
         except (ValueError, TypeError) as err:  # config __post_init__ checks, YAML of the wrong type
             parser.error(str(err))
+        error = missing_path_error(args)
+        if error is not None:
+            parser.exit(2, f"{prog}: error: {error}\n")
         module.main(*args)
         return 0
 

@@ -523,8 +523,9 @@ class BaseDiffusionTrainer(Trainer):
             existing += [name for name in _SAVED_WEIGHTS if (root / name).exists()]
             if existing:
                 raise FileExistsError(
-                    f"{self.args.output_dir!r} already holds {existing[:3]} from an earlier run; pass "
-                    "resume_from_checkpoint=True to continue it, or choose another output_dir."
+                    f"{self.args.output_dir!r} already holds {existing[:3]} from an earlier run; continue it with "
+                    "--resume_from_checkpoint true on the command line (resume_from_checkpoint=True in Python), "
+                    "or choose another output_dir."
                 )
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
