@@ -338,6 +338,9 @@ _FOLDER_ARGUMENTS = {
     "vae_model_name_or_path": "a Hub model id (org/name) or a folder written by `vae.save_pretrained`",
     "dataset_name": "a Hub dataset id (org/name) or a folder written by `Dataset.save_to_disk`",
     "prompts_name_or_path": "a Hub dataset id (org/name), a `Dataset.save_to_disk` folder or a .txt file",
+    "model": "a LoRA or UNet folder saved by a trainer, or a folder written by `pipeline.save_pretrained`",
+    "base": "a Hub model id (org/name), a folder written by `pipeline.save_pretrained`, or 'shapes'",
+    "prompts": "a .txt file (one prompt per line), a Hub dataset id, a `Dataset.save_to_disk` folder or 'shapes:N'",
 }
 
 
@@ -406,6 +409,11 @@ COMMANDS: dict[str, Command] = {
     "tailorpo": Command(
         help="TailorPO: online step-wise preference optimization with reward models.",
         run=_trainer_command("tailorpo", "trl-rpo tailorpo"),
+    ),
+    "eval": Command(
+        help="Did training help? A trained model (LoRA, UNet or pipeline folder) against its base: paired gain "
+        "with CI, win rate, grid, JSON report.",
+        run=_trainer_command("evaluate", "trl-rpo eval"),
     ),
     "demo": Command(
         help="Run every method on the shapes world's base model and compare them (offline, CPU, minutes).",
