@@ -495,3 +495,39 @@ def test_http_critic_two_stage_accepts_a_callable_instruction_model():
         (critique,) = critic(_images(1), ["a red circle"])
     assert critique.instructions[0].params == {"color": "red"}
     assert len(server.requests) == 1
+
+
+def test_http_critic_goes_through_the_openai_client_with_the_given_http_client():
+    import httpx
+
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.path, json.loads(request.content)))
+        message = {"role": "assistant", "content": [{"type": "text", "text": GOOD_JSON}]}  # content as parts
+        return httpx.Response(200, json={"choices": [{"index": 0, "message": message}]})
+
+    client = httpx.Client(transport=httpx.MockTransport(handler))
+    critic = OpenAICompatibleCritic("http://vlm.invalid/v1", "m", api_key_env=None, extra_body={"top_p": 0.5},
+                                    http_client=client)  # fmt: skip
+    (critique,) = critic(_images(1), ["p"])
+    assert critique == Critique.coerce(GOOD)
+    path, body = seen[0]
+    assert path == "/v1/chat/completions" and body["model"] == "m" and body["top_p"] == 0.5
+    assert critic._client().max_retries == 0  # retries are the critic's own (counted, with its backoff)
+
+
+def test_the_http_critic_module_imports_no_undeclared_http_library():
+    import ast
+    from pathlib import Path
+
+    import trl_rpo.data.critics.api as api
+
+    tree = ast.parse(Path(api.__file__).read_text(encoding="utf-8"))
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert "requests" not in imported and "urllib" not in imported and "openai" in imported

@@ -73,7 +73,8 @@ def _message_text(payload: Any) -> str:
 class OpenAICompatibleCritic:
     """A critic on a VLM behind an OpenAI-compatible chat-completions API (vLLM, TGI, Ollama, hosted APIs).
 
-    Each image is one `POST {base_url}/chat/completions` whose user message holds the image inline as a base64 PNG
+    Requests go through the official `openai` client (`pip install 'trl-rpo[openai]'`). Each image is one
+    `POST {base_url}/chat/completions` whose user message holds the image inline as a base64 PNG
     data URL and the filled prompt template. Up to `max_concurrency` requests are in flight at once (a thread pool),
     so a server that batches (vLLM, TGI) stays busy without being flooded.
 
@@ -106,6 +107,7 @@ class OpenAICompatibleCritic:
             same server, or a callable `text -> text`.
         prompt_template / critique_prompt_template / instructions_prompt_template: as in `TransformersCritic`.
         extra_body: extra fields merged into every request body (e.g. `{"top_p": 1.0}`).
+        http_client: an `httpx.Client` for the `openai` client (proxies, certificates, a mock transport in tests).
     """
 
     name = "openai_compatible_critic"
@@ -129,6 +131,7 @@ class OpenAICompatibleCritic:
         critique_prompt_template: str = CRITIQUE_ONLY_PROMPT,
         instructions_prompt_template: str = INSTRUCTIONS_PROMPT,
         extra_body: dict[str, Any] | None = None,
+        http_client: Any = None,
     ):
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -157,7 +160,9 @@ class OpenAICompatibleCritic:
         self.extra_body = dict(extra_body or {})
         self.stats = CriticStats()
         self._api_key = api_key if api_key is not None else (os.environ.get(api_key_env) if api_key_env else None)
-        self._local = threading.local()
+        self.http_client = http_client
+        self._openai: Any = None
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         has_key = "set" if self._api_key else "none"
@@ -169,41 +174,60 @@ class OpenAICompatibleCritic:
         """`message` with the API key blanked out, for anything that may end up in a log or a traceback."""
         return message.replace(self._api_key, "***") if self._api_key else message
 
-    def _session(self) -> Any:
-        import requests
+    def _client(self) -> Any:
+        """The `openai.OpenAI` client, made on first use and shared by the worker threads (it is thread-safe).
 
-        session = getattr(self._local, "session", None)
-        if session is None:  # requests sessions are not thread-safe: one per worker thread
-            session = self._local.session = requests.Session()
-        return session
+        Its own retries are off (`max_retries=0`): `_complete` retries with this critic's `backoff`, honours
+        `Retry-After` and counts each retry in `stats.request_retries`.
+        """
+        with self._lock:
+            if self._openai is None:
+                try:
+                    from openai import OpenAI
+                except ImportError as error:
+                    raise ImportError(
+                        "OpenAICompatibleCritic needs the `openai` client: pip install 'trl-rpo[openai]'"
+                    ) from error
+                # An empty key sends no Authorization header (local servers need none); None would make the
+                # client look for OPENAI_API_KEY itself, bypassing `api_key_env`.
+                self._openai = OpenAI(
+                    base_url=self.base_url, api_key=self._api_key or "", timeout=self.timeout, max_retries=0,
+                    http_client=self.http_client,
+                )  # fmt: skip
+        return self._openai
 
     def _post(self, body: dict[str, Any]) -> Any:
         """One chat-completions request; raises `_TransientRequestError` or `CriticRequestError` on failure."""
-        import requests
+        import openai
 
-        headers = {"Content-Type": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
         url = f"{self.base_url}/chat/completions"
+        fields = {"model", "messages", "temperature", "max_tokens"}
         try:
-            response = self._session().post(url, json=body, headers=headers, timeout=self.timeout)
-        except requests.Timeout:
-            raise _TransientRequestError(f"no response from {url} within {self.timeout} s") from None
-        except requests.ConnectionError as error:
-            raise _TransientRequestError(self._redact(f"could not connect to {url}: {type(error).__name__}")) from None
-        if response.status_code == 429 or response.status_code >= 500:
-            retry_after = response.headers.get("Retry-After")
-            try:
-                delay = float(retry_after) if retry_after is not None else None
-            except ValueError:
-                delay = None
-            raise _TransientRequestError(f"{url} answered HTTP {response.status_code}", retry_after=delay)
-        if response.status_code >= 400:
-            detail = self._redact(response.text[:500])
-            raise CriticRequestError(
-                f"{url} refused the request with HTTP {response.status_code}: {detail!r} "
-                "(check base_url, model and the API key; retrying would not help)"
+            raw = self._client().chat.completions.with_raw_response.create(
+                **{k: v for k, v in body.items() if k in fields},
+                extra_body={k: v for k, v in body.items() if k not in fields} or None,
             )
+        except openai.APITimeoutError:
+            raise _TransientRequestError(f"no response from {url} within {self.timeout} s") from None
+        except openai.APIConnectionError as error:
+            cause = type(error.__cause__ or error).__name__
+            raise _TransientRequestError(self._redact(f"could not connect to {url}: {cause}")) from None
+        except openai.APIStatusError as error:
+            status = error.status_code
+            if status == 429 or status >= 500:
+                retry_after = error.response.headers.get("Retry-After")
+                try:
+                    delay = float(retry_after) if retry_after is not None else None
+                except ValueError:
+                    delay = None
+                raise _TransientRequestError(f"{url} answered HTTP {status}", retry_after=delay) from None
+            detail = self._redact(error.response.text[:500])
+            raise CriticRequestError(
+                f"{url} refused the request with HTTP {status}: {detail!r} "
+                "(check base_url, model and the API key; retrying would not help)"
+            ) from None
+        # The raw JSON, not the typed object: servers differ (content as a list of parts, missing fields).
+        response = raw.http_response
         try:
             return response.json()
         except ValueError:
