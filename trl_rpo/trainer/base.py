@@ -676,17 +676,9 @@ class BaseDiffusionTrainer(Trainer):
         return folder
 
     def _send_images_to_trackers(self, images, captions, step: int, tag: str = "validation") -> None:
-        import numpy as np
+        from .trackers import send_images_to_trackers
 
-        for callback in self.callback_handler.callbacks:
-            kind = type(callback).__name__
-            if kind == "TensorBoardCallback" and getattr(callback, "tb_writer", None) is not None:
-                stacked = np.stack([np.asarray(im) for im in images])
-                callback.tb_writer.add_images(tag, stacked, step, dataformats="NHWC")
-            elif kind == "WandbCallback" and getattr(callback, "_wandb", None) is not None:
-                wandb = callback._wandb
-                if wandb.run is not None:
-                    wandb.log({tag: [wandb.Image(im, caption=c) for im, c in zip(images, captions)]}, step=step)
+        send_images_to_trackers(self.callback_handler.callbacks, images, captions, step, tag)
 
 
 def _set_adapters_enabled(layers: list, enabled: bool) -> None:
