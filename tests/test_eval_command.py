@@ -49,11 +49,17 @@ def test_a_lora_folder_is_applied_to_a_copy_of_the_base(tmp_path):
 
 
 def test_a_unet_folder_and_a_pipeline_folder_load(tmp_path):
-    other = tiny_sd_pipeline(seed=1)
-    other.unet.save_pretrained(tmp_path / "full" / "unet")
+    trained = tiny_sd_pipeline(seed=0)  # the base with a changed UNet, as full fine-tuning leaves it
+    with torch.no_grad():
+        for param in trained.unet.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(1)))
+    trained.unet.save_pretrained(tmp_path / "full" / "unet")
+    other = tiny_sd_pipeline(seed=1)  # a whole other pipeline
     other.save_pretrained(tmp_path / "pipe")
     base = tiny_sd_pipeline(seed=0)
-    assert np.array_equal(pixels(load_trained_pipeline(tmp_path / "full", base)), pixels(other))
+    before = pixels(base)
+    assert np.array_equal(pixels(load_trained_pipeline(tmp_path / "full", base)), pixels(trained))
+    assert np.array_equal(pixels(base), before) and not np.array_equal(pixels(trained), before)
     assert np.array_equal(pixels(load_trained_pipeline(tmp_path / "pipe", base)), pixels(other))
 
 
