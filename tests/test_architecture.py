@@ -86,10 +86,12 @@ def test_public_names_resolve_lazily():
 
 @pytest.mark.parametrize("command", ["dpo", "tailorpo"])
 def test_trainer_help_is_silent_and_loads_no_trainer(command):
+    # The configs subclass TrainingArguments, whose module imports peft (and peft bitsandbytes) in transformers 5;
+    # the trainers' own stack (diffusers, DeepSpeed) must wait for training.
     result = run_python(
         "import sys; from trl_rpo.cli import main\n"
         "try:\n    main([" + repr(command) + ", '--help'])\nexcept SystemExit:\n    pass\n"
-        "print(sorted(m for m in ('diffusers', 'peft', 'bitsandbytes', 'deepspeed') if m in sys.modules))"
+        "print(sorted(m for m in ('diffusers', 'deepspeed') if m in sys.modules))"
     )
     assert result.returncode == 0, result.stderr
     assert "--model_name_or_path" in result.stdout
