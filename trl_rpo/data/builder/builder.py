@@ -105,7 +105,8 @@ class RichPreferenceDataBuilder(ShardStore, DatasetExport):
         self.run_stats: dict[str, Any] = _new_stats()  # counts of this process in the last build() call
         self.timings: dict[str, float] = {}  # seconds per stage of this process in the last build() call
 
-    # ------------------------------------------------------------------ identity and output folder
+    # ------------------------------------------------------------------ identity
+
     def stage_names(self) -> dict[str, Any]:
         """The name of each stage, as recorded in the manifest, the provenance column and the dataset card."""
         names = {

@@ -108,6 +108,7 @@ def _add_stats(total: dict[str, Any], part: dict[str, Any]) -> None:
 class ShardStore:
     """Shards, manifest and stats of `output_dir` (mixed into `RichPreferenceDataBuilder`)."""
 
+    # Set by the builder; `fingerprint()` and `stage_names()` come from it too.
     args: Any
     dataset: Dataset | None
     stats: dict[str, Any]
