@@ -14,7 +14,7 @@ Two critics are provided, sharing one prompt template (`CRITIC_PROMPT`) and one 
 - `TransformersCritic` runs any transformers image-text-to-text model (Qwen2.5-VL, LLaVA, Idefics3, SmolVLM, ...)
   in process, with batched greedy generation through the processor's chat template;
 - `OpenAICompatibleCritic` calls a VLM served behind an OpenAI-compatible `/chat/completions` endpoint (vLLM, TGI,
-  Ollama), with bounded concurrency and retries with exponential backoff.
+  Ollama) through the `openai` client, with bounded concurrency and retries with exponential backoff.
 
 Both retry malformed replies (telling the model what was wrong), optionally split the work in two stages (the VLM
 writes the critique, a text model turns it into instructions), and count what happened in `critic.stats`.
