@@ -48,7 +48,7 @@ class EvalArguments:
     )
     output_dir: str = field(default="eval", metadata={"help": "Folder for report.json and grid.png."})
     prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompts of a dataset."})
-    prompt_split: str = field(default="test", metadata={"help": "Split of a prompt dataset."})
+    prompt_split: str = field(default="train", metadata={"help": "Split of a prompt dataset (use held-out prompts)."})
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds: images per prompt."})
     num_inference_steps: int = field(default=30, metadata={"help": "Denoising steps of both pipelines."})
