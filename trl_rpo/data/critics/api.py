@@ -107,7 +107,8 @@ class OpenAICompatibleCritic:
             same server, or a callable `text -> text`.
         prompt_template / critique_prompt_template / instructions_prompt_template: as in `TransformersCritic`.
         extra_body: extra fields merged into every request body (e.g. `{"top_p": 1.0}`).
-        http_client: an `httpx.Client` for the `openai` client (proxies, certificates, a mock transport in tests).
+        http_client: a client of the `openai` package's HTTP library (`httpx2.Client` for openai 3) for proxies,
+            certificates, or a mock transport in tests.
     """
 
     name = "openai_compatible_critic"
@@ -188,10 +189,11 @@ class OpenAICompatibleCritic:
                     raise ImportError(
                         "OpenAICompatibleCritic needs the `openai` client: pip install 'trl-rpo[openai]'"
                     ) from error
-                # An empty key sends no Authorization header (local servers need none); None would make the
-                # client look for OPENAI_API_KEY itself, bypassing `api_key_env`.
+                # The client insists on credentials: without a key it gets a placeholder, and `_post` omits the
+                # Authorization header (local servers need none). api_key=None would make it read OPENAI_API_KEY
+                # itself, bypassing `api_key_env`.
                 self._openai = OpenAI(
-                    base_url=self.base_url, api_key=self._api_key or "", timeout=self.timeout, max_retries=0,
+                    base_url=self.base_url, api_key=self._api_key or "unused", timeout=self.timeout, max_retries=0,
                     http_client=self.http_client,
                 )  # fmt: skip
         return self._openai
@@ -206,6 +208,7 @@ class OpenAICompatibleCritic:
             raw = self._client().chat.completions.with_raw_response.create(
                 **{k: v for k, v in body.items() if k in fields},
                 extra_body={k: v for k, v in body.items() if k not in fields} or None,
+                extra_headers=None if self._api_key else {"Authorization": openai.Omit()},
             )
         except openai.APITimeoutError:
             raise _TransientRequestError(f"no response from {url} within {self.timeout} s") from None
