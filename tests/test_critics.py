@@ -307,7 +307,8 @@ class ChatServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
-                    server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                    # the Message itself: HTTP header names are case-insensitive (httpx2 sends them lower-case)
+                    server.requests.append({"path": self.path, "headers": self.headers, "body": body})
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                     action = server.actions.pop(0) if server.actions else server.default
