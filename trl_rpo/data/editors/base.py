@@ -91,7 +91,7 @@ class _DiffusionEditor:
     @staticmethod
     def _load(pipeline: Any, load_kwargs: dict[str, Any]) -> Any:
         if isinstance(pipeline, (str, os.PathLike)):
-            from ..pipelines import load_pipeline
+            from ...pipelines import load_pipeline
 
             return load_pipeline(pipeline, load_kwargs)
         return pipeline
