@@ -3,29 +3,38 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
-STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: demo test lint install clean
 
-install: $(STAMP)
+install: $(DEV_STAMP)
 
-$(STAMP): setup.py constraints.txt
+# One venv, two install sets: the demo needs the runtime only; tests, lint and docs need the dev extras.
+$(VENV)/.torch:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, and only if missing: a bare `torch` requirement would pull a multi-GB CUDA build.
 	# To choose the build (CPU, a CUDA version), install torch into .venv first: this step then keeps it.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==$(TORCH_VERSION)
+	touch $@
+
+$(DEMO_STAMP): $(VENV)/.torch setup.py constraints.txt
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[demo]"
+	touch $@
+
+$(DEV_STAMP): $(VENV)/.torch setup.py constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
-	touch $(STAMP)
+	touch $@
 
 # The main job on the embedded default: every method on the shapes world's shipped base model (<= 15 min, CPU).
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/trl-rpo demo $(DEMO_ARGS)
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(PY) -m pytest tests
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check trl_rpo tests examples benchmarks
 
 clean:

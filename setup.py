@@ -28,14 +28,20 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",  # training curves and gain charts (evaluation.plot_curves / plot_gains, the demo)
 ]
 
+# Extras: what each job needs on top of the runtime. `make demo` installs `demo` only, `make test` installs `dev`.
 EXTRAS = {
+    "demo": [],  # the shapes-world demo runs on the runtime alone (CPU, offline); the extra names the job
+    "openai": ["openai>=2"],  # OpenAICompatibleCritic
+    "editors": ["opencv-python-headless>=4.9"],  # canny edges of the ControlNet editor
     "deepspeed": ["deepspeed>=0.19"],
     "bnb": ["bitsandbytes>=0.50"],
-    "docs": ["mkdocs>=1.6"],
+    "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"],
     "test": ["pytest>=8"],
     "quality": ["ruff>=0.6"],
 }
-EXTRAS["dev"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+# dev: every optional part, so the whole suite runs (the optional backends are tested too).
+EXTRAS["dev"] = sorted({req for name, reqs in EXTRAS.items() if name != "demo" for req in reqs})
+
 
 setup(
     name="trl-rpo",

@@ -24,9 +24,8 @@ from trl_rpo.data import (
     RewardMarginVerifier,
     RichPreferenceConfig,
     RichPreferenceDataBuilder,
-    ShapesGenerator,
 )
-from trl_rpo.shapes import Critic, Editor, alignment_score, prompts
+from trl_rpo.shapes import Critic, Editor, ShapesGenerator, alignment_score, prompts
 from trl_rpo.testing import tiny_sd_pipeline
 
 STAGES = ("generate", "critique", "edit", "verify", "write")

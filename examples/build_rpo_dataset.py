@@ -11,10 +11,10 @@ Several processes split the prompts (no duplicates) and the main process merges 
 SDXL with your own critic and editors (import paths `module:attribute`; a class is instantiated without arguments,
 so put a configured instance in a small module of yours to pass arguments):
 
-    accelerate launch examples/build_rpo_dataset.py --prompts prompts.txt \
-        --generator stabilityai/stable-diffusion-xl-base-1.0 --torch_dtype float16 \
-        --critic my_stages:critic --editor my_stages:instruct_editor my_stages:inpaint_editor \
-        --reward_funcs my_stages:reward --critic_recheck --change_guard \
+    accelerate launch examples/build_rpo_dataset.py --prompts prompts.txt \\
+        --generator stabilityai/stable-diffusion-xl-base-1.0 --torch_dtype float16 \\
+        --critic my_stages:critic --editor my_stages:instruct_editor my_stages:inpaint_editor \\
+        --reward_funcs my_stages:reward --critic_recheck --change_guard \\
         --output_dir rpo-sdxl-pairs --push_to_hub --hub_dataset_id me/rpo-sdxl-pairs
 
 With a served VLM as the critic, InstructPix2Pix as the editor, and a push to the Hub at the end:

@@ -2,14 +2,14 @@
 
 SDXL, LoRA, Pick-a-Pic v2 (ties dropped), on one or more GPUs:
 
-    accelerate launch examples/diffusion_dpo.py \
-        --model_name_or_path stabilityai/stable-diffusion-xl-base-1.0 \
-        --vae_model_name_or_path madebyollin/sdxl-vae-fp16-fix \
-        --dataset_name yuvalkirstain/pickapic_v2 --dataset_train_split train \
-        --output_dir sdxl-dpo-lora --use_peft --lora_r 16 --lora_alpha 16 \
-        --per_device_train_batch_size 1 --gradient_accumulation_steps 64 \
-        --learning_rate 1e-5 --beta 5000 --max_steps 2000 --bf16 \
-        --activation_checkpointing --precompute_latents \
+    accelerate launch examples/diffusion_dpo.py \\
+        --model_name_or_path stabilityai/stable-diffusion-xl-base-1.0 \\
+        --vae_model_name_or_path madebyollin/sdxl-vae-fp16-fix \\
+        --dataset_name yuvalkirstain/pickapic_v2 --dataset_train_split train \\
+        --output_dir sdxl-dpo-lora --use_peft --lora_r 16 --lora_alpha 16 \\
+        --per_device_train_batch_size 1 --gradient_accumulation_steps 64 \\
+        --learning_rate 1e-5 --beta 5000 --max_steps 2000 --bf16 \\
+        --activation_checkpointing --precompute_latents \\
         --validation_prompts "a photo of a cat" "a red car in the snow" --validation_steps 200
 
 SDXL with LoRA under DeepSpeed ZeRO-2, and SD 1.5 full fine-tuning, from their YAML files:

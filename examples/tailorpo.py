@@ -2,13 +2,13 @@
 
 SD 1.5, LoRA, aesthetic reward plus a little JPEG compressibility, on one or more GPUs:
 
-    accelerate launch examples/tailorpo.py \
-        --model_name_or_path stable-diffusion-v1-5/stable-diffusion-v1-5 \
-        --prompts_name_or_path examples/prompts/animals.txt \
-        --reward_funcs aesthetic jpeg_compressibility --reward_weights 1.0 0.1 \
-        --output_dir sd15-tailorpo --use_peft --lora_r 4 --lora_alpha 4 \
-        --num_inference_steps 20 --guidance_scale 5.0 --eta 1.0 --num_candidates 2 \
-        --per_device_train_batch_size 2 --gradient_accumulation_steps 4 \
+    accelerate launch examples/tailorpo.py \\
+        --model_name_or_path stable-diffusion-v1-5/stable-diffusion-v1-5 \\
+        --prompts_name_or_path examples/prompts/animals.txt \\
+        --reward_funcs aesthetic jpeg_compressibility --reward_weights 1.0 0.1 \\
+        --output_dir sd15-tailorpo --use_peft --lora_r 4 --lora_alpha 4 \\
+        --num_inference_steps 20 --guidance_scale 5.0 --eta 1.0 --num_candidates 2 \\
+        --per_device_train_batch_size 2 --gradient_accumulation_steps 4 \\
         --learning_rate 6e-5 --max_steps 500 --bf16 --activation_checkpointing
 
 Or from a YAML file (every field of TailorPOConfig, plus the model, prompt and reward arguments):

@@ -1,8 +1,10 @@
-"""Small builders shared by the trainer tests."""
+"""Small builders shared by the tests: configs, trainers, one fake Hub, one test reward."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
 
 from trl_rpo import DiffusionDPOConfig, DiffusionDPOTrainer
 from trl_rpo.testing import tiny_lora_config, tiny_preference_dataset, tiny_sd_pipeline, tiny_sdxl_pipeline
@@ -24,14 +26,32 @@ def dpo_config(output_dir, **overrides) -> DiffusionDPOConfig:
     return DiffusionDPOConfig(output_dir=str(output_dir), **{**FAST_ARGS, **overrides})
 
 
+def brightness(images, prompts, **kwargs):
+    """The test reward: mean pixel value in [0, 1] (known exactly for flat images, cheap for generated ones)."""
+    return [float(np.asarray(im, dtype=np.float32).mean() / 255.0) for im in images]
+
+
 class FakeHubApi:
-    """Stands in for `huggingface_hub.HfApi` in `push_to_hub` tests: records each uploaded folder's files."""
+    """Stands in for `huggingface_hub.HfApi` in `push_to_hub` tests: records every call and uploaded file.
 
-    def __init__(self):
+    `Trainer.push_to_hub` uploads folders (`uploads`); the dataset builder uploads its card with `upload_file`
+    (`calls`). `instances` lists every API object made, so a test can find the one the code under test built.
+    """
+
+    instances: list[FakeHubApi] = []
+
+    def __init__(self, token=None):
+        self.token = token
         self.uploads: list[tuple[str, dict[str, bytes]]] = []
+        self.calls: list[tuple] = []
+        FakeHubApi.instances.append(self)
 
-    def create_repo(self, repo_id, token=None, private=None, exist_ok=False):
+    def create_repo(self, repo_id, token=None, private=None, exist_ok=False, **kwargs):
+        self.calls.append(("create_repo", repo_id, {"private": private, "exist_ok": exist_ok, **kwargs}))
         return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def upload_file(self, path_or_fileobj, path_in_repo, repo_id, **kwargs):
+        self.calls.append(("upload_file", repo_id, path_in_repo, path_or_fileobj.decode("utf-8"), kwargs))
 
     def upload_folder(self, repo_id, folder_path, **kwargs):
         files = {

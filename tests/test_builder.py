@@ -18,11 +18,12 @@ from trl_rpo.data import (
     RewardMarginVerifier,
     RichPreferenceConfig,
     RichPreferenceDataBuilder,
-    ShapesGenerator,
 )
 from trl_rpo.data.schema import Critique, EditInstruction
-from trl_rpo.shapes import Critic, Editor, alignment_score, prompts
+from trl_rpo.shapes import Critic, Editor, ShapesGenerator, alignment_score, prompts
 from trl_rpo.testing import tiny_lora_config, tiny_sd_pipeline
+
+from ._helpers import FakeHubApi
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = prompts(8, seed=1)
@@ -531,29 +532,13 @@ def test_pickapic_export_round_trips_through_prepare_preference_dataset(tmp_path
         assert np.array_equal(np.asarray(original["rejected"]), np.asarray(restored["rejected"]))
 
 
-class FakeHfApi:
-    """Records what `push_to_hub` sends instead of talking to the Hub."""
-
-    instances = []
-
-    def __init__(self, token=None):
-        self.token, self.calls = token, []
-        FakeHfApi.instances.append(self)
-
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(("create_repo", repo_id, kwargs))
-
-    def upload_file(self, path_or_fileobj, path_in_repo, repo_id, **kwargs):
-        self.calls.append(("upload_file", repo_id, path_in_repo, path_or_fileobj.decode("utf-8"), kwargs))
-
-
 def test_push_to_hub_uploads_the_dataset_and_a_card_describing_the_build(tmp_path, monkeypatch):
     import huggingface_hub
 
     monkeypatch.setenv("HF_TOKEN", "hf_secret_token_never_written")
-    FakeHfApi.instances = []
+    FakeHubApi.instances = []
     pushed = []
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHubApi)
     monkeypatch.setattr(Dataset, "push_to_hub", lambda self, repo_id, **kw: pushed.append((repo_id, len(self), kw)))
 
     builder = shapes_builder(tmp_path / "out", verifier=[RewardMarginVerifier(alignment_score), ChangeGuard(0, 0.9)])
@@ -568,7 +553,7 @@ def test_push_to_hub_uploads_the_dataset_and_a_card_describing_the_build(tmp_pat
             {"private": True, "token": None, "commit_message": pushed[0][2]["commit_message"]},
         )
     ]
-    (api,) = FakeHfApi.instances
+    (api,) = FakeHubApi.instances
     assert api.calls[0] == (
         "create_repo",
         "me/rpo-shapes",
@@ -605,8 +590,8 @@ def test_load_returns_the_pairs_of_a_previous_build(tmp_path):
 TWO_PROCESS_SCRIPT = """
 import json, sys
 from accelerate import PartialState
-from trl_rpo.data import RichPreferenceConfig, RichPreferenceDataBuilder, ShapesGenerator
-from trl_rpo.shapes import Critic, Editor, prompts
+from trl_rpo.data import RichPreferenceConfig, RichPreferenceDataBuilder
+from trl_rpo.shapes import Critic, Editor, ShapesGenerator, prompts
 
 out = sys.argv[1]
 builder = RichPreferenceDataBuilder(ShapesGenerator(), Critic(), Editor(),

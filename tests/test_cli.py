@@ -206,3 +206,32 @@ def test_trl_rpo_dpo_trains_from_a_yaml_config_with_command_line_overrides(tmp_p
     config.write_text(yaml.safe_dump(values))
     assert main(["dpo", "--config", str(config), "--max_steps", "1"]) == 0
     assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argument", "expected"),
+    [("--dataset_name", "Dataset.save_to_disk"), ("--model_name_or_path", "pipeline.save_pretrained")],
+)
+def test_a_missing_folder_is_one_line_naming_argument_value_and_expectation(tmp_path, capsys, argument, expected):
+    from trl_rpo.cli import main
+
+    pipeline, dataset = tmp_path / "pipe", tmp_path / "data"
+    pipeline.mkdir()
+    dataset.mkdir()
+    values = {"--dataset_name": str(dataset), "--model_name_or_path": str(pipeline)}
+    values[argument] = str(tmp_path / "missing")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["dpo", *[item for pair in values.items() for item in pair], "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"{argument} {tmp_path / 'missing'}: no such file or folder; expected" in err and expected in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_hub_ids_are_not_mistaken_for_missing_folders():
+    from trl_rpo.cli import looks_local
+
+    assert not looks_local("stabilityai/stable-diffusion-xl-base-1.0")
+    assert not looks_local("pickapic_v2")
+    assert looks_local("./data") and looks_local("/abs/data") and looks_local("a/b/c") and looks_local("p.txt")

@@ -307,7 +307,8 @@ class ChatServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
-                    server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                    # the Message itself: HTTP header names are case-insensitive (httpx2 sends them lower-case)
+                    server.requests.append({"path": self.path, "headers": self.headers, "body": body})
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                     action = server.actions.pop(0) if server.actions else server.default
@@ -495,3 +496,39 @@ def test_http_critic_two_stage_accepts_a_callable_instruction_model():
         (critique,) = critic(_images(1), ["a red circle"])
     assert critique.instructions[0].params == {"color": "red"}
     assert len(server.requests) == 1
+
+
+def test_http_critic_goes_through_the_openai_client_with_the_given_http_client():
+    import httpx2 as httpx  # the HTTP library of the pinned openai client (openai 3 moved to httpx2)
+
+    seen = []
+
+    def handler(request):
+        seen.append((request.url.path, json.loads(request.content)))
+        message = {"role": "assistant", "content": [{"type": "text", "text": GOOD_JSON}]}  # content as parts
+        return httpx.Response(200, json={"choices": [{"index": 0, "message": message}]})
+
+    client = httpx.Client(transport=httpx.MockTransport(handler))
+    critic = OpenAICompatibleCritic("http://vlm.invalid/v1", "m", api_key_env=None, extra_body={"top_p": 0.5},
+                                    http_client=client)  # fmt: skip
+    (critique,) = critic(_images(1), ["p"])
+    assert critique == Critique.coerce(GOOD)
+    path, body = seen[0]
+    assert path == "/v1/chat/completions" and body["model"] == "m" and body["top_p"] == 0.5
+    assert critic._client().max_retries == 0  # retries are the critic's own (counted, with its backoff)
+
+
+def test_the_http_critic_module_imports_no_undeclared_http_library():
+    import ast
+    from pathlib import Path
+
+    import trl_rpo.data.critics.api as api
+
+    tree = ast.parse(Path(api.__file__).read_text(encoding="utf-8"))
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert "requests" not in imported and "urllib" not in imported and "openai" in imported

@@ -42,6 +42,6 @@ def test_docs_build_without_warnings(tmp_path):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # mkdocstrings reads every documented module
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -19,12 +19,11 @@ from trl_rpo.evaluation import (
 )
 from trl_rpo.testing import tiny_sd_pipeline
 
+from ._helpers import brightness
+
 PROMPTS = ["a red square", "a blue circle", "a green star"]
 FAST = dict(num_inference_steps=2, guidance_scale=1.0)
 
-
-def brightness(images, prompts, **kwargs):
-    return [float(np.asarray(im, dtype=np.float32).mean() / 255.0) for im in images]
 
 
 @pytest.fixture(scope="module")

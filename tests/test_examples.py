@@ -205,7 +205,7 @@ def test_served_vlm_example_builds_pairs_with_instruct_pix2pix_and_pushes_them(t
     import huggingface_hub
     from datasets import Dataset
 
-    from tests.test_builder import FakeHfApi
+    from tests._helpers import FakeHubApi
     from tests.test_critics import GOOD_JSON, ChatServer
     from trl_rpo.testing import tiny_instruct_pix2pix_pipeline
 
@@ -213,8 +213,8 @@ def test_served_vlm_example_builds_pairs_with_instruct_pix2pix_and_pushes_them(t
     tiny_instruct_pix2pix_pipeline().save_pretrained(tmp_path / "ip2p")
     (tmp_path / "prompts.txt").write_text("a red circle\na blue square\n")
     pushed = []
-    FakeHfApi.instances = []
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    FakeHubApi.instances = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHubApi)
     monkeypatch.setattr(Dataset, "push_to_hub", lambda self, repo_id, **kw: pushed.append((repo_id, len(self))))
     monkeypatch.setenv("OPENAI_API_KEY", "sk-example-secret-key")
     example = _load_example("build_rpo_dataset")
@@ -239,5 +239,5 @@ def test_served_vlm_example_builds_pairs_with_instruct_pix2pix_and_pushes_them(t
     assert len(requests) >= 4 and all(r["body"]["model"] == "tiny-vlm" for r in requests)  # 2 prompts x 2 images
     assert requests[0]["headers"]["Authorization"] == "Bearer sk-example-secret-key"
     assert pushed and pushed[0][0] == "me/rpo-tiny" and pushed[0][1] > 0
-    card = "".join(str(call) for api in FakeHfApi.instances for call in api.calls)
+    card = "".join(str(call) for api in FakeHubApi.instances for call in api.calls)
     assert "sk-example-secret-key" not in card

@@ -6,6 +6,8 @@ from PIL import Image
 from trl_rpo.data import build_reward_pairs
 from trl_rpo.testing import tiny_sd_pipeline
 
+from ._helpers import brightness
+
 
 def _generator(calls):
     """Image brightness = seed (mod 256), so the reward below is known for every seed."""
@@ -16,9 +18,6 @@ def _generator(calls):
 
     return generate
 
-
-def brightness(images, prompts, **kwargs):
-    return [img.getpixel((0, 0))[0] / 255 for img in images]
 
 
 def test_best_image_is_chosen_and_worst_rejected_with_builder_seeds():

@@ -10,13 +10,10 @@ from trl_rpo import TailorPOConfig, TailorPOTrainer
 from trl_rpo.diffusion import ddim_step_with_logprob
 from trl_rpo.testing import tiny_lora_config, tiny_sd_pipeline, tiny_sdxl_pipeline
 
-from ._helpers import FAST_ARGS, fake_hub
+from ._helpers import FAST_ARGS, brightness, fake_hub
 
 PROMPTS = Dataset.from_dict({"prompt": ["a red square", "a blue circle", "a green triangle", "a yellow star"]})
 
-
-def brightness(images, prompts, **kwargs):
-    return [float(np.asarray(im, dtype=np.float32).mean() / 255.0) for im in images]
 
 
 class DifferentiableBrightness:

@@ -1,28 +1,68 @@
-"""trl-rpo: preference optimization for text-to-image diffusion models, in the style of TRL."""
+"""trl-rpo: preference optimization for text-to-image diffusion models, in the style of TRL.
+
+The public names load lazily (`trl_rpo._lazy`): importing the package imports no torch, so the command line
+starts fast and quiet; `from trl_rpo import DiffusionDPOTrainer` imports what that trainer needs.
+"""
+
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0.dev0"
 
-from .data.builder import RichPreferenceConfig, RichPreferenceDataBuilder
-from .data.formats import (
-    InvalidRowError,
-    load_preference_dataset,
-    load_prompt_dataset,
-    pickapic_to_preference,
-    prepare_preference_dataset,
-)
-from .data.schema import Critique, EditInstruction
-from .data.verifiers import ChangeGuard, CriticRecheckVerifier, RewardMarginVerifier
-from .losses import diffusion_dpo_loss, stepwise_dpo_loss
-from .trainer import (
-    BaseDiffusionConfig,
-    BaseDiffusionTrainer,
-    DiffusionDPOConfig,
-    DiffusionDPOTrainer,
-    DiffusionModelConfig,
-    TailorPOConfig,
-    TailorPOTrainer,
-    get_peft_config,
-)
+_EXPORTS = {
+    **dict.fromkeys(["RichPreferenceConfig", "RichPreferenceDataBuilder"], ".data.builder"),
+    **dict.fromkeys(
+        [
+            "InvalidRowError",
+            "load_preference_dataset",
+            "load_prompt_dataset",
+            "pickapic_to_preference",
+            "prepare_preference_dataset",
+        ],
+        ".data.formats",
+    ),
+    **dict.fromkeys(["Critique", "EditInstruction"], ".data.schema"),
+    **dict.fromkeys(["ChangeGuard", "CriticRecheckVerifier", "RewardMarginVerifier"], ".data.verifiers"),
+    **dict.fromkeys(["diffusion_dpo_loss", "stepwise_dpo_loss"], ".losses"),
+    **dict.fromkeys(
+        [
+            "BaseDiffusionConfig",
+            "BaseDiffusionTrainer",
+            "DiffusionDPOConfig",
+            "DiffusionDPOTrainer",
+            "DiffusionModelConfig",
+            "TailorPOConfig",
+            "TailorPOTrainer",
+            "get_peft_config",
+        ],
+        ".trainer",
+    ),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names resolve through __getattr__
+    from .data.builder import RichPreferenceConfig, RichPreferenceDataBuilder
+    from .data.formats import (
+        InvalidRowError,
+        load_preference_dataset,
+        load_prompt_dataset,
+        pickapic_to_preference,
+        prepare_preference_dataset,
+    )
+    from .data.schema import Critique, EditInstruction
+    from .data.verifiers import ChangeGuard, CriticRecheckVerifier, RewardMarginVerifier
+    from .losses import diffusion_dpo_loss, stepwise_dpo_loss
+    from .trainer import (
+        BaseDiffusionConfig,
+        BaseDiffusionTrainer,
+        DiffusionDPOConfig,
+        DiffusionDPOTrainer,
+        DiffusionModelConfig,
+        TailorPOConfig,
+        TailorPOTrainer,
+        get_peft_config,
+    )
 
 __all__ = [
     "ChangeGuard",

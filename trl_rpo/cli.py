@@ -6,6 +6,7 @@ is one entry:
     trl-rpo build-dataset --config rpo.yaml [--images_per_prompt 4 ...]   # RPO pairs (RichPreferenceDataBuilder)
     trl-rpo dpo --config dpo.yaml [...]                                    # DiffusionDPOTrainer
     trl-rpo tailorpo --config tailorpo.yaml [...]                          # TailorPOTrainer
+    trl-rpo eval --model trained/ --base base/ --prompts prompts.txt ...  # did training help? (paired gain, CI)
     trl-rpo demo [--quick]                                                 # the shapes-world demo
 
 Options come from a YAML file and the command line, as in TRL scripts: the command line overrides the file.
@@ -143,10 +144,8 @@ def _parse_kwargs(value: Any, name: str, allow_list: bool = False) -> Any:
 
 def _shapes_stage(role: str) -> Any:
     from . import shapes
-    from .data.builder import ShapesGenerator
-
     return {
-        "generator": ShapesGenerator,
+        "generator": shapes.ShapesGenerator,
         "critic": shapes.Critic,
         "editor": shapes.Editor,
         "reward": lambda: shapes.alignment_score,
@@ -333,6 +332,45 @@ def _run_demo(argv: Sequence[str]) -> int:
     return 0
 
 
+# Arguments that name a Hub repository or a local folder, and the folder each expects.
+_FOLDER_ARGUMENTS = {
+    "model_name_or_path": "a Hub model id (org/name) or a folder written by `pipeline.save_pretrained`",
+    "vae_model_name_or_path": "a Hub model id (org/name) or a folder written by `vae.save_pretrained`",
+    "dataset_name": "a Hub dataset id (org/name) or a folder written by `Dataset.save_to_disk`",
+    "prompts_name_or_path": "a Hub dataset id (org/name), a `Dataset.save_to_disk` folder or a .txt file",
+    "model": "a LoRA or UNet folder saved by a trainer, or a folder written by `pipeline.save_pretrained`",
+    "base": "a Hub model id (org/name), a folder written by `pipeline.save_pretrained`, or 'shapes'",
+    "prompts": "a .txt file (one prompt per line), a Hub dataset id, a `Dataset.save_to_disk` folder or 'shapes:N'",
+}
+
+
+def looks_local(value: str) -> bool:
+    """Whether `value` is meant as a local path rather than a Hub id (`name` or `org/name`).
+
+    Absolute paths, `./` `../` `~` prefixes, more than one `/`, and file suffixes cannot be Hub ids.
+    """
+    return (
+        Path(value).expanduser().is_absolute()
+        or value.startswith((".", "~"))
+        or value.count("/") > 1
+        or "\\" in value
+        or Path(value).suffix.lower() in (".txt", ".json", ".jsonl", ".csv", ".parquet")
+    )
+
+
+def missing_path_error(args: Sequence[Any]) -> str | None:
+    """One line naming the first folder argument that points at nothing on disk, or None when all are fine.
+
+    A value that exists locally, or could be a Hub id, passes; loading reports what is wrong with it later.
+    """
+    for group in args:
+        for name, expected in _FOLDER_ARGUMENTS.items():
+            value = getattr(group, name, None)
+            if isinstance(value, str) and value and looks_local(value) and not Path(value).expanduser().exists():
+                return f"--{name} {value}: no such file or folder; expected {expected}"
+    return None
+
+
 def _trainer_command(module_name: str, prog: str) -> Callable[[Sequence[str]], int]:
     """Run `trl_rpo.scripts.<module_name>`; invalid values are reported as a usage error before any model loads."""
 
@@ -343,6 +381,9 @@ def _trainer_command(module_name: str, prog: str) -> Callable[[Sequence[str]], i
             args = parser.parse_args_and_config(args=list(argv))
         except (ValueError, TypeError) as err:  # config __post_init__ checks, YAML of the wrong type
             parser.error(str(err))
+        error = missing_path_error(args)
+        if error is not None:
+            parser.exit(2, f"{prog}: error: {error}\n")
         module.main(*args)
         return 0
 
@@ -368,6 +409,11 @@ COMMANDS: dict[str, Command] = {
     "tailorpo": Command(
         help="TailorPO: online step-wise preference optimization with reward models.",
         run=_trainer_command("tailorpo", "trl-rpo tailorpo"),
+    ),
+    "eval": Command(
+        help="Did training help? A trained model (LoRA, UNet or pipeline folder) against its base: paired gain "
+        "with CI, win rate, grid, JSON report.",
+        run=_trainer_command("evaluate", "trl-rpo eval"),
     ),
     "demo": Command(
         help="Run every method on the shapes world's base model and compare them (offline, CPU, minutes).",

@@ -10,9 +10,11 @@ several times tighter than comparing two separate confidence intervals.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +24,10 @@ from PIL import Image, ImageDraw
 from .rewards import combine_rewards, reward_name
 
 __all__ = [
+    "BaseComparison",
     "EvaluationResult",
+    "compare_with_base",
+    "load_trained_pipeline",
     "PairedComparison",
     "compare_pipelines",
     "confidence_interval",
@@ -300,6 +305,135 @@ def compare_pipelines(
     name = reward_name(reward_func)
     return paired_comparison(results[0].scores[name], results[1].scores[name], confidence_level=confidence_level,
                              n_resamples=n_resamples, seed=bootstrap_seed)  # fmt: skip
+
+
+def load_trained_pipeline(model: str | os.PathLike, base: Any, **load_kwargs: Any) -> Any:
+    """A trained model as a pipeline: a pipeline folder as is, or a LoRA / UNet folder applied to `base`.
+
+    Args:
+        model: a folder written by a trl-rpo trainer's `save_model` or by `pipeline.save_pretrained`:
+            with `model_index.json` (a whole pipeline), `pytorch_lora_weights.safetensors` (a LoRA, loaded with
+            `load_lora_weights` onto a fresh copy of `base`) or `unet/` (a fully fine-tuned UNet replacing
+            `base`'s).
+        base: the base pipeline: an object is used as is for a pipeline folder and copied for LoRA / UNet
+            folders (so the base stays unchanged), or a Hub id / folder loaded with `from_pretrained`.
+        load_kwargs: passed to `DiffusionPipeline.from_pretrained` (e.g. `torch_dtype`).
+
+    Raises:
+        FileNotFoundError: naming the folder and the three layouts when it holds none of them.
+    """
+    from diffusers import DiffusionPipeline
+
+    folder = Path(model)
+    if (folder / "model_index.json").is_file():
+        return DiffusionPipeline.from_pretrained(folder, **load_kwargs)
+    is_lora = (folder / "pytorch_lora_weights.safetensors").is_file()
+    is_unet = (folder / "unet" / "config.json").is_file()
+    if not (is_lora or is_unet):
+        raise FileNotFoundError(
+            f"{folder} holds no model_index.json (a pipeline), pytorch_lora_weights.safetensors (a LoRA) or "
+            "unet/config.json (a fine-tuned UNet): pass a folder written by a trainer's save_model or by "
+            "pipeline.save_pretrained"
+        )
+    if isinstance(base, (str, os.PathLike)):
+        pipeline = DiffusionPipeline.from_pretrained(base, **load_kwargs)
+    else:  # a copy: loading LoRA or a UNet into `base` itself would change the model it is compared with
+        pipeline = type(base)(**{name: _copy_component(c) for name, c in base.components.items()})
+    if is_lora:
+        pipeline.load_lora_weights(folder)
+    else:
+        unet = type(pipeline.unet).from_pretrained(folder, subfolder="unet", torch_dtype=pipeline.unet.dtype)
+        pipeline.unet = unet.to(pipeline.unet.device)
+    return pipeline
+
+
+def _copy_component(component: Any) -> Any:
+    """The UNet deep-copied (LoRA and UNet swaps change it); every other component shared."""
+    import copy
+
+    from diffusers import UNet2DConditionModel
+
+    return copy.deepcopy(component) if isinstance(component, UNet2DConditionModel) else component
+
+
+@dataclass
+class BaseComparison:
+    """A trained model against its base on the same prompts and seeds: one `PairedComparison` per reward.
+
+    Attributes:
+        comparisons: reward name -> `PairedComparison` (trained minus base).
+        prompts, seeds: what was generated.
+        grid: base (top row) and trained (bottom row) images of the first prompts at the first seed.
+    """
+
+    comparisons: dict[str, PairedComparison]
+    prompts: list[str]
+    seeds: list[int]
+    grid: Image.Image | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON report: per reward, gain with its interval, win rate, p-value, means; the prompts and seeds."""
+        return {
+            "rewards": {name: comparison.to_dict() for name, comparison in self.comparisons.items()},
+            "n_prompts": len(self.prompts),
+            "seeds": list(self.seeds),
+            "prompts": list(self.prompts),
+        }
+
+    def summary(self) -> str:
+        """One line per reward: gain [CI], win rate and p-value; the answer to "did training help?"."""
+        lines = []
+        for name, c in self.comparisons.items():
+            verdict = "better" if c.gain_ci[0] > 0 else "worse" if c.gain_ci[1] < 0 else "no significant change"
+            lines.append(
+                f"{name}: {c.mean_b:.4g} -> {c.mean_a:.4g}, gain {c.gain:+.4g} "
+                f"[{c.gain_ci[0]:+.4g}, {c.gain_ci[1]:+.4g}] ({c.confidence_level:.0%} CI), win rate "
+                f"{c.win_rate:.1%}, p = {c.p_value:.3g}: {verdict}"
+            )
+        return "\n".join(lines)
+
+
+def compare_with_base(
+    trained: Callable[..., Any],
+    base: Callable[..., Any],
+    prompts: Sequence[str],
+    reward_funcs: Callable | Sequence[Callable],
+    seeds: Sequence[int] = (0, 1, 2),
+    batch_size: int = 8,
+    confidence_level: float = 0.95,
+    n_resamples: int = 9999,
+    bootstrap_seed: int = 0,
+    grid_prompts: int = 6,
+    **pipeline_kwargs: Any,
+) -> BaseComparison:
+    """Did training help? Every reward's paired gain (trained minus base) with CI, win rate and p-value.
+
+    Each pipeline generates its `len(seeds) x len(prompts)` images once (the same seeds, so the same starting
+    noise) and every reward scores them; `paired_comparison` does the statistics. `grid_prompts` (0: none) of the
+    first prompts are put side by side in `grid`.
+    """
+    funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+    if not funcs:
+        raise ValueError("compare_with_base needs at least one reward function")
+    results = [
+        evaluate_pipeline(pipeline, prompts, funcs, seeds=seeds, batch_size=batch_size, return_images=True,
+                          **pipeline_kwargs)
+        for pipeline in (trained, base)
+    ]  # fmt: skip
+    names = [reward_name(f) for f in funcs]
+    comparisons = {
+        name: paired_comparison(results[0].scores[name], results[1].scores[name], confidence_level=confidence_level,
+                                n_resamples=n_resamples, seed=bootstrap_seed)
+        for name in names
+    }  # fmt: skip
+    grid = None
+    k = min(grid_prompts, len(prompts))
+    if k > 0:
+        grid = image_grid(
+            [results[1].images[0][:k], results[0].images[0][:k]], row_labels=["base", "trained"],
+            column_labels=list(prompts[:k]),
+        )  # fmt: skip
+    return BaseComparison(comparisons=comparisons, prompts=list(prompts), seeds=list(seeds), grid=grid)
 
 
 def image_grid(

@@ -2,14 +2,14 @@
 
 SDXL, LoRA, Pick-a-Pic v2 (ties dropped), on one or more GPUs:
 
-    accelerate launch -m trl_rpo.cli dpo \
-        --model_name_or_path stabilityai/stable-diffusion-xl-base-1.0 \
-        --vae_model_name_or_path madebyollin/sdxl-vae-fp16-fix \
-        --dataset_name yuvalkirstain/pickapic_v2 --dataset_train_split train \
-        --output_dir sdxl-dpo-lora --use_peft --lora_r 16 --lora_alpha 16 \
-        --per_device_train_batch_size 1 --gradient_accumulation_steps 64 \
-        --learning_rate 1e-5 --beta 5000 --max_steps 2000 --bf16 \
-        --activation_checkpointing --precompute_latents \
+    accelerate launch -m trl_rpo.cli dpo \\
+        --model_name_or_path stabilityai/stable-diffusion-xl-base-1.0 \\
+        --vae_model_name_or_path madebyollin/sdxl-vae-fp16-fix \\
+        --dataset_name yuvalkirstain/pickapic_v2 --dataset_train_split train \\
+        --output_dir sdxl-dpo-lora --use_peft --lora_r 16 --lora_alpha 16 \\
+        --per_device_train_batch_size 1 --gradient_accumulation_steps 64 \\
+        --learning_rate 1e-5 --beta 5000 --max_steps 2000 --bf16 \\
+        --activation_checkpointing --precompute_latents \\
         --validation_prompts "a photo of a cat" "a red car in the snow" --validation_steps 200
 
 SDXL with LoRA under DeepSpeed ZeRO-2, and SD 1.5 full fine-tuning, from their YAML files:
@@ -35,8 +35,10 @@ from dataclasses import dataclass, field
 
 from trl import TrlParser
 
-from ..data.formats import load_preference_dataset
-from ..trainer import DiffusionDPOConfig, DiffusionDPOTrainer, DiffusionModelConfig, get_peft_config
+from ..trainer.diffusion_dpo_config import DiffusionDPOConfig
+from ..trainer.model_config import DiffusionModelConfig
+
+# The trainer and the dataset loader load in `main`: `--help` needs only the configs.
 
 
 @dataclass
@@ -49,6 +51,9 @@ class ScriptArguments:
 def main(script_args: ScriptArguments, training_args: DiffusionDPOConfig, model_args: DiffusionModelConfig) -> None:
     if model_args.model_name_or_path is None:
         raise SystemExit("--model_name_or_path is required (a Hub id or a local pipeline folder)")
+    from ..data.formats import load_preference_dataset
+    from ..trainer import DiffusionDPOTrainer, get_peft_config
+
     train_dataset = load_preference_dataset(script_args.dataset_name, script_args.dataset_train_split)
     eval_dataset = (
         load_preference_dataset(script_args.dataset_name, script_args.dataset_test_split)

@@ -2,13 +2,13 @@
 
 SD 1.5, LoRA, aesthetic reward plus a little JPEG compressibility, on one or more GPUs:
 
-    accelerate launch -m trl_rpo.cli tailorpo \
-        --model_name_or_path stable-diffusion-v1-5/stable-diffusion-v1-5 \
-        --prompts_name_or_path examples/prompts/animals.txt \
-        --reward_funcs aesthetic jpeg_compressibility --reward_weights 1.0 0.1 \
-        --output_dir sd15-tailorpo --use_peft --lora_r 4 --lora_alpha 4 \
-        --num_inference_steps 20 --guidance_scale 5.0 --eta 1.0 --num_candidates 2 \
-        --per_device_train_batch_size 2 --gradient_accumulation_steps 4 \
+    accelerate launch -m trl_rpo.cli tailorpo \\
+        --model_name_or_path stable-diffusion-v1-5/stable-diffusion-v1-5 \\
+        --prompts_name_or_path examples/prompts/animals.txt \\
+        --reward_funcs aesthetic jpeg_compressibility --reward_weights 1.0 0.1 \\
+        --output_dir sd15-tailorpo --use_peft --lora_r 4 --lora_alpha 4 \\
+        --num_inference_steps 20 --guidance_scale 5.0 --eta 1.0 --num_candidates 2 \\
+        --per_device_train_batch_size 2 --gradient_accumulation_steps 4 \\
         --learning_rate 6e-5 --max_steps 500 --bf16 --activation_checkpointing
 
 Or from a YAML file (every field of TailorPOConfig, plus the model, prompt and reward arguments):
@@ -31,14 +31,6 @@ from dataclasses import dataclass, field
 
 from trl import TrlParser
 
-from ..data.formats import load_prompt_dataset
-from ..rewards import (
-    AestheticScorer,
-    CLIPScorer,
-    PickScoreScorer,
-    jpeg_compressibility,
-    jpeg_incompressibility,
-)
 from ..rewards.clip import (
     DEFAULT_AESTHETIC_HEAD,
     DEFAULT_AESTHETIC_HEAD_FILE,
@@ -46,8 +38,10 @@ from ..rewards.clip import (
     DEFAULT_PICKSCORE,
     DEFAULT_PICKSCORE_PROCESSOR,
 )
-from ..shapes.evaluate import alignment_score
-from ..trainer import DiffusionModelConfig, TailorPOConfig, TailorPOTrainer, get_peft_config
+from ..trainer.model_config import DiffusionModelConfig
+from ..trainer.tailorpo_config import TailorPOConfig
+
+# The trainer, the scorers and the shapes world load in `main` / `build_rewards`: `--help` needs only the configs.
 
 REWARDS = (
     "aesthetic",
@@ -81,6 +75,9 @@ def build_rewards(script_args: ScriptArguments) -> list:
     unknown = [name for name in script_args.reward_funcs if name not in REWARDS]
     if unknown:
         raise SystemExit(f"unknown reward(s) {unknown}; choose among {list(REWARDS)}")
+    from ..rewards import AestheticScorer, CLIPScorer, PickScoreScorer, jpeg_compressibility, jpeg_incompressibility
+    from ..shapes.evaluate import alignment_score
+
     builders = {
         "aesthetic": lambda: AestheticScorer(
             script_args.aesthetic_clip_model, script_args.aesthetic_head, script_args.aesthetic_head_filename
@@ -97,6 +94,9 @@ def build_rewards(script_args: ScriptArguments) -> list:
 def main(script_args: ScriptArguments, training_args: TailorPOConfig, model_args: DiffusionModelConfig) -> None:
     if model_args.model_name_or_path is None:
         raise SystemExit("--model_name_or_path is required (a Hub id or a local pipeline folder)")
+    from ..data.formats import load_prompt_dataset
+    from ..trainer import TailorPOTrainer, get_peft_config
+
     prompts = load_prompt_dataset(
         script_args.prompts_name_or_path, script_args.prompts_split, prompt_column=script_args.prompt_column
     )

@@ -9,6 +9,7 @@ from .analysis import COLOR_NAMES, DetectedObject, Observation, analyze, classif
 from .critic import Critic, describe
 from .editor import Editor
 from .evaluate import ATTRIBUTES, alignment_score, check_attributes
+from .generator import ShapesGenerator
 from .model import CHECKPOINT_DIR, load_pipeline, training_info
 from .render import layout, render
 from .world import (
@@ -31,6 +32,7 @@ from .world import (
 )
 
 __all__ = [
+    "ShapesGenerator",
     "ATTRIBUTES",
     "BACKGROUNDS",
     "CHECKPOINT_DIR",

@@ -523,8 +523,9 @@ class BaseDiffusionTrainer(Trainer):
             existing += [name for name in _SAVED_WEIGHTS if (root / name).exists()]
             if existing:
                 raise FileExistsError(
-                    f"{self.args.output_dir!r} already holds {existing[:3]} from an earlier run; pass "
-                    "resume_from_checkpoint=True to continue it, or choose another output_dir."
+                    f"{self.args.output_dir!r} already holds {existing[:3]} from an earlier run; continue it with "
+                    "--resume_from_checkpoint true on the command line (resume_from_checkpoint=True in Python), "
+                    "or choose another output_dir."
                 )
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
@@ -675,17 +676,9 @@ class BaseDiffusionTrainer(Trainer):
         return folder
 
     def _send_images_to_trackers(self, images, captions, step: int, tag: str = "validation") -> None:
-        import numpy as np
+        from .trackers import send_images_to_trackers
 
-        for callback in self.callback_handler.callbacks:
-            kind = type(callback).__name__
-            if kind == "TensorBoardCallback" and getattr(callback, "tb_writer", None) is not None:
-                stacked = np.stack([np.asarray(im) for im in images])
-                callback.tb_writer.add_images(tag, stacked, step, dataformats="NHWC")
-            elif kind == "WandbCallback" and getattr(callback, "_wandb", None) is not None:
-                wandb = callback._wandb
-                if wandb.run is not None:
-                    wandb.log({tag: [wandb.Image(im, caption=c) for im, c in zip(images, captions)]}, step=step)
+        send_images_to_trackers(self.callback_handler.callbacks, images, captions, step, tag)
 
 
 def _set_adapters_enabled(layers: list, enabled: bool) -> None:

@@ -10,6 +10,14 @@ from transformers import TrainingArguments
 VAE_DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
+def _has_pinnable_accelerator() -> bool:
+    """Whether pinned host memory can speed anything up here (a CUDA or XPU device to copy batches to)."""
+    import torch
+
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(xpu is not None and xpu.is_available())
+
+
 @dataclass
 class BaseDiffusionConfig(TrainingArguments):
     r"""
@@ -54,6 +62,8 @@ class BaseDiffusionConfig(TrainingArguments):
     > - `logging_steps`: Defaults to `10` instead of `500`.
     > - `remove_unused_columns`: Defaults to `False`: the collator, not a model signature, chooses columns.
     > - `ddp_find_unused_parameters`: Defaults to `False` (every trainable UNet parameter gets a gradient).
+    > - `dataloader_pin_memory`: Defaults to `None`, which means `True` where a CUDA or XPU device exists and
+    >   `False` otherwise (pinned memory only speeds up copies to an accelerator; on CPU torch warns about it).
     """
 
     _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["model_init_kwargs"]
@@ -69,6 +79,10 @@ class BaseDiffusionConfig(TrainingArguments):
     ddp_find_unused_parameters: bool | None = field(
         default=False,
         metadata={"help": "Passed to DistributedDataParallel; False because every trainable UNet weight is used."},
+    )
+    dataloader_pin_memory: bool | None = field(
+        default=None,
+        metadata={"help": "Pin DataLoader memory; default: only where a CUDA or XPU accelerator exists."},
     )
 
     model_init_kwargs: dict[str, Any] | str | None = field(
@@ -115,6 +129,8 @@ class BaseDiffusionConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.dataloader_pin_memory is None:
+            self.dataloader_pin_memory = not self.use_cpu and _has_pinnable_accelerator()
         if self.vae_dtype not in VAE_DTYPES:
             raise ValueError(f"vae_dtype must be one of {VAE_DTYPES}, got {self.vae_dtype!r}")
         if self.prediction_type not in (None, "epsilon", "v_prediction"):

@@ -1,0 +1,33 @@
+"""BibTeX of the papers and software trl-rpo implements: cited by model cards and dataset cards alike."""
+
+DIFFUSION_DPO_CITATION = """@inproceedings{wallace2024diffusion,
+    title     = {{Diffusion Model Alignment Using Direct Preference Optimization}},
+    author    = {Bram Wallace and Meihua Dang and Rafael Rafailov and Linqi Zhou and Aaron Lou and Senthil Purushwalkam and Stefano Ermon and Caiming Xiong and Shafiq Joty and Nikhil Naik},
+    booktitle = {{IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)}},
+    year      = 2024,
+    eprint    = {arXiv:2311.12908}
+}"""
+
+RPO_CITATION = """@article{zhao2025rpo,
+    title   = {{Fine-Tuning Diffusion Generative Models via Rich Preference Optimization}},
+    author  = {Hanyang Zhao and Haoxian Chen and Yucheng Guo and Genta Indra Winata and Tingting Ou and Ziyu Huang and David D. Yao and Wenpin Tang},
+    year    = 2025,
+    journal = {arXiv preprint arXiv:2503.11720}
+}"""
+
+TAILORPO_CITATION = """@article{ren2025tailorpo,
+    title   = {{Refining Alignment Framework for Diffusion Models with Intermediate-Step Preference Ranking}},
+    author  = {Jie Ren and Yuhang Zhang and Dongrui Liu and Xiaopeng Zhang and Qi Tian},
+    year    = 2025,
+    journal = {arXiv preprint arXiv:2502.01667}
+}"""
+
+TRL_CITATION = """@software{vonwerra2020trl,
+    title   = {{TRL: Transformers Reinforcement Learning}},
+    author  = {von Werra, Leandro and Belkada, Younes and Tunstall, Lewis and Beeching, Edward and Thrush, Tristan and Lambert, Nathan and Huang, Shengyi and Rasul, Kashif and Gallouédec, Quentin},
+    license = {Apache-2.0},
+    url     = {https://github.com/huggingface/trl},
+    year    = {2020}
+}"""
+
+__all__ = ["DIFFUSION_DPO_CITATION", "RPO_CITATION", "TAILORPO_CITATION", "TRL_CITATION"]
