@@ -12,12 +12,15 @@ from .data.formats import (
 )
 from .data.schema import Critique, EditInstruction
 from .data.verifiers import ChangeGuard, CriticRecheckVerifier, RewardMarginVerifier
-from .losses import diffusion_dpo_loss, stepwise_dpo_loss
+from .losses import diffusion_dpo_loss, mapo_loss, stepwise_dpo_loss
+from .rewards.remote import RemoteReward
 from .trainer import (
     BaseDiffusionConfig,
     BaseDiffusionTrainer,
     DiffusionDPOConfig,
     DiffusionDPOTrainer,
+    DiffusionGRPOConfig,
+    DiffusionGRPOTrainer,
     DiffusionModelConfig,
     TailorPOConfig,
     TailorPOTrainer,
@@ -36,13 +39,17 @@ __all__ = [
     "BaseDiffusionTrainer",
     "DiffusionDPOConfig",
     "DiffusionDPOTrainer",
+    "DiffusionGRPOConfig",
+    "DiffusionGRPOTrainer",
     "DiffusionModelConfig",
     "InvalidRowError",
+    "RemoteReward",
     "TailorPOConfig",
     "TailorPOTrainer",
     "__version__",
     "diffusion_dpo_loss",
     "get_peft_config",
+    "mapo_loss",
     "stepwise_dpo_loss",
     "load_preference_dataset",
     "load_prompt_dataset",

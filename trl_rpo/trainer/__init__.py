@@ -5,6 +5,8 @@ from .base import BaseDiffusionTrainer
 from .base_config import BaseDiffusionConfig
 from .diffusion_dpo_config import DiffusionDPOConfig
 from .diffusion_dpo_trainer import DataCollatorForDiffusionPreference, DiffusionDPOTrainer
+from .grpo_config import DiffusionGRPOConfig
+from .grpo_trainer import DiffusionGRPOTrainer
 from .model_config import DiffusionModelConfig, get_peft_config
 from .tailorpo_config import TailorPOConfig
 from .tailorpo_trainer import StepPairs, TailorPOTrainer
@@ -15,6 +17,8 @@ __all__ = [
     "DataCollatorForDiffusionPreference",
     "DiffusionDPOConfig",
     "DiffusionDPOTrainer",
+    "DiffusionGRPOConfig",
+    "DiffusionGRPOTrainer",
     "DiffusionModelConfig",
     "get_peft_config",
     "StepPairs",
