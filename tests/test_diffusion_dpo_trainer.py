@@ -660,7 +660,8 @@ def test_mask_of_ones_gives_the_plain_loss_and_zero_weight_outside_ignores_error
 
         monkeypatch.setattr(type(trainer), "unet_forward", forward)
         trainer._metrics["train"].clear()
-        trainer.rank_generator.manual_seed(0)
+        trainer.rank_generator.manual_seed(0)  # the same noise and timesteps
+        torch.manual_seed(0)  # the same VAE posterior draw
         with torch.no_grad():
             trainer.compute_loss(trainer.model, inputs)
         monkeypatch.setattr(type(trainer), "unet_forward", real_forward)

@@ -87,7 +87,8 @@ def test_first_on_policy_step_has_ratio_one_zero_kl_and_logs_trl_metrics(tmp_pat
         recomputed = trainer.step_log_probs(trainer.model, rollout, cond, uncond)
     sampled = rollout.log_probs[:, rollout.train_steps].transpose(0, 1)
     ratio = torch.exp(recomputed - sampled)
-    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-5), ratio
+    # (Batches of another size may round differently in the UNet's kernels: equal to ~1e-5, not bit for bit.)
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-4), ratio
     # The tiny SDXL's scheduler config has no set_alpha_to_one: its last DDIM step is deterministic, never trained.
     assert rollout.train_steps == ([0, 1, 2] if sdxl else [0, 1, 2, 3])
     trainer.train()
@@ -97,7 +98,7 @@ def test_first_on_policy_step_has_ratio_one_zero_kl_and_logs_trl_metrics(tmp_pat
         assert key in first, key
     assert first["kl"] == 0.0  # LoRA starts as the reference
     assert first["clip_ratio"] == 0.0  # ratio exactly 1: nothing clipped
-    assert first["logps/sampling_gap"] < 1e-5
+    assert first["logps/sampling_gap"] < 1e-4
     assert math.isfinite(first["loss"]) and abs(first["loss"]) < 1e-5  # mean of -A with A centred per group
 
 
