@@ -613,6 +613,7 @@ def test_mapo_loss_trains_without_any_reference_pass_and_matches_its_equation(tm
 
 
 def _masked_dataset(rows=4, none_rows=(3,)):
+    from datasets import Dataset, Features
     from datasets import Image as ImageFeature
     from PIL import Image
 
@@ -620,7 +621,8 @@ def _masked_dataset(rows=4, none_rows=(3,)):
     left = Image.new("L", (32, 32), 0)
     left.paste(255, (0, 0, 16, 32))  # the edit covers the left half
     masks = [None if i in none_rows else left for i in range(rows)]
-    return data.add_column("mask", masks, feature=ImageFeature())
+    features = Features({**data.features, "mask": ImageFeature()})  # as the builder writes it
+    return Dataset.from_dict({**data.to_dict(), "mask": masks}, features=features)
 
 
 def _mask_batch(trainer, rows=4):

@@ -191,7 +191,7 @@ def test_two_process_tailorpo_ranks_roll_out_from_different_noise(tailorpo_with_
 def test_two_process_ddp_grpo_with_a_discrete_reward_tied_on_one_rank_finishes_in_sync(tmp_path):
     """GRPO under DDP: process 1's groups all tie (zero advantages, nothing to learn), process 0's do not."""
     ranks, _ = launch(tmp_path, "--trainer", "grpo", "--reward", "discrete_brightness", "--rows", "4",
-                      "--per_device_train_batch_size", "2", timeout=600)  # fmt: skip
+                      "--per_device_train_batch_size", "2")  # fmt: skip
     a, b = ranks
     assert a["global_step"] == b["global_step"] == 2  # 4 prompts, 1 per process and step
     assert not {p for s in a["seen_prompts"] for p in s} & {p for s in b["seen_prompts"] for p in s}
