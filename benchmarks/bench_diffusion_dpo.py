@@ -13,6 +13,10 @@ run, because the machine may be busy with other work:
 (b) peak memory (peak RSS, `VmHWM`) of the trainer and of the plain loop, each in a fresh subprocess.
 (c) the reference model: LoRA with adapters disabled (no copy) vs full fine-tuning with a frozen deep copy:
     parameter bytes held for the reference, and peak RSS of a few training steps (fresh subprocesses).
+(d) with `--loss-types sigmoid mapo` (any of the trainer's loss types, the first is the baseline): steps per
+    second of one LoRA trainer per loss type, stepped round-robin so background load hits all alike, and peak
+    RSS of full fine-tuning with each (fresh subprocesses): MaPO and SFT are reference-free, so they skip the
+    reference forward pass and full fine-tuning keeps no frozen copy.
 
 Run `python benchmarks/bench_diffusion_dpo.py --help` for the options; see benchmarks/README.md.
 """
@@ -103,6 +107,7 @@ def make_trainer(
     lora: bool = True,
     callbacks=None,
     max_steps: int | None = None,
+    loss_type: str = "sigmoid",
 ):
     from transformers import PrinterCallback
 
@@ -111,6 +116,7 @@ def make_trainer(
 
     config = DiffusionDPOConfig(
         output_dir=output_dir,
+        loss_type=loss_type,
         max_steps=max_steps or args.steps,
         per_device_train_batch_size=args.batch_size,
         learning_rate=args.learning_rate,
@@ -314,6 +320,36 @@ def measure_speed(args, model: str) -> dict[str, Any]:
     }
 
 
+def measure_loss_types(args, model: str) -> dict[str, float]:
+    """(d) Steady-state steps per second of one LoRA trainer per loss type, stepped round-robin.
+
+    Each trainer's own `training_step` (forward, backward: the reference pass only where the loss needs it) and
+    optimizer step run on its own batches; one step of each in turn, so a busy machine slows all alike.
+    """
+    import itertools
+
+    import torch
+
+    times: dict[str, list[float]] = {loss: [] for loss in args.loss_types}
+    with tempfile.TemporaryDirectory() as output_dir:
+        runs = []
+        for loss in args.loss_types:
+            torch.manual_seed(args.seed)
+            trainer = make_trainer(args, model, os.path.join(output_dir, loss), loss_type=loss)
+            trainer.create_optimizer()
+            trainer.model.train()
+            runs.append((loss, trainer, itertools.cycle(trainer.get_train_dataloader())))
+        for _ in range(args.steps):
+            for loss, trainer, batches in runs:
+                batch = trainer._prepare_inputs(next(batches))
+                start = time.perf_counter()
+                trainer.training_step(trainer.model, batch)
+                trainer.optimizer.step()
+                trainer.optimizer.zero_grad()
+                times[loss].append(time.perf_counter() - start)
+    return {loss: len(t[args.warmup :]) / sum(t[args.warmup :]) for loss, t in times.items()}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # (b), (c) memory, each in a fresh subprocess
 # ---------------------------------------------------------------------------------------------------------------
@@ -331,7 +367,8 @@ def child_main(args) -> None:
     baseline = current_rss_bytes()
     torch.manual_seed(args.seed)
     kind, model = args.child.split(":")
-    out: dict[str, Any] = {"kind": kind, "model": model, "baseline_rss": baseline}
+    kind, _, loss_type = kind.partition("-")  # e.g. "full-mapo": full fine-tuning with the MaPO loss
+    out: dict[str, Any] = {"kind": kind, "model": model, "baseline_rss": baseline, "loss_type": loss_type or "sigmoid"}
     if kind == "plain":
         plain = PlainDiffusionDPO(args, model)
         for _ in range(args.mem_steps):
@@ -340,7 +377,8 @@ def child_main(args) -> None:
         out["reference_bytes"] = 0
     else:
         with tempfile.TemporaryDirectory() as output_dir:
-            trainer = make_trainer(args, model, output_dir, lora=kind == "lora", max_steps=args.mem_steps)
+            trainer = make_trainer(args, model, output_dir, lora=kind == "lora", max_steps=args.mem_steps,
+                                   loss_type=loss_type or "sigmoid")  # fmt: skip
             trainer.train()
             out["unet_bytes"] = module_bytes(trainer.model)
             # With LoRA and no ref_model the reference *is* the policy UNet with adapters off: nothing extra held.
@@ -521,12 +559,24 @@ def parse_args(argv=None):
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-rows", type=int, default=0, help="dataset rows (default: 4 x batch size)")
+    parser.add_argument(
+        "--loss-types",
+        nargs="+",
+        default=None,
+        help="(d): compare these loss types, the first as baseline, e.g. `--loss-types sigmoid mapo`",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps <= args.warmup:
         parser.error(f"--steps must exceed --warmup ({args.warmup})")
     if args.warmup < 1:
         parser.error("--warmup must be at least 1 (the first trainer step has no start mark)")
+    if args.loss_types:
+        from trl_rpo.losses import DIFFUSION_DPO_LOSS_TYPES
+
+        unknown = [loss for loss in args.loss_types if loss not in DIFFUSION_DPO_LOSS_TYPES]
+        if unknown:
+            parser.error(f"--loss-types {unknown}: choose among {list(DIFFUSION_DPO_LOSS_TYPES)}")
     return args
 
 
@@ -549,6 +599,9 @@ def main(argv=None) -> None:
     speed: dict[str, dict] = {}
     memory: dict[str, dict] = {}
     breakdown: dict[str, list] = {}
+    if args.loss_types:
+        report_loss_types(args)
+        return
     for model in args.models:
         if not args.skip_speed:
             speed[model] = measure_speed(args, model)
@@ -622,6 +675,26 @@ def main(argv=None) -> None:
                 f"full/LoRA {full['peak_rss'] / lora['peak_rss']:.3f}x; above baseline: LoRA +{lora_delta:.1f} MiB, "
                 f"full FT +{full_delta:.1f} MiB, full/LoRA {full_delta / max(lora_delta, 1e-9):.2f}x"
             )
+
+
+def report_loss_types(args) -> None:
+    """(d): speed (LoRA, round-robin) and full fine-tuning peak memory of each loss type against the first."""
+    base = args.loss_types[0]
+    for model in args.models:
+        sps = {} if args.skip_speed else measure_loss_types(args, model)
+        mem = {} if args.skip_memory else {loss: run_child(args, f"full-{loss}", model) for loss in args.loss_types}
+        for loss in args.loss_types:
+            cells = [f"[{model}] {loss:<8}"]
+            if sps:
+                cells.append(f"LoRA {sps[loss]:.2f} steps/s ({sps[loss] / sps[base]:.2f}x {base})")
+            if mem:
+                m, b = mem[loss], mem[base]
+                delta, base_delta = m["peak_rss"] - m["baseline_rss"], b["peak_rss"] - b["baseline_rss"]
+                cells.append(
+                    f"full FT peak RSS {m['peak_rss'] / MIB:.1f} MiB (+{delta / MIB:.1f} above baseline, "
+                    f"{delta / max(base_delta, 1):.2f}x {base}); reference copy {m['reference_bytes'] / MIB:.3f} MiB"
+                )
+            print(", ".join(cells), flush=True)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def test_an_unknown_command_is_refused_naming_the_known_ones(capsys):
 
 
 def test_commands_are_registered_in_one_table_so_new_ones_are_one_entry():
-    assert list(COMMANDS) == ["build-dataset", "dpo", "tailorpo", "demo"]
+    assert list(COMMANDS) == ["build-dataset", "dpo", "tailorpo", "grpo", "serve-reward", "demo"]
     assert all(callable(command.run) and command.help for command in COMMANDS.values())
 
 
@@ -162,7 +162,8 @@ def test_stage_arguments_may_be_yaml_mappings(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("command", "config_class"), [("dpo", "DiffusionDPOConfig"), ("tailorpo", "TailorPOConfig")]
+    ("command", "config_class"),
+    [("dpo", "DiffusionDPOConfig"), ("tailorpo", "TailorPOConfig"), ("grpo", "DiffusionGRPOConfig")],
 )
 def test_trainer_command_help_lists_every_config_field_and_the_lora_flags(command, config_class, capsys):
     import dataclasses
@@ -235,3 +236,73 @@ def test_hub_ids_are_not_mistaken_for_missing_folders():
     assert not looks_local("stabilityai/stable-diffusion-xl-base-1.0")
     assert not looks_local("pickapic_v2")
     assert looks_local("./data") and looks_local("/abs/data") and looks_local("a/b/c") and looks_local("p.txt")
+def test_grpo_uses_tailorpos_reward_names_and_reward_server_urls():
+    from trl_rpo.rewards.remote import RemoteReward
+    from trl_rpo.scripts import grpo, tailorpo
+
+    assert grpo.REWARDS is tailorpo.REWARDS
+    args = tailorpo.ScriptArguments(
+        prompts_name_or_path="p.txt",
+        reward_funcs=["jpeg_compressibility", "http://127.0.0.1:8000", "shapes_alignment"],
+    )
+    funcs = grpo.build_grpo_rewards(args)
+    assert funcs[0].__name__ == "jpeg_compressibility" and funcs[2].__name__ == "alignment_score"
+    assert isinstance(funcs[1], RemoteReward) and funcs[1].url == "http://127.0.0.1:8000"
+    with pytest.raises(SystemExit, match="unknown reward"):
+        grpo.build_grpo_rewards(tailorpo.ScriptArguments(prompts_name_or_path="p.txt", reward_funcs=["nope"]))
+
+
+def test_grpo_reports_a_bad_value_before_loading_anything(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["grpo", "--prompts_name_or_path", str(tmp_path / "none"), "--model_name_or_path", str(tmp_path / "none"),
+              "--output_dir", str(tmp_path / "out"), "--num_generations", "3",
+              "--per_device_train_batch_size", "4"])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "multiple of num_generations" in capsys.readouterr().err
+
+
+def test_serve_reward_serves_a_named_reward_over_loopback(monkeypatch):
+    import threading
+
+    from PIL import Image
+
+    import trl_rpo.rewards.remote as remote
+    from trl_rpo import RemoteReward
+    from trl_rpo.rewards import jpeg_compressibility
+
+    started = {}
+
+    def serve_in_thread(scorer, host, port, max_batch_size):
+        server = remote.make_reward_server(scorer, host, 0, max_batch_size)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        started.update(server=server, url=f"http://{host}:{server.server_address[1]}", max_batch_size=max_batch_size)
+
+    monkeypatch.setattr(remote, "serve_reward", serve_in_thread)
+    assert main(["serve-reward", "--reward", "jpeg_compressibility", "--max_batch_size", "4"]) == 0
+    try:
+        images = [Image.new("RGB", (16, 16), (i * 40, 0, 0)) for i in range(3)]
+        client = RemoteReward(started["url"])
+        assert client.health()["name"] == "jpeg_compressibility"
+        assert client(images, ["a"] * 3) == pytest.approx(jpeg_compressibility(images))
+        assert started["max_batch_size"] == 4
+    finally:
+        started["server"].shutdown()
+        started["server"].server_close()
+
+
+def test_serve_reward_refuses_an_unknown_reward(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve-reward", "--reward", "nope"])
+    assert "choose among" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_trl_rpo_grpo_trains_a_tiny_pipeline(tmp_path):
+    tiny_sd_pipeline().save_pretrained(tmp_path / "pipe")
+    (tmp_path / "prompts.txt").write_text("a red square\na blue circle\n")
+    assert main(["grpo", "--model_name_or_path", str(tmp_path / "pipe"), "--prompts_name_or_path",
+                 str(tmp_path / "prompts.txt"), "--reward_funcs", "jpeg_compressibility", "--output_dir",
+                 str(tmp_path / "out"), "--max_steps", "1", "--use_peft", "--lora_r", "4", "--report_to", "none",
+                 "--save_strategy", "no", "--num_generations", "2", "--per_device_train_batch_size", "2",
+                 "--num_inference_steps", "2"]) == 0  # fmt: skip
+    assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").is_file()

@@ -130,3 +130,54 @@ def test_ddim_step_variance_is_zero_only_at_the_last_step_with_final_alpha_one(a
     variance = ddim_step_variance(scheduler, scheduler.timesteps)
     assert (variance[:-1] > 0).all()
     assert bool(variance[-1] == 0) is alpha_one
+
+
+# -- masked errors for edit pairs ----------------------------------------------------------------------------
+
+
+def test_masked_mse_with_a_mask_of_ones_is_the_plain_mse():
+    from trl_rpo.diffusion import masked_per_sample_mse
+
+    gen = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(3, 4, 5, 5, generator=gen), torch.randn(3, 4, 5, 5, generator=gen)
+    torch.testing.assert_close(
+        masked_per_sample_mse(pred, target, torch.ones(3, 1, 5, 5)), per_sample_mse(pred, target)
+    )
+
+
+def test_masked_mse_by_hand_and_zero_weight_outside_ignores_changes_there():
+    from trl_rpo.diffusion import masked_per_sample_mse
+
+    target = torch.zeros(1, 2, 2, 2)
+    pred = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 0.0], [0.0, 2.0]]]])
+    weight = torch.tensor([[[[1.0, 0.0], [0.0, 0.5]]]])
+    # Channel 0: 1*1 + 0.5*16 = 9; channel 1: 0.5*4 = 2; weights sum 1.5 per channel, 2 channels -> 11 / 3.
+    assert masked_per_sample_mse(pred, target, weight).item() == pytest.approx(11 / 3)
+    changed = pred.clone()
+    changed[..., 0, 1] += 100.0  # outside the mask (weight 0)
+    changed[..., 1, 0] -= 7.0
+    assert masked_per_sample_mse(changed, target, weight).item() == pytest.approx(11 / 3)
+    # An all-zero weight map falls back to the plain error instead of dividing by zero.
+    assert masked_per_sample_mse(pred, target, torch.zeros_like(weight)).item() == pytest.approx(
+        per_sample_mse(pred, target).item()
+    )
+
+
+def test_latent_mask_weight_pools_dilates_and_weights_the_outside():
+    from trl_rpo.diffusion import latent_mask_weight
+
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 9, 9] = 1.0  # one edited pixel, inside latent cell (1, 1) at factor 8
+    plain = latent_mask_weight(mask, (4, 4), dilation=0, weight_outside=0.0)
+    expected = torch.zeros(1, 1, 4, 4)
+    expected[..., 1, 1] = 1.0
+    torch.testing.assert_close(plain, expected)
+    grown = latent_mask_weight(mask, (4, 4), dilation=1, weight_outside=0.25)
+    expected = torch.full((1, 1, 4, 4), 0.25)
+    expected[..., 0:3, 0:3] = 1.0
+    torch.testing.assert_close(grown, expected)
+    assert torch.equal(latent_mask_weight(mask, (4, 4), 1, 1.0), torch.ones(1, 1, 4, 4))
+    with pytest.raises(ValueError, match="weight_outside"):
+        latent_mask_weight(mask, (4, 4), 1, 1.5)
+    with pytest.raises(ValueError, match=r"\[B, 1, H, W\]"):
+        latent_mask_weight(mask[0], (4, 4))

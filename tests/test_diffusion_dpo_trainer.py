@@ -580,3 +580,114 @@ def test_model_card_lists_the_method_hyperparameters_as_plain_values(tmp_path):
     card = (tmp_path / "README.md").read_text()
     assert "| beta | 2500 |" in card and "| loss_type | hinge |" in card
     assert "OptimizerNames" not in card and "SchedulerType" not in card and '"None"' not in card
+
+
+# -- MaPO and masked Diffusion-DPO ------------------------------------------------------------------------------
+
+
+def test_mapo_loss_trains_without_any_reference_pass_and_matches_its_equation(tmp_path, monkeypatch):
+    from trl_rpo.losses import mapo_loss
+
+    trainer = make_trainer(tmp_path, lora=False, loss_type="mapo", max_steps=1, mapo_beta=0.3, mapo_snr_value=0.7)
+    assert trainer.ref_model is None and not trainer.needs_reference
+    monkeypatch.setattr(trainer, "reference_model", lambda: pytest.fail("MaPO must not run the reference"))
+    seen = []
+    real = trainer.preference_loss
+
+    def recording(*errors):
+        out = real(*errors)
+        seen.append((errors, out))
+        return out
+
+    trainer.preference_loss = recording
+    trainer.train()
+    ((errors, (losses, chosen, rejected)),) = seen
+    assert errors[2] is None and errors[3] is None
+    expected = mapo_loss(errors[0].detach(), errors[1].detach(), beta=0.3, snr_value=0.7, num_train_timesteps=1000)
+    torch.testing.assert_close(losses.detach(), expected[0])
+    torch.testing.assert_close(chosen, expected[1])
+    first = _first_log(trainer)
+    assert "mse/ref_chosen" not in first
+    assert first["loss"] == pytest.approx(losses.mean().item(), rel=1e-5)
+    assert first["loss"] > first["mse/policy_chosen"]  # the margin term -beta * logsigmoid(...) is positive
+
+
+def _masked_dataset(rows=4, none_rows=(3,)):
+    from datasets import Dataset, Features
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    data = tiny_preference_dataset(rows)
+    left = Image.new("L", (32, 32), 0)
+    left.paste(255, (0, 0, 16, 32))  # the edit covers the left half
+    masks = [None if i in none_rows else left for i in range(rows)]
+    features = Features({**data.features, "mask": ImageFeature()})  # as the builder writes it
+    return Dataset.from_dict({**data.to_dict(), "mask": masks}, features=features)
+
+
+def _mask_batch(trainer, rows=4):
+    return trainer.data_collator([trainer.train_dataset[i] for i in range(rows)])
+
+
+def test_masked_collator_carries_masks_and_weights_follow_them(tmp_path):
+    trainer = make_trainer(tmp_path, dataset=_masked_dataset(), mask_dilation=0, mask_weight_outside=0.0,
+                           per_device_train_batch_size=4)  # fmt: skip
+    assert "mask" in trainer.train_dataset.column_names
+    batch = _mask_batch(trainer)
+    assert batch["masks"].shape == (4, 1, 32, 32) and batch["has_mask"].tolist() == [True, True, True, False]
+    latents = torch.zeros(8, 4, 16, 16)
+    weight = trainer.loss_weights(batch, latents)
+    assert weight.shape == (8, 1, 16, 16)
+    for pair in range(3):  # chosen (pair) and rejected (pair + 4) get the pair's mask
+        for row in (pair, pair + 4):
+            assert torch.all(weight[row, :, :, :8] == 1) and torch.all(weight[row, :, :, 8:] == 0)
+    assert torch.all(weight[3] == 1) and torch.all(weight[7] == 1)  # no mask: the plain loss
+
+
+def test_mask_of_ones_gives_the_plain_loss_and_zero_weight_outside_ignores_errors_there(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, dataset=_masked_dataset(none_rows=()), mask_dilation=0,
+                           per_device_train_batch_size=4)  # fmt: skip
+    batch = _mask_batch(trainer)
+    plain = {k: v for k, v in batch.items() if k not in ("masks", "has_mask")}
+
+    def policy_errors(inputs, perturb_right_half=False):
+        real_forward = type(trainer).unet_forward
+
+        def forward(self, unet, noisy, timesteps, conditioning):
+            out = real_forward(self, unet, noisy, timesteps, conditioning)
+            if perturb_right_half:
+                out = out.clone()
+                out[..., 8:] += 3.0
+            return out
+
+        monkeypatch.setattr(type(trainer), "unet_forward", forward)
+        trainer._metrics["train"].clear()
+        trainer.rank_generator.manual_seed(0)  # the same noise and timesteps
+        torch.manual_seed(0)  # the same VAE posterior draw
+        with torch.no_grad():
+            trainer.compute_loss(trainer.model, inputs)
+        monkeypatch.setattr(type(trainer), "unet_forward", real_forward)
+        return trainer._metrics["train"]["mse/policy_chosen"][-1], trainer._metrics["train"]["mse/ref_chosen"][-1]
+
+    ones = {**batch, "masks": torch.ones_like(batch["masks"])}
+    assert policy_errors(ones) == pytest.approx(policy_errors(plain), rel=1e-6)
+    masked = policy_errors(batch)
+    assert masked != pytest.approx(policy_errors(plain), rel=1e-3)  # the left-half mask does change the errors
+    # Errors changed only outside the mask (right half) leave the masked errors, policy and reference, unchanged.
+    assert policy_errors(batch, perturb_right_half=True) == pytest.approx(masked, rel=1e-6)
+    assert policy_errors(plain, perturb_right_half=True)[0] > policy_errors(plain)[0]
+
+
+def test_precomputed_cache_carries_masks_at_latent_resolution(tmp_path):
+    trainer = make_trainer(tmp_path, dataset=_masked_dataset(), precompute_latents=True, mask_dilation=1,
+                           mask_weight_outside=0.25, per_device_train_batch_size=4,
+                           precompute_cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    assert {"latent_mask", "has_mask"} <= set(trainer.train_dataset.column_names)
+    batch = _mask_batch(trainer)
+    assert batch["has_mask"].tolist() == [True, True, True, False]
+    raw = make_trainer(tmp_path / "raw", dataset=_masked_dataset(), mask_dilation=1, mask_weight_outside=0.25,
+                       per_device_train_batch_size=4)  # fmt: skip
+    latents = torch.zeros(8, 4, 16, 16)
+    torch.testing.assert_close(trainer.loss_weights(batch, latents), raw.loss_weights(_mask_batch(raw), latents))
+    trainer.train()
+    assert math.isfinite(_first_log(trainer)["loss"])

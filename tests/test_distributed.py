@@ -188,6 +188,28 @@ def test_two_process_tailorpo_ranks_roll_out_from_different_noise(tailorpo_with_
         assert step_a["start"] != step_b["start"]
 
 
+def test_two_process_ddp_grpo_with_a_discrete_reward_tied_on_one_rank_finishes_in_sync(tmp_path):
+    """GRPO under DDP: process 1's groups all tie (zero advantages, nothing to learn), process 0's do not."""
+    ranks, _ = launch(tmp_path, "--trainer", "grpo", "--reward", "discrete_brightness", "--rows", "4",
+                      "--per_device_train_batch_size", "2")  # fmt: skip
+    a, b = ranks
+    assert a["global_step"] == b["global_step"] == 2  # 4 prompts, 1 per process and step
+    assert not {p for s in a["seen_prompts"] for p in s} & {p for s in b["seen_prompts"] for p in s}
+    assert all(len(set(batch)) == 1 and len(batch) == 2 for batch in a["seen_prompts"] + b["seen_prompts"])
+    assert b["pooled_values"]["frac_reward_zero_std"] == [[1.0], [1.0]]
+    assert a["pooled_values"]["frac_reward_zero_std"] == [[0.0], [0.0]]
+    logged = [e["frac_reward_zero_std"] for e in a["log_history"] if "frac_reward_zero_std" in e]
+    assert logged == [0.5, 0.5]
+    name = "rewards/discrete_brightness"
+    logged_mean = [e[f"{name}/mean"] for e in a["log_history"] if f"{name}/mean" in e]
+    expected = [np.mean(x + y) for x, y in zip(a["pooled_values"][name], b["pooled_values"][name])]
+    assert logged_mean == pytest.approx(expected, rel=1e-4)
+    assert a["checksum"] == b["checksum"]  # process 1's zero-advantage pass joined the gradient all-reduce
+    assert a["checksum"] != a["initial_checksum"]  # and process 0's groups trained the weights
+    for step_a, step_b in zip(a["draws"], b["draws"]):
+        assert step_a["start"] != step_b["start"]  # each process rolls out from its own noise
+
+
 @pytest.fixture(scope="module")
 def tiny_sdxl_dir(tmp_path_factory):
     from trl_rpo.testing import tiny_sdxl_pipeline

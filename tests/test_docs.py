@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trl_rpo import BaseDiffusionConfig, DiffusionDPOConfig, TailorPOConfig
+from trl_rpo import BaseDiffusionConfig, DiffusionDPOConfig, DiffusionGRPOConfig, TailorPOConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -25,6 +25,7 @@ def _own_fields(config_class, base) -> list[str]:
         (BaseDiffusionConfig, BaseDiffusionConfig.__mro__[1], "diffusion_dpo_trainer.md"),
         (DiffusionDPOConfig, BaseDiffusionConfig, "diffusion_dpo_trainer.md"),
         (TailorPOConfig, BaseDiffusionConfig, "tailorpo_trainer.md"),
+        (DiffusionGRPOConfig, BaseDiffusionConfig, "grpo_trainer.md"),
     ],
 )
 def test_every_config_field_is_documented_on_its_page(config_class, base, page):

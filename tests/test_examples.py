@@ -241,3 +241,41 @@ def test_served_vlm_example_builds_pairs_with_instruct_pix2pix_and_pushes_them(t
     assert pushed and pushed[0][0] == "me/rpo-tiny" and pushed[0][1] > 0
     card = "".join(str(call) for api in FakeHubApi.instances for call in api.calls)
     assert "sk-example-secret-key" not in card
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ("diffusion_dpo_sd15_mapo.yaml", {"loss_type": "mapo", "mapo_beta": 0.1, "mapo_snr_value": 0.5}),
+        ("diffusion_dpo_rpo_masked.yaml", {"mask_weight_outside": 0.0, "mask_dilation": 1}),
+    ],
+)
+def test_mapo_and_masked_dpo_example_configs_parse(config, expected):
+    from trl import TrlParser
+
+    example = _load_example("diffusion_dpo")
+    parser = TrlParser((example.ScriptArguments, DiffusionDPOConfig, DiffusionModelConfig))
+    _, training, _ = parser.parse_args_and_config(["--config", str(EXAMPLES / "configs" / config), "--bf16", "false"])
+    for key, value in expected.items():
+        assert getattr(training, key) == value, key
+
+
+def test_grpo_yaml_config_parses_into_every_dataclass():
+    from trl import TrlParser
+
+    from trl_rpo import DiffusionGRPOConfig
+
+    example = _load_example("grpo")
+    parser = TrlParser((example.ScriptArguments, DiffusionGRPOConfig, DiffusionModelConfig))
+    script, training, model = parser.parse_args_and_config(
+        ["--config", str(EXAMPLES / "configs" / "grpo_sd15_aesthetic.yaml"), "--bf16", "false"]
+    )
+    assert script.reward_funcs == ["aesthetic"] and training.num_generations == 4 and training.timestep_fraction == 0.5
+    assert model.use_peft and model.lora_r == 4
+
+
+def test_remote_reward_example_serves_and_scores_on_loopback():
+    result = subprocess.run([sys.executable, str(EXAMPLES / "remote_reward.py")], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "remote:" in result.stdout and "'status': 'ok'" in result.stdout

@@ -115,3 +115,114 @@ def test_stepwise_loss_is_ln2_when_policy_equals_reference():
     logp = torch.randn(3)
     losses, _, _ = stepwise_dpo_loss(logp, logp + 1, logp.clone(), logp + 1)
     torch.testing.assert_close(losses, torch.full((3,), math.log(2)))
+
+
+# -- MaPO ------------------------------------------------------------------------------------------------------
+
+
+def test_mapo_matches_hand_computed_values():
+    from trl_rpo.losses import mapo_loss
+
+    chosen_err, rejected_err = torch.tensor([0.2, 0.5]), torch.tensor([0.4, 0.3])
+    g, beta, T = 0.5, 0.1, 1000
+    # By hand for pair 0: s(0.2) = 0.1 / (e^0.1 - 1), s(0.4) = 0.2 / (e^0.2 - 1).
+    s_w0, s_l0 = 0.1 / (math.exp(0.1) - 1), 0.2 / (math.exp(0.2) - 1)
+    s_w1, s_l1 = 0.25 / (math.exp(0.25) - 1), 0.15 / (math.exp(0.15) - 1)
+    expected = [
+        0.2 - beta * math.log(1 / (1 + math.exp(-T * (s_w0 - s_l0)))),
+        0.5 - beta * math.log(1 / (1 + math.exp(-T * (s_w1 - s_l1)))),
+    ]
+    losses, chosen, rejected = mapo_loss(chosen_err, rejected_err, beta=beta, snr_value=g, num_train_timesteps=T)
+    assert losses.tolist() == pytest.approx(expected, rel=1e-5)
+    assert chosen.tolist() == pytest.approx([T * s_w0, T * s_w1], rel=1e-5)
+    assert rejected.tolist() == pytest.approx([T * s_l0, T * s_l1], rel=1e-5)
+    # The batch mean is MaPO's `model_losses_w.mean() - beta_mapo * ratio.mean()`.
+    ratio = F.logsigmoid(T * (chosen - rejected) / T)
+    assert losses.mean().item() == pytest.approx((chosen_err.mean() - beta * ratio.mean()).item(), rel=1e-5)
+
+
+def test_mapo_needs_no_reference_and_is_reachable_through_diffusion_dpo_loss():
+    from trl_rpo.losses import REFERENCE_FREE_LOSS_TYPES, mapo_loss
+
+    chosen_err, rejected_err = torch.tensor([0.2, 0.5]), torch.tensor([0.4, 0.3])
+    direct = mapo_loss(chosen_err, rejected_err, beta=0.3, snr_value=0.7, num_train_timesteps=500)
+    via = diffusion_dpo_loss(chosen_err, rejected_err, None, None, beta=0.3, loss_type="mapo", mapo_snr_value=0.7,
+                             num_train_timesteps=500)  # fmt: skip
+    for a, b in zip(direct, via):
+        torch.testing.assert_close(a, b)
+    assert "mapo" in REFERENCE_FREE_LOSS_TYPES
+
+
+def test_mapo_score_is_one_at_zero_error_and_decreasing():
+    from trl_rpo.losses import mapo_score
+
+    scores = mapo_score(torch.tensor([0.0, 1e-9, 0.1, 1.0, 10.0]))
+    assert scores[0].item() == pytest.approx(1.0) and scores[1].item() == pytest.approx(1.0)
+    assert torch.all(scores[1:] <= scores[:-1]) and scores[-1] < scores[2] < scores[1]
+    assert torch.isfinite(scores).all()
+
+
+def test_mapo_gradient_lowers_the_chosen_error_and_raises_the_rejected_one():
+    from trl_rpo.losses import mapo_loss
+
+    chosen_err = torch.tensor([0.3], requires_grad=True)
+    rejected_err = torch.tensor([0.3], requires_grad=True)
+    mapo_loss(chosen_err, rejected_err)[0].sum().backward()
+    assert chosen_err.grad.item() > 0 and rejected_err.grad.item() < 0
+
+
+# -- GRPO ------------------------------------------------------------------------------------------------------
+
+
+def test_group_advantages_by_hand():
+    from trl_rpo.losses import group_advantages
+
+    rewards = torch.tensor([1.0, 3.0, 5.0, 5.0])  # two groups of 2: (1, 3) and a tie (5, 5)
+    std = math.sqrt(2.0)  # unbiased std of (1, 3)
+    adv = group_advantages(rewards, 2, "group", eps=0.0 + 1e-4)
+    assert adv.tolist() == pytest.approx([-1 / (std + 1e-4), 1 / (std + 1e-4), 0.0, 0.0], rel=1e-6)
+    assert group_advantages(rewards, 2, "none").tolist() == [-1.0, 1.0, 0.0, 0.0]
+    batch_std = rewards.std().item()
+    assert group_advantages(rewards, 2, "batch").tolist() == pytest.approx(
+        [-1 / (batch_std + 1e-4), 1 / (batch_std + 1e-4), 0.0, 0.0], rel=1e-6
+    )
+    with pytest.raises(ValueError, match="groups of 3"):
+        group_advantages(rewards, 3)
+    with pytest.raises(ValueError, match="scale"):
+        group_advantages(rewards, 2, "rank")
+
+
+def test_grpo_loss_on_policy_is_minus_the_advantage_with_zero_kl_and_no_clipping():
+    from trl_rpo.losses import grpo_clipped_loss
+
+    logp = torch.tensor([-1.0, -2.0, -0.5], requires_grad=True)
+    adv = torch.tensor([1.0, -2.0, 0.5])
+    losses, kl, clipped = grpo_clipped_loss(logp, logp.detach(), adv, epsilon=0.2, ref_log_prob=logp.detach(),
+                                            beta=0.1)  # fmt: skip
+    assert losses.tolist() == pytest.approx((-adv).tolist())
+    assert kl.tolist() == [0.0, 0.0, 0.0] and clipped.tolist() == [0.0, 0.0, 0.0]
+    losses.sum().backward()
+    assert logp.grad.tolist() == pytest.approx((-adv).tolist())  # d(-rho A)/dlogp = -A at rho = 1
+
+
+def test_grpo_loss_clips_by_hand():
+    from trl_rpo.losses import grpo_clipped_loss
+
+    old = torch.zeros(4)
+    logp = torch.log(torch.tensor([1.5, 1.5, 0.5, 1.1]))  # ratios
+    adv = torch.tensor([1.0, -1.0, -1.0, 1.0])
+    losses, _, clipped = grpo_clipped_loss(logp, old, adv, epsilon=0.2)
+    # ratio 1.5, A>0: min(1.5, 1.2) = 1.2 (clipped); A<0: min(-1.5, -1.2) = -1.5 (not clipped)
+    # ratio 0.5, A<0: min(-0.5, -0.8) = -0.8 (clipped); ratio 1.1 inside the range.
+    assert losses.tolist() == pytest.approx([-1.2, 1.5, 0.8, -1.1], rel=1e-6)
+    assert clipped.tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_grpo_kl_is_the_k3_estimator():
+    from trl_rpo.losses import grpo_clipped_loss
+
+    logp, ref = torch.tensor([-1.0]), torch.tensor([-1.5])
+    losses, kl, _ = grpo_clipped_loss(logp, logp, torch.zeros(1), ref_log_prob=ref, beta=2.0)
+    expected = math.exp(-0.5) + 0.5 - 1
+    assert kl.item() == pytest.approx(expected, rel=1e-6)
+    assert losses.item() == pytest.approx(2.0 * expected, rel=1e-6)

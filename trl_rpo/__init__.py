@@ -24,13 +24,16 @@ _EXPORTS = {
     ),
     **dict.fromkeys(["Critique", "EditInstruction"], ".data.schema"),
     **dict.fromkeys(["ChangeGuard", "CriticRecheckVerifier", "RewardMarginVerifier"], ".data.verifiers"),
-    **dict.fromkeys(["diffusion_dpo_loss", "stepwise_dpo_loss"], ".losses"),
+    **dict.fromkeys(["diffusion_dpo_loss", "mapo_loss", "stepwise_dpo_loss"], ".losses"),
+    "RemoteReward": ".rewards.remote",
     **dict.fromkeys(
         [
             "BaseDiffusionConfig",
             "BaseDiffusionTrainer",
             "DiffusionDPOConfig",
             "DiffusionDPOTrainer",
+            "DiffusionGRPOConfig",
+            "DiffusionGRPOTrainer",
             "DiffusionModelConfig",
             "TailorPOConfig",
             "TailorPOTrainer",
@@ -52,12 +55,15 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names reso
     )
     from .data.schema import Critique, EditInstruction
     from .data.verifiers import ChangeGuard, CriticRecheckVerifier, RewardMarginVerifier
-    from .losses import diffusion_dpo_loss, stepwise_dpo_loss
+    from .losses import diffusion_dpo_loss, mapo_loss, stepwise_dpo_loss
+    from .rewards.remote import RemoteReward
     from .trainer import (
         BaseDiffusionConfig,
         BaseDiffusionTrainer,
         DiffusionDPOConfig,
         DiffusionDPOTrainer,
+        DiffusionGRPOConfig,
+        DiffusionGRPOTrainer,
         DiffusionModelConfig,
         TailorPOConfig,
         TailorPOTrainer,
@@ -76,13 +82,17 @@ __all__ = [
     "BaseDiffusionTrainer",
     "DiffusionDPOConfig",
     "DiffusionDPOTrainer",
+    "DiffusionGRPOConfig",
+    "DiffusionGRPOTrainer",
     "DiffusionModelConfig",
     "InvalidRowError",
+    "RemoteReward",
     "TailorPOConfig",
     "TailorPOTrainer",
     "__version__",
     "diffusion_dpo_loss",
     "get_peft_config",
+    "mapo_loss",
     "stepwise_dpo_loss",
     "load_preference_dataset",
     "load_prompt_dataset",

@@ -7,6 +7,8 @@ is one entry:
     trl-rpo dpo --config dpo.yaml [...]                                    # DiffusionDPOTrainer
     trl-rpo tailorpo --config tailorpo.yaml [...]                          # TailorPOTrainer
     trl-rpo eval --model trained/ --base base/ --prompts prompts.txt ...  # did training help? (paired gain, CI)
+    trl-rpo grpo --config grpo.yaml [...]                                  # DiffusionGRPOTrainer
+    trl-rpo serve-reward --reward aesthetic --port 8000                    # a reward served over HTTP
     trl-rpo demo [--quick]                                                 # the shapes-world demo
 
 Options come from a YAML file and the command line, as in TRL scripts: the command line overrides the file.
@@ -390,6 +392,43 @@ def _trainer_command(module_name: str, prog: str) -> Callable[[Sequence[str]], i
     return run
 
 
+def _run_serve_reward(argv: Sequence[str]) -> int:
+    """`trl-rpo serve-reward`: serve one of `trl-rpo tailorpo`'s rewards over HTTP (see trl_rpo/rewards/remote.py)."""
+    from dataclasses import replace
+
+    from trl import TrlParser
+
+    from .rewards.remote import serve_reward
+    from .scripts.tailorpo import REWARDS, ScriptArguments, build_rewards
+
+    @dataclass
+    class ServeArguments:
+        reward: str = field(default="aesthetic", metadata={"help": f"The reward to serve, among {list(REWARDS)}."})
+        host: str = field(default="127.0.0.1", metadata={"help": "Interface to listen on (0.0.0.0: all)."})
+        port: int = field(default=8000, metadata={"help": "Port to listen on."})
+        max_batch_size: int = field(default=256, metadata={"help": "Most images accepted in one request."})
+
+    parser = TrlParser(
+        (ServeArguments, ScriptArguments),
+        prog="trl-rpo serve-reward",
+        description="Serve a reward over HTTP (POST /score, GET /health) for `RemoteReward` clients, e.g. "
+        "`--reward_funcs http://HOST:PORT` in `trl-rpo grpo`. The scorer's own options (--aesthetic_clip_model, "
+        "--clip_model, ...) are those of `trl-rpo tailorpo`.",
+    )
+    try:
+        serve_args, script_args = parser.parse_args_and_config(
+            args=[*argv, *([] if "--prompts_name_or_path" in argv else ["--prompts_name_or_path", "-"])]
+        )
+    except (ValueError, TypeError) as err:
+        parser.error(str(err))
+    if serve_args.reward not in REWARDS:
+        parser.error(f"--reward {serve_args.reward!r}: choose among {list(REWARDS)}")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    (scorer,) = build_rewards(replace(script_args, reward_funcs=[serve_args.reward]))
+    serve_reward(scorer, serve_args.host, serve_args.port, serve_args.max_batch_size)
+    return 0
+
+
 @dataclass(frozen=True)
 class Command:
     """A subcommand: one line of help and a function of the remaining arguments that returns an exit code."""
@@ -414,6 +453,14 @@ COMMANDS: dict[str, Command] = {
         help="Did training help? A trained model (LoRA, UNet or pipeline folder) against its base: paired gain "
         "with CI, win rate, grid, JSON report.",
         run=_trainer_command("evaluate", "trl-rpo eval"),
+    ),
+    "grpo": Command(
+        help="GRPO: online RL with group-normalised rewards (same reward names as tailorpo, or reward-server URLs).",
+        run=_trainer_command("grpo", "trl-rpo grpo"),
+    ),
+    "serve-reward": Command(
+        help="Serve a reward over HTTP in its own process, for RemoteReward / --reward_funcs http://HOST:PORT.",
+        run=_run_serve_reward,
     ),
     "demo": Command(
         help="Run every method on the shapes world's base model and compare them (offline, CPU, minutes).",

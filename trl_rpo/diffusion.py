@@ -15,6 +15,8 @@ __all__ = [
     "sample_pair_noise_and_timesteps",
     "diffusion_target",
     "per_sample_mse",
+    "masked_per_sample_mse",
+    "latent_mask_weight",
     "predicted_original_sample",
     "ddim_previous_timestep",
     "ddim_step_variance",
@@ -81,6 +83,54 @@ def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
     """
     err = F.mse_loss(prediction.float(), target.float(), reduction="none")
     return err.mean(dim=tuple(range(1, err.ndim)))
+
+
+def masked_per_sample_mse(prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    r"""Weighted MSE per sample, :math:`\sum_{c,h,w} m_{hw} (\hat y - y)^2_{chw} / (C \sum_{hw} m_{hw})`.
+
+    `weight` (`[B, 1, H, W]` or `[B, C, H, W]`, non-negative) says how much each latent position counts: the
+    masked Diffusion-DPO loss for edit pairs (SimpleTuner's masked Flow-DPO does the same on velocity errors).
+    A weight of ones gives exactly :func:`per_sample_mse`; a sample whose weights sum to zero gets uniform
+    weights (its plain error) rather than a division by zero. Computed in float32.
+    """
+    err = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    weight = weight.float().expand_as(err)
+    dims = tuple(range(1, err.ndim))
+    total = weight.sum(dim=dims)
+    empty = total <= 0
+    if empty.any():
+        weight = torch.where(empty.reshape(-1, *([1] * (err.ndim - 1))), torch.ones_like(weight), weight)
+        total = weight.sum(dim=dims)
+    return (weight * err).sum(dim=dims) / total
+
+
+def latent_mask_weight(
+    mask: torch.Tensor, latent_size: tuple[int, int], dilation: int = 1, weight_outside: float = 0.0
+) -> torch.Tensor:
+    r"""Per-position weights at latent resolution from pixel edit masks.
+
+    `mask` is `[B, 1, H, W]` in [0, 1] (1 = the edit changed this pixel). A latent cell counts as edited when
+    any pixel it covers is (max-pooling to `latent_size`), the edited region then grows by `dilation` latent
+    cells in every direction (a :math:`(2d+1)^2` max filter: the denoiser's receptive field reaches past the
+    edit's border), and
+
+    .. math:: w = w_{out} + (1 - w_{out})\, \tilde m \quad\in [w_{out}, 1]
+
+    so `weight_outside` 1 gives uniform weights (the plain loss) and 0 ignores everything outside the grown mask.
+
+    Returns:
+        `[B, 1, h, w]` float32 weights.
+    """
+    if not 0.0 <= weight_outside <= 1.0:
+        raise ValueError(f"weight_outside must be in [0, 1], got {weight_outside}")
+    if dilation < 0:
+        raise ValueError(f"dilation must be >= 0 latent cells, got {dilation}")
+    if mask.ndim != 4 or mask.shape[1] != 1:
+        raise ValueError(f"mask must be [B, 1, H, W], got shape {tuple(mask.shape)}")
+    m = F.adaptive_max_pool2d(mask.float(), latent_size)
+    if dilation:
+        m = F.max_pool2d(m, kernel_size=2 * dilation + 1, stride=1, padding=dilation)
+    return weight_outside + (1.0 - weight_outside) * m.clamp(0.0, 1.0)
 
 
 def _per_sample(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -19,9 +19,20 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DIFFUSION_DPO_LOSS_TYPES", "diffusion_dpo_loss", "stepwise_dpo_loss"]
+__all__ = [
+    "DIFFUSION_DPO_LOSS_TYPES",
+    "REFERENCE_FREE_LOSS_TYPES",
+    "diffusion_dpo_loss",
+    "grpo_clipped_loss",
+    "group_advantages",
+    "mapo_loss",
+    "mapo_score",
+    "stepwise_dpo_loss",
+]
 
-DIFFUSION_DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "sft")
+DIFFUSION_DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "sft", "mapo")
+# Loss types computed from the policy's errors alone: no reference pass, no reference weights.
+REFERENCE_FREE_LOSS_TYPES = ("sft", "mapo")
 
 
 def diffusion_dpo_loss(
@@ -31,6 +42,8 @@ def diffusion_dpo_loss(
     ref_rejected_err: torch.Tensor | None,
     beta: float = 5000.0,
     loss_type: str = "sigmoid",
+    mapo_snr_value: float = 0.5,
+    num_train_timesteps: int = 1000,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     r"""Per-pair Diffusion-DPO losses and implicit rewards.
 
@@ -51,16 +64,23 @@ def diffusion_dpo_loss(
     * ``"sft"`` — the supervised baseline of the Diffusion-DPO paper: the plain denoising loss on the
       preferred image, :math:`\mathcal L = e^\theta_w`. It ignores the rejected image and the
       reference (both may be ``None``).
+    * ``"mapo"`` — MaPO (Hong et al., 2024), reference-free: see :func:`mapo_loss`; here `beta` is MaPO's
+      :math:`\beta` (0.1 in its paper, not Diffusion-DPO's 5000) and the reference errors are ignored.
 
     Returns:
         ``(losses, chosen_rewards, rejected_rewards)``, each of shape ``[B]``. The rewards are detached
-        and are ``None`` when no reference errors are given (``"sft"`` only).
+        and are ``None`` when no reference errors are given (``"sft"`` only). For ``"mapo"`` they are its
+        margin scores :math:`T\,s(e^\theta)` (higher for the lower error).
     """
     if loss_type not in DIFFUSION_DPO_LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {DIFFUSION_DPO_LOSS_TYPES}")
+    if loss_type == "mapo":
+        return mapo_loss(policy_chosen_err, policy_rejected_err, beta, mapo_snr_value, num_train_timesteps)
     has_ref = ref_chosen_err is not None and ref_rejected_err is not None
     if not has_ref and loss_type != "sft":
-        raise ValueError(f"loss_type={loss_type!r} needs the reference errors; only 'sft' works without them")
+        raise ValueError(
+            f"loss_type={loss_type!r} needs the reference errors; only {REFERENCE_FREE_LOSS_TYPES} work without them"
+        )
 
     chosen_rewards = rejected_rewards = None
     if has_ref:
@@ -121,3 +141,117 @@ def stepwise_dpo_loss(
     chosen_rewards, rejected_rewards = beta * chosen_ratio, beta * rejected_ratio
     losses = -F.logsigmoid(chosen_rewards - rejected_rewards)
     return losses, chosen_rewards.detach(), rejected_rewards.detach()
+
+
+def mapo_score(err: torch.Tensor, snr_value: float = 0.5) -> torch.Tensor:
+    r"""MaPO's log-odds surrogate of a denoising error, :math:`s(e) = \gamma e / (\exp(\gamma e) - 1)`.
+
+    MaPO (Hong et al., "Margin-aware Preference Optimization for Aligning Diffusion Models without Reference",
+    arXiv 2406.06424; `mapo-t2i/mapo` `train.py`, `--snr_value` :math:`\gamma = 0.5`) reads the per-sample
+    MSE as a stand-in for a negative log-likelihood and maps it to a score that falls from 1 (at :math:`e = 0`)
+    towards 0 as the error grows. Computed with `expm1` and its limit 1 at :math:`e \to 0`, in float32.
+    """
+    x = snr_value * err.float()
+    small = x.abs() < 1e-6
+    safe = torch.where(small, torch.ones_like(x), x)
+    return torch.where(small, 1.0 - 0.5 * x, safe / torch.expm1(safe))
+
+
+def mapo_loss(
+    policy_chosen_err: torch.Tensor,
+    policy_rejected_err: torch.Tensor,
+    beta: float = 0.1,
+    snr_value: float = 0.5,
+    num_train_timesteps: int = 1000,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Per-pair MaPO losses (reference-free) and margin scores.
+
+    With :math:`s` from :func:`mapo_score` and :math:`T` the number of training timesteps (MaPO's `train.py`):
+
+    .. math::
+        \mathcal L = e^\theta_w - \beta \log\sigma\big(T\,(s(e^\theta_w) - s(e^\theta_l))\big)
+
+    The first term is the plain denoising loss on the preferred image (its SFT term); the second widens the
+    margin between the preferred and the rejected image's likelihood surrogates. No reference model appears:
+    no reference forward pass and no reference weights. The batch mean of these per-pair losses is MaPO's
+    `model_losses_w.mean() - beta_mapo * ratio.mean()`. Defaults are MaPO's (`beta_mapo` 0.1, `snr_value` 0.5).
+
+    Returns:
+        ``(losses, chosen_scores, rejected_scores)``, each ``[B]``; the scores :math:`T\,s(e)` are detached.
+    """
+    if beta < 0:
+        raise ValueError(f"MaPO beta must be >= 0, got {beta}")
+    chosen = num_train_timesteps * mapo_score(policy_chosen_err, snr_value)
+    rejected = num_train_timesteps * mapo_score(policy_rejected_err, snr_value)
+    losses = policy_chosen_err.float() - beta * F.logsigmoid(chosen - rejected)
+    return losses, chosen.detach(), rejected.detach()
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4) -> torch.Tensor:
+    r"""GRPO advantages: each reward minus its group's mean, optionally divided by a standard deviation.
+
+    `rewards` holds consecutive groups of `group_size` samples of one prompt (`[N]`, N a multiple of the size).
+    With :math:`\mu_g, \sigma_g` the mean and (unbiased) standard deviation of group :math:`g`
+    (Shao et al., 2024, DeepSeekMath Eq. 3; TRL `GRPOTrainer`; Flow-GRPO, arXiv 2505.05470, Eq. 4):
+
+    .. math::
+        A_i = \frac{r_i - \mu_{g(i)}}{\sigma + \epsilon}, \qquad
+        \sigma = \sigma_{g(i)}\ (\text{"group"}),\ \sigma_{\text{batch}}\ (\text{"batch"}),\ 1\ (\text{"none"})
+
+    A group whose rewards are all equal gets zero advantages (nothing to learn from it), as in TRL.
+    """
+    if scale not in ("group", "batch", "none"):
+        raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
+    if group_size < 1 or rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    grouped = rewards.float().reshape(-1, group_size)
+    centred = (grouped - grouped.mean(dim=1, keepdim=True)).reshape(-1)
+    if scale == "none":
+        return centred
+    if scale == "group":
+        std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(grouped[:, :1])
+        std = std.expand_as(grouped).reshape(-1)
+    else:
+        std = rewards.float().std() if rewards.numel() > 1 else rewards.new_zeros(())
+    return centred / (std + eps)
+
+
+def grpo_clipped_loss(
+    log_prob: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    epsilon: float = 0.2,
+    ref_log_prob: torch.Tensor | None = None,
+    beta: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Per-step GRPO / PPO loss for denoising steps, with an optional KL penalty to the reference.
+
+    For a step with log-probability :math:`\log\pi_\theta(x_{t-1}\mid x_t)` under the policy, the same under
+    the policy that sampled it (`old_log_prob`) and the advantage :math:`A` of its trajectory's image:
+
+    .. math::
+        \rho = \exp(\log\pi_\theta - \log\pi_{old}), \qquad
+        \mathcal L = -\min\big(\rho A,\ \operatorname{clip}(\rho, 1-\epsilon, 1+\epsilon) A\big)
+        + \beta\,\mathrm{KL}
+
+    (PPO, Schulman et al., 2017; GRPO, Shao et al., 2024; DDPO / Flow-GRPO apply it per denoising step.) The KL
+    term is the k3 estimator :math:`\exp(\log\pi_{ref} - \log\pi_\theta) - (\log\pi_{ref} - \log\pi_\theta)
+    - 1` (Schulman, 2020), TRL's `per_token_kl`: zero when the policy equals the reference. On the first
+    iteration of a rollout :math:`\log\pi_{old} = \log\pi_\theta` (detached), so :math:`\rho = 1` exactly.
+
+    Returns:
+        ``(losses, kl, clipped)``, each shaped like `log_prob`: per-step losses, KL estimates (zeros without a
+        reference) and whether the clipped term was the active one (TRL's `clip_ratio`).
+    """
+    ratio = torch.exp(log_prob - old_log_prob)
+    clipped_ratio = ratio.clamp(1.0 - epsilon, 1.0 + epsilon)
+    unclipped_obj, clipped_obj = ratio * advantages, clipped_ratio * advantages
+    losses = -torch.min(unclipped_obj, clipped_obj)
+    clipped = (clipped_obj < unclipped_obj).float()
+    if ref_log_prob is not None and beta != 0.0:
+        delta = ref_log_prob - log_prob
+        kl = torch.exp(delta) - delta - 1.0
+        losses = losses + beta * kl
+    else:
+        kl = torch.zeros_like(log_prob)
+    return losses, kl.detach(), clipped.detach()

@@ -21,7 +21,14 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 
-from trl_rpo import DiffusionDPOConfig, DiffusionDPOTrainer, TailorPOConfig, TailorPOTrainer
+from trl_rpo import (
+    DiffusionDPOConfig,
+    DiffusionDPOTrainer,
+    DiffusionGRPOConfig,
+    DiffusionGRPOTrainer,
+    TailorPOConfig,
+    TailorPOTrainer,
+)
 from trl_rpo.testing import tiny_lora_config, tiny_preference_dataset, tiny_sd_pipeline, tiny_sdxl_pipeline
 from trl_rpo.trainer.base import zero3_init_disabled
 
@@ -65,6 +72,14 @@ class RecordingTailorPO(Recording, TailorPOTrainer):
         probe = torch.Generator().set_state(stream.get_state() if stream is not None else torch.get_rng_state())
         self.draws.append({"start": torch.randn(4, generator=probe).tolist()})
         return super().sample_pairs(prompts, conditioning, **({"generator": generator} if generator else {}))
+
+
+class RecordingGRPO(Recording, DiffusionGRPOTrainer):
+    def rollout(self, prompts, conditioning=None, generator=None):
+        stream = getattr(self, "rank_generator", None)
+        probe = torch.Generator().set_state(stream.get_state() if stream is not None else torch.get_rng_state())
+        self.draws.append({"start": torch.randn(4, generator=probe).tolist()})
+        return super().rollout(prompts, conditioning, generator)
 
 
 def brightness(images, prompts, **kwargs):
@@ -186,7 +201,7 @@ def _validation_difference(trainer, cli, run_dir: Path) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--trainer", choices=("dpo", "tailorpo"), required=True)
+    parser.add_argument("--trainer", choices=("dpo", "tailorpo", "grpo"), required=True)
     parser.add_argument("--model", choices=("sd", "sdxl"), default="sd")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--rows", type=int, default=8)
@@ -226,6 +241,14 @@ def main() -> None:
         data = data.map(lambda row, i: {"prompt": f"p{i} {row['prompt']}"}, with_indices=True)
         trainer = RecordingDPO(model=pipe, args=DiffusionDPOConfig(beta=500, **common), train_dataset=data,
                                peft_config=peft)  # fmt: skip
+    elif cli.trainer == "grpo":
+        from datasets import Dataset
+
+        data = Dataset.from_dict({"prompt": [f"p{i} a red square" for i in range(cli.rows)]})
+        trainer = RecordingGRPO(
+            model=pipe, reward_funcs=REWARDS[cli.reward], train_dataset=data, peft_config=peft,
+            args=DiffusionGRPOConfig(num_inference_steps=3, num_generations=2, beta=0.01, **common),
+        )  # fmt: skip
     else:
         from datasets import Dataset
 

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "InvalidRowError",
+    "MASK_COLUMN",
     "ROW_INDEX",
     "PREFERENCE_COLUMNS",
     "PICKAPIC_COLUMNS",
@@ -40,6 +41,8 @@ PREFERENCE_FEATURES = Features({"prompt": Value("string"), "chosen": ImageFeatur
 # Column holding each row's index in the dataset as given, so an image checked only when it is read can still be
 # reported by row (ties dropped from Pick-a-Pic would otherwise shift the numbering).
 ROW_INDEX = "row_index"
+# Optional column of edit masks (mode "L", 255 = edited, or None per row), written by RichPreferenceDataBuilder.
+MASK_COLUMN = "mask"
 
 
 class InvalidRowError(ValueError):
@@ -214,6 +217,8 @@ def prepare_preference_dataset(
         bad_rows = {i for i, _, _ in bad}
         raw = raw.select([i for i in range(len(raw)) if i not in bad_rows])
     columns = list(PREFERENCE_COLUMNS)
+    if fmt == "preference" and MASK_COLUMN in raw.column_names:
+        columns.append(MASK_COLUMN)  # edit masks of the builder's pairs (masked Diffusion-DPO); None where unknown
     if not validate_images:
         raw = raw.add_column(ROW_INDEX, list(range(len(raw))))
         columns.append(ROW_INDEX)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["PreparedImage", "prepare_image", "prepare_pair", "to_tensor"]
+__all__ = ["PreparedImage", "pair_placement", "prepare_image", "prepare_mask", "prepare_pair", "to_tensor"]
 
 
 @dataclass
@@ -56,7 +56,30 @@ def prepare_pair(
     rng: random.Random | None = None,
 ) -> tuple[PreparedImage, PreparedImage]:
     """Prepare both images of a pair with the *same* crop placement and flip, so they stay comparable."""
+    fraction, flip = pair_placement(random_crop, random_flip, rng)
+    return prepare_image(chosen, resolution, fraction, flip), prepare_image(rejected, resolution, fraction, flip)
+
+
+def pair_placement(
+    random_crop: bool = False, random_flip: bool = False, rng: random.Random | None = None
+) -> tuple[tuple[float, float], bool]:
+    """The crop placement (fractions, see :func:`prepare_image`) and flip shared by a pair (and its edit mask)."""
     rng = rng or random
     fraction = (rng.random(), rng.random()) if random_crop else (0.5, 0.5)
     flip = random_flip and rng.random() < 0.5
-    return prepare_image(chosen, resolution, fraction, flip), prepare_image(rejected, resolution, fraction, flip)
+    return fraction, flip
+
+
+def prepare_mask(
+    mask: Image.Image, image_size: tuple[int, int], resolution: int, crop_fraction=(0.5, 0.5), flip: bool = False
+) -> torch.Tensor:
+    """An edit mask through the same resize, crop and flip as its image: `[1, res, res]` with 1 where edited.
+
+    `image_size` is the (width, height) of the image the mask belongs to; a mask of another size is first
+    resized to it. Resizing blends border pixels; any pixel the edit touched at all counts as edited.
+    """
+    mask = mask.convert("L")
+    if mask.size != image_size:
+        mask = mask.resize(image_size, Image.Resampling.NEAREST)
+    prepared = prepare_image(mask, resolution, crop_fraction, flip).pixel_values[:1]  # [-1, 1], -1 = untouched
+    return (prepared > -1.0 + 1e-6).float()

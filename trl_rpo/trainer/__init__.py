@@ -12,6 +12,8 @@ _EXPORTS = {
     "BaseDiffusionConfig": ".base_config",
     "DiffusionDPOConfig": ".diffusion_dpo_config",
     **dict.fromkeys(["DataCollatorForDiffusionPreference", "DiffusionDPOTrainer"], ".diffusion_dpo_trainer"),
+    "DiffusionGRPOConfig": ".grpo_config",
+    "DiffusionGRPOTrainer": ".grpo_trainer",
     **dict.fromkeys(["DiffusionModelConfig", "get_peft_config"], ".model_config"),
     "TailorPOConfig": ".tailorpo_config",
     **dict.fromkeys(["StepPairs", "TailorPOTrainer"], ".tailorpo_trainer"),
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
     from .base_config import BaseDiffusionConfig
     from .diffusion_dpo_config import DiffusionDPOConfig
     from .diffusion_dpo_trainer import DataCollatorForDiffusionPreference, DiffusionDPOTrainer
+    from .grpo_config import DiffusionGRPOConfig
+    from .grpo_trainer import DiffusionGRPOTrainer
     from .model_config import DiffusionModelConfig, get_peft_config
     from .tailorpo_config import TailorPOConfig
     from .tailorpo_trainer import StepPairs, TailorPOTrainer
@@ -34,6 +38,8 @@ __all__ = [
     "DataCollatorForDiffusionPreference",
     "DiffusionDPOConfig",
     "DiffusionDPOTrainer",
+    "DiffusionGRPOConfig",
+    "DiffusionGRPOTrainer",
     "DiffusionModelConfig",
     "get_peft_config",
     "StepPairs",

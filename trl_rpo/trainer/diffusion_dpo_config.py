@@ -26,8 +26,22 @@ class DiffusionDPOConfig(BaseDiffusionConfig):
             (`chosen_rewards = -0.5 * beta * (policy_err - ref_err)`), 5000 is the Diffusion-DPO paper's value for
             SD 1.5 and SDXL (the diffusers script writes it as `beta_dpo = 2500` without the 1/2).
         loss_type (`str`, *optional*, defaults to `"sigmoid"`):
-            `"sigmoid"` (Diffusion-DPO), `"hinge"` (SLiC), `"ipo"` (IPO) or `"sft"` (denoising loss on the chosen
-            image only, the paper's SFT baseline). See [`diffusion_dpo_loss`] for the equations.
+            `"sigmoid"` (Diffusion-DPO), `"hinge"` (SLiC), `"ipo"` (IPO), `"sft"` (denoising loss on the chosen
+            image only, the paper's SFT baseline) or `"mapo"` (MaPO, reference-free: no reference pass and no
+            reference weights). See [`diffusion_dpo_loss`] and [`mapo_loss`] for the equations.
+        mapo_beta (`float`, *optional*, defaults to `0.1`):
+            MaPO's β, the weight of its margin term (`loss_type="mapo"` only; `beta` is not used there).
+        mapo_snr_value (`float`, *optional*, defaults to `0.5`):
+            MaPO's γ in `s(e) = γe / (exp(γe) - 1)`, its likelihood surrogate of a denoising error.
+
+        > Parameters that control edit masks (datasets with a `mask` column, as the builder writes)
+
+        mask_weight_outside (`float`, *optional*, defaults to `0.0`):
+            Weight in [0, 1] of the denoising error outside a pair's (dilated) edit mask, for policy and reference
+            alike; inside it is 1. `1.0` turns masking off (the plain loss); `0.0` ignores everything the edit did not
+            touch. Pairs whose mask is None keep the plain loss.
+        mask_dilation (`int`, *optional*, defaults to `1`):
+            Latent cells by which the edit mask grows in every direction after pooling to latent resolution.
 
         > Parameters that control the data
 
@@ -76,10 +90,19 @@ class DiffusionDPOConfig(BaseDiffusionConfig):
     loss_type: str = field(
         default="sigmoid",
         metadata={
-            "help": "Loss: 'sigmoid' (Diffusion-DPO), 'hinge', 'ipo', or 'sft'.",
+            "help": "Loss: 'sigmoid' (Diffusion-DPO), 'hinge', 'ipo', 'sft' or 'mapo' (reference-free).",
             "choices": list(DIFFUSION_DPO_LOSS_TYPES),
         },
     )
+    mapo_beta: float = field(default=0.1, metadata={"help": "MaPO's beta (margin-term weight), loss_type='mapo'."})
+    mapo_snr_value: float = field(
+        default=0.5, metadata={"help": "MaPO's gamma in s(e) = gamma*e / (exp(gamma*e) - 1), loss_type='mapo'."}
+    )
+    mask_weight_outside: float = field(
+        default=0.0,
+        metadata={"help": "Weight in [0, 1] of the error outside a pair's edit mask (1.0: masking off)."},
+    )
+    mask_dilation: int = field(default=1, metadata={"help": "Latent cells the edit mask grows by in each direction."})
     caption_dropout_probability: float = field(
         default=0.0,
         metadata={"help": "Probability of training a pair on the empty prompt (same for both images)."},
@@ -120,6 +143,14 @@ class DiffusionDPOConfig(BaseDiffusionConfig):
             raise ValueError(f"loss_type must be one of {DIFFUSION_DPO_LOSS_TYPES}, got {self.loss_type!r}")
         if self.beta <= 0:
             raise ValueError(f"beta must be positive, got {self.beta}")
+        if self.mapo_beta < 0:
+            raise ValueError(f"mapo_beta must be >= 0, got {self.mapo_beta}")
+        if self.mapo_snr_value <= 0:
+            raise ValueError(f"mapo_snr_value must be positive, got {self.mapo_snr_value}")
+        if not 0.0 <= self.mask_weight_outside <= 1.0:
+            raise ValueError(f"mask_weight_outside must be in [0, 1], got {self.mask_weight_outside}")
+        if self.mask_dilation < 0:
+            raise ValueError(f"mask_dilation must be >= 0 latent cells, got {self.mask_dilation}")
         if not 0.0 <= self.caption_dropout_probability <= 1.0:
             raise ValueError(f"caption_dropout_probability must be in [0, 1], got {self.caption_dropout_probability}")
         if self.max_train_samples is not None and self.max_train_samples <= 0:

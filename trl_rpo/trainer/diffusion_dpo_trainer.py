@@ -14,10 +14,16 @@ import numpy as np
 import torch
 from datasets import Dataset, Features
 
-from ..data.formats import ROW_INDEX, load_image, prepare_preference_dataset
-from ..data.transforms import prepare_pair
-from ..diffusion import diffusion_target, per_sample_mse, sample_pair_noise_and_timesteps
-from ..losses import diffusion_dpo_loss
+from ..data.formats import MASK_COLUMN, ROW_INDEX, load_image, prepare_preference_dataset
+from ..data.transforms import pair_placement, prepare_image, prepare_mask
+from ..diffusion import (
+    diffusion_target,
+    latent_mask_weight,
+    masked_per_sample_mse,
+    per_sample_mse,
+    sample_pair_noise_and_timesteps,
+)
+from ..losses import REFERENCE_FREE_LOSS_TYPES, diffusion_dpo_loss
 from ..pipelines import encode_images, encode_prompts, sdxl_time_ids
 from .base import BaseDiffusionTrainer, process_seed
 from .diffusion_dpo_config import DiffusionDPOConfig
@@ -71,6 +77,10 @@ class DataCollatorForDiffusionPreference:
     Raw rows become `pixel_values` (`[2B, 3, res, res]`, chosen first), `original_sizes` and `crop_top_lefts`
     (`[2B, 2]`, for SDXL micro-conditioning) and `prompt` (B strings). Precomputed rows become `latents`,
     `prompt_embeds` (and `pooled_prompt_embeds`, `time_ids` for SDXL).
+
+    Rows with a `mask` column (edit masks, see `RichPreferenceDataBuilder`) also give `masks` (`[B, 1, res, res]`,
+    1 = edited, cropped and flipped with the pair; ones where a row's mask is None) and `has_mask` (`[B]`);
+    precomputed rows give `latent_masks` (`[B, 1, h, w]`, at latent resolution) and `has_mask`.
     """
 
     resolution: int
@@ -93,27 +103,42 @@ class DataCollatorForDiffusionPreference:
             if "pooled_prompt_embeds" in examples[0]:
                 batch["pooled_prompt_embeds"] = stack("pooled_prompt_embeds")
                 batch["time_ids"] = torch.cat([stack("chosen_time_ids"), stack("rejected_time_ids")])
+            if "latent_mask" in examples[0]:
+                batch["latent_masks"] = torch.as_tensor(np.stack([np.asarray(ex["latent_mask"]) for ex in examples]))
+                batch["has_mask"] = torch.tensor([bool(ex["has_mask"]) for ex in examples])
             return batch
-        chosen, rejected = [], []
+        with_masks = MASK_COLUMN in examples[0]
+        chosen, rejected, masks = [], [], []
         for i, ex in enumerate(examples):
             row = ex.get(ROW_INDEX)  # images not validated up front are checked here, named by row
-            c, r = prepare_pair(
-                load_image(ex["chosen"], row=row, column="chosen"),
-                load_image(ex["rejected"], row=row, column="rejected"),
-                self.resolution,
-                self.random_crop,
-                self.random_flip,
-                rngs[i] if rngs is not None else None,
-            )
-            chosen.append(c)
-            rejected.append(r)
+            chosen_image = load_image(ex["chosen"], row=row, column="chosen")
+            rejected_image = load_image(ex["rejected"], row=row, column="rejected")
+            fraction, flip = pair_placement(self.random_crop, self.random_flip, rngs[i] if rngs is not None else None)
+            chosen.append(prepare_image(chosen_image, self.resolution, fraction, flip))
+            rejected.append(prepare_image(rejected_image, self.resolution, fraction, flip))
+            if with_masks:
+                mask = ex[MASK_COLUMN]
+                if mask is not None:
+                    mask = prepare_mask(
+                        load_image(mask, row=row, column=MASK_COLUMN),
+                        chosen_image.size,
+                        self.resolution,
+                        fraction,
+                        flip,
+                    )
+                masks.append(mask)
         images = chosen + rejected
-        return {
+        batch = {
             "prompt": prompts,
             "pixel_values": torch.stack([im.pixel_values for im in images]),
             "original_sizes": torch.tensor([im.original_size for im in images]),
             "crop_top_lefts": torch.tensor([im.crop_top_left for im in images]),
         }
+        if with_masks:
+            ones = torch.ones(1, self.resolution, self.resolution)
+            batch["masks"] = torch.stack([m if m is not None else ones for m in masks])
+            batch["has_mask"] = torch.tensor([m is not None for m in masks])
+        return batch
 
 
 class DiffusionDPOTrainer(BaseDiffusionTrainer):
@@ -180,7 +205,7 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
 
     @property
     def needs_reference(self) -> bool:
-        return self._loss_type != "sft"
+        return self._loss_type not in REFERENCE_FREE_LOSS_TYPES
 
     def _papers(self) -> list[dict[str, str]]:
         rpo = {"title": "Fine-Tuning Diffusion Generative Models via Rich Preference Optimization", "id": "2503.11720"}
@@ -248,6 +273,10 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
             "rejected_latents": to_storage(latents[half:].to(dtype)),
             "prompt_embeds": to_storage(cond["prompt_embeds"].to(dtype)),
         }
+        if "masks" in raw:  # edit masks at latent resolution (a latent cell is edited if any of its pixels is)
+            latent_mask = torch.nn.functional.adaptive_max_pool2d(raw["masks"], tuple(latents.shape[-2:]))
+            out["latent_mask"] = latent_mask.to(torch.uint8).numpy()
+            out["has_mask"] = raw["has_mask"].numpy()
         if self.is_sdxl:
             # Sizes and crop offsets stay float32: bf16 cannot hold e.g. 1023 exactly.
             time_ids = sdxl_time_ids(raw["original_sizes"], raw["crop_top_lefts"], self.resolution)
@@ -305,7 +334,7 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
                 batched=True,
                 with_indices=True,
                 batch_size=args.precompute_batch_size or args.per_device_train_batch_size,
-                remove_columns=[c for c in ("chosen", "rejected", ROW_INDEX) if c in shard.column_names],
+                remove_columns=[c for c in ("chosen", "rejected", MASK_COLUMN, ROW_INDEX) if c in shard.column_names],
                 features=features,
                 cache_file_name=str(paths[rank]),
                 load_from_cache_file=False,
@@ -326,11 +355,13 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
         from datasets import Array2D, Array3D, Sequence, Value
 
         probe = self._encode_rows(dataset[:1], [first_row])
-        drop = ("chosen", "rejected", ROW_INDEX)
+        drop = ("chosen", "rejected", MASK_COLUMN, ROW_INDEX)
         features = Features({k: v for k, v in dataset.features.items() if k not in drop})
         for key, value in probe.items():
             shape, dtype = tuple(value.shape[1:]), str(value.dtype)
-            if len(shape) == 3:
+            if value.dtype == np.bool_:
+                features[key] = Value("bool")
+            elif len(shape) == 3:
                 features[key] = Array3D(shape=shape, dtype=dtype)
             elif len(shape) == 2:
                 features[key] = Array2D(shape=shape, dtype=dtype)
@@ -389,15 +420,38 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
         ref_chosen_err: torch.Tensor | None,
         ref_rejected_err: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Per-pair losses and implicit rewards; see [`diffusion_dpo_loss`]."""
+        """Per-pair losses and implicit rewards; see [`diffusion_dpo_loss`] (and [`mapo_loss`] for `"mapo"`)."""
+        args = self.args
         return diffusion_dpo_loss(
             policy_chosen_err,
             policy_rejected_err,
             ref_chosen_err,
             ref_rejected_err,
-            self.args.beta,
-            self.args.loss_type,
+            args.mapo_beta if args.loss_type == "mapo" else args.beta,
+            args.loss_type,
+            mapo_snr_value=args.mapo_snr_value,
+            num_train_timesteps=self.noise_scheduler.config.num_train_timesteps,
         )
+
+    def loss_weights(self, inputs: dict[str, Any], latents: torch.Tensor) -> torch.Tensor | None:
+        """Per-position weights `[2B, 1, h, w]` of the denoising errors from the pairs' edit masks, or None.
+
+        Each pair's mask (see [`latent_mask_weight`]: pooled to latent resolution, grown by `mask_dilation`,
+        `mask_weight_outside` elsewhere) weights both of its images, for policy and reference alike. Pairs without
+        a mask get uniform weights, i.e. the plain loss; a batch without any mask returns None (the plain path).
+        """
+        has_mask = inputs.get("has_mask")
+        if has_mask is None or not bool(has_mask.any()):
+            return None
+        mask = inputs["latent_masks"] if "latent_masks" in inputs else inputs["masks"]
+        weight = latent_mask_weight(
+            mask.to(latents.device).float(),
+            tuple(latents.shape[-2:]),
+            self.args.mask_dilation,
+            self.args.mask_weight_outside,
+        )
+        weight[~has_mask.to(weight.device)] = 1.0
+        return torch.cat([weight, weight])
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -406,13 +460,22 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         target = diffusion_target(self.noise_scheduler, latents, noise, timesteps, self.prediction_type)
 
+        weight = self.loss_weights(inputs, latents)
+
+        def errors(prediction: torch.Tensor) -> torch.Tensor:
+            return (
+                per_sample_mse(prediction, target)
+                if weight is None
+                else masked_per_sample_mse(prediction, target, weight)
+            )
+
         # One UNet call on the stacked pair (not one per branch), with and without gradients.
-        policy_err = per_sample_mse(self.unet_forward(model, noisy, timesteps, conditioning), target)
+        policy_err = errors(self.unet_forward(model, noisy, timesteps, conditioning))
         policy_chosen_err, policy_rejected_err = policy_err.chunk(2)
         ref_chosen_err = ref_rejected_err = None
         if self.needs_reference:
             with torch.no_grad(), self.reference_model() as reference:
-                ref_err = per_sample_mse(self.unet_forward(reference, noisy, timesteps, conditioning), target)
+                ref_err = errors(self.unet_forward(reference, noisy, timesteps, conditioning))
             ref_chosen_err, ref_rejected_err = ref_err.chunk(2)
 
         losses, chosen_rewards, rejected_rewards = self.preference_loss(
@@ -422,9 +485,10 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
 
         self._record_metric(mode, "mse/policy_chosen", policy_chosen_err)
         self._record_metric(mode, "mse/policy_rejected", policy_rejected_err)
-        if chosen_rewards is not None:
+        if ref_chosen_err is not None:
             self._record_metric(mode, "mse/ref_chosen", ref_chosen_err)
             self._record_metric(mode, "mse/ref_rejected", ref_rejected_err)
+        if chosen_rewards is not None:
             self._record_metric(mode, "rewards/chosen", chosen_rewards)
             self._record_metric(mode, "rewards/rejected", rejected_rewards)
             self._record_metric(mode, "rewards/accuracies", (chosen_rewards > rejected_rewards).float())

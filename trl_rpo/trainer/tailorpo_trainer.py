@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,20 +20,15 @@ from ..diffusion import (
 from ..losses import stepwise_dpo_loss
 from ..pairing import rank_pairs, select_timestep_indices
 from ..pipelines import decode_latents, tensor_to_pil
-from ..rewards import combine_rewards, reward_name
+from ..rewards import reward_name
 from .base import BaseDiffusionTrainer
 from .model_card import TAILORPO_CITATION
+from .online import OnlineDiffusionMixin, RewardFunc, collate_prompts, normalize_reward_funcs
 from .tailorpo_config import TailorPOConfig
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["StepPairs", "TailorPOTrainer"]
-
-RewardFunc = Callable[..., list[float]]
-
-
-def _collate_prompts(examples: list[dict[str, Any]]) -> dict[str, list[str]]:
-    return {"prompt": [ex["prompt"] for ex in examples]}
 
 
 @dataclass
@@ -75,7 +69,7 @@ class StepPairs:
         )
 
 
-class TailorPOTrainer(BaseDiffusionTrainer):
+class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
     r"""Online step-wise preference optimization (TailorPO, arXiv 2502.01667), with TailorPO-G guidance.
 
     Each training step samples trajectories for a batch of prompts with the current policy (stochastic DDIM,
@@ -136,9 +130,7 @@ class TailorPOTrainer(BaseDiffusionTrainer):
     ):
         if args is not None and not isinstance(args, TailorPOConfig):
             raise TypeError(f"args must be a TailorPOConfig, got {type(args).__name__}")
-        funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
-        if not funcs or not all(callable(f) for f in funcs):
-            raise TypeError("reward_funcs must be a callable or a non-empty list of callables")
+        funcs = normalize_reward_funcs(reward_funcs)
         self.reward_funcs = funcs
         super().__init__(
             model=model,
@@ -147,27 +139,16 @@ class TailorPOTrainer(BaseDiffusionTrainer):
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             peft_config=peft_config,
-            data_collator=_collate_prompts,
+            data_collator=collate_prompts,
             callbacks=callbacks,
             optimizers=optimizers,
         )
-        weights = reward_weights if reward_weights is not None else self.args.reward_weights
-        if weights is not None and len(weights) != len(funcs):
-            raise ValueError(f"got {len(weights)} reward_weights for {len(funcs)} reward functions")
-        self.reward_weights = list(weights) if weights is not None else [1.0] * len(funcs)
-        for func in funcs:
-            if hasattr(func, "to") and isinstance(func.to, Callable):
-                func.to(self.accelerator.device)
+        self._setup_online(funcs, reward_weights)
         if self.args.reward_guidance_scale > 0 and not any(getattr(f, "differentiable", False) for f in funcs):
             raise ValueError(
                 "reward_guidance_scale > 0 (TailorPO-G) needs a differentiable reward scorer with `score_tensor`, "
                 f"e.g. trl_rpo.rewards.AestheticScorer; got {[reward_name(f) for f in funcs]}"
             )
-        from diffusers import DDIMScheduler
-
-        self.sample_scheduler = DDIMScheduler.from_config(
-            self.pipeline.scheduler.config, prediction_type=self.prediction_type
-        )
         self._timing: dict[str, float] = {}
         self._last_sample_step = -1
 
@@ -178,49 +159,9 @@ class TailorPOTrainer(BaseDiffusionTrainer):
         return prepare_prompt_dataset(dataset, name=f"{name}_dataset")
 
     def _default_data_collator(self):
-        return _collate_prompts
-
-    # -- conditioning and the guided denoiser ----------------------------------------------------------------
-
-    @torch.no_grad()
-    def encode_conditioning(self, prompts: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """(conditional, unconditional) UNet inputs per prompt, as the pipeline itself builds them for CFG."""
-        device = self.accelerator.device
-        encoder_device = self.pipeline.text_encoder.device
-        if self.is_sdxl:
-            embeds, neg, pooled, neg_pooled = self.pipeline.encode_prompt(
-                prompts, device=encoder_device, num_images_per_prompt=1, do_classifier_free_guidance=True
-            )
-            res = float(self.resolution)
-            time_ids = torch.tensor([[res, res, 0.0, 0.0, res, res]], device=device).repeat(len(prompts), 1)
-            cond = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "time_ids": time_ids}
-            uncond = {"prompt_embeds": neg, "pooled_prompt_embeds": neg_pooled, "time_ids": time_ids}
-        else:
-            embeds, neg = self.pipeline.encode_prompt(prompts, encoder_device, 1, True)
-            cond, uncond = {"prompt_embeds": embeds}, {"prompt_embeds": neg}
-        return {k: v.to(device) for k, v in cond.items()}, {k: v.to(device) for k, v in uncond.items()}
-
-    def guided_prediction(self, unet, latents, timesteps, cond, uncond) -> torch.Tensor:
-        """Classifier-free guided denoiser output, `uncond + s (cond - uncond)`; one UNet call on a 2x batch."""
-        scale = self.args.guidance_scale
-        if scale <= 1.0:
-            return self.unet_forward(unet, latents, timesteps, cond).float()
-        both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
-        out = self.unet_forward(unet, torch.cat([latents, latents]), torch.cat([timesteps, timesteps]), both)
-        out_uncond, out_cond = out.float().chunk(2)
-        return out_uncond + scale * (out_cond - out_uncond)
+        return collate_prompts
 
     # -- rewards -------------------------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """VAE-decode latents to images in [0, 1], `vae_decode_batch_size` at a time (bounds peak memory)."""
-        size = self.args.vae_decode_batch_size or latents.shape[0]
-        return torch.cat([decode_latents(self.pipeline.vae, chunk) for chunk in latents.split(size)])
-
-    def step_rewards(self, images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Weighted total and per-function rewards of decoded images (`[N, 3, H, W]` in [0, 1])."""
-        return combine_rewards(self.reward_funcs, self.reward_weights, tensor_to_pil(images), prompts)
 
     def _reward_gradient(self, x: torch.Tensor, eps: torch.Tensor, alpha_prev: torch.Tensor, prompts: list[str]):
         """TailorPO-G: grad of the differentiable rewards of the predicted clean image w.r.t. the sample.
@@ -268,10 +209,7 @@ class TailorPOTrainer(BaseDiffusionTrainer):
         cond_all = {k: v[prompt_index] for k, v in cond.items()}
         uncond_all = {k: v[prompt_index] for k, v in uncond.items()}
 
-        unet_cfg = unet.config
-        side = self.resolution // self.pipeline.vae_scale_factor
-        latents = torch.randn(len(prompt_index), unet_cfg.in_channels, side, side, generator=generator).to(device)
-        latents = latents * scheduler.init_noise_sigma
+        latents = self.initial_latents(len(prompt_index), generator)
         selected = self._pairable_steps(
             select_timestep_indices(
                 args.num_inference_steps,

@@ -1,0 +1,129 @@
+"""Configuration of the diffusion GRPO trainer (TRL `GRPOConfig`'s names where they apply)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .base_config import BaseDiffusionConfig
+
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+@dataclass
+class DiffusionGRPOConfig(BaseDiffusionConfig):
+    r"""
+    Configuration class for the [`DiffusionGRPOTrainer`].
+
+    Only GRPO's own parameters are listed; see [`BaseDiffusionConfig`] and [`~transformers.TrainingArguments`] for
+    the rest. As in TRL's `GRPOConfig`, `per_device_train_batch_size` counts *images* (completions): each process
+    samples `per_device_train_batch_size // num_generations` prompts per micro-step and `num_generations` images of
+    each, so `per_device_train_batch_size` must be a multiple of `num_generations` (a group never spans processes).
+
+    Parameters:
+        > Parameters that control sampling
+
+        num_generations (`int`, *optional*, defaults to `4`):
+            G, the number of images sampled per prompt (the group whose rewards are normalised together).
+        num_inference_steps (`int`, *optional*, defaults to `10`):
+            DDIM steps of each sampled trajectory (Flow-GRPO trains with 10 sampling steps).
+        guidance_scale (`float`, *optional*, defaults to `4.5`):
+            Classifier-free guidance scale, used when sampling and when computing log-probabilities.
+        eta (`float`, *optional*, defaults to `1.0`):
+            DDIM stochasticity (> 0: each step is a Gaussian with a log-probability; DDPO uses 1.0).
+        same_latent (`bool`, *optional*, defaults to `False`):
+            Start every image of a group from the same initial noise `x_T` (Flow-GRPO's option): the group's images
+            then differ only by the per-step noise, so the advantages compare the policy's steps, not the seeds.
+        vae_decode_batch_size (`int`, *optional*):
+            Decode final latents this many at a time before scoring (all at once by default).
+
+        > Parameters that control the loss
+
+        beta (`float`, *optional*, defaults to `0.0`):
+            KL coefficient towards the reference (k3 estimator per step, TRL's). `0.0` (TRL's default): no
+            reference pass at all, and full fine-tuning keeps no reference copy.
+        epsilon (`float`, *optional*, defaults to `0.2`):
+            Per-step probability ratios are clipped to `[1 - epsilon, 1 + epsilon]` (PPO / GRPO).
+        num_iterations (`int`, *optional*, defaults to `1`):
+            Optimizer steps taken on each rollout (TRL's μ). With more than one, each process reuses its rollouts
+            for this many consecutive optimizer steps, with the log-probabilities of the rollout's policy as the
+            old policy.
+        scale_rewards (`str`, *optional*, defaults to `"group"`):
+            Divide centred rewards by the group's standard deviation (`"group"`), the process batch's (`"batch"`)
+            or not at all (`"none"`, Dr. GRPO). TRL's boolean spellings `"true"` / `"false"` are accepted.
+        timestep_fraction (`float`, *optional*, defaults to `1.0`):
+            Fraction of each trajectory's steps trained on (a random subset, drawn per rollout and kept across its
+            iterations; DDPO's `timestep_fraction`, Flow-GRPO "Fast" trains a few steps). At least one step.
+        reward_weights (`list[float]`, *optional*):
+            Weight of each reward function; defaults to 1 each.
+
+        > Parameters that control logging
+
+        log_samples_steps (`int`, *optional*):
+            Every this many optimizer steps, the rollout's images (with prompts and rewards) are saved under
+            `output_dir/samples/step-N/` and sent to TensorBoard / W&B. `None` disables.
+    """
+
+    learning_rate: float = field(default=3e-4, metadata={"help": "Initial learning rate (DDPO's SD 1.5 LoRA value)."})
+    per_device_train_batch_size: int = field(
+        default=4, metadata={"help": "Images per device and micro-step: a multiple of num_generations."}
+    )
+
+    num_generations: int = field(default=4, metadata={"help": "Images per prompt (the GRPO group)."})
+    num_inference_steps: int = field(default=10, metadata={"help": "DDIM steps per sampled trajectory."})
+    guidance_scale: float = field(default=4.5, metadata={"help": "Classifier-free guidance scale."})
+    eta: float = field(default=1.0, metadata={"help": "DDIM stochasticity (must be > 0)."})
+    same_latent: bool = field(
+        default=False, metadata={"help": "Start all images of a group from the same initial noise."}
+    )
+    vae_decode_batch_size: int | None = field(
+        default=None, metadata={"help": "Decode this many latents at a time when scoring (None: all at once)."}
+    )
+    beta: float = field(default=0.0, metadata={"help": "KL coefficient; 0 skips the reference entirely."})
+    epsilon: float = field(default=0.2, metadata={"help": "Clip per-step ratios to [1 - epsilon, 1 + epsilon]."})
+    num_iterations: int = field(default=1, metadata={"help": "Optimizer steps per rollout (TRL's mu)."})
+    scale_rewards: str = field(
+        default="group",
+        metadata={
+            "help": "Advantage scaling: 'group', 'batch' or 'none'.",
+            "choices": [*SCALE_REWARDS, "true", "false"],
+        },
+    )
+    timestep_fraction: float = field(
+        default=1.0, metadata={"help": "Fraction of each trajectory's steps to train on (random subset)."}
+    )
+    reward_weights: list[float] | None = field(default=None, metadata={"help": "Weight per reward function."})
+    log_samples_steps: int | None = field(
+        default=None, metadata={"help": "Save and log the rollout's images every N steps; None disables."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        scale = str(self.scale_rewards).lower()
+        self.scale_rewards = {"true": "group", "false": "none"}.get(scale, scale)
+        if self.scale_rewards not in SCALE_REWARDS:
+            raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {self.scale_rewards!r}")
+        if self.num_generations < 2:
+            raise ValueError(
+                f"num_generations must be >= 2 (a group needs two images to compare), got {self.num_generations}"
+            )
+        if self.per_device_train_batch_size % self.num_generations:
+            raise ValueError(
+                f"per_device_train_batch_size ({self.per_device_train_batch_size}) counts images and must be a "
+                f"multiple of num_generations ({self.num_generations})"
+            )
+        if self.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
+        if self.eta <= 0:
+            raise ValueError(f"eta must be > 0 (a stochastic DDIM step has a log-probability), got {self.eta}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if not 0 < self.epsilon < 1:
+            raise ValueError(f"epsilon must be in (0, 1), got {self.epsilon}")
+        if self.num_iterations < 1:
+            raise ValueError(f"num_iterations must be >= 1, got {self.num_iterations}")
+        if not 0 < self.timestep_fraction <= 1:
+            raise ValueError(f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
+        if self.vae_decode_batch_size is not None and self.vae_decode_batch_size < 1:
+            raise ValueError(f"vae_decode_batch_size must be >= 1 or None, got {self.vae_decode_batch_size}")
+        if self.log_samples_steps is not None and self.log_samples_steps < 1:
+            raise ValueError(f"log_samples_steps must be >= 1 or None, got {self.log_samples_steps}")

@@ -1,0 +1,104 @@
+"""What the online trainers (TailorPO, GRPO) share: rewards, CFG conditioning, the guided denoiser, decoding."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from ..pipelines import decode_latents, tensor_to_pil
+from ..rewards import combine_rewards
+
+__all__ = ["OnlineDiffusionMixin", "RewardFunc", "collate_prompts", "normalize_reward_funcs"]
+
+RewardFunc = Callable[..., Sequence[float]]
+
+
+def collate_prompts(examples: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """A batch of prompt rows as `{"prompt": [...]}`."""
+    return {"prompt": [ex["prompt"] for ex in examples]}
+
+
+def normalize_reward_funcs(reward_funcs: RewardFunc | Sequence[RewardFunc]) -> list[RewardFunc]:
+    """`reward_funcs` as a non-empty list of callables (one callable is accepted as is)."""
+    funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+    if not funcs or not all(callable(f) for f in funcs):
+        raise TypeError("reward_funcs must be a callable or a non-empty list of callables")
+    return funcs
+
+
+class OnlineDiffusionMixin:
+    """Rollout helpers for trainers that sample images with the policy and score them with reward functions.
+
+    Mixed into a [`BaseDiffusionTrainer`] subclass whose config has `guidance_scale`, `eta`,
+    `num_inference_steps`, `reward_weights` and `vae_decode_batch_size`. Call `_setup_online(funcs, weights)`
+    after `BaseDiffusionTrainer.__init__`.
+    """
+
+    reward_funcs: list[RewardFunc]
+    reward_weights: list[float]
+
+    def _setup_online(self, funcs: list[RewardFunc], reward_weights: Sequence[float] | None) -> None:
+        """Reward weights (argument, else config, else ones), scorers on the device, the DDIM sampling scheduler."""
+        weights = reward_weights if reward_weights is not None else self.args.reward_weights
+        if weights is not None and len(weights) != len(funcs):
+            raise ValueError(f"got {len(weights)} reward_weights for {len(funcs)} reward functions")
+        self.reward_weights = [float(w) for w in weights] if weights is not None else [1.0] * len(funcs)
+        for func in funcs:
+            if hasattr(func, "to") and callable(func.to):
+                func.to(self.accelerator.device)
+        from diffusers import DDIMScheduler
+
+        self.sample_scheduler = DDIMScheduler.from_config(
+            self.pipeline.scheduler.config, prediction_type=self.prediction_type
+        )
+
+    # -- conditioning and the guided denoiser ----------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_conditioning(self, prompts: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(conditional, unconditional) UNet inputs per prompt, as the pipeline itself builds them for CFG."""
+        device = self.accelerator.device
+        encoder_device = self.pipeline.text_encoder.device
+        if self.is_sdxl:
+            embeds, neg, pooled, neg_pooled = self.pipeline.encode_prompt(
+                prompts, device=encoder_device, num_images_per_prompt=1, do_classifier_free_guidance=True
+            )
+            res = float(self.resolution)
+            time_ids = torch.tensor([[res, res, 0.0, 0.0, res, res]], device=device).repeat(len(prompts), 1)
+            cond = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "time_ids": time_ids}
+            uncond = {"prompt_embeds": neg, "pooled_prompt_embeds": neg_pooled, "time_ids": time_ids}
+        else:
+            embeds, neg = self.pipeline.encode_prompt(prompts, encoder_device, 1, True)
+            cond, uncond = {"prompt_embeds": embeds}, {"prompt_embeds": neg}
+        return {k: v.to(device) for k, v in cond.items()}, {k: v.to(device) for k, v in uncond.items()}
+
+    def guided_prediction(self, unet, latents, timesteps, cond, uncond) -> torch.Tensor:
+        """Classifier-free guided denoiser output, `uncond + s (cond - uncond)`; one UNet call on a 2x batch."""
+        scale = self.args.guidance_scale
+        if scale <= 1.0:
+            return self.unet_forward(unet, latents, timesteps, cond).float()
+        both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
+        out = self.unet_forward(unet, torch.cat([latents, latents]), torch.cat([timesteps, timesteps]), both)
+        out_uncond, out_cond = out.float().chunk(2)
+        return out_uncond + scale * (out_cond - out_uncond)
+
+    def initial_latents(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """`num` starting latents `x_T` for the sampling scheduler, drawn from `generator` (on the CPU)."""
+        side = self.resolution // self.pipeline.vae_scale_factor
+        channels = self.pipeline.unet.config.in_channels
+        latents = torch.randn(num, channels, side, side, generator=generator).to(self.accelerator.device)
+        return latents * self.sample_scheduler.init_noise_sigma
+
+    # -- rewards -------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE-decode latents to images in [0, 1], `vae_decode_batch_size` at a time (bounds peak memory)."""
+        size = self.args.vae_decode_batch_size or latents.shape[0]
+        return torch.cat([decode_latents(self.pipeline.vae, chunk) for chunk in latents.split(size)])
+
+    def step_rewards(self, images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted total and per-function rewards of decoded images (`[N, 3, H, W]` in [0, 1])."""
+        return combine_rewards(self.reward_funcs, self.reward_weights, tensor_to_pil(images), prompts)
