@@ -46,9 +46,14 @@ __all__ = [
     "run_demo",
 ]
 
-METHODS = ("base", "dpo_reward_pairs", "dpo_rpo_pairs", "tailorpo", "tailorpo_final")
+METHODS = ("base", "dpo_reward_pairs", "dpo_rpo_pairs", "dpo_rpo_pairs_masked", "tailorpo", "tailorpo_final", "grpo")
 # Paired comparisons reported besides "each method vs base": (a, b) means a - b.
-COMPARISONS = (("dpo_rpo_pairs", "dpo_reward_pairs"), ("tailorpo", "tailorpo_final"))
+COMPARISONS = (
+    ("dpo_rpo_pairs", "dpo_reward_pairs"),
+    ("dpo_rpo_pairs_masked", "dpo_rpo_pairs"),
+    ("tailorpo", "tailorpo_final"),
+    ("tailorpo", "grpo"),
+)
 # Seeds of the in-distribution evaluation start this far past every seed the pair builders use
 # (`seed + i` for i < image_budget), so no training image is evaluated again.
 IN_DISTRIBUTION_SEED_OFFSET = 10_000
@@ -86,6 +91,12 @@ class DemoConfig:
     tailorpo_num_inference_steps: int = field(default=10, metadata={"help": "DDIM steps of TailorPO rollouts."})
     tailorpo_learning_rate: float = field(default=5e-4, metadata={"help": "TailorPO LoRA learning rate."})
     num_candidates: int = field(default=2, metadata={"help": "TailorPO candidates per noisy parent."})
+    mask_weight_outside: float = field(
+        default=0.0, metadata={"help": "Masked DPO row: weight of the denoising error outside each pair's edit mask."}
+    )
+    grpo_num_generations: int = field(
+        default=4, metadata={"help": "GRPO group size; its batch is 2x TailorPO's prompts in images, the same steps."}
+    )
     grid_prompts: int = field(default=8, metadata={"help": "Test prompts (columns) of grid.png."})
 
     def __post_init__(self):
@@ -233,15 +244,17 @@ def train_dpo(config: DemoConfig, pairs, output_dir: Path, name: str, **override
     from .model import load_pipeline
 
     recipe = {"learning_rate": config.dpo_learning_rate, "beta": config.dpo_beta, "max_steps": config.dpo_steps,
-              "use_lora": config.dpo_use_lora, "loss_type": "sigmoid", **overrides}  # fmt: skip
+              "use_lora": config.dpo_use_lora, "loss_type": "sigmoid", "masked": False, **overrides}  # fmt: skip
+    columns = ["prompt", "chosen", "rejected", *(["mask"] if recipe["masked"] else [])]
     trainer = DiffusionDPOTrainer(
         model=load_pipeline(config.model),
         args=DiffusionDPOConfig(
             max_steps=recipe["max_steps"], per_device_train_batch_size=min(config.dpo_batch_size, len(pairs)),
             learning_rate=recipe["learning_rate"], beta=recipe["beta"], loss_type=recipe["loss_type"],
-            precompute_latents=True, **_common_args(config, output_dir, name),
+            mask_weight_outside=config.mask_weight_outside, precompute_latents=True,
+            **_common_args(config, output_dir, name),
         ),
-        train_dataset=pairs.select_columns(["prompt", "chosen", "rejected"]),
+        train_dataset=pairs.select_columns(columns),
         peft_config=_lora_config(config.lora_r) if recipe["use_lora"] else None,
     )  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # the demo's own bar and table report progress
@@ -304,7 +317,7 @@ def run_demo(
     from transformers import PrinterCallback
 
     from ..data import build_reward_pairs
-    from ..trainer import TailorPOConfig, TailorPOTrainer
+    from ..trainer import DiffusionGRPOConfig, DiffusionGRPOTrainer, TailorPOConfig, TailorPOTrainer
     from .evaluate import alignment_score
     from .model import load_pipeline
     from .world import prompts as shape_prompts
@@ -329,7 +342,7 @@ def run_demo(
     bar = tqdm(total=len(stages), desc="demo", disable=not progress, unit="stage")
     rows: list[dict[str, Any]] = []
     curves: dict[str, dict[str, list[tuple[float, float]]]] = {
-        "Diffusion-DPO loss": {}, "DPO implicit accuracy": {}, "TailorPO rollout alignment": {},
+        "Diffusion-DPO loss": {}, "DPO implicit accuracy": {}, "online rollout alignment": {},
     }  # fmt: skip
 
     def evaluate(method: str, pipeline, pairs: int, seconds: float, **extra: Any) -> None:
@@ -363,18 +376,19 @@ def run_demo(
     reward_seconds = time.perf_counter() - start
     bar.update(1)
 
-    # 4. Diffusion-DPO on each pair set, the same recipe.
+    # 4. Diffusion-DPO on each pair set, the same recipe; on RPO pairs also with the loss weighted by edit masks.
     for method, pairs, build_seconds, extra in (
         ("dpo_reward_pairs", reward_pairs, reward_seconds, {"images": reward_counts["images"],
                                                             "ties": reward_counts["ties"]}),
         ("dpo_rpo_pairs", rpo_pairs, rpo_seconds, {"images": config.image_budget, "builder": rpo_stats}),
+        ("dpo_rpo_pairs_masked", rpo_pairs, rpo_seconds, {"images": config.image_budget}),
     ):  # fmt: skip
         bar.set_description(method)
         if len(pairs) == 0:
             evaluate(method, base, 0, build_seconds, note="no pairs were built: the base model is reported", **extra)
             continue
         start = time.perf_counter()
-        trainer = train_dpo(config, pairs, output_dir, method)
+        trainer = train_dpo(config, pairs, output_dir, method, masked=method.endswith("_masked"))
         seconds = build_seconds + time.perf_counter() - start
         curves["Diffusion-DPO loss"][method] = _curve(trainer.state.log_history, "loss")
         curves["DPO implicit accuracy"][method] = _curve(trainer.state.log_history, "rewards/accuracies")
@@ -403,10 +417,35 @@ def run_demo(
         seconds = time.perf_counter() - start
         history = trainer.state.log_history
         pairs = round(sum(value for _, value in _curve(history, "pairs/count")))
-        curves["TailorPO rollout alignment"][method] = _curve(history, "rewards/alignment_score/mean")
+        curves["online rollout alignment"][method] = _curve(history, "rewards/alignment_score/mean")
         trainer.pipeline.unet.eval()
         evaluate(method, trainer.pipeline, pairs, seconds)
         del trainer
+
+    # 6. GRPO, the online baseline: the same reward, steps, learning rate and DDIM steps as TailorPO, groups of
+    # `grpo_num_generations` images per prompt (2x TailorPO's images per step: its candidates double its rollouts).
+    bar.set_description("grpo")
+    start = time.perf_counter()
+    trainer = DiffusionGRPOTrainer(
+        model=load_pipeline(config.model),
+        reward_funcs=alignment_score,
+        args=DiffusionGRPOConfig(
+            max_steps=config.tailorpo_steps, num_generations=config.grpo_num_generations,
+            per_device_train_batch_size=2 * config.tailorpo_batch_size, learning_rate=config.tailorpo_learning_rate,
+            num_inference_steps=config.tailorpo_num_inference_steps, guidance_scale=config.guidance_scale,
+            **_common_args(config, output_dir, "grpo"),
+        ),
+        train_dataset=prompt_dataset,
+        peft_config=_lora_config(config.lora_r),
+    )  # fmt: skip
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    seconds = time.perf_counter() - start
+    curves["online rollout alignment"]["grpo"] = _curve(trainer.state.log_history, "rewards/alignment_score/mean")
+    trainer.pipeline.unet.eval()
+    images = config.tailorpo_steps * 2 * config.tailorpo_batch_size
+    evaluate("grpo", trainer.pipeline, 0, seconds, images=images)
+    del trainer
     bar.close()
 
     results = _report(config, scorer, rows)
