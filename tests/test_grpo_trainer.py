@@ -99,7 +99,9 @@ def test_first_on_policy_step_has_ratio_one_zero_kl_and_logs_trl_metrics(tmp_pat
     assert first["kl"] == 0.0  # LoRA starts as the reference
     assert first["clip_ratio"] == 0.0  # ratio exactly 1: nothing clipped
     assert first["logps/sampling_gap"] < 1e-4
-    assert math.isfinite(first["loss"]) and abs(first["loss"]) < 1e-5  # mean of -A with A centred per group
+    # With rho = 1 the loss is -mean(A), and A is centred per group: 0 up to float32 rounding of the group means,
+    # which the division by a small group std (near-identical tiny-model images) amplifies to ~1e-4.
+    assert math.isfinite(first["loss"]) and abs(first["loss"]) < 1e-3
 
 
 def test_beta_zero_runs_no_reference_and_full_finetuning_keeps_no_copy(tmp_path, monkeypatch):
