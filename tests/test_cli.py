@@ -44,7 +44,7 @@ def test_an_unknown_command_is_refused_naming_the_known_ones(capsys):
 
 
 def test_commands_are_registered_in_one_table_so_new_ones_are_one_entry():
-    assert list(COMMANDS) == ["build-dataset", "dpo", "tailorpo", "demo"]
+    assert list(COMMANDS) == ["build-dataset", "dpo", "tailorpo", "eval", "demo"]
     assert all(callable(command.run) and command.help for command in COMMANDS.values())
 
 
