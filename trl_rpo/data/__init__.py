@@ -13,6 +13,7 @@ from .formats import (
     prepare_preference_dataset,
     prepare_prompt_dataset,
 )
+from .instruction_editors import FluxKontextEditor, QwenImageEditEditor
 from .masks import difference_mask, dilate_mask, union_masks
 from .refiners import Img2ImgRefiner
 from .reward_pairs import REWARD_PAIR_FEATURES, build_reward_pairs
@@ -27,6 +28,8 @@ __all__ = [
     "CriticRequestError",
     "EditorRouter",
     "Img2ImgEditor",
+    "FluxKontextEditor",
+    "QwenImageEditEditor",
     "Img2ImgRefiner",
     "difference_mask",
     "dilate_mask",
