@@ -64,8 +64,10 @@ def test_flow_tailorpo_trains_with_finite_losses_and_pairs_from_one_parent(tmp_p
         velocity = trainer.guided_prediction(trainer.model, pairs.parent_chosen, pairs.timesteps, c, u)
     sigma, next_sigma = trainer._flow_sigmas(pairs.timesteps)
     _, expected, mean, std = flow_sde_step_with_logprob(
-        velocity, sigma, next_sigma, pairs.parent_chosen, 0.7, prev_sample=pairs.chosen
-    )
+        velocity, sigma, next_sigma, pairs.parent_chosen, 0.7, prev_sample=pairs.chosen,
+        sigma_max=trainer.flow_sigma_max(),
+    )  # fmt: skip
+    assert trainer.flow_sigma_max() == pytest.approx(float(trainer.sample_scheduler.sigmas[1]))
     torch.testing.assert_close(logp_c, expected)
     density = torch.distributions.Normal(mean, std.expand_as(mean)).log_prob(pairs.chosen).mean(dim=(1, 2, 3))
     torch.testing.assert_close(logp_c, density)

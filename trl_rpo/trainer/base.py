@@ -43,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 UNET_SUBFOLDER = "unet"
-TRANSFORMER_SUBFOLDER = "transformer"
 
 
 def fill_deepspeed_auto_sizes(hf_ds_config, unet) -> None:
@@ -401,8 +400,6 @@ class BaseDiffusionTrainer(Trainer):
         pooled_prompt_embeds` (FLUX's packing, ids and guidance embedding are added by the adapter).
         """
         return self.model_adapter.predict(unet, noisy_latents, timesteps, conditioning)
-
-    denoiser_forward = unet_forward
 
     # -- metrics (TRL conventions) -----------------------------------------------------------------------------
 

@@ -248,6 +248,12 @@ class TailorPOTrainer(BaseDiffusionTrainer):
         sigmas = scheduler.sigmas.to(timesteps.device, torch.float32)
         return sigmas[index], sigmas[index + 1]
 
+    def flow_sigma_max(self) -> float:
+        """Where the flow SDE's noise scale `g = a sqrt(s / (1 - s))` is capped: the schedule's second sigma, so the
+        first step (s = 1, infinite g) uses the second's scale, as Flow-GRPO does (0.999 with a one-step schedule)."""
+        second = float(self.sample_scheduler.sigmas[1])
+        return second if 0.0 < second < 1.0 else 0.999
+
     def next_timesteps(self, timesteps: torch.Tensor) -> torch.Tensor:
         """The timesteps one sampler step later (DDIM: negative after the last; flow: 0 after the last)."""
         if not self.is_flow:
@@ -266,8 +272,9 @@ class TailorPOTrainer(BaseDiffusionTrainer):
         if self.is_flow:
             sigma, next_sigma = self._flow_sigmas(timesteps)
             prev, log_prob, _, _ = flow_sde_step_with_logprob(
-                output, sigma, next_sigma, sample, self.args.sde_noise_level, prev_sample, generator
-            )
+                output, sigma, next_sigma, sample, self.args.sde_noise_level, prev_sample, generator,
+                sigma_max=self.flow_sigma_max(),
+            )  # fmt: skip
             return prev, log_prob
         prev, log_prob, _, _ = ddim_step_with_logprob(
             self.sample_scheduler, output, timesteps, sample, self.args.eta, prev_sample, generator
