@@ -56,7 +56,7 @@ def _first_log(trainer):
 
 
 def _flow_trainer(tmp_path, family, lora=True, **overrides):
-    args = dict(resolution=32, max_sequence_length=T5_LENGTH, max_steps=1, **overrides)
+    args = {"resolution": 32, "max_sequence_length": T5_LENGTH, "max_steps": 1, **overrides}
     return DiffusionDPOTrainer(
         model=BUILDERS[family](),
         args=dpo_config(tmp_path, **args),

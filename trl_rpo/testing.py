@@ -443,11 +443,12 @@ def _t5_encoder(hidden: int = _TEXT_HIDDEN):
         num_layers=2,
         num_heads=4,
         relative_attention_num_buckets=8,
+        dropout_rate=0.0,  # T5's default 0.1 would make a pipeline built in memory (train mode) non-deterministic
         decoder_start_token_id=0,
         pad_token_id=0,
         eos_token_id=1,
     )
-    return T5EncoderModel(config)
+    return T5EncoderModel(config).eval()
 
 
 def _flow_vae(latent_channels: int = 4):

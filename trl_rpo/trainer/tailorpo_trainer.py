@@ -353,7 +353,7 @@ class TailorPOTrainer(BaseDiffusionTrainer):
         side = self.resolution // self.pipeline.vae_scale_factor
         channels = self.model_adapter.latent_channels if self.is_flow else unet_cfg.in_channels
         latents = torch.randn(len(prompt_index), channels, side, side, generator=generator).to(device)
-        latents = latents * scheduler.init_noise_sigma
+        latents = latents * getattr(scheduler, "init_noise_sigma", 1.0)  # flow schedulers start at unit noise
         selected = self._pairable_steps(
             select_timestep_indices(
                 args.num_inference_steps,
