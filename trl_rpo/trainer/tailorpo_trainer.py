@@ -363,7 +363,7 @@ class TailorPOTrainer(BaseDiffusionTrainer):
                 generator=generator,
             )
         )
-        alphas = scheduler.alphas_cumprod.to(device)
+        alphas = None if self.is_flow else scheduler.alphas_cumprod.to(device)
         rows: dict[str, list[torch.Tensor]] = {k: [] for k in ("pc", "pr", "c", "r", "t", "i")}
         transitions: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # "final": (t, parent, child)
         ties = ranked = 0
