@@ -180,16 +180,24 @@ _TINY_RUN = dict(max_steps=2, per_device_train_batch_size=1, gradient_accumulati
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("config", "pipeline", "lora"),
-    [("diffusion_dpo_sd15_full.yaml", "sd", False), ("diffusion_dpo_sdxl_lora.yaml", "sdxl", True)],
+    [
+        ("diffusion_dpo_sd15_full.yaml", "sd", False),
+        ("diffusion_dpo_sdxl_lora.yaml", "sdxl", True),
+        ("diffusion_dpo_sd35_lora.yaml", "sd3", True),
+        ("diffusion_dpo_flux_lora.yaml", "flux", True),
+    ],
 )
 def test_dpo_example_configs_run_under_accelerate_launch_on_tiny_pipelines(tmp_path, config, pipeline, lora):
-    from trl_rpo.testing import tiny_sdxl_pipeline
+    from trl_rpo.testing import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sdxl_pipeline
 
-    (tiny_sdxl_pipeline() if pipeline == "sdxl" else tiny_sd_pipeline()).save_pretrained(tmp_path / "pipe")
+    build = {"sd": tiny_sd_pipeline, "sdxl": tiny_sdxl_pipeline, "sd3": tiny_sd3_pipeline, "flux": tiny_flux_pipeline}
+    build[pipeline]().save_pretrained(tmp_path / "pipe")
     tiny_preference_dataset(4).save_to_disk(tmp_path / "data")
     out = tmp_path / "out"
     overrides = dict(_TINY_RUN, model_name_or_path=str(tmp_path / "pipe"), dataset_name=str(tmp_path / "data"),
                      output_dir=str(out), vae_model_name_or_path=None)  # fmt: skip
+    if pipeline in ("sd3", "flux"):
+        overrides["max_sequence_length"] = 16
     if config.endswith("full.yaml"):
         overrides["optim"] = "adamw_torch"  # 8-bit AdamW is covered by the trainer tests
     result = _launch(EXAMPLES / "diffusion_dpo.py", "--config", str(_tiny_yaml(tmp_path, config, **overrides)))

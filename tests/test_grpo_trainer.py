@@ -9,13 +9,10 @@ from trl_rpo import DiffusionGRPOConfig, DiffusionGRPOTrainer
 from trl_rpo.testing import tiny_lora_config, tiny_sd_pipeline, tiny_sdxl_pipeline
 from trl_rpo.trainer.grpo_trainer import GroupRepeatSampler, select_train_steps
 
-from ._helpers import FAST_ARGS
+from ._helpers import FAST_ARGS, brightness
 
 PROMPTS = Dataset.from_dict({"prompt": ["a red square", "a blue circle", "a green triangle", "a yellow star"]})
 
-
-def brightness(images, prompts, **kwargs):
-    return [float(np.asarray(im, dtype=np.float32).mean() / 255.0) for im in images]
 
 
 def darkness(images, prompts, **kwargs):
@@ -186,3 +183,11 @@ def test_grpo_raises_brightness_and_lowers_it_when_the_sign_flips(tmp_path):
     down.train()
     after_up, after_down = _held_out_brightness(up), _held_out_brightness(down)
     assert after_up > before > after_down, (before, after_up, after_down)
+
+
+def test_flow_matching_pipelines_are_refused_naming_the_trainer_that_supports_them(tmp_path):
+    from trl_rpo.testing import tiny_sd3_pipeline
+
+    with pytest.raises(ValueError, match="TailorPOTrainer trains SD3 / FLUX"):
+        DiffusionGRPOTrainer(model=tiny_sd3_pipeline(), reward_funcs=brightness, args=grpo_config(tmp_path),
+                             train_dataset=PROMPTS)  # fmt: skip

@@ -44,6 +44,8 @@ EDITOR_ALIASES = {
     "inpaint": "trl_rpo.data.editors:InpaintEditor",
     "controlnet": "trl_rpo.data.editors:ControlNetEditor",
     "img2img": "trl_rpo.data.editors:Img2ImgEditor",
+    "flux_kontext": "trl_rpo.data.instruction_editors:FluxKontextEditor",
+    "qwen_image_edit": "trl_rpo.data.instruction_editors:QwenImageEditEditor",
 }
 
 

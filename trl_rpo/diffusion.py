@@ -22,6 +22,13 @@ __all__ = [
     "ddim_step_variance",
     "ddim_step_with_logprob",
     "gaussian_log_prob",
+    "FLOW_WEIGHTING_SCHEMES",
+    "sample_flow_sigmas",
+    "sample_pair_flow_noise_and_timesteps",
+    "flow_noisy_latents",
+    "flow_velocity_target",
+    "flow_predicted_original_sample",
+    "flow_sde_step_with_logprob",
 ]
 
 
@@ -276,3 +283,155 @@ def stable_diffusion_ddim_scheduler(prediction_type: str = "epsilon"):
         steps_offset=1,
         prediction_type=prediction_type,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rectified flow (SD3 / SD3.5, FLUX.1)
+# ---------------------------------------------------------------------------------------------------------------
+
+FLOW_WEIGHTING_SCHEMES = ("logit_normal", "mode", "uniform")
+
+
+def sample_flow_sigmas(
+    batch_size: int,
+    weighting_scheme: str = "logit_normal",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    mode_scale: float = 1.29,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""Training-time positions :math:`u \in (0, 1)` from the SD3 paper's densities (Esser et al., 2024, Sec. 3.1).
+
+    * ``"logit_normal"``: :math:`u = \mathrm{sigmoid}(n)`, :math:`n \sim \mathcal N(m, s^2)`;
+    * ``"mode"``: :math:`u = 1 - v - c\,(\cos^2(\pi v / 2) - 1 + v)`, :math:`v \sim \mathcal U(0, 1)`;
+    * ``"uniform"``: :math:`u \sim \mathcal U(0, 1)`.
+
+    Drawn by diffusers' `training_utils.compute_density_for_timestep_sampling` (what its SD3 and FLUX training
+    scripts use), on the CPU or the generator's device.
+    """
+    from diffusers.training_utils import compute_density_for_timestep_sampling
+
+    if weighting_scheme not in FLOW_WEIGHTING_SCHEMES:
+        raise ValueError(f"weighting_scheme must be one of {FLOW_WEIGHTING_SCHEMES}, got {weighting_scheme!r}")
+    return compute_density_for_timestep_sampling(
+        weighting_scheme="none" if weighting_scheme == "uniform" else weighting_scheme,
+        batch_size=batch_size,
+        logit_mean=logit_mean,
+        logit_std=logit_std,
+        mode_scale=mode_scale,
+        device=generator.device if generator is not None else "cpu",
+        generator=generator,
+    )
+
+
+def sample_pair_flow_noise_and_timesteps(
+    latents: torch.Tensor,
+    scheduler,
+    weighting_scheme: str = "logit_normal",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    mode_scale: float = 1.29,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Noise, timesteps and sigmas for a stacked rectified-flow preference batch `[chosen; rejected]`.
+
+    As in diffusers' SD3 / FLUX scripts, :math:`u` from :func:`sample_flow_sigmas` picks the index
+    :math:`\lfloor u N \rfloor` into the training schedule of a `FlowMatchEulerDiscreteScheduler` (so SD3's
+    `shift` applies), giving :math:`t` (in `[0, N]`) and :math:`\sigma = t / N`. As in Diffusion-DPO, both images
+    of a pair share :math:`\epsilon` and :math:`\sigma` (Flow-DPO).
+
+    Returns:
+        `(noise [2B, ...], timesteps [2B], sigmas [2B])`, each half a copy of the other.
+    """
+    if latents.shape[0] % 2:
+        raise ValueError(f"a pair batch must have an even leading dimension, got shape {tuple(latents.shape)}")
+    half = latents.shape[0] // 2
+    device = generator.device if generator is not None else "cpu"
+    noise = torch.randn((half, *latents.shape[1:]), generator=generator, device=device)
+    u = sample_flow_sigmas(half, weighting_scheme, logit_mean, logit_std, mode_scale, generator)
+    num_train_timesteps = scheduler.config.num_train_timesteps
+    indices = (u * num_train_timesteps).long().clamp(0, len(scheduler.timesteps) - 1).cpu()
+    timesteps = scheduler.timesteps[indices].float()
+    sigmas = scheduler.sigmas[indices].float()
+    noise = noise.to(device=latents.device, dtype=latents.dtype).repeat(2, *([1] * (latents.ndim - 1)))
+    return noise, timesteps.repeat(2).to(latents.device), sigmas.repeat(2).to(latents.device)
+
+
+def flow_noisy_latents(latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    r"""Rectified-flow interpolation :math:`x_\sigma = (1 - \sigma)\,x_0 + \sigma\,\epsilon`.
+
+    (Liu et al., 2022; Esser et al., 2024, Eq. 1 with :math:`a_t = 1 - t`, :math:`b_t = t`.)
+    """
+    s = _per_sample(sigmas, latents).to(latents.dtype)
+    return (1.0 - s) * latents + s * noise
+
+
+def flow_velocity_target(latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    r"""The flow-matching regression target :math:`v = \epsilon - x_0` (:math:`= dx_\sigma / d\sigma`)."""
+    return noise - latents
+
+
+def flow_predicted_original_sample(velocity: torch.Tensor, sample: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    r""":math:`\hat x_0 = x_\sigma - \sigma\,\hat v`: the clean sample a velocity prediction implies (float32)."""
+    return sample.float() - _per_sample(sigmas, sample) * velocity.float()
+
+
+def flow_sde_step_with_logprob(
+    velocity: torch.Tensor,
+    sigmas: torch.Tensor,
+    next_sigmas: torch.Tensor,
+    sample: torch.Tensor,
+    noise_level: float = 0.7,
+    prev_sample: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    sigma_max: float = 0.999,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""One Euler-Maruyama step of the flow ODE turned SDE (Flow-GRPO, Liu et al., 2025, Eq. 8-9) and its log-prob.
+
+    The probability-flow ODE :math:`dx = v\,d\sigma` and the SDE
+
+    .. math::
+        dx = \Big[v + \frac{g_\sigma^2}{2\sigma}\big(x + (1 - \sigma)\,v\big)\Big]\,d\sigma + g_\sigma\,dw,
+        \qquad g_\sigma = a\sqrt{\sigma / (1 - \sigma)}
+
+    share their marginals (the drift adds :math:`-\tfrac{g^2}{2}\nabla\log p_\sigma` with the score
+    :math:`-(x + (1-\sigma) v)/\sigma` of rectified flow). A step from :math:`\sigma` to
+    :math:`\sigma' < \sigma` (:math:`\Delta = \sigma' - \sigma < 0`) is Gaussian:
+
+    .. math::
+        \mu = x\Big(1 + \frac{g^2 \Delta}{2\sigma}\Big) + v\Big(1 + \frac{g^2 (1-\sigma)}{2\sigma}\Big)\Delta,
+        \qquad x' \sim \mathcal N\big(\mu, g^2 |\Delta|\, I\big)
+
+    with :math:`a` = `noise_level` (Flow-GRPO uses 0.7) and :math:`\sigma` clamped to `sigma_max` inside
+    :math:`g` (the SDE's noise is infinite at :math:`\sigma = 1`). `noise_level=0` is the Euler ODE step, which has
+    no density. The log-probability is averaged over non-batch dimensions, like :func:`ddim_step_with_logprob`.
+
+    Args:
+        velocity: the (guided) velocity prediction at `(sample, sigmas)`.
+        sigmas / next_sigmas: `[B]` or scalars, the current and next noise levels (`next_sigmas < sigmas`).
+        sample: :math:`x_\sigma`.
+        prev_sample: evaluate the log-probability of this :math:`x_{\sigma'}` instead of drawing one.
+
+    Returns:
+        `(prev_sample, log_prob [B], mean, std [B,1,...])`, computed in float32.
+    """
+    if noise_level <= 0:
+        raise ValueError(f"noise_level must be > 0 for a stochastic step with a log-probability, got {noise_level}")
+    batch = sample.shape[0]
+    sigma = torch.as_tensor(sigmas, device=sample.device, dtype=torch.float32).reshape(-1).expand(batch)
+    sigma_next = torch.as_tensor(next_sigmas, device=sample.device, dtype=torch.float32).reshape(-1).expand(batch)
+    if bool((sigma_next >= sigma).any()):
+        raise ValueError("next_sigmas must be smaller than sigmas: the sampler runs from noise (1) to data (0)")
+    delta = _per_sample(sigma_next - sigma, sample)
+    s = _per_sample(sigma, sample)
+    g = noise_level * (s / (1 - s.clamp(max=sigma_max))).sqrt()
+    x, v = sample.float(), velocity.float()
+    mean = x * (1 + g**2 * delta / (2 * s)) + v * (1 + g**2 * (1 - s) / (2 * s)) * delta
+    std = g * (-delta).sqrt()
+    if prev_sample is None:
+        noise = torch.randn(
+            sample.shape, generator=generator, device=generator.device if generator is not None else "cpu"
+        ).to(sample.device)
+        prev_sample = mean + std * noise
+    log_prob = gaussian_log_prob(prev_sample.float(), mean, std.expand_as(mean))
+    return prev_sample.to(sample.dtype), log_prob, mean, std

@@ -16,6 +16,9 @@ __all__ = [
     "decode_latents",
     "encode_images",
     "encode_prompts",
+    "denoiser_of",
+    "is_flux_pipeline",
+    "is_sd3_pipeline",
     "is_sdxl_pipeline",
     "load_pipeline",
     "sdxl_time_ids",
@@ -26,8 +29,33 @@ __all__ = [
 
 def is_sdxl_pipeline(pipeline) -> bool:
     """True for SDXL-style pipelines: two text encoders and a UNet with `text_time` micro-conditioning."""
-    return getattr(pipeline, "text_encoder_2", None) is not None and (
-        getattr(pipeline.unet.config, "addition_embed_type", None) == "text_time"
+    unet = getattr(pipeline, "unet", None)
+    return (
+        unet is not None
+        and getattr(pipeline, "text_encoder_2", None) is not None
+        and (getattr(unet.config, "addition_embed_type", None) == "text_time")
+    )
+
+
+def is_sd3_pipeline(pipeline) -> bool:
+    """True for SD3 / SD3.5-style pipelines: an `SD3Transformer2DModel` denoiser."""
+    return type(getattr(pipeline, "transformer", None)).__name__ == "SD3Transformer2DModel"
+
+
+def is_flux_pipeline(pipeline) -> bool:
+    """True for FLUX.1-style pipelines: a `FluxTransformer2DModel` denoiser."""
+    return type(getattr(pipeline, "transformer", None)).__name__ == "FluxTransformer2DModel"
+
+
+def denoiser_of(pipeline) -> torch.nn.Module:
+    """The pipeline's denoising network: its `unet` (SD 1.5, SDXL) or its `transformer` (SD3, FLUX)."""
+    for name in ("unet", "transformer"):
+        module = getattr(pipeline, name, None)
+        if module is not None:
+            return module
+    raise TypeError(
+        f"{type(pipeline).__name__} has neither a `unet` nor a `transformer`: expected a StableDiffusionPipeline, "
+        "StableDiffusionXLPipeline, StableDiffusion3Pipeline or FluxPipeline (or a model id / path of one)"
     )
 
 
@@ -74,11 +102,12 @@ def load_pipeline(model: Any, model_init_kwargs: dict | None = None, vae_model_n
             ) from err
     else:
         pipeline = model
-    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+    denoiser_of(pipeline)
+    for part in ("vae", "text_encoder", "tokenizer", "scheduler"):
         if getattr(pipeline, part, None) is None:
             raise TypeError(
-                f"{type(pipeline).__name__} has no `{part}`: expected a StableDiffusionPipeline or "
-                "StableDiffusionXLPipeline (or a model id / path of one)"
+                f"{type(pipeline).__name__} has no `{part}`: expected a StableDiffusionPipeline, "
+                "StableDiffusionXLPipeline, StableDiffusion3Pipeline or FluxPipeline (or a model id / path of one)"
             )
     if vae_model_name_or_path is not None:
         pipeline.vae = AutoencoderKL.from_pretrained(vae_model_name_or_path)
@@ -88,14 +117,40 @@ def load_pipeline(model: Any, model_init_kwargs: dict | None = None, vae_model_n
 
 
 @torch.no_grad()
-def encode_prompts(pipeline, prompts: list[str], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+def encode_prompts(
+    pipeline,
+    prompts: list[str],
+    device: torch.device | str | None = None,
+    max_sequence_length: int | None = None,
+) -> dict[str, torch.Tensor]:
     """Text conditioning exactly as the pipeline computes it at inference (its own `encode_prompt`).
 
     SD 1.5: `{"prompt_embeds"}` from its CLIP encoder. SDXL: `prompt_embeds` is the concatenation of both
     encoders' penultimate hidden states and `pooled_prompt_embeds` the second encoder's projection.
+    SD3: `prompt_embeds` = both CLIP encoders' penultimate states (padded to T5's width) followed by T5's tokens,
+    `pooled_prompt_embeds` = both CLIP projections concatenated. FLUX: `prompt_embeds` = T5's tokens,
+    `pooled_prompt_embeds` = CLIP's pooled output. `max_sequence_length` caps T5's tokens (SD3 / FLUX only;
+    default: the pipeline's own, 256 for SD3, 512 for FLUX).
     """
     encoder_device = pipeline.text_encoder.device
-    if is_sdxl_pipeline(pipeline):
+    t5 = {"max_sequence_length": max_sequence_length} if max_sequence_length is not None else {}
+    if is_sd3_pipeline(pipeline):
+        embeds, _, pooled, _ = pipeline.encode_prompt(
+            prompt=list(prompts),
+            prompt_2=None,
+            prompt_3=None,
+            device=encoder_device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=False,
+            **t5,
+        )
+        out = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+    elif is_flux_pipeline(pipeline):
+        embeds, pooled, _ = pipeline.encode_prompt(
+            prompt=list(prompts), prompt_2=None, device=encoder_device, num_images_per_prompt=1, **t5
+        )
+        out = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+    elif is_sdxl_pipeline(pipeline):
         embeds, _, pooled, _ = pipeline.encode_prompt(
             list(prompts), device=encoder_device, num_images_per_prompt=1, do_classifier_free_guidance=False
         )

@@ -29,6 +29,7 @@ _EXPORTS = {
         ],
         ".formats",
     ),
+    **dict.fromkeys(["FluxKontextEditor", "QwenImageEditEditor"], ".instruction_editors"),
     **dict.fromkeys(["difference_mask", "dilate_mask", "union_masks"], ".masks"),
     **dict.fromkeys(["Img2ImgRefiner"], ".refiners"),
     **dict.fromkeys(["REWARD_PAIR_FEATURES", "build_reward_pairs"], ".reward_pairs"),
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
         prepare_preference_dataset,
         prepare_prompt_dataset,
     )
+    from .instruction_editors import FluxKontextEditor, QwenImageEditEditor
     from .masks import difference_mask, dilate_mask, union_masks
     from .refiners import Img2ImgRefiner
     from .reward_pairs import REWARD_PAIR_FEATURES, build_reward_pairs
@@ -65,6 +67,8 @@ __all__ = [
     "CriticRequestError",
     "EditorRouter",
     "Img2ImgEditor",
+    "FluxKontextEditor",
+    "QwenImageEditEditor",
     "Img2ImgRefiner",
     "difference_mask",
     "dilate_mask",

@@ -30,8 +30,9 @@ class Img2ImgRefiner(Img2ImgEditor):
 
     With `inside_mask=True` and a known edit mask, only the pixels inside the mask grown by `mask_dilation`
     (a fraction of the image side) take the refined values; the rest of the image stays exactly the edited one,
-    which is inpainting inside the edit region by paste-back, and works with any img2img-capable UNet pipeline
-    (SD 1.5, SDXL, through `AutoPipelineForImage2Image`). Without a mask the whole image is refined. After a call,
+    which is inpainting inside the edit region by paste-back, and works with any img2img-capable pipeline
+    (SD 1.5, SDXL, SD3 / SD3.5 and FLUX.1, through `AutoPipelineForImage2Image`: `StableDiffusion3Img2ImgPipeline`,
+    `FluxImg2ImgPipeline`). Without a mask the whole image is refined. After a call,
     `last_masks[i]` is where image i may have changed (the dilated mask, or None for the whole image).
 
     Args:
@@ -70,6 +71,20 @@ class Img2ImgRefiner(Img2ImgEditor):
             seed=seed, batch_size=batch_size, resolution=resolution, device=device, pipeline_kwargs=pipeline_kwargs,
             load_kwargs=load_kwargs, name=name,
         )  # fmt: skip
+
+    def _multiple(self) -> int:
+        if getattr(self.pipeline, "unet", None) is None:  # SD3 / FLUX img2img: a transformer's patch sizes
+            from .instruction_editors import transformer_side_multiple
+
+            return transformer_side_multiple(self.pipeline)
+        return super()._multiple()
+
+    def _native_side(self) -> int:
+        if getattr(self.pipeline, "unet", None) is None:
+            from .instruction_editors import transformer_native_side
+
+            return transformer_native_side(self.pipeline, self.resolution)
+        return super()._native_side()
 
     def __call__(  # type: ignore[override]
         self,

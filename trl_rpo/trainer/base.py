@@ -1,6 +1,7 @@
 """What every trl-rpo diffusion trainer shares.
 
-Pipeline loading, prompt and image encoding (SD 1.5 and SDXL), the LoRA-off reference context, saving in
+Pipeline loading, the denoiser adapter (SD 1.5, SDXL, SD3 / SD3.5, FLUX.1: `trl_rpo.models`), the LoRA-off
+reference context, saving in
 diffusers formats, resuming, model cards, TRL-style metric accumulation and validation images. The
 trainers subclass :class:`BaseDiffusionTrainer` and only add their data handling and loss.
 """
@@ -23,8 +24,10 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 
+from ..models import DenoiserAdapter
 from ..pipelines import (  # noqa: F401 - re-exported: trainer code imported them from here
     decode_latents,
+    denoiser_of,
     encode_images,
     encode_prompts,
     is_sdxl_pipeline,
@@ -43,12 +46,18 @@ UNET_SUBFOLDER = "unet"
 
 
 def fill_deepspeed_auto_sizes(hf_ds_config, unet) -> None:
-    """Fill DeepSpeed's `"auto"` bucket sizes from the UNet's widest block.
+    """Fill DeepSpeed's `"auto"` bucket sizes from the denoiser's width.
 
-    transformers derives them from `model.config.hidden_size`, which a diffusers UNet does not have, and then
-    refuses the config; these are its formulas with the UNet's largest `block_out_channels` as the hidden size.
+    transformers derives them from `model.config.hidden_size`, which a diffusers UNet or transformer does not
+    have, and then refuses the config; these are its formulas with the UNet's largest `block_out_channels` (a
+    transformer's `num_attention_heads * attention_head_dim`) as the hidden size. `unet` may also be that int.
     """
-    hidden = max(unet.config.block_out_channels)
+    if isinstance(unet, int):
+        hidden = unet
+    elif hasattr(unet.config, "block_out_channels"):
+        hidden = max(unet.config.block_out_channels)
+    else:
+        hidden = int(unet.config.num_attention_heads * unet.config.attention_head_dim)
     hf_ds_config.fill_only("zero_optimization.reduce_bucket_size", hidden * hidden)
     if hf_ds_config.is_zero3():
         hf_ds_config.fill_only("zero_optimization.stage3_prefetch_bucket_size", int(0.9 * hidden * hidden))
@@ -156,7 +165,9 @@ class _ValidationImagesCallback(TrainerCallback):
 
 
 class BaseDiffusionTrainer(Trainer):
-    """A `transformers.Trainer` whose model is the UNet of a diffusers pipeline.
+    """A `transformers.Trainer` whose model is the denoiser of a diffusers pipeline: its `unet` (SD 1.5, SDXL) or
+    its `transformer` (SD3 / SD3.5, FLUX.1). Family-specific encoding, noising, targets and the denoiser call go
+    through `self.model_adapter` (a :class:`~trl_rpo.models.DenoiserAdapter`); the training step is the same.
 
     Handles: loading the pipeline, freezing VAE and text encoders, LoRA (via `unet.add_adapter`) or full
     fine-tuning, the reference model (adapters disabled, or a frozen copy), saving (diffusers LoRA format or
@@ -195,18 +206,27 @@ class BaseDiffusionTrainer(Trainer):
         self.model_name_or_path = (
             os.fspath(model) if isinstance(model, (str, os.PathLike)) else (self.pipeline.name_or_path or None)
         )
-        self.is_sdxl = is_sdxl_pipeline(self.pipeline)
+        self.model_adapter = DenoiserAdapter(
+            self.pipeline,
+            prediction_type=args.prediction_type,
+            weighting_scheme=getattr(args, "weighting_scheme", "logit_normal"),
+            logit_mean=getattr(args, "logit_mean", 0.0),
+            logit_std=getattr(args, "logit_std", 1.0),
+            mode_scale=getattr(args, "mode_scale", 1.29),
+            max_sequence_length=args.max_sequence_length,
+            embedded_guidance_scale=args.embedded_guidance_scale,
+        )
+        self.family = self.model_adapter.family
+        self.is_sdxl = self.family.name == "sdxl"
+        self.is_flow = self.family.flow_matching
         self.weight_dtype = mixed_precision_dtype(args)
         self.peft_config = peft_config
-        self.resolution = args.resolution or self.pipeline.unet.config.sample_size * self.pipeline.vae_scale_factor
+        self.resolution = args.resolution or self.model_adapter.native_resolution()
+        # Training noises with the forward process of the pipeline's own schedule (DDPM, or rectified flow).
+        self.noise_scheduler = self.model_adapter.noise_scheduler
+        self.prediction_type = self.model_adapter.prediction_type
 
-        from diffusers import DDPMScheduler
-
-        # Training noises with the forward process of the pipeline's own schedule.
-        self.noise_scheduler = DDPMScheduler.from_config(self.pipeline.scheduler.config)
-        self.prediction_type = args.prediction_type or self.noise_scheduler.config.prediction_type
-
-        unet = self.pipeline.unet
+        unet = denoiser_of(self.pipeline)
         for frozen in self._frozen_modules():
             frozen.requires_grad_(False).eval()
         self.ref_model = self._setup_trainable_unet(unet, ref_model, args)
@@ -248,12 +268,14 @@ class BaseDiffusionTrainer(Trainer):
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
         if self.is_deepspeed_enabled:
-            fill_deepspeed_auto_sizes(self.accelerator.state.deepspeed_plugin.hf_ds_config, self.pipeline.unet)
+            fill_deepspeed_auto_sizes(
+                self.accelerator.state.deepspeed_plugin.hf_ds_config, self.model_adapter.hidden_size
+            )
 
     # -- model setup -------------------------------------------------------------------------------------------
 
     def _frozen_modules(self) -> list[torch.nn.Module]:
-        names = ("vae", "text_encoder", "text_encoder_2")
+        names = self.family.frozen_modules
         return [m for m in (getattr(self.pipeline, n, None) for n in names) if m is not None]
 
     @property
@@ -267,7 +289,8 @@ class BaseDiffusionTrainer(Trainer):
         if self.peft_config is not None:
             if getattr(unet, "peft_config", None):
                 raise ValueError(
-                    "the pipeline's UNet already has adapters; pass a UNet without LoRA and a peft_config"
+                    f"the pipeline's {self.family.denoiser} already has adapters; pass one without LoRA and a "
+                    "peft_config"
                 )
             # Frozen base weights in the mixed-precision dtype, trainable LoRA weights in float32 (as the
             # diffusers training scripts do): memory of a half-precision model, optimizer updates in full precision.
@@ -303,7 +326,7 @@ class BaseDiffusionTrainer(Trainer):
 
     def _place_frozen_modules(self, device, args) -> None:
         self.pipeline.vae.to(device=device, dtype=self._vae_dtype(args))
-        for name in ("text_encoder", "text_encoder_2"):
+        for name in self.family.text_encoders:
             encoder = getattr(self.pipeline, name, None)
             if encoder is not None:
                 encoder.to(device=device, dtype=self.weight_dtype)
@@ -371,14 +394,12 @@ class BaseDiffusionTrainer(Trainer):
     # -- the denoiser call -------------------------------------------------------------------------------------
 
     def unet_forward(self, unet, noisy_latents, timesteps, conditioning: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One UNet prediction with SD 1.5 (`prompt_embeds`) or SDXL (`+ pooled_prompt_embeds, time_ids`) inputs."""
-        kwargs: dict[str, Any] = {"encoder_hidden_states": conditioning["prompt_embeds"]}
-        if self.is_sdxl:
-            kwargs["added_cond_kwargs"] = {
-                "text_embeds": conditioning["pooled_prompt_embeds"],
-                "time_ids": conditioning["time_ids"],
-            }
-        return unet(noisy_latents, timesteps, **kwargs, return_dict=False)[0]
+        """One denoiser prediction (UNet or transformer), `[B, C, h, w]`: see `DenoiserAdapter.predict`.
+
+        SD 1.5: `prompt_embeds`; SDXL: `+ pooled_prompt_embeds, time_ids`; SD3 / FLUX: `prompt_embeds,
+        pooled_prompt_embeds` (FLUX's packing, ids and guidance embedding are added by the adapter).
+        """
+        return self.model_adapter.predict(unet, noisy_latents, timesteps, conditioning)
 
     # -- metrics (TRL conventions) -----------------------------------------------------------------------------
 
@@ -445,12 +466,11 @@ class BaseDiffusionTrainer(Trainer):
             lora_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, state_dict=state_dict))
             type(self.pipeline).save_lora_weights(
                 output_dir,
-                unet_lora_layers=lora_layers,
-                unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+                **self.model_adapter.lora_save_kwargs(lora_layers, unet.peft_config["default"].to_dict()),
                 safe_serialization=True,
             )
         else:
-            unet_dir = os.path.join(output_dir, UNET_SUBFOLDER)
+            unet_dir = os.path.join(output_dir, self.family.denoiser)
             if state_dict is None:
                 unet.save_pretrained(unet_dir, safe_serialization=True)
             else:  # gathered by the caller (DeepSpeed / FSDP)
@@ -479,15 +499,18 @@ class BaseDiffusionTrainer(Trainer):
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"cannot resume from {resume_from_checkpoint!r}: no {LORA_WEIGHT_NAME} there")
             raw = safetensors.torch.load_file(path)
-            unet_sd = {k.removeprefix("unet."): v for k, v in raw.items() if k.startswith("unet.")}
+            prefix = f"{self.family.lora_prefix}."
+            unet_sd = {k.removeprefix(prefix): v for k, v in raw.items() if k.startswith(prefix)}
             result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(unet_sd), adapter_name="default")
             unexpected = getattr(result, "unexpected_keys", None)
             if unexpected:
-                raise ValueError(f"{path} holds LoRA weights this UNet does not have, e.g. {unexpected[:3]}")
+                raise ValueError(
+                    f"{path} holds LoRA weights this {self.family.denoiser} does not have, e.g. {unexpected[:3]}"
+                )
             if not unet_sd:
-                raise ValueError(f"{path} holds no UNet LoRA weights")
+                raise ValueError(f"{path} holds no {self.family.denoiser} LoRA weights")
         else:
-            state_dict = _load_unet_folder(os.path.join(resume_from_checkpoint, UNET_SUBFOLDER))
+            state_dict = _load_unet_folder(os.path.join(resume_from_checkpoint, self.family.denoiser))
             unet.load_state_dict(state_dict, strict=True)
 
     def _save_rng_state(self, output_dir: str) -> None:
@@ -556,6 +579,7 @@ class BaseDiffusionTrainer(Trainer):
             hyperparameters=self._card_hyperparameters(),
             papers=self._papers(),
             log_history=self.state.log_history if getattr(self, "state", None) is not None else [],
+            denoiser_class=type(denoiser_of(self.pipeline)).__name__,
         )
         card.save(os.path.join(output_dir, "README.md"))
 
@@ -613,12 +637,19 @@ class BaseDiffusionTrainer(Trainer):
                     height=self.resolution,
                     width=self.resolution,
                     generator=generator,
+                    **self.pipeline_call_kwargs(),
                 ).images
         finally:
             for module, original in frozen_devices.items():
                 module.to(original)
             unet.train(was_training)
         return images
+
+    def pipeline_call_kwargs(self) -> dict[str, Any]:
+        """Extra keywords of this family's pipeline call (T5's `max_sequence_length` for SD3 / FLUX)."""
+        if self.is_flow and self.args.max_sequence_length is not None:
+            return {"max_sequence_length": self.args.max_sequence_length}
+        return {}
 
     def log_validation_images(self) -> None:
         """Render validation images, save them under `output_dir/validation/step-N/` and send them to trackers.
@@ -658,11 +689,13 @@ class BaseDiffusionTrainer(Trainer):
         if state is None:
             return None
         whole = unpartitioned_copy(unet, state, self.peft_config).to(self.accelerator.device)
-        original, self.pipeline.unet = self.pipeline.unet, whole
+        attribute = self.family.denoiser
+        original = getattr(self.pipeline, attribute)
+        setattr(self.pipeline, attribute, whole)
         try:
             return self.generate_validation_images()
         finally:
-            self.pipeline.unet = original
+            setattr(self.pipeline, attribute, original)
 
     def save_and_track_images(self, images: list, captions: list[str], kind: str, step: int | None = None) -> Path:
         """Save images with their captions under `output_dir/<kind>/step-N/` and send them to the trackers."""
@@ -702,7 +735,7 @@ def _already_training(self, mode: bool = True):
 
 
 # What `save_model` writes into `output_dir`: a new run must not silently replace it.
-_SAVED_WEIGHTS = ("pytorch_lora_weights.safetensors", "unet")
+_SAVED_WEIGHTS = ("pytorch_lora_weights.safetensors", "unet", "transformer")
 
 
 def _without_secrets(args):

@@ -40,8 +40,14 @@ class BaseDiffusionConfig(TrainingArguments):
             Override the scheduler's `prediction_type` (`"epsilon"` or `"v_prediction"`). By default the
             scheduler's own value is used, which is what the pipeline was trained with.
         resolution (`int`, *optional*):
-            Side of the square training images in pixels. Defaults to the UNet's native size
-            (`unet.config.sample_size * vae_scale_factor`: 512 for SD 1.5, 1024 for SDXL).
+            Side of the square training images in pixels. Defaults to the denoiser's native size
+            (`sample_size * vae_scale_factor`: 512 for SD 1.5, 1024 for SDXL, SD3 and FLUX.1).
+        max_sequence_length (`int`, *optional*):
+            SD3 / FLUX only: T5 tokens of the prompt embedding (the diffusers SD3 script trains with 77; FLUX.1-dev
+            accepts up to 512). Defaults to the pipeline's own (256 for SD3, 512 for FLUX).
+        embedded_guidance_scale (`float`, *optional*, defaults to `3.5`):
+            FLUX.1-dev only (a transformer with `guidance_embeds=True`): the value of the guidance embedding during
+            training, as the diffusers FLUX scripts' `--guidance_scale` (3.5). Ignored by other models.
 
         > Parameters that control validation images
 
@@ -116,6 +122,15 @@ class BaseDiffusionConfig(TrainingArguments):
         metadata={"help": "Training image side in pixels; default: the UNet's native size (512 SD 1.5, 1024 SDXL)."},
     )
 
+    max_sequence_length: int | None = field(
+        default=None,
+        metadata={"help": "SD3 / FLUX: T5 prompt tokens (default: the pipeline's, 256 SD3 / 512 FLUX)."},
+    )
+    embedded_guidance_scale: float = field(
+        default=3.5,
+        metadata={"help": "FLUX.1-dev: guidance-embedding value during training and sampling (diffusers' 3.5)."},
+    )
+
     validation_prompts: list[str] | None = field(
         default=None,
         metadata={"help": "Prompts rendered every `validation_steps` steps, saved and logged to the trackers."},
@@ -137,6 +152,8 @@ class BaseDiffusionConfig(TrainingArguments):
             raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
         if self.resolution is not None and self.resolution <= 0:
             raise ValueError(f"resolution must be positive, got {self.resolution}")
+        if self.max_sequence_length is not None and not 1 <= self.max_sequence_length <= 512:
+            raise ValueError(f"max_sequence_length must be in [1, 512] (T5 tokens), got {self.max_sequence_length}")
         if self.validation_steps <= 0:
             raise ValueError(f"validation_steps must be positive, got {self.validation_steps}")
         if isinstance(self.validation_prompts, str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..diffusion import FLOW_WEIGHTING_SCHEMES
 from ..losses import DIFFUSION_DPO_LOSS_TYPES
 from .base_config import BaseDiffusionConfig
 
@@ -42,6 +43,21 @@ class DiffusionDPOConfig(BaseDiffusionConfig):
             touch. Pairs whose mask is None keep the plain loss.
         mask_dilation (`int`, *optional*, defaults to `1`):
             Latent cells by which the edit mask grows in every direction after pooling to latent resolution.
+
+        > Parameters of rectified-flow models (SD3 / SD3.5, FLUX.1)
+
+        weighting_scheme (`str`, *optional*, defaults to `"logit_normal"`):
+            Density of the training noise level `sigma` (one per pair, shared by both images): `"logit_normal"`
+            (`sigma = sigmoid(n)`, `n ~ N(logit_mean, logit_std^2)`), `"mode"` (SD3 paper's mode sampling with
+            `mode_scale`) or `"uniform"`; drawn with diffusers' `compute_density_for_timestep_sampling`, then mapped
+            through the scheduler's shifted schedule, as in diffusers' SD3 / FLUX training scripts. Unused by UNet
+            models.
+        logit_mean (`float`, *optional*, defaults to `0.0`):
+            Mean of the logit-normal density.
+        logit_std (`float`, *optional*, defaults to `1.0`):
+            Standard deviation of the logit-normal density.
+        mode_scale (`float`, *optional*, defaults to `1.29`):
+            Scale of the `"mode"` density (the SD3 paper's value).
 
         > Parameters that control the data
 
@@ -103,6 +119,16 @@ class DiffusionDPOConfig(BaseDiffusionConfig):
         metadata={"help": "Weight in [0, 1] of the error outside a pair's edit mask (1.0: masking off)."},
     )
     mask_dilation: int = field(default=1, metadata={"help": "Latent cells the edit mask grows by in each direction."})
+    weighting_scheme: str = field(
+        default="logit_normal",
+        metadata={
+            "help": "Flow models: density of the training noise level (logit_normal, mode, uniform).",
+            "choices": list(FLOW_WEIGHTING_SCHEMES),
+        },
+    )
+    logit_mean: float = field(default=0.0, metadata={"help": "Flow models: mean of the logit-normal density."})
+    logit_std: float = field(default=1.0, metadata={"help": "Flow models: std of the logit-normal density."})
+    mode_scale: float = field(default=1.29, metadata={"help": "Flow models: scale of the 'mode' density."})
     caption_dropout_probability: float = field(
         default=0.0,
         metadata={"help": "Probability of training a pair on the empty prompt (same for both images)."},
@@ -141,6 +167,12 @@ class DiffusionDPOConfig(BaseDiffusionConfig):
         super().__post_init__()
         if self.loss_type not in DIFFUSION_DPO_LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {DIFFUSION_DPO_LOSS_TYPES}, got {self.loss_type!r}")
+        if self.weighting_scheme not in FLOW_WEIGHTING_SCHEMES:
+            raise ValueError(
+                f"weighting_scheme must be one of {FLOW_WEIGHTING_SCHEMES}, got {self.weighting_scheme!r}"
+            )
+        if self.logit_std <= 0:
+            raise ValueError(f"logit_std must be positive, got {self.logit_std}")
         if self.beta <= 0:
             raise ValueError(f"beta must be positive, got {self.beta}")
         if self.mapo_beta < 0:

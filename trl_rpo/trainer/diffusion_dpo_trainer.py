@@ -1,4 +1,5 @@
-"""Diffusion-DPO (Wallace et al., CVPR 2024) for Stable Diffusion 1.5 and SDXL, LoRA or full fine-tuning."""
+"""Diffusion-DPO (Wallace et al., CVPR 2024) for SD 1.5 and SDXL, and Flow-DPO for SD3 / SD3.5 and FLUX.1;
+LoRA or full fine-tuning."""
 
 from __future__ import annotations
 
@@ -17,14 +18,12 @@ from datasets import Dataset, Features
 from ..data.formats import MASK_COLUMN, ROW_INDEX, load_image, prepare_preference_dataset
 from ..data.transforms import pair_placement, prepare_image, prepare_mask
 from ..diffusion import (
-    diffusion_target,
     latent_mask_weight,
     masked_per_sample_mse,
     per_sample_mse,
-    sample_pair_noise_and_timesteps,
 )
 from ..losses import REFERENCE_FREE_LOSS_TYPES, diffusion_dpo_loss
-from ..pipelines import encode_images, encode_prompts, sdxl_time_ids
+from ..pipelines import sdxl_time_ids
 from .base import BaseDiffusionTrainer, process_seed
 from .diffusion_dpo_config import DiffusionDPOConfig
 from .model_card import DIFFUSION_DPO_CITATION, RPO_CITATION
@@ -102,6 +101,7 @@ class DataCollatorForDiffusionPreference:
             }
             if "pooled_prompt_embeds" in examples[0]:
                 batch["pooled_prompt_embeds"] = stack("pooled_prompt_embeds")
+            if "chosen_time_ids" in examples[0]:
                 batch["time_ids"] = torch.cat([stack("chosen_time_ids"), stack("rejected_time_ids")])
             if "latent_mask" in examples[0]:
                 batch["latent_masks"] = torch.as_tensor(np.stack([np.asarray(ex["latent_mask"]) for ex in examples]))
@@ -145,8 +145,10 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
     r"""Trainer for Diffusion-DPO, mirroring TRL's `DPOTrainer` API.
 
     Args:
-        model: a `StableDiffusionPipeline` / `StableDiffusionXLPipeline`, or a Hub id / local folder of one
-            (loaded with `DiffusionPipeline.from_pretrained(model, **args.model_init_kwargs)`).
+        model: a `StableDiffusionPipeline` / `StableDiffusionXLPipeline` / `StableDiffusion3Pipeline` /
+            `FluxPipeline`, or a Hub id / local folder of one (loaded with
+            `DiffusionPipeline.from_pretrained(model, **args.model_init_kwargs)`). On SD3 and FLUX (rectified flow)
+            the loss is Flow-DPO: the same errors on the velocity `eps - x0` at `x = (1 - s) x0 + s eps`.
         ref_model: optional frozen reference UNet. Without it, LoRA training uses the UNet with adapters
             disabled (no second copy in memory) and full fine-tuning a frozen copy made before training.
         args: a [`DiffusionDPOConfig`].
@@ -237,7 +239,7 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
             raise ValueError(f"{name}_dataset has no usable rows left after validation")
         if args.precompute_latents:
             if args.caption_dropout_probability > 0 and self._null_conditioning is None:
-                self._null_conditioning = encode_prompts(self.pipeline, [""], "cpu")
+                self._null_conditioning = self.model_adapter.encode_prompts([""], "cpu")
             dataset = self._precompute(dataset, name)
         return dataset
 
@@ -265,14 +267,16 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
         raw = self._default_data_collator()(rows, rngs=[random.Random(s) for s in seeds])
         vae = self.pipeline.vae
         generators = [torch.Generator(vae.device).manual_seed(s) for s in seeds]
-        latents = encode_images(vae, raw["pixel_values"].to(vae.device), generators + generators)
+        latents = self.model_adapter.encode_images(raw["pixel_values"].to(vae.device), generators + generators)
         half = len(rows)
-        cond = encode_prompts(self.pipeline, raw["prompt"], "cpu")
+        cond = self.model_adapter.encode_prompts(raw["prompt"], "cpu")
         out = {
             "chosen_latents": to_storage(latents[:half].to(dtype)),
             "rejected_latents": to_storage(latents[half:].to(dtype)),
             "prompt_embeds": to_storage(cond["prompt_embeds"].to(dtype)),
         }
+        if "pooled_prompt_embeds" in cond:  # SDXL, SD3, FLUX
+            out["pooled_prompt_embeds"] = to_storage(cond["pooled_prompt_embeds"].to(dtype))
         if "masks" in raw:  # edit masks at latent resolution (a latent cell is edited if any of its pixels is)
             latent_mask = torch.nn.functional.adaptive_max_pool2d(raw["masks"], tuple(latents.shape[-2:]))
             out["latent_mask"] = latent_mask.to(torch.uint8).numpy()
@@ -280,7 +284,6 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
         if self.is_sdxl:
             # Sizes and crop offsets stay float32: bf16 cannot hold e.g. 1023 exactly.
             time_ids = sdxl_time_ids(raw["original_sizes"], raw["crop_top_lefts"], self.resolution)
-            out["pooled_prompt_embeds"] = to_storage(cond["pooled_prompt_embeds"].to(dtype))
             out["chosen_time_ids"], out["rejected_time_ids"] = time_ids[:half].numpy(), time_ids[half:].numpy()
         return out
 
@@ -390,10 +393,10 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
                     null = self._null_conditioning[key].to(device=value.device, dtype=value.dtype)
                     value[drop.to(value.device)] = null
         else:
-            latents = encode_images(self.pipeline.vae, inputs["pixel_values"], self._eval_generator_or_none())
+            latents = self.model_adapter.encode_images(inputs["pixel_values"], self._eval_generator_or_none())
             if drop is not None:
                 prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
-            cond = encode_prompts(self.pipeline, prompts, device)
+            cond = self.model_adapter.encode_prompts(prompts, device)
         conditioning = {k: torch.cat([v, v]) for k, v in cond.items()}
         if self.is_sdxl:
             conditioning["time_ids"] = (
@@ -408,10 +411,11 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
 
     def sample_noise_and_timesteps(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Same noise and timestep for both images of a pair, from this process's own stream (each process draws
-        its own); seeded afresh during evaluation so eval losses compare."""
+        its own); seeded afresh during evaluation so eval losses compare. UNet models: uniform DDPM timesteps; flow
+        models: `t = sigma * 1000` with `sigma` from `args.weighting_scheme`."""
         generator = self._eval_generator_or_none()
         generator = generator if generator is not None else self.rank_generator
-        return sample_pair_noise_and_timesteps(latents, self.noise_scheduler.config.num_train_timesteps, generator)
+        return self.model_adapter.sample_pair_noise_and_timesteps(latents, generator)
 
     def preference_loss(
         self,
@@ -457,8 +461,8 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
         mode = "train" if self.model.training else "eval"
         latents, conditioning = self.encode_batch(inputs)
         noise, timesteps = self.sample_noise_and_timesteps(latents)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        target = diffusion_target(self.noise_scheduler, latents, noise, timesteps, self.prediction_type)
+        noisy = self.model_adapter.add_noise(latents, noise, timesteps)
+        target = self.model_adapter.target(latents, noise, timesteps)
 
         weight = self.loss_weights(inputs, latents)
 
@@ -469,7 +473,7 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
                 else masked_per_sample_mse(prediction, target, weight)
             )
 
-        # One UNet call on the stacked pair (not one per branch), with and without gradients.
+        # One denoiser call on the stacked pair (not one per branch), with and without gradients.
         policy_err = errors(self.unet_forward(model, noisy, timesteps, conditioning))
         policy_chosen_err, policy_rejected_err = policy_err.chunk(2)
         ref_chosen_err = ref_rejected_err = None

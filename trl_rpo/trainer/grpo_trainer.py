@@ -188,6 +188,12 @@ class DiffusionGRPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
             callbacks=callbacks,
             optimizers=optimizers,
         )
+        if self.is_flow:
+            raise ValueError(
+                f"DiffusionGRPOTrainer samples with stochastic DDIM, so it trains UNet pipelines (SD 1.5, SDXL); "
+                f"{type(self.pipeline).__name__} is a flow-matching model. TailorPOTrainer trains SD3 / FLUX with "
+                "Flow-GRPO's SDE sampler."
+            )
         self._setup_online(funcs, reward_weights)
         if eval_dataset is not None and self.args.per_device_eval_batch_size % self.args.num_generations:
             raise ValueError(

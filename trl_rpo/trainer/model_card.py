@@ -30,6 +30,7 @@ def build_model_card(
     hyperparameters: dict[str, Any],
     papers: list[dict[str, str]],
     log_history: list[dict[str, Any]],
+    denoiser_class: str = "UNet2DConditionModel",
 ) -> ModelCard:
     """A diffusers-style model card: metadata, how to load, hyperparameters, last metrics and citations.
 
@@ -55,13 +56,19 @@ def build_model_card(
         if _hub_id(dataset_name)
         else (f" on `{dataset_name}`" if dataset_name else "")
     )
+    attribute = "unet" if denoiser_class == "UNet2DConditionModel" else "transformer"
     load = (
         f'pipe.load_lora_weights("{repo}")'
         if is_lora
-        else f'pipe.unet = UNet2DConditionModel.from_pretrained("{repo}", subfolder="unet", torch_dtype=torch.float16)'
+        else f'pipe.{attribute} = {denoiser_class}.from_pretrained("{repo}", subfolder="{attribute}", '
+        "torch_dtype=torch.float16)"
     )
-    imports = f"from diffusers import {pipeline_class}" + ("" if is_lora else ", UNet2DConditionModel")
-    kind = "LoRA adapter" if is_lora else "fully fine-tuned UNet"
+    imports = f"from diffusers import {pipeline_class}" + ("" if is_lora else f", {denoiser_class}")
+    kind = (
+        "LoRA adapter"
+        if is_lora
+        else ("fully fine-tuned UNet" if attribute == "unet" else "fully fine-tuned transformer")
+    )
 
     rows = "\n".join(f"| {k} | {v} |" for k, v in hyperparameters.items())
     last = _last_metrics(log_history)

@@ -40,7 +40,11 @@ class OnlineDiffusionMixin:
     reward_weights: list[float]
 
     def _setup_online(self, funcs: list[RewardFunc], reward_weights: Sequence[float] | None) -> None:
-        """Reward weights (argument, else config, else ones), scorers on the device, the DDIM sampling scheduler."""
+        """Reward weights (argument, else config, else ones), scorers on the device, the sampling scheduler.
+
+        UNet models sample with DDIM; SD3 / FLUX with their flow-matching Euler scheduler, whose ODE the trainers
+        turn into Flow-GRPO's SDE (same marginals, Gaussian steps).
+        """
         weights = reward_weights if reward_weights is not None else self.args.reward_weights
         if weights is not None and len(weights) != len(funcs):
             raise ValueError(f"got {len(weights)} reward_weights for {len(funcs)} reward functions")
@@ -48,18 +52,25 @@ class OnlineDiffusionMixin:
         for func in funcs:
             if hasattr(func, "to") and callable(func.to):
                 func.to(self.accelerator.device)
-        from diffusers import DDIMScheduler
+        if self.is_flow:
+            from diffusers import FlowMatchEulerDiscreteScheduler
 
-        self.sample_scheduler = DDIMScheduler.from_config(
-            self.pipeline.scheduler.config, prediction_type=self.prediction_type
-        )
+            self.sample_scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.pipeline.scheduler.config)
+        else:
+            from diffusers import DDIMScheduler
+
+            self.sample_scheduler = DDIMScheduler.from_config(
+                self.pipeline.scheduler.config, prediction_type=self.prediction_type
+            )
 
     # -- conditioning and the guided denoiser ----------------------------------------------------------------
 
     @torch.no_grad()
     def encode_conditioning(self, prompts: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """(conditional, unconditional) UNet inputs per prompt, as the pipeline itself builds them for CFG."""
+        """(conditional, unconditional) denoiser inputs per prompt, as the pipeline itself builds them for CFG."""
         device = self.accelerator.device
+        if self.is_flow:  # SD3: its own negative embeddings; FLUX: the empty prompt's
+            return self.model_adapter.encode_prompts_with_negative(list(prompts), device)
         encoder_device = self.pipeline.text_encoder.device
         if self.is_sdxl:
             embeds, neg, pooled, neg_pooled = self.pipeline.encode_prompt(
@@ -87,9 +98,9 @@ class OnlineDiffusionMixin:
     def initial_latents(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """`num` starting latents `x_T` for the sampling scheduler, drawn from `generator` (on the CPU)."""
         side = self.resolution // self.pipeline.vae_scale_factor
-        channels = self.pipeline.unet.config.in_channels
+        channels = self.model_adapter.latent_channels if self.is_flow else self.pipeline.unet.config.in_channels
         latents = torch.randn(num, channels, side, side, generator=generator).to(self.accelerator.device)
-        return latents * self.sample_scheduler.init_noise_sigma
+        return latents * getattr(self.sample_scheduler, "init_noise_sigma", 1.0)  # flow schedulers: unit noise
 
     # -- rewards -------------------------------------------------------------------------------------------------
 

@@ -27,6 +27,10 @@ class TailorPOConfig(BaseDiffusionConfig):
             Classifier-free guidance scale, used when sampling and when computing log-probabilities.
         eta (`float`, *optional*, defaults to `1.0`):
             DDIM stochasticity (> 0: each step is a Gaussian with a log-probability).
+        sde_noise_level (`float`, *optional*, defaults to `0.7`):
+            SD3 / FLUX (rectified flow): the noise level `a` of the SDE that replaces the flow ODE when sampling,
+            `g_s = a * sqrt(s / (1 - s))` (Flow-GRPO's form and default; see
+            [`~trl_rpo.diffusion.flow_sde_step_with_logprob`]). Unused by UNet models, which use `eta`.
 
         > Parameters that control pairs
 
@@ -78,6 +82,10 @@ class TailorPOConfig(BaseDiffusionConfig):
     num_inference_steps: int = field(default=20, metadata={"help": "DDIM steps per sampled trajectory."})
     guidance_scale: float = field(default=5.0, metadata={"help": "Classifier-free guidance scale."})
     eta: float = field(default=1.0, metadata={"help": "DDIM stochasticity (must be > 0)."})
+    sde_noise_level: float = field(
+        default=0.7,
+        metadata={"help": "SD3 / FLUX: noise level a of the flow SDE, g = a*sqrt(s/(1-s)) (Flow-GRPO's 0.7)."},
+    )
     num_candidates: int = field(default=2, metadata={"help": "Candidates drawn from each selected noisy parent."})
     pairing: str = field(
         default="best_worst",
@@ -116,6 +124,8 @@ class TailorPOConfig(BaseDiffusionConfig):
         super().__post_init__()
         if self.num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
+        if self.sde_noise_level <= 0:
+            raise ValueError(f"sde_noise_level must be > 0 (a stochastic flow step), got {self.sde_noise_level}")
         if self.eta <= 0:
             raise ValueError(f"eta must be > 0 (a stochastic DDIM step has a log-probability), got {self.eta}")
         if self.num_candidates < 2:

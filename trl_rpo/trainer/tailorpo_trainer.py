@@ -15,6 +15,8 @@ from ..diffusion import (
     ddim_previous_timestep,
     ddim_step_variance,
     ddim_step_with_logprob,
+    flow_predicted_original_sample,
+    flow_sde_step_with_logprob,
     predicted_original_sample,
 )
 from ..losses import stepwise_dpo_loss
@@ -161,9 +163,80 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
     def _default_data_collator(self):
         return collate_prompts
 
+    # -- the sampler's step: stochastic DDIM (UNet models) or the flow SDE (SD3, FLUX) ----------------------------
+
+    def _latent_channels(self) -> int:
+        return self.model_adapter.latent_channels
+
+    def _set_sampling_timesteps(self, device) -> None:
+        """`set_timesteps` on the sampler; FLUX's dynamic shift gets `mu` from the image's token count."""
+        scheduler, steps = self.sample_scheduler, self.args.num_inference_steps
+        if self.is_flow and scheduler.config.get("use_dynamic_shifting", False):
+            from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+            side = self.resolution // self.pipeline.vae_scale_factor
+            c = scheduler.config
+            mu = calculate_shift(
+                (side // 2) ** 2, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift
+            )
+            scheduler.set_timesteps(steps, device=device, mu=mu)
+        else:
+            scheduler.set_timesteps(steps, device=device)
+
+    def _flow_sigmas(self, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigma, next sigma) of flow-sampler timesteps, looked up in the sampler's schedule."""
+        scheduler = self.sample_scheduler
+        table = scheduler.timesteps.to(timesteps.device, torch.float32)
+        index = (timesteps.float().reshape(-1, 1) - table.reshape(1, -1)).abs().argmin(dim=1)
+        sigmas = scheduler.sigmas.to(timesteps.device, torch.float32)
+        return sigmas[index], sigmas[index + 1]
+
+    def flow_sigma_max(self) -> float:
+        """Where the flow SDE's noise scale `g = a sqrt(s / (1 - s))` is capped: the schedule's second sigma, so the
+        first step (s = 1, infinite g) uses the second's scale, as Flow-GRPO does (0.999 with a one-step schedule)."""
+        second = float(self.sample_scheduler.sigmas[1])
+        return second if 0.0 < second < 1.0 else 0.999
+
+    def next_timesteps(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """The timesteps one sampler step later (DDIM: negative after the last; flow: 0 after the last)."""
+        if not self.is_flow:
+            return ddim_previous_timestep(self.sample_scheduler, timesteps)
+        return self._flow_sigmas(timesteps)[1] * self.sample_scheduler.config.num_train_timesteps
+
+    def _is_final(self, next_timesteps: torch.Tensor) -> bool:
+        return bool(next_timesteps[0] <= 0) if self.is_flow else int(next_timesteps[0]) < 0
+
+    def step_with_logprob(self, output, timesteps, sample, prev_sample=None, generator=None):
+        """One stochastic sampler step and its per-sample log-probability: `(prev_sample, log_prob)`.
+
+        UNet models: DDIM at `eta` (:func:`~trl_rpo.diffusion.ddim_step_with_logprob`); SD3 / FLUX: the flow SDE at
+        `sde_noise_level` (:func:`~trl_rpo.diffusion.flow_sde_step_with_logprob`, Flow-GRPO's step).
+        """
+        if self.is_flow:
+            sigma, next_sigma = self._flow_sigmas(timesteps)
+            prev, log_prob, _, _ = flow_sde_step_with_logprob(
+                output, sigma, next_sigma, sample, self.args.sde_noise_level, prev_sample, generator,
+                sigma_max=self.flow_sigma_max(),
+            )  # fmt: skip
+            return prev, log_prob
+        prev, log_prob, _, _ = ddim_step_with_logprob(
+            self.sample_scheduler, output, timesteps, sample, self.args.eta, prev_sample, generator
+        )
+        return prev, log_prob
+
+    def predict_x0(self, output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The clean sample a denoiser output implies (float32): DDIM's `x0_hat`, or `x - sigma v` for flow."""
+        if self.is_flow:
+            sigma = timesteps.float() / self.sample_scheduler.config.num_train_timesteps
+            return flow_predicted_original_sample(output, sample, sigma)
+        alphas = self.sample_scheduler.alphas_cumprod.to(sample.device)
+        timesteps = timesteps.long()
+        alpha = torch.where(timesteps >= 0, alphas[timesteps.clamp(min=0)], torch.ones_like(alphas[:1]))
+        return predicted_original_sample(output, sample, alpha, self.prediction_type)[0]
+
     # -- rewards -------------------------------------------------------------------------------------------------
 
-    def _reward_gradient(self, x: torch.Tensor, eps: torch.Tensor, alpha_prev: torch.Tensor, prompts: list[str]):
+    def _reward_gradient(self, x: torch.Tensor, eps: torch.Tensor, timesteps: torch.Tensor, prompts: list[str]):
         """TailorPO-G: grad of the differentiable rewards of the predicted clean image w.r.t. the sample.
 
         The denoiser output is held fixed (no backpropagation through the UNet), so d x0_hat / d x is the constant
@@ -172,7 +245,7 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
         """
         with torch.enable_grad():
             x = x.detach().float().requires_grad_(True)
-            x0 = predicted_original_sample(eps.detach(), x, alpha_prev, self.prediction_type)[0]
+            x0 = self.predict_x0(eps.detach(), x, timesteps)
             images = decode_latents(self.pipeline.vae, x0)
             total = 0.0
             for func, weight in zip(self.reward_funcs, self.reward_weights):
@@ -199,7 +272,7 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
         args, device = self.args, self.accelerator.device
         generator = generator if generator is not None else self.rank_generator
         scheduler = self.sample_scheduler
-        scheduler.set_timesteps(args.num_inference_steps, device=device)
+        self._set_sampling_timesteps(device)
         unet = self._unwrapped_unet()
         final_mode = args.pairing == "final"
         n_traj = 2 if final_mode else 1
@@ -219,7 +292,7 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
                 generator=generator,
             )
         )
-        alphas = scheduler.alphas_cumprod.to(device)
+        alphas = None if self.is_flow else scheduler.alphas_cumprod.to(device)
         rows: dict[str, list[torch.Tensor]] = {k: [] for k in ("pc", "pr", "c", "r", "t", "i")}
         transitions: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # "final": (t, parent, child)
         ties = ranked = 0
@@ -237,7 +310,7 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
                 for key, value in found.items():
                     rows[key].extend(value)
                 continue
-            child = ddim_step_with_logprob(scheduler, eps, timesteps, latents, args.eta, generator=generator)[0]
+            child = self.step_with_logprob(eps, timesteps, latents, generator=generator)[0]
             if step in selected:
                 transitions.append((timesteps, latents, child))
             latents, eps = child, None
@@ -257,6 +330,8 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
         zero variance: its log-probability would be NaN, and every candidate drawn there is the same.
         """
         scheduler = self.sample_scheduler
+        if self.is_flow:  # every SDE step, the last (to sigma 0) included, is Gaussian with a positive variance
+            return set(indices)
         variance = ddim_step_variance(scheduler, scheduler.timesteps[indices].cpu()) if indices else torch.zeros(0)
         kept = {i for i, v in zip(indices, variance.tolist()) if v > 0}
         if len(kept) < len(indices) and not getattr(self, "_warned_deterministic_step", False):
@@ -274,13 +349,12 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
         """
         args, k = self.args, self.args.num_candidates
         batch = latents.shape[0]
-        step = (scheduler, eps, timesteps, latents, args.eta)
         children = torch.stack(
-            [ddim_step_with_logprob(*step, generator=generator)[0] for _ in range(k)]
+            [self.step_with_logprob(eps, timesteps, latents, generator=generator)[0] for _ in range(k)]
         )  # [K, B, ...], all from the same parent and the same mean
         flat = children.flatten(0, 1)
-        prev_t = ddim_previous_timestep(scheduler, timesteps)
-        if int(prev_t[0]) >= 0:
+        prev_t = self.next_timesteps(timesteps)
+        if not self._is_final(prev_t):
             rep_t = prev_t.repeat(k)
             child_eps = self.guided_prediction(
                 unet,
@@ -289,10 +363,9 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
                 {n: v.repeat(k, *[1] * (v.ndim - 1)) for n, v in cond.items()},
                 {n: v.repeat(k, *[1] * (v.ndim - 1)) for n, v in uncond.items()},
             )
-            alpha_prev = alphas[rep_t]
-            x0 = predicted_original_sample(child_eps, flat, alpha_prev, self.prediction_type)[0]
+            x0 = self.predict_x0(child_eps, flat, rep_t)
         else:  # the last step lands on the clean sample itself
-            child_eps, alpha_prev, x0 = None, torch.ones(flat.shape[0], device=flat.device), flat.float()
+            rep_t, child_eps, x0 = prev_t.repeat(k), None, flat.float()
         images = self.decode(x0)
         rewards, _ = self.step_rewards(images, list(prompts) * k)
         rewards = rewards.view(k, batch)
@@ -309,7 +382,7 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
                 if args.reward_guidance_scale > 0:
                     idx = w * batch + b
                     eps_w = child_eps[idx : idx + 1] if child_eps is not None else torch.zeros_like(chosen[None])
-                    grad = self._reward_gradient(chosen[None], eps_w, alpha_prev[idx : idx + 1], [prompts[b]])
+                    grad = self._reward_gradient(chosen[None], eps_w, rep_t[idx : idx + 1], [prompts[b]])
                     chosen = chosen + args.reward_guidance_scale * grad[0].to(chosen.dtype)
                 found["pc"].append(latents[b])
                 found["pr"].append(latents[b])
@@ -345,7 +418,7 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
     def _stack_pairs(self, rows, shared_parent, ties, ranked, images, rewards) -> StepPairs:
         device = self.accelerator.device
         side = self.resolution // self.pipeline.vae_scale_factor
-        empty = torch.zeros(0, self.pipeline.unet.config.in_channels, side, side, device=device)
+        empty = torch.zeros(0, self._latent_channels(), side, side, device=device)
 
         def stack(key, fallback):
             return torch.stack(rows[key]) if rows[key] else fallback
@@ -355,7 +428,7 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
             parent_rejected=stack("pr", empty),
             chosen=stack("c", empty),
             rejected=stack("r", empty),
-            timesteps=stack("t", torch.zeros(0, dtype=torch.long, device=device)),
+            timesteps=stack("t", torch.zeros(0, dtype=self.sample_scheduler.timesteps.dtype, device=device)),
             prompt_index=stack("i", torch.zeros(0, dtype=torch.long, device=device)),
             shared_parent=shared_parent,
             ties=ties,
@@ -368,7 +441,6 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
 
     def step_log_probs(self, unet, pairs: StepPairs, cond, uncond) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities of the chosen and rejected steps of each pair under `unet` (one call per parent)."""
-        args, scheduler = self.args, self.sample_scheduler
         c = {k: v[pairs.prompt_index] for k, v in cond.items()}
         u = {k: v[pairs.prompt_index] for k, v in uncond.items()}
         if pairs.shared_parent:  # TailorPO: both children of one parent share the mean
@@ -381,12 +453,8 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
             eps_c, eps_r = self.guided_prediction(
                 unet, parents, torch.cat([pairs.timesteps, pairs.timesteps]), both, both_u
             ).chunk(2)
-        _, logp_c, _, _ = ddim_step_with_logprob(
-            scheduler, eps_c, pairs.timesteps, pairs.parent_chosen, args.eta, prev_sample=pairs.chosen
-        )
-        _, logp_r, _, _ = ddim_step_with_logprob(
-            scheduler, eps_r, pairs.timesteps, pairs.parent_rejected, args.eta, prev_sample=pairs.rejected
-        )
+        _, logp_c = self.step_with_logprob(eps_c, pairs.timesteps, pairs.parent_chosen, prev_sample=pairs.chosen)
+        _, logp_r = self.step_with_logprob(eps_r, pairs.timesteps, pairs.parent_rejected, prev_sample=pairs.rejected)
         return logp_c, logp_r
 
     def preference_loss(self, policy_chosen_logp, policy_rejected_logp, ref_chosen_logp, ref_rejected_logp):
@@ -446,7 +514,7 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
         """One pair at the first (random) step from zero latents, for a process that found no pair to learn from."""
         device = self.accelerator.device
         side = self.resolution // self.pipeline.vae_scale_factor
-        zeros = torch.zeros(1, self.pipeline.unet.config.in_channels, side, side, device=device)
+        zeros = torch.zeros(1, self._latent_channels(), side, side, device=device)
         return StepPairs(
             parent_chosen=zeros,
             parent_rejected=zeros,

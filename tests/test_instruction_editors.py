@@ -1,0 +1,62 @@
+"""Instruction editors on flow pipelines (FLUX.1 Kontext, Qwen-Image-Edit) and flow img2img refinement."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from trl_rpo.data import EditorRouter, FluxKontextEditor, Img2ImgRefiner, QwenImageEditEditor
+from trl_rpo.data.instruction_editors import transformer_native_side, transformer_side_multiple
+from trl_rpo.testing import tiny_flux_kontext_pipeline, tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sd_pipeline
+
+torch.set_num_threads(1)
+
+TINY = {"_auto_resize": False, "max_sequence_length": 16, "max_area": 32 * 32}
+
+
+def red(size=(32, 32)):
+    return Image.new("RGB", size, (200, 20, 20))
+
+
+def test_kontext_editor_edits_each_image_reproducibly_and_routes_by_kind():
+    editor = FluxKontextEditor(
+        tiny_flux_kontext_pipeline(), num_inference_steps=2, resolution=32, pipeline_kwargs=TINY
+    )
+    images = [red(), red((48, 32))]
+    out = editor(images, [["make it blue"], ["add a cat"]], ["a red square", "a red square"])
+    assert [im.size for im in out] == [(32, 32), (48, 32)]  # back at the input sizes
+    assert np.abs(np.asarray(out[0], dtype=float) - np.asarray(images[0], dtype=float)).max() > 0
+    again = editor([images[0]], [["make it blue"]], ["a red square"])[0]
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(out[0]))  # seeded per image, not per batch
+    router = EditorRouter({"recolor": editor})
+    routed = router([images[0]], [[{"kind": "recolor", "instruction": "make it blue"}]], ["a red square"])
+    assert routed[0] is not None and router.last_methods == ["flux_kontext"]
+    assert "FluxKontextPipeline" in repr(editor)
+
+
+def test_instruction_editors_refuse_other_pipelines():
+    with pytest.raises(TypeError, match="FluxKontextPipeline"):
+        FluxKontextEditor(tiny_sd_pipeline())
+    with pytest.raises(TypeError, match="QwenImageEditPipeline"):
+        QwenImageEditEditor(tiny_flux_pipeline())
+
+
+def test_transformer_sizes_follow_the_vae_and_the_patch():
+    flux, sd3 = tiny_flux_pipeline(), tiny_sd3_pipeline()
+    assert transformer_side_multiple(flux) == 8  # VAE factor 2 x 2x2 packing, and of 8
+    assert transformer_native_side(sd3) == 16 * 2 and transformer_native_side(flux, 64) == 64
+    assert transformer_native_side(flux) == 128 * 2  # FluxPipeline.default_sample_size
+
+
+@pytest.mark.parametrize("build", [tiny_sd3_pipeline, tiny_flux_pipeline], ids=["sd3", "flux"])
+def test_refiner_runs_flow_img2img_from_a_text_to_image_pipeline(build):
+    refiner = Img2ImgRefiner(
+        build(), strength=0.5, num_inference_steps=2, resolution=32, pipeline_kwargs={"max_sequence_length": 16}
+    )
+    assert type(refiner.pipeline).__name__ in ("StableDiffusion3Img2ImgPipeline", "FluxImg2ImgPipeline")
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (0, 0, 8, 8))
+    refiner.mask_dilation = 0.0
+    out = refiner([red()], ["a red square"], [mask])[0]
+    changed = np.abs(np.asarray(out, dtype=float) - np.asarray(red(), dtype=float)).max(axis=2) > 0
+    assert changed[:8, :8].any() and not changed[8:, :].any() and not changed[:, 8:].any()
