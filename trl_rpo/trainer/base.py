@@ -38,75 +38,13 @@ from ..pipelines import (  # noqa: F401 - re-exported: trainer code imported the
 )
 from .base_config import BaseDiffusionConfig
 from .model_card import build_model_card
+from .validation import ValidationImagesCallback, ValidationImagesMixin
+from .zero import fill_deepspeed_auto_sizes
 
 logger = logging.getLogger(__name__)
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 UNET_SUBFOLDER = "unet"
-
-
-def fill_deepspeed_auto_sizes(hf_ds_config, unet) -> None:
-    """Fill DeepSpeed's `"auto"` bucket sizes from the denoiser's width.
-
-    transformers derives them from `model.config.hidden_size`, which a diffusers UNet or transformer does not
-    have, and then refuses the config; these are its formulas with the UNet's largest `block_out_channels` (a
-    transformer's `num_attention_heads * attention_head_dim`) as the hidden size. `unet` may also be that int.
-    """
-    if isinstance(unet, int):
-        hidden = unet
-    elif hasattr(unet.config, "block_out_channels"):
-        hidden = max(unet.config.block_out_channels)
-    else:
-        hidden = int(unet.config.num_attention_heads * unet.config.attention_head_dim)
-    hf_ds_config.fill_only("zero_optimization.reduce_bucket_size", hidden * hidden)
-    if hf_ds_config.is_zero3():
-        hf_ds_config.fill_only("zero_optimization.stage3_prefetch_bucket_size", int(0.9 * hidden * hidden))
-        hf_ds_config.fill_only("zero_optimization.stage3_param_persistence_threshold", 10 * hidden)
-
-
-def is_zero3(accelerator) -> bool:
-    """True when `accelerator` runs DeepSpeed ZeRO stage 3 (weights partitioned across processes)."""
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    return plugin is not None and plugin.zero_stage == 3
-
-
-def gathered_state_dict(module: torch.nn.Module, is_main_process: bool) -> dict[str, torch.Tensor] | None:
-    """The whole state dict of a ZeRO-3-partitioned module on the main process (None on the others).
-
-    Every process must call it: the weights are gathered (`deepspeed.zero.GatheredParameters`, a collective)
-    one child module at a time, as DeepSpeed's own 16-bit consolidation does, so at most one child is whole at
-    once besides the main process's copy.
-    """
-    import deepspeed
-
-    state: dict[str, torch.Tensor] = {}
-    groups = [(f"{name}.", child, True) for name, child in module.named_children()] + [("", module, False)]
-    for prefix, part, recurse in groups:
-        with deepspeed.zero.GatheredParameters(list(part.parameters(recurse=recurse)), modifier_rank=None):
-            if is_main_process:
-                items = part.state_dict().items() if recurse else _own_state(part)
-                state.update({prefix + k: v.detach().clone() for k, v in items})
-    return state if is_main_process else None
-
-
-def _own_state(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """The parameters and persistent buffers held by `module` itself, not by its children."""
-    own = [(k, v) for k, v in module._parameters.items() if v is not None]
-    return own + [
-        (k, v) for k, v in module._buffers.items() if v is not None and k not in module._non_persistent_buffers_set
-    ]
-
-
-def unpartitioned_copy(unet: torch.nn.Module, state: dict[str, torch.Tensor], peft_config=None) -> torch.nn.Module:
-    """A plain module with `unet`'s architecture (and LoRA adapters) holding `state`: no DeepSpeed hooks."""
-    from accelerate import init_empty_weights
-
-    with init_empty_weights():
-        copy_ = type(unet).from_config(unet.config)
-        if peft_config is not None:
-            copy_.add_adapter(peft_config)
-    copy_.load_state_dict(state, strict=True, assign=True)
-    return copy_.requires_grad_(False).eval()
 
 
 def process_seed(seed: int, process_index: int) -> int:
@@ -146,25 +84,12 @@ def _enable_unet_gradient_checkpointing(unet, **_: Any) -> None:
     unet.enable_gradient_checkpointing()
 
 
-class _ValidationImagesCallback(TrainerCallback):
-    def __init__(self, trainer: BaseDiffusionTrainer):
-        self.trainer = trainer
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % args.validation_steps == 0:
-            self.trainer.log_validation_images()
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if state.global_step % args.validation_steps != 0:
-            self.trainer.log_validation_images()
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The trainer base
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class BaseDiffusionTrainer(Trainer):
+class BaseDiffusionTrainer(ValidationImagesMixin, Trainer):
     """A `transformers.Trainer` whose model is the denoiser of a diffusers pipeline: its `unet` (SD 1.5, SDXL) or
     its `transformer` (SD3 / SD3.5, FLUX.1). Family-specific encoding, noising, targets and the denoiser call go
     through `self.model_adapter` (a :class:`~trl_rpo.models.DenoiserAdapter`); the training step is the same.
@@ -263,7 +188,7 @@ class BaseDiffusionTrainer(Trainer):
         # This process's own stream for noise, timesteps and rollouts (saved in checkpoints, restored on resume).
         self.rank_generator = torch.Generator().manual_seed(process_seed(args.seed, self.accelerator.process_index))
         if args.validation_prompts:
-            self.add_callback(_ValidationImagesCallback(self))
+            self.add_callback(ValidationImagesCallback(self))
 
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
@@ -613,105 +538,6 @@ class BaseDiffusionTrainer(Trainer):
         return [self._paper] if self._paper else []
 
     # -- validation images -------------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def generate_validation_images(self) -> list:
-        """Images of `args.validation_prompts` with the current weights (fixed seed, so runs are comparable)."""
-        args = self.args
-        unet = self._unwrapped_unet()
-        was_training = unet.training
-        unet.eval()
-        device = self.accelerator.device
-        frozen_devices = {m: next(m.parameters()).device for m in self._frozen_modules()}
-        for module in frozen_devices:
-            module.to(device)
-        try:
-            generator = torch.Generator(device="cpu").manual_seed(args.seed)
-            autocast = torch.autocast(device.type, dtype=self.weight_dtype, enabled=self.weight_dtype != torch.float32)
-            with autocast:
-                images = self.pipeline(
-                    list(args.validation_prompts),
-                    num_images_per_prompt=args.num_validation_images,
-                    num_inference_steps=args.validation_num_inference_steps,
-                    guidance_scale=args.validation_guidance_scale,
-                    height=self.resolution,
-                    width=self.resolution,
-                    generator=generator,
-                    **self.pipeline_call_kwargs(),
-                ).images
-        finally:
-            for module, original in frozen_devices.items():
-                module.to(original)
-            unet.train(was_training)
-        return images
-
-    def pipeline_call_kwargs(self) -> dict[str, Any]:
-        """Extra keywords of this family's pipeline call (T5's `max_sequence_length` for SD3 / FLUX)."""
-        if self.is_flow and self.args.max_sequence_length is not None:
-            return {"max_sequence_length": self.args.max_sequence_length}
-        return {}
-
-    def log_validation_images(self) -> None:
-        """Render validation images, save them under `output_dir/validation/step-N/` and send them to trackers.
-
-        Every process must call it (the callback does): under ZeRO-3 all of them gather the UNet's weights; the
-        main process alone renders, saves and logs.
-        """
-        if not self.args.validation_prompts:
-            return
-        if is_zero3(self.accelerator):
-            images = self._generate_validation_images_from_shards()
-        else:
-            images = self.generate_validation_images() if self.is_world_process_zero() else None
-        if images is None:
-            return
-        step = self.state.global_step
-        folder = Path(self.args.output_dir) / "validation" / f"step-{step:06d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        n = self.args.num_validation_images
-        captions = [p for p in self.args.validation_prompts for _ in range(n)]
-        for i, image in enumerate(images):
-            image.save(folder / f"{i // n:03d}-{i % n}.png")
-        (folder / "prompts.json").write_text(json.dumps(captions, indent=1))
-        self._send_images_to_trackers(images, captions, step)
-
-    def _generate_validation_images_from_shards(self) -> list | None:
-        """Validation images under ZeRO-3, rendered by the main process with a whole, hook-free copy of the UNet.
-
-        Each process holds only a shard of the UNet's weights, and DeepSpeed's forward hooks gather them (and
-        check the module order) with collectives on every forward. A forward on the main process alone pairs
-        those collectives with whatever the other processes run next (in a 2-process run: the loss-logging
-        `all_gather`), which hangs or mixes up weights. So every process takes part in gathering the weights
-        into a plain copy on the main process (:func:`gathered_state_dict`), which then renders alone.
-        """
-        unet = self._unwrapped_unet()
-        state = gathered_state_dict(unet, self.is_world_process_zero())
-        if state is None:
-            return None
-        whole = unpartitioned_copy(unet, state, self.peft_config).to(self.accelerator.device)
-        attribute = self.family.denoiser
-        original = getattr(self.pipeline, attribute)
-        setattr(self.pipeline, attribute, whole)
-        try:
-            return self.generate_validation_images()
-        finally:
-            setattr(self.pipeline, attribute, original)
-
-    def save_and_track_images(self, images: list, captions: list[str], kind: str, step: int | None = None) -> Path:
-        """Save images with their captions under `output_dir/<kind>/step-N/` and send them to the trackers."""
-        step = self.state.global_step if step is None else step
-        folder = Path(self.args.output_dir) / kind / f"step-{step:06d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, image in enumerate(images):
-            image.save(folder / f"{i:03d}.png")
-        (folder / "captions.json").write_text(json.dumps(captions, indent=1))
-        self._send_images_to_trackers(images, captions, step, tag=kind)
-        return folder
-
-    def _send_images_to_trackers(self, images, captions, step: int, tag: str = "validation") -> None:
-        from .trackers import send_images_to_trackers
-
-        send_images_to_trackers(self.callback_handler.callbacks, images, captions, step, tag)
 
 
 def _set_adapters_enabled(layers: list, enabled: bool) -> None:

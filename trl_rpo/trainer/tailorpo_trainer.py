@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["StepPairs", "TailorPOTrainer"]
 
 
+# The per-pair tensors of StepPairs, in order; sample_pairs collects rows under these names.
+STEP_PAIR_FIELDS = ("parent_chosen", "parent_rejected", "chosen", "rejected", "timesteps", "prompt_index")
+
+
 @dataclass
 class StepPairs:
     """Preference pairs of denoising steps collected during sampling (all tensors on the training device).
@@ -293,7 +297,7 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
             )
         )
         alphas = None if self.is_flow else scheduler.alphas_cumprod.to(device)
-        rows: dict[str, list[torch.Tensor]] = {k: [] for k in ("pc", "pr", "c", "r", "t", "i")}
+        rows: dict[str, list[torch.Tensor]] = {k: [] for k in STEP_PAIR_FIELDS}
         transitions: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # "final": (t, parent, child)
         ties = ranked = 0
         eps = None
@@ -370,7 +374,7 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
         rewards, _ = self.step_rewards(images, list(prompts) * k)
         rewards = rewards.view(k, batch)
 
-        found: dict[str, list[torch.Tensor]] = {key: [] for key in ("pc", "pr", "c", "r", "t", "i")}
+        found: dict[str, list[torch.Tensor]] = {key: [] for key in STEP_PAIR_FIELDS}
         ties = 0
         for b in range(batch):
             pairs, n_ties = rank_pairs(
@@ -384,12 +388,12 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
                     eps_w = child_eps[idx : idx + 1] if child_eps is not None else torch.zeros_like(chosen[None])
                     grad = self._reward_gradient(chosen[None], eps_w, rep_t[idx : idx + 1], [prompts[b]])
                     chosen = chosen + args.reward_guidance_scale * grad[0].to(chosen.dtype)
-                found["pc"].append(latents[b])
-                found["pr"].append(latents[b])
-                found["c"].append(chosen)
-                found["r"].append(children[lose, b])
-                found["t"].append(timesteps[b])
-                found["i"].append(torch.tensor(b, device=latents.device))
+                found["parent_chosen"].append(latents[b])
+                found["parent_rejected"].append(latents[b])
+                found["chosen"].append(chosen)
+                found["rejected"].append(children[lose, b])
+                found["timesteps"].append(timesteps[b])
+                found["prompt_index"].append(torch.tensor(b, device=latents.device))
         # Continue each trajectory from a random candidate (SPO), reusing its denoiser output for the next step.
         pick = torch.randint(k, (batch,), generator=generator).to(latents.device)
         rows = pick * batch + torch.arange(batch, device=latents.device)
@@ -407,12 +411,12 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
                 continue
             win, lose = (b, batch + b) if gap > 0 else (batch + b, b)
             for timesteps, parent, child in transitions:
-                rows["pc"].append(parent[win])
-                rows["pr"].append(parent[lose])
-                rows["c"].append(child[win])
-                rows["r"].append(child[lose])
-                rows["t"].append(timesteps[win])
-                rows["i"].append(torch.tensor(b, device=parent.device))
+                rows["parent_chosen"].append(parent[win])
+                rows["parent_rejected"].append(parent[lose])
+                rows["chosen"].append(child[win])
+                rows["rejected"].append(child[lose])
+                rows["timesteps"].append(timesteps[win])
+                rows["prompt_index"].append(torch.tensor(b, device=parent.device))
         return ties, batch
 
     def _stack_pairs(self, rows, shared_parent, ties, ranked, images, rewards) -> StepPairs:
@@ -424,12 +428,12 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
             return torch.stack(rows[key]) if rows[key] else fallback
 
         return StepPairs(
-            parent_chosen=stack("pc", empty),
-            parent_rejected=stack("pr", empty),
-            chosen=stack("c", empty),
-            rejected=stack("r", empty),
-            timesteps=stack("t", torch.zeros(0, dtype=self.sample_scheduler.timesteps.dtype, device=device)),
-            prompt_index=stack("i", torch.zeros(0, dtype=torch.long, device=device)),
+            parent_chosen=stack("parent_chosen", empty),
+            parent_rejected=stack("parent_rejected", empty),
+            chosen=stack("chosen", empty),
+            rejected=stack("rejected", empty),
+            timesteps=stack("timesteps", torch.zeros(0, dtype=self.sample_scheduler.timesteps.dtype, device=device)),
+            prompt_index=stack("prompt_index", torch.zeros(0, dtype=torch.long, device=device)),
             shared_parent=shared_parent,
             ties=ties,
             candidates_ranked=ranked,
