@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from .editors import _JOIN, _DiffusionEditor, _Job
+from .editors.base import _DiffusionEditor, _Job
+from .editors.helpers import _JOIN
 
 __all__ = ["FluxKontextEditor", "QwenImageEditEditor", "transformer_native_side", "transformer_side_multiple"]
 
