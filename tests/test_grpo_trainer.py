@@ -185,9 +185,22 @@ def test_grpo_raises_brightness_and_lowers_it_when_the_sign_flips(tmp_path):
     assert after_up > before > after_down, (before, after_up, after_down)
 
 
-def test_flow_matching_pipelines_are_refused_naming_the_trainer_that_supports_them(tmp_path):
-    from trl_rpo.testing import tiny_sd3_pipeline
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_flow_models_sample_with_the_sde_and_start_on_policy(tmp_path, family):
+    from trl_rpo.testing import tiny_flux_pipeline, tiny_sd3_pipeline
 
-    with pytest.raises(ValueError, match="TailorPOTrainer trains SD3 / FLUX"):
-        DiffusionGRPOTrainer(model=tiny_sd3_pipeline(), reward_funcs=brightness, args=grpo_config(tmp_path),
-                             train_dataset=PROMPTS)  # fmt: skip
+    pipe = tiny_sd3_pipeline() if family == "sd3" else tiny_flux_pipeline()
+    trainer = DiffusionGRPOTrainer(model=pipe, reward_funcs=brightness, args=grpo_config(tmp_path, beta=0.05),
+                                   train_dataset=PROMPTS, peft_config=tiny_lora_config())  # fmt: skip
+    prompts = ["a red square", "a blue circle"]
+    rollout = trainer.rollout(prompts)
+    assert rollout.train_steps == [0, 1, 2, 3]  # every flow SDE step is Gaussian, the last one included
+    assert torch.isfinite(rollout.log_probs).all()
+    cond, uncond = trainer.encode_conditioning(prompts)
+    with torch.no_grad():
+        recomputed = trainer.step_log_probs(trainer.model, rollout, cond, uncond)
+    ratio = torch.exp(recomputed - rollout.log_probs[:, rollout.train_steps].transpose(0, 1))
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-4), ratio
+    trainer.train()
+    first = _logs(trainer)[0]
+    assert first["kl"] == 0.0 and first["clip_ratio"] == 0.0 and math.isfinite(first["loss"])

@@ -30,6 +30,10 @@ class DiffusionGRPOConfig(BaseDiffusionConfig):
             Classifier-free guidance scale, used when sampling and when computing log-probabilities.
         eta (`float`, *optional*, defaults to `1.0`):
             DDIM stochasticity (> 0: each step is a Gaussian with a log-probability; DDPO uses 1.0).
+        sde_noise_level (`float`, *optional*, defaults to `0.7`):
+            SD3 / FLUX (rectified flow): the noise level `a` of the SDE that replaces the flow ODE when sampling,
+            `g_s = a * sqrt(s / (1 - s))` (Flow-GRPO's form and default; see
+            [`~trl_rpo.diffusion.flow_sde_step_with_logprob`]). Unused by UNet models, which use `eta`.
         same_latent (`bool`, *optional*, defaults to `False`):
             Start every image of a group from the same initial noise `x_T` (Flow-GRPO's option): the group's images
             then differ only by the per-step noise, so the advantages compare the policy's steps, not the seeds.
@@ -72,6 +76,10 @@ class DiffusionGRPOConfig(BaseDiffusionConfig):
     num_inference_steps: int = field(default=10, metadata={"help": "DDIM steps per sampled trajectory."})
     guidance_scale: float = field(default=4.5, metadata={"help": "Classifier-free guidance scale."})
     eta: float = field(default=1.0, metadata={"help": "DDIM stochasticity (must be > 0)."})
+    sde_noise_level: float = field(
+        default=0.7,
+        metadata={"help": "SD3 / FLUX: noise level a of the flow SDE, g = a*sqrt(s/(1-s)) (Flow-GRPO's 0.7)."},
+    )
     same_latent: bool = field(
         default=False, metadata={"help": "Start all images of a group from the same initial noise."}
     )
@@ -115,6 +123,8 @@ class DiffusionGRPOConfig(BaseDiffusionConfig):
             raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
         if self.eta <= 0:
             raise ValueError(f"eta must be > 0 (a stochastic DDIM step has a log-probability), got {self.eta}")
+        if self.sde_noise_level <= 0:
+            raise ValueError(f"sde_noise_level must be > 0 (a stochastic flow step), got {self.sde_noise_level}")
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
         if not 0 < self.epsilon < 1:

@@ -13,7 +13,7 @@ from datasets import Dataset
 from torch.utils.data import Sampler
 
 from ..data.formats import prepare_prompt_dataset
-from ..diffusion import ddim_step_variance, ddim_step_with_logprob
+from ..diffusion import ddim_step_variance
 from ..losses import group_advantages, grpo_clipped_loss
 from ..pipelines import tensor_to_pil
 from .base import BaseDiffusionTrainer
@@ -188,12 +188,6 @@ class DiffusionGRPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
             callbacks=callbacks,
             optimizers=optimizers,
         )
-        if self.is_flow:
-            raise ValueError(
-                f"DiffusionGRPOTrainer samples with stochastic DDIM, so it trains UNet pipelines (SD 1.5, SDXL); "
-                f"{type(self.pipeline).__name__} is a flow-matching model. TailorPOTrainer trains SD3 / FLUX with "
-                "Flow-GRPO's SDE sampler."
-            )
         self._setup_online(funcs, reward_weights)
         if eval_dataset is not None and self.args.per_device_eval_batch_size % self.args.num_generations:
             raise ValueError(
@@ -253,11 +247,14 @@ class DiffusionGRPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
     # -- sampling ------------------------------------------------------------------------------------------------
 
     def trainable_steps(self) -> list[int]:
-        """Indices of the sampling steps with a log-probability (positive DDIM variance).
+        """Indices of the sampling steps with a log-probability (positive DDIM variance; every flow SDE step).
 
-        With `set_alpha_to_one=True` the last DDIM step is deterministic: it is sampled but never trained on.
+        With `set_alpha_to_one=True` the last DDIM step is deterministic: it is sampled but never trained on. The
+        flow SDE's last step (to sigma 0) keeps a positive variance, so all of its steps are trained.
         """
         scheduler = self.sample_scheduler
+        if self.is_flow:
+            return list(range(len(scheduler.timesteps)))
         variance = ddim_step_variance(scheduler, scheduler.timesteps.cpu())
         return [i for i, v in enumerate(variance.tolist()) if v > 0]
 
@@ -276,7 +273,7 @@ class DiffusionGRPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
         args, device = self.args, self.accelerator.device
         generator = generator if generator is not None else self.rank_generator
         scheduler = self.sample_scheduler
-        scheduler.set_timesteps(args.num_inference_steps, device=device)
+        self._set_sampling_timesteps(device)
         unet = self._unwrapped_unet()
         g = args.num_generations
         cond, uncond = conditioning if conditioning is not None else self.encode_conditioning(prompts)
@@ -291,9 +288,7 @@ class DiffusionGRPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
         for t in scheduler.timesteps:
             timesteps = t.expand(len(latents)).to(device)
             eps = self.guided_prediction(unet, latents, timesteps, cond_all, uncond_all)
-            latents, log_prob, _, _ = ddim_step_with_logprob(
-                scheduler, eps, timesteps, latents, args.eta, generator=generator
-            )
+            latents, log_prob = self.step_with_logprob(eps, timesteps, latents, generator=generator)
             trajectory.append(latents)
             log_probs.append(log_prob)
         images = self.decode(latents)
@@ -335,9 +330,7 @@ class DiffusionGRPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
         c = {k: v[index] for k, v in cond.items()}
         u = {k: v[index] for k, v in uncond.items()}
         eps = self.guided_prediction(unet, parents, timesteps, c, u)
-        _, log_prob, _, _ = ddim_step_with_logprob(
-            self.sample_scheduler, eps, timesteps, parents, self.args.eta, prev_sample=children
-        )
+        _, log_prob = self.step_with_logprob(eps, timesteps, parents, prev_sample=children)
         return log_prob.reshape(len(steps), n)
 
     def _get_rollout(self, prompts: list[str], cond, uncond, mode: str) -> tuple[Rollout, bool]:

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..diffusion import ddim_previous_timestep, ddim_step_with_logprob, flow_sde_step_with_logprob
 from ..pipelines import decode_latents, tensor_to_pil
 from ..rewards import combine_rewards
 
@@ -31,7 +32,7 @@ def normalize_reward_funcs(reward_funcs: RewardFunc | Sequence[RewardFunc]) -> l
 class OnlineDiffusionMixin:
     """Rollout helpers for trainers that sample images with the policy and score them with reward functions.
 
-    Mixed into a [`BaseDiffusionTrainer`] subclass whose config has `guidance_scale`, `eta`,
+    Mixed into a [`BaseDiffusionTrainer`] subclass whose config has `guidance_scale`, `eta`, `sde_noise_level`,
     `num_inference_steps`, `reward_weights` and `vae_decode_batch_size`. Call `_setup_online(funcs, weights)`
     after `BaseDiffusionTrainer.__init__`.
     """
@@ -101,6 +102,64 @@ class OnlineDiffusionMixin:
         channels = self.model_adapter.latent_channels if self.is_flow else self.pipeline.unet.config.in_channels
         latents = torch.randn(num, channels, side, side, generator=generator).to(self.accelerator.device)
         return latents * getattr(self.sample_scheduler, "init_noise_sigma", 1.0)  # flow schedulers: unit noise
+
+    # -- the sampler's step: stochastic DDIM (UNet models) or the flow SDE (SD3, FLUX) ----------------------------
+
+    def _set_sampling_timesteps(self, device) -> None:
+        """`set_timesteps` on the sampler; FLUX's dynamic shift gets `mu` from the image's token count."""
+        scheduler, steps = self.sample_scheduler, self.args.num_inference_steps
+        if self.is_flow and scheduler.config.get("use_dynamic_shifting", False):
+            from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+            side = self.resolution // self.pipeline.vae_scale_factor
+            c = scheduler.config
+            mu = calculate_shift(
+                (side // 2) ** 2, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift
+            )
+            scheduler.set_timesteps(steps, device=device, mu=mu)
+        else:
+            scheduler.set_timesteps(steps, device=device)
+
+    def _flow_sigmas(self, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigma, next sigma) of flow-sampler timesteps, looked up in the sampler's schedule."""
+        scheduler = self.sample_scheduler
+        table = scheduler.timesteps.to(timesteps.device, torch.float32)
+        index = (timesteps.float().reshape(-1, 1) - table.reshape(1, -1)).abs().argmin(dim=1)
+        sigmas = scheduler.sigmas.to(timesteps.device, torch.float32)
+        return sigmas[index], sigmas[index + 1]
+
+    def flow_sigma_max(self) -> float:
+        """Where the flow SDE's noise scale `g = a sqrt(s / (1 - s))` is capped: the schedule's second sigma, so the
+        first step (s = 1, infinite g) uses the second's scale, as Flow-GRPO does (0.999 with a one-step schedule)."""
+        second = float(self.sample_scheduler.sigmas[1])
+        return second if 0.0 < second < 1.0 else 0.999
+
+    def next_timesteps(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """The timesteps one sampler step later (DDIM: negative after the last; flow: 0 after the last)."""
+        if not self.is_flow:
+            return ddim_previous_timestep(self.sample_scheduler, timesteps)
+        return self._flow_sigmas(timesteps)[1] * self.sample_scheduler.config.num_train_timesteps
+
+    def _is_final(self, next_timesteps: torch.Tensor) -> bool:
+        return bool(next_timesteps[0] <= 0) if self.is_flow else int(next_timesteps[0]) < 0
+
+    def step_with_logprob(self, output, timesteps, sample, prev_sample=None, generator=None):
+        """One stochastic sampler step and its per-sample log-probability: `(prev_sample, log_prob)`.
+
+        UNet models: DDIM at `eta` (:func:`~trl_rpo.diffusion.ddim_step_with_logprob`); SD3 / FLUX: the flow SDE at
+        `sde_noise_level` (:func:`~trl_rpo.diffusion.flow_sde_step_with_logprob`, Flow-GRPO's step).
+        """
+        if self.is_flow:
+            sigma, next_sigma = self._flow_sigmas(timesteps)
+            prev, log_prob, _, _ = flow_sde_step_with_logprob(
+                output, sigma, next_sigma, sample, self.args.sde_noise_level, prev_sample, generator,
+                sigma_max=self.flow_sigma_max(),
+            )  # fmt: skip
+            return prev, log_prob
+        prev, log_prob, _, _ = ddim_step_with_logprob(
+            self.sample_scheduler, output, timesteps, sample, self.args.eta, prev_sample, generator
+        )
+        return prev, log_prob
 
     # -- rewards -------------------------------------------------------------------------------------------------
 

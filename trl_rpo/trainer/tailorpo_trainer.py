@@ -12,11 +12,8 @@ from datasets import Dataset
 
 from ..data.formats import prepare_prompt_dataset
 from ..diffusion import (
-    ddim_previous_timestep,
     ddim_step_variance,
-    ddim_step_with_logprob,
     flow_predicted_original_sample,
-    flow_sde_step_with_logprob,
     predicted_original_sample,
 )
 from ..losses import stepwise_dpo_loss
@@ -171,62 +168,6 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
 
     def _latent_channels(self) -> int:
         return self.model_adapter.latent_channels
-
-    def _set_sampling_timesteps(self, device) -> None:
-        """`set_timesteps` on the sampler; FLUX's dynamic shift gets `mu` from the image's token count."""
-        scheduler, steps = self.sample_scheduler, self.args.num_inference_steps
-        if self.is_flow and scheduler.config.get("use_dynamic_shifting", False):
-            from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-            side = self.resolution // self.pipeline.vae_scale_factor
-            c = scheduler.config
-            mu = calculate_shift(
-                (side // 2) ** 2, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift
-            )
-            scheduler.set_timesteps(steps, device=device, mu=mu)
-        else:
-            scheduler.set_timesteps(steps, device=device)
-
-    def _flow_sigmas(self, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sigma, next sigma) of flow-sampler timesteps, looked up in the sampler's schedule."""
-        scheduler = self.sample_scheduler
-        table = scheduler.timesteps.to(timesteps.device, torch.float32)
-        index = (timesteps.float().reshape(-1, 1) - table.reshape(1, -1)).abs().argmin(dim=1)
-        sigmas = scheduler.sigmas.to(timesteps.device, torch.float32)
-        return sigmas[index], sigmas[index + 1]
-
-    def flow_sigma_max(self) -> float:
-        """Where the flow SDE's noise scale `g = a sqrt(s / (1 - s))` is capped: the schedule's second sigma, so the
-        first step (s = 1, infinite g) uses the second's scale, as Flow-GRPO does (0.999 with a one-step schedule)."""
-        second = float(self.sample_scheduler.sigmas[1])
-        return second if 0.0 < second < 1.0 else 0.999
-
-    def next_timesteps(self, timesteps: torch.Tensor) -> torch.Tensor:
-        """The timesteps one sampler step later (DDIM: negative after the last; flow: 0 after the last)."""
-        if not self.is_flow:
-            return ddim_previous_timestep(self.sample_scheduler, timesteps)
-        return self._flow_sigmas(timesteps)[1] * self.sample_scheduler.config.num_train_timesteps
-
-    def _is_final(self, next_timesteps: torch.Tensor) -> bool:
-        return bool(next_timesteps[0] <= 0) if self.is_flow else int(next_timesteps[0]) < 0
-
-    def step_with_logprob(self, output, timesteps, sample, prev_sample=None, generator=None):
-        """One stochastic sampler step and its per-sample log-probability: `(prev_sample, log_prob)`.
-
-        UNet models: DDIM at `eta` (:func:`~trl_rpo.diffusion.ddim_step_with_logprob`); SD3 / FLUX: the flow SDE at
-        `sde_noise_level` (:func:`~trl_rpo.diffusion.flow_sde_step_with_logprob`, Flow-GRPO's step).
-        """
-        if self.is_flow:
-            sigma, next_sigma = self._flow_sigmas(timesteps)
-            prev, log_prob, _, _ = flow_sde_step_with_logprob(
-                output, sigma, next_sigma, sample, self.args.sde_noise_level, prev_sample, generator,
-                sigma_max=self.flow_sigma_max(),
-            )  # fmt: skip
-            return prev, log_prob
-        prev, log_prob, _, _ = ddim_step_with_logprob(
-            self.sample_scheduler, output, timesteps, sample, self.args.eta, prev_sample, generator
-        )
-        return prev, log_prob
 
     def predict_x0(self, output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The clean sample a denoiser output implies (float32): DDIM's `x0_hat`, or `x - sigma v` for flow."""
