@@ -338,6 +338,8 @@ def measure_loss_types(args, model: str) -> dict[str, float]:
             trainer = make_trainer(args, model, os.path.join(output_dir, loss), loss_type=loss)
             trainer.create_optimizer()
             trainer.model.train()
+            # Set by Trainer's own loop (transformers 5), which this one replaces: one micro-step per step.
+            trainer.current_gradient_accumulation_steps = 1
             runs.append((loss, trainer, itertools.cycle(trainer.get_train_dataloader())))
         for _ in range(args.steps):
             for loss, trainer, batches in runs:
