@@ -95,7 +95,7 @@ def test_candidates_share_their_parent_and_were_drawn_from_it(tmp_path):
 
 
 def test_ranking_pairs_the_best_with_the_worst_candidate(tmp_path, monkeypatch):
-    import trl_rpo.trainer.tailorpo_trainer as module
+    import trl_rpo.trainer.online as module  # where the sampler step of the online trainers lives
 
     trainer = make_trainer(tmp_path, num_candidates=4)
     drawn, real_step = [], module.ddim_step_with_logprob
