@@ -63,16 +63,20 @@ def run_dev_sweep(
     _quiet_libraries()
     dev = shape_prompts(dev_prompts, seed=config.seed, split="dev")
     base = load_pipeline(config.model)
-    guidance = {}
+    # One scorer per guidance scale tried; the chosen one's base scores are the sweep's baseline (not re-rendered).
+    probes: dict[float, _Scorer] = {}
     for scale in guidance_scales:
         probe = _Scorer(dataclasses.replace(config, guidance_scale=float(scale)), {"dev": (dev, config.eval_seeds)})
         probe("base", base)
-        guidance[float(scale)] = probe.mean("base", "dev")
-        log(f"dev sweep: base dev alignment {guidance[float(scale)]:.3f} at guidance {scale:g}")
-    if guidance:
-        config = dataclasses.replace(config, guidance_scale=max(guidance, key=guidance.get))
-    scorer = _Scorer(config, {"dev": (dev, config.eval_seeds)})
-    scorer("base", base)
+        probes[float(scale)] = probe
+        log(f"dev sweep: base dev alignment {probe.mean('base', 'dev'):.3f} at guidance {scale:g}")
+    guidance = {scale: probe.mean("base", "dev") for scale, probe in probes.items()}
+    if probes:
+        scorer = probes[max(guidance, key=guidance.get)]
+        config = scorer.config
+    else:
+        scorer = _Scorer(config, {"dev": (dev, config.eval_seeds)})
+        scorer("base", base)
     train_prompts = shape_prompts(config.image_budget, seed=config.seed, split="train")
     rpo_pairs, _ = build_rpo_pairs(config, base, train_prompts, output_dir / "rpo_pairs")
     reward_pairs, _ = build_reward_pairs(base, train_prompts[: config.image_budget // 2], alignment_score,
