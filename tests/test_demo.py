@@ -162,3 +162,20 @@ def test_dev_sweep_chooses_the_guidance_scale_with_the_best_base_dev_alignment(t
     assert set(by_guidance) == {0.0, 7.5}
     assert results["guidance_scale"] == max(by_guidance, key=by_guidance.get)
     assert results["base_dev_alignment"] == pytest.approx(by_guidance[results["guidance_scale"]])
+
+
+@pytest.mark.slow
+def test_pair_sweep_builds_pairs_per_refine_strength_and_chooses_one_on_dev_prompts(tmp_path):
+    from trl_rpo.shapes.sweep import run_pair_sweep
+
+    config = DemoConfig.quick(image_budget=16, eval_seeds=(0,), num_inference_steps=4, dpo_batch_size=2, dpo_steps=2)
+    results = run_pair_sweep(config, tmp_path / "pairs", refine_strengths=(0.0, 0.5), mask_weights=(1.0, 0.0),
+                             dev_prompts=4, log=lambda _: None)  # fmt: skip
+    assert [row["refine_strength"] for row in results["rows"]] == [0.0, 0.5]
+    assert all(set(row["by_mask_weight"]) == {"1", "0"} for row in results["rows"])
+    assert results["refine_strength"] == results["rows"][results["best"]]["refine_strength"]
+    chosen = results["rows"][results["best"]]["mean_gain"]
+    assert chosen == max(row["mean_gain"] for row in results["rows"] if row["mean_gain"] is not None)
+    assert set(results["dev_prompts"]).isdisjoint(prompts(120, 0, "test"))
+    table = (tmp_path / "pairs" / "pair_sweep.md").read_text()
+    assert table.count("\n") == 4 and "**(chosen)**" in table

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from trl_rpo.evaluation import compare_with_base, load_trained_pipeline
+from trl_rpo.evaluation import compare_with_base, evaluate_pipeline, load_trained_pipeline
 from trl_rpo.testing import tiny_lora_config, tiny_sd_pipeline
 
 from ._helpers import brightness
@@ -98,6 +98,33 @@ def test_compare_with_base_reports_every_reward_and_a_grid():
     report = json.loads(json.dumps(result.to_dict()))
     assert set(report["rewards"]) == {"brightness", "darkness"} and report["seeds"] == [0, 1]
     assert "brightness:" in result.summary() and "better" in result.summary() and "worse" in result.summary()
+
+
+def test_a_precomputed_base_result_gives_the_same_comparison_as_rendering_the_base_again():
+    base = tiny_sd_pipeline()
+    rendered = compare_with_base(Brighter(base), base, PROMPTS, brightness, seeds=[0, 1], n_resamples=500,
+                                 grid_prompts=2, **FAST)  # fmt: skip
+    base_result = evaluate_pipeline(base, PROMPTS, brightness, seeds=[0, 1], return_images=True, **FAST)
+    reused = compare_with_base(Brighter(base), base_result, PROMPTS, brightness, seeds=[0, 1], n_resamples=500,
+                               grid_prompts=2, **FAST)  # fmt: skip
+    assert reused.comparisons["brightness"].to_dict() == rendered.comparisons["brightness"].to_dict()
+    assert reused.base_result is base_result and reused.grid.size == rendered.grid.size
+    assert reused.trained_result.scores == rendered.trained_result.scores
+
+
+@pytest.mark.parametrize(
+    ("seeds", "reward", "match"),
+    [([0], brightness, r"\(1, 3\) \(seeds, prompts\), expected \(2, 3\)"), ([0, 1], "other", "no scores for reward")],
+)
+def test_a_base_result_from_other_seeds_or_rewards_is_refused(seeds, reward, match):
+    base = tiny_sd_pipeline()
+
+    def other(images, prompts, **kwargs):
+        return [0.0] * len(images)
+
+    base_result = evaluate_pipeline(base, PROMPTS, brightness, seeds=seeds, **FAST)
+    with pytest.raises(ValueError, match=match):
+        compare_with_base(base, base_result, PROMPTS, other if reward == "other" else reward, seeds=[0, 1], **FAST)
 
 
 def test_trl_rpo_eval_writes_a_report_and_a_grid(tmp_path, capsys):

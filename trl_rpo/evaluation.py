@@ -370,6 +370,8 @@ class BaseComparison:
     prompts: list[str]
     seeds: list[int]
     grid: Image.Image | None = None
+    trained_result: EvaluationResult | None = field(default=None, repr=False)
+    base_result: EvaluationResult | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON report: per reward, gain with its interval, win rate, p-value, means; the prompts and seeds."""
@@ -395,7 +397,7 @@ class BaseComparison:
 
 def compare_with_base(
     trained: Callable[..., Any],
-    base: Callable[..., Any],
+    base: Callable[..., Any] | EvaluationResult,
     prompts: Sequence[str],
     reward_funcs: Callable | Sequence[Callable],
     seeds: Sequence[int] = (0, 1, 2),
@@ -411,16 +413,26 @@ def compare_with_base(
     Each pipeline generates its `len(seeds) x len(prompts)` images once (the same seeds, so the same starting
     noise) and every reward scores them; `paired_comparison` does the statistics. `grid_prompts` (0: none) of the
     first prompts are put side by side in `grid`.
+
+    `base` may also be the `EvaluationResult` of an earlier `evaluate_pipeline(base, prompts, reward_funcs,
+    seeds=seeds, return_images=True, ...)` with the same prompts, seeds and rewards, so several trained models
+    are compared with one rendering of the base (the demo does this); the returned `trained_result` and
+    `base_result` hold every score for further comparisons.
     """
     funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
     if not funcs:
         raise ValueError("compare_with_base needs at least one reward function")
+    names = [reward_name(f) for f in funcs]
+    if isinstance(base, EvaluationResult):
+        _check_base_result(base, names, len(seeds), len(prompts))
+    pipelines = (trained,) if isinstance(base, EvaluationResult) else (trained, base)
     results = [
         evaluate_pipeline(pipeline, prompts, funcs, seeds=seeds, batch_size=batch_size, return_images=True,
                           **pipeline_kwargs)
-        for pipeline in (trained, base)
+        for pipeline in pipelines
     ]  # fmt: skip
-    names = [reward_name(f) for f in funcs]
+    if isinstance(base, EvaluationResult):
+        results.append(base)
     comparisons = {
         name: paired_comparison(results[0].scores[name], results[1].scores[name], confidence_level=confidence_level,
                                 n_resamples=n_resamples, seed=bootstrap_seed)
@@ -428,12 +440,26 @@ def compare_with_base(
     }  # fmt: skip
     grid = None
     k = min(grid_prompts, len(prompts))
-    if k > 0:
+    if k > 0 and results[1].images:
         grid = image_grid(
             [results[1].images[0][:k], results[0].images[0][:k]], row_labels=["base", "trained"],
             column_labels=list(prompts[:k]),
         )  # fmt: skip
-    return BaseComparison(comparisons=comparisons, prompts=list(prompts), seeds=list(seeds), grid=grid)
+    return BaseComparison(comparisons=comparisons, prompts=list(prompts), seeds=list(seeds), grid=grid,
+                          trained_result=results[0], base_result=results[1])  # fmt: skip
+
+
+def _check_base_result(result: EvaluationResult, names: Sequence[str], n_seeds: int, n_prompts: int) -> None:
+    """A precomputed base must hold every reward's scores for exactly these seeds x prompts."""
+    for name in names:
+        rows = result.scores.get(name)
+        if rows is None:
+            raise ValueError(f"the base EvaluationResult has no scores for reward {name!r} (it has "
+                             f"{sorted(result.scores)}): evaluate the base with the same rewards")  # fmt: skip
+        shape = (len(rows), *{len(row) for row in rows})
+        if shape != (n_seeds, n_prompts):
+            raise ValueError(f"the base EvaluationResult's {name!r} scores are {shape} (seeds, prompts), expected "
+                             f"({n_seeds}, {n_prompts}): evaluate the base on the same prompts and seeds")  # fmt: skip
 
 
 def image_grid(

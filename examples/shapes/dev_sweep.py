@@ -1,18 +1,23 @@
 """Choose the demo's Diffusion-DPO recipe on dev prompts (never the test prompts the demo reports).
 
     python examples/shapes/dev_sweep.py --output-dir outputs/dev-sweep [--quick]
+    python examples/shapes/dev_sweep.py --stage pairs --output-dir outputs/pair-sweep [--quick]
 
 First chooses the guidance scale (5, 7.5 or 10) by the base model's dev alignment. Then builds the demo's two pair
 sets once (RPO pairs refined by the base model, reward-labelled pairs; the same image budget), trains each recipe
 of `trl_rpo.shapes.sweep.DEFAULT_RECIPES` on both, and prints a Markdown table of the paired dev gains over the
 base model (also written to `sweep.md`, with everything in `sweep.json`). About 30 minutes on 2 CPU cores;
 `--quick` is a smoke test.
+
+`--stage pairs` then chooses the RPO pair builder's refinement strength (0.1, 0.2 or 0.3) with the chosen recipe:
+pairs built at each strength, plain and masked Diffusion-DPO trained on them, paired dev gains over the base in
+`pair_sweep.md` (about 20 minutes).
 """
 
 import argparse
 
 from trl_rpo.shapes.demo import DemoConfig
-from trl_rpo.shapes.sweep import DEFAULT_RECIPES, run_dev_sweep
+from trl_rpo.shapes.sweep import DEFAULT_RECIPES, run_dev_sweep, run_pair_sweep
 
 
 def main() -> None:
@@ -20,7 +25,13 @@ def main() -> None:
     parser.add_argument("--output-dir", required=True, help="new folder for sweep.json, sweep.md and the runs")
     parser.add_argument("--model", default=None, help="pipeline folder (default: the shipped shapes base model)")
     parser.add_argument("--quick", action="store_true", help="small budgets and two recipes: a smoke test")
+    parser.add_argument("--stage", choices=["recipes", "pairs"], default="recipes",
+                        help="recipes: guidance and DPO recipe; pairs: the RPO refinement strength")  # fmt: skip
     args = parser.parse_args()
+    if args.stage == "pairs":
+        config = DemoConfig.quick(model=args.model) if args.quick else DemoConfig(model=args.model, eval_seeds=(0, 1))
+        run_pair_sweep(config, args.output_dir, dev_prompts=8 if args.quick else 60)
+        return
     if args.quick:
         config = DemoConfig.quick(model=args.model)
         recipes = [{**recipe, "max_steps": 4} for recipe in DEFAULT_RECIPES[:2]]

@@ -264,23 +264,37 @@ def train_dpo(config: DemoConfig, pairs, output_dir: Path, name: str, **override
 
 
 class _Scorer:
-    """Evaluates pipelines on fixed prompt sets and seeds, keeping every image's score for paired comparisons."""
+    """Evaluates pipelines on fixed prompt sets and seeds, keeping every image's score for paired comparisons.
+
+    The base is rendered once per set (`evaluate_pipeline`); every other method goes through
+    `compare_with_base` against that result, the function behind `trl-rpo eval`, so the demo's gains are what
+    the command reports for the same model, prompts and seeds.
+    """
 
     def __init__(self, config: DemoConfig, sets: dict[str, tuple[list[str], tuple[int, ...]]]):
         self.config = config
         self.sets = sets
         self.scores: dict[str, dict[str, list[list[float]]]] = {}  # method -> set -> [seed][prompt]
+        self.vs_base: dict[str, dict[str, Any]] = {}  # method -> set -> PairedComparison against the base
         self.images: dict[str, list] = {}
+        self._base: dict[str, Any] = {}  # set -> the base's EvaluationResult
 
     def __call__(self, method: str, pipeline) -> float:
-        from ..evaluation import evaluate_pipeline
+        from ..evaluation import compare_with_base, evaluate_pipeline
         from .evaluate import alignment_score
 
         start = time.perf_counter()
         pipeline.set_progress_bar_config(disable=True)
         for name, (prompts, seeds) in self.sets.items():
-            result = evaluate_pipeline(pipeline, prompts, alignment_score, seeds=seeds, batch_size=16,
-                                       return_images=name == "test", **_sampling(self.config))  # fmt: skip
+            kwargs = dict(seeds=seeds, batch_size=16, **_sampling(self.config))
+            if method == "base":
+                result = self._base[name] = evaluate_pipeline(pipeline, prompts, alignment_score, return_images=True,
+                                                              **kwargs)  # fmt: skip
+            else:
+                comparison = compare_with_base(pipeline, self._base[name], prompts, alignment_score, grid_prompts=0,
+                                               bootstrap_seed=self.config.seed, **kwargs)  # fmt: skip
+                self.vs_base.setdefault(method, {})[name] = comparison.comparisons["alignment_score"]
+                result = comparison.trained_result
             self.scores.setdefault(method, {})[name] = result.scores["alignment_score"]
             if name == "test":
                 self.images[method] = result.images[0][: self.config.grid_prompts]
@@ -293,6 +307,8 @@ class _Scorer:
     def compare(self, a: str, b: str, name: str = "test"):
         from ..evaluation import paired_comparison
 
+        if b == "base" and a in self.vs_base:
+            return self.vs_base[a][name]
         return paired_comparison(self.scores[a][name], self.scores[b][name], seed=self.config.seed)
 
     def per_prompt_gain(self, a: str, b: str, name: str = "test") -> list[float]:

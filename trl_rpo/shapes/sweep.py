@@ -22,7 +22,7 @@ from typing import Any
 
 from .demo import DemoConfig, _quiet_libraries, _Scorer, build_rpo_pairs, train_dpo
 
-__all__ = ["DEFAULT_RECIPES", "format_sweep", "run_dev_sweep"]
+__all__ = ["DEFAULT_RECIPES", "format_pair_sweep", "format_sweep", "run_dev_sweep", "run_pair_sweep"]
 
 # The diffusers DPO LoRA script's defaults (lr 5e-4 for LoRA, beta 5000 in our convention), a higher learning
 # rate and, from it, one change at a time (lower beta lets the model move further before the sigmoid saturates;
@@ -146,4 +146,93 @@ def format_sweep(results: dict[str, Any]) -> str:
             f"| {recipe['learning_rate']:g} | {recipe['beta']:g} | {recipe['max_steps']} | {cell(row['rpo_pairs'])} "
             f"| {cell(row['reward_pairs'])} | {row['mean_gain']:+.3f}{best} |"
         )
+    return "\n".join(lines)
+
+
+def run_pair_sweep(
+    config: DemoConfig,
+    output_dir: str | Path,
+    refine_strengths: Sequence[float] = (0.1, 0.2, 0.3),
+    mask_weights: Sequence[float] = (1.0, 0.0),
+    dev_prompts: int = 60,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Choose the RPO pair builder's refinement strength on dev prompts; write pair_sweep.json/.md.
+
+    The base model's SDEdit refinement pulls each edit back onto the model's own manifold, but the stronger it is
+    the more it undoes the edit and the more pairs the verifier rejects. For each strength the RPO pairs are built
+    from the same train prompts and image budget, `config`'s DPO recipe trains on them with each
+    `mask_weights` entry as the weight of the denoising error outside the edit masks (1.0: plain Diffusion-DPO,
+    0.0: the masked row), and each model's paired gain over the base is measured on dev prompts. The strength with
+    the best mean dev gain over the mask weights (both demo rows train on the same pairs) is chosen.
+    """
+    from .model import load_pipeline
+    from .world import prompts as shape_prompts
+
+    output_dir = Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise FileExistsError(f"{output_dir} exists and is not empty; the sweep writes only into a new folder")
+    if not refine_strengths or not mask_weights:
+        raise ValueError("run_pair_sweep needs at least one refine strength and one mask weight")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _quiet_libraries()
+    dev = shape_prompts(dev_prompts, seed=config.seed, split="dev")
+    base = load_pipeline(config.model)
+    scorer = _Scorer(config, {"dev": (dev, config.eval_seeds)})
+    scorer("base", base)
+    train_prompts = shape_prompts(config.image_budget, seed=config.seed, split="train")
+    rows = []
+    for strength in refine_strengths:
+        start = time.perf_counter()
+        pair_config = dataclasses.replace(config, refine_strength=float(strength))
+        pairs, builder = build_rpo_pairs(pair_config, base, train_prompts, output_dir / f"rpo_pairs_{strength:g}")
+        stats = {k: v for k, v in builder.stats.items() if isinstance(v, (int, float))}
+        seconds = round(time.perf_counter() - start, 1)
+        row: dict[str, Any] = {"refine_strength": float(strength), "pairs": len(pairs), "builder": stats,
+                               "build_seconds": seconds, "by_mask_weight": {}}  # fmt: skip
+        for weight in mask_weights:
+            method = f"refine{strength:g}-mask{weight:g}"
+            if len(pairs) == 0:
+                row["by_mask_weight"][f"{weight:g}"] = None
+                continue
+            trainer = train_dpo(dataclasses.replace(pair_config, mask_weight_outside=float(weight)), pairs,
+                                output_dir, method, masked=weight != 1.0)  # fmt: skip
+            scorer(method, trainer.pipeline)
+            del trainer
+            result = scorer.compare(method, "base", "dev").to_dict()
+            row["by_mask_weight"][f"{weight:g}"] = {key: result[key] for key in ("gain", "gain_ci", "p_value")}
+        gains = [entry["gain"] for entry in row["by_mask_weight"].values() if entry is not None]
+        row["mean_gain"] = round(sum(gains) / len(gains), 4) if gains else None
+        rows.append(row)
+        log(format_pair_sweep({"rows": [row]}).splitlines()[-1])
+    scored = [i for i, row in enumerate(rows) if row["mean_gain"] is not None]
+    if not scored:
+        raise RuntimeError("no refine strength kept any RPO pair; raise the image budget")
+    best = max(scored, key=lambda i: rows[i]["mean_gain"])
+    results = {"rows": rows, "best": best, "refine_strength": rows[best]["refine_strength"], "dev_prompts": dev,
+               "base_dev_alignment": scorer.mean("base", "dev"), "mask_weights": [float(w) for w in mask_weights],
+               "config": dataclasses.asdict(config)}  # fmt: skip
+    (output_dir / "pair_sweep.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    table = format_pair_sweep(results)
+    (output_dir / "pair_sweep.md").write_text(table + "\n", encoding="utf-8")
+    log(table)
+    return results
+
+
+def format_pair_sweep(results: dict[str, Any]) -> str:
+    """The refinement-strength sweep as a Markdown table: pairs kept and dev gain [95% CI] per mask weight."""
+    weights = list(results["rows"][0]["by_mask_weight"]) if results["rows"] else []
+    header = " | ".join(f"outside-mask weight {w}: dev gain [95% CI]" for w in weights)
+    lines = [f"| refine strength | pairs kept | rejected | {header} | mean gain |",
+             "|---|---|---|" + "---|" * len(weights) + "---|"]  # fmt: skip
+    for k, row in enumerate(results["rows"]):
+        cells = []
+        for w in weights:
+            entry = row["by_mask_weight"][w]
+            cells.append("n/a" if entry is None else
+                         f"{entry['gain']:+.3f} [{entry['gain_ci'][0]:+.3f}, {entry['gain_ci'][1]:+.3f}]")  # fmt: skip
+        mean = "n/a" if row["mean_gain"] is None else f"{row['mean_gain']:+.3f}"
+        best = " **(chosen)**" if results.get("best") == k else ""
+        lines.append(f"| {row['refine_strength']:g} | {row['pairs']} | {row['builder'].get('rejected', 0)} | "
+                     + " | ".join(cells) + f" | {mean}{best} |")  # fmt: skip
     return "\n".join(lines)
