@@ -121,6 +121,19 @@ def test_trl_rpo_demo_quick_runs_end_to_end_and_writes_results_grid_and_curves(t
     assert grid.size[1] >= len(METHODS) * 128 and grid.size[0] >= config.grid_prompts * 128
     assert Image.open(out / "curves.png").size[0] > 0 and Image.open(out / "gains.png").size[0] > 0
     assert (out / "rpo_pairs" / "manifest.json").is_file() and (out / "reward_pairs").is_dir()
+    for method in METHODS[1:]:
+        assert (out / "runs" / method / "pytorch_lora_weights.safetensors").is_file(), method
+    # `trl-rpo eval` on a saved model, with the demo's test prompts and seeds, reports the demo's gain.
+    (tmp_path / "prompts.txt").write_text("\n".join(results["eval_prompts"]["test"]) + "\n")
+    command = [sys.executable, "-m", "trl_rpo.cli", "eval", "--model", str(out / "runs" / "dpo_rpo_pairs"),
+               "--base", "shapes", "--prompts", str(tmp_path / "prompts.txt"), "--reward_funcs", "shapes_alignment",
+               "--seeds", *map(str, config.eval_seeds), "--num_inference_steps", str(config.num_inference_steps),
+               "--guidance_scale", str(config.guidance_scale), "--output_dir", str(tmp_path / "eval")]  # fmt: skip
+    evaluated = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())["rewards"]["alignment_score"]
+    row = next(row for row in results["rows"] if row["method"] == "dpo_rpo_pairs")
+    assert report["gain"] == pytest.approx(row["gain"], abs=0.01) and report["n_images"] == len(config.eval_seeds) * 16
 
 
 def test_sweep_table_marks_the_chosen_recipe_and_shows_both_pair_sets():
@@ -179,3 +192,16 @@ def test_pair_sweep_builds_pairs_per_refine_strength_and_chooses_one_on_dev_prom
     assert set(results["dev_prompts"]).isdisjoint(prompts(120, 0, "test"))
     table = (tmp_path / "pairs" / "pair_sweep.md").read_text()
     assert table.count("\n") == 4 and "**(chosen)**" in table
+
+
+def test_edit_survival_scores_each_stage_of_the_same_edits():
+    from trl_rpo.shapes.sweep import edit_survival
+
+    config = DemoConfig.quick(num_inference_steps=5)
+    result = edit_survival(config, num_prompts=16, refine_strengths=(0.2,), log=lambda _: None)
+    assert result["images"] == 16 and 0 < result["edited"] <= 16
+    assert list(result["stages"]) == ["edit", "edit after VAE round trip", "edit refined at 0.2"]
+    for stage in result["stages"].values():
+        assert 0.0 <= stage["alignment"] <= 1.0 and 0 <= stage["better_than_original"] <= result["edited"]
+    # The pixel edit fixes what the critic asked for, so it beats its original more often than not.
+    assert result["stages"]["edit"]["better_than_original"] > result["edited"] / 2

@@ -108,3 +108,8 @@ def test_refiner_refuses_mismatched_inputs(pipe):
         refiner([square("red")], ["a", "b"])
     with pytest.raises(ValueError, match="mask 0 has size"):
         refiner([square("red")], ["a"], [Image.new("L", (8, 8))])
+
+
+def test_a_strength_too_low_for_the_step_count_is_refused_before_any_image(pipe):
+    with pytest.raises(ValueError, match=r"strength 0.2 x num_inference_steps 4 runs no denoising step"):
+        Img2ImgRefiner(pipe, strength=0.2, num_inference_steps=4)

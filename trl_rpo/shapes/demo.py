@@ -19,8 +19,9 @@ Stages (a progress bar shows each):
 4. `DiffusionDPOTrainer` on each pair set (same steps, same hyper-parameters);
 5. `TailorPOTrainer` with `alignment_score` as the step-wise reward, and with `pairing="final"`;
 6. evaluate each model on the same prompts and seeds as the base, compare image for image
-   (`trl_rpo.evaluation.paired_comparison`: bootstrap over prompts), write `results.json`, `grid.png`,
-   `curves.png` and `gains.png`, and print a table.
+   (`trl_rpo.evaluation.compare_with_base`, the function behind `trl-rpo eval`: bootstrap over prompts), write
+   `results.json`, `grid.png`, `curves.png` and `gains.png`, and print a table. Each trained model is saved in
+   `runs/METHOD` (a LoRA folder), so `trl-rpo eval --model runs/METHOD --base shapes ...` re-checks it.
 
 The numbers are whatever the runs give; nothing is tuned on the test prompts.
 """
@@ -71,14 +72,14 @@ class DemoConfig:
     seed: int = field(default=0, metadata={"help": "Seed of prompts, generation and training."})
     eval_prompts: int = field(default=60, metadata={"help": "Test prompts (held-out compositions) per evaluation."})
     in_distribution_prompts: int = field(
-        default=30, metadata={"help": "Train-scene prompts (unseen seeds) per evaluation; 0 skips them."}
+        default=20, metadata={"help": "Train-scene prompts (unseen seeds) per evaluation; 0 skips them."}
     )
     eval_seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "Seeds of each evaluation."})
     num_inference_steps: int = field(default=20, metadata={"help": "DDIM steps of evaluation and pair generation."})
     guidance_scale: float = field(default=5.0, metadata={"help": "Classifier-free guidance scale."})
     image_budget: int = field(default=512, metadata={"help": "Generated images per pair set (RPO and reward)."})
     refine_strength: float = field(
-        default=0.3, metadata={"help": "SDEdit strength of the base model's refinement of RPO edits; 0 disables it."}
+        default=0.1, metadata={"help": "SDEdit strength of the refinement of RPO edits (pair sweep); 0: none."}
     )
     dpo_steps: int = field(default=150, metadata={"help": "DiffusionDPOTrainer optimizer steps per pair set."})
     dpo_batch_size: int = field(default=8, metadata={"help": "Pairs per DPO step."})
@@ -259,6 +260,7 @@ def train_dpo(config: DemoConfig, pairs, output_dir: Path, name: str, **override
     )  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # the demo's own bar and table report progress
     trainer.train()
+    trainer.save_model()  # runs/NAME: the LoRA (or UNet) that `trl-rpo eval --model runs/NAME --base shapes` loads
     trainer.pipeline.unet.eval()
     return trainer
 
@@ -430,6 +432,7 @@ def run_demo(
         )  # fmt: skip
         trainer.remove_callback(PrinterCallback)
         trainer.train()
+        trainer.save_model()
         seconds = time.perf_counter() - start
         history = trainer.state.log_history
         pairs = round(sum(value for _, value in _curve(history, "pairs/count")))
@@ -456,6 +459,7 @@ def run_demo(
     )  # fmt: skip
     trainer.remove_callback(PrinterCallback)
     trainer.train()
+    trainer.save_model()
     seconds = time.perf_counter() - start
     curves["online rollout alignment"]["grpo"] = _curve(trainer.state.log_history, "rewards/alignment_score/mean")
     trainer.pipeline.unet.eval()

@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .demo import DemoConfig, _quiet_libraries, _Scorer, build_rpo_pairs, train_dpo
+from .demo import DemoConfig, _quiet_libraries, _sampling, _Scorer, build_rpo_pairs, train_dpo
 
-__all__ = ["DEFAULT_RECIPES", "format_pair_sweep", "format_sweep", "run_dev_sweep", "run_pair_sweep"]
+__all__ = ["DEFAULT_RECIPES", "edit_survival", "format_pair_sweep", "format_sweep", "run_dev_sweep", "run_pair_sweep"]
 
 # The diffusers DPO LoRA script's defaults (lr 5e-4 for LoRA, beta 5000 in our convention), a higher learning
 # rate and, from it, one change at a time (lower beta lets the model move further before the sigmoid saturates;
@@ -236,3 +236,72 @@ def format_pair_sweep(results: dict[str, Any]) -> str:
         lines.append(f"| {row['refine_strength']:g} | {row['pairs']} | {row['builder'].get('rejected', 0)} | "
                      + " | ".join(cells) + f" | {mean}{best} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def edit_survival(
+    config: DemoConfig,
+    num_prompts: int = 128,
+    refine_strengths: Sequence[float] = (0.1, 0.3),
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """How much of the editor's improvement survives on the way to a training pair: a diagnosis of RPO pairs.
+
+    On `num_prompts` train prompts (one base-model image each), the images the critic wants
+    to change are edited and scored with `alignment_score` at each stage: the pixel edit itself, the edit after a
+    VAE round trip (encode, decode: what Diffusion-DPO's latents can hold) and after the base model's refinement
+    at each strength (what the builder's verifier sees). Returns, per stage, the mean alignment and how many
+    edits still score above their original, next to the originals' mean and their own VAE round trip.
+    """
+    import numpy as np
+    import torch
+
+    from ..data import Img2ImgRefiner
+    from ..data.transforms import to_tensor
+    from ..evaluation import generate_images
+    from ..pipelines import decode_latents, encode_images, tensor_to_pil
+    from .critic import Critic
+    from .editor import Editor
+    from .evaluate import alignment_score
+    from .model import load_pipeline
+    from .world import prompts as shape_prompts
+
+    _quiet_libraries()
+    base = load_pipeline(config.model)
+    prompts = shape_prompts(num_prompts, seed=config.seed, split="train")
+    images = []
+    for start in range(0, len(prompts), 16):
+        images += generate_images(base, prompts[start : start + 16], seed=config.seed + start, batch_size=16,
+                                  **_sampling(config))  # fmt: skip
+    critiques = Critic()(images, prompts)
+    todo = [i for i, c in enumerate(critiques) if c.instructions]
+    editor = Editor()
+    edited = editor([images[i] for i in todo], [critiques[i].instructions for i in todo], [prompts[i] for i in todo])
+    kept = [(i, e, m) for i, e, m in zip(todo, edited, editor.last_masks) if e is not None]
+    index, edits, masks = [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept]
+    batch_prompts = [prompts[i] for i in index]
+    original = np.asarray(alignment_score([images[i] for i in index], batch_prompts))
+
+    def round_trip(pictures):
+        pixels = torch.stack([to_tensor(p.convert("RGB")) for p in pictures])
+        with torch.no_grad():
+            latents = encode_images(base.vae, pixels, torch.Generator().manual_seed(config.seed))
+            return tensor_to_pil(decode_latents(base.vae, latents))
+
+    stages = {"edit": edits, "edit after VAE round trip": round_trip(edits)}
+    for strength in refine_strengths:
+        refiner = Img2ImgRefiner(base, strength=float(strength), seed=config.seed, batch_size=16,
+                                 mask_dilation=2 / 32, **_sampling(config))  # fmt: skip
+        stages[f"edit refined at {strength:g}"] = refiner(edits, batch_prompts, masks)
+    result: dict[str, Any] = {
+        "images": len(prompts), "edited": len(index), "original_alignment": round(float(original.mean()), 4),
+        "original_after_vae_round_trip": round(float(np.mean(alignment_score(
+            round_trip([images[i] for i in index]), batch_prompts))), 4),
+        "stages": {},
+    }  # fmt: skip
+    for name, pictures in stages.items():
+        scores = np.asarray(alignment_score(pictures, batch_prompts))
+        result["stages"][name] = {"alignment": round(float(scores.mean()), 4),
+                                  "better_than_original": int((scores > original).sum())}  # fmt: skip
+        log(f"{name}: alignment {scores.mean():.3f}, better than the original in {(scores > original).sum()} "
+            f"of {len(index)} (originals {original.mean():.3f})")  # fmt: skip
+    return result

@@ -323,6 +323,10 @@ class Img2ImgEditor(_DiffusionEditor):
     ):
         if not 0.0 < strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
+        if int(num_inference_steps * strength) < 1:
+            # diffusers' img2img pipelines run int(num_inference_steps * strength) steps and fail on zero.
+            raise ValueError(f"strength {strength} x num_inference_steps {num_inference_steps} runs no denoising "
+                             "step (img2img runs int(steps x strength)); raise either")  # fmt: skip
         self.strength = strength
         super().__init__(
             pipeline,
