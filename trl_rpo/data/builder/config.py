@@ -65,7 +65,8 @@ class RichPreferenceConfig:
         resolution (`int` or `None`, defaults to `None`):
             Height and width of generated images; `None` uses the pipeline's default.
         negative_prompt (`str` or `None`, defaults to `None`):
-            Negative prompt of a diffusers generator.
+            Negative prompt of a diffusers generator. Refused (`ValueError`) for a pipeline that would ignore it, such
+            as FLUX.1, which applies one only with `true_cfg_scale > 1`.
         seed (`int`, defaults to `0`):
             Base seed: image `j` of prompt `i` is generated with seed `seed + i * images_per_prompt + j`, whatever
             the process count, batch size or resumption.

@@ -41,6 +41,7 @@ class PipelineGenerator:
             self.name = getattr(self._pipeline, "name_or_path", None) or config.get("_name_or_path") or ""
             # from_pretrained(Path) leaves a Path in name_or_path; the manifest and the card need a string.
             self.name = str(self.name or type(self._pipeline).__name__)
+            self._check_arguments(self._pipeline)
         else:
             self.name = self._source
 
@@ -67,8 +68,21 @@ class PipelineGenerator:
             pipeline.to(self.args.device or _process_state().device)
             if hasattr(pipeline, "set_progress_bar_config"):
                 pipeline.set_progress_bar_config(disable=True)
+            self._check_arguments(pipeline)
             self._pipeline = pipeline
         return self._pipeline
+
+    def _check_arguments(self, pipeline: Any) -> None:
+        """Refuses settings the pipeline would silently ignore, so the manifest and card never record them."""
+        if self.args.negative_prompt is None:
+            return
+        reason = _ignored_negative_prompt(pipeline)
+        if reason is not None:
+            raise ValueError(
+                f"RichPreferenceConfig.negative_prompt is set, but {reason}, so it would not change the images. "
+                "Unset negative_prompt, or pass as generator a callable `generator(prompts, seeds)` that calls the "
+                "pipeline with the arguments it needs."
+            )
 
     def __call__(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[Image.Image]:
         import torch
@@ -86,6 +100,31 @@ class PipelineGenerator:
         if self.args.negative_prompt is not None:
             kwargs["negative_prompt"] = [self.args.negative_prompt] * len(prompts)
         return list(self.pipeline(**kwargs).images)
+
+
+def _ignored_negative_prompt(pipeline: Any) -> str | None:
+    """Why `pipeline(prompt=..., negative_prompt=..., guidance_scale=...)` would not use the negative prompt, or None.
+
+    Pipelines with a `true_cfg_scale` argument (FLUX.1, whose `guidance_scale` is the distilled guidance embedding)
+    run classifier-free guidance, and so read a negative prompt, only when `true_cfg_scale > 1`; the generator does
+    not pass it, so with a default of 1 the negative prompt is dropped without a warning.
+    """
+    try:
+        parameters = inspect.signature(pipeline.__call__).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a callable without a signature
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return None
+    name = type(pipeline).__name__
+    if "negative_prompt" not in parameters:
+        return f"{name} takes no negative_prompt"
+    true_cfg = parameters.get("true_cfg_scale")
+    if true_cfg is not None and isinstance(true_cfg.default, (int, float)) and true_cfg.default <= 1:
+        return (
+            f"{name} applies a negative prompt only with true_cfg_scale > 1 (true classifier-free guidance; its "
+            f"default is {true_cfg.default}), which the builder does not pass"
+        )
+    return None
 
 
 def _is_diffusers_pipeline(obj: Any) -> bool:
