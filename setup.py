@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "pyyaml>=6",
     "scipy>=1.11",  # paired statistics (bootstrap, t-tests) in trl_rpo.evaluation
     "matplotlib>=3.8",  # training curves and gain charts (evaluation.plot_curves / plot_gains, the demo)
+    "requests>=2.31",  # RemoteReward's client: pooled connections, urllib3's retry policy (diffusers needs it too)
 ]
 
 # Extras: what each job needs on top of the runtime. `make demo` installs `demo` only, `make test` installs `dev`.

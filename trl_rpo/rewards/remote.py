@@ -19,9 +19,6 @@ import json
 import logging
 import math
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -63,9 +60,10 @@ class RemoteReward:
     """A reward function whose scores come from a server (`trl-rpo serve-reward`, or any server of the protocol).
 
     Calling it follows the reward convention, `reward(images, prompts, **kwargs) -> list[float]`. Images go in
-    requests of at most `batch_size`; a request that times out, fails to connect or gets a 5xx answer is retried
-    `max_retries` times with exponential backoff (`retry_backoff`, doubled each time). A 4xx answer (a request the
-    server rejects) is not retried. Every error names the server's URL.
+    requests of at most `batch_size` over one `requests.Session` (connections are reused); a request that times
+    out, fails to connect or gets a 5xx answer is retried `max_retries` times with exponential backoff (urllib3's
+    `Retry`, factor `retry_backoff`). A 4xx answer (a request the server rejects) is not retried. Every error
+    names the server's URL.
 
     Args:
         url: the server's base URL, e.g. `"http://127.0.0.1:8000"` (`/score` is appended).
@@ -73,7 +71,7 @@ class RemoteReward:
         batch_size: images per request.
         timeout: seconds to wait for one request.
         max_retries: retries after the first failed attempt of a request.
-        retry_backoff: seconds before the first retry.
+        retry_backoff: urllib3's `backoff_factor`: the waits between retries grow as `retry_backoff * 2**k`.
     """
 
     differentiable = False
@@ -117,14 +115,10 @@ class RemoteReward:
 
     def health(self) -> dict[str, Any]:
         """The server's `GET /health` answer (its scorer's name), or a `RemoteRewardError` naming the server."""
-        return self._request(urllib.request.Request(f"{self.url}/health", method="GET"))
+        return self._request("GET", "/health")
 
     def _score(self, payload: dict, expected: int) -> list[float]:
-        body = json.dumps(payload).encode()
-        request = urllib.request.Request(
-            f"{self.url}/score", data=body, headers={"Content-Type": "application/json"}, method="POST"
-        )
-        reply = self._request(request)
+        reply = self._request("POST", "/score", json=payload)
         scores = reply.get("scores") if isinstance(reply, dict) else None
         if not isinstance(scores, list) or len(scores) != expected:
             got = f"{len(scores)} scores" if isinstance(scores, list) else f"{str(reply)[:200]!r}"
@@ -134,43 +128,61 @@ class RemoteReward:
             raise RemoteRewardError(f"reward server {self.url} answered a non-finite or non-numeric score {bad[0]!r}")
         return [float(s) for s in scores]
 
-    def _request(self, request: urllib.request.Request) -> Any:
+    @property
+    def session(self):
+        """The `requests.Session` with urllib3's retry policy, made on first use (so the reward pickles)."""
+        if getattr(self, "_session", None) is None:
+            import requests
+            from requests.adapters import HTTPAdapter
+            from urllib3.util.retry import Retry
+
+            retry = Retry(total=self.max_retries, connect=self.max_retries, read=self.max_retries,
+                          status=self.max_retries, backoff_factor=self.retry_backoff,
+                          status_forcelist=(500, 502, 503, 504), allowed_methods=frozenset({"GET", "POST"}),
+                          raise_on_status=False)  # fmt: skip
+            session = requests.Session()
+            session.mount("http://", HTTPAdapter(max_retries=retry))
+            session.mount("https://", HTTPAdapter(max_retries=retry))
+            self._session = session
+        return self._session
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if key != "_session"}
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        import requests
+
         attempts = self.max_retries + 1
-        last: str = ""
-        for attempt in range(attempts):
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read().decode())
-            except urllib.error.HTTPError as err:
-                detail = _error_detail(err)
-                if err.code < 500:  # the server refused this request: retrying will not help
-                    raise RemoteRewardError(
-                        f"reward server {self.url} refused the request ({err.code}): {detail}"
-                    ) from err
-                last = f"HTTP {err.code}: {detail}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
-                reason = getattr(err, "reason", err)
-                last = f"{type(reason).__name__}: {reason}"
-            except json.JSONDecodeError as err:
-                raise RemoteRewardError(
-                    f"reward server {self.url} answered something that is not JSON: {err}"
-                ) from err
-            if attempt + 1 < attempts:
-                delay = self.retry_backoff * 2**attempt
-                logger.warning("reward server %s: %s; retry %d/%d in %.1f s", self.url, last, attempt + 1,
-                               self.max_retries, delay)  # fmt: skip
-                time.sleep(delay)
-        raise RemoteRewardError(
-            f"reward server {self.url} failed after {attempts} attempt(s) (timeout {self.timeout} s): {last}"
-        )
+        try:
+            response = self.session.request(method, f"{self.url}{path}", timeout=self.timeout, **kwargs)
+        except requests.RequestException as err:  # connection refused, timeouts: retried, then given up
+            reason = err.args[0] if err.args else err
+            reason = getattr(reason, "reason", reason)
+            raise RemoteRewardError(
+                f"reward server {self.url} failed after {attempts} attempt(s) (timeout {self.timeout} s): "
+                f"{type(reason).__name__}: {reason}"
+            ) from err
+        if response.status_code >= 500:  # still failing after the retries
+            raise RemoteRewardError(
+                f"reward server {self.url} failed after {attempts} attempt(s) (timeout {self.timeout} s): "
+                f"HTTP {response.status_code}: {_error_detail(response)}"
+            )
+        if response.status_code >= 400:  # the server refused this request: retrying would not help
+            raise RemoteRewardError(
+                f"reward server {self.url} refused the request ({response.status_code}): {_error_detail(response)}"
+            )
+        try:
+            return response.json()
+        except ValueError as err:
+            raise RemoteRewardError(f"reward server {self.url} answered something that is not JSON: {err}") from err
 
 
-def _error_detail(err: urllib.error.HTTPError) -> str:
+def _error_detail(response) -> str:
     try:
-        body = json.loads(err.read().decode())
+        body = response.json()
         return str(body.get("error", body))
     except Exception:  # noqa: BLE001 - any unreadable body: fall back to the status text
-        return str(err.reason)
+        return str(response.reason)
 
 
 def make_reward_server(
@@ -236,7 +248,19 @@ def make_reward_server(
         def log_message(self, format, *args):  # noqa: A002 - http.server's signature
             logger.debug("reward server: " + format, *args)
 
-    return ThreadingHTTPServer((host, port), Handler)
+    return _RewardServer((host, port), Handler)
+
+
+class _RewardServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError):  # the client gave up (its timeout): nothing to report
+            logger.debug("reward server: client %s disconnected before the reply", client_address)
+            return
+        super().handle_error(request, client_address)
 
 
 def serve_reward(scorer: Callable[..., Sequence[float]], host: str = "127.0.0.1", port: int = 8000,
