@@ -51,6 +51,12 @@ def test_bad_budget_is_refused_before_any_model_loads():
         DemoConfig(image_budget=1)
 
 
+def test_a_refine_strength_that_runs_no_step_is_refused_before_any_model_loads():
+    with pytest.raises(ValueError, match=r"refine_strength 0.1 x num_inference_steps 5 runs no refinement step"):
+        DemoConfig(num_inference_steps=5)
+    assert DemoConfig(num_inference_steps=5, refine_strength=0.0).refine_strength == 0.0
+
+
 def test_demo_refuses_an_output_dir_that_holds_files(tmp_path):
     (tmp_path / "results.json").write_text("{}")
     with pytest.raises(FileExistsError, match="not empty"):
@@ -153,7 +159,8 @@ def test_sweep_table_marks_the_chosen_recipe_and_shows_both_pair_sets():
 def test_dev_sweep_scores_recipes_on_dev_prompts_only(tmp_path):
     from trl_rpo.shapes.sweep import run_dev_sweep
 
-    config = DemoConfig.quick(image_budget=8, eval_seeds=(0,), num_inference_steps=4, dpo_batch_size=2)
+    config = DemoConfig.quick(image_budget=8, eval_seeds=(0,), num_inference_steps=4, refine_strength=0.5,
+                              dpo_batch_size=2)  # fmt: skip
     recipe = {"use_lora": True, "learning_rate": 5e-4, "beta": 5000.0, "max_steps": 2}
     results = run_dev_sweep(config, tmp_path / "sweep", recipes=[recipe], dev_prompts=4, log=lambda _: None)
     assert set(results["dev_prompts"]) <= set(prompts(60, 0, "dev"))
@@ -167,7 +174,8 @@ def test_dev_sweep_scores_recipes_on_dev_prompts_only(tmp_path):
 def test_dev_sweep_chooses_the_guidance_scale_with_the_best_base_dev_alignment(tmp_path):
     from trl_rpo.shapes.sweep import run_dev_sweep
 
-    config = DemoConfig.quick(image_budget=4, eval_seeds=(0,), num_inference_steps=4, dpo_batch_size=2)
+    config = DemoConfig.quick(image_budget=4, eval_seeds=(0,), num_inference_steps=4, refine_strength=0.5,
+                              dpo_batch_size=2)  # fmt: skip
     recipe = {"use_lora": True, "learning_rate": 5e-4, "beta": 5000.0, "max_steps": 1}
     results = run_dev_sweep(config, tmp_path / "sweep", recipes=[recipe], dev_prompts=4, log=lambda _: None,
                             guidance_scales=(0.0, 7.5))  # fmt: skip
@@ -181,7 +189,8 @@ def test_dev_sweep_chooses_the_guidance_scale_with_the_best_base_dev_alignment(t
 def test_pair_sweep_builds_pairs_per_refine_strength_and_chooses_one_on_dev_prompts(tmp_path):
     from trl_rpo.shapes.sweep import run_pair_sweep
 
-    config = DemoConfig.quick(image_budget=16, eval_seeds=(0,), num_inference_steps=4, dpo_batch_size=2, dpo_steps=2)
+    config = DemoConfig.quick(image_budget=16, eval_seeds=(0,), num_inference_steps=4, refine_strength=0.5,
+                              dpo_batch_size=2, dpo_steps=2)  # fmt: skip
     results = run_pair_sweep(config, tmp_path / "pairs", refine_strengths=(0.0, 0.5), mask_weights=(1.0, 0.0),
                              dev_prompts=4, log=lambda _: None)  # fmt: skip
     assert [row["refine_strength"] for row in results["rows"]] == [0.0, 0.5]
@@ -197,7 +206,7 @@ def test_pair_sweep_builds_pairs_per_refine_strength_and_chooses_one_on_dev_prom
 def test_edit_survival_scores_each_stage_of_the_same_edits():
     from trl_rpo.shapes.sweep import edit_survival
 
-    config = DemoConfig.quick(num_inference_steps=5)
+    config = DemoConfig.quick(num_inference_steps=5, refine_strength=0.2)
     result = edit_survival(config, num_prompts=16, refine_strengths=(0.2,), log=lambda _: None)
     assert result["images"] == 16 and 0 < result["edited"] <= 16
     assert list(result["stages"]) == ["edit", "edit after VAE round trip", "edit refined at 0.2"]

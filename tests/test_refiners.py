@@ -103,7 +103,7 @@ def test_refiner_without_a_mask_refines_the_whole_image_and_is_seeded(pipe):
 
 
 def test_refiner_refuses_mismatched_inputs(pipe):
-    refiner = Img2ImgRefiner(pipe, num_inference_steps=2)
+    refiner = Img2ImgRefiner(pipe, strength=0.5, num_inference_steps=2)
     with pytest.raises(ValueError, match="1 images for 2 prompts"):
         refiner([square("red")], ["a", "b"])
     with pytest.raises(ValueError, match="mask 0 has size"):

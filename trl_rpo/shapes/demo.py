@@ -116,6 +116,9 @@ class DemoConfig:
             raise ValueError(f"image_budget must be at least 2 (one reward-labelled pair), got {self.image_budget}")
         if not 0.0 <= self.refine_strength <= 1.0:
             raise ValueError(f"refine_strength must be in [0, 1], got {self.refine_strength}")
+        if self.refine_strength and int(self.refine_strength * self.num_inference_steps) < 1:
+            steps = f"refine_strength {self.refine_strength} x num_inference_steps {self.num_inference_steps}"
+            raise ValueError(f"{steps} runs no refinement step; raise either, or use 0 for none")
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
