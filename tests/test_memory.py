@@ -5,14 +5,17 @@ import torch
 
 from trl_rpo.memory import (
     TrainingSetup,
+    activation_profile,
     count_parameters,
     estimate_training_memory,
     lora_parameter_count,
     modelled_and_measured_peak,
+    on_meta,
     saved_activation_bytes,
     small_unet_config,
 )
-from trl_rpo.testing import tiny_lora_config, tiny_sdxl_pipeline
+from trl_rpo.models import flux_latent_image_ids
+from trl_rpo.testing import tiny_flux_pipeline, tiny_lora_config, tiny_sd3_pipeline, tiny_sdxl_pipeline
 
 
 def _unet_inputs(unet, device="cpu"):
@@ -100,3 +103,86 @@ def test_modelled_total_is_close_to_the_measured_cuda_peak_of_a_step(lora_rank):
     # The model adds every category at once; at the real peak some are not all alive (gradients grow while
     # activations are freed), and temporaries (attention scores, cuBLAS workspace) come on top.
     assert 0.6 <= measured / modelled.total <= 1.3, (modelled.row(), measured / 2**30)
+
+
+# -- attention, checkpointed blocks and the flow transformers ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("keywords", [False, True], ids=["positional", "keywords"])
+def test_meta_attention_counts_what_the_fused_kernel_saves_on_a_real_tensor(keywords):
+    # On meta tensors SDPA would run its math decomposition and save the L x L probabilities; a real forward (here the
+    # CPU flash kernel, on CUDA FlashAttention / memory-efficient attention) saves q, k, v, the output and a
+    # log-sum-exp per query.
+    def run(device):
+        weight = torch.nn.Parameter(torch.ones(16, 16, device=device))
+        x = torch.ones(2, 2, 256, 16, device=device)
+        q, k, v = x @ weight, x @ weight * 2, x @ weight * 3
+        if keywords:
+            return torch.nn.functional.scaled_dot_product_attention(query=q, key=k, value=v, dropout_p=0.0)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    real = saved_activation_bytes(lambda: run("cpu"))
+    assert saved_activation_bytes(lambda: run("meta"), dtype_bytes=4) == real
+    assert real < 2 * 2 * 256 * 256 * 4  # less than the attention matrix alone
+
+
+def _transformer_inputs(family, config, device):
+    generator = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=generator).to(device)
+
+    if family == "flux":  # 16 x 16 latents: 64 packed tokens; 8 text tokens
+        return dict(hidden_states=r(2, 64, config.in_channels), timestep=r(2).abs(), guidance=r(2),
+                    pooled_projections=r(2, config.pooled_projection_dim),
+                    encoder_hidden_states=r(2, 8, config.joint_attention_dim), txt_ids=torch.zeros(8, 3).to(device),
+                    img_ids=flux_latent_image_ids(16, 16).to(device))  # fmt: skip
+    return dict(hidden_states=r(2, config.in_channels, 16, 16), timestep=r(2).abs(),
+                encoder_hidden_states=r(2, 8, config.joint_attention_dim),
+                pooled_projections=r(2, config.pooled_projection_dim))  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_activation_profile_on_meta_equals_a_real_forward_of_the_flow_transformer(family):
+    model = {"flux": tiny_flux_pipeline, "sd3": tiny_sd3_pipeline}[family]().transformer.train()
+    meta = on_meta(lambda: type(model)(**model.config)).train()
+    real = activation_profile(model, lambda: model(**_transformer_inputs(family, model.config, "cpu")).sample)
+    counted = activation_profile(
+        meta, lambda: meta(**_transformer_inputs(family, meta.config, "meta")).sample, dtype_bytes=4
+    )
+    assert counted == real
+    assert 0 < real.checkpointed < real.full / 2 and 0 < real.largest_block < real.full
+    assert not model.is_gradient_checkpointing  # the profile leaves checkpointing off
+
+
+def test_activation_profile_of_the_unet_attributes_each_checkpointed_block():
+    unet = tiny_sdxl_pipeline().unet.train()
+    profile = activation_profile(unet, lambda: unet(**_unet_inputs(unet)).sample)
+    assert profile.full == saved_activation_bytes(lambda: unet(**_unet_inputs(unet)).sample)
+    unet.enable_gradient_checkpointing()
+    assert profile.checkpointed == saved_activation_bytes(lambda: unet(**_unet_inputs(unet)).sample)
+    assert 0 < profile.largest_block < profile.full - profile.checkpointed
+    assert profile.checkpointed_peak == profile.checkpointed + profile.largest_block
+
+
+def test_tied_embeddings_count_once_on_the_meta_device():
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2, vocab_size=500, tie_word_embeddings=False
+    )
+    real = T5EncoderModel(config)
+    assert count_parameters(lambda: T5EncoderModel(config)) == sum(p.numel() for p in real.parameters())
+
+
+def test_lora_base_weights_leave_the_gpu_with_zero3_parameter_offload():
+    base = dict(unet_params=1000, encoder_params=0, activation_bytes=0, checkpointed_activation_bytes=0)
+    zero3 = estimate_training_memory(TrainingSetup("a", lora_fraction=0.01, zero_stage=3, num_gpus=4), **base)
+    offload = estimate_training_memory(
+        TrainingSetup("b", lora_fraction=0.01, zero_stage=3, num_gpus=4, offload=True), **base
+    )
+    assert zero3.weights == 1000 * 2 / 4 + 10 * 4 / 4  # bf16 base and float32 LoRA, both sharded
+    assert offload.weights == 0 and offload.optimizer == 0
+    # Full fine-tuning's frozen reference copy is outside the engine: it stays whole on the GPU.
+    full = estimate_training_memory(TrainingSetup("c", lora=False, zero_stage=3, num_gpus=4, offload=True), **base)
+    assert full.weights == 1000 * 2
