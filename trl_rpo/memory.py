@@ -1,6 +1,7 @@
 """Memory estimates for diffusion preference training: weights, gradients, optimizer states and activations.
 
-Counts come from the real model configs (models are instantiated on the meta device: no weights, no download),
+Counts come from the real model configs (models are instantiated on the meta device: no weights, no download;
+the configs and the guide's rows are in :mod:`trl_rpo.memory_guide`),
 activations from a forward pass on meta tensors that records what autograd would keep for backward (attention as
 the fused kernels keep it; with gradient checkpointing, plus the largest block recomputed in backward). Used by
 `benchmarks/memory_guide.py` and `docs/memory.md`; checked against measured values on the tiny models in
