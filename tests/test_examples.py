@@ -184,6 +184,7 @@ _TINY_RUN = dict(max_steps=2, per_device_train_batch_size=1, gradient_accumulati
         ("diffusion_dpo_sd15_full.yaml", "sd", False),
         ("diffusion_dpo_sdxl_lora.yaml", "sdxl", True),
         ("diffusion_dpo_sd35_lora.yaml", "sd3", True),
+        ("diffusion_dpo_sd35_large_full.yaml", "sd3", False),
         ("diffusion_dpo_flux_lora.yaml", "flux", True),
     ],
 )
@@ -205,7 +206,8 @@ def test_dpo_example_configs_run_under_accelerate_launch_on_tiny_pipelines(tmp_p
     if lora:
         assert (out / "pytorch_lora_weights.safetensors").is_file()
     else:
-        assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+        denoiser = "transformer" if pipeline in ("sd3", "flux") else "unet"
+        assert (out / denoiser / "diffusion_pytorch_model.safetensors").is_file()
 
 
 @pytest.mark.slow
@@ -256,6 +258,8 @@ def test_served_vlm_example_builds_pairs_with_instruct_pix2pix_and_pushes_them(t
     [
         ("diffusion_dpo_sd15_mapo.yaml", {"loss_type": "mapo", "mapo_beta": 0.1, "mapo_snr_value": 0.5}),
         ("diffusion_dpo_rpo_masked.yaml", {"mask_weight_outside": 0.0, "mask_dilation": 1}),
+        # the memory guide's SD3.5 Large full fine-tuning setting (docs/memory.md)
+        ("diffusion_dpo_sd35_large_full.yaml", {"activation_checkpointing": True, "precompute_latents": True}),
     ],
 )
 def test_mapo_and_masked_dpo_example_configs_parse(config, expected):

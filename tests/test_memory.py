@@ -1,18 +1,24 @@
-"""The memory guide's counting, checked against real tensors on the tiny models."""
+"""The memory guide's counting, checked against real tensors on the tiny models, and its rows for the real models."""
 
 import pytest
 import torch
 
 from trl_rpo.memory import (
+    GiB,
+    MemoryEstimate,
     TrainingSetup,
+    activation_profile,
     count_parameters,
     estimate_training_memory,
     lora_parameter_count,
     modelled_and_measured_peak,
+    on_meta,
     saved_activation_bytes,
     small_unet_config,
 )
-from trl_rpo.testing import tiny_lora_config, tiny_sdxl_pipeline
+from trl_rpo.memory_guide import fits_card, memory_guide
+from trl_rpo.models import flux_latent_image_ids
+from trl_rpo.testing import tiny_flux_pipeline, tiny_lora_config, tiny_sd3_pipeline, tiny_sdxl_pipeline
 
 
 def _unet_inputs(unet, device="cpu"):
@@ -100,3 +106,160 @@ def test_modelled_total_is_close_to_the_measured_cuda_peak_of_a_step(lora_rank):
     # The model adds every category at once; at the real peak some are not all alive (gradients grow while
     # activations are freed), and temporaries (attention scores, cuBLAS workspace) come on top.
     assert 0.6 <= measured / modelled.total <= 1.3, (modelled.row(), measured / 2**30)
+
+
+# -- attention, checkpointed blocks and the flow transformers ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("keywords", [False, True], ids=["positional", "keywords"])
+def test_meta_attention_counts_what_the_fused_kernel_saves_on_a_real_tensor(keywords):
+    # On meta tensors SDPA would run its math decomposition and save the L x L probabilities; a real forward (here the
+    # CPU flash kernel, on CUDA FlashAttention / memory-efficient attention) saves q, k, v, the output and a
+    # log-sum-exp per query.
+    def run(device):
+        weight = torch.nn.Parameter(torch.ones(16, 16, device=device))
+        x = torch.ones(2, 2, 256, 16, device=device)
+        q, k, v = x @ weight, x @ weight * 2, x @ weight * 3
+        if keywords:
+            return torch.nn.functional.scaled_dot_product_attention(query=q, key=k, value=v, dropout_p=0.0)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    real = saved_activation_bytes(lambda: run("cpu"))
+    assert saved_activation_bytes(lambda: run("meta"), dtype_bytes=4) == real
+    assert real < 2 * 2 * 256 * 256 * 4  # less than the attention matrix alone
+
+
+def _transformer_inputs(family, config, device):
+    generator = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=generator).to(device)
+
+    if family == "flux":  # 16 x 16 latents: 64 packed tokens; 8 text tokens
+        return dict(hidden_states=r(2, 64, config.in_channels), timestep=r(2).abs(), guidance=r(2),
+                    pooled_projections=r(2, config.pooled_projection_dim),
+                    encoder_hidden_states=r(2, 8, config.joint_attention_dim), txt_ids=torch.zeros(8, 3).to(device),
+                    img_ids=flux_latent_image_ids(16, 16).to(device))  # fmt: skip
+    return dict(hidden_states=r(2, config.in_channels, 16, 16), timestep=r(2).abs(),
+                encoder_hidden_states=r(2, 8, config.joint_attention_dim),
+                pooled_projections=r(2, config.pooled_projection_dim))  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_activation_profile_on_meta_equals_a_real_forward_of_the_flow_transformer(family):
+    model = {"flux": tiny_flux_pipeline, "sd3": tiny_sd3_pipeline}[family]().transformer.train()
+    meta = on_meta(lambda: type(model)(**model.config)).train()
+    real = activation_profile(model, lambda: model(**_transformer_inputs(family, model.config, "cpu")).sample)
+    counted = activation_profile(
+        meta, lambda: meta(**_transformer_inputs(family, meta.config, "meta")).sample, dtype_bytes=4
+    )
+    assert counted == real
+    assert 0 < real.checkpointed < real.full / 2 and 0 < real.largest_block < real.full
+    assert not model.is_gradient_checkpointing  # the profile leaves checkpointing off
+
+
+def test_activation_profile_of_the_unet_attributes_each_checkpointed_block():
+    unet = tiny_sdxl_pipeline().unet.train()
+    profile = activation_profile(unet, lambda: unet(**_unet_inputs(unet)).sample)
+    assert profile.full == saved_activation_bytes(lambda: unet(**_unet_inputs(unet)).sample)
+    unet.enable_gradient_checkpointing()
+    assert profile.checkpointed == saved_activation_bytes(lambda: unet(**_unet_inputs(unet)).sample)
+    assert 0 < profile.largest_block < profile.full - profile.checkpointed
+    assert profile.checkpointed_peak == profile.checkpointed + profile.largest_block
+
+
+def test_tied_embeddings_count_once_on_the_meta_device():
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2, vocab_size=500, tie_word_embeddings=False
+    )
+    real = T5EncoderModel(config)
+    assert count_parameters(lambda: T5EncoderModel(config)) == sum(p.numel() for p in real.parameters())
+
+
+def test_lora_base_weights_leave_the_gpu_with_zero3_parameter_offload():
+    base = dict(unet_params=1000, encoder_params=0, activation_bytes=0, checkpointed_activation_bytes=0)
+    zero3 = estimate_training_memory(TrainingSetup("a", lora_fraction=0.01, zero_stage=3, num_gpus=4), **base)
+    offload = estimate_training_memory(
+        TrainingSetup("b", lora_fraction=0.01, zero_stage=3, num_gpus=4, offload=True), **base
+    )
+    assert zero3.weights == 1000 * 2 / 4 + 10 * 4 / 4  # bf16 base and float32 LoRA, both sharded
+    assert offload.weights == 0 and offload.optimizer == 0
+    # Full fine-tuning's frozen reference copy is outside the engine: it stays whole on the GPU.
+    full = estimate_training_memory(TrainingSetup("c", lora=False, zero_stage=3, num_gpus=4, offload=True), **base)
+    assert full.weights == 1000 * 2
+
+
+def test_a_card_keeps_headroom_above_the_modelled_total():
+    assert fits_card(MemoryEstimate(20 * GiB, 0, 0, 0, 0), 24)  # 23 GiB with 15%
+    assert not fits_card(MemoryEstimate(21 * GiB, 0, 0, 0, 0), 24)  # 24.15 GiB
+
+
+# -- the guide's rows for FLUX.1-dev LoRA and SD3.5 Large full fine-tuning (real configs on the meta device) ---------
+
+
+@pytest.fixture(scope="module")
+def flux_guide():
+    return memory_guide("flux-dev")
+
+
+@pytest.fixture(scope="module")
+def sd35_guide():
+    return memory_guide("sd35-large")
+
+
+def test_real_configs_give_the_published_model_sizes(flux_guide, sd35_guide):
+    # FLUX.1-dev: 11.9 B transformer; CLIP-L (123 M) + T5-XXL encoder (4.76 B) + VAE (84 M) frozen.
+    assert flux_guide.denoiser_params == pytest.approx(11.9e9, rel=0.02)
+    assert flux_guide.encoder_params == pytest.approx(0.123e9 + 4.762e9 + 0.084e9, rel=0.02)
+    # SD3.5 Large: 8.1 B transformer; CLIP-L and CLIP-G with projections (124 M + 695 M), T5-XXL and the VAE.
+    assert sd35_guide.denoiser_params == pytest.approx(8.1e9, rel=0.02)
+    assert sd35_guide.encoder_params == pytest.approx(0.124e9 + 0.695e9 + 4.762e9 + 0.084e9, rel=0.02)
+    # 1024 px: 64 x 64 image tokens; T5's default prompt length (512 for FLUX, 256 for SD3).
+    assert (flux_guide.text_tokens, sd35_guide.text_tokens) == (512, 256)
+
+
+def _recommended(guide, card):
+    setup = guide.recommended(card)
+    assert setup is not None, f"nothing fits {card} GB"
+    return setup, dict((s.name, e) for s, e in guide.rows)[setup.name]
+
+
+@pytest.mark.parametrize("guide_name", ["flux_guide", "sd35_guide"])
+def test_the_setting_chosen_for_a_smaller_card_uses_less_memory(guide_name, request):
+    guide = request.getfixturevalue(guide_name)
+    chosen = {card: _recommended(guide, card) for card in (24, 40, 80)}
+    totals = [chosen[card][1].total for card in (24, 40, 80)]
+    assert totals == sorted(totals) and totals[0] < totals[-1]
+    assert chosen[24][0].zero_stage == 3 and chosen[24][0].gradient_checkpointing
+    assert chosen[24][0].zero_stage >= chosen[40][0].zero_stage >= chosen[80][0].zero_stage
+    for card, (setup, estimate) in chosen.items():
+        assert fits_card(estimate, card)
+        # ... and every row listed before it (fewer memory measures) does not.
+        earlier = [e for s, e in guide.rows[: [s.name for s, _ in guide.rows].index(setup.name)]]
+        assert not any(fits_card(e, card) for e in earlier)
+
+
+def test_flux_lora_rows(flux_guide):
+    assert all(setup.lora for setup, _ in flux_guide.rows)
+    rows = {setup.name: estimate for setup, estimate in flux_guide.rows}
+    plain = rows["LoRA, AdamW"]
+    # 12 B frozen base weights in bf16 on every GPU without ZeRO-3; T5-XXL and CLIP in bf16 until precomputed.
+    assert plain.weights == pytest.approx(flux_guide.denoiser_params * 2, rel=0.01)
+    assert plain.encoders == flux_guide.encoder_params * 2
+    assert not fits_card(plain, 80)  # without gradient checkpointing even an 80 GB card is too small
+    profile = flux_guide.activations[True]
+    assert profile.checkpointed_peak < profile.full / 5
+    assert flux_guide.recommended(24).zero_stage == 3 and flux_guide.recommended(80).zero_stage == 0
+
+
+def test_sd35_large_full_finetuning_rows(sd35_guide):
+    assert not any(setup.lora for setup, _ in sd35_guide.rows)
+    rows = {setup.name: estimate for setup, estimate in sd35_guide.rows}
+    # Without ZeRO, float32 weights + gradients + AdamW (16 bytes a parameter) alone exceed 80 GB.
+    assert not any(fits_card(e, 80) for s, e in sd35_guide.rows if s.zero_stage == 0)
+    # The frozen reference copy stays whole (bf16) under ZeRO-3, also with CPU offload.
+    offload = rows["full, ZeRO-3 x8 + CPU offload, ckpt., precomputed"]
+    assert offload.weights == sd35_guide.denoiser_params * 2 and offload.optimizer == 0
+    assert sd35_guide.recommended(24).offload and not sd35_guide.recommended(40).offload

@@ -1,7 +1,9 @@
 """Memory estimates for diffusion preference training: weights, gradients, optimizer states and activations.
 
-Counts come from the real model configs (models are instantiated on the meta device: no weights, no download),
-activations from a forward pass on meta tensors that records what autograd would keep for backward. Used by
+Counts come from the real model configs (models are instantiated on the meta device: no weights, no download;
+the configs and the guide's rows are in :mod:`trl_rpo.memory_guide`),
+activations from a forward pass on meta tensors that records what autograd would keep for backward (attention as
+the fused kernels keep it; with gradient checkpointing, plus the largest block recomputed in backward). Used by
 `benchmarks/memory_guide.py` and `docs/memory.md`; checked against measured values on the tiny models in
 `tests/test_memory.py`, and (where a GPU is present) the modelled totals against measured CUDA peaks
 (:func:`modelled_and_measured_peak`).
@@ -12,7 +14,8 @@ Bytes per parameter follow the usual mixed-precision accounting (ZeRO paper, Raj
 * gradients of trained weights: 4 bytes (float32; DeepSpeed keeps them in the compute dtype, 2 bytes);
 * AdamW: two float32 moments (8 bytes), 8-bit AdamW 2 bytes;
 * ZeRO-2 divides gradients and optimizer states by the number of GPUs, ZeRO-3 also the trained weights;
-  CPU offload moves the optimizer states (and with ZeRO-3 the weights) out of GPU memory.
+  CPU offload moves the optimizer states (and with ZeRO-3 the weights: with LoRA the frozen base weights too, as
+  parameters of the engine's module) out of GPU memory.
 """
 
 from __future__ import annotations
@@ -24,13 +27,16 @@ from typing import Any
 import torch
 
 __all__ = [
+    "ActivationProfile",
     "MemoryEstimate",
     "TrainingSetup",
+    "activation_profile",
     "count_parameters",
     "cuda_peak_bytes",
     "estimate_training_memory",
     "lora_parameter_count",
     "modelled_and_measured_peak",
+    "on_meta",
     "saved_activation_bytes",
     "sdxl_unet_config",
     "small_unet_config",
@@ -76,28 +82,74 @@ def small_unet_config() -> dict[str, Any]:
     }
 
 
-def count_parameters(factory: Callable[[], torch.nn.Module]) -> int:
-    """Parameters of the module `factory()` builds, built on the meta device (no memory, no weights)."""
+def on_meta(factory: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """The module `factory()` builds, parameters and buffers on the meta device (no memory, no weights).
+
+    Tied weights (a T5 encoder's `shared` and `embed_tokens`) are tied again: building on the meta device leaves
+    them as two parameters, which would count the embedding twice.
+    """
     from accelerate import init_empty_weights
 
-    with init_empty_weights():
+    with init_empty_weights(include_buffers=True):
         module = factory()
-    return sum(p.numel() for p in module.parameters())
+    for part in module.modules():
+        if callable(getattr(part, "tie_weights", None)):
+            part.tie_weights()
+    return module
 
 
-def saved_activation_bytes(run: Callable[[], Any], dtype_bytes: int | None = None) -> int:
-    """Bytes of the tensors autograd saves for backward while `run()` executes (the activation memory).
+def count_parameters(factory: Callable[[], torch.nn.Module]) -> int:
+    """Parameters of the module `factory()` builds, built on the meta device (no memory, no weights)."""
+    return sum(p.numel() for p in on_meta(factory).parameters())
 
-    Works on real and on meta tensors. Tensors saved twice (the same storage) count once; parameters saved by a
-    layer (a weight used in backward) are not activations and are skipped. `dtype_bytes` counts every tensor at
-    that element size (e.g. 2 to estimate bf16 from a float32 or meta run).
+
+class _FusedAttention(torch.autograd.Function):
+    """`scaled_dot_product_attention` as the fused kernels keep it for backward: query, key, value, the output and
+    one float32 log-sum-exp per query row (and the mask, if any): no `L x L` attention matrix. Meta tensors only."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, attn_mask):
+        out = query.new_empty(*query.shape[:-1], value.shape[-1])
+        lse = query.new_empty(query.shape[:-1], dtype=torch.float32)
+        ctx.save_for_backward(query, key, value, out, lse, *([attn_mask] if attn_mask is not None else []))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # pragma: no cover - the counting never runs backward
+        raise RuntimeError("meta-device attention is for counting saved tensors only")
+
+
+class _FusedAttentionOnMeta(torch.overrides.TorchFunctionMode):
+    """Runs `F.scaled_dot_product_attention` on meta tensors as :class:`_FusedAttention`.
+
+    On the meta device PyTorch picks SDPA's math decomposition, which saves the softmax probabilities (`B x heads x
+    L x L`, several GiB per block at 4096 image tokens); FlashAttention and memory-efficient attention on CUDA, and
+    the flash kernel on CPU, save only `q, k, v`, the output and a log-sum-exp. Real tensors are left alone.
     """
-    seen: set[int] = set()
-    saved: list[torch.Tensor] = []  # keeps every base alive, so ids and pointers are not reused during `run`
-    total = 0
 
-    def pack(tensor: torch.Tensor):
-        nonlocal total
+    _names = ("query", "key", "value", "attn_mask")
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            bound = dict(zip(self._names, args), **{k: v for k, v in kwargs.items() if k in self._names})
+            if bound["query"].device.type == "meta":
+                return _FusedAttention.apply(bound["query"], bound["key"], bound["value"], bound.get("attn_mask"))
+        return func(*args, **kwargs)
+
+
+class _SavedTensorCounter:
+    """Counts the bytes autograd saves for backward inside a `with` block (see :func:`saved_activation_bytes`)."""
+
+    def __init__(self, dtype_bytes: int | None = None):
+        self.dtype_bytes = dtype_bytes
+        self.total = 0
+        self._seen: set[int] = set()
+        self._saved: list[torch.Tensor] = []  # keeps every base alive, so ids and pointers are not reused
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+        self._attention = _FusedAttentionOnMeta()
+
+    def _pack(self, tensor: torch.Tensor):
         if isinstance(tensor, torch.nn.Parameter) or tensor.requires_grad and tensor.is_leaf:
             return tensor
         # Views share memory with their base: count each base (real tensors: each storage) once.
@@ -107,15 +159,88 @@ def saved_activation_bytes(run: Callable[[], Any], dtype_bytes: int | None = Non
         else:
             storage = base.untyped_storage()
             key, elements = storage.data_ptr(), storage.nbytes() // base.element_size()
-        if key not in seen:
-            seen.add(key)
-            saved.append(base)
-            total += elements * (dtype_bytes or base.element_size())
+        if key not in self._seen:
+            self._seen.add(key)
+            self._saved.append(base)
+            self.total += elements * (self.dtype_bytes or base.element_size())
         return tensor
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    def __enter__(self):
+        self._hooks.__enter__()
+        self._attention.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._attention.__exit__(*exc)
+        self._hooks.__exit__(*exc)
+        self._saved.clear()
+
+
+def saved_activation_bytes(run: Callable[[], Any], dtype_bytes: int | None = None) -> int:
+    """Bytes of the tensors autograd saves for backward while `run()` executes (the activation memory).
+
+    Works on real and on meta tensors. Tensors saved twice (the same storage) count once; parameters saved by a
+    layer (a weight used in backward) are not activations and are skipped. `dtype_bytes` counts every tensor at
+    that element size (e.g. 2 to estimate bf16 from a float32 or meta run). On meta tensors, attention
+    (`F.scaled_dot_product_attention`) counts what the fused kernels save (:class:`_FusedAttentionOnMeta`), as a
+    real forward on CUDA or CPU does, not the `L x L` matrix of its math decomposition.
+    """
+    with _SavedTensorCounter(dtype_bytes) as counter:
         run()
-    return total
+    return counter.total
+
+
+@dataclass(frozen=True)
+class ActivationProfile:
+    """Activation bytes of one forward, with and without gradient checkpointing (:func:`activation_profile`).
+
+    Attributes:
+        full: saved for backward without checkpointing.
+        checkpointed: saved with gradient checkpointing (mostly the inputs of the checkpointed blocks).
+        largest_block: the largest checkpointed block's own activations: backward recomputes the blocks one at a
+            time, so this much comes on top of `checkpointed` at the peak.
+    """
+
+    full: int
+    checkpointed: int
+    largest_block: int
+
+    @property
+    def checkpointed_peak(self) -> int:
+        return self.checkpointed + self.largest_block
+
+
+def activation_profile(model: torch.nn.Module, run: Callable[[], Any], dtype_bytes: int | None = None):
+    """:class:`ActivationProfile` of `run()` (a forward of the diffusers `model`), on real or meta tensors.
+
+    Runs it twice: with the model's gradient checkpointing on, recording which blocks it checkpoints, then
+    without, attributing what each of those blocks saves to it. Leaves checkpointing off.
+    """
+    import torch.utils.checkpoint
+
+    blocks: dict[int, torch.nn.Module] = {}
+
+    def recording_checkpoint(block, *args):
+        blocks[id(block)] = block
+        return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=False)
+
+    model.enable_gradient_checkpointing(gradient_checkpointing_func=recording_checkpoint)
+    try:
+        checkpointed = saved_activation_bytes(run, dtype_bytes)
+    finally:
+        model.disable_gradient_checkpointing()
+    counter, starts, sizes = _SavedTensorCounter(dtype_bytes), {}, [0]
+    handles = []
+    for block in blocks.values():
+        handles.append(block.register_forward_pre_hook(lambda m, a: starts.__setitem__(id(m), counter.total)))
+        handles.append(block.register_forward_hook(lambda m, a, o: sizes.append(counter.total - starts[id(m)])))
+    try:
+        with counter:
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return ActivationProfile(full=counter.total, checkpointed=checkpointed, largest_block=max(sizes))
 
 
 @dataclass(frozen=True)
@@ -177,6 +302,8 @@ def estimate_training_memory(
         frozen_bytes = frozen * compute_bytes
     if setup.zero_stage >= 3 and setup.offload:
         weights_trained = 0.0
+        if setup.lora:  # the base weights are parameters of the engine's module too: offloaded with it
+            frozen_bytes = 0.0
     gradient_bytes = 4 if setup.zero_stage == 0 else compute_bytes
     gradients = trained * gradient_bytes / (n if setup.zero_stage >= 2 else 1)
     optimizer = trained * setup.optimizer_bytes / (n if setup.zero_stage >= 1 else 1)

@@ -29,8 +29,18 @@ from trl_rpo import (
     TailorPOConfig,
     TailorPOTrainer,
 )
-from trl_rpo.testing import tiny_lora_config, tiny_preference_dataset, tiny_sd_pipeline, tiny_sdxl_pipeline
+from trl_rpo.models import DenoiserAdapter
+from trl_rpo.testing import (
+    tiny_flux_pipeline,
+    tiny_lora_config,
+    tiny_preference_dataset,
+    tiny_sd_pipeline,
+    tiny_sdxl_pipeline,
+)
 from trl_rpo.trainer.base import zero3_init_disabled
+
+BUILDERS = {"sd": tiny_sd_pipeline, "sdxl": tiny_sdxl_pipeline, "flux": tiny_flux_pipeline}
+FLOW_ARGS = {"resolution": 32, "max_sequence_length": 16}  # the tiny flow pipelines: 32 px, short T5 prompts
 
 
 class Recording:
@@ -97,39 +107,44 @@ def discrete_brightness(images, prompts, **kwargs):
 REWARDS = {"brightness": brightness, "discrete_brightness": discrete_brightness}
 
 
-def _unet_inputs(unet, sdxl: bool):
+def _denoiser_inputs(trainer):
+    """Fixed inputs for one denoiser call of the trainer's family: latents, timesteps and the conditioning dict."""
     generator = torch.Generator().manual_seed(0)
-    size = unet.config.sample_size
-    sample = torch.randn(2, unet.config.in_channels, size, size, generator=generator)
-    hidden = torch.randn(2, 4, unet.config.cross_attention_dim, generator=generator)
-    kwargs = {}
-    if sdxl:
-        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
-        kwargs["added_cond_kwargs"] = {
-            "text_embeds": torch.randn(2, pooled, generator=generator),
-            "time_ids": torch.tensor([[32.0, 32.0, 0.0, 0.0, 32.0, 32.0]] * 2),
+    config = trainer.accelerator.unwrap_model(trainer.model).config
+    side = trainer.resolution // trainer.pipeline.vae_scale_factor
+    latents = torch.randn(2, trainer.model_adapter.latent_channels, side, side, generator=generator)
+    name = trainer.family.name
+    if name == "flux":
+        conditioning = {
+            "prompt_embeds": torch.randn(2, 4, config.joint_attention_dim, generator=generator),
+            "pooled_prompt_embeds": torch.randn(2, config.pooled_projection_dim, generator=generator),
         }
-    return sample, torch.tensor([10, 500]), hidden, kwargs
+        return latents, torch.tensor([10.0, 500.0]), conditioning
+    conditioning = {"prompt_embeds": torch.randn(2, 4, config.cross_attention_dim, generator=generator)}
+    if name == "sdxl":
+        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        conditioning["pooled_prompt_embeds"] = torch.randn(2, pooled, generator=generator)
+        conditioning["time_ids"] = torch.tensor([[32.0, 32.0, 0.0, 0.0, 32.0, 32.0]] * 2)
+    return latents, torch.tensor([10, 500]), conditioning
 
 
 @torch.no_grad()
 def _reload_difference(trainer, cli, saved) -> float | None:
-    """Max |difference| between the trained UNet and a fresh pipeline with the saved weights (same input).
+    """Max |difference| between the trained denoiser and a fresh pipeline with the saved weights (same input).
 
-    Every rank runs the trained UNet (under ZeRO-3 its forward gathers the partitioned weights collectively);
-    the main process loads the saved LoRA / UNet into a fresh pipeline and compares.
+    Every rank runs the trained denoiser (under ZeRO-3 its forward gathers the partitioned weights collectively);
+    the main process loads the saved LoRA (`load_lora_weights`) or denoiser folder into a fresh pipeline and
+    compares. Both calls go through the family's adapter (FLUX: packed latents, RoPE ids, guidance embedding).
     """
-    from diffusers import DiffusionPipeline, UNet2DConditionModel
+    from diffusers import DiffusionPipeline
 
     unet = trainer.accelerator.unwrap_model(trainer.model)
-    sdxl = trainer.is_sdxl
-    sample, timesteps, hidden, kwargs = _unet_inputs(unet, sdxl)
+    latents, timesteps, conditioning = _denoiser_inputs(trainer)
     device, dtype = next(unet.parameters()).device, next(unet.parameters()).dtype
-    sample, timesteps, hidden = sample.to(device, dtype), timesteps.to(device), hidden.to(device, dtype)
-    if "added_cond_kwargs" in kwargs:
-        kwargs["added_cond_kwargs"] = {k: v.to(device, dtype) for k, v in kwargs["added_cond_kwargs"].items()}
+    latents, timesteps = latents.to(device, dtype), timesteps.to(device)
+    conditioning = {k: v.to(device, dtype) for k, v in conditioning.items()}
     unet.eval()
-    trained = unet(sample, timesteps, hidden, **kwargs).sample.float()
+    trained = trainer.model_adapter.predict(unet, latents, timesteps, conditioning).float()
     if not trainer.accelerator.is_main_process:
         return None
     if cli.model_path is not None:
@@ -137,13 +152,15 @@ def _reload_difference(trainer, cli, saved) -> float | None:
         with zero3_init_disabled():
             fresh = DiffusionPipeline.from_pretrained(cli.model_path)
     else:
-        fresh = tiny_sdxl_pipeline() if cli.model == "sdxl" else tiny_sd_pipeline()
+        fresh = BUILDERS[cli.model]()
+    denoiser = trainer.family.denoiser
     if cli.full:
-        fresh.unet = UNet2DConditionModel.from_pretrained(saved, subfolder="unet")
+        setattr(fresh, denoiser, type(unet).from_pretrained(saved, subfolder=denoiser))
     else:
         fresh.load_lora_weights(str(saved))
-    fresh.unet.to(device, dtype)
-    loaded = fresh.unet(sample, timesteps, hidden, **kwargs).sample.float()
+    getattr(fresh, denoiser).to(device, dtype)
+    adapter = DenoiserAdapter(fresh, embedded_guidance_scale=trainer.args.embedded_guidance_scale)
+    loaded = adapter.predict(getattr(fresh, denoiser), latents, timesteps, conditioning).float()
     return float((loaded - trained).abs().max())
 
 
@@ -179,7 +196,7 @@ def _validation_difference(trainer, cli, run_dir: Path) -> float | None:
     with zero3_init_disabled():
         fresh = DiffusionPipeline.from_pretrained(cli.model_path) if cli.model_path else None
     if fresh is None:
-        fresh = tiny_sdxl_pipeline() if cli.model == "sdxl" else tiny_sd_pipeline()
+        fresh = BUILDERS[cli.model]()
     if trainer.peft_config is not None:
         fresh.unet.add_adapter(trainer.peft_config)
     fresh.unet.load_state_dict(state, strict=True)
@@ -202,7 +219,7 @@ def _validation_difference(trainer, cli, run_dir: Path) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trainer", choices=("dpo", "tailorpo", "grpo"), required=True)
-    parser.add_argument("--model", choices=("sd", "sdxl"), default="sd")
+    parser.add_argument("--model", choices=tuple(BUILDERS), default="sd")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--per_device_train_batch_size", type=int, default=2)
@@ -223,14 +240,14 @@ def main() -> None:
     if cli.model_path is not None:
         pipe = cli.model_path  # loaded by the trainer, after the DeepSpeed config exists (the ZeRO-3 case)
     else:
-        pipe = tiny_sdxl_pipeline() if cli.model == "sdxl" else tiny_sd_pipeline()
+        pipe = BUILDERS[cli.model]()
     peft = None if cli.full else tiny_lora_config()
     common = dict(
         output_dir=str(out / "run"), per_device_train_batch_size=cli.per_device_train_batch_size,
         max_steps=cli.max_steps, num_train_epochs=1, learning_rate=1e-3, logging_steps=1, report_to=[],
         save_strategy="steps" if cli.save_steps else "no", save_steps=cli.save_steps or 500, seed=0,
         disable_tqdm=True, accelerator_config={"use_configured_state": True}, deepspeed=cli.deepspeed,
-        bf16=cli.cuda,
+        bf16=cli.cuda, **(FLOW_ARGS if cli.model == "flux" else {}),
     )  # fmt: skip
     if cli.validation:
         common.update(
@@ -263,9 +280,8 @@ def main() -> None:
         plugin = trainer.accelerator.state.deepspeed_plugin
         for config in (plugin.deepspeed_config, plugin.hf_ds_config.config):
             config.setdefault("zero_optimization", {})["stage3_param_persistence_threshold"] = 0
-    initial_checksum = None
-    if not trainer.is_deepspeed_enabled:
-        initial_checksum = [float(p.detach().double().sum()) for p in trainer.model.parameters() if p.requires_grad]
+    # Before `train`, DeepSpeed has not wrapped (nor, under ZeRO-3, partitioned) the model yet: its weights are whole.
+    initial_checksum = [float(p.detach().double().sum()) for p in trainer.model.parameters() if p.requires_grad]
     trainer.train(resume_from_checkpoint=True if cli.resume else None)
     unet = trainer.accelerator.unwrap_model(trainer.model)
     if trainer.is_deepspeed_enabled:
