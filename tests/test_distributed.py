@@ -188,6 +188,58 @@ def test_two_process_tailorpo_ranks_roll_out_from_different_noise(tailorpo_with_
         assert step_a["start"] != step_b["start"]
 
 
+def _zero2_without_clipping(tmp_path) -> Path:
+    """The shipped ZeRO-2 config with gradient clipping off (it would hide the gradient's scale)."""
+    import yaml
+
+    config = yaml.safe_load((CONFIGS / "deepspeed_zero2.yaml").read_text())
+    config["deepspeed_config"]["gradient_clipping"] = 0.0
+    path = tmp_path / "zero2_no_clipping.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("reward", "backend"),
+    [("discrete_brightness", "ddp"), ("half_tied_brightness", "ddp"), ("half_tied_brightness", "zero2")],
+)
+def test_two_process_tailorpo_update_is_that_of_the_mean_over_the_pairs_of_all_ranks(tmp_path, reward, backend):
+    """One SGD step (learning rate 1, no clipping) when the processes find different numbers of pairs: process 1
+    none (`discrete_brightness`) or pairs for one of its two prompts only (`half_tied_brightness`). DDP and
+    DeepSpeed ZeRO-2 both average the gradients over processes.
+
+    The update must be minus the gradient of the mean loss over the pairs of both processes, what one process
+    holding all of them would compute: `-(S_0 + S_1) / (n_0 + n_1)`, with `S_p` the sum of process p's per-pair
+    loss gradients (recomputed outside DDP at the initial weights). The mean of the per-process means (DDP's
+    average of `losses.mean()`) gives `-(S_0 / n_0 + S_1 / n_1) / 2` instead, and half the update when n_1 = 0.
+    """
+    if backend == "zero2":
+        pytest.importorskip("deepspeed")
+    config = _zero2_without_clipping(tmp_path) if backend == "zero2" else None
+    ranks, out = launch(tmp_path, "--trainer", "tailorpo", "--reward", reward, "--rows", "4",
+                        "--per_device_train_batch_size", "2", "--max_steps", "1", "--sgd", config_file=config,
+                        timeout=300)  # fmt: skip
+    a, b = ranks
+    assert a["global_step"] == b["global_step"] == 1
+    assert a["is_deepspeed"] is (backend == "zero2")
+    records = [torch.load(out / f"update-rank-{r}.pt") for r in range(2)]
+    counts = [record["pairs"] for record in records]
+    assert counts[0] > 0 and counts[0] != counts[1]  # the ranks really differ
+    assert counts[1] == 0 if reward == "discrete_brightness" else counts[1] > 0
+    expected = -(records[0]["gradient_sum"] + records[1]["gradient_sum"]) / sum(counts)
+    assert expected.norm() > 0
+
+    def relative_error(update):
+        return float((update - expected).norm() / expected.norm())
+
+    # float32 gradients summed in another order than the double-precision replay: about 3e-6 here.
+    assert relative_error(records[0]["update"]) < 1e-4
+    assert torch.equal(records[0]["update"], records[1]["update"])
+    # The mean of per-process means is far off (before the fix the update was that, 0.5 and 0.4 from `expected`).
+    mean_of_means = -sum(r["gradient_sum"] / max(n, 1) for r, n in zip(records, counts)) / 2
+    assert relative_error(mean_of_means) > 0.1
+
+
 def test_two_process_ddp_grpo_with_a_discrete_reward_tied_on_one_rank_finishes_in_sync(tmp_path):
     """GRPO under DDP: process 1's groups all tie (zero advantages, nothing to learn), process 0's do not."""
     ranks, _ = launch(tmp_path, "--trainer", "grpo", "--reward", "discrete_brightness", "--rows", "4",

@@ -226,3 +226,42 @@ def test_grpo_kl_is_the_k3_estimator():
     expected = math.exp(-0.5) + 0.5 - 1
     assert kl.item() == pytest.approx(expected, rel=1e-6)
     assert losses.item() == pytest.approx(2.0 * expected, rel=1e-6)
+
+
+def test_pooled_mean_loss_makes_the_process_average_the_gradient_of_the_mean_over_all_items():
+    from trl_rpo.losses import pooled_mean_loss
+
+    weight = torch.tensor([0.3, -0.7, 1.1], requires_grad=True)
+    generator = torch.Generator().manual_seed(0)
+    # Three processes with 5, 1 and 0 items; the one with none runs a placeholder item weighted zero.
+    items = [torch.randn(n, 3, generator=generator) for n in (5, 1, 1)]
+    weights = [1.0, 1.0, 0.0]
+    total = 6
+
+    def losses_of(x):
+        return (weight * x).sum(dim=-1) ** 2  # any per-item loss of a shared parameter
+
+    def ddp_gradient(reduce):  # DDP: the average over processes of each process's own gradient
+        grads = [torch.autograd.grad(reduce(losses_of(x) * w), weight)[0] for x, w in zip(items, weights)]
+        return torch.stack(grads).mean(0)
+
+    (one_process,) = torch.autograd.grad(losses_of(torch.cat(items[:2])).mean(), weight)
+    pooled = ddp_gradient(lambda losses: pooled_mean_loss(losses, total, num_processes=3))
+    torch.testing.assert_close(pooled, one_process)
+    # The plain local mean averages per-process means instead: the lone item weighs as much as the five, and the
+    # process without items divides everyone's gradient by 3 / 2.
+    naive = ddp_gradient(torch.mean)
+    assert not torch.allclose(naive, one_process, rtol=1e-2)
+
+
+def test_pooled_mean_loss_by_hand_and_with_one_process_or_no_item():
+    from trl_rpo.losses import pooled_mean_loss
+
+    losses = torch.tensor([1.0, 2.0, 6.0], requires_grad=True)
+    # 3 local items of 12 over 4 processes: sum 9 x 4 / 12.
+    assert pooled_mean_loss(losses, 12, 4).item() == pytest.approx(3.0)
+    assert pooled_mean_loss(losses, 3, 1).item() == pytest.approx(losses.mean().item())
+    nothing = pooled_mean_loss(losses, 0, 2)  # no process has an item: zero, still differentiable
+    assert nothing.item() == 0.0
+    nothing.backward()
+    assert losses.grad.tolist() == [0.0, 0.0, 0.0]

@@ -27,6 +27,7 @@ __all__ = [
     "group_advantages",
     "mapo_loss",
     "mapo_score",
+    "pooled_mean_loss",
     "stepwise_dpo_loss",
 ]
 
@@ -255,3 +256,27 @@ def grpo_clipped_loss(
     else:
         kl = torch.zeros_like(log_prob)
     return losses, kl.detach(), clipped.detach()
+
+
+def pooled_mean_loss(losses: torch.Tensor, global_count: int | float, num_processes: int) -> torch.Tensor:
+    r"""This process's share of the mean of a loss over the items of all processes, for gradient averaging.
+
+    Process :math:`p` holds :math:`n_p` items with losses :math:`\ell_{p,i}` (any number, none included);
+    :math:`N = \sum_p n_p` over the :math:`P` processes (all-reduced by the caller). Each process returns
+
+    .. math::
+        L_p = \frac{P}{N} \sum_{i=1}^{n_p} \ell_{p,i}, \qquad\text{so that}\qquad
+        \frac{1}{P} \sum_p L_p = \frac{1}{N} \sum_{p,i} \ell_{p,i}
+
+    DDP (and DeepSpeed) average gradients over processes, so the update is that of the mean over all items of
+    the global batch: what one process holding the whole batch would compute with ``losses.mean()``. The plain
+    local mean would instead give the mean of per-process means, in which a process with one item weighs as much
+    as one with thirty. TRL's `GRPOTrainer` normalises its `"dapo"` loss the same way (``num_items_in_batch``
+    all-gathered, divided by the number of processes). With one process this equals ``losses.mean()``. When no
+    process holds an item (:math:`N = 0`) the result is ``0 * losses.sum()``: zero, but still connected to the
+    graph, so a backward pass runs. A process with no item of its own (that must still join the collectives of
+    the backward pass) passes placeholder losses multiplied by zero.
+    """
+    if global_count <= 0:
+        return losses.sum() * 0.0
+    return losses.sum() * (num_processes / global_count)

@@ -81,7 +81,27 @@ class RecordingTailorPO(Recording, TailorPOTrainer):
         stream = getattr(self, "rank_generator", None)
         probe = torch.Generator().set_state(stream.get_state() if stream is not None else torch.get_rng_state())
         self.draws.append({"start": torch.randn(4, generator=probe).tolist()})
-        return super().sample_pairs(prompts, conditioning, **({"generator": generator} if generator else {}))
+        pairs = super().sample_pairs(prompts, conditioning, **({"generator": generator} if generator else {}))
+        if self.model.training:
+            self.trained_pairs = getattr(self, "trained_pairs", []) + [(list(prompts), pairs)]
+        return pairs
+
+    def local_pair_gradient(self, params):
+        """(sum over this process's pairs of the per-pair loss gradient, pair count), for the first training step.
+
+        Recomputed outside DDP on the bare UNet, whose weights the caller has set back to their initial values:
+        what this process's pairs alone contribute, to compare the trained update with.
+        """
+        prompts, pairs = self.trained_pairs[0]
+        if len(pairs) == 0:
+            return [torch.zeros_like(p) for p in params], 0
+        unet = self._unwrapped_unet()
+        cond, uncond = self.encode_conditioning(prompts)
+        policy_c, policy_r = self.step_log_probs(unet, pairs, cond, uncond)
+        with torch.no_grad(), self.reference_model() as reference:
+            ref_c, ref_r = self.step_log_probs(reference, pairs, cond, uncond)
+        losses = self.preference_loss(policy_c, policy_r, ref_c, ref_r)[0]
+        return list(torch.autograd.grad(losses.sum(), params)), len(pairs)
 
 
 class RecordingGRPO(Recording, DiffusionGRPOTrainer):
@@ -104,7 +124,16 @@ def discrete_brightness(images, prompts, **kwargs):
     return [float(sum(img.convert("L").getdata())) for img in images]  # integer sums of 8-bit pixels
 
 
-REWARDS = {"brightness": brightness, "discrete_brightness": discrete_brightness}
+def half_tied_brightness(images, prompts, **kwargs):
+    """Brightness, except that on process 1 every candidate of the batch's first prompt ties: process 1 finds pairs
+    for one of its prompts, process 0 for all of its prompts (different, non-zero pair counts)."""
+    if PartialState().process_index == 1:
+        return [0.0 if prompt == prompts[0] else value for prompt, value in zip(prompts, brightness(images, prompts))]
+    return brightness(images, prompts)
+
+
+REWARDS = {"brightness": brightness, "discrete_brightness": discrete_brightness,
+           "half_tied_brightness": half_tied_brightness}  # fmt: skip
 
 
 def _denoiser_inputs(trainer):
@@ -232,7 +261,8 @@ def main() -> None:
     parser.add_argument("--cuda", action="store_true", help="GPUs with NCCL (default: CPU processes with gloo)")
     parser.add_argument("--model_path", default=None, help="load this saved pipeline folder instead of building one")
     parser.add_argument("--validation", action="store_true", help="render validation images every step")
-    parser.add_argument("--reward", choices=("brightness", "discrete_brightness"), default="brightness")
+    parser.add_argument("--reward", choices=tuple(REWARDS), default="brightness")
+    parser.add_argument("--sgd", action="store_true", help="SGD, learning rate 1, no clipping: update = -gradient")
     cli = parser.parse_args()
     # On CPU, a bare PartialState() ignores ACCELERATE_USE_CPU: ask for gloo explicitly before the trainer.
     state = PartialState() if cli.cuda else PartialState(cpu=True, backend="gloo")
@@ -249,6 +279,8 @@ def main() -> None:
         disable_tqdm=True, accelerator_config={"use_configured_state": True}, deepspeed=cli.deepspeed,
         bf16=cli.cuda, **(FLOW_ARGS if cli.model == "flux" else {}),
     )  # fmt: skip
+    if cli.sgd:  # AdamW's first step and clipping hide the gradient's scale; SGD's update is proportional to it
+        common.update(optim="sgd", lr_scheduler_type="constant", max_grad_norm=0.0, learning_rate=1.0)
     if cli.validation:
         common.update(
             validation_prompts=list(VALIDATION_PROMPTS), validation_steps=1, validation_num_inference_steps=2
@@ -281,7 +313,9 @@ def main() -> None:
         for config in (plugin.deepspeed_config, plugin.hf_ds_config.config):
             config.setdefault("zero_optimization", {})["stage3_param_persistence_threshold"] = 0
     # Before `train`, DeepSpeed has not wrapped (nor, under ZeRO-3, partitioned) the model yet: its weights are whole.
-    initial_checksum = [float(p.detach().double().sum()) for p in trainer.model.parameters() if p.requires_grad]
+    trained = [p for p in trainer.model.parameters() if p.requires_grad]
+    initial = [p.detach().double().clone() for p in trained] if cli.sgd else None
+    initial_checksum = [float(p.detach().double().sum()) for p in trained]
     trainer.train(resume_from_checkpoint=True if cli.resume else None)
     unet = trainer.accelerator.unwrap_model(trainer.model)
     if trainer.is_deepspeed_enabled:
@@ -296,6 +330,19 @@ def main() -> None:
     else:
         partitioned = False
         checksum = [float(p.detach().double().sum()) for p in unet.parameters() if p.requires_grad]
+    if cli.sgd and initial is not None:  # the whole update of the trained weights, for exact comparisons
+        params = [p for p in unet.parameters() if p.requires_grad]
+        update = torch.cat([(p.detach().double() - i).flatten() for p, i in zip(params, initial)])
+        recorded = {"update": update}
+        if cli.trainer == "tailorpo":  # and what this process's own pairs give at the initial weights
+            with torch.no_grad():
+                for p, i in zip(params, initial):
+                    p.copy_(i.to(p.dtype))
+            grads, count = trainer.local_pair_gradient(params)
+            recorded["gradient_sum"] = torch.cat([g.detach().double().flatten() for g in grads])
+            recorded["pairs"] = count
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(recorded, out / f"update-rank-{state.process_index}.pt")
     frozen_whole = all(p.numel() > 0 for m in trainer._frozen_modules() for p in m.parameters())
     reload_difference = None
     if cli.save:

@@ -354,6 +354,14 @@ class BaseDiffusionTrainer(ValidationImagesMixin, Trainer):
         else:
             self._metrics[mode][name].append(mean)
 
+    def _global_count(self, count: int) -> int:
+        """`count` summed over all processes: one all-reduce of a one-element tensor (`count` itself with one process).
+
+        Every process must call this at the same point of its step, as with `_record_pooled`.
+        """
+        local = torch.tensor([float(count)], device=self.accelerator.device)
+        return int(round(self.accelerator.reduce(local, reduction="sum").item()))
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         metrics = {key: sum(val) / len(val) for key, val in self._metrics[mode].items() if val}

@@ -16,7 +16,7 @@ from ..diffusion import (
     flow_predicted_original_sample,
     predicted_original_sample,
 )
-from ..losses import stepwise_dpo_loss
+from ..losses import pooled_mean_loss, stepwise_dpo_loss
 from ..pairing import rank_pairs, select_timestep_indices
 from ..pipelines import decode_latents, tensor_to_pil
 from ..rewards import reward_name
@@ -438,10 +438,11 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
         with torch.no_grad(), self.reference_model() as reference:
             ref_c, ref_r = self.step_log_probs(reference, pairs, cond, uncond)
         losses, chosen_rewards, rejected_rewards = self.preference_loss(policy_c, policy_r, ref_c, ref_r)
-        if has_pairs:
-            loss = losses.mean()
-        else:
-            loss = losses.sum() * 0.0
+        # The mean over the pairs of all processes, not the mean of each process's own mean: processes find different
+        # numbers of pairs, and DDP / DeepSpeed average the gradients over processes (see `pooled_mean_loss`).
+        global_pairs = self._global_count(len(pairs) if has_pairs else 0)
+        loss = pooled_mean_loss(losses if has_pairs else losses * 0.0, global_pairs, self.accelerator.num_processes)
+        if not has_pairs:
             losses, chosen_rewards, rejected_rewards, policy_c, policy_r = (
                 t[:0] for t in (losses, chosen_rewards, rejected_rewards, policy_c, policy_r)
             )
