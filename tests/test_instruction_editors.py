@@ -7,7 +7,13 @@ from PIL import Image
 
 from trl_rpo.data import EditorRouter, FluxKontextEditor, Img2ImgRefiner, QwenImageEditEditor
 from trl_rpo.data.instruction_editors import transformer_native_side, transformer_side_multiple
-from trl_rpo.testing import tiny_flux_kontext_pipeline, tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sd_pipeline
+from trl_rpo.testing import (
+    tiny_flux_kontext_pipeline,
+    tiny_flux_pipeline,
+    tiny_qwen_image_edit_pipeline,
+    tiny_sd3_pipeline,
+    tiny_sd_pipeline,
+)
 
 torch.set_num_threads(1)
 
@@ -32,6 +38,29 @@ def test_kontext_editor_edits_each_image_reproducibly_and_routes_by_kind():
     routed = router([images[0]], [[{"kind": "recolor", "instruction": "make it blue"}]], ["a red square"])
     assert routed[0] is not None and router.last_methods == ["flux_kontext"]
     assert "FluxKontextPipeline" in repr(editor)
+
+
+def test_tiny_qwen_image_edit_pipeline_is_the_real_pipeline_built_in_memory(tmp_path):
+    pipe = tiny_qwen_image_edit_pipeline()
+    assert type(pipe).__name__ == "QwenImageEditPipeline"
+    assert {name: type(part).__name__ for name, part in pipe.components.items()} == {
+        "scheduler": "FlowMatchEulerDiscreteScheduler",
+        "vae": "AutoencoderKLQwenImage",
+        "text_encoder": "Qwen2_5_VLForConditionalGeneration",
+        "tokenizer": "Qwen2Tokenizer",
+        "processor": "Qwen2VLProcessor",
+        "transformer": "QwenImageTransformer2DModel",
+    }
+    assert pipe.processor.tokenizer is pipe.tokenizer and pipe.processor.video_processor is None
+    # The encoder states of the template's system prefix are dropped: that prefix is the pipeline's drop index.
+    system = pipe.prompt_template_encode.split("<|vision_start|>")[0]
+    assert len(pipe.tokenizer(system)["input_ids"]) == pipe.prompt_template_encode_start_idx == 64
+    again = tiny_qwen_image_edit_pipeline()
+    for name in ("text_encoder", "transformer", "vae"):
+        for a, b in zip(getattr(pipe, name).state_dict().values(), getattr(again, name).state_dict().values()):
+            assert torch.equal(a, b)  # seeded: same weights
+    with pytest.raises(AttributeError):  # documented: the processor has no video processor to save
+        pipe.save_pretrained(tmp_path / "qwen")
 
 
 def test_instruction_editors_refuse_other_pipelines():
