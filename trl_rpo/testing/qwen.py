@@ -109,8 +109,10 @@ def tiny_qwen_image_edit_pipeline(seed: int = 0):
     parameters; the same seed gives identical weights.
 
     Sizes: the pipeline always VAE-encodes the input image at about 1024x1024 pixels (its `calculate_dimensions`),
-    so the tiny VAE downsamples by 16 (Qwen-Image's by 8) and has no residual blocks in its encoder, which keeps that
-    encode well under a second on a CPU. Edited images are multiples of 32 px (VAE factor x 2x2 patch); use 32 px.
+    so the tiny VAE downsamples by 16 (Qwen-Image's by 8) and has no residual blocks in its encoder, which keeps an
+    edit to about a second per image on one CPU thread. Edited images are multiples of 32 px (VAE factor x 2x2
+    patch); use 32 px and at least 2 steps (with one, the `shift_terminal` stretch of Qwen-Image's scheduler settings
+    divides zero by zero: NaN images).
 
     Limitations: the processor is assembled without its video processor (see `_qwen2vl_processor_without_video`),
     only because transformers requires torchvision for that slot. Editing works; `save_pretrained` raises (the empty
