@@ -114,8 +114,12 @@ class QwenImageEditEditor(_InstructionTransformerEditor):
     Args:
         pipeline: a `QwenImageEditPipeline` or an id / folder of one, e.g. "Qwen/Qwen-Image-Edit".
         guidance_scale: passed as the pipeline's `true_cfg_scale` (real classifier-free guidance, 4.0 in its
-            examples) when `pipeline_kwargs` does not set it.
-        Others as in `InstructPix2PixEditor`.
+            examples) when `pipeline_kwargs` does not set it. Above 1 each image also gets a blank negative prompt
+            (`" "`), without which the pipeline does not apply it; at 1 or below neither is passed on.
+        Others as in `InstructPix2PixEditor`. The pipeline's own `guidance_scale` is for guidance-distilled
+        transformers, which Qwen-Image-Edit is not: the editor passes `guidance_scale=None`, the pipeline's default
+        (a number would be ignored, with a warning on every call); a distilled transformer takes it from
+        `pipeline_kwargs`.
     """
 
     name = "qwen_image_edit"
@@ -124,6 +128,15 @@ class QwenImageEditEditor(_InstructionTransformerEditor):
     def __init__(self, pipeline: Any = "Qwen/Qwen-Image-Edit", guidance_scale: float = 4.0, **kwargs: Any):
         super().__init__(pipeline, guidance_scale=guidance_scale, **kwargs)
 
+    def _true_cfg_scale(self) -> float:
+        return self.pipeline_kwargs.get("true_cfg_scale", self.guidance_scale)
+
+    def _job(self, index, image, step, prompt, size) -> _Job:
+        job = super()._job(index, image, step, prompt, size)
+        if self._true_cfg_scale() > 1:
+            # One per image: the pipeline encodes a single negative string once, against all the batch's images.
+            job.extras["negative_prompt"] = " "
+        return job
+
     def _call_kwargs(self) -> dict[str, Any]:
-        # The pipeline's real CFG scale; it needs a negative prompt to take effect.
-        return {"true_cfg_scale": self.guidance_scale, "negative_prompt": " "}
+        return {"true_cfg_scale": self._true_cfg_scale(), "guidance_scale": None}
