@@ -280,7 +280,6 @@ class _Scorer:
         self.config = config
         self.sets = sets
         self.scores: dict[str, dict[str, list[list[float]]]] = {}  # method -> set -> [seed][prompt]
-        self.vs_base: dict[str, dict[str, Any]] = {}  # method -> set -> PairedComparison against the base
         self.images: dict[str, list] = {}
         self._base: dict[str, Any] = {}  # set -> the base's EvaluationResult
 
@@ -298,7 +297,6 @@ class _Scorer:
             else:
                 comparison = compare_with_base(pipeline, self._base[name], prompts, alignment_score, grid_prompts=0,
                                                bootstrap_seed=self.config.seed, **kwargs)  # fmt: skip
-                self.vs_base.setdefault(method, {})[name] = comparison.comparisons["alignment_score"]
                 result = comparison.trained_result
             self.scores.setdefault(method, {})[name] = result.scores["alignment_score"]
             if name == "test":
@@ -312,8 +310,6 @@ class _Scorer:
     def compare(self, a: str, b: str, name: str = "test"):
         from ..evaluation import paired_comparison
 
-        if b == "base" and a in self.vs_base:
-            return self.vs_base[a][name]
         return paired_comparison(self.scores[a][name], self.scores[b][name], seed=self.config.seed)
 
     def per_prompt_gain(self, a: str, b: str, name: str = "test") -> list[float]:
