@@ -172,3 +172,37 @@ def test_a_negative_prompt_flux_would_ignore_is_refused_and_sd3_uses_it(tmp_path
         sd3, critic, no_editor, args=config(tmp_path / "b", negative_prompt="blurry")
     ).generator(["a"], [0])
     assert np.abs(pixels(plain[0]) - pixels(negative[0])).max() > 0
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_a_resolution_the_flow_pipeline_would_resize_or_reject_is_refused(tmp_path, family):
+    # The real models' factors: an 8x VAE, and 2x2 patches on top (FLUX packs latents, SD3's transformer patchifies).
+    pipe = BUILDERS[family]()
+    pipe.vae_scale_factor = 8
+    pipe.image_processor.register_to_config(vae_scale_factor=16 if family == "flux" else 8)
+    with pytest.raises(ValueError, match=rf"resolution is 24, but {PIPELINE_CLASSES[family]} .* multiple of 16"):
+        RichPreferenceDataBuilder(pipe, critic, no_editor, args=config(tmp_path, resolution=24))
+    RichPreferenceDataBuilder(pipe, critic, no_editor, args=config(tmp_path, resolution=32))
+
+
+def test_max_sequence_length_reaches_the_flux_text_encoder_and_is_refused_without_t5(tmp_path, monkeypatch):
+    pipe = tiny_flux_pipeline()
+    seen = []
+    encode_prompt = pipe.encode_prompt
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("max_sequence_length"))
+        return encode_prompt(*args, **kwargs)
+
+    monkeypatch.setattr(pipe, "encode_prompt", spy)
+    builder = RichPreferenceDataBuilder(pipe, critic, no_editor, args=config(tmp_path, max_sequence_length=8))
+    builder.generator(["a red square"], [0])
+    assert seen == [8]
+    assert builder.args.fingerprint()["max_sequence_length"] == 8
+    # Unset, it is not recorded, so outputs written before the field existed still resume.
+    assert "max_sequence_length" not in config(tmp_path).fingerprint()
+
+    from trl_rpo.testing import tiny_sd_pipeline
+
+    with pytest.raises(ValueError, match="StableDiffusionPipeline takes no max_sequence_length"):
+        RichPreferenceDataBuilder(tiny_sd_pipeline(), critic, no_editor, args=config(tmp_path, max_sequence_length=8))

@@ -43,6 +43,8 @@ BUILDER_FEATURES = Features(
 
 # Fields that do not change what is built; every other field must match to resume an output_dir.
 _RUNTIME_FIELDS = ("output_dir", "batch_size", "device", "disable_tqdm", "overlap_generation")
+# Fields added after outputs were first written: recorded only when set, so those outputs still resume.
+_RECORDED_WHEN_SET = ("max_sequence_length",)
 
 
 @dataclass
@@ -67,6 +69,9 @@ class RichPreferenceConfig:
         negative_prompt (`str` or `None`, defaults to `None`):
             Negative prompt of a diffusers generator. Refused (`ValueError`) for a pipeline that would ignore it, such
             as FLUX.1, which applies one only with `true_cfg_scale > 1`.
+        max_sequence_length (`int` or `None`, defaults to `None`):
+            T5 prompt length of a generator that takes one (SD3, FLUX.1: `max_sequence_length`); `None` keeps the
+            pipeline's default. Refused for a pipeline without the argument.
         seed (`int`, defaults to `0`):
             Base seed: image `j` of prompt `i` is generated with seed `seed + i * images_per_prompt + j`, whatever
             the process count, batch size or resumption.
@@ -97,6 +102,9 @@ class RichPreferenceConfig:
         default=None, metadata={"help": "Height and width of generated images (default: the pipeline's)."}
     )
     negative_prompt: str | None = field(default=None, metadata={"help": "Negative prompt of a diffusers generator."})
+    max_sequence_length: int | None = field(
+        default=None, metadata={"help": "T5 prompt length of an SD3 / FLUX.1 generator (default: the pipeline's)."}
+    )
     seed: int = field(
         default=0, metadata={"help": "Base seed; image j of prompt i uses seed + i * images_per_prompt + j."}
     )
@@ -119,7 +127,18 @@ class RichPreferenceConfig:
                 raise ValueError(f"RichPreferenceConfig.{name} must be a positive integer, got {value!r}")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
             raise ValueError(f"RichPreferenceConfig.resolution must be a multiple of 8, got {self.resolution}")
+        if self.max_sequence_length is not None and (
+            isinstance(self.max_sequence_length, bool)
+            or not isinstance(self.max_sequence_length, int)
+            or self.max_sequence_length < 1
+        ):
+            value = self.max_sequence_length
+            raise ValueError(f"RichPreferenceConfig.max_sequence_length must be a positive integer, got {value!r}")
 
     def fingerprint(self) -> dict[str, Any]:
         """The fields that decide what is built (all but output_dir, batch_size, device and disable_tqdm)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _RUNTIME_FIELDS}
+        return {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if k not in _RUNTIME_FIELDS and not (k in _RECORDED_WHEN_SET and v is None)
+        }

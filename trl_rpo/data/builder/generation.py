@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -73,7 +74,20 @@ class PipelineGenerator:
         return self._pipeline
 
     def _check_arguments(self, pipeline: Any) -> None:
-        """Refuses settings the pipeline would silently ignore, so the manifest and card never record them."""
+        """Refuses settings the pipeline would ignore or change, so the manifest and card never record them."""
+        name = type(pipeline).__name__
+        multiple = _size_multiple(pipeline)
+        if self.args.resolution is not None and multiple and self.args.resolution % multiple:
+            raise ValueError(
+                f"RichPreferenceConfig.resolution is {self.args.resolution}, but {name} needs sides that are a "
+                f"multiple of {multiple} (it would resize the images to another size); use e.g. "
+                f"{self.args.resolution // multiple * multiple or multiple}."
+            )
+        if self.args.max_sequence_length is not None and not _accepts(pipeline, "max_sequence_length"):
+            raise ValueError(
+                f"RichPreferenceConfig.max_sequence_length is set, but {name} takes no max_sequence_length (it has "
+                "no T5 text encoder); unset it."
+            )
         if self.args.negative_prompt is None:
             return
         reason = _ignored_negative_prompt(pipeline)
@@ -99,7 +113,37 @@ class PipelineGenerator:
             kwargs["height"] = kwargs["width"] = self.args.resolution
         if self.args.negative_prompt is not None:
             kwargs["negative_prompt"] = [self.args.negative_prompt] * len(prompts)
+        if self.args.max_sequence_length is not None:
+            kwargs["max_sequence_length"] = self.args.max_sequence_length
         return list(self.pipeline(**kwargs).images)
+
+
+def _size_multiple(pipeline: Any) -> int | None:
+    """The number image sides must be a multiple of for `pipeline`, or None when it does not say.
+
+    The VAE's downsampling factor, times what the denoiser groups on top of it: FLUX.1 packs 2x2 latent patches
+    (its image processor's factor is twice the VAE's, and it silently resizes other sizes), SD3's transformer has a
+    `patch_size` (it raises on other sizes).
+    """
+    factor = getattr(pipeline, "vae_scale_factor", None)
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        return None
+    processor_config = getattr(getattr(pipeline, "image_processor", None), "config", None)
+    processed = getattr(processor_config, "vae_scale_factor", None)
+    processed = processed if isinstance(processed, int) and processed > 0 else factor
+    patch = getattr(pipeline, "patch_size", None)
+    patch = patch if isinstance(patch, int) and patch > 0 else 1
+    return math.lcm(processed, factor * patch)
+
+
+def _accepts(pipeline: Any, argument: str) -> bool:
+    """Whether `pipeline.__call__` names `argument`. Diffusers pipelines name every argument they use; a catch-all
+    `**kwargs` (StableDiffusionPipeline's, for deprecated callbacks) would drop it without a word."""
+    try:
+        parameters = inspect.signature(pipeline.__call__).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a callable without a signature
+        return True
+    return argument in parameters
 
 
 def _ignored_negative_prompt(pipeline: Any) -> str | None:
