@@ -347,6 +347,10 @@ def test_overlapped_generation_makes_the_next_batch_while_the_current_one_is_cri
 def test_invalid_config_values_are_refused_naming_the_field():
     with pytest.raises(ValueError, match="images_per_prompt must be a positive integer"):
         RichPreferenceConfig(images_per_prompt=0)
+    with pytest.raises(ValueError, match="resolution must be a multiple of 8, got 20"):
+        RichPreferenceConfig(resolution=20)
+    with pytest.raises(ValueError, match="max_sequence_length must be a positive integer, got 0"):
+        RichPreferenceConfig(max_sequence_length=0)
 
 
 # ---------------------------------------------------------------- the shapes world

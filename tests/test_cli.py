@@ -236,7 +236,8 @@ def test_hub_ids_are_not_mistaken_for_missing_folders():
     assert not looks_local("stabilityai/stable-diffusion-xl-base-1.0")
     assert not looks_local("pickapic_v2")
     assert looks_local("./data") and looks_local("/abs/data") and looks_local("a/b/c") and looks_local("p.txt")
-def test_grpo_uses_tailorpos_reward_names_and_reward_server_urls():
+@pytest.mark.parametrize("script", ["grpo", "tailorpo"])
+def test_the_online_scripts_take_reward_names_and_reward_server_urls(script):
     from trl_rpo.rewards.remote import RemoteReward
     from trl_rpo.scripts import grpo, tailorpo
 
@@ -245,7 +246,7 @@ def test_grpo_uses_tailorpos_reward_names_and_reward_server_urls():
         prompts_name_or_path="p.txt",
         reward_funcs=["jpeg_compressibility", "http://127.0.0.1:8000", "shapes_alignment"],
     )
-    funcs = grpo.build_grpo_rewards(args)
+    funcs = (grpo.build_grpo_rewards if script == "grpo" else tailorpo.build_rewards)(args)
     assert funcs[0].__name__ == "jpeg_compressibility" and funcs[2].__name__ == "alignment_score"
     assert isinstance(funcs[1], RemoteReward) and funcs[1].url == "http://127.0.0.1:8000"
     with pytest.raises(SystemExit, match="unknown reward"):

@@ -20,47 +20,20 @@ import sys
 
 from trl import TrlParser
 
-from ..data.formats import load_prompt_dataset
-from ..rewards.remote import RemoteReward
-from ..trainer import DiffusionGRPOConfig, DiffusionGRPOTrainer, DiffusionModelConfig, get_peft_config
-from .tailorpo import REWARDS, ScriptArguments, build_rewards
+from ..trainer.grpo_config import DiffusionGRPOConfig
+from ..trainer.model_config import DiffusionModelConfig
+from .tailorpo import REWARDS, ScriptArguments, build_rewards, train_online
 
 __all__ = ["REWARDS", "ScriptArguments", "build_grpo_rewards", "main", "make_parser", "run"]
 
-
-def build_grpo_rewards(script_args: ScriptArguments) -> list:
-    """The reward functions named in `--reward_funcs`: `trl-rpo tailorpo`'s names, or URLs of reward servers."""
-    remote = {name for name in script_args.reward_funcs if name.startswith(("http://", "https://"))}
-    local = [name for name in script_args.reward_funcs if name not in remote]
-    built = iter(build_rewards(_with_rewards(script_args, local)) if local else [])
-    return [RemoteReward(name) if name in remote else next(built) for name in script_args.reward_funcs]
-
-
-def _with_rewards(script_args: ScriptArguments, names: list[str]) -> ScriptArguments:
-    from dataclasses import replace
-
-    return replace(script_args, reward_funcs=names)
+# `trl-rpo tailorpo`'s rewards: its names, or URLs of reward servers.
+build_grpo_rewards = build_rewards
 
 
 def main(script_args: ScriptArguments, training_args: DiffusionGRPOConfig, model_args: DiffusionModelConfig) -> None:
-    if model_args.model_name_or_path is None:
-        raise SystemExit("--model_name_or_path is required (a Hub id or a local pipeline folder)")
-    prompts = load_prompt_dataset(
-        script_args.prompts_name_or_path, script_args.prompts_split, prompt_column=script_args.prompt_column
-    )
-    training_args.model_init_kwargs = {**model_args.pipeline_kwargs(), **(training_args.model_init_kwargs or {})}
-    trainer = DiffusionGRPOTrainer(
-        model=model_args.model_name_or_path,
-        reward_funcs=build_grpo_rewards(script_args),
-        args=training_args,
-        train_dataset=prompts,
-        peft_config=get_peft_config(model_args),
-    )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.prompts_name_or_path)
-    trainer.accelerator.end_training()
+    from ..trainer import DiffusionGRPOTrainer
+
+    train_online(DiffusionGRPOTrainer, script_args, training_args, model_args)
 
 
 def make_parser(prog: str | None = None) -> TrlParser:

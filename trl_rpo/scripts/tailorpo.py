@@ -16,6 +16,8 @@ Or from a YAML file (every field of TailorPOConfig, plus the model, prompt and r
     accelerate launch -m trl_rpo.cli tailorpo --config examples/configs/tailorpo_sd15_aesthetic.yaml
 
 TailorPO-G: add `--reward_guidance_scale 0.1` (needs a differentiable scorer such as `aesthetic`).
+A reward served by `trl-rpo serve-reward` in another environment is named by its URL (`--reward_funcs
+http://127.0.0.1:8000`, a `RemoteReward`).
 The D3PO/SPO-style baseline: `--pairing final`.
 
 Prompts come from a text file (one per line), a `save_to_disk` folder or a Hub dataset (`--prompt_column`
@@ -72,10 +74,13 @@ class ScriptArguments:
 
 
 def build_rewards(script_args: ScriptArguments) -> list:
-    unknown = [name for name in script_args.reward_funcs if name not in REWARDS]
+    """The reward functions named in `--reward_funcs`: names from `REWARDS`, or URLs of `trl-rpo serve-reward`
+    servers (each a `RemoteReward`, for scorers that live in another environment)."""
+    unknown = [name for name in script_args.reward_funcs if name not in REWARDS and not _is_url(name)]
     if unknown:
-        raise SystemExit(f"unknown reward(s) {unknown}; choose among {list(REWARDS)}")
+        raise SystemExit(f"unknown reward(s) {unknown}; choose among {list(REWARDS)} or give a reward server's URL")
     from ..rewards import AestheticScorer, CLIPScorer, PickScoreScorer, jpeg_compressibility, jpeg_incompressibility
+    from ..rewards.remote import RemoteReward
     from ..shapes.evaluate import alignment_score
 
     builders = {
@@ -88,20 +93,32 @@ def build_rewards(script_args: ScriptArguments) -> list:
         "jpeg_incompressibility": lambda: jpeg_incompressibility,
         "shapes_alignment": lambda: alignment_score,  # the shapes world's evaluator (trl_rpo.shapes)
     }
-    return [builders[name]() for name in script_args.reward_funcs]
+    return [RemoteReward(name) if _is_url(name) else builders[name]() for name in script_args.reward_funcs]
+
+
+def _is_url(name: str) -> bool:
+    return name.startswith(("http://", "https://"))
 
 
 def main(script_args: ScriptArguments, training_args: TailorPOConfig, model_args: DiffusionModelConfig) -> None:
+    from ..trainer import TailorPOTrainer
+
+    train_online(TailorPOTrainer, script_args, training_args, model_args)
+
+
+def train_online(trainer_class: type, script_args: ScriptArguments, training_args, model_args: DiffusionModelConfig):
+    """Train an online trainer (`TailorPOTrainer`, `DiffusionGRPOTrainer`) on the prompts with the named rewards,
+    save it to `output_dir` and push it when asked: the body of `trl-rpo tailorpo` and `trl-rpo grpo`."""
     if model_args.model_name_or_path is None:
         raise SystemExit("--model_name_or_path is required (a Hub id or a local pipeline folder)")
     from ..data.formats import load_prompt_dataset
-    from ..trainer import TailorPOTrainer, get_peft_config
+    from ..trainer import get_peft_config
 
     prompts = load_prompt_dataset(
         script_args.prompts_name_or_path, script_args.prompts_split, prompt_column=script_args.prompt_column
     )
     training_args.model_init_kwargs = {**model_args.pipeline_kwargs(), **(training_args.model_init_kwargs or {})}
-    trainer = TailorPOTrainer(
+    trainer = trainer_class(
         model=model_args.model_name_or_path,
         reward_funcs=build_rewards(script_args),
         args=training_args,
@@ -113,6 +130,7 @@ def main(script_args: ScriptArguments, training_args: TailorPOConfig, model_args
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.prompts_name_or_path)
     trainer.accelerator.end_training()
+    return trainer
 
 
 def make_parser(prog: str | None = None) -> TrlParser:
