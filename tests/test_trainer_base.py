@@ -35,3 +35,19 @@ def test_record_pooled_logs_mean_and_std_and_skips_a_metric_no_process_has(tmp_p
     assert metrics["rewards/x/mean"] == [pytest.approx(3.0)]
     assert metrics["rewards/x/std"] == [pytest.approx(np.std([1.0, 2.0, 6.0], ddof=1))]
     assert "margins" not in metrics
+
+
+def test_lora_initialization_depends_on_args_seed_not_on_what_the_process_drew_before(tmp_path):
+    from trl_rpo.testing import tiny_sd_pipeline
+
+    from ._helpers import make_trainer
+
+    def lora_weights(seed, draws_before):
+        pipe = tiny_sd_pipeline()  # seeds the process itself
+        torch.rand(draws_before)  # another run, an evaluation, ... in the same process
+        trainer = make_trainer(tmp_path / f"run{seed}-{draws_before}", pipe=pipe, seed=seed)
+        return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora" in n}
+
+    first, again, other = lora_weights(0, 0), lora_weights(0, 1000), lora_weights(1, 0)
+    assert first and all(torch.equal(first[n], again[n]) for n in first)
+    assert any(not torch.equal(first[n], other[n]) for n in first)

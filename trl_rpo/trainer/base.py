@@ -23,6 +23,7 @@ import safetensors.torch
 import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_utils import enable_full_determinism, set_seed
 
 from ..models import DenoiserAdapter
 from ..pipelines import (  # noqa: F401 - re-exported: trainer code imported them from here
@@ -154,6 +155,9 @@ class BaseDiffusionTrainer(ValidationImagesMixin, Trainer):
         unet = denoiser_of(self.pipeline)
         for frozen in self._frozen_modules():
             frozen.requires_grad_(False).eval()
+        # Trainer.__init__ seeds the process too, but after the adapters exist: seeding first makes LoRA's random
+        # initialization, and so the run, depend on `args.seed` alone, not on what the process drew before.
+        enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
         self.ref_model = self._setup_trainable_unet(unet, ref_model, args)
         if args.activation_checkpointing:
             unet.enable_gradient_checkpointing()
