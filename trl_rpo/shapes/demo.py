@@ -81,7 +81,7 @@ class DemoConfig:
     refine_strength: float = field(
         default=0.1, metadata={"help": "SDEdit strength of the refinement of RPO edits (pair sweep); 0: none."}
     )
-    dpo_steps: int = field(default=150, metadata={"help": "DiffusionDPOTrainer optimizer steps per pair set."})
+    dpo_steps: int = field(default=300, metadata={"help": "DiffusionDPOTrainer optimizer steps per pair set."})
     dpo_batch_size: int = field(default=8, metadata={"help": "Pairs per DPO step."})
     dpo_learning_rate: float = field(default=2e-3, metadata={"help": "DPO learning rate (dev sweep's choice)."})
     dpo_beta: float = field(default=5000.0, metadata={"help": "Diffusion-DPO beta (dev sweep's choice)."})
