@@ -155,8 +155,7 @@ class BaseDiffusionTrainer(ValidationImagesMixin, Trainer):
         unet = denoiser_of(self.pipeline)
         for frozen in self._frozen_modules():
             frozen.requires_grad_(False).eval()
-        # Trainer.__init__ seeds the process too, but after the adapters exist: seeding first makes LoRA's random
-        # initialization, and so the run, depend on `args.seed` alone, not on what the process drew before.
+        # Seeded before the adapters exist (Trainer.__init__ seeds only later): LoRA's init depends on args.seed alone.
         enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
         self.ref_model = self._setup_trainable_unet(unet, ref_model, args)
         if args.activation_checkpointing:
