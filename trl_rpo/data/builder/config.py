@@ -121,19 +121,14 @@ class RichPreferenceConfig:
     )
 
     def __post_init__(self):
-        for name in ("images_per_prompt", "shard_size", "batch_size", "num_inference_steps"):
+        for name in ("images_per_prompt", "shard_size", "batch_size", "num_inference_steps", "max_sequence_length"):
             value = getattr(self, name)
+            if name == "max_sequence_length" and value is None:  # optional: the pipeline's default
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"RichPreferenceConfig.{name} must be a positive integer, got {value!r}")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
             raise ValueError(f"RichPreferenceConfig.resolution must be a multiple of 8, got {self.resolution}")
-        if self.max_sequence_length is not None and (
-            isinstance(self.max_sequence_length, bool)
-            or not isinstance(self.max_sequence_length, int)
-            or self.max_sequence_length < 1
-        ):
-            value = self.max_sequence_length
-            raise ValueError(f"RichPreferenceConfig.max_sequence_length must be a positive integer, got {value!r}")
 
     def fingerprint(self) -> dict[str, Any]:
         """The fields that decide what is built (all but output_dir, batch_size, device and disable_tqdm)."""

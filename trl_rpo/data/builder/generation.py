@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from PIL import Image
@@ -136,14 +136,19 @@ def _size_multiple(pipeline: Any) -> int | None:
     return math.lcm(processed, factor * patch)
 
 
+def _call_parameters(pipeline: Any) -> Mapping[str, inspect.Parameter] | None:
+    """The parameters of `pipeline.__call__`, or None for a callable without a readable signature."""
+    try:
+        return inspect.signature(pipeline.__call__).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a callable without a signature
+        return None
+
+
 def _accepts(pipeline: Any, argument: str) -> bool:
     """Whether `pipeline.__call__` names `argument`. Diffusers pipelines name every argument they use; a catch-all
     `**kwargs` (StableDiffusionPipeline's, for deprecated callbacks) would drop it without a word."""
-    try:
-        parameters = inspect.signature(pipeline.__call__).parameters
-    except (TypeError, ValueError):  # pragma: no cover - a callable without a signature
-        return True
-    return argument in parameters
+    parameters = _call_parameters(pipeline)
+    return parameters is None or argument in parameters
 
 
 def _ignored_negative_prompt(pipeline: Any) -> str | None:
@@ -153,9 +158,8 @@ def _ignored_negative_prompt(pipeline: Any) -> str | None:
     run classifier-free guidance, and so read a negative prompt, only when `true_cfg_scale > 1`; the generator does
     not pass it, so with a default of 1 the negative prompt is dropped without a warning.
     """
-    try:
-        parameters = inspect.signature(pipeline.__call__).parameters
-    except (TypeError, ValueError):  # pragma: no cover - a callable without a signature
+    parameters = _call_parameters(pipeline)
+    if parameters is None:
         return None
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return None
