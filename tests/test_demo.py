@@ -80,6 +80,25 @@ def test_efficacy_is_gain_per_pair_with_the_gains_interval_scaled_by_the_pairs()
     assert result["relative_percent_ci"][0] < expected < result["relative_percent_ci"][1]
 
 
+def test_efficacy_difference_is_the_paired_mean_of_per_pair_gains_and_defined_when_the_ratio_is_not():
+    gains_a, gains_b = [0.1, 0.2, 0.1, 0.2], [0.05, -0.05, 0.04, -0.04]
+    result = efficacy_comparison(gains_a, gains_b, pairs_a=10, pairs_b=20)
+    expected = sum(gains_a) / 4 / 10 - sum(gains_b) / 4 / 20
+    assert result["relative_percent"] is None
+    assert result["difference"] == pytest.approx(expected)
+    low, high = result["difference_ci"]
+    assert low < expected < high and low > 0
+
+
+def test_table_reports_the_efficacy_difference_with_its_interval():
+    rows = [{"method": "base", "alignment": 0.5, "pairs": 0, "seconds": 0.0}]
+    efficacy = {"efficacy": 0.001, "efficacy_ci": [0.0005, 0.0015]}
+    text = format_table({"rows": rows, "pair_efficacy": {"dpo_reward_pairs": efficacy, "dpo_rpo_pairs": efficacy,
+                                                         "rpo_minus_reward": 0.0002,
+                                                         "rpo_minus_reward_ci": [-0.0001, 0.0004]}})  # fmt: skip
+    assert "RPO - reward +0.00020 [-0.00010, +0.00040]" in text
+
+
 def test_relative_efficacy_is_undefined_when_the_reference_gain_is_noise():
     result = efficacy_comparison([0.1, 0.2, 0.1, 0.2], [0.05, -0.05, 0.04, -0.04], pairs_a=10, pairs_b=10)
     assert result["relative_percent"] is None and result["relative_percent_ci"] is None

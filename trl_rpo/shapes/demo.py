@@ -151,7 +151,8 @@ def efficacy_comparison(
     $e = \bar g / n_{pairs}$, its interval the gain's bootstrap interval over prompts divided by $n_{pairs}$.
     The relative efficacy $e_a / e_b - 1$ (the RPO paper's "+42%") is bootstrapped over prompts with the two
     gains resampled together; it is None unless b's gain is positive with an interval excluding 0 (a ratio to
-    noise means nothing), both pair counts are positive and there are at least two prompts.
+    noise means nothing), both pair counts are positive and there are at least two prompts. The difference
+    $e_a - e_b$ is always defined: its interval is the paired bootstrap over prompts of $g_a/n_a - g_b/n_b$.
     """
     import numpy as np
     from scipy import stats
@@ -168,6 +169,10 @@ def efficacy_comparison(
             "efficacy_ci": [v / pairs for v in result.gain_ci] if pairs else None,
             "gain_ci_excludes_zero": result.significant,
         }
+    out["difference"] = out["difference_ci"] = None
+    if pairs_a and pairs_b:
+        result = paired_comparison(a / pairs_a, b / pairs_b, confidence_level=confidence_level, seed=seed)
+        out["difference"], out["difference_ci"] = result.gain, list(result.gain_ci)
     out["relative_percent"] = out["relative_percent_ci"] = None
     if pairs_a and pairs_b and len(a) >= 2 and out["b"]["gain_ci_excludes_zero"] and b.mean() > 0:
 
@@ -290,7 +295,7 @@ class _Scorer:
         start = time.perf_counter()
         pipeline.set_progress_bar_config(disable=True)
         for name, (prompts, seeds) in self.sets.items():
-            kwargs = dict(seeds=seeds, batch_size=16, **_sampling(self.config))
+            kwargs = dict(seeds=seeds, batch_size=64, **_sampling(self.config))
             if method == "base":
                 result = self._base[name] = evaluate_pipeline(pipeline, prompts, alignment_score, return_images=True,
                                                               **kwargs)  # fmt: skip
@@ -504,10 +509,13 @@ def _report(config: DemoConfig, scorer: _Scorer, rows: list[dict[str, Any]]) -> 
         "pair_efficacy": {
             "dpo_rpo_pairs": efficacy["a"],
             "dpo_reward_pairs": efficacy["b"],
+            "rpo_minus_reward": efficacy["difference"],
+            "rpo_minus_reward_ci": efficacy["difference_ci"],
             "rpo_vs_reward_percent": efficacy["relative_percent"],
             "rpo_vs_reward_percent_ci": efficacy["relative_percent_ci"],
             "note": "alignment gain over base per training pair on the test prompts; the RPO paper reports +42% "
-            "for RPO pairs on SDXL. The relative figure is null unless reward pairs' own gain is distinguishable "
+            "for RPO pairs on SDXL. rpo_minus_reward: the difference of the two efficacies. The relative figure "
+            "is null unless reward pairs' own gain is distinguishable "
             "from zero (a ratio to noise would mislead).",
         },
         "statistics": "gain = mean over images of (method - base) on the same prompts and seeds; gain_ci: 95% BCa "
@@ -560,10 +568,12 @@ def format_table(results: dict[str, Any]) -> str:
         low, high = entry["efficacy_ci"]
         return f"{entry['efficacy']:+.5f} [{low:+.5f}, {high:+.5f}]"
 
-    relative = eff.get("rpo_vs_reward_percent")
+    relative, difference = eff.get("rpo_vs_reward_percent"), eff.get("rpo_minus_reward")
     lines.append(
         f"pair efficacy (gain per pair): RPO pairs {fmt(eff['dpo_rpo_pairs'])}, "
         f"reward pairs {fmt(eff['dpo_reward_pairs'])}"
+        + ("" if difference is None else
+           f"; RPO - reward {fmt({'efficacy': difference, 'efficacy_ci': eff['rpo_minus_reward_ci']})}")  # fmt: skip
         + ("" if relative is None else f"; RPO {relative:+.0f}% {interval(eff['rpo_vs_reward_percent_ci'])} "
            "(paper: +42%)")  # fmt: skip
     )
