@@ -131,6 +131,8 @@ def test_trl_rpo_demo_quick_runs_end_to_end_and_writes_results_grid_and_curves(t
         assert 0.0 <= row["alignment"] <= 1.0
         assert isinstance(row["pairs"], int) and row["seconds"] >= 0
     assert results["rows"][0]["pairs"] == 0
+    by_method = {row["method"]: row for row in results["rows"]}  # both pair sets label the same images
+    assert by_method["dpo_rpo_pairs"]["images"] == by_method["dpo_reward_pairs"]["images"] == 64
     for row in results["rows"][1:]:
         # GRPO learns from groups of rollouts, not pairs: its budget is counted in images.
         assert row["pairs"] > 0 if row["method"] != "grpo" else row["images"] > 0, row
@@ -222,6 +224,23 @@ def test_pair_sweep_builds_pairs_per_refine_strength_and_chooses_one_on_dev_prom
     assert table.count("\n") == 4 and "**(chosen)**" in table
 
 
+@pytest.mark.slow
+def test_seed_sweep_trains_each_variant_with_each_seed_and_chooses_the_best_mean(tmp_path):
+    from trl_rpo.shapes.sweep import run_seed_sweep
+
+    config = DemoConfig.quick(image_budget=16, eval_seeds=(0,), num_inference_steps=4, refine_strength=0.5,
+                              dpo_batch_size=2, dpo_steps=2)  # fmt: skip
+    variants = {"masked": {"mask_weight_outside": 0.0}, "plain": {"mask_weight_outside": 1.0}}
+    results = run_seed_sweep(config, tmp_path / "seeds", variants=variants, seeds=(0, 1), dev_prompts=4,
+                             log=lambda _: None)  # fmt: skip
+    assert [row["variant"] for row in results["rows"]] == ["masked", "plain"]
+    for row in results["rows"]:
+        gains = [entry["gain"] for entry in row["by_seed"].values()]
+        assert list(row["by_seed"]) == ["0", "1"] and row["mean_gain"] == pytest.approx(sum(gains) / 2, abs=1e-4)
+    assert results["best"] == max(range(2), key=lambda i: results["rows"][i]["mean_gain"])
+    assert (tmp_path / "seeds" / "seed_sweep.md").read_text().count("\n") == 4
+
+
 def test_edit_survival_scores_each_stage_of_the_same_edits():
     from trl_rpo.shapes.sweep import edit_survival
 
@@ -233,3 +252,16 @@ def test_edit_survival_scores_each_stage_of_the_same_edits():
         assert 0.0 <= stage["alignment"] <= 1.0 and 0 <= stage["better_than_original"] <= result["edited"]
     # The pixel edit fixes what the critic asked for, so it beats its original more often than not.
     assert result["stages"]["edit"]["better_than_original"] > result["edited"] / 2
+
+
+def test_both_pair_sets_spend_the_same_image_budget_on_train_prompts(tmp_path):
+    from trl_rpo.shapes.demo import build_pair_sets, pair_prompts
+    from trl_rpo.shapes.model import load_pipeline
+
+    config = DemoConfig.quick(image_budget=12, num_inference_steps=4, refine_strength=0.5)
+    built = build_pair_sets(config, load_pipeline(), tmp_path)
+    train = pair_prompts(config)
+    assert built["images"] == built["reward_counts"]["images"] == built["builder"].stats["images"] == 12
+    assert set(built["rpo_pairs"]["prompt"]) <= set(train) and set(train) <= set(prompts(900, 0, "train"))
+    assert set(built["reward_pairs"]["prompt"]) <= set(train[:6])
+    assert (tmp_path / "rpo_pairs" / "manifest.json").is_file() and (tmp_path / "reward_pairs").is_dir()

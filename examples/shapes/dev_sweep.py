@@ -2,6 +2,7 @@
 
     python examples/shapes/dev_sweep.py --output-dir outputs/dev-sweep [--quick]
     python examples/shapes/dev_sweep.py --stage pairs --output-dir outputs/pair-sweep [--quick]
+    python examples/shapes/dev_sweep.py --stage seeds --output-dir outputs/seed-sweep [--quick]
 
 First chooses the guidance scale (5, 7.5 or 10) by the base model's dev alignment. Then builds the demo's two pair
 sets once (RPO pairs refined by the base model, reward-labelled pairs; the same image budget), trains each recipe
@@ -12,12 +13,16 @@ base model (also written to `sweep.md`, with everything in `sweep.json`). About 
 `--stage pairs` then chooses the RPO pair builder's refinement strength (0.1, 0.2 or 0.3) with the chosen recipe:
 pairs built at each strength, plain and masked Diffusion-DPO trained on them, paired dev gains over the base in
 `pair_sweep.md` (about 20 minutes).
+
+`--stage seeds` trains masked and plain Diffusion-DPO on the demo's RPO pairs with training seeds 0, 1 and 2 and
+scores each on the dev prompts (60 x 3 seeds): one model's interval hides the spread between trainings, so the
+demo's loss masking is chosen on the mean over seeds (`seed_sweep.md`, about 17 minutes).
 """
 
 import argparse
 
 from trl_rpo.shapes.demo import DemoConfig
-from trl_rpo.shapes.sweep import DEFAULT_RECIPES, run_dev_sweep, run_pair_sweep
+from trl_rpo.shapes.sweep import DEFAULT_RECIPES, run_dev_sweep, run_pair_sweep, run_seed_sweep
 
 
 def main() -> None:
@@ -25,9 +30,15 @@ def main() -> None:
     parser.add_argument("--output-dir", required=True, help="new folder for sweep.json, sweep.md and the runs")
     parser.add_argument("--model", default=None, help="pipeline folder (default: the shipped shapes base model)")
     parser.add_argument("--quick", action="store_true", help="small budgets and two recipes: a smoke test")
-    parser.add_argument("--stage", choices=["recipes", "pairs"], default="recipes",
-                        help="recipes: guidance and DPO recipe; pairs: the RPO refinement strength")  # fmt: skip
+    parser.add_argument("--stage", choices=["recipes", "pairs", "seeds"], default="recipes",
+                        help="recipes: guidance and DPO recipe; pairs: the RPO refinement strength; seeds: masked "
+                             "or plain DPO over training seeds")  # fmt: skip
     args = parser.parse_args()
+    if args.stage == "seeds":
+        config = DemoConfig.quick(model=args.model) if args.quick else DemoConfig(model=args.model)
+        run_seed_sweep(config, args.output_dir, seeds=(0, 1) if args.quick else (0, 1, 2),
+                       dev_prompts=8 if args.quick else 60)  # fmt: skip
+        return
     if args.stage == "pairs":
         config = DemoConfig.quick(model=args.model) if args.quick else DemoConfig(model=args.model, eval_seeds=(0, 1))
         run_pair_sweep(config, args.output_dir, dev_prompts=8 if args.quick else 60)

@@ -20,7 +20,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .demo import DemoConfig, _quiet_libraries, _sampling, _Scorer, build_rpo_pairs, train_dpo
+from .demo import (
+    DemoConfig,
+    _quiet_libraries,
+    _sampling,
+    _Scorer,
+    build_pair_sets,
+    build_rpo_pairs,
+    pair_prompts,
+    train_dpo,
+)
 
 __all__ = ["DEFAULT_RECIPES", "edit_survival", "format_pair_sweep", "format_sweep", "run_dev_sweep", "run_pair_sweep"]
 
@@ -51,8 +60,6 @@ def run_dev_sweep(
     scale and the best one is used for everything after (pairs, training, evaluation): guidance is a sampling
     hyper-parameter, so it is chosen on dev like the others.
     """
-    from ..data import build_reward_pairs
-    from .evaluate import alignment_score
     from .model import load_pipeline
     from .world import prompts as shape_prompts
 
@@ -77,12 +84,8 @@ def run_dev_sweep(
     else:
         scorer = _Scorer(config, {"dev": (dev, config.eval_seeds)})
         scorer("base", base)
-    train_prompts = shape_prompts(config.image_budget, seed=config.seed, split="train")
-    rpo_pairs, _ = build_rpo_pairs(config, base, train_prompts, output_dir / "rpo_pairs")
-    reward_pairs, _ = build_reward_pairs(base, train_prompts[: config.image_budget // 2], alignment_score,
-                                         images_per_prompt=2, seed=config.seed, batch_size=16,
-                                         num_inference_steps=config.num_inference_steps,
-                                         guidance_scale=config.guidance_scale)  # fmt: skip
+    built = build_pair_sets(config, base, output_dir)
+    rpo_pairs, reward_pairs = built["rpo_pairs"], built["reward_pairs"]
     dev_pairs, _ = build_rpo_pairs(config, base, shape_prompts(max(8, dev_prompts), seed=config.seed + 1, split="dev"),
                                    output_dir / "dev_pairs")  # fmt: skip
     dev_pairs = dev_pairs.select_columns(["prompt", "chosen", "rejected"])
@@ -180,7 +183,7 @@ def run_pair_sweep(
     base = load_pipeline(config.model)
     scorer = _Scorer(config, {"dev": (dev, config.eval_seeds)})
     scorer("base", base)
-    train_prompts = shape_prompts(config.image_budget, seed=config.seed, split="train")
+    train_prompts = pair_prompts(config)
     rows = []
     for strength in refine_strengths:
         start = time.perf_counter()
@@ -235,6 +238,82 @@ def format_pair_sweep(results: dict[str, Any]) -> str:
         best = " **(chosen)**" if results.get("best") == k else ""
         lines.append(f"| {row['refine_strength']:g} | {row['pairs']} | {row['builder'].get('rejected', 0)} | "
                      + " | ".join(cells) + f" | {mean}{best} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+DEFAULT_SEED_VARIANTS: dict[str, dict[str, Any]] = {
+    "masked": {"mask_weight_outside": 0.0},
+    "plain": {"mask_weight_outside": 1.0},
+}
+
+
+def run_seed_sweep(
+    config: DemoConfig,
+    output_dir: str | Path,
+    variants: dict[str, dict[str, Any]] = DEFAULT_SEED_VARIANTS,
+    seeds: Sequence[int] = (0, 1, 2),
+    dev_prompts: int = 60,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run-to-run spread of Diffusion-DPO on the demo's RPO pairs: each variant trained with each seed; on dev.
+
+    One trained model's interval is over prompts and hides the spread between trainings (LoRA initialization,
+    batch order, noise and timesteps all follow the seed). Each `variants` entry overrides `DemoConfig` fields
+    (e.g. `mask_weight_outside`, `dpo_steps`); the pairs are built once (`build_pair_sets`), and the variant with
+    the best gain averaged over seeds is chosen. Writes seed_sweep.json/.md.
+    """
+    from .model import load_pipeline
+    from .world import prompts as shape_prompts
+
+    output_dir = Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise FileExistsError(f"{output_dir} exists and is not empty; the sweep writes only into a new folder")
+    if not variants or not seeds:
+        raise ValueError("run_seed_sweep needs at least one variant and one seed")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _quiet_libraries()
+    base = load_pipeline(config.model)
+    scorer = _Scorer(config, {"dev": (shape_prompts(dev_prompts, seed=config.seed, split="dev"), config.eval_seeds)})
+    scorer("base", base)
+    pairs = build_pair_sets(config, base, output_dir)["rpo_pairs"]
+    if len(pairs) == 0:
+        raise RuntimeError("the seed sweep built no RPO pairs; raise the image budget")
+    rows = []
+    for name, overrides in variants.items():
+        variant = dataclasses.replace(config, **overrides)
+        row: dict[str, Any] = {"variant": name, "overrides": dict(overrides), "by_seed": {}}
+        for seed in seeds:
+            method = f"{name}-seed{seed}"
+            trainer = train_dpo(dataclasses.replace(variant, seed=int(seed)), pairs, output_dir, method,
+                                masked=variant.mask_weight_outside != 1.0)  # fmt: skip
+            scorer(method, trainer.pipeline)
+            del trainer
+            result = scorer.compare(method, "base", "dev").to_dict()
+            row["by_seed"][str(seed)] = {key: result[key] for key in ("gain", "gain_ci", "p_value")}
+        gains = [entry["gain"] for entry in row["by_seed"].values()]
+        row["mean_gain"] = round(sum(gains) / len(gains), 4)
+        row["min_gain"], row["max_gain"] = min(gains), max(gains)
+        rows.append(row)
+        log(format_seed_sweep({"rows": [row]}).splitlines()[-1])
+    best = max(range(len(rows)), key=lambda i: rows[i]["mean_gain"])
+    results = {"rows": rows, "best": best, "seeds": [int(s) for s in seeds], "pairs": len(pairs),
+               "base_dev_alignment": scorer.mean("base", "dev"), "config": dataclasses.asdict(config)}  # fmt: skip
+    (output_dir / "seed_sweep.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    table = format_seed_sweep(results)
+    (output_dir / "seed_sweep.md").write_text(table + "\n", encoding="utf-8")
+    log(table)
+    return results
+
+
+def format_seed_sweep(results: dict[str, Any]) -> str:
+    """The training-seed sweep as a Markdown table: dev gain [95% CI] per seed, and the mean over seeds."""
+    seeds = list(results["rows"][0]["by_seed"]) if results["rows"] else []
+    lines = ["| variant | " + " | ".join(f"seed {s}: dev gain [95% CI]" for s in seeds) + " | mean over seeds |",
+             "|---|" + "---|" * len(seeds) + "---|"]  # fmt: skip
+    for k, row in enumerate(results["rows"]):
+        cells = [f"{e['gain']:+.3f} [{e['gain_ci'][0]:+.3f}, {e['gain_ci'][1]:+.3f}]" for e in row["by_seed"].values()]
+        best = " **(chosen)**" if results.get("best") == k else ""
+        lines.append(f"| {row['variant']} | " + " | ".join(cells) + f" | {row['mean_gain']:+.3f}{best} |")
     return "\n".join(lines)
 
 
