@@ -1,3 +1,4 @@
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -102,6 +103,14 @@ def test_identical_methods_compare_as_zero_gain_with_a_point_interval():
     result = paired_comparison(SCORES_B, SCORES_B)
     assert result.gain == 0 and result.gain_ci == [0.0, 0.0] and result.win_rate == 0.5
     assert result.p_value == 1.0 and not result.significant
+
+
+def test_an_interval_end_at_zero_up_to_float_noise_is_not_significant():
+    # A BCa quantile interpolated between a resample mean of 0 and its neighbour: zero, not evidence.
+    result = dataclasses.replace(paired_comparison(SCORES_A, SCORES_B), gain_ci=[7.6e-12, 0.05])
+    assert not result.significant
+    assert dataclasses.replace(result, gain_ci=[1e-6, 0.05]).significant
+    assert not dataclasses.replace(result, gain_ci=[-0.05, -7.6e-12]).significant
 
 
 def test_one_prompt_has_no_interval_and_is_never_significant():

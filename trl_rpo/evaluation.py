@@ -55,6 +55,9 @@ def confidence_interval(values: Sequence[float], confidence_level: float = 0.95)
     return float(stats.t.ppf(0.5 + confidence_level / 2, n - 1) * statistics.stdev(values) / math.sqrt(n))
 
 
+SIGNIFICANCE_TOLERANCE = 1e-9
+
+
 @dataclass
 class PairedComparison:
     """A paired comparison of two methods scored on the same prompts x seeds (a minus b).
@@ -91,8 +94,13 @@ class PairedComparison:
 
     @property
     def significant(self) -> bool:
-        """Whether the gain's interval excludes zero (False when it is undefined: fewer than two prompts)."""
-        return bool(self.gain_ci[0] > 0 or self.gain_ci[1] < 0)
+        """Whether the gain's interval excludes zero (False when it is undefined: fewer than two prompts).
+
+        An end within `SIGNIFICANCE_TOLERANCE` of zero counts as zero: on discrete scores a bootstrap quantile
+        can fall on a resample mean of exactly 0, and interpolating towards its neighbour leaves a 1e-12-sized
+        value whose sign is float noise, not evidence.
+        """
+        return bool(self.gain_ci[0] > SIGNIFICANCE_TOLERANCE or self.gain_ci[1] < -SIGNIFICANCE_TOLERANCE)
 
     def to_dict(self, digits: int | None = 4) -> dict[str, Any]:
         """The fields as JSON-ready values, rounded to `digits` (None: unrounded)."""
@@ -386,7 +394,7 @@ class BaseComparison:
         """One line per reward: gain [CI], win rate and p-value; the answer to "did training help?"."""
         lines = []
         for name, c in self.comparisons.items():
-            verdict = "better" if c.gain_ci[0] > 0 else "worse" if c.gain_ci[1] < 0 else "no significant change"
+            verdict = "no significant change" if not c.significant else "better" if c.gain > 0 else "worse"
             lines.append(
                 f"{name}: {c.mean_b:.4g} -> {c.mean_a:.4g}, gain {c.gain:+.4g} "
                 f"[{c.gain_ci[0]:+.4g}, {c.gain_ci[1]:+.4g}] ({c.confidence_level:.0%} CI), win rate "
