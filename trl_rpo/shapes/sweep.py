@@ -166,8 +166,8 @@ def run_pair_sweep(
     the more it undoes the edit and the more pairs the verifier rejects. For each strength the RPO pairs are built
     from the same train prompts and image budget, `config`'s DPO recipe trains on them with each
     `mask_weights` entry as the weight of the denoising error outside the edit masks (1.0: plain Diffusion-DPO,
-    0.0: the masked row), and each model's paired gain over the base is measured on dev prompts. The strength with
-    the best mean dev gain over the mask weights (both demo rows train on the same pairs) is chosen.
+    0.0: masked), and each model's paired gain over the base is measured on dev prompts. The strength with
+    the best mean dev gain over the mask weights (both variants train on the same pairs) is chosen.
     """
     from .model import load_pipeline
     from .world import prompts as shape_prompts
