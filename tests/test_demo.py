@@ -265,3 +265,17 @@ def test_both_pair_sets_spend_the_same_image_budget_on_train_prompts(tmp_path):
     assert set(built["rpo_pairs"]["prompt"]) <= set(train) and set(train) <= set(prompts(900, 0, "train"))
     assert set(built["reward_pairs"]["prompt"]) <= set(train[:6])
     assert (tmp_path / "rpo_pairs" / "manifest.json").is_file() and (tmp_path / "reward_pairs").is_dir()
+
+
+def test_sweeps_refuse_a_folder_that_holds_files_and_bad_arguments_create_nothing(tmp_path):
+    from trl_rpo.shapes.sweep import run_dev_sweep, run_pair_sweep, run_seed_sweep
+
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "sweep.json").write_text("{}")
+    for sweep in (run_dev_sweep, run_pair_sweep, run_seed_sweep):
+        with pytest.raises(FileExistsError, match="not empty"):
+            sweep(DemoConfig.quick(), tmp_path / "old", log=lambda _: None)
+    assert (tmp_path / "old" / "sweep.json").read_text() == "{}"
+    with pytest.raises(ValueError, match="at least one variant"):
+        run_seed_sweep(DemoConfig.quick(), tmp_path / "new", variants={})
+    assert not (tmp_path / "new").exists()

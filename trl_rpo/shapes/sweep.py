@@ -46,6 +46,23 @@ DEFAULT_RECIPES: tuple[dict[str, Any], ...] = (
 )
 
 
+def _new_folder(output_dir: str | Path) -> Path:
+    """`output_dir`, created; refused when it holds files, so no earlier sweep is overwritten."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise FileExistsError(f"{output_dir} exists and is not empty; the sweep writes only into a new folder")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return output_dir
+
+
+def _write_sweep(output_dir: Path, name: str, results: dict[str, Any], table: str, log: Callable[[str], None]):
+    """Writes NAME.json (everything) and NAME.md (the table), logs the table and returns `results`."""
+    (output_dir / f"{name}.json").write_text(json.dumps(results, indent=2, default=list) + "\n", encoding="utf-8")
+    (output_dir / f"{name}.md").write_text(table + "\n", encoding="utf-8")
+    log(table)
+    return results
+
+
 def run_dev_sweep(
     config: DemoConfig,
     output_dir: str | Path,
@@ -63,10 +80,7 @@ def run_dev_sweep(
     from .model import load_pipeline
     from .world import prompts as shape_prompts
 
-    output_dir = Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise FileExistsError(f"{output_dir} exists and is not empty; the sweep writes only into a new folder")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = _new_folder(output_dir)
     _quiet_libraries()
     dev = shape_prompts(dev_prompts, seed=config.seed, split="dev")
     base = load_pipeline(config.model)
@@ -120,11 +134,7 @@ def run_dev_sweep(
                "guidance_scale": config.guidance_scale, "base_dev_alignment_by_guidance": guidance,
                "pairs": {"rpo_pairs": len(rpo_pairs), "reward_pairs": len(reward_pairs), "dev_pairs": len(dev_pairs)},
                "config": {k: v for k, v in vars(config).items()}}  # fmt: skip
-    (output_dir / "sweep.json").write_text(json.dumps(results, indent=2, default=list) + "\n", encoding="utf-8")
-    table = format_sweep(results)
-    (output_dir / "sweep.md").write_text(table + "\n", encoding="utf-8")
-    log(table)
-    return results
+    return _write_sweep(output_dir, "sweep", results, format_sweep(results), log)
 
 
 def format_sweep(results: dict[str, Any]) -> str:
@@ -172,12 +182,9 @@ def run_pair_sweep(
     from .model import load_pipeline
     from .world import prompts as shape_prompts
 
-    output_dir = Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise FileExistsError(f"{output_dir} exists and is not empty; the sweep writes only into a new folder")
     if not refine_strengths or not mask_weights:
         raise ValueError("run_pair_sweep needs at least one refine strength and one mask weight")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = _new_folder(output_dir)
     _quiet_libraries()
     dev = shape_prompts(dev_prompts, seed=config.seed, split="dev")
     base = load_pipeline(config.model)
@@ -215,11 +222,7 @@ def run_pair_sweep(
     results = {"rows": rows, "best": best, "refine_strength": rows[best]["refine_strength"], "dev_prompts": dev,
                "base_dev_alignment": scorer.mean("base", "dev"), "mask_weights": [float(w) for w in mask_weights],
                "config": dataclasses.asdict(config)}  # fmt: skip
-    (output_dir / "pair_sweep.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    table = format_pair_sweep(results)
-    (output_dir / "pair_sweep.md").write_text(table + "\n", encoding="utf-8")
-    log(table)
-    return results
+    return _write_sweep(output_dir, "pair_sweep", results, format_pair_sweep(results), log)
 
 
 def format_pair_sweep(results: dict[str, Any]) -> str:
@@ -265,12 +268,9 @@ def run_seed_sweep(
     from .model import load_pipeline
     from .world import prompts as shape_prompts
 
-    output_dir = Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise FileExistsError(f"{output_dir} exists and is not empty; the sweep writes only into a new folder")
     if not variants or not seeds:
         raise ValueError("run_seed_sweep needs at least one variant and one seed")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = _new_folder(output_dir)
     _quiet_libraries()
     base = load_pipeline(config.model)
     scorer = _Scorer(config, {"dev": (shape_prompts(dev_prompts, seed=config.seed, split="dev"), config.eval_seeds)})
@@ -298,11 +298,7 @@ def run_seed_sweep(
     best = max(range(len(rows)), key=lambda i: rows[i]["mean_gain"])
     results = {"rows": rows, "best": best, "seeds": [int(s) for s in seeds], "pairs": len(pairs),
                "base_dev_alignment": scorer.mean("base", "dev"), "config": dataclasses.asdict(config)}  # fmt: skip
-    (output_dir / "seed_sweep.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    table = format_seed_sweep(results)
-    (output_dir / "seed_sweep.md").write_text(table + "\n", encoding="utf-8")
-    log(table)
-    return results
+    return _write_sweep(output_dir, "seed_sweep", results, format_seed_sweep(results), log)
 
 
 def format_seed_sweep(results: dict[str, Any]) -> str:
