@@ -231,9 +231,7 @@ def pair_prompts(config: DemoConfig) -> list[str]:
 
 
 def build_rpo_pairs(config: DemoConfig, base, prompts: list[str], output_dir: Path):
-    """RPO pairs from `prompts` (one image each): critic, editor, base-model refinement, reward-margin verifier.
-
-    """
+    """RPO pairs from `prompts` (one image each): critic, editor, base-model refinement, reward-margin verifier."""
     from ..data import Img2ImgRefiner, RewardMarginVerifier, RichPreferenceConfig, RichPreferenceDataBuilder
     from .critic import Critic
     from .editor import Editor
@@ -416,7 +414,7 @@ def run_demo(
     evaluate("base", base, pairs=0, seconds=0.0)
 
     # 2-3. RPO pairs (critic + editor + the base model's refinement, verified) and reward-labelled pairs (the
-    # evaluator picks the better of each prompt's two samples), both from the same generated images.
+    # evaluator picks the better of each prompt's two samples), each from `image_budget` generated images.
     bar.set_description("pairs")
     built = build_pair_sets(config, base, output_dir)
     rpo_pairs, reward_pairs, reward_counts = built["rpo_pairs"], built["reward_pairs"], built["reward_counts"]
@@ -543,8 +541,7 @@ def _report(config: DemoConfig, scorer: _Scorer, rows: list[dict[str, Any]]) -> 
             "rpo_vs_reward_percent_ci": efficacy["relative_percent_ci"],
             "note": "alignment gain over base per training pair on the test prompts; the RPO paper reports +42% "
             "for RPO pairs on SDXL. rpo_minus_reward: the difference of the two efficacies. The relative figure "
-            "is null unless reward pairs' own gain is distinguishable "
-            "from zero (a ratio to noise would mislead).",
+            "is null unless reward pairs' own gain is distinguishable from zero (a ratio to noise would mislead).",
         },
         "statistics": "gain = mean over images of (method - base) on the same prompts and seeds; gain_ci: 95% BCa "
         "bootstrap over prompts; p_value: paired t-test over per-prompt differences; win_rate: ties count half.",

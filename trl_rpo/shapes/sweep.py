@@ -9,6 +9,9 @@ over the base model, and by its implicit-reward accuracy on RPO pairs built from
 unseen pairs correctly, even where sampling does not change?). The Diffusion-DPO recipe with the best mean dev gain
 over the two pair sets is the one to put in `DemoConfig`; `sweep.md` is the table docs/shapes.md quotes. Test
 prompts are never evaluated here.
+
+`run_pair_sweep` then chooses the RPO refinement strength, and `run_seed_sweep` chooses between masked and plain
+Diffusion-DPO on the mean over training seeds (one model's interval hides the spread between trainings).
 """
 
 from __future__ import annotations
@@ -31,7 +34,17 @@ from .demo import (
     train_dpo,
 )
 
-__all__ = ["DEFAULT_RECIPES", "edit_survival", "format_pair_sweep", "format_sweep", "run_dev_sweep", "run_pair_sweep"]
+__all__ = [
+    "DEFAULT_RECIPES",
+    "DEFAULT_SEED_VARIANTS",
+    "edit_survival",
+    "format_pair_sweep",
+    "format_seed_sweep",
+    "format_sweep",
+    "run_dev_sweep",
+    "run_pair_sweep",
+    "run_seed_sweep",
+]
 
 # The diffusers DPO LoRA script's defaults (lr 5e-4 for LoRA, beta 5000 in our convention), a higher learning
 # rate and, from it, one change at a time (lower beta lets the model move further before the sigmoid saturates;
