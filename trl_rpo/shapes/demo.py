@@ -49,11 +49,7 @@ __all__ = [
 
 METHODS = ("base", "dpo_reward_pairs", "dpo_rpo_pairs", "tailorpo", "tailorpo_final", "grpo")
 # Paired comparisons reported besides "each method vs base": (a, b) means a - b.
-COMPARISONS = (
-    ("dpo_rpo_pairs", "dpo_reward_pairs"),
-    ("tailorpo", "tailorpo_final"),
-    ("tailorpo", "grpo"),
-)
+COMPARISONS = (("dpo_rpo_pairs", "dpo_reward_pairs"), ("tailorpo", "tailorpo_final"), ("tailorpo", "grpo"))
 # Seeds of the in-distribution evaluation start this far past every seed the pair builders use
 # (`seed + i` for i < image_budget), so no training image is evaluated again.
 IN_DISTRIBUTION_SEED_OFFSET = 10_000
@@ -92,10 +88,8 @@ class DemoConfig:
     tailorpo_learning_rate: float = field(default=5e-4, metadata={"help": "TailorPO LoRA learning rate."})
     num_candidates: int = field(default=2, metadata={"help": "TailorPO candidates per noisy parent."})
     mask_weight_outside: float = field(
-        default=0.0,
-        metadata={"help": "DPO on RPO pairs: weight of the denoising error outside each pair's edit mask (0: only the "
-                  "edited region is compared, the dev seeds' choice; 1: plain Diffusion-DPO)."},
-    )  # fmt: skip
+        default=0.0, metadata={"help": "RPO-pair DPO: error weight outside edit masks (0: seed sweep; 1: plain)."}
+    )
     grpo_num_generations: int = field(
         default=4, metadata={"help": "GRPO group size; its batch is 2x TailorPO's prompts in images, the same steps."}
     )
