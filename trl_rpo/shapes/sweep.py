@@ -275,8 +275,8 @@ def run_seed_sweep(
 
     One trained model's interval is over prompts and hides the spread between trainings (LoRA initialization,
     batch order, noise and timesteps all follow the seed). Each `variants` entry overrides `DemoConfig` fields
-    (e.g. `mask_weight_outside`, `dpo_steps`); the pairs are built once (`build_pair_sets`), and the variant with
-    the best gain averaged over seeds is chosen. Writes seed_sweep.json/.md.
+    (e.g. `mask_weight_outside`, `dpo_steps`); the RPO pairs are built once, as the demo builds them, and the
+    variant with the best gain averaged over seeds is chosen. Writes seed_sweep.json/.md.
     """
     from .model import load_pipeline
     from .world import prompts as shape_prompts
@@ -288,7 +288,7 @@ def run_seed_sweep(
     base = load_pipeline(config.model)
     scorer = _Scorer(config, {"dev": (shape_prompts(dev_prompts, seed=config.seed, split="dev"), config.eval_seeds)})
     scorer("base", base)
-    pairs = build_pair_sets(config, base, output_dir)["rpo_pairs"]
+    pairs, _ = build_rpo_pairs(config, base, pair_prompts(config), output_dir / "rpo_pairs")  # the demo's RPO pairs
     if len(pairs) == 0:
         raise RuntimeError("the seed sweep built no RPO pairs; raise the image budget")
     rows = []
