@@ -81,7 +81,7 @@ def test_efficacy_is_gain_per_pair_with_the_gains_interval_scaled_by_the_pairs()
 
 
 def test_efficacy_difference_is_the_paired_mean_of_per_pair_gains_and_defined_when_the_ratio_is_not():
-    gains_a, gains_b = [0.1, 0.2, 0.1, 0.2], [0.05, -0.05, 0.04, -0.04]
+    gains_a, gains_b = [0.1, 0.2, 0.1, 0.2], [0.05, -0.03, 0.04, -0.02]  # b's mean is nonzero, its gain noise
     result = efficacy_comparison(gains_a, gains_b, pairs_a=10, pairs_b=20)
     expected = sum(gains_a) / 4 / 10 - sum(gains_b) / 4 / 20
     assert result["relative_percent"] is None
@@ -131,7 +131,7 @@ def test_trl_rpo_demo_quick_runs_end_to_end_and_writes_results_grid_and_curves(t
         assert 0.0 <= row["alignment"] <= 1.0
         assert isinstance(row["pairs"], int) and row["seconds"] >= 0
     assert results["rows"][0]["pairs"] == 0
-    by_method = {row["method"]: row for row in results["rows"]}  # both pair sets label the same images
+    by_method = {row["method"]: row for row in results["rows"]}  # both pair sets spend the same image budget
     assert by_method["dpo_rpo_pairs"]["images"] == by_method["dpo_reward_pairs"]["images"] == 64
     for row in results["rows"][1:]:
         # GRPO learns from groups of rollouts, not pairs: its budget is counted in images.
