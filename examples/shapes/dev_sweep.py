@@ -3,6 +3,7 @@
     python examples/shapes/dev_sweep.py --output-dir outputs/dev-sweep [--quick]
     python examples/shapes/dev_sweep.py --stage pairs --output-dir outputs/pair-sweep [--quick]
     python examples/shapes/dev_sweep.py --stage seeds --output-dir outputs/seed-sweep [--quick]
+    python examples/shapes/dev_sweep.py --stage masked --output-dir outputs/masked-sweep [--quick]
 
 First chooses the guidance scale (5, 7.5 or 10) by the base model's dev alignment. Then builds the demo's two pair
 sets once (RPO pairs refined by the base model, reward-labelled pairs; the same image budget), trains each recipe
@@ -17,12 +18,22 @@ pairs built at each strength, plain and masked Diffusion-DPO trained on them, pa
 `--stage seeds` trains masked and plain Diffusion-DPO on the demo's RPO pairs with training seeds 0, 1 and 2 and
 scores each on the dev prompts (60 x 3 seeds): one model's interval hides the spread between trainings, so the
 demo's loss masking is chosen on the mean over seeds (`seed_sweep.md`, about 17 minutes).
+
+`--stage masked` then varies the masked recipe one change at a time (beta 2500 or 10000, learning rate 1e-3, weight
+0.2 outside the masks), each with the same three training seeds (`seed_sweep.md`, about an hour).
 """
 
 import argparse
 
 from trl_rpo.shapes.demo import DemoConfig
-from trl_rpo.shapes.sweep import DEFAULT_RECIPES, run_dev_sweep, run_pair_sweep, run_seed_sweep
+from trl_rpo.shapes.sweep import (
+    DEFAULT_RECIPES,
+    DEFAULT_SEED_VARIANTS,
+    MASKED_RECIPE_VARIANTS,
+    run_dev_sweep,
+    run_pair_sweep,
+    run_seed_sweep,
+)
 
 
 def main() -> None:
@@ -30,13 +41,14 @@ def main() -> None:
     parser.add_argument("--output-dir", required=True, help="new folder for sweep.json, sweep.md and the runs")
     parser.add_argument("--model", default=None, help="pipeline folder (default: the shipped shapes base model)")
     parser.add_argument("--quick", action="store_true", help="small budgets and two recipes: a smoke test")
-    parser.add_argument("--stage", choices=["recipes", "pairs", "seeds"], default="recipes",
+    parser.add_argument("--stage", choices=["recipes", "pairs", "seeds", "masked"], default="recipes",
                         help="recipes: guidance and DPO recipe; pairs: the RPO refinement strength; seeds: masked "
-                             "or plain DPO over training seeds")  # fmt: skip
+                             "or plain DPO over training seeds; masked: the masked recipe over seeds")  # fmt: skip
     args = parser.parse_args()
-    if args.stage == "seeds":
+    if args.stage in ("seeds", "masked"):
         config = DemoConfig.quick(model=args.model) if args.quick else DemoConfig(model=args.model)
-        run_seed_sweep(config, args.output_dir, seeds=(0, 1) if args.quick else (0, 1, 2),
+        variants = DEFAULT_SEED_VARIANTS if args.stage == "seeds" else MASKED_RECIPE_VARIANTS
+        run_seed_sweep(config, args.output_dir, variants=variants, seeds=(0, 1) if args.quick else (0, 1, 2),
                        dev_prompts=8 if args.quick else 60)  # fmt: skip
         return
     if args.stage == "pairs":

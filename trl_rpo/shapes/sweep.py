@@ -37,6 +37,7 @@ from .demo import (
 __all__ = [
     "DEFAULT_RECIPES",
     "DEFAULT_SEED_VARIANTS",
+    "MASKED_RECIPE_VARIANTS",
     "edit_survival",
     "format_pair_sweep",
     "format_seed_sweep",
@@ -260,6 +261,17 @@ def format_pair_sweep(results: dict[str, Any]) -> str:
 DEFAULT_SEED_VARIANTS: dict[str, dict[str, Any]] = {
     "masked": {"mask_weight_outside": 0.0},
     "plain": {"mask_weight_outside": 1.0},
+}
+
+# After the seed sweep chose masked DPO (whose recipe the plain-DPO recipe sweep had chosen), one change at a time
+# to that recipe, each over the same training seeds: a softer and a sharper beta, half the learning rate, and some
+# weight outside the edit masks (the unedited context still anchors the pair).
+MASKED_RECIPE_VARIANTS: dict[str, dict[str, Any]] = {
+    "masked": {"mask_weight_outside": 0.0},
+    "masked, beta 2500": {"mask_weight_outside": 0.0, "dpo_beta": 2500.0},
+    "masked, beta 10000": {"mask_weight_outside": 0.0, "dpo_beta": 10000.0},
+    "masked, lr 1e-3": {"mask_weight_outside": 0.0, "dpo_learning_rate": 1e-3},
+    "outside-mask weight 0.2": {"mask_weight_outside": 0.2},
 }
 
 
