@@ -241,6 +241,22 @@ def test_seed_sweep_trains_each_variant_with_each_seed_and_chooses_the_best_mean
     assert (tmp_path / "seeds" / "seed_sweep.md").read_text().count("\n") == 4
 
 
+@pytest.mark.parametrize("with_masks", [True, False])
+def test_train_dpo_weights_the_loss_by_edit_masks_only_when_the_pairs_carry_them(tmp_path, with_masks):
+    from datasets import Dataset
+
+    from trl_rpo.shapes.demo import train_dpo
+
+    colour = [Image.new("RGB", (32, 32), c) for c in ("red", "blue", "green", "white")]
+    rows = {"prompt": ["a red circle", "a blue square"], "chosen": colour[:2], "rejected": colour[2:]}
+    if with_masks:
+        rows["mask"] = [Image.new("L", (32, 32), 255)] * 2
+    config = DemoConfig.quick(dpo_steps=1, dpo_batch_size=2, mask_weight_outside=0.0)
+    trainer = train_dpo(config, Dataset.from_dict(rows), tmp_path, "run")
+    assert trainer.args.mask_weight_outside == (0.0 if with_masks else 1.0)
+    assert trainer.state.global_step == 1
+
+
 def test_edit_survival_scores_each_stage_of_the_same_edits():
     from trl_rpo.shapes.sweep import edit_survival
 

@@ -279,14 +279,15 @@ def train_dpo(config: DemoConfig, pairs, output_dir: Path, name: str, **override
     from .model import load_pipeline
 
     recipe = {"learning_rate": config.dpo_learning_rate, "beta": config.dpo_beta, "max_steps": config.dpo_steps,
-              "use_lora": config.dpo_use_lora, "loss_type": "sigmoid", "masked": False, **overrides}  # fmt: skip
-    columns = ["prompt", "chosen", "rejected", *(["mask"] if recipe["masked"] else [])]
+              "use_lora": config.dpo_use_lora, "loss_type": "sigmoid", **overrides}  # fmt: skip
+    masked = "mask" in pairs.column_names and config.mask_weight_outside != 1.0  # edit masks weight the loss
+    columns = ["prompt", "chosen", "rejected", *(["mask"] if masked else [])]
     trainer = DiffusionDPOTrainer(
         model=load_pipeline(config.model),
         args=DiffusionDPOConfig(
             max_steps=recipe["max_steps"], per_device_train_batch_size=min(config.dpo_batch_size, len(pairs)),
             learning_rate=recipe["learning_rate"], beta=recipe["beta"], loss_type=recipe["loss_type"],
-            mask_weight_outside=config.mask_weight_outside if recipe["masked"] else 1.0, precompute_latents=True,
+            mask_weight_outside=config.mask_weight_outside if masked else 1.0, precompute_latents=True,
             **_common_args(config, output_dir, name),
         ),
         train_dataset=pairs.select_columns(columns),
@@ -429,8 +430,7 @@ def run_demo(
             evaluate(method, base, 0, build_seconds, note="no pairs were built: the base model is reported", **extra)
             continue
         start = time.perf_counter()
-        masked = method == "dpo_rpo_pairs" and config.mask_weight_outside != 1.0  # reward pairs have no masks
-        trainer = train_dpo(config, pairs, output_dir, method, masked=masked)
+        trainer = train_dpo(config, pairs, output_dir, method)
         seconds = build_seconds + time.perf_counter() - start
         curves["Diffusion-DPO loss"][method] = _curve(trainer.state.log_history, "loss")
         curves["DPO implicit accuracy"][method] = _curve(trainer.state.log_history, "rewards/accuracies")

@@ -119,6 +119,8 @@ def run_dev_sweep(
     dev_pairs = dev_pairs.select_columns(["prompt", "chosen", "rejected"])
     log(f"dev sweep: {len(rpo_pairs)} RPO pairs, {len(reward_pairs)} reward pairs, base dev alignment "
         f"{scorer.mean('base', 'dev'):.3f}")  # fmt: skip
+    # The recipe sweep came before loss masking (the seed sweep chose it later): both pair sets train plain here.
+    plain = dataclasses.replace(config, mask_weight_outside=1.0)
     rows = []
     for k, recipe in enumerate(recipes):
         row: dict[str, Any] = {"recipe": dict(recipe)}
@@ -126,7 +128,7 @@ def run_dev_sweep(
             if len(pairs) == 0:
                 raise RuntimeError(f"the dev sweep built no {label}; raise the image budget")
             start = time.perf_counter()
-            trainer = train_dpo(config, pairs, output_dir, f"recipe{k}-{label}", **recipe)
+            trainer = train_dpo(plain, pairs, output_dir, f"recipe{k}-{label}", **recipe)
             method = f"recipe{k}-{label}"
             scorer(method, trainer.pipeline)
             accuracy = None
@@ -220,7 +222,7 @@ def run_pair_sweep(
                 row["by_mask_weight"][f"{weight:g}"] = None
                 continue
             trainer = train_dpo(dataclasses.replace(pair_config, mask_weight_outside=float(weight)), pairs,
-                                output_dir, method, masked=weight != 1.0)  # fmt: skip
+                                output_dir, method)  # fmt: skip
             scorer(method, trainer.pipeline)
             del trainer
             result = scorer.compare(method, "base", "dev").to_dict()
@@ -309,8 +311,7 @@ def run_seed_sweep(
         row: dict[str, Any] = {"variant": name, "overrides": dict(overrides), "by_seed": {}}
         for seed in seeds:
             method = f"{name}-seed{seed}"
-            trainer = train_dpo(dataclasses.replace(variant, seed=int(seed)), pairs, output_dir, method,
-                                masked=variant.mask_weight_outside != 1.0)  # fmt: skip
+            trainer = train_dpo(dataclasses.replace(variant, seed=int(seed)), pairs, output_dir, method)
             scorer(method, trainer.pipeline)
             del trainer
             result = scorer.compare(method, "base", "dev").to_dict()
