@@ -32,7 +32,7 @@ demo: $(DEMO_STAMP)
 	$(VENV)/bin/trl-rpo demo $(DEMO_ARGS)
 
 test: $(DEV_STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=30
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check trl_rpo tests examples benchmarks
