@@ -20,7 +20,7 @@ scores each on the dev prompts (60 x 3 seeds): one model's interval hides the sp
 demo's loss masking is chosen on the mean over seeds (`seed_sweep.md`, about 17 minutes).
 
 `--stage masked` then varies the masked recipe one change at a time (beta 2500 or 10000, learning rate 1e-3, weight
-0.2 outside the masks), each with the same three training seeds (`seed_sweep.md`, about an hour).
+0.2 outside the masks), each with the same three training seeds (`seed_sweep.md`, about 40 minutes).
 """
 
 import argparse
