@@ -190,8 +190,9 @@ def test_flow_models_sample_with_the_sde_and_start_on_policy(tmp_path, family):
     from trl_rpo.testing import tiny_flux_pipeline, tiny_sd3_pipeline
 
     pipe = tiny_sd3_pipeline() if family == "sd3" else tiny_flux_pipeline()
-    trainer = DiffusionGRPOTrainer(model=pipe, reward_funcs=brightness, args=grpo_config(tmp_path, beta=0.05),
-                                   train_dataset=PROMPTS, peft_config=tiny_lora_config())  # fmt: skip
+    args = grpo_config(tmp_path, beta=0.05, resolution=32, max_sequence_length=32)  # the tiny models' sizes
+    trainer = DiffusionGRPOTrainer(model=pipe, reward_funcs=brightness, args=args, train_dataset=PROMPTS,
+                                   peft_config=tiny_lora_config())  # fmt: skip
     prompts = ["a red square", "a blue circle"]
     rollout = trainer.rollout(prompts)
     assert rollout.train_steps == [0, 1, 2, 3]  # every flow SDE step is Gaussian, the last one included
