@@ -11,7 +11,8 @@ over the two pair sets is the one to put in `DemoConfig`; `sweep.md` is the tabl
 prompts are never evaluated here.
 
 `run_pair_sweep` then chooses the RPO refinement strength, and `run_seed_sweep` chooses between masked and plain
-Diffusion-DPO on the mean over training seeds (one model's interval hides the spread between trainings).
+Diffusion-DPO on the mean over training seeds (one model's interval hides the spread between trainings), and,
+with `MASKED_RECIPE_VARIANTS`, whether any one change to the masked recipe does better.
 """
 
 from __future__ import annotations
