@@ -245,7 +245,7 @@ def test_seed_sweep_trains_each_variant_with_each_seed_and_chooses_the_best_mean
 def test_train_dpo_weights_the_loss_by_edit_masks_only_when_the_pairs_carry_them(tmp_path, with_masks):
     from datasets import Dataset
 
-    from trl_rpo.shapes.demo import train_dpo
+    from trl_rpo.shapes.stages import train_dpo
 
     colour = [Image.new("RGB", (32, 32), c) for c in ("red", "blue", "green", "white")]
     rows = {"prompt": ["a red circle", "a blue square"], "chosen": colour[:2], "rejected": colour[2:]}
@@ -271,8 +271,8 @@ def test_edit_survival_scores_each_stage_of_the_same_edits():
 
 
 def test_both_pair_sets_spend_the_same_image_budget_on_train_prompts(tmp_path):
-    from trl_rpo.shapes.demo import build_pair_sets, pair_prompts
     from trl_rpo.shapes.model import load_pipeline
+    from trl_rpo.shapes.stages import build_pair_sets, pair_prompts
 
     config = DemoConfig.quick(image_budget=12, num_inference_steps=4, refine_strength=0.5)
     built = build_pair_sets(config, load_pipeline(), tmp_path)

@@ -30,12 +30,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .stages import (
+    _common_args,
+    _curve,
+    _lora_config,
+    _quiet_libraries,
+    _Scorer,
+    build_pair_sets,
+    train_dpo,
+)
 
 __all__ = [
     "COMPARISONS",
@@ -181,178 +190,6 @@ def efficacy_comparison(
         out["relative_percent"] = float(relative(a, b))
         out["relative_percent_ci"] = [float(ci.low), float(ci.high)]
     return out
-
-
-def _quiet_libraries() -> None:
-    import datasets
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.utils.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
-    logging.getLogger("accelerate").setLevel(logging.ERROR)
-
-
-def _lora_config(r: int):
-    from ..trainer import DiffusionModelConfig, get_peft_config
-
-    # The command line's LoRA defaults (attention projections, alpha = r), as `trl-rpo dpo --use_peft` builds them.
-    return get_peft_config(DiffusionModelConfig(use_peft=True, lora_r=r, lora_alpha=r))
-
-
-def _curve(log_history: list[dict[str, float]], key: str) -> list[tuple[float, float]]:
-    return [(entry["step"], entry[key]) for entry in log_history if key in entry and "step" in entry]
-
-
-def _sampling(config: DemoConfig) -> dict[str, Any]:
-    return {"num_inference_steps": config.num_inference_steps, "guidance_scale": config.guidance_scale}
-
-
-def _common_args(config: DemoConfig, output_dir: Path, name: str) -> dict[str, Any]:
-    return dict(output_dir=str(output_dir / "runs" / name), report_to=[], save_strategy="no", disable_tqdm=True,
-                seed=config.seed, lr_scheduler_type="constant", logging_steps=1)  # fmt: skip
-
-
-def pair_prompts(config: DemoConfig) -> list[str]:
-    """The train prompts of the pair sets: RPO edits one image of each, reward labelling uses the first half."""
-    from .world import prompts as shape_prompts
-
-    return shape_prompts(config.image_budget, seed=config.seed, split="train")
-
-
-def build_rpo_pairs(config: DemoConfig, base, prompts: list[str], output_dir: Path):
-    """RPO pairs from `prompts` (one image each): critic, editor, base-model refinement, reward-margin verifier."""
-    from ..data import Img2ImgRefiner, RewardMarginVerifier, RichPreferenceConfig, RichPreferenceDataBuilder
-    from .critic import Critic
-    from .editor import Editor
-    from .evaluate import alignment_score
-
-    refiner = None
-    if config.refine_strength > 0:
-        refiner = Img2ImgRefiner(base, strength=config.refine_strength, seed=config.seed, batch_size=64,
-                                 mask_dilation=2 / 32, **_sampling(config))  # fmt: skip
-    builder = RichPreferenceDataBuilder(
-        generator=base,
-        critic=Critic(),
-        editor=Editor(),
-        verifier=RewardMarginVerifier(alignment_score),
-        refiner=refiner,
-        args=RichPreferenceConfig(output_dir=str(output_dir), images_per_prompt=1, batch_size=64, seed=config.seed,
-                                  disable_tqdm=True, **_sampling(config)),  # fmt: skip
-    )
-    return builder.build(prompts), builder
-
-
-def build_pair_sets(config: DemoConfig, base, output_dir: Path) -> dict[str, Any]:
-    """The demo's two pair sets for the same image budget, with what each cost.
-
-    RPO pairs: one image for each of `pair_prompts(config)`, critiqued, edited, refined and verified. Reward-
-    labelled pairs: two images for each of the first half of those prompts, the better one chosen. Both render
-    `image_budget` images. (Labelling the very same images, 256 scenes x 2, was tried on dev and lost: RPO pairs
-    from half as many scenes, masked DPO over three training seeds -0.013 against +0.018; docs/shapes.md.)
-    """
-    from ..data import build_reward_pairs
-    from .evaluate import alignment_score
-
-    prompts = pair_prompts(config)
-    start = time.perf_counter()
-    rpo_pairs, builder = build_rpo_pairs(config, base, prompts, output_dir / "rpo_pairs")
-    middle = time.perf_counter()
-    reward_pairs, reward_counts = build_reward_pairs(base, prompts[: config.image_budget // 2], alignment_score,
-                                                     images_per_prompt=2, seed=config.seed, batch_size=64,
-                                                     **_sampling(config))  # fmt: skip
-    reward_pairs.save_to_disk(str(output_dir / "reward_pairs"))
-    return {"rpo_pairs": rpo_pairs, "builder": builder, "reward_pairs": reward_pairs, "reward_counts": reward_counts,
-            "images": len(prompts), "rpo_seconds": middle - start,
-            "reward_seconds": time.perf_counter() - middle}  # fmt: skip
-
-
-def train_dpo(config: DemoConfig, pairs, output_dir: Path, name: str, **overrides: Any):
-    """A `DiffusionDPOTrainer` run on `pairs` with the demo's recipe (fields overridable); returns the trainer."""
-    from transformers import PrinterCallback
-
-    from ..trainer import DiffusionDPOConfig, DiffusionDPOTrainer
-    from .model import load_pipeline
-
-    recipe = {"learning_rate": config.dpo_learning_rate, "beta": config.dpo_beta, "max_steps": config.dpo_steps,
-              "use_lora": config.dpo_use_lora, "loss_type": "sigmoid", **overrides}  # fmt: skip
-    masked = "mask" in pairs.column_names and config.mask_weight_outside != 1.0  # edit masks weight the loss
-    columns = ["prompt", "chosen", "rejected", *(["mask"] if masked else [])]
-    trainer = DiffusionDPOTrainer(
-        model=load_pipeline(config.model),
-        args=DiffusionDPOConfig(
-            max_steps=recipe["max_steps"], per_device_train_batch_size=min(config.dpo_batch_size, len(pairs)),
-            learning_rate=recipe["learning_rate"], beta=recipe["beta"], loss_type=recipe["loss_type"],
-            mask_weight_outside=config.mask_weight_outside if masked else 1.0, precompute_latents=True,
-            **_common_args(config, output_dir, name),
-        ),
-        train_dataset=pairs.select_columns(columns),
-        peft_config=_lora_config(config.lora_r) if recipe["use_lora"] else None,
-    )  # fmt: skip
-    trainer.remove_callback(PrinterCallback)  # the demo's own bar and table report progress
-    trainer.train()
-    trainer.save_model()  # runs/NAME: the LoRA (or UNet) that `trl-rpo eval --model runs/NAME --base shapes` loads
-    trainer.pipeline.unet.eval()
-    return trainer
-
-
-class _Scorer:
-    """Evaluates pipelines on fixed prompt sets and seeds, keeping every image's score for paired comparisons.
-
-    The base is rendered once per set (`evaluate_pipeline`); every other method goes through
-    `compare_with_base` against that result, the function behind `trl-rpo eval`, so the demo's gains are what
-    the command reports for the same model, prompts and seeds.
-    """
-
-    def __init__(self, config: DemoConfig, sets: dict[str, tuple[list[str], tuple[int, ...]]]):
-        self.config = config
-        self.sets = sets
-        self.scores: dict[str, dict[str, list[list[float]]]] = {}  # method -> set -> [seed][prompt]
-        self.images: dict[str, list] = {}
-        self._base: dict[str, Any] = {}  # set -> the base's EvaluationResult
-
-    def __call__(self, method: str, pipeline) -> float:
-        import torch
-
-        from ..evaluation import compare_with_base, evaluate_pipeline
-        from .evaluate import alignment_score
-
-        start = time.perf_counter()
-        pipeline.set_progress_bar_config(disable=True)
-        # Channels-last convolutions render about 12% faster on CPU, with the same images. Only scored models get
-        # it: each is saved before (safetensors refuses non-contiguous weights), the base is never saved.
-        pipeline.unet.to(memory_format=torch.channels_last)
-        for name, (prompts, seeds) in self.sets.items():
-            kwargs = dict(seeds=seeds, batch_size=64, **_sampling(self.config))
-            if method == "base":
-                result = self._base[name] = evaluate_pipeline(pipeline, prompts, alignment_score, return_images=True,
-                                                              **kwargs)  # fmt: skip
-            else:
-                comparison = compare_with_base(pipeline, self._base[name], prompts, alignment_score, grid_prompts=0,
-                                               bootstrap_seed=self.config.seed, **kwargs)  # fmt: skip
-                result = comparison.trained_result
-            self.scores.setdefault(method, {})[name] = result.scores["alignment_score"]
-            if name == "test":
-                self.images[method] = result.images[0][: self.config.grid_prompts]
-        return time.perf_counter() - start
-
-    def mean(self, method: str, name: str) -> float:
-        rows = self.scores[method][name]
-        return sum(map(sum, rows)) / sum(map(len, rows))
-
-    def compare(self, a: str, b: str, name: str = "test"):
-        from ..evaluation import paired_comparison
-
-        return paired_comparison(self.scores[a][name], self.scores[b][name], seed=self.config.seed)
-
-    def per_prompt_gain(self, a: str, b: str, name: str = "test") -> list[float]:
-        import numpy as np
-
-        return (np.asarray(self.scores[a][name]) - np.asarray(self.scores[b][name])).mean(axis=0).tolist()
 
 
 def run_demo(

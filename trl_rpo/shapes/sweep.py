@@ -24,16 +24,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .demo import (
-    DemoConfig,
-    _quiet_libraries,
-    _sampling,
-    _Scorer,
-    build_pair_sets,
-    build_rpo_pairs,
-    pair_prompts,
-    train_dpo,
-)
+from .demo import DemoConfig
+from .stages import _quiet_libraries, _sampling, _Scorer, build_pair_sets, build_rpo_pairs, pair_prompts, train_dpo
 
 __all__ = [
     "DEFAULT_RECIPES",
