@@ -271,6 +271,30 @@ def test_sft_loss_trains_without_a_reference(tmp_path):
     assert "rewards/chosen" not in first and first["loss"] == pytest.approx(first["mse/policy_chosen"], rel=1e-5)
 
 
+def test_loss_types_given_as_a_list_add_their_weighted_terms(tmp_path):
+    # TRL's multi-loss form: Diffusion-DPO plus 300 x the denoising loss on the chosen image.
+    trainer = make_trainer(tmp_path, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 300.0], max_steps=1)
+    assert trainer.needs_reference
+    trainer.train()
+    first = _first_log(trainer)
+    dpo = -math.log(1 / (1 + math.exp(-first["rewards/margins"])))  # policy == reference: ln 2 at the first step
+    assert first["loss"] == pytest.approx(dpo + 300.0 * first["mse/policy_chosen"], rel=1e-4)
+
+
+def test_a_single_loss_type_string_becomes_a_one_item_list_as_in_trl():
+    assert DiffusionDPOConfig(output_dir="x", loss_type="hinge").loss_type == ["hinge"]
+    assert DiffusionDPOConfig(output_dir="x").loss_type == ["sigmoid"]
+
+
+def test_loss_type_and_loss_weights_parse_from_the_command_line():
+    from trl import TrlParser
+
+    (args,) = TrlParser((DiffusionDPOConfig,)).parse_args_and_config(
+        args=["--output_dir", "x", "--loss_type", "sigmoid", "sft", "--loss_weights", "1", "250"]
+    )
+    assert args.loss_type == ["sigmoid", "sft"] and args.loss_weights == [1.0, 250.0]
+
+
 # -- saving, loading, resuming ----------------------------------------------------------------------------------------
 
 
@@ -517,6 +541,12 @@ def test_a_subclass_can_replace_the_loss_in_a_few_lines(tmp_path):
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="loss_type"):
         DiffusionDPOConfig(output_dir="x", loss_type="dpo")
+    with pytest.raises(ValueError, match="loss_type"):
+        DiffusionDPOConfig(output_dir="x", loss_type=["sigmoid", "sft", "sigmoid"])
+    with pytest.raises(ValueError, match="one weight per type"):
+        DiffusionDPOConfig(output_dir="x", loss_type=["sigmoid", "sft"], loss_weights=[1.0])
+    with pytest.raises(ValueError, match="loss_weights"):
+        DiffusionDPOConfig(output_dir="x", loss_type=["sigmoid", "sft"], loss_weights=[1.0, -2.0])
     with pytest.raises(ValueError, match="beta"):
         DiffusionDPOConfig(output_dir="x", beta=0)
     with pytest.raises(ValueError, match="caption_dropout"):
@@ -578,8 +608,16 @@ def test_model_card_lists_the_method_hyperparameters_as_plain_values(tmp_path):
     trainer.train()
     trainer.save_model()
     card = (tmp_path / "README.md").read_text()
-    assert "| beta | 2500 |" in card and "| loss_type | hinge |" in card
+    assert "| beta | 2500 |" in card and "| loss_type | hinge |" in card and "loss_weights" not in card
     assert "OptimizerNames" not in card and "SchedulerType" not in card and '"None"' not in card
+
+
+def test_model_card_writes_combined_loss_types_and_their_weights(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=1, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 250.0])
+    trainer.train()
+    trainer.save_model()
+    card = (tmp_path / "README.md").read_text()
+    assert "| loss_type | sigmoid + sft |" in card and "| loss_weights | [1.0, 250.0] |" in card
 
 
 # -- MaPO and masked Diffusion-DPO ------------------------------------------------------------------------------

@@ -256,7 +256,7 @@ def test_served_vlm_example_builds_pairs_with_instruct_pix2pix_and_pushes_them(t
 @pytest.mark.parametrize(
     ("config", "expected"),
     [
-        ("diffusion_dpo_sd15_mapo.yaml", {"loss_type": "mapo", "mapo_beta": 0.1, "mapo_snr_value": 0.5}),
+        ("diffusion_dpo_sd15_mapo.yaml", {"loss_type": ["mapo"], "mapo_beta": 0.1, "mapo_snr_value": 0.5}),
         ("diffusion_dpo_rpo_masked.yaml", {"mask_weight_outside": 0.0, "mask_dilation": 1}),
         # the memory guide's SD3.5 Large full fine-tuning setting (docs/memory.md)
         ("diffusion_dpo_sd35_large_full.yaml", {"activation_checkpointing": True, "precompute_latents": True}),

@@ -67,6 +67,44 @@ def test_sft_loss_is_the_chosen_denoising_error_and_needs_no_reference():
     assert chosen is None and rejected is None
 
 
+def test_combined_loss_is_the_weighted_sum_of_its_terms_with_the_first_terms_rewards():
+    from trl_rpo import combined_diffusion_dpo_loss
+
+    losses, chosen, rejected = combined_diffusion_dpo_loss(**ERRS, loss_types=["sigmoid", "sft"],
+                                                           loss_weights=[1.0, 300.0], beta=50.0)  # fmt: skip
+    exp_chosen, exp_rejected, margin = _margin(50.0)
+    torch.testing.assert_close(losses, -F.logsigmoid(margin) + 300.0 * ERRS["policy_chosen_err"])
+    torch.testing.assert_close(chosen, exp_chosen)
+    torch.testing.assert_close(rejected, exp_rejected)
+
+
+def test_combined_loss_weights_default_to_one_and_mapo_terms_use_mapo_beta():
+    from trl_rpo import combined_diffusion_dpo_loss, mapo_loss
+
+    losses, chosen, _ = combined_diffusion_dpo_loss(**ERRS, loss_types=["hinge", "mapo"], beta=50.0, mapo_beta=0.3)
+    mapo, _, _ = mapo_loss(ERRS["policy_chosen_err"], ERRS["policy_rejected_err"], beta=0.3)
+    torch.testing.assert_close(losses, torch.relu(1 - _margin(50.0)[2]) + mapo)
+    torch.testing.assert_close(chosen, _margin(50.0)[0])  # the hinge term's rewards: it comes first
+
+
+def test_combined_loss_of_one_type_is_that_loss():
+    from trl_rpo import combined_diffusion_dpo_loss
+
+    for loss_type in ("sigmoid", "ipo"):
+        for a, b in zip(combined_diffusion_dpo_loss(**ERRS, loss_types=loss_type, beta=50.0),
+                        diffusion_dpo_loss(**ERRS, beta=50.0, loss_type=loss_type)):  # fmt: skip
+            torch.testing.assert_close(a, b)
+
+
+def test_combined_loss_refuses_weights_that_do_not_match_the_types():
+    from trl_rpo import combined_diffusion_dpo_loss
+
+    with pytest.raises(ValueError, match="2 loss types"):
+        combined_diffusion_dpo_loss(**ERRS, loss_types=["sigmoid", "sft"], loss_weights=[1.0])
+    with pytest.raises(ValueError, match="empty"):
+        combined_diffusion_dpo_loss(**ERRS, loss_types=[])
+
+
 def test_rewards_are_detached_and_loss_has_gradient():
     policy = ERRS["policy_chosen_err"].clone().requires_grad_(True)
     losses, chosen, _ = diffusion_dpo_loss(

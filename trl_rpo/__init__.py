@@ -24,7 +24,9 @@ _EXPORTS = {
     ),
     **dict.fromkeys(["Critique", "EditInstruction"], ".data.schema"),
     **dict.fromkeys(["ChangeGuard", "CriticRecheckVerifier", "RewardMarginVerifier"], ".data.verifiers"),
-    **dict.fromkeys(["diffusion_dpo_loss", "mapo_loss", "stepwise_dpo_loss"], ".losses"),
+    **dict.fromkeys(
+        ["combined_diffusion_dpo_loss", "diffusion_dpo_loss", "mapo_loss", "stepwise_dpo_loss"], ".losses"
+    ),
     "RemoteReward": ".rewards.remote",
     **dict.fromkeys(
         [
@@ -55,7 +57,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names reso
     )
     from .data.schema import Critique, EditInstruction
     from .data.verifiers import ChangeGuard, CriticRecheckVerifier, RewardMarginVerifier
-    from .losses import diffusion_dpo_loss, mapo_loss, stepwise_dpo_loss
+    from .losses import combined_diffusion_dpo_loss, diffusion_dpo_loss, mapo_loss, stepwise_dpo_loss
     from .rewards.remote import RemoteReward
     from .trainer import (
         BaseDiffusionConfig,
@@ -90,6 +92,7 @@ __all__ = [
     "TailorPOConfig",
     "TailorPOTrainer",
     "__version__",
+    "combined_diffusion_dpo_loss",
     "diffusion_dpo_loss",
     "get_peft_config",
     "mapo_loss",

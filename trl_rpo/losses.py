@@ -15,6 +15,7 @@ and every loss below is a function of the margin :math:`h = r_w - r_l`.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 __all__ = [
     "DIFFUSION_DPO_LOSS_TYPES",
     "REFERENCE_FREE_LOSS_TYPES",
+    "combined_diffusion_dpo_loss",
     "diffusion_dpo_loss",
     "grpo_clipped_loss",
     "group_advantages",
@@ -102,6 +104,45 @@ def diffusion_dpo_loss(
     if has_ref:
         chosen_rewards, rejected_rewards = chosen_rewards.detach(), rejected_rewards.detach()
     return losses, chosen_rewards, rejected_rewards
+
+
+def combined_diffusion_dpo_loss(
+    policy_chosen_err: torch.Tensor,
+    policy_rejected_err: torch.Tensor,
+    ref_chosen_err: torch.Tensor | None,
+    ref_rejected_err: torch.Tensor | None,
+    loss_types: str | Sequence[str] = ("sigmoid",),
+    loss_weights: Sequence[float] | None = None,
+    beta: float = 5000.0,
+    mapo_beta: float = 0.1,
+    mapo_snr_value: float = 0.5,
+    num_train_timesteps: int = 1000,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    r"""A weighted sum of :func:`diffusion_dpo_loss` terms, :math:`\mathcal L = \sum_k w_k \mathcal L_k`.
+
+    TRL's `DPOTrainer` combines a list of `loss_type` values with `loss_weights` the same way (default weights
+    1.0), e.g. ``["sigmoid", "sft"]``: Diffusion-DPO plus the denoising loss on the chosen image, the diffusion
+    form of DPO with an NLL term on the chosen response (Pang et al., 2024, arXiv 2404.19733; TRL's `rpo_alpha`).
+    `"mapo"` terms use `mapo_beta`, the others `beta`. The rewards returned are those of the first term that has
+    any (None when no term does, e.g. ``["sft"]``).
+    """
+    types = [loss_types] if isinstance(loss_types, str) else list(loss_types)
+    if not types:
+        raise ValueError("loss_types is empty; give at least one of " + ", ".join(DIFFUSION_DPO_LOSS_TYPES))
+    weights = [1.0] * len(types) if loss_weights is None else [float(w) for w in loss_weights]
+    if len(weights) != len(types):
+        raise ValueError(f"got {len(weights)} loss_weights for {len(types)} loss types {types}")
+    total: torch.Tensor | None = None
+    rewards: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+    for loss_type, weight in zip(types, weights):
+        losses, chosen_rewards, rejected_rewards = diffusion_dpo_loss(
+            policy_chosen_err, policy_rejected_err, ref_chosen_err, ref_rejected_err,
+            mapo_beta if loss_type == "mapo" else beta, loss_type, mapo_snr_value, num_train_timesteps,
+        )  # fmt: skip
+        total = weight * losses if total is None else total + weight * losses
+        if rewards[0] is None:
+            rewards = (chosen_rewards, rejected_rewards)
+    return total, *rewards
 
 
 def stepwise_dpo_loss(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ..diffusion import FLOW_WEIGHTING_SCHEMES
@@ -26,10 +27,14 @@ class DiffusionDPOConfig(BaseDiffusionConfig):
             Strength of the KL regularisation towards the reference model. In this convention
             (`chosen_rewards = -0.5 * beta * (policy_err - ref_err)`), 5000 is the Diffusion-DPO paper's value for
             SD 1.5 and SDXL (the diffusers script writes it as `beta_dpo = 2500` without the 1/2).
-        loss_type (`str`, *optional*, defaults to `"sigmoid"`):
+        loss_type (`list[str]`, *optional*, defaults to `["sigmoid"]`):
             `"sigmoid"` (Diffusion-DPO), `"hinge"` (SLiC), `"ipo"` (IPO), `"sft"` (denoising loss on the chosen
             image only, the paper's SFT baseline) or `"mapo"` (MaPO, reference-free: no reference pass and no
-            reference weights). See [`diffusion_dpo_loss`] and [`mapo_loss`] for the equations.
+            reference weights). See [`diffusion_dpo_loss`] and [`mapo_loss`] for the equations. As in TRL's
+            `DPOConfig`, a single string is accepted, and several types are summed with `loss_weights` (e.g.
+            `["sigmoid", "sft"]`: Diffusion-DPO plus the denoising loss on the chosen image).
+        loss_weights (`list[float]`, *optional*):
+            One weight per entry of `loss_type` (default: 1.0 each); see [`combined_diffusion_dpo_loss`].
         mapo_beta (`float`, *optional*, defaults to `0.1`):
             MaPO's β, the weight of its margin term (`loss_type="mapo"` only; `beta` is not used there).
         mapo_snr_value (`float`, *optional*, defaults to `0.5`):
@@ -103,12 +108,16 @@ class DiffusionDPOConfig(BaseDiffusionConfig):
         default=5000.0,
         metadata={"help": "KL strength; rewards are -0.5*beta*(policy_err - ref_err). 5000 is Diffusion-DPO's value."},
     )
-    loss_type: str = field(
-        default="sigmoid",
+    loss_type: list[str] = field(
+        default_factory=lambda: ["sigmoid"],
         metadata={
-            "help": "Loss: 'sigmoid' (Diffusion-DPO), 'hinge', 'ipo', 'sft' or 'mapo' (reference-free).",
+            "help": "Loss: 'sigmoid' (Diffusion-DPO), 'hinge', 'ipo', 'sft' or 'mapo' (reference-free); several "
+            "are summed with loss_weights, as in TRL.",
             "choices": list(DIFFUSION_DPO_LOSS_TYPES),
         },
+    )
+    loss_weights: list[float] | None = field(
+        default=None, metadata={"help": "One weight per loss_type entry (default: 1.0 each), as in TRL."}
     )
     mapo_beta: float = field(default=0.1, metadata={"help": "MaPO's beta (margin-term weight), loss_type='mapo'."})
     mapo_snr_value: float = field(
@@ -165,8 +174,22 @@ class DiffusionDPOConfig(BaseDiffusionConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.loss_type not in DIFFUSION_DPO_LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {DIFFUSION_DPO_LOSS_TYPES}, got {self.loss_type!r}")
+        if isinstance(self.loss_type, str):  # TRL's convention: one type, or a list summed with loss_weights
+            self.loss_type = [self.loss_type]
+        self.loss_type = list(self.loss_type)
+        unknown = [t for t in self.loss_type if t not in DIFFUSION_DPO_LOSS_TYPES]
+        if unknown or not self.loss_type:
+            raise ValueError(f"loss_type must be one or more of {DIFFUSION_DPO_LOSS_TYPES}, got {self.loss_type!r}")
+        if len(set(self.loss_type)) != len(self.loss_type):
+            raise ValueError(f"loss_type lists a type twice: {self.loss_type!r}; give it once, with its loss_weights")
+        if self.loss_weights is not None:
+            if len(self.loss_weights) != len(self.loss_type):
+                raise ValueError(
+                    f"loss_weights has {len(self.loss_weights)} entries for the {len(self.loss_type)} loss types "
+                    f"{self.loss_type}; give one weight per type"
+                )
+            if not all(math.isfinite(w) and w >= 0 for w in self.loss_weights):
+                raise ValueError(f"loss_weights must be finite and >= 0, got {self.loss_weights}")
         if self.weighting_scheme not in FLOW_WEIGHTING_SCHEMES:
             raise ValueError(
                 f"weighting_scheme must be one of {FLOW_WEIGHTING_SCHEMES}, got {self.weighting_scheme!r}"

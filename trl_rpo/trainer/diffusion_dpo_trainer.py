@@ -22,7 +22,7 @@ from ..diffusion import (
     masked_per_sample_mse,
     per_sample_mse,
 )
-from ..losses import REFERENCE_FREE_LOSS_TYPES, diffusion_dpo_loss
+from ..losses import REFERENCE_FREE_LOSS_TYPES, combined_diffusion_dpo_loss
 from ..pipelines import sdxl_time_ids
 from .base import BaseDiffusionTrainer, process_seed
 from .diffusion_dpo_config import DiffusionDPOConfig
@@ -187,7 +187,7 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
     ):
         if args is not None and not isinstance(args, DiffusionDPOConfig):
             raise TypeError(f"args must be a DiffusionDPOConfig, got {type(args).__name__}")
-        self._loss_type = args.loss_type if args is not None else "sigmoid"
+        self._loss_types = list(args.loss_type) if args is not None else ["sigmoid"]
         self._eval_generator: torch.Generator | None = None
         self._null_conditioning: dict[str, torch.Tensor] | None = None
         super().__init__(
@@ -207,7 +207,14 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
 
     @property
     def needs_reference(self) -> bool:
-        return self._loss_type not in REFERENCE_FREE_LOSS_TYPES
+        return any(loss_type not in REFERENCE_FREE_LOSS_TYPES for loss_type in self._loss_types)
+
+    def _card_hyperparameters(self) -> dict[str, Any]:
+        params = super()._card_hyperparameters()
+        params["loss_type"] = " + ".join(self.args.loss_type)  # "sigmoid", or e.g. "sigmoid + sft"
+        if self.args.loss_weights is not None:
+            params["loss_weights"] = list(self.args.loss_weights)
+        return params
 
     def _papers(self) -> list[dict[str, str]]:
         rpo = {"title": "Fine-Tuning Diffusion Generative Models via Rich Preference Optimization", "id": "2503.11720"}
@@ -424,15 +431,18 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
         ref_chosen_err: torch.Tensor | None,
         ref_rejected_err: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Per-pair losses and implicit rewards; see [`diffusion_dpo_loss`] (and [`mapo_loss`] for `"mapo"`)."""
+        """Per-pair losses and implicit rewards: the `loss_type` terms weighted by `loss_weights`; see
+        [`combined_diffusion_dpo_loss`], [`diffusion_dpo_loss`] and [`mapo_loss`]."""
         args = self.args
-        return diffusion_dpo_loss(
+        return combined_diffusion_dpo_loss(
             policy_chosen_err,
             policy_rejected_err,
             ref_chosen_err,
             ref_rejected_err,
-            args.mapo_beta if args.loss_type == "mapo" else args.beta,
             args.loss_type,
+            args.loss_weights,
+            beta=args.beta,
+            mapo_beta=args.mapo_beta,
             mapo_snr_value=args.mapo_snr_value,
             num_train_timesteps=self.noise_scheduler.config.num_train_timesteps,
         )
