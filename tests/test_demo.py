@@ -257,6 +257,22 @@ def test_train_dpo_weights_the_loss_by_edit_masks_only_when_the_pairs_carry_them
     assert trainer.state.global_step == 1
 
 
+@pytest.mark.parametrize("sft_weight", [0.0, 250.0])
+def test_train_dpo_adds_the_chosen_images_denoising_loss_only_with_a_positive_sft_weight(tmp_path, sft_weight):
+    from datasets import Dataset
+
+    from trl_rpo.shapes.stages import train_dpo
+
+    colour = [Image.new("RGB", (32, 32), c) for c in ("red", "blue", "green", "white")]
+    rows = {"prompt": ["a red circle", "a blue square"], "chosen": colour[:2], "rejected": colour[2:]}
+    config = DemoConfig.quick(dpo_steps=1, dpo_batch_size=2, dpo_sft_weight=sft_weight)
+    trainer = train_dpo(config, Dataset.from_dict(rows), tmp_path, "run")
+    if sft_weight:
+        assert trainer.args.loss_type == ["sigmoid", "sft"] and trainer.args.loss_weights == [1.0, sft_weight]
+    else:
+        assert trainer.args.loss_type == ["sigmoid"] and trainer.args.loss_weights is None
+
+
 def test_edit_survival_scores_each_stage_of_the_same_edits():
     from trl_rpo.shapes.sweep import edit_survival
 

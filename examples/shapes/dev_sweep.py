@@ -4,6 +4,7 @@
     python examples/shapes/dev_sweep.py --stage pairs --output-dir outputs/pair-sweep [--quick]
     python examples/shapes/dev_sweep.py --stage seeds --output-dir outputs/seed-sweep [--quick]
     python examples/shapes/dev_sweep.py --stage masked --output-dir outputs/masked-sweep [--quick]
+    python examples/shapes/dev_sweep.py --stage sft --output-dir outputs/sft-sweep [--quick]
 
 First chooses the guidance scale (5, 7.5 or 10) by the base model's dev alignment. Then builds the demo's two pair
 sets once (RPO pairs refined by the base model, reward-labelled pairs; the same image budget), trains each recipe
@@ -21,6 +22,9 @@ demo's loss masking is chosen on the mean over seeds (`seed_sweep.md`, about 17 
 
 `--stage masked` then varies the masked recipe one change at a time (beta 2500 or 10000, learning rate 1e-3, weight
 0.2 outside the masks), each with the same three training seeds (`seed_sweep.md`, about 40 minutes).
+
+`--stage sft` adds the denoising loss on the chosen images to masked Diffusion-DPO (`loss_type=["sigmoid", "sft"]`,
+weights 1 and 250 or 1000), next to masked DPO alone, with the same three seeds (`seed_sweep.md`, about 25 minutes).
 """
 
 import argparse
@@ -30,6 +34,7 @@ from trl_rpo.shapes.sweep import (
     DEFAULT_RECIPES,
     DEFAULT_SEED_VARIANTS,
     MASKED_RECIPE_VARIANTS,
+    SFT_VARIANTS,
     run_dev_sweep,
     run_pair_sweep,
     run_seed_sweep,
@@ -41,13 +46,14 @@ def main() -> None:
     parser.add_argument("--output-dir", required=True, help="new folder for sweep.json, sweep.md and the runs")
     parser.add_argument("--model", default=None, help="pipeline folder (default: the shipped shapes base model)")
     parser.add_argument("--quick", action="store_true", help="small budgets and two recipes: a smoke test")
-    parser.add_argument("--stage", choices=["recipes", "pairs", "seeds", "masked"], default="recipes",
+    parser.add_argument("--stage", choices=["recipes", "pairs", "seeds", "masked", "sft"], default="recipes",
                         help="recipes: guidance and DPO recipe; pairs: the RPO refinement strength; seeds: masked "
-                             "or plain DPO over training seeds; masked: the masked recipe over seeds")  # fmt: skip
+                             "or plain DPO over training seeds; masked: the masked recipe over seeds; sft: masked "
+                             "DPO plus an SFT term over seeds")  # fmt: skip
     args = parser.parse_args()
-    if args.stage in ("seeds", "masked"):
+    if args.stage in ("seeds", "masked", "sft"):
         config = DemoConfig.quick(model=args.model) if args.quick else DemoConfig(model=args.model)
-        variants = DEFAULT_SEED_VARIANTS if args.stage == "seeds" else MASKED_RECIPE_VARIANTS
+        variants = {"seeds": DEFAULT_SEED_VARIANTS, "masked": MASKED_RECIPE_VARIANTS, "sft": SFT_VARIANTS}[args.stage]
         run_seed_sweep(config, args.output_dir, variants=variants, seeds=(0, 1) if args.quick else (0, 1, 2),
                        dev_prompts=8 if args.quick else 60)  # fmt: skip
         return

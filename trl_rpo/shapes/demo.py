@@ -99,6 +99,11 @@ class DemoConfig:
     mask_weight_outside: float = field(
         default=0.0, metadata={"help": "RPO-pair DPO: error weight outside edit masks (0: seed sweep; 1: plain)."}
     )
+    dpo_sft_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the denoising loss on chosen images added to Diffusion-DPO (loss_type "
+                          "['sigmoid', 'sft']); 0: Diffusion-DPO alone."},
+    )  # fmt: skip
     grpo_num_generations: int = field(
         default=4, metadata={"help": "GRPO group size; its batch is 2x TailorPO's prompts in images, the same steps."}
     )

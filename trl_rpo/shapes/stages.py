@@ -115,13 +115,16 @@ def train_dpo(config: DemoConfig, pairs, output_dir: Path, name: str, **override
 
     recipe = {"learning_rate": config.dpo_learning_rate, "beta": config.dpo_beta, "max_steps": config.dpo_steps,
               "use_lora": config.dpo_use_lora, "loss_type": "sigmoid", **overrides}  # fmt: skip
+    losses = {"loss_type": recipe["loss_type"]}
+    if recipe["loss_type"] == "sigmoid" and config.dpo_sft_weight > 0:  # TRL's multi-loss form, e.g. sigmoid + sft
+        losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, config.dpo_sft_weight]}
     masked = MASK_COLUMN in pairs.column_names and config.mask_weight_outside != 1.0  # edit masks weight the loss
     columns = ["prompt", "chosen", "rejected", *([MASK_COLUMN] if masked else [])]
     trainer = DiffusionDPOTrainer(
         model=load_pipeline(config.model),
         args=DiffusionDPOConfig(
             max_steps=recipe["max_steps"], per_device_train_batch_size=min(config.dpo_batch_size, len(pairs)),
-            learning_rate=recipe["learning_rate"], beta=recipe["beta"], loss_type=recipe["loss_type"],
+            learning_rate=recipe["learning_rate"], beta=recipe["beta"], **losses,
             mask_weight_outside=config.mask_weight_outside if masked else 1.0, precompute_latents=True,
             **_common_args(config, output_dir, name),
         ),

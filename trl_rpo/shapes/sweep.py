@@ -12,7 +12,8 @@ prompts are never evaluated here.
 
 `run_pair_sweep` then chooses the RPO refinement strength, and `run_seed_sweep` chooses between masked and plain
 Diffusion-DPO on the mean over training seeds (one model's interval hides the spread between trainings), and,
-with `MASKED_RECIPE_VARIANTS`, whether any one change to the masked recipe does better.
+with `MASKED_RECIPE_VARIANTS`, whether any one change to the masked recipe does better, and with
+`SFT_VARIANTS`, whether adding the denoising loss on the chosen images does.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "DEFAULT_RECIPES",
     "DEFAULT_SEED_VARIANTS",
     "MASKED_RECIPE_VARIANTS",
+    "SFT_VARIANTS",
     "edit_survival",
     "format_pair_sweep",
     "format_seed_sweep",
@@ -267,6 +269,14 @@ MASKED_RECIPE_VARIANTS: dict[str, dict[str, Any]] = {
     "masked, beta 10000": {"mask_weight_outside": 0.0, "dpo_beta": 10000.0},
     "masked, lr 1e-3": {"mask_weight_outside": 0.0, "dpo_learning_rate": 1e-3},
     "outside-mask weight 0.2": {"mask_weight_outside": 0.2},
+}
+
+# Then Diffusion-DPO plus the denoising loss on the chosen images (TRL's `loss_type=["sigmoid", "sft"]`), at two
+# weights: a sigmoid term's gradient reaches beta / 2 = 2500, so the SFT weight must be in the hundreds to count.
+SFT_VARIANTS: dict[str, dict[str, Any]] = {
+    "masked": {"mask_weight_outside": 0.0},
+    "masked + sft 250": {"mask_weight_outside": 0.0, "dpo_sft_weight": 250.0},
+    "masked + sft 1000": {"mask_weight_outside": 0.0, "dpo_sft_weight": 1000.0},
 }
 
 
