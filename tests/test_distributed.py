@@ -271,13 +271,30 @@ def tiny_sdxl_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def zero_sdxl_run(tmp_path_factory, tiny_sdxl_dir):
+    """`run(stage, device)`: one two-process Diffusion-DPO training of tiny SDXL under a ZeRO stage, 2 steps with a
+    checkpoint after each and the model saved at the end, launched once and shared by the test of its saved LoRA
+    and the test that resumes from its checkpoint (each launch costs 20-40 s of start-up on CPU)."""
+    runs = {}
+
+    def run(stage: str, device: str = "cpu"):
+        if (stage, device) not in runs:
+            runs[stage, device] = launch(tmp_path_factory.mktemp(f"zero{stage}-{device}"), "--trainer", "dpo",
+                                         "--model", "sdxl", "--model_path", str(tiny_sdxl_dir), "--max_steps", "2",
+                                         "--save_steps", "1", "--save",
+                                         config_file=CONFIGS / f"deepspeed_zero{stage}.yaml",
+                                         cuda=device == "cuda")  # fmt: skip
+        return runs[stage, device]
+
+    return run
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("stage", ["2", "3", "3_offload"])
-def test_two_process_deepspeed_zero_dpo_on_tiny_sdxl_saves_a_lora_that_reloads(tmp_path, tiny_sdxl_dir, stage, device):
+def test_two_process_deepspeed_zero_dpo_on_tiny_sdxl_saves_a_lora_that_reloads(zero_sdxl_run, stage, device):
     pytest.importorskip("deepspeed")
-    ranks, out = launch(tmp_path, "--trainer", "dpo", "--model", "sdxl", "--model_path", str(tiny_sdxl_dir),
-                        "--max_steps", "2", "--save", config_file=CONFIGS / f"deepspeed_zero{stage}.yaml",
-                        cuda=device == "cuda")  # fmt: skip
+    ranks, out = zero_sdxl_run(stage, device)
     a, b = ranks
     assert a["is_deepspeed"] and b["is_deepspeed"]
     assert a["final_loss"] is not None and torch.isfinite(torch.tensor(a["final_loss"]))
@@ -343,11 +360,15 @@ def test_two_process_zero3_flow_dpo_on_tiny_flux_saves_weights_that_reload(tmp_p
 
 
 @pytest.mark.parametrize("stage", ["2", "3", "3_offload"])
-def test_two_process_deepspeed_zero_training_resumes_from_its_checkpoint(tmp_path, tiny_sdxl_dir, stage):
+def test_two_process_deepspeed_zero_training_resumes_from_its_checkpoint(
+    tmp_path, tiny_sdxl_dir, zero_sdxl_run, stage
+):
     pytest.importorskip("deepspeed")
     config = CONFIGS / f"deepspeed_zero{stage}.yaml"
     common = ("--trainer", "dpo", "--model", "sdxl", "--model_path", str(tiny_sdxl_dir), "--save_steps", "1")
-    first, out = launch(tmp_path, *common, "--max_steps", "2", config_file=config)
+    _, first = zero_sdxl_run(stage)  # the shared first run (2 steps, a checkpoint after each) ...
+    out = tmp_path / "out"
+    shutil.copytree(first, out)  # ... resumed in a copy, so the other test's files stay as that run left them
     assert (out / "run" / "checkpoint-2").is_dir()
     resumed, _ = launch(tmp_path, *common, "--max_steps", "3", "--resume", config_file=config, suffix="-resumed")
     for record in resumed:
