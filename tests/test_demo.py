@@ -241,32 +241,33 @@ def test_seed_sweep_trains_each_variant_with_each_seed_and_chooses_the_best_mean
     assert (tmp_path / "seeds" / "seed_sweep.md").read_text().count("\n") == 4
 
 
-@pytest.mark.parametrize("with_masks", [True, False])
-def test_train_dpo_weights_the_loss_by_edit_masks_only_when_the_pairs_carry_them(tmp_path, with_masks):
+def _two_pairs(with_masks: bool = False):
+    """Two flat-colour preference pairs at the shapes model's 32 px, with full edit masks if asked."""
     from datasets import Dataset
-
-    from trl_rpo.shapes.stages import train_dpo
 
     colour = [Image.new("RGB", (32, 32), c) for c in ("red", "blue", "green", "white")]
     rows = {"prompt": ["a red circle", "a blue square"], "chosen": colour[:2], "rejected": colour[2:]}
     if with_masks:
         rows["mask"] = [Image.new("L", (32, 32), 255)] * 2
+    return Dataset.from_dict(rows)
+
+
+@pytest.mark.parametrize("with_masks", [True, False])
+def test_train_dpo_weights_the_loss_by_edit_masks_only_when_the_pairs_carry_them(tmp_path, with_masks):
+    from trl_rpo.shapes.stages import train_dpo
+
     config = DemoConfig.quick(dpo_steps=1, dpo_batch_size=2, mask_weight_outside=0.0)
-    trainer = train_dpo(config, Dataset.from_dict(rows), tmp_path, "run")
+    trainer = train_dpo(config, _two_pairs(with_masks), tmp_path, "run")
     assert trainer.args.mask_weight_outside == (0.0 if with_masks else 1.0)
     assert trainer.state.global_step == 1
 
 
 @pytest.mark.parametrize("sft_weight", [0.0, 250.0])
 def test_train_dpo_adds_the_chosen_images_denoising_loss_only_with_a_positive_sft_weight(tmp_path, sft_weight):
-    from datasets import Dataset
-
     from trl_rpo.shapes.stages import train_dpo
 
-    colour = [Image.new("RGB", (32, 32), c) for c in ("red", "blue", "green", "white")]
-    rows = {"prompt": ["a red circle", "a blue square"], "chosen": colour[:2], "rejected": colour[2:]}
     config = DemoConfig.quick(dpo_steps=1, dpo_batch_size=2, dpo_sft_weight=sft_weight)
-    trainer = train_dpo(config, Dataset.from_dict(rows), tmp_path, "run")
+    trainer = train_dpo(config, _two_pairs(), tmp_path, "run")
     if sft_weight:
         assert trainer.args.loss_type == ["sigmoid", "sft"] and trainer.args.loss_weights == [1.0, sft_weight]
     else:
