@@ -2,7 +2,12 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from trl_rpo.diffusion import diffusion_target, per_sample_mse, sample_pair_noise_and_timesteps
+from trl_rpo.diffusion import (
+    diffusion_target,
+    per_sample_mse,
+    sample_pair_noise_and_timesteps,
+    timestep_bias_weights,
+)
 
 
 def test_pair_halves_share_noise_and_timesteps():
@@ -24,6 +29,41 @@ def test_pair_noise_is_reproducible_with_a_generator():
 def test_odd_batch_is_rejected():
     with pytest.raises(ValueError, match="even"):
         sample_pair_noise_and_timesteps(torch.zeros(3, 4, 8, 8), 1000)
+
+
+def test_timestep_bias_weights_follow_diffusers_strategies():
+    torch.testing.assert_close(timestep_bias_weights(10), torch.full((10,), 0.1))
+    later = timestep_bias_weights(10, "later", multiplier=3.0, portion=0.2)  # t = 8, 9 weigh 3, the rest 1
+    torch.testing.assert_close(later, torch.tensor([1.0] * 8 + [3.0, 3.0]) / 14)
+    earlier = timestep_bias_weights(10, "earlier", multiplier=0.0, portion=0.5)  # never the least noisy half
+    torch.testing.assert_close(earlier, torch.tensor([0.0] * 5 + [0.2] * 5))
+    ranged = timestep_bias_weights(10, "range", multiplier=2.0, begin=3, end=5)
+    torch.testing.assert_close(ranged, torch.tensor([1.0, 1, 1, 2, 2, 1, 1, 1, 1, 1]) / 12)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"strategy": "middle"}, "strategy"),
+        ({"strategy": "later", "multiplier": -1.0}, "multiplier"),
+        ({"strategy": "later", "portion": 0.0}, "portion"),
+        ({"strategy": "range", "begin": 5, "end": 5}, "range"),
+        ({"strategy": "range", "begin": 0, "end": 11}, "range"),
+        ({"strategy": "earlier", "multiplier": 0.0, "portion": 1.0}, "no timestep"),
+    ],
+)
+def test_timestep_bias_weights_refuse_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        timestep_bias_weights(10, **kwargs)
+
+
+def test_weighted_pair_timesteps_come_only_from_timesteps_with_weight():
+    weights = timestep_bias_weights(1000, "earlier", multiplier=0.0, portion=0.5)
+    _, t = sample_pair_noise_and_timesteps(torch.zeros(400, 1, 2, 2), 1000, torch.Generator().manual_seed(0), weights)
+    assert torch.equal(t[:200], t[200:])
+    assert t.min() >= 500 and t.max() < 1000 and len(t.unique()) > 100
+    with pytest.raises(ValueError, match="shape"):
+        sample_pair_noise_and_timesteps(torch.zeros(2, 1, 2, 2), 1000, None, weights[:10])
 
 
 def test_epsilon_target_is_the_noise_and_v_target_matches_its_definition():

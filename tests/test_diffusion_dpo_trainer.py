@@ -145,6 +145,16 @@ def test_chosen_and_rejected_share_noise_timestep_and_caption_dropout(tmp_path):
     assert torch.equal(t[:8], t[8:])
 
 
+def test_timestep_bias_restricts_the_training_timesteps(tmp_path):
+    trainer = make_trainer(tmp_path, timestep_bias_strategy="range", timestep_bias_begin=600,
+                           timestep_bias_end=700, timestep_bias_multiplier=1e9)  # fmt: skip
+    latents = torch.zeros(64, 4, 4, 4)
+    _, t = trainer.sample_noise_and_timesteps(latents)
+    assert torch.equal(t[:32], t[32:]) and t.min() >= 600 and t.max() < 700
+    _, uniform = make_trainer(tmp_path / "uniform").sample_noise_and_timesteps(latents)
+    assert uniform.min() < 600 or uniform.max() >= 700
+
+
 def test_caption_dropout_drops_pairs_at_the_configured_rate(tmp_path):
     from trl_rpo.trainer import encode_prompts
 
@@ -551,6 +561,12 @@ def test_config_rejects_bad_values():
         DiffusionDPOConfig(output_dir="x", beta=0)
     with pytest.raises(ValueError, match="caption_dropout"):
         DiffusionDPOConfig(output_dir="x", caption_dropout_probability=1.5)
+    with pytest.raises(ValueError, match="timestep_bias_strategy"):
+        DiffusionDPOConfig(output_dir="x", timestep_bias_strategy="middle")
+    with pytest.raises(ValueError, match="timestep_bias_portion"):
+        DiffusionDPOConfig(output_dir="x", timestep_bias_strategy="later", timestep_bias_portion=1.5)
+    with pytest.raises(ValueError, match="timestep_bias_begin"):
+        DiffusionDPOConfig(output_dir="x", timestep_bias_begin=500, timestep_bias_end=200)
 
 
 def test_pipeline_without_a_unet_is_rejected(tmp_path):
@@ -618,6 +634,14 @@ def test_model_card_writes_combined_loss_types_and_their_weights(tmp_path):
     trainer.save_model()
     card = (tmp_path / "README.md").read_text()
     assert "| loss_type | sigmoid + sft |" in card and "| loss_weights | [1.0, 250.0] |" in card
+
+
+def test_model_card_writes_the_timestep_bias(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=1, timestep_bias_strategy="later", timestep_bias_portion=0.5,
+                           timestep_bias_multiplier=0.0)  # fmt: skip
+    trainer.train()
+    trainer.save_model()
+    assert "| timestep_bias | later 0.5 of the timesteps x 0 |" in (tmp_path / "README.md").read_text()
 
 
 # -- MaPO and masked Diffusion-DPO ------------------------------------------------------------------------------

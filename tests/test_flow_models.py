@@ -293,6 +293,11 @@ def test_flow_dpo_weighting_scheme_is_a_config_field(tmp_path, scheme):
     assert _first_log(trainer)["loss"] == pytest.approx(math.log(2), abs=1e-6)
 
 
+def test_flow_dpo_refuses_a_ddpm_timestep_bias(tmp_path):
+    with pytest.raises(ValueError, match="weighting_scheme instead"):
+        _flow_trainer(tmp_path, "sd3", timestep_bias_strategy="later")
+
+
 def test_flow_config_fields_are_validated(tmp_path):
     from trl_rpo import DiffusionDPOConfig
 

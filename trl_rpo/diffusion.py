@@ -13,6 +13,8 @@ import torch.nn.functional as F
 __all__ = [
     "stable_diffusion_ddim_scheduler",
     "sample_pair_noise_and_timesteps",
+    "TIMESTEP_BIAS_STRATEGIES",
+    "timestep_bias_weights",
     "diffusion_target",
     "per_sample_mse",
     "masked_per_sample_mse",
@@ -36,6 +38,7 @@ def sample_pair_noise_and_timesteps(
     latents: torch.Tensor,
     num_train_timesteps: int,
     generator: torch.Generator | None = None,
+    timestep_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Noise and timesteps for a stacked preference batch `[chosen; rejected]`.
 
@@ -48,6 +51,8 @@ def sample_pair_noise_and_timesteps(
         latents: `[2B, C, H, W]`, chosen latents first, rejected second.
         num_train_timesteps: `T` of the noise scheduler.
         generator: optional generator for reproducible draws.
+        timestep_weights: optional `[T]` sampling weights of the timesteps (:func:`timestep_bias_weights`);
+            `None` draws them uniformly.
 
     Returns:
         `(noise, timesteps)` of shapes `[2B, C, H, W]` and `[2B]`, each half a copy of the other.
@@ -55,13 +60,68 @@ def sample_pair_noise_and_timesteps(
     if latents.shape[0] % 2:
         raise ValueError(f"a pair batch must have an even leading dimension, got shape {tuple(latents.shape)}")
     half = latents.shape[0] // 2
-    noise = torch.randn(
-        (half, *latents.shape[1:]), generator=generator, device=generator.device if generator else "cpu"
-    ).to(device=latents.device, dtype=latents.dtype)
-    timesteps = torch.randint(
-        0, num_train_timesteps, (half,), generator=generator, device=generator.device if generator else "cpu"
-    ).to(latents.device)
-    return noise.repeat(2, *([1] * (latents.ndim - 1))), timesteps.repeat(2)
+    device = generator.device if generator else "cpu"
+    noise = torch.randn((half, *latents.shape[1:]), generator=generator, device=device)
+    noise = noise.to(device=latents.device, dtype=latents.dtype)
+    if timestep_weights is None:
+        timesteps = torch.randint(0, num_train_timesteps, (half,), generator=generator, device=device)
+    else:
+        if timestep_weights.shape != (num_train_timesteps,):
+            raise ValueError(
+                f"timestep_weights must have shape ({num_train_timesteps},), got {tuple(timestep_weights.shape)}"
+            )
+        timesteps = torch.multinomial(timestep_weights.to(device), half, replacement=True, generator=generator)
+    return noise.repeat(2, *([1] * (latents.ndim - 1))), timesteps.to(latents.device).repeat(2)
+
+
+TIMESTEP_BIAS_STRATEGIES = ("none", "earlier", "later", "range")
+
+
+def timestep_bias_weights(
+    num_train_timesteps: int,
+    strategy: str = "none",
+    multiplier: float = 1.0,
+    portion: float = 0.25,
+    begin: int = 0,
+    end: int | None = None,
+) -> torch.Tensor:
+    r"""Sampling probabilities of the DDPM training timesteps, with a bias towards some of them.
+
+    The timestep bias of diffusers' SDXL fine-tuning script (`--timestep_bias_strategy`, `--timestep_bias_*`):
+    every timestep starts with weight 1; the biased ones are multiplied by `multiplier`; the weights are then
+    normalised, :math:`p(t) = w_t / \sum_s w_s`.
+
+    * ``"none"``: no bias, :math:`t \sim \mathcal U\{0, \dots, T-1\}`;
+    * ``"earlier"``: the first ``int(portion * T)`` timesteps (the least noisy ones: detail);
+    * ``"later"``: the last ``int(portion * T)`` timesteps (the noisiest: composition and layout);
+    * ``"range"``: timesteps ``begin <= t < end``.
+
+    A `multiplier` above 1 favours the biased timesteps, below 1 disfavours them, and 0 never draws them.
+
+    Returns:
+        A float tensor of shape `[T]` that sums to 1.
+    """
+    if strategy not in TIMESTEP_BIAS_STRATEGIES:
+        raise ValueError(f"timestep bias strategy must be one of {TIMESTEP_BIAS_STRATEGIES}, got {strategy!r}")
+    if not (math.isfinite(multiplier) and multiplier >= 0):
+        raise ValueError(f"timestep bias multiplier must be finite and >= 0, got {multiplier}")
+    weights = torch.ones(num_train_timesteps, dtype=torch.float64)
+    if strategy in ("earlier", "later"):
+        if not 0.0 < portion <= 1.0:
+            raise ValueError(f"timestep bias portion must be in (0, 1], got {portion}")
+        count = int(portion * num_train_timesteps)
+        biased = slice(0, count) if strategy == "earlier" else slice(num_train_timesteps - count, None)
+        weights[biased] *= multiplier
+    elif strategy == "range":
+        end = num_train_timesteps if end is None else end
+        if not 0 <= begin < end <= num_train_timesteps:
+            raise ValueError(
+                f"timestep bias range must satisfy 0 <= begin < end <= {num_train_timesteps}, got [{begin}, {end})"
+            )
+        weights[begin:end] *= multiplier
+    if weights.sum() <= 0:
+        raise ValueError(f"the timestep bias ({strategy}, multiplier {multiplier}) leaves no timestep to draw")
+    return (weights / weights.sum()).float()
 
 
 def diffusion_target(

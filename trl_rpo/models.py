@@ -248,16 +248,26 @@ class DenoiserAdapter:
     # -- noise and targets ---------------------------------------------------------------------------------------
 
     def sample_pair_noise_and_timesteps(
-        self, latents: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        latents: torch.Tensor,
+        generator: torch.Generator | None = None,
+        timestep_weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Same noise and timestep for both halves of `[chosen; rejected]`.
 
-        UNet families: uniform DDPM timesteps (:func:`~trl_rpo.diffusion.sample_pair_noise_and_timesteps`).
-        Flow families: timesteps `t = sigma * N` from the configured density
-        (:func:`~trl_rpo.diffusion.sample_pair_flow_noise_and_timesteps`), as float tensors.
+        UNet families: DDPM timesteps, uniform or drawn with `timestep_weights`
+        (:func:`~trl_rpo.diffusion.sample_pair_noise_and_timesteps`). Flow families: timesteps `t = sigma * N` from
+        the configured density (:func:`~trl_rpo.diffusion.sample_pair_flow_noise_and_timesteps`), as float tensors.
         """
         if not self.family.flow_matching:
-            return sample_pair_noise_and_timesteps(latents, self.noise_scheduler.config.num_train_timesteps, generator)
+            return sample_pair_noise_and_timesteps(
+                latents, self.noise_scheduler.config.num_train_timesteps, generator, timestep_weights
+            )
+        if timestep_weights is not None:
+            raise ValueError(
+                f"{self.family.name} is a rectified-flow model: its noise levels follow weighting_scheme, not "
+                "DDPM timestep weights"
+            )
         noise, timesteps, _ = sample_pair_flow_noise_and_timesteps(
             latents,
             self.noise_scheduler,

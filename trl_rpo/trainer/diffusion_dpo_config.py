@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..diffusion import FLOW_WEIGHTING_SCHEMES
+from ..diffusion import FLOW_WEIGHTING_SCHEMES, TIMESTEP_BIAS_STRATEGIES
 from ..losses import DIFFUSION_DPO_LOSS_TYPES
 from .base_config import BaseDiffusionConfig
 
@@ -48,6 +48,22 @@ class DiffusionDPOConfig(BaseDiffusionConfig):
             touch. Pairs whose mask is None keep the plain loss.
         mask_dilation (`int`, *optional*, defaults to `1`):
             Latent cells by which the edit mask grows in every direction after pooling to latent resolution.
+
+        > Parameters of the training timesteps of UNet models (SD 1.5, SDXL)
+
+        timestep_bias_strategy (`str`, *optional*, defaults to `"none"`):
+            Bias of the DDPM timestep shared by a pair's two images, as in diffusers' SDXL fine-tuning script:
+            `"none"` (uniform, Diffusion-DPO's), `"earlier"` / `"later"` (the first / last `timestep_bias_portion`
+            of the timesteps: the least / most noisy) or `"range"` (`timestep_bias_begin <= t <
+            timestep_bias_end`). See [`timestep_bias_weights`]. Rectified-flow models use `weighting_scheme`.
+        timestep_bias_multiplier (`float`, *optional*, defaults to `1.0`):
+            Weight of the biased timesteps relative to the others: above 1 favours them, 0 never draws them.
+        timestep_bias_portion (`float`, *optional*, defaults to `0.25`):
+            Fraction of the timesteps that `"earlier"` and `"later"` bias.
+        timestep_bias_begin (`int`, *optional*, defaults to `0`):
+            First biased timestep of `"range"`.
+        timestep_bias_end (`int`, *optional*, defaults to `1000`):
+            End (exclusive) of `"range"`.
 
         > Parameters of rectified-flow models (SD3 / SD3.5, FLUX.1)
 
@@ -128,6 +144,22 @@ class DiffusionDPOConfig(BaseDiffusionConfig):
         metadata={"help": "Weight in [0, 1] of the error outside a pair's edit mask (1.0: masking off)."},
     )
     mask_dilation: int = field(default=1, metadata={"help": "Latent cells the edit mask grows by in each direction."})
+    timestep_bias_strategy: str = field(
+        default="none",
+        metadata={
+            "help": "UNet models: bias of the training timestep (none, earlier, later, range), as in diffusers' "
+            "SDXL script.",
+            "choices": list(TIMESTEP_BIAS_STRATEGIES),
+        },
+    )
+    timestep_bias_multiplier: float = field(
+        default=1.0, metadata={"help": "Weight of the biased timesteps (above 1 favours them, 0 never draws them)."}
+    )
+    timestep_bias_portion: float = field(
+        default=0.25, metadata={"help": "Fraction of the timesteps that 'earlier' and 'later' bias."}
+    )
+    timestep_bias_begin: int = field(default=0, metadata={"help": "First biased timestep of 'range'."})
+    timestep_bias_end: int = field(default=1000, metadata={"help": "End (exclusive) of 'range'."})
     weighting_scheme: str = field(
         default="logit_normal",
         metadata={
@@ -193,6 +225,20 @@ class DiffusionDPOConfig(BaseDiffusionConfig):
         if self.weighting_scheme not in FLOW_WEIGHTING_SCHEMES:
             raise ValueError(
                 f"weighting_scheme must be one of {FLOW_WEIGHTING_SCHEMES}, got {self.weighting_scheme!r}"
+            )
+        if self.timestep_bias_strategy not in TIMESTEP_BIAS_STRATEGIES:
+            raise ValueError(
+                f"timestep_bias_strategy must be one of {TIMESTEP_BIAS_STRATEGIES}, "
+                f"got {self.timestep_bias_strategy!r}"
+            )
+        if not (math.isfinite(self.timestep_bias_multiplier) and self.timestep_bias_multiplier >= 0):
+            raise ValueError(f"timestep_bias_multiplier must be finite and >= 0, got {self.timestep_bias_multiplier}")
+        if not 0.0 < self.timestep_bias_portion <= 1.0:
+            raise ValueError(f"timestep_bias_portion must be in (0, 1], got {self.timestep_bias_portion}")
+        if not 0 <= self.timestep_bias_begin < self.timestep_bias_end:
+            raise ValueError(
+                f"timestep_bias_begin and timestep_bias_end must satisfy 0 <= begin < end, got "
+                f"{self.timestep_bias_begin} and {self.timestep_bias_end}"
             )
         if self.logit_std <= 0:
             raise ValueError(f"logit_std must be positive, got {self.logit_std}")

@@ -21,6 +21,7 @@ from ..diffusion import (
     latent_mask_weight,
     masked_per_sample_mse,
     per_sample_mse,
+    timestep_bias_weights,
 )
 from ..losses import REFERENCE_FREE_LOSS_TYPES, combined_diffusion_dpo_loss
 from ..pipelines import sdxl_time_ids
@@ -204,6 +205,26 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
         if self.args.precompute_latents and self.args.offload_encoders:
             for module in self._frozen_modules():
                 module.to("cpu")
+        self._timestep_weights = self._timestep_bias_weights()  # also without datasets (evaluate-only trainers)
+
+    def _timestep_bias_weights(self) -> torch.Tensor | None:
+        """The DDPM timestep sampling weights of `timestep_bias_*`, or None (uniform)."""
+        args = self.args
+        if args.timestep_bias_strategy == "none":
+            return None
+        if self.is_flow:
+            raise ValueError(
+                f"timestep_bias_strategy={args.timestep_bias_strategy!r} applies to UNet models; "
+                f"{self.family.name} is a rectified-flow model: set weighting_scheme instead"
+            )
+        return timestep_bias_weights(
+            self.noise_scheduler.config.num_train_timesteps,
+            args.timestep_bias_strategy,
+            args.timestep_bias_multiplier,
+            args.timestep_bias_portion,
+            args.timestep_bias_begin,
+            args.timestep_bias_end,
+        )
 
     @property
     def needs_reference(self) -> bool:
@@ -214,7 +235,18 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
         params["loss_type"] = " + ".join(self.args.loss_type)  # "sigmoid", or e.g. "sigmoid + sft"
         if self.args.loss_weights is not None:
             params["loss_weights"] = list(self.args.loss_weights)
+        if self.args.timestep_bias_strategy != "none":
+            params["timestep_bias"] = self._timestep_bias_description()
         return params
+
+    def _timestep_bias_description(self) -> str:
+        args = self.args
+        biased = (
+            f"t in [{args.timestep_bias_begin}, {args.timestep_bias_end})"
+            if args.timestep_bias_strategy == "range"
+            else f"{args.timestep_bias_strategy} {args.timestep_bias_portion:g} of the timesteps"
+        )
+        return f"{biased} x {args.timestep_bias_multiplier:g}"
 
     def _papers(self) -> list[dict[str, str]]:
         rpo = {"title": "Fine-Tuning Diffusion Generative Models via Rich Preference Optimization", "id": "2503.11720"}
@@ -232,6 +264,7 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
         first read (precompute or batch building), and a bad one raises an error naming its row and column.
         """
         args = self.args
+        self._timestep_weights = self._timestep_bias_weights()  # refuses a bias the model cannot use, before encoding
         if name == "train" and args.max_train_samples is not None:
             dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
         with args.main_process_first(desc=f"preparing {name} dataset"):
@@ -419,10 +452,11 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
     def sample_noise_and_timesteps(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Same noise and timestep for both images of a pair, from this process's own stream (each process draws
         its own); seeded afresh during evaluation so eval losses compare. UNet models: uniform DDPM timesteps; flow
-        models: `t = sigma * 1000` with `sigma` from `args.weighting_scheme`."""
+        models: `t = sigma * 1000` with `sigma` from `args.weighting_scheme`. UNet timesteps are uniform unless
+        `args.timestep_bias_strategy` biases them."""
         generator = self._eval_generator_or_none()
         generator = generator if generator is not None else self.rank_generator
-        return self.model_adapter.sample_pair_noise_and_timesteps(latents, generator)
+        return self.model_adapter.sample_pair_noise_and_timesteps(latents, generator, self._timestep_weights)
 
     def preference_loss(
         self,
