@@ -5,6 +5,7 @@
     python examples/shapes/dev_sweep.py --stage seeds --output-dir outputs/seed-sweep [--quick]
     python examples/shapes/dev_sweep.py --stage masked --output-dir outputs/masked-sweep [--quick]
     python examples/shapes/dev_sweep.py --stage sft --output-dir outputs/sft-sweep [--quick]
+    python examples/shapes/dev_sweep.py --stage timesteps --output-dir outputs/timestep-sweep [--quick]
 
 First chooses the guidance scale (5, 7.5 or 10) by the base model's dev alignment. Then builds the demo's two pair
 sets once (RPO pairs refined by the base model, reward-labelled pairs; the same image budget), trains each recipe
@@ -25,6 +26,9 @@ demo's loss masking is chosen on the mean over seeds (`seed_sweep.md`, about 17 
 
 `--stage sft` adds the denoising loss on the chosen images to masked Diffusion-DPO (`loss_type=["sigmoid", "sft"]`,
 weights 1 and 250 or 1000), next to masked DPO alone, with the same three seeds (`seed_sweep.md`, about 25 minutes).
+
+`--stage timesteps` trains masked Diffusion-DPO only on part of the noise schedule (t < 500, t < 250, t >= 500, with
+`DiffusionDPOConfig`'s timestep bias), next to the uniform draw, with the same three seeds (about 30 minutes).
 """
 
 import argparse
@@ -35,6 +39,7 @@ from trl_rpo.shapes.sweep import (
     DEFAULT_SEED_VARIANTS,
     MASKED_RECIPE_VARIANTS,
     SFT_VARIANTS,
+    TIMESTEP_VARIANTS,
     run_dev_sweep,
     run_pair_sweep,
     run_seed_sweep,
@@ -46,14 +51,17 @@ def main() -> None:
     parser.add_argument("--output-dir", required=True, help="new folder for sweep.json, sweep.md and the runs")
     parser.add_argument("--model", default=None, help="pipeline folder (default: the shipped shapes base model)")
     parser.add_argument("--quick", action="store_true", help="small budgets and two recipes: a smoke test")
-    parser.add_argument("--stage", choices=["recipes", "pairs", "seeds", "masked", "sft"], default="recipes",
+    parser.add_argument("--stage", default="recipes",
+                        choices=["recipes", "pairs", "seeds", "masked", "sft", "timesteps"],
                         help="recipes: guidance and DPO recipe; pairs: the RPO refinement strength; seeds: masked "
                              "or plain DPO over training seeds; masked: the masked recipe over seeds; sft: masked "
-                             "DPO plus an SFT term over seeds")  # fmt: skip
+                             "DPO plus an SFT term over seeds; timesteps: masked DPO on part of the noise "
+                             "schedule over seeds")  # fmt: skip
     args = parser.parse_args()
-    if args.stage in ("seeds", "masked", "sft"):
+    if args.stage in ("seeds", "masked", "sft", "timesteps"):
         config = DemoConfig.quick(model=args.model) if args.quick else DemoConfig(model=args.model)
-        variants = {"seeds": DEFAULT_SEED_VARIANTS, "masked": MASKED_RECIPE_VARIANTS, "sft": SFT_VARIANTS}[args.stage]
+        variants = {"seeds": DEFAULT_SEED_VARIANTS, "masked": MASKED_RECIPE_VARIANTS, "sft": SFT_VARIANTS,
+                    "timesteps": TIMESTEP_VARIANTS}[args.stage]  # fmt: skip
         run_seed_sweep(config, args.output_dir, variants=variants, seeds=(0, 1) if args.quick else (0, 1, 2),
                        dev_prompts=8 if args.quick else 60)  # fmt: skip
         return

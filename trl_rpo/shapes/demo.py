@@ -104,6 +104,11 @@ class DemoConfig:
         metadata={"help": "Weight of the denoising loss on chosen images added to Diffusion-DPO (loss_type "
                           "['sigmoid', 'sft']); 0: Diffusion-DPO alone."},
     )  # fmt: skip
+    dpo_timestep_bias_strategy: str = field(
+        default="none", metadata={"help": "DiffusionDPOConfig.timestep_bias_strategy of the DPO runs (none: uniform)."}
+    )
+    dpo_timestep_bias_portion: float = field(default=0.25, metadata={"help": "DiffusionDPOConfig's portion."})
+    dpo_timestep_bias_multiplier: float = field(default=1.0, metadata={"help": "DiffusionDPOConfig's multiplier."})
     grpo_num_generations: int = field(
         default=4, metadata={"help": "GRPO group size; its batch is 2x TailorPO's prompts in images, the same steps."}
     )

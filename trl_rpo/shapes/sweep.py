@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_SEED_VARIANTS",
     "MASKED_RECIPE_VARIANTS",
     "SFT_VARIANTS",
+    "TIMESTEP_VARIANTS",
     "edit_survival",
     "format_pair_sweep",
     "format_seed_sweep",
@@ -278,6 +279,19 @@ SFT_VARIANTS: dict[str, dict[str, Any]] = {
     "masked + sft 250": {"mask_weight_outside": 0.0, "dpo_sft_weight": 250.0},
     "masked + sft 1000": {"mask_weight_outside": 0.0, "dpo_sft_weight": 1000.0},
 }
+
+# Then where in the noise schedule the masked recipe's gain comes from: Diffusion-DPO draws t uniformly; these train
+# only on the less noisy half (t < 500), the less noisy quarter (t < 250) or the noisier half (t >= 500), with
+# DiffusionDPOConfig's timestep bias (diffusers' SDXL script's: the biased timesteps get weight 0).
+TIMESTEP_VARIANTS: dict[str, dict[str, Any]] = {
+    "masked": {"mask_weight_outside": 0.0},
+    "masked, t < 500": {"mask_weight_outside": 0.0, "dpo_timestep_bias_strategy": "later",
+                        "dpo_timestep_bias_portion": 0.5, "dpo_timestep_bias_multiplier": 0.0},
+    "masked, t < 250": {"mask_weight_outside": 0.0, "dpo_timestep_bias_strategy": "later",
+                        "dpo_timestep_bias_portion": 0.75, "dpo_timestep_bias_multiplier": 0.0},
+    "masked, t >= 500": {"mask_weight_outside": 0.0, "dpo_timestep_bias_strategy": "earlier",
+                         "dpo_timestep_bias_portion": 0.5, "dpo_timestep_bias_multiplier": 0.0},
+}  # fmt: skip
 
 
 def run_seed_sweep(
