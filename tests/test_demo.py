@@ -274,6 +274,15 @@ def test_train_dpo_adds_the_chosen_images_denoising_loss_only_with_a_positive_sf
         assert trainer.args.loss_type == ["sigmoid"] and trainer.args.loss_weights is None
 
 
+def test_train_dpo_passes_the_timestep_bias_to_the_trainer(tmp_path):
+    from trl_rpo.shapes.stages import train_dpo
+
+    config = DemoConfig.quick(dpo_steps=1, dpo_batch_size=2, dpo_timestep_bias_strategy="later",
+                              dpo_timestep_bias_portion=0.5, dpo_timestep_bias_multiplier=0.0)  # fmt: skip
+    trainer = train_dpo(config, _two_pairs(), tmp_path, "run")
+    assert trainer._timestep_weights[500:].sum() == 0 and trainer._timestep_weights[:500].sum() == pytest.approx(1)
+
+
 def test_edit_survival_scores_each_stage_of_the_same_edits():
     from trl_rpo.shapes.sweep import edit_survival
 

@@ -274,17 +274,19 @@ def tiny_sdxl_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def zero_sdxl_run(tmp_path_factory, tiny_sdxl_dir):
     """`run(stage, device)`: one two-process Diffusion-DPO training of tiny SDXL under a ZeRO stage, 2 steps with a
-    checkpoint after each and the model saved at the end, launched once and shared by the test of its saved LoRA
-    and the test that resumes from its checkpoint (each launch costs 20-40 s of start-up on CPU)."""
+    checkpoint after each and the model saved at the end, launched once and shared by the test of its saved LoRA,
+    the test that resumes from its checkpoint and (ZeRO-3 on CPU, which also renders validation images at each
+    step) the validation test; each launch costs 20-40 s of start-up on CPU."""
     runs = {}
 
     def run(stage: str, device: str = "cpu"):
         if (stage, device) not in runs:
+            validation = ("--validation",) if (stage, device) == ("3", "cpu") else ()
             runs[stage, device] = launch(tmp_path_factory.mktemp(f"zero{stage}-{device}"), "--trainer", "dpo",
                                          "--model", "sdxl", "--model_path", str(tiny_sdxl_dir), "--max_steps", "2",
-                                         "--save_steps", "1", "--save",
+                                         "--save_steps", "1", "--save", *validation,
                                          config_file=CONFIGS / f"deepspeed_zero{stage}.yaml",
-                                         cuda=device == "cuda")  # fmt: skip
+                                         cuda=device == "cuda", timeout=600)  # fmt: skip
         return runs[stage, device]
 
     return run
@@ -307,14 +309,18 @@ def test_two_process_deepspeed_zero_dpo_on_tiny_sdxl_saves_a_lora_that_reloads(z
 
 
 @pytest.mark.parametrize("training", ["full", "lora"])
-def test_two_process_zero3_renders_the_validation_images_of_the_whole_unet(tmp_path, tiny_sdxl_dir, training):
+def test_two_process_zero3_renders_the_validation_images_of_the_whole_unet(
+    tmp_path, tiny_sdxl_dir, zero_sdxl_run, training
+):
     # Only the main process renders, while every UNet weight is sharded (persistence threshold 0): a forward on one
     # process alone would wait on, or pair with, the other process's collectives. A hang fails the timeout.
     pytest.importorskip("deepspeed")
-    full = ("--full",) if training == "full" else ()
-    ranks, out = launch(tmp_path, "--trainer", "dpo", "--model", "sdxl", "--model_path", str(tiny_sdxl_dir),
-                        "--max_steps", "2", *full, "--validation", config_file=CONFIGS / "deepspeed_zero3.yaml",
-                        timeout=420)  # fmt: skip
+    if training == "lora":
+        ranks, out = zero_sdxl_run("3")  # the shared ZeRO-3 LoRA run renders validation images at each step
+    else:
+        ranks, out = launch(tmp_path, "--trainer", "dpo", "--model", "sdxl", "--model_path", str(tiny_sdxl_dir),
+                            "--max_steps", "2", "--full", "--validation", config_file=CONFIGS / "deepspeed_zero3.yaml",
+                            timeout=420)  # fmt: skip
     a, b = ranks
     assert a["partitioned"] and b["partitioned"]
     for step in (1, 2):

@@ -188,7 +188,9 @@ _TINY_RUN = dict(max_steps=2, per_device_train_batch_size=1, gradient_accumulati
         ("diffusion_dpo_flux_lora.yaml", "flux", True),
     ],
 )
-def test_dpo_example_configs_run_under_accelerate_launch_on_tiny_pipelines(tmp_path, config, pipeline, lora):
+def test_dpo_example_configs_train_tiny_pipelines_through_the_example_script(tmp_path, config, pipeline, lora):
+    """Each YAML config through the example's own `run` (its parser and `main`), in this process: the configs
+    differ in their values, not in how they launch, and `accelerate launch` of this script is tested above."""
     from trl_rpo.testing import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sdxl_pipeline
 
     build = {"sd": tiny_sd_pipeline, "sdxl": tiny_sdxl_pipeline, "sd3": tiny_sd3_pipeline, "flux": tiny_flux_pipeline}
@@ -201,8 +203,7 @@ def test_dpo_example_configs_run_under_accelerate_launch_on_tiny_pipelines(tmp_p
         overrides["max_sequence_length"] = 16
     if config.endswith("full.yaml"):
         overrides["optim"] = "adamw_torch"  # 8-bit AdamW is covered by the trainer tests
-    result = _launch(EXAMPLES / "diffusion_dpo.py", "--config", str(_tiny_yaml(tmp_path, config, **overrides)))
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert _load_example("diffusion_dpo").run(["--config", str(_tiny_yaml(tmp_path, config, **overrides))]) == 0
     if lora:
         assert (out / "pytorch_lora_weights.safetensors").is_file()
     else:
