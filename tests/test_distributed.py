@@ -110,11 +110,28 @@ def _assert_ddp_semantics(ranks, rows, per_device):
     assert a["local_metrics"][name] != b["local_metrics"][name]  # the ranks really saw different data
 
 
+DPO_DDP_ARGS = ("--trainer", "dpo", "--rows", "12", "--per_device_train_batch_size", "2", "--save_steps", "1")
+
+
+@pytest.fixture(scope="module")
+def dpo_ddp_run(tmp_path_factory):
+    """`run(device)`: one two-process DDP Diffusion-DPO epoch (12 rows, 2 per process, 3 steps, a checkpoint after
+    each), launched once and shared by the DDP-semantics test and the noise-stream / resume test."""
+    runs = {}
+
+    def run(device: str = "cpu"):
+        if device not in runs:
+            runs[device] = launch(tmp_path_factory.mktemp(f"dpo-ddp-{device}"), *DPO_DDP_ARGS, "--max_steps", "3",
+                                  cuda=device == "cuda")  # fmt: skip
+        return runs[device]
+
+    return run
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_two_process_ddp_diffusion_dpo_keeps_ranks_identical_and_reduces_metrics(tmp_path, device):
-    ranks, _ = launch(tmp_path, "--trainer", "dpo", "--rows", "8", "--per_device_train_batch_size", "2",
-                      cuda=device == "cuda")  # fmt: skip
-    _assert_ddp_semantics(ranks, rows=8, per_device=2)
+def test_two_process_ddp_diffusion_dpo_keeps_ranks_identical_and_reduces_metrics(dpo_ddp_run, device):
+    ranks, _ = dpo_ddp_run(device)
+    _assert_ddp_semantics(ranks, rows=12, per_device=2)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -131,17 +148,20 @@ def test_two_process_ddp_tailorpo_keeps_ranks_identical_and_reduces_metrics(tmp_
     assert logged == pytest.approx(expected, rel=1e-4, abs=1e-7)
 
 
-def test_two_process_dpo_ranks_draw_different_noise_and_timesteps_and_resume_continues_each_stream(tmp_path):
-    common = ("--trainer", "dpo", "--rows", "12", "--per_device_train_batch_size", "2", "--save_steps", "1")
-    straight, out = launch(tmp_path, *common, "--max_steps", "3")
+def test_two_process_dpo_ranks_draw_different_noise_and_timesteps_and_resume_continues_each_stream(
+    tmp_path, dpo_ddp_run
+):
+    straight, first = dpo_ddp_run()
     a, b = straight
     assert len(a["draws"]) == len(b["draws"]) == 3
     for step_a, step_b in zip(a["draws"], b["draws"]):
         assert step_a["timesteps"] != step_b["timesteps"]
         assert step_a["noise"] != step_b["noise"]
     # Resume after step 2 (mid-epoch: 3 steps per epoch): step 3 draws what the uninterrupted run drew at step 3.
+    out = tmp_path / "out"
+    shutil.copytree(first, out)  # resumed in a copy: the shared run's files stay as it left them
     shutil.rmtree(out / "run" / "checkpoint-3")
-    resumed, _ = launch(tmp_path, *common, "--max_steps", "3", "--resume", suffix="-resumed")
+    resumed, _ = launch(tmp_path, *DPO_DDP_ARGS, "--max_steps", "3", "--resume", suffix="-resumed")
     for record, uninterrupted in zip(resumed, straight):
         assert record["global_step"] == 3 and len(record["draws"]) == 1
         assert record["draws"][0] == uninterrupted["draws"][2]
