@@ -150,6 +150,10 @@ def test_trl_rpo_demo_quick_runs_end_to_end_and_writes_results_grid_and_curves(t
     assert (out / "rpo_pairs" / "manifest.json").is_file() and (out / "reward_pairs").is_dir()
     for method in METHODS[1:]:
         assert (out / "runs" / method / "pytorch_lora_weights.safetensors").is_file(), method
+    # RPO pairs train on the less noisy half of the timesteps (the timestep sweep's choice); reward pairs uniformly.
+    cards = {method: (out / "runs" / method / "README.md").read_text() for method in METHODS[1:3]}
+    assert "| timestep_bias | later 0.5 of the timesteps x 0 |" in cards["dpo_rpo_pairs"]
+    assert "timestep_bias" not in cards["dpo_reward_pairs"]
     # `trl-rpo eval` on a saved model, with the demo's test prompts and seeds, reports the demo's gain.
     (tmp_path / "prompts.txt").write_text("\n".join(results["eval_prompts"]["test"]) + "\n")
     command = [sys.executable, "-m", "trl_rpo.cli", "eval", "--model", str(out / "runs" / "dpo_rpo_pairs"),

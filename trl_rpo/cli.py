@@ -292,8 +292,8 @@ def demo_arguments_class() -> type:
             "default: outputs/demo/run-<time>."})),
     ]  # fmt: skip
     # Every override is optional (None = the preset's value); tuples become lists for the argument parser.
-    kinds = {"int": int | None, "float": float | None, "bool": bool | None, "str | None": str | None,
-             "tuple[int, ...]": list[int] | None}  # fmt: skip
+    kinds = {"int": int | None, "float": float | None, "bool": bool | None, "str": str | None,
+             "str | None": str | None, "tuple[int, ...]": list[int] | None}  # fmt: skip
     for f in fields(DemoConfig):
         default, quick_default = getattr(full, f.name), getattr(quick, f.name)
         preset = f"preset: {default!r}" + ("" if quick_default == default else f"; {quick_default!r} with --quick")

@@ -58,24 +58,29 @@ def main() -> None:
                              "DPO plus an SFT term over seeds; timesteps: masked DPO on part of the noise "
                              "schedule over seeds")  # fmt: skip
     args = parser.parse_args()
+    # The stages before `timesteps` drew t uniformly (as their tables in docs/shapes.md did); `timesteps` sets it
+    # per variant.
+    uniform = {} if args.stage == "timesteps" else {"dpo_timestep_bias_strategy": "none"}
     if args.stage in ("seeds", "masked", "sft", "timesteps"):
-        config = DemoConfig.quick(model=args.model) if args.quick else DemoConfig(model=args.model)
+        config = (DemoConfig.quick if args.quick else DemoConfig)(model=args.model, **uniform)
         variants = {"seeds": DEFAULT_SEED_VARIANTS, "masked": MASKED_RECIPE_VARIANTS, "sft": SFT_VARIANTS,
                     "timesteps": TIMESTEP_VARIANTS}[args.stage]  # fmt: skip
         run_seed_sweep(config, args.output_dir, variants=variants, seeds=(0, 1) if args.quick else (0, 1, 2),
                        dev_prompts=8 if args.quick else 60)  # fmt: skip
         return
     if args.stage == "pairs":
-        config = DemoConfig.quick(model=args.model) if args.quick else DemoConfig(model=args.model, eval_seeds=(0, 1))
+        config = (DemoConfig.quick(model=args.model, **uniform) if args.quick
+                  else DemoConfig(model=args.model, eval_seeds=(0, 1), **uniform))  # fmt: skip
         run_pair_sweep(config, args.output_dir, dev_prompts=8 if args.quick else 60)
         return
     if args.quick:
-        config = DemoConfig.quick(model=args.model)
+        config = DemoConfig.quick(model=args.model, **uniform)
         recipes = [{**recipe, "max_steps": 4} for recipe in DEFAULT_RECIPES[:2]]
         run_dev_sweep(config, args.output_dir, recipes=recipes, dev_prompts=8)
     else:
         run_dev_sweep(
-            DemoConfig(model=args.model, eval_seeds=(0, 1)), args.output_dir, guidance_scales=(5.0, 7.5, 10.0)
+            DemoConfig(model=args.model, eval_seeds=(0, 1), **uniform), args.output_dir,
+            guidance_scales=(5.0, 7.5, 10.0),
         )
 
 

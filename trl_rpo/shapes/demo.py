@@ -104,11 +104,13 @@ class DemoConfig:
         metadata={"help": "Weight of the denoising loss on chosen images added to Diffusion-DPO (loss_type "
                           "['sigmoid', 'sft']); 0: Diffusion-DPO alone."},
     )  # fmt: skip
+    # The timestep sweep's choice for RPO pairs: t < 500 only (the noisier half gets weight 0); reward-labelled
+    # pairs keep the uniform draw that the recipe sweep chose on both pair sets.
     dpo_timestep_bias_strategy: str = field(
-        default="none", metadata={"help": "DiffusionDPOConfig.timestep_bias_strategy of the DPO runs (none: uniform)."}
+        default="later", metadata={"help": "RPO-pair DPO: DiffusionDPOConfig.timestep_bias_strategy (none: uniform)."}
     )
-    dpo_timestep_bias_portion: float = field(default=0.25, metadata={"help": "DiffusionDPOConfig's portion."})
-    dpo_timestep_bias_multiplier: float = field(default=1.0, metadata={"help": "DiffusionDPOConfig's multiplier."})
+    dpo_timestep_bias_portion: float = field(default=0.5, metadata={"help": "RPO-pair DPO: the bias's portion."})
+    dpo_timestep_bias_multiplier: float = field(default=0.0, metadata={"help": "RPO-pair DPO: its multiplier."})
     grpo_num_generations: int = field(
         default=4, metadata={"help": "GRPO group size; its batch is 2x TailorPO's prompts in images, the same steps."}
     )
@@ -265,19 +267,21 @@ def run_demo(
     bar.update(2)
 
     # 4. Diffusion-DPO on each pair set, the same recipe; on RPO pairs the loss is weighted by each pair's edit
-    # mask (`mask_weight_outside`, chosen on dev), which reward-labelled pairs do not have.
-    for method, pairs, build_seconds, extra in (
-        ("dpo_reward_pairs", reward_pairs, reward_seconds, {"images": reward_counts["images"],
-                                                            "ties": reward_counts["ties"]}),
-        ("dpo_rpo_pairs", rpo_pairs, rpo_seconds, {"images": built["images"], "builder": rpo_stats,
-                                                   "mask_weight_outside": config.mask_weight_outside}),
+    # mask (`mask_weight_outside`), which reward-labelled pairs do not have, and t is drawn from the less noisy
+    # half (`dpo_timestep_bias_*`): the sweeps on RPO pairs chose both on dev.
+    uniform = dataclasses.replace(config, dpo_timestep_bias_strategy="none")
+    for method, pairs, build_seconds, recipe, extra in (
+        ("dpo_reward_pairs", reward_pairs, reward_seconds, uniform, {"images": reward_counts["images"],
+                                                                     "ties": reward_counts["ties"]}),
+        ("dpo_rpo_pairs", rpo_pairs, rpo_seconds, config, {"images": built["images"], "builder": rpo_stats,
+                                                           "mask_weight_outside": config.mask_weight_outside}),
     ):  # fmt: skip
         bar.set_description(method)
         if len(pairs) == 0:
             evaluate(method, base, 0, build_seconds, note="no pairs were built: the base model is reported", **extra)
             continue
         start = time.perf_counter()
-        trainer = train_dpo(config, pairs, output_dir, method)
+        trainer = train_dpo(recipe, pairs, output_dir, method)
         seconds = build_seconds + time.perf_counter() - start
         curves["Diffusion-DPO loss"][method] = _curve(trainer.state.log_history, "loss")
         curves["DPO implicit accuracy"][method] = _curve(trainer.state.log_history, "rewards/accuracies")

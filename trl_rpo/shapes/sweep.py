@@ -284,7 +284,7 @@ SFT_VARIANTS: dict[str, dict[str, Any]] = {
 # only on the less noisy half (t < 500), the less noisy quarter (t < 250) or the noisier half (t >= 500), with
 # DiffusionDPOConfig's timestep bias (diffusers' SDXL script's: the biased timesteps get weight 0).
 TIMESTEP_VARIANTS: dict[str, dict[str, Any]] = {
-    "masked": {"mask_weight_outside": 0.0},
+    "masked": {"mask_weight_outside": 0.0, "dpo_timestep_bias_strategy": "none"},
     "masked, t < 500": {"mask_weight_outside": 0.0, "dpo_timestep_bias_strategy": "later",
                         "dpo_timestep_bias_portion": 0.5, "dpo_timestep_bias_multiplier": 0.0},
     "masked, t < 250": {"mask_weight_outside": 0.0, "dpo_timestep_bias_strategy": "later",
