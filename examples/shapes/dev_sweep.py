@@ -28,7 +28,7 @@ demo's loss masking is chosen on the mean over seeds (`seed_sweep.md`, about 17 
 weights 1 and 250 or 1000), next to masked DPO alone, with the same three seeds (`seed_sweep.md`, about 25 minutes).
 
 `--stage timesteps` trains masked Diffusion-DPO only on part of the noise schedule (t < 500, t < 250, t >= 500, with
-`DiffusionDPOConfig`'s timestep bias), next to the uniform draw, with the same three seeds (about 30 minutes).
+`DiffusionDPOConfig`'s timestep bias), next to the uniform draw, with the same three seeds (about 35 minutes).
 """
 
 import argparse

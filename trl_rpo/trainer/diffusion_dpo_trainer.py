@@ -451,9 +451,9 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
 
     def sample_noise_and_timesteps(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Same noise and timestep for both images of a pair, from this process's own stream (each process draws
-        its own); seeded afresh during evaluation so eval losses compare. UNet models: uniform DDPM timesteps; flow
-        models: `t = sigma * 1000` with `sigma` from `args.weighting_scheme`. UNet timesteps are uniform unless
-        `args.timestep_bias_strategy` biases them."""
+        its own); seeded afresh during evaluation so eval losses compare. UNet models: DDPM timesteps, uniform unless
+        `args.timestep_bias_strategy` biases them; flow models: `t = sigma * 1000` with `sigma` from
+        `args.weighting_scheme`."""
         generator = self._eval_generator_or_none()
         generator = generator if generator is not None else self.rank_generator
         return self.model_adapter.sample_pair_noise_and_timesteps(latents, generator, self._timestep_weights)
