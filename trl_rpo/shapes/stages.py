@@ -167,6 +167,10 @@ class _Scorer:
         # Channels-last convolutions render about 12% faster on CPU, with the same images. Only scored models get
         # it: each is saved before (safetensors refuses non-contiguous weights), the base is never saved.
         pipeline.unet.to(memory_format=torch.channels_last)
+        if getattr(pipeline.unet, "peft_config", None):
+            # A trained LoRA, saved already: folded into the weights it renders about 10% faster, the images equal
+            # to a pixel level or so (diffusers' `fuse_lora`).
+            pipeline.unet.fuse_lora()
         for name, (prompts, seeds) in self.sets.items():
             kwargs = dict(seeds=seeds, batch_size=64, **_sampling(self.config))
             if method == "base":
