@@ -35,6 +35,14 @@ def test_quick_preset_keeps_explicit_overrides():
     assert config.image_budget == DemoConfig.quick().image_budget
 
 
+def test_full_demo_reports_on_every_test_scene():
+    from trl_rpo.shapes.world import all_scenes
+
+    config = DemoConfig()
+    assert config.eval_prompts == len(all_scenes("test"))
+    assert len(set(prompts(config.eval_prompts, config.seed, "test"))) == config.eval_prompts
+
+
 def test_demo_help_lists_every_field_with_both_presets(capsys):
     from trl_rpo.cli import main
 
@@ -141,6 +149,10 @@ def test_trl_rpo_demo_quick_runs_end_to_end_and_writes_results_grid_and_curves(t
         assert row["in_distribution_gain_ci"][0] <= row["in_distribution_gain"] <= row["in_distribution_gain_ci"][1]
     assert {(c["a"], c["b"]) for c in results["comparisons"]} == set(COMPARISONS)
     assert {c["prompts"] for c in results["comparisons"]} == {"test", "in_distribution"}
+    for row in results["rows"]:  # every image's score is in the file, and the row's figures follow from them
+        scores = results["scores"][row["method"]]
+        assert len(scores["test"]) == len(results["eval_seeds"]["test"]) and len(scores["test"][0]) == 16
+        assert row["alignment"] == pytest.approx(sum(map(sum, scores["test"])) / (16 * len(scores["test"])), abs=1e-4)
     assert "pair efficacy" in result.stdout and "dpo_rpo_pairs vs dpo_reward_pairs" in result.stdout
     config = DemoConfig.quick()
     assert set(results["eval_prompts"]["test"]).isdisjoint(prompts(60, 0, "dev"))  # never the dev prompts
@@ -285,6 +297,37 @@ def test_train_dpo_passes_the_timestep_bias_to_the_trainer(tmp_path):
                               dpo_timestep_bias_portion=0.5, dpo_timestep_bias_multiplier=0.0)  # fmt: skip
     trainer = train_dpo(config, _two_pairs(), tmp_path, "run")
     assert trainer._timestep_weights[500:].sum() == 0 and trainer._timestep_weights[:500].sum() == pytest.approx(1)
+
+
+def test_scorer_folds_a_trained_lora_into_the_weights_and_scores_as_the_unfused_model(tmp_path):
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from trl_rpo.evaluation import evaluate_pipeline
+    from trl_rpo.shapes.evaluate import alignment_score
+    from trl_rpo.shapes.model import load_pipeline
+    from trl_rpo.shapes.stages import _lora_config, _Scorer
+
+    config = DemoConfig.quick(eval_seeds=(0,), num_inference_steps=4, refine_strength=0.0)
+    test = prompts(8, 0, "test")
+    pipeline = load_pipeline()
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline.unet.add_adapter(_lora_config(4))
+    torch.manual_seed(0)
+    for name, parameter in pipeline.unet.named_parameters():
+        if "lora_B" in name:  # a LoRA that changes the images, as a trained one does
+            torch.nn.init.normal_(parameter, std=0.05)
+    unfused = evaluate_pipeline(pipeline, test, alignment_score, seeds=(0,), num_inference_steps=4,
+                                guidance_scale=config.guidance_scale)  # fmt: skip
+    scorer = _Scorer(config, {"test": (test, (0,))})
+    scorer("base", load_pipeline())
+    scorer("lora", pipeline)
+    layers = [m for m in pipeline.unet.modules() if isinstance(m, BaseTunerLayer)]
+    assert layers and all(layer.merged for layer in layers)
+    fused, before = scorer.scores["lora"]["test"][0], unfused.scores["alignment_score"][0]
+    # Folding rounds differently (pixels within a level or so), so at most one image in eight may score otherwise.
+    assert sum(abs(a - b) > 1e-6 for a, b in zip(fused, before)) <= 1
+    assert scorer.scores["lora"]["test"] != scorer.scores["base"]["test"]  # the LoRA was not dropped
 
 
 def test_edit_survival_scores_each_stage_of_the_same_edits():

@@ -74,11 +74,13 @@ class DemoConfig:
 
     model: str | None = field(default=None, metadata={"help": "Pipeline folder; default: the shipped base model."})
     seed: int = field(default=0, metadata={"help": "Seed of prompts, generation and training."})
-    eval_prompts: int = field(default=60, metadata={"help": "Test prompts (held-out compositions) per evaluation."})
+    eval_prompts: int = field(
+        default=120, metadata={"help": "Test prompts (held-out compositions) per evaluation; 120: the whole split."}
+    )
     in_distribution_prompts: int = field(
         default=20, metadata={"help": "Train-scene prompts (unseen seeds) per evaluation; 0 skips them."}
     )
-    eval_seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "Seeds of each evaluation."})
+    eval_seeds: tuple[int, ...] = field(default=(0, 1, 2, 3), metadata={"help": "Seeds of each evaluation."})
     num_inference_steps: int = field(default=20, metadata={"help": "DDIM steps of evaluation and pair generation."})
     guidance_scale: float = field(default=5.0, metadata={"help": "Classifier-free guidance scale."})
     image_budget: int = field(default=512, metadata={"help": "Generated images per pair set (RPO and reward)."})
@@ -346,6 +348,8 @@ def run_demo(
     results = _report(config, scorer, rows)
     results["eval_prompts"] = {name: prompts for name, (prompts, _) in sets.items()}
     results["eval_seeds"] = {name: list(seeds) for name, (_, seeds) in sets.items()}
+    # Every image's score (method -> prompt set -> [seed][prompt]), so any other statistic can be recomputed.
+    results["scores"] = scorer.scores
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     _figures(config, scorer, results, curves, test_prompts, output_dir)
     log(format_table(results))
