@@ -257,6 +257,28 @@ def test_seed_sweep_trains_each_variant_with_each_seed_and_chooses_the_best_mean
     assert (tmp_path / "seeds" / "seed_sweep.md").read_text().count("\n") == 4
 
 
+@pytest.mark.slow
+def test_online_sweep_trains_each_online_method_for_each_step_count_and_compares_them_on_dev(tmp_path):
+    from trl_rpo.shapes.sweep import ONLINE_METHODS, run_online_sweep
+
+    config = DemoConfig.quick(eval_seeds=(0,), num_inference_steps=4, refine_strength=0.0, tailorpo_batch_size=2,
+                              tailorpo_num_inference_steps=4)  # fmt: skip
+    results = run_online_sweep(config, tmp_path / "online", steps=(1, 2), dev_prompts=4, log=lambda _: None)
+    assert [(row["method"], row["steps"]) for row in results["rows"]] == [
+        (method, steps) for steps in (1, 2) for method in ONLINE_METHODS
+    ]
+    for row in results["rows"]:
+        assert row["optimizer_steps"] == row["steps"]
+        assert row["gain_ci"][0] <= row["gain"] <= row["gain_ci"][1] and 0 <= row["rollout_last"] <= 1
+        assert (tmp_path / "online" / "runs" / f"{row['method']}-{row['steps']}").is_dir()
+    assert [(c["a"], c["b"], c["steps"]) for c in results["comparisons"]] == [
+        ("tailorpo", "tailorpo_final", 1), ("tailorpo", "grpo", 1), ("tailorpo", "tailorpo_final", 2),
+        ("tailorpo", "grpo", 2),
+    ]  # fmt: skip
+    table = (tmp_path / "online" / "online_sweep.md").read_text()
+    assert table.count("| tailorpo vs grpo |") == 2 and table.count("| grpo |") == 2
+
+
 def _two_pairs(with_masks: bool = False):
     """Two flat-colour preference pairs at the shapes model's 32 px, with full edit masks if asked."""
     from datasets import Dataset
@@ -357,14 +379,16 @@ def test_both_pair_sets_spend_the_same_image_budget_on_train_prompts(tmp_path):
 
 
 def test_sweeps_refuse_a_folder_that_holds_files_and_bad_arguments_create_nothing(tmp_path):
-    from trl_rpo.shapes.sweep import run_dev_sweep, run_pair_sweep, run_seed_sweep
+    from trl_rpo.shapes.sweep import run_dev_sweep, run_online_sweep, run_pair_sweep, run_seed_sweep
 
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "sweep.json").write_text("{}")
-    for sweep in (run_dev_sweep, run_pair_sweep, run_seed_sweep):
+    for sweep in (run_dev_sweep, run_pair_sweep, run_seed_sweep, run_online_sweep):
         with pytest.raises(FileExistsError, match="not empty"):
             sweep(DemoConfig.quick(), tmp_path / "old", log=lambda _: None)
     assert (tmp_path / "old" / "sweep.json").read_text() == "{}"
     with pytest.raises(ValueError, match="at least one variant"):
         run_seed_sweep(DemoConfig.quick(), tmp_path / "new", variants={})
+    with pytest.raises(ValueError, match="positive step counts"):
+        run_online_sweep(DemoConfig.quick(), tmp_path / "new", steps=(40, 0))
     assert not (tmp_path / "new").exists()

@@ -6,6 +6,7 @@
     python examples/shapes/dev_sweep.py --stage masked --output-dir outputs/masked-sweep [--quick]
     python examples/shapes/dev_sweep.py --stage sft --output-dir outputs/sft-sweep [--quick]
     python examples/shapes/dev_sweep.py --stage timesteps --output-dir outputs/timestep-sweep [--quick]
+    python examples/shapes/dev_sweep.py --stage online --output-dir outputs/online-sweep [--quick]
 
 First chooses the guidance scale (5, 7.5 or 10) by the base model's dev alignment. Then builds the demo's two pair
 sets once (RPO pairs refined by the base model, reward-labelled pairs; the same image budget), trains each recipe
@@ -29,6 +30,10 @@ weights 1 and 250 or 1000), next to masked DPO alone, with the same three seeds 
 
 `--stage timesteps` trains masked Diffusion-DPO only on part of the noise schedule (t < 500, t < 250, t >= 500, with
 `DiffusionDPOConfig`'s timestep bias), next to the uniform draw, with the same three seeds (about 35 minutes).
+
+`--stage online` is a diagnosis, not a choice: TailorPO, its final-image baseline and GRPO trained for the demo's
+40 steps and for 160, scored on the dev prompts (60 x 3 seeds), with the alignment of their rollouts early and
+late in training (`online_sweep.md`, about 15 minutes).
 """
 
 import argparse
@@ -41,6 +46,7 @@ from trl_rpo.shapes.sweep import (
     SFT_VARIANTS,
     TIMESTEP_VARIANTS,
     run_dev_sweep,
+    run_online_sweep,
     run_pair_sweep,
     run_seed_sweep,
 )
@@ -52,23 +58,30 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="pipeline folder (default: the shipped shapes base model)")
     parser.add_argument("--quick", action="store_true", help="small budgets and two recipes: a smoke test")
     parser.add_argument("--stage", default="recipes",
-                        choices=["recipes", "pairs", "seeds", "masked", "sft", "timesteps"],
+                        choices=["recipes", "pairs", "seeds", "masked", "sft", "timesteps", "online"],
                         help="recipes: guidance and DPO recipe; pairs: the RPO refinement strength; seeds: masked "
                              "or plain DPO over training seeds; masked: the masked recipe over seeds; sft: masked "
                              "DPO plus an SFT term over seeds; timesteps: masked DPO on part of the noise "
-                             "schedule over seeds")  # fmt: skip
+                             "schedule over seeds; online: TailorPO, its final-image baseline and GRPO at 40 "
+                             "and 160 steps")  # fmt: skip
     args = parser.parse_args()
     # The stages before `timesteps` drew t uniformly (as their tables in docs/shapes.md did); `timesteps` sets it
     # per variant.
     uniform = {} if args.stage == "timesteps" else {"dpo_timestep_bias_strategy": "none"}
     if args.stage in ("seeds", "masked", "sft", "timesteps"):
-        # Three dev seeds, as in the tables of docs/shapes.md (the demo's test evaluation uses six).
+        # Three dev seeds, as in the tables of docs/shapes.md (the demo's test evaluation uses four).
         config = (DemoConfig.quick(model=args.model, **uniform) if args.quick
                   else DemoConfig(model=args.model, eval_seeds=(0, 1, 2), **uniform))  # fmt: skip
         variants = {"seeds": DEFAULT_SEED_VARIANTS, "masked": MASKED_RECIPE_VARIANTS, "sft": SFT_VARIANTS,
                     "timesteps": TIMESTEP_VARIANTS}[args.stage]  # fmt: skip
         run_seed_sweep(config, args.output_dir, variants=variants, seeds=(0, 1) if args.quick else (0, 1, 2),
                        dev_prompts=8 if args.quick else 60)  # fmt: skip
+        return
+    if args.stage == "online":
+        config = (DemoConfig.quick(model=args.model) if args.quick
+                  else DemoConfig(model=args.model, eval_seeds=(0, 1, 2)))  # fmt: skip
+        run_online_sweep(config, args.output_dir, steps=(1, 2) if args.quick else (40, 160),
+                         dev_prompts=8 if args.quick else 60)  # fmt: skip
         return
     if args.stage == "pairs":
         config = (DemoConfig.quick(model=args.model, **uniform) if args.quick

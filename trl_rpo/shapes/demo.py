@@ -37,13 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from .stages import (
-    _common_args,
     _curve,
-    _lora_config,
     _quiet_libraries,
     _Scorer,
     build_pair_sets,
     train_dpo,
+    train_grpo,
+    train_tailorpo,
 )
 
 __all__ = [
@@ -217,12 +217,8 @@ def run_demo(
     `output_dir` must be new or empty: nothing a previous run wrote is overwritten.
     """
     import torch
-    from datasets import Dataset
     from tqdm.auto import tqdm
-    from transformers import PrinterCallback
 
-    from ..trainer import DiffusionGRPOConfig, DiffusionGRPOTrainer, TailorPOConfig, TailorPOTrainer
-    from .evaluate import alignment_score
     from .model import load_pipeline
     from .world import prompts as shape_prompts
 
@@ -291,30 +287,14 @@ def run_demo(
         del trainer
 
     # 5. TailorPO with the evaluator as reward, step-wise and with final-image pairing.
-    prompt_dataset = Dataset.from_dict({"prompt": shape_prompts(900, seed=config.seed, split="train")})
     for method, pairing in (("tailorpo", "best_worst"), ("tailorpo_final", "final")):
         bar.set_description(method)
         start = time.perf_counter()
-        trainer = TailorPOTrainer(
-            model=load_pipeline(config.model),
-            reward_funcs=alignment_score,
-            args=TailorPOConfig(
-                max_steps=config.tailorpo_steps, per_device_train_batch_size=config.tailorpo_batch_size,
-                learning_rate=config.tailorpo_learning_rate, num_inference_steps=config.tailorpo_num_inference_steps,
-                guidance_scale=config.guidance_scale, num_candidates=config.num_candidates, pairing=pairing,
-                **_common_args(config, output_dir, method),
-            ),
-            train_dataset=prompt_dataset,
-            peft_config=_lora_config(config.lora_r),
-        )  # fmt: skip
-        trainer.remove_callback(PrinterCallback)
-        trainer.train()
-        trainer.save_model()
+        trainer = train_tailorpo(config, output_dir, method, pairing=pairing)
         seconds = time.perf_counter() - start
         history = trainer.state.log_history
         pairs = round(sum(value for _, value in _curve(history, "pairs/count")))
         curves["online rollout alignment"][method] = _curve(history, "rewards/alignment_score/mean")
-        trainer.pipeline.unet.eval()
         evaluate(method, trainer.pipeline, pairs, seconds)
         del trainer
 
@@ -322,24 +302,9 @@ def run_demo(
     # `grpo_num_generations` images per prompt (2x TailorPO's images per step: its candidates double its rollouts).
     bar.set_description("grpo")
     start = time.perf_counter()
-    trainer = DiffusionGRPOTrainer(
-        model=load_pipeline(config.model),
-        reward_funcs=alignment_score,
-        args=DiffusionGRPOConfig(
-            max_steps=config.tailorpo_steps, num_generations=config.grpo_num_generations,
-            per_device_train_batch_size=2 * config.tailorpo_batch_size, learning_rate=config.tailorpo_learning_rate,
-            num_inference_steps=config.tailorpo_num_inference_steps, guidance_scale=config.guidance_scale,
-            **_common_args(config, output_dir, "grpo"),
-        ),
-        train_dataset=prompt_dataset,
-        peft_config=_lora_config(config.lora_r),
-    )  # fmt: skip
-    trainer.remove_callback(PrinterCallback)
-    trainer.train()
-    trainer.save_model()
+    trainer = train_grpo(config, output_dir)
     seconds = time.perf_counter() - start
     curves["online rollout alignment"]["grpo"] = _curve(trainer.state.log_history, "rewards/alignment_score/mean")
-    trainer.pipeline.unet.eval()
     images = config.tailorpo_steps * 2 * config.tailorpo_batch_size
     evaluate("grpo", trainer.pipeline, 0, seconds, images=images)
     del trainer

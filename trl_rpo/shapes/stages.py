@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .demo import DemoConfig
 
-__all__ = ["build_pair_sets", "build_rpo_pairs", "pair_prompts", "train_dpo"]
+__all__ = ["build_pair_sets", "build_rpo_pairs", "online_prompts", "pair_prompts", "train_dpo", "train_grpo",
+           "train_tailorpo"]
 
 
 def _quiet_libraries() -> None:
@@ -107,7 +108,6 @@ def build_pair_sets(config: DemoConfig, base, output_dir: Path) -> dict[str, Any
 
 def train_dpo(config: DemoConfig, pairs, output_dir: Path, name: str, **overrides: Any):
     """A `DiffusionDPOTrainer` run on `pairs` with the demo's recipe (fields overridable); returns the trainer."""
-    from transformers import PrinterCallback
 
     from ..data.formats import MASK_COLUMN
     from ..trainer import DiffusionDPOConfig, DiffusionDPOTrainer
@@ -134,6 +134,69 @@ def train_dpo(config: DemoConfig, pairs, output_dir: Path, name: str, **override
         train_dataset=pairs.select_columns(columns),
         peft_config=_lora_config(config.lora_r) if recipe["use_lora"] else None,
     )  # fmt: skip
+    return _train_and_save(trainer)
+
+
+def online_prompts(config: DemoConfig):
+    """The rollout prompts of TailorPO and GRPO: every train scene, in a seeded order, as a `datasets.Dataset`."""
+    from datasets import Dataset
+
+    from .world import prompts as shape_prompts
+
+    return Dataset.from_dict({"prompt": shape_prompts(900, seed=config.seed, split="train")})
+
+
+def train_tailorpo(config: DemoConfig, output_dir: Path, name: str, pairing: str = "best_worst"):
+    """A `TailorPOTrainer` run with `alignment_score` as the step-wise reward and the demo's recipe; returns it.
+
+    `pairing="final"` is the final-image (D3PO / SPO-style) baseline with the same rollouts.
+    """
+
+    from ..trainer import TailorPOConfig, TailorPOTrainer
+    from .evaluate import alignment_score
+    from .model import load_pipeline
+
+    trainer = TailorPOTrainer(
+        model=load_pipeline(config.model),
+        reward_funcs=alignment_score,
+        args=TailorPOConfig(
+            max_steps=config.tailorpo_steps, per_device_train_batch_size=config.tailorpo_batch_size,
+            learning_rate=config.tailorpo_learning_rate, num_inference_steps=config.tailorpo_num_inference_steps,
+            guidance_scale=config.guidance_scale, num_candidates=config.num_candidates, pairing=pairing,
+            **_common_args(config, output_dir, name),
+        ),
+        train_dataset=online_prompts(config),
+        peft_config=_lora_config(config.lora_r),
+    )  # fmt: skip
+    return _train_and_save(trainer)
+
+
+def train_grpo(config: DemoConfig, output_dir: Path, name: str = "grpo"):
+    """A `DiffusionGRPOTrainer` run, the online baseline: TailorPO's reward, steps, learning rate and DDIM steps,
+    groups of `grpo_num_generations` images, 2x TailorPO's prompts per step (its candidates double its rollouts).
+    """
+    from ..trainer import DiffusionGRPOConfig, DiffusionGRPOTrainer
+    from .evaluate import alignment_score
+    from .model import load_pipeline
+
+    trainer = DiffusionGRPOTrainer(
+        model=load_pipeline(config.model),
+        reward_funcs=alignment_score,
+        args=DiffusionGRPOConfig(
+            max_steps=config.tailorpo_steps, num_generations=config.grpo_num_generations,
+            per_device_train_batch_size=2 * config.tailorpo_batch_size, learning_rate=config.tailorpo_learning_rate,
+            num_inference_steps=config.tailorpo_num_inference_steps, guidance_scale=config.guidance_scale,
+            **_common_args(config, output_dir, name),
+        ),
+        train_dataset=online_prompts(config),
+        peft_config=_lora_config(config.lora_r),
+    )  # fmt: skip
+    return _train_and_save(trainer)
+
+
+def _train_and_save(trainer):
+    from transformers import PrinterCallback
+
     trainer.remove_callback(PrinterCallback)  # the demo's own bar and table report progress
     trainer.train()
     trainer.save_model()  # runs/NAME: the LoRA (or UNet) that `trl-rpo eval --model runs/NAME --base shapes` loads

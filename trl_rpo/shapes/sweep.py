@@ -13,7 +13,8 @@ prompts are never evaluated here.
 `run_pair_sweep` then chooses the RPO refinement strength, and `run_seed_sweep` chooses between masked and plain
 Diffusion-DPO on the mean over training seeds (one model's interval hides the spread between trainings), and,
 with `MASKED_RECIPE_VARIANTS`, whether any one change to the masked recipe does better, and with
-`SFT_VARIANTS`, whether adding the denoising loss on the chosen images does.
+`SFT_VARIANTS`, whether adding the denoising loss on the chosen images does. `run_online_sweep` asks whether the
+online methods (TailorPO, its final-image baseline, GRPO) move the model with more steps than the demo gives them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from .demo import DemoConfig
-from .stages import _quiet_libraries, _sampling, _Scorer, build_pair_sets, build_rpo_pairs, pair_prompts, train_dpo
+from .stages import (
+    _curve,
+    _quiet_libraries,
+    _sampling,
+    _Scorer,
+    build_pair_sets,
+    build_rpo_pairs,
+    pair_prompts,
+    train_dpo,
+    train_grpo,
+    train_tailorpo,
+)
 
 __all__ = [
     "DEFAULT_RECIPES",
@@ -35,10 +47,12 @@ __all__ = [
     "SFT_VARIANTS",
     "TIMESTEP_VARIANTS",
     "edit_survival",
+    "format_online_sweep",
     "format_pair_sweep",
     "format_seed_sweep",
     "format_sweep",
     "run_dev_sweep",
+    "run_online_sweep",
     "run_pair_sweep",
     "run_seed_sweep",
 ]
@@ -353,6 +367,82 @@ def format_seed_sweep(results: dict[str, Any]) -> str:
         cells = [f"{e['gain']:+.3f} [{e['gain_ci'][0]:+.3f}, {e['gain_ci'][1]:+.3f}]" for e in row["by_seed"].values()]
         best = " **(chosen)**" if results.get("best") == k else ""
         lines.append(f"| {row['variant']} | " + " | ".join(cells) + f" | {row['mean_gain']:+.3f}{best} |")
+    return "\n".join(lines)
+
+
+ONLINE_METHODS = ("tailorpo", "tailorpo_final", "grpo")
+
+
+def run_online_sweep(
+    config: DemoConfig,
+    output_dir: str | Path,
+    steps: Sequence[int] = (40, 160),
+    dev_prompts: int = 60,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Does the online methods' budget limit them? Each trained for each of `steps` optimizer steps; on dev.
+
+    TailorPO (step-wise pairs), its `pairing="final"` baseline and GRPO are trained as the demo trains them
+    (`DemoConfig.tailorpo_*`, with `tailorpo_steps` replaced), scored on dev prompts by the paired gain over the
+    base, with their rollout alignment over the first and last fifth of training (does the reward they optimize
+    rise at all?), and compared with each other at each budget. Writes online_sweep.json/.md.
+    """
+    from .model import load_pipeline
+    from .world import prompts as shape_prompts
+
+    if not steps or min(steps) <= 0:
+        raise ValueError(f"run_online_sweep needs positive step counts, got {list(steps)}")
+    output_dir = _new_folder(output_dir)
+    _quiet_libraries()
+    scorer = _Scorer(config, {"dev": (shape_prompts(dev_prompts, seed=config.seed, split="dev"), config.eval_seeds)})
+    scorer("base", load_pipeline(config.model))
+    rows, comparisons = [], []
+    for count in steps:
+        variant = dataclasses.replace(config, tailorpo_steps=int(count))
+        for method in ONLINE_METHODS:
+            name = f"{method}-{count}"
+            start = time.perf_counter()
+            if method == "grpo":
+                trainer = train_grpo(variant, output_dir, name)
+            else:
+                pairing = "final" if method == "tailorpo_final" else "best_worst"
+                trainer = train_tailorpo(variant, output_dir, name, pairing)
+            seconds = time.perf_counter() - start
+            rollout = [value for _, value in _curve(trainer.state.log_history, "rewards/alignment_score/mean")]
+            optimizer_steps = trainer.state.global_step
+            scorer(name, trainer.pipeline)
+            del trainer
+            result = scorer.compare(name, "base", "dev").to_dict()
+            fifth = max(1, len(rollout) // 5)
+            rows.append({"method": method, "steps": int(count), "optimizer_steps": optimizer_steps,
+                         "seconds": round(seconds, 1),
+                         "rollout_first": sum(rollout[:fifth]) / fifth, "rollout_last": sum(rollout[-fifth:]) / fifth,
+                         **{key: result[key] for key in ("gain", "gain_ci", "p_value")}})  # fmt: skip
+            log(format_online_sweep({"rows": rows[-1:], "comparisons": []}).splitlines()[-1])
+        for a, b in (("tailorpo", "tailorpo_final"), ("tailorpo", "grpo")):
+            result = scorer.compare(f"{a}-{count}", f"{b}-{count}", "dev").to_dict()
+            comparisons.append({"a": a, "b": b, "steps": int(count),
+                                **{key: result[key] for key in ("gain", "gain_ci", "p_value")}})  # fmt: skip
+    results = {"rows": rows, "comparisons": comparisons, "base_dev_alignment": scorer.mean("base", "dev"),
+               "config": dataclasses.asdict(config)}  # fmt: skip
+    return _write_sweep(output_dir, "online_sweep", results, format_online_sweep(results), log)
+
+
+def format_online_sweep(results: dict[str, Any]) -> str:
+    """The online-budget sweep as Markdown: per method and step count, the dev gain and the rollout reward."""
+
+    def gain(entry: dict[str, Any]) -> str:
+        low, high = entry["gain_ci"]
+        return f"{entry['gain']:+.3f} [{low:+.3f}, {high:+.3f}], p = {entry['p_value']:.2g}"
+
+    lines = ["| method | steps | dev gain [95% CI] | rollout alignment, first -> last fifth | seconds |",
+             "|---|---:|---|---|---:|"]  # fmt: skip
+    for row in results["rows"]:
+        lines.append(f"| {row['method']} | {row['steps']} | {gain(row)} | {row['rollout_first']:.3f} -> "
+                     f"{row['rollout_last']:.3f} | {row['seconds']:.0f} |")  # fmt: skip
+    if results["comparisons"]:
+        lines += ["", "| a vs b | steps | dev difference [95% CI] |", "|---|---:|---|"]
+        lines += [f"| {c['a']} vs {c['b']} | {c['steps']} | {gain(c)} |" for c in results["comparisons"]]
     return "\n".join(lines)
 
 
