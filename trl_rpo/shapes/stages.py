@@ -108,7 +108,6 @@ def build_pair_sets(config: DemoConfig, base, output_dir: Path) -> dict[str, Any
 
 def train_dpo(config: DemoConfig, pairs, output_dir: Path, name: str, **overrides: Any):
     """A `DiffusionDPOTrainer` run on `pairs` with the demo's recipe (fields overridable); returns the trainer."""
-
     from ..data.formats import MASK_COLUMN
     from ..trainer import DiffusionDPOConfig, DiffusionDPOTrainer
     from .model import load_pipeline
@@ -151,7 +150,6 @@ def train_tailorpo(config: DemoConfig, output_dir: Path, name: str, pairing: str
 
     `pairing="final"` is the final-image (D3PO / SPO-style) baseline with the same rollouts.
     """
-
     from ..trainer import TailorPOConfig, TailorPOTrainer
     from .evaluate import alignment_score
     from .model import load_pipeline

@@ -44,6 +44,7 @@ __all__ = [
     "DEFAULT_RECIPES",
     "DEFAULT_SEED_VARIANTS",
     "MASKED_RECIPE_VARIANTS",
+    "ONLINE_METHODS",
     "SFT_VARIANTS",
     "TIMESTEP_VARIANTS",
     "edit_survival",
