@@ -36,6 +36,16 @@ def test_no_command_prints_the_list_of_commands_and_fails(capsys):
     assert "build-dataset" in capsys.readouterr().out
 
 
+def test_commands_mute_the_bitsandbytes_cpu_kernel_notice_only(capsys, monkeypatch):
+    import logging
+
+    notice = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    monkeypatch.setattr(notice, "level", logging.NOTSET)
+    main([])
+    assert notice.getEffectiveLevel() == logging.ERROR  # the optional-kernel warning is muted, errors are not
+    assert logging.getLogger("bitsandbytes").level == logging.NOTSET
+
+
 def test_an_unknown_command_is_refused_naming_the_known_ones(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train-everything"])

@@ -485,6 +485,10 @@ def _top_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `trl-rpo` console script; returns the exit code."""
+    # On CPUs with AVX512-BF16, importing peft (through TrainingArguments) makes bitsandbytes warn that an optional
+    # 4-bit CPU kernel from the Hub is missing. No trl-rpo command runs 4-bit matmuls on a CPU, so the notice is noise
+    # on every command, `--help` included.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _top_parser()
     if not argv or argv[0] in ("-h", "--help"):
