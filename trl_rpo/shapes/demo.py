@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .stages import (
+    TAILORPO_PAIRINGS,
     _curve,
     _quiet_libraries,
     _Scorer,
@@ -287,7 +288,7 @@ def run_demo(
         del trainer
 
     # 5. TailorPO with the evaluator as reward, step-wise and with final-image pairing.
-    for method, pairing in (("tailorpo", "best_worst"), ("tailorpo_final", "final")):
+    for method, pairing in TAILORPO_PAIRINGS.items():
         bar.set_description(method)
         start = time.perf_counter()
         trainer = train_tailorpo(config, output_dir, method, pairing=pairing)
@@ -305,7 +306,7 @@ def run_demo(
     trainer = train_grpo(config, output_dir)
     seconds = time.perf_counter() - start
     curves["online rollout alignment"]["grpo"] = _curve(trainer.state.log_history, "rewards/alignment_score/mean")
-    images = config.tailorpo_steps * 2 * config.tailorpo_batch_size
+    images = trainer.state.global_step * trainer.args.per_device_train_batch_size  # its batch counts images
     evaluate("grpo", trainer.pipeline, 0, seconds, images=images)
     del trainer
     bar.close()

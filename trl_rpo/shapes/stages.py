@@ -14,8 +14,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .demo import DemoConfig
 
-__all__ = ["build_pair_sets", "build_rpo_pairs", "online_prompts", "pair_prompts", "train_dpo", "train_grpo",
-           "train_tailorpo"]
+__all__ = ["TAILORPO_PAIRINGS", "build_pair_sets", "build_rpo_pairs", "online_prompts", "pair_prompts", "train_dpo",
+           "train_grpo", "train_tailorpo"]
+
+# The demo's TailorPO rows and their `TailorPOConfig.pairing`: step-wise pairs, and the final-image (D3PO / SPO-style)
+# baseline with the same rollouts.
+TAILORPO_PAIRINGS = {"tailorpo": "best_worst", "tailorpo_final": "final"}
 
 
 def _quiet_libraries() -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from .demo import DemoConfig
 from .stages import (
+    TAILORPO_PAIRINGS,
     _curve,
     _quiet_libraries,
     _sampling,
@@ -86,6 +87,12 @@ def _write_sweep(output_dir: Path, name: str, results: dict[str, Any], table: st
     (output_dir / f"{name}.md").write_text(table + "\n", encoding="utf-8")
     log(table)
     return results
+
+
+def _dev_gain(scorer: _Scorer, method: str, reference: str = "base") -> dict[str, Any]:
+    """`method - reference` on the dev prompts: the gain, its 95% interval and the p-value."""
+    result = scorer.compare(method, reference, "dev").to_dict()
+    return {key: result[key] for key in ("gain", "gain_ci", "p_value")}
 
 
 def run_dev_sweep(
@@ -236,8 +243,7 @@ def run_pair_sweep(
                                 output_dir, method)  # fmt: skip
             scorer(method, trainer.pipeline)
             del trainer
-            result = scorer.compare(method, "base", "dev").to_dict()
-            row["by_mask_weight"][f"{weight:g}"] = {key: result[key] for key in ("gain", "gain_ci", "p_value")}
+            row["by_mask_weight"][f"{weight:g}"] = _dev_gain(scorer, method)
         gains = [entry["gain"] for entry in row["by_mask_weight"].values() if entry is not None]
         row["mean_gain"] = round(sum(gains) / len(gains), 4) if gains else None
         rows.append(row)
@@ -346,8 +352,7 @@ def run_seed_sweep(
             trainer = train_dpo(dataclasses.replace(variant, seed=int(seed)), pairs, output_dir, method)
             scorer(method, trainer.pipeline)
             del trainer
-            result = scorer.compare(method, "base", "dev").to_dict()
-            row["by_seed"][str(seed)] = {key: result[key] for key in ("gain", "gain_ci", "p_value")}
+            row["by_seed"][str(seed)] = _dev_gain(scorer, method)
         gains = [entry["gain"] for entry in row["by_seed"].values()]
         row["mean_gain"] = round(sum(gains) / len(gains), 4)
         row["min_gain"], row["max_gain"] = min(gains), max(gains)
@@ -406,24 +411,21 @@ def run_online_sweep(
             if method == "grpo":
                 trainer = train_grpo(variant, output_dir, name)
             else:
-                pairing = "final" if method == "tailorpo_final" else "best_worst"
-                trainer = train_tailorpo(variant, output_dir, name, pairing)
+                trainer = train_tailorpo(variant, output_dir, name, TAILORPO_PAIRINGS[method])
             seconds = time.perf_counter() - start
             rollout = [value for _, value in _curve(trainer.state.log_history, "rewards/alignment_score/mean")]
             optimizer_steps = trainer.state.global_step
             scorer(name, trainer.pipeline)
             del trainer
-            result = scorer.compare(name, "base", "dev").to_dict()
             fifth = max(1, len(rollout) // 5)
             rows.append({"method": method, "steps": int(count), "optimizer_steps": optimizer_steps,
                          "seconds": round(seconds, 1),
                          "rollout_first": sum(rollout[:fifth]) / fifth, "rollout_last": sum(rollout[-fifth:]) / fifth,
-                         **{key: result[key] for key in ("gain", "gain_ci", "p_value")}})  # fmt: skip
+                         **_dev_gain(scorer, name)})  # fmt: skip
             log(format_online_sweep({"rows": rows[-1:], "comparisons": []}).splitlines()[-1])
         for a, b in (("tailorpo", "tailorpo_final"), ("tailorpo", "grpo")):
-            result = scorer.compare(f"{a}-{count}", f"{b}-{count}", "dev").to_dict()
             comparisons.append({"a": a, "b": b, "steps": int(count),
-                                **{key: result[key] for key in ("gain", "gain_ci", "p_value")}})  # fmt: skip
+                                **_dev_gain(scorer, f"{a}-{count}", f"{b}-{count}")})  # fmt: skip
     results = {"rows": rows, "comparisons": comparisons, "base_dev_alignment": scorer.mean("base", "dev"),
                "config": dataclasses.asdict(config)}  # fmt: skip
     return _write_sweep(output_dir, "online_sweep", results, format_online_sweep(results), log)
