@@ -433,3 +433,65 @@ def test_two_process_precompute_encodes_one_shard_each_and_gives_the_one_process
         np.testing.assert_array_equal(cache["chosen_time_ids"], expected["chosen_time_ids"])
         for key, value in expected.items():
             np.testing.assert_allclose(cache[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def launch_cli(tmp_path, *args, config_file=None, timeout=300) -> str:
+    """`accelerate launch` of `trl-rpo` (the CLI as users run it) on two CPU processes; returns its stdout.
+
+    DDP by default (gloo, as `launch` does); with a DeepSpeed `config_file`, gloo is named by `--ddp_backend`, since on
+    CPU processes transformers would otherwise set up a one-process state next to DeepSpeed's two.
+    """
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2",
+                "--main_process_port", str(_free_port())]  # fmt: skip
+    if config_file is None:
+        launcher, extra = [*launcher, "--multi_gpu"], {"ACCELERATE_USE_CPU": "true"}
+    else:
+        launcher, extra = [*launcher, "--config_file", str(config_file), "--mixed_precision", "no"], {}
+        args = (*args, "--ddp_backend", "gloo")
+    common = ("--output_dir", str(tmp_path / "out"), "--report_to", "none", "--save_strategy", "no",
+              "--logging_steps", "1", "--use_peft", "--lora_r", "4")  # fmt: skip
+    result = subprocess.run([*launcher, "-m", "trl_rpo.cli", *args, *common], env=_env(**extra), capture_output=True,
+                            text=True, timeout=timeout)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-5000:]
+    assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").is_file()
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_sd_dir(tmp_path_factory):
+    from trl_rpo.testing import tiny_sd_pipeline
+
+    path = tmp_path_factory.mktemp("tiny-sd") / "pipe"
+    tiny_sd_pipeline().save_pretrained(path)
+    return path
+
+
+def test_two_process_dpo_precompute_finishes_when_a_process_gets_no_rows(tmp_path, tiny_sd_dir):
+    """One row, two processes: process 1's shard is empty (`datasets.map` writes no cache file for it), so the cache
+    holds process 0's shard only, and both processes train on it."""
+    from trl_rpo.testing import tiny_preference_dataset
+
+    tiny_preference_dataset(1).save_to_disk(tmp_path / "data")
+    stdout = launch_cli(tmp_path, "dpo", "--model_name_or_path", str(tiny_sd_dir), "--dataset_name",
+                        str(tmp_path / "data"), "--precompute_latents", "true", "--precompute_cache_dir",
+                        str(tmp_path / "cache"), "--max_steps", "1", "--per_device_train_batch_size", "1")  # fmt: skip
+    assert "'train_loss'" in stdout
+    assert [p.name for p in (tmp_path / "cache").glob("*/*.arrow")] == ["train-00000-of-00002.arrow"]
+
+
+@pytest.mark.parametrize("command", ["tailorpo", "grpo"])
+def test_two_process_zero3_online_commands_score_with_a_whole_clip_model(tmp_path, tiny_sd_dir, command):
+    """`zero3_init_flag: true` switches on transformers' ZeRO-3 loading before the scorers are built: a CLIP scorer
+    loaded then is partitioned across the processes with no engine to gather it: loading it fails."""
+    pytest.importorskip("deepspeed")
+    from trl_rpo.testing import tiny_clip_model, tiny_clip_processor
+
+    tiny_clip_model().save_pretrained(tmp_path / "clip")
+    tiny_clip_processor().save_pretrained(tmp_path / "clip")
+    sizes = ("--num_selected_timesteps", "2", "--per_device_train_batch_size", "1") if command == "tailorpo" else (
+        "--num_generations", "2", "--per_device_train_batch_size", "2")  # fmt: skip
+    stdout = launch_cli(tmp_path, command, "--model_name_or_path", str(tiny_sd_dir), "--prompts_name_or_path",
+                        str(ROOT / "examples" / "prompts" / "animals.txt"), "--reward_funcs", "clip_score",
+                        "--clip_model", str(tmp_path / "clip"), "--num_inference_steps", "3", "--max_steps", "1",
+                        *sizes, config_file=CONFIGS / "deepspeed_zero3.yaml")  # fmt: skip
+    assert "'rewards/clip_score/mean'" in stdout

@@ -79,6 +79,7 @@ def build_rewards(script_args: ScriptArguments) -> list:
     unknown = [name for name in script_args.reward_funcs if name not in REWARDS and not _is_url(name)]
     if unknown:
         raise SystemExit(f"unknown reward(s) {unknown}; choose among {list(REWARDS)} or give a reward server's URL")
+    from ..pipelines import zero3_init_disabled
     from ..rewards import AestheticScorer, CLIPScorer, PickScoreScorer, jpeg_compressibility, jpeg_incompressibility
     from ..rewards.remote import RemoteReward
     from ..shapes.evaluate import alignment_score
@@ -93,7 +94,10 @@ def build_rewards(script_args: ScriptArguments) -> list:
         "jpeg_incompressibility": lambda: jpeg_incompressibility,
         "shapes_alignment": lambda: alignment_score,  # the shapes world's evaluator (trl_rpo.shapes)
     }
-    return [RemoteReward(name) if _is_url(name) else builders[name]() for name in script_args.reward_funcs]
+    # The training config has already switched on transformers' ZeRO-3 loading (`zero3_init_flag`): scorers are
+    # frozen and run whole on every process, outside the DeepSpeed engine, so they must not load partitioned.
+    with zero3_init_disabled():
+        return [RemoteReward(name) if _is_url(name) else builders[name]() for name in script_args.reward_funcs]
 
 
 def _is_url(name: str) -> bool:

@@ -361,10 +361,13 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
         )
         folder = self._precompute_cache_dir(fingerprint)
         paths = [folder / f"{name}-{r:05d}-of-{world:05d}.arrow" for r in range(world)]
-        if not paths[rank].is_file():
-            start, end = shard_bounds(len(dataset), world, rank)
+        bounds = [shard_bounds(len(dataset), world, r) for r in range(world)]
+        # With fewer rows than processes some shards are empty: `datasets.map` writes no file for those, so they
+        # are neither encoded nor read back (every process knows which from the bounds alone).
+        start, end = bounds[rank]
+        if end > start and not paths[rank].is_file():
             shard = dataset.select(range(start, end))
-            features = self._precomputed_features(shard if len(shard) else dataset, start if len(shard) else 0)
+            features = self._precomputed_features(shard, start)
             row_bytes = sum(_feature_bytes(features[k]) for k in features if k not in shard.column_names)
             logger.info(
                 "Precomputing %s rows %d-%d of %d on process %d/%d: about %.1f MiB (%s) into %s",
@@ -385,7 +388,7 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
                 desc=f"Precomputing latents and text embeddings ({name}, process {rank})",
             )
         state.wait_for_everyone()
-        encoded = concatenate_datasets([Dataset.from_file(str(path)) for path in paths])
+        encoded = concatenate_datasets([Dataset.from_file(str(p)) for p, (lo, hi) in zip(paths, bounds) if hi > lo])
         numeric = [c for c in encoded.column_names if c != "prompt"]
         return encoded.with_format("numpy", columns=numeric, output_all_columns=True)
 
