@@ -169,9 +169,13 @@ def test_two_process_dpo_ranks_draw_different_noise_and_timesteps_and_resume_con
 
 @pytest.fixture(scope="module")
 def tailorpo_with_ties_on_one_rank(tmp_path_factory):
-    """Two TailorPO processes with a discrete reward that ties every candidate on process 1 (no pairs there)."""
+    """Two TailorPO processes with a discrete reward that ties every candidate on process 1 (no pairs there).
+
+    5 prompts, 2 per process and step: the second, last batch is uneven (1 prompt for 2 x 2 places), so accelerate
+    fills it with repeated prompts and `gather_for_metrics` would keep 1 of the gathered values.
+    """
     tmp_path = tmp_path_factory.mktemp("tailorpo-ties")
-    ranks, _ = launch(tmp_path, "--trainer", "tailorpo", "--reward", "discrete_brightness", "--rows", "8",
+    ranks, _ = launch(tmp_path, "--trainer", "tailorpo", "--reward", "discrete_brightness", "--rows", "5",
                       "--per_device_train_batch_size", "2", timeout=300)  # fmt: skip
     return ranks
 
@@ -183,6 +187,17 @@ def test_two_process_tailorpo_finishes_when_one_rank_finds_no_pair(tailorpo_with
     assert all(count > 0 for count in a["local_metrics"]["pairs/count"])
     assert a["checksum"] == b["checksum"]  # process 1's zero-weight pass joined the gradient all-reduce
     assert a["checksum"] != a["initial_checksum"]  # and process 0's pairs trained the weights
+
+
+def test_two_process_per_process_counts_and_times_are_averaged_over_all_ranks_on_an_uneven_last_batch(
+    tailorpo_with_ties_on_one_rank,
+):
+    a, b = tailorpo_with_ties_on_one_rank
+    for name in ("pairs/count", "time/sampling_s", "time/training_s"):
+        logged = [e[name] for e in a["log_history"] if name in e]
+        expected = [(x + y) / 2 for x, y in zip(a["local_metrics"][name], b["local_metrics"][name])]
+        assert len(logged) == 2 and logged == pytest.approx(expected, rel=1e-4), name
+    assert a["local_metrics"]["pairs/count"][-1] != b["local_metrics"]["pairs/count"][-1]  # the ranks differ
 
 
 def test_two_process_tailorpo_pair_metrics_pool_the_pairs_of_all_ranks(tailorpo_with_ties_on_one_rank):

@@ -332,9 +332,16 @@ class BaseDiffusionTrainer(ValidationImagesMixin, Trainer):
     # -- metrics (TRL conventions) -----------------------------------------------------------------------------
 
     def _record_metric(self, mode: str, name: str, value: torch.Tensor) -> None:
-        """Average `value` over this batch on all processes and store it for the next `log`."""
+        """Average `value` over this batch on all processes and store it for the next `log`.
+
+        A 0-d `value` is one number of this process (a pair count, a time), averaged over all processes. Otherwise
+        it holds one number per sample, gathered with `gather_for_metrics`, which drops the samples an uneven last
+        batch repeats to fill every process; that cut, applied to one number per process, would keep process 0's.
+        """
+        per_process = value.dim() == 0
         value = value.detach().float().reshape(-1).to(self.accelerator.device)
-        self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value).mean().item())
+        gathered = self.accelerator.gather(value) if per_process else self.accelerator.gather_for_metrics(value)
+        self._metrics[mode][name].append(gathered.mean().item())
 
     def _record_pooled(self, mode: str, name: str, values: torch.Tensor, std: bool = False) -> None:
         """Record the mean of `values` pooled over all processes (`name`, or `name/mean` and `name/std`).
