@@ -90,11 +90,12 @@ def test_first_on_policy_step_has_ratio_one_zero_kl_and_logs_trl_metrics(tmp_pat
     assert rollout.train_steps == ([0, 1, 2] if sdxl else [0, 1, 2, 3])
     trainer.train()
     first = _logs(trainer)[0]
-    for key in ("reward", "reward_std", "rewards/brightness/mean", "rewards/brightness/std", "kl", "clip_ratio",
-                "frac_reward_zero_std", "logps/sampling_gap", "time/sampling_s", "time/training_s"):  # fmt: skip
+    for key in ("reward", "reward_std", "rewards/brightness/mean", "rewards/brightness/std", "kl",
+                "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "frac_reward_zero_std",
+                "logps/sampling_gap", "time/sampling_s", "time/training_s"):  # fmt: skip
         assert key in first, key
     assert first["kl"] == 0.0  # LoRA starts as the reference
-    assert first["clip_ratio"] == 0.0  # ratio exactly 1: nothing clipped
+    assert first["clip_ratio/region_mean"] == 0.0  # ratio exactly 1: nothing clipped
     assert first["logps/sampling_gap"] < 1e-4
     # With rho = 1 the loss is -mean(A), and A is centred per group: 0 up to float32 rounding of the group means,
     # which the division by a small group std (near-identical tiny-model images) amplifies to ~1e-4.
@@ -154,8 +155,8 @@ def test_num_iterations_reuses_each_rollout_and_moves_the_ratio(tmp_path):
     trainer.train()
     assert len(calls) == 1  # two optimizer steps, one rollout
     logs = _logs(trainer)
-    assert logs[0]["clip_ratio"] == 0.0
-    assert logs[1]["clip_ratio"] > 0.0  # the second step's policy moved off the rollout's (clipped at 1 +- 0.01)
+    assert logs[0]["clip_ratio/region_mean"] == 0.0
+    assert logs[1]["clip_ratio/region_mean"] > 0.0  # the second step's policy moved off the rollout's (1 +- 0.01)
 
 
 def test_timestep_fraction_trains_a_subset_of_steps(tmp_path):
@@ -204,4 +205,145 @@ def test_flow_models_sample_with_the_sde_and_start_on_policy(tmp_path, family):
     assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-4), ratio
     trainer.train()
     first = _logs(trainer)[0]
-    assert first["kl"] == 0.0 and first["clip_ratio"] == 0.0 and math.isfinite(first["loss"])
+    assert first["kl"] == 0.0 and first["clip_ratio/region_mean"] == 0.0 and math.isfinite(first["loss"])
+
+
+# -- the review's faults (issue 28): each test fails on the code before the fix ---------------------------------------
+
+
+def test_default_epsilon_clips_once_the_policy_moved_off_the_rollout(tmp_path):
+    # Per-dimension-mean log-probabilities move a ratio by ~1e-4 per step: TRL's text default 0.2 never clipped.
+    trainer = make_trainer(tmp_path, num_iterations=2, max_steps=2, learning_rate=1e-3)
+    assert trainer.args.epsilon == 1e-4
+    trainer.train()
+    logs = _logs(trainer)
+    assert logs[0]["clip_ratio/region_mean"] == 0.0  # on-policy
+    assert logs[1]["clip_ratio/region_mean"] > 0.0
+    assert logs[1]["clip_ratio/region_mean"] == pytest.approx(
+        logs[1]["clip_ratio/low_mean"] + logs[1]["clip_ratio/high_mean"]
+    )
+
+
+def test_reward_std_is_the_std_of_the_batch_and_zero_std_groups_use_isclose(tmp_path):
+    values = iter([[1.0, 3.0, 0.1 + 0.2, 0.3]])  # the second group's rewards differ by float rounding only
+
+    def fixed(images, prompts, **kwargs):
+        return next(values)
+
+    trainer = make_trainer(tmp_path, reward_funcs=fixed)
+    trainer.train()
+    first = _logs(trainer)[0]
+    assert first["reward_std"] == pytest.approx(float(np.std([1.0, 3.0, 0.3, 0.3], ddof=1)), rel=1e-5)  # TRL
+    assert first["frac_reward_zero_std"] == 0.5  # the float-rounding group counts as tied
+
+
+def test_scale_rewards_batch_divides_by_the_std_over_every_process(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, scale_rewards="batch")
+    seen = []
+
+    def pooled(values):  # what the all-reduce over processes returns: here, a larger batch elsewhere
+        seen.append(values.clone())
+        return 0.0, 4.0, 16.0
+
+    monkeypatch.setattr(trainer, "_pooled_moments", pooled)
+    advantages, _ = trainer.compute_advantages(torch.tensor([1.0, 3.0, 5.0, 5.0]))
+    assert len(seen) == 1
+    assert advantages.tolist() == pytest.approx([-1 / 4.0001, 1 / 4.0001, 0.0, 0.0], rel=1e-6)
+
+
+def test_beta_zero_with_lora_logs_the_kl_on_logged_steps_and_log_kl_false_skips_the_reference(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path / "kl", beta=0.0, max_steps=2, learning_rate=5e-2)
+    trainer.train()
+    logs = _logs(trainer)
+    assert logs[0]["kl"] == 0.0 and logs[1]["kl"] > 0.0  # the policy moved off the reference after step 1
+    quiet = make_trainer(tmp_path / "quiet", beta=0.0, log_kl=False)
+    monkeypatch.setattr(quiet, "reference_model", lambda: pytest.fail("beta=0, log_kl=False: no reference pass"))
+    quiet.train()
+    assert "kl" not in _logs(quiet)[0]
+
+
+def test_kl_term_adds_beta_times_the_gaussian_step_kl_to_the_loss(tmp_path):
+    from trl_rpo.diffusion import gaussian_kl
+
+    trainer = make_trainer(tmp_path, beta=0.5)
+    for p in trainer._trainable_parameters:  # move the LoRA off the reference
+        torch.nn.init.normal_(p, std=0.05)
+    prompts = ["a red square", "a blue circle"]
+    cond, uncond = trainer.encode_conditioning(prompts)
+    rollout = trainer.rollout(prompts, (cond, uncond))
+    with torch.no_grad():
+        _, mean, std = trainer.step_distributions(trainer.model, rollout, cond, uncond)
+        with trainer.reference_model() as reference:
+            _, ref_mean, _ = trainer.step_distributions(reference, rollout, cond, uncond)
+    expected_kl = gaussian_kl(mean, ref_mean, std).mean().item()
+    assert expected_kl > 1e-4
+    trainer._get_rollout = lambda *a, **k: (rollout, True)
+    trainer.model.train()
+    batch = {"prompt": [p for p in prompts for _ in range(2)]}
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch)
+        trainer.args.beta = 0.0
+        surrogate = trainer.compute_loss(trainer.model, batch)
+    assert (loss - surrogate).item() == pytest.approx(0.5 * expected_kl, rel=1e-4)
+
+
+def test_resume_between_two_iterations_of_one_rollout_continues_it_exactly(tmp_path):
+    import shutil
+
+    common = dict(num_iterations=2, max_steps=2, learning_rate=1e-3, save_strategy="steps", save_steps=1)
+    full = make_trainer(tmp_path / "full", **common)
+    full.train()
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copytree(tmp_path / "full" / "checkpoint-1", resumed_dir / "checkpoint-1")
+    resumed = make_trainer(resumed_dir, **common)
+    calls = []
+    real = resumed.rollout
+    resumed.rollout = lambda *a, **k: calls.append(1) or real(*a, **k)
+    resumed.train(resume_from_checkpoint=str(resumed_dir / "checkpoint-1"))
+    assert calls == []  # step 2 reuses step 1's rollout, read back from the checkpoint
+    want, got = _logs(full)[1], _logs(resumed)[-1]
+    for key in ("loss", "clip_ratio/region_mean", "logps/policy"):
+        assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-9), key
+
+
+def test_group_repeat_sampler_order_depends_on_the_epoch_only():
+    first = GroupRepeatSampler(8, group_size=2, chunk_size=2, shuffle=True, seed=3)
+    epoch0, epoch1 = list(first), list(first)  # a sampler iterated twice moves on
+    assert epoch0 != epoch1
+    resumed = GroupRepeatSampler(8, group_size=2, chunk_size=2, shuffle=True, seed=3)
+    resumed.set_epoch(1)  # what Trainer calls when a run resumes in epoch 1
+    assert list(resumed) == epoch1
+    again = GroupRepeatSampler(8, group_size=2, chunk_size=2, shuffle=True, seed=3)
+    again.set_epoch(0)
+    assert list(again) == epoch0
+
+
+def _flux_trainer(tmp_path, **overrides):
+    from trl_rpo.testing import tiny_flux_pipeline
+
+    args = grpo_config(tmp_path, resolution=32, max_sequence_length=32, **overrides)
+    return DiffusionGRPOTrainer(model=tiny_flux_pipeline(), reward_funcs=brightness, args=args, train_dataset=PROMPTS,
+                                peft_config=tiny_lora_config())  # fmt: skip
+
+
+def test_flux_rollouts_use_the_pipelines_sigmas(tmp_path):
+    trainer = _flux_trainer(tmp_path, num_inference_steps=4)
+    trainer._set_sampling_timesteps("cpu")
+    pipe = trainer.pipeline
+    pipe(["a red square"], num_inference_steps=4, height=32, width=32, max_sequence_length=32, output_type="latent",
+         generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert torch.allclose(trainer.sample_scheduler.sigmas, pipe.scheduler.sigmas.cpu(), atol=1e-6)
+    assert torch.allclose(trainer.sample_scheduler.timesteps, pipe.scheduler.timesteps.cpu(), atol=1e-3)
+
+
+def test_flux_rollouts_run_no_unconditional_branch_unless_true_cfg_is_asked(tmp_path):
+    def batch_sizes(trainer):
+        sizes = []
+        hook = trainer.pipeline.transformer.register_forward_hook(lambda m, a, k, out: sizes.append(k["hidden_states"].shape[0]), with_kwargs=True)  # noqa: E501
+        trainer.rollout(["a red square", "a blue circle"])
+        hook.remove()
+        return set(sizes)
+
+    assert batch_sizes(_flux_trainer(tmp_path / "plain", guidance_scale=4.5)) == {4}  # FluxPipeline's default
+    assert batch_sizes(_flux_trainer(tmp_path / "true_cfg", true_cfg_scale=2.0)) == {8}

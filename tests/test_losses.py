@@ -221,6 +221,9 @@ def test_group_advantages_by_hand():
     assert adv.tolist() == pytest.approx([-1 / (std + 1e-4), 1 / (std + 1e-4), 0.0, 0.0], rel=1e-6)
     assert group_advantages(rewards, 2, "none").tolist() == [-1.0, 1.0, 0.0, 0.0]
     batch_std = rewards.std().item()
+    assert group_advantages(rewards, 2, "batch", batch_std=2.0).tolist() == pytest.approx(
+        [-1 / 2.0001, 1 / 2.0001, 0.0, 0.0], rel=1e-6
+    )  # the whole batch's std over every process, when the caller has it
     assert group_advantages(rewards, 2, "batch").tolist() == pytest.approx(
         [-1 / (batch_std + 1e-4), 1 / (batch_std + 1e-4), 0.0, 0.0], rel=1e-6
     )
@@ -230,40 +233,79 @@ def test_group_advantages_by_hand():
         group_advantages(rewards, 2, "rank")
 
 
-def test_grpo_loss_on_policy_is_minus_the_advantage_with_zero_kl_and_no_clipping():
+def test_grpo_loss_on_policy_is_minus_the_advantage_with_no_clipping():
     from trl_rpo.losses import grpo_clipped_loss
 
     logp = torch.tensor([-1.0, -2.0, -0.5], requires_grad=True)
     adv = torch.tensor([1.0, -2.0, 0.5])
-    losses, kl, clipped = grpo_clipped_loss(logp, logp.detach(), adv, epsilon=0.2, ref_log_prob=logp.detach(),
-                                            beta=0.1)  # fmt: skip
+    losses, low, high = grpo_clipped_loss(logp, logp.detach(), adv, epsilon=0.2, kl=torch.zeros(3), beta=0.1)
     assert losses.tolist() == pytest.approx((-adv).tolist())
-    assert kl.tolist() == [0.0, 0.0, 0.0] and clipped.tolist() == [0.0, 0.0, 0.0]
+    assert low.tolist() == [0.0, 0.0, 0.0] and high.tolist() == [0.0, 0.0, 0.0]
     losses.sum().backward()
     assert logp.grad.tolist() == pytest.approx((-adv).tolist())  # d(-rho A)/dlogp = -A at rho = 1
 
 
-def test_grpo_loss_clips_by_hand():
+def test_grpo_loss_clips_by_hand_and_flags_trl_low_and_high_clips():
     from trl_rpo.losses import grpo_clipped_loss
 
     old = torch.zeros(4)
     logp = torch.log(torch.tensor([1.5, 1.5, 0.5, 1.1]))  # ratios
     adv = torch.tensor([1.0, -1.0, -1.0, 1.0])
-    losses, _, clipped = grpo_clipped_loss(logp, old, adv, epsilon=0.2)
-    # ratio 1.5, A>0: min(1.5, 1.2) = 1.2 (clipped); A<0: min(-1.5, -1.2) = -1.5 (not clipped)
-    # ratio 0.5, A<0: min(-0.5, -0.8) = -0.8 (clipped); ratio 1.1 inside the range.
+    losses, low, high = grpo_clipped_loss(logp, old, adv, epsilon=0.2)
+    # ratio 1.5, A>0: min(1.5, 1.2) = 1.2 (clipped high); A<0: min(-1.5, -1.2) = -1.5 (not clipped)
+    # ratio 0.5, A<0: min(-0.5, -0.8) = -0.8 (clipped low); ratio 1.1 inside the range.
     assert losses.tolist() == pytest.approx([-1.2, 1.5, 0.8, -1.1], rel=1e-6)
-    assert clipped.tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert high.tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert low.tolist() == [0.0, 0.0, 1.0, 0.0]
 
 
-def test_grpo_kl_is_the_k3_estimator():
+def test_grpo_epsilon_high_decouples_the_upper_clip():
     from trl_rpo.losses import grpo_clipped_loss
 
-    logp, ref = torch.tensor([-1.0]), torch.tensor([-1.5])
-    losses, kl, _ = grpo_clipped_loss(logp, logp, torch.zeros(1), ref_log_prob=ref, beta=2.0)
-    expected = math.exp(-0.5) + 0.5 - 1
-    assert kl.item() == pytest.approx(expected, rel=1e-6)
-    assert losses.item() == pytest.approx(2.0 * expected, rel=1e-6)
+    logp = torch.log(torch.tensor([1.25, 0.75]))
+    adv = torch.tensor([1.0, -1.0])
+    losses, low, high = grpo_clipped_loss(logp, torch.zeros(2), adv, epsilon=0.2, epsilon_high=0.28)
+    assert losses.tolist() == pytest.approx([-1.25, 0.8], rel=1e-6)  # 1.25 < 1.28: not clipped; 0.75 < 0.8: clipped
+    assert high.tolist() == [0.0, 0.0] and low.tolist() == [0.0, 1.0]
+
+
+def test_grpo_adds_beta_times_the_given_kl():
+    from trl_rpo.losses import grpo_clipped_loss
+
+    logp = torch.tensor([-1.0, -2.0])
+    kl = torch.tensor([0.3, 0.05])
+    losses, _, _ = grpo_clipped_loss(logp, logp, torch.zeros(2), kl=kl, beta=2.0)
+    assert losses.tolist() == pytest.approx([0.6, 0.1], rel=1e-6)
+    assert grpo_clipped_loss(logp, logp, torch.zeros(2), kl=kl, beta=0.0)[0].tolist() == [0.0, 0.0]
+
+
+def test_gaussian_kl_is_the_exact_kl_per_dimension_of_equal_variance_steps():
+    from torch.distributions import Normal, kl_divergence
+
+    from trl_rpo.diffusion import gaussian_kl
+
+    generator = torch.Generator().manual_seed(0)
+    mean, ref = torch.randn(3, 2, 4, 4, generator=generator), torch.randn(3, 2, 4, 4, generator=generator)
+    std = torch.tensor([0.5, 0.1, 2.0]).reshape(3, 1, 1, 1)
+    exact = kl_divergence(Normal(mean, std.expand_as(mean)), Normal(ref, std.expand_as(ref))).sum(dim=(1, 2, 3))
+    assert gaussian_kl(mean, ref, std).tolist() == pytest.approx((exact / 32).tolist(), rel=1e-5)
+    assert gaussian_kl(mean, mean, std).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_gaussian_kl_is_not_the_k3_estimator_of_a_mean_log_ratio_which_is_d_times_smaller():
+    # The review's fault: k3 on per-dimension-mean log-probabilities makes the KL term about D times too weak.
+    from trl_rpo.diffusion import gaussian_kl, gaussian_log_prob
+
+    generator = torch.Generator().manual_seed(1)
+    d = 4096
+    mean, std = torch.zeros(1, d), torch.ones(1, 1)
+    ref = mean + 0.1 * torch.randn(1, d, generator=generator)
+    x = mean + std * torch.randn(64, d, generator=generator)  # samples of the policy
+    delta = gaussian_log_prob(x, ref, std) - gaussian_log_prob(x, mean, std)
+    k3 = (torch.exp(delta) - delta - 1).mean()
+    analytic = gaussian_kl(mean, ref, std).item()
+    assert analytic == pytest.approx(0.005, rel=0.1)  # 0.1^2 / 2 per dimension
+    assert k3.item() < analytic / 100
 
 
 def test_pooled_mean_loss_makes_the_process_average_the_gradient_of_the_mean_over_all_items():

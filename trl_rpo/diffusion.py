@@ -24,6 +24,7 @@ __all__ = [
     "ddim_step_variance",
     "ddim_step_with_logprob",
     "gaussian_log_prob",
+    "gaussian_kl",
     "FLOW_WEIGHTING_SCHEMES",
     "sample_flow_sigmas",
     "sample_pair_flow_noise_and_timesteps",
@@ -323,6 +324,21 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
     r"""Per-sample :math:`\frac1D\sum_d \log\mathcal N(x_d; \mu_d, s^2)`, averaged over non-batch dimensions."""
     log_prob = -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
     return log_prob.mean(dim=tuple(range(1, x.ndim)))
+
+
+def gaussian_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    r"""Per-sample KL between two Gaussian steps of equal variance, averaged over non-batch dimensions.
+
+    .. math:: \frac1D\,\mathrm{KL}\big(\mathcal N(\mu, s^2 I)\,\|\,\mathcal N(\mu_{ref}, s^2 I)\big)
+        = \frac1D \sum_d \frac{(\mu_d - \mu_{ref,d})^2}{2 s^2}
+
+    The exact KL of one sampler step between the policy and the reference (both use the same step variance),
+    on the per-dimension scale of :func:`gaussian_log_prob`. Flow-GRPO (Liu et al., 2025, `train_sd3.py`) penalises
+    this form; the k3 estimator applied to a *mean* log-ratio would instead be about :math:`D` times smaller.
+    Computed in float32; differentiable in both means.
+    """
+    std = std.float()
+    return (((mean.float() - ref_mean.float()) ** 2) / (2 * std**2)).mean(dim=tuple(range(1, mean.ndim)))
 
 
 def stable_diffusion_ddim_scheduler(prediction_type: str = "epsilon"):

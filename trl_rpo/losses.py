@@ -229,7 +229,9 @@ def mapo_loss(
     return losses, chosen.detach(), rejected.detach()
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4) -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4, batch_std: float | None = None
+) -> torch.Tensor:
     r"""GRPO advantages: each reward minus its group's mean, optionally divided by a standard deviation.
 
     `rewards` holds consecutive groups of `group_size` samples of one prompt (`[N]`, N a multiple of the size).
@@ -240,7 +242,9 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
         A_i = \frac{r_i - \mu_{g(i)}}{\sigma + \epsilon}, \qquad
         \sigma = \sigma_{g(i)}\ (\text{"group"}),\ \sigma_{\text{batch}}\ (\text{"batch"}),\ 1\ (\text{"none"})
 
-    A group whose rewards are all equal gets zero advantages (nothing to learn from it), as in TRL.
+    A group whose rewards are all equal gets zero advantages (nothing to learn from it), as in TRL. With several
+    processes, "batch" means the whole batch: pass its standard deviation as `batch_std` (the rewards here are one
+    process's share); without it the standard deviation of `rewards` is used.
     """
     if scale not in ("group", "batch", "none"):
         raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
@@ -254,7 +258,10 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
         std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(grouped[:, :1])
         std = std.expand_as(grouped).reshape(-1)
     else:
-        std = rewards.float().std() if rewards.numel() > 1 else rewards.new_zeros(())
+        if batch_std is not None:
+            std = torch.as_tensor(float(batch_std), device=rewards.device)
+        else:
+            std = rewards.float().std() if rewards.numel() > 1 else rewards.new_zeros(())
     return centred / (std + eps)
 
 
@@ -262,8 +269,9 @@ def grpo_clipped_loss(
     log_prob: torch.Tensor,
     old_log_prob: torch.Tensor,
     advantages: torch.Tensor,
-    epsilon: float = 0.2,
-    ref_log_prob: torch.Tensor | None = None,
+    epsilon: float = 1e-4,
+    epsilon_high: float | None = None,
+    kl: torch.Tensor | None = None,
     beta: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Per-step GRPO / PPO loss for denoising steps, with an optional KL penalty to the reference.
@@ -273,30 +281,32 @@ def grpo_clipped_loss(
 
     .. math::
         \rho = \exp(\log\pi_\theta - \log\pi_{old}), \qquad
-        \mathcal L = -\min\big(\rho A,\ \operatorname{clip}(\rho, 1-\epsilon, 1+\epsilon) A\big)
+        \mathcal L = -\min\big(\rho A,\ \operatorname{clip}(\rho, 1-\epsilon_{low}, 1+\epsilon_{high}) A\big)
         + \beta\,\mathrm{KL}
 
-    (PPO, Schulman et al., 2017; GRPO, Shao et al., 2024; DDPO / Flow-GRPO apply it per denoising step.) The KL
-    term is the k3 estimator :math:`\exp(\log\pi_{ref} - \log\pi_\theta) - (\log\pi_{ref} - \log\pi_\theta)
-    - 1` (Schulman, 2020), TRL's `per_token_kl`: zero when the policy equals the reference. On the first
-    iteration of a rollout :math:`\log\pi_{old} = \log\pi_\theta` (detached), so :math:`\rho = 1` exactly.
+    (PPO, Schulman et al., 2017; GRPO, Shao et al., 2024; DAPO's decoupled :math:`\epsilon_{high}`, Yu et al., 2025;
+    DDPO / Flow-GRPO apply it per denoising step.) The log-probabilities here are *means* over the latent dimensions
+    (:func:`~trl_rpo.diffusion.gaussian_log_prob`, as in DDPO and Flow-GRPO), so one optimizer step moves a ratio by
+    about 1e-4, not 0.1: clip ranges of that order (DDPO's and Flow-GRPO's `clip_range=1e-4`) are the ones that
+    ever clip. `kl` is a per-step KL to the reference computed by the caller, e.g.
+    :func:`~trl_rpo.diffusion.gaussian_kl` (Flow-GRPO's analytic form, on the same per-dimension scale), added with
+    weight :math:`\beta`. On the first iteration of a rollout :math:`\log\pi_{old} = \log\pi_\theta` (detached),
+    so :math:`\rho = 1` exactly.
 
     Returns:
-        ``(losses, kl, clipped)``, each shaped like `log_prob`: per-step losses, KL estimates (zeros without a
-        reference) and whether the clipped term was the active one (TRL's `clip_ratio`).
+        ``(losses, low_clipped, high_clipped)``, each shaped like `log_prob`: per-step losses and TRL's clip
+        indicators, :math:`\rho < 1-\epsilon_{low}` with :math:`A < 0` and :math:`\rho > 1+\epsilon_{high}` with
+        :math:`A > 0` (the steps whose gradient the clip removed; `clip_ratio/low_mean`, `clip_ratio/high_mean`).
     """
+    epsilon_high = epsilon if epsilon_high is None else epsilon_high
     ratio = torch.exp(log_prob - old_log_prob)
-    clipped_ratio = ratio.clamp(1.0 - epsilon, 1.0 + epsilon)
-    unclipped_obj, clipped_obj = ratio * advantages, clipped_ratio * advantages
-    losses = -torch.min(unclipped_obj, clipped_obj)
-    clipped = (clipped_obj < unclipped_obj).float()
-    if ref_log_prob is not None and beta != 0.0:
-        delta = ref_log_prob - log_prob
-        kl = torch.exp(delta) - delta - 1.0
+    clipped_ratio = ratio.clamp(1.0 - epsilon, 1.0 + epsilon_high)
+    losses = -torch.min(ratio * advantages, clipped_ratio * advantages)
+    low_clipped = ((ratio < 1.0 - epsilon) & (advantages < 0)).float()
+    high_clipped = ((ratio > 1.0 + epsilon_high) & (advantages > 0)).float()
+    if kl is not None and beta != 0.0:
         losses = losses + beta * kl
-    else:
-        kl = torch.zeros_like(log_prob)
-    return losses, kl.detach(), clipped.detach()
+    return losses, low_clipped.detach(), high_clipped.detach()
 
 
 def pooled_mean_loss(losses: torch.Tensor, global_count: int | float, num_processes: int) -> torch.Tensor:

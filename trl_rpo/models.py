@@ -53,12 +53,18 @@ class DenoiserFamily:
         denoiser: the pipeline attribute holding the trained network (`"unet"` or `"transformer"`).
         flow_matching: rectified flow (`x = (1-s) x0 + s eps`, target `eps - x0`) instead of DDPM noising.
         text_encoders: the pipeline attributes of its (frozen) text encoders.
+        guidance_distilled: guided by an embedding, not by classifier-free guidance: its pipeline runs no
+            unconditional branch unless true CFG is asked for (FLUX.1's `true_cfg_scale`, 1 by default).
+        uniform_sampling_sigmas: its pipeline samples on `sigmas = linspace(1, 1/N, N)` (then shifted), not on the
+            scheduler's own `set_timesteps(N)` grid (FLUX.1).
     """
 
     name: str
     denoiser: str
     flow_matching: bool
     text_encoders: tuple[str, ...]
+    guidance_distilled: bool = False
+    uniform_sampling_sigmas: bool = False
 
     @property
     def lora_prefix(self) -> str:
@@ -74,7 +80,14 @@ FAMILIES: dict[str, DenoiserFamily] = {
     "sd": DenoiserFamily("sd", "unet", False, ("text_encoder",)),
     "sdxl": DenoiserFamily("sdxl", "unet", False, ("text_encoder", "text_encoder_2")),
     "sd3": DenoiserFamily("sd3", "transformer", True, ("text_encoder", "text_encoder_2", "text_encoder_3")),
-    "flux": DenoiserFamily("flux", "transformer", True, ("text_encoder", "text_encoder_2")),
+    "flux": DenoiserFamily(
+        "flux",
+        "transformer",
+        True,
+        ("text_encoder", "text_encoder_2"),
+        guidance_distilled=True,
+        uniform_sampling_sigmas=True,
+    ),  # fmt: skip
 }
 
 

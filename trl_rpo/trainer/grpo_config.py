@@ -4,136 +4,52 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .base_config import BaseDiffusionConfig
+from .online_config import SCALE_REWARDS, GroupRolloutConfig
 
-SCALE_REWARDS = ("group", "batch", "none")
+__all__ = ["SCALE_REWARDS", "DiffusionGRPOConfig"]
 
 
 @dataclass
-class DiffusionGRPOConfig(BaseDiffusionConfig):
+class DiffusionGRPOConfig(GroupRolloutConfig):
     r"""
     Configuration class for the [`DiffusionGRPOTrainer`].
 
-    Only GRPO's own parameters are listed; see [`BaseDiffusionConfig`] and [`~transformers.TrainingArguments`] for
-    the rest. As in TRL's `GRPOConfig`, `per_device_train_batch_size` counts *images* (completions): each process
-    samples `per_device_train_batch_size // num_generations` prompts per micro-step and `num_generations` images of
-    each, so `per_device_train_batch_size` must be a multiple of `num_generations` (a group never spans processes).
+    Only GRPO's own parameters are listed; see [`GroupRolloutConfig`] (`num_generations`, `num_iterations`,
+    `scale_rewards`, `timestep_fraction`, `same_latent`), [`OnlineDiffusionConfig`] (sampling, rewards, `log_kl`,
+    `log_samples_steps`), [`BaseDiffusionConfig`] and [`~transformers.TrainingArguments`] for the rest. As in TRL's
+    `GRPOConfig`, `per_device_train_batch_size` counts *images* (completions), a multiple of `num_generations`.
 
     Parameters:
-        > Parameters that control sampling
-
-        num_generations (`int`, *optional*, defaults to `4`):
-            G, the number of images sampled per prompt (the group whose rewards are normalised together).
         num_inference_steps (`int`, *optional*, defaults to `10`):
-            DDIM steps of each sampled trajectory (Flow-GRPO trains with 10 sampling steps).
+            Sampler steps of each trajectory (Flow-GRPO trains with 10 sampling steps).
         guidance_scale (`float`, *optional*, defaults to `4.5`):
             Classifier-free guidance scale, used when sampling and when computing log-probabilities.
-        eta (`float`, *optional*, defaults to `1.0`):
-            DDIM stochasticity (> 0: each step is a Gaussian with a log-probability; DDPO uses 1.0).
-        sde_noise_level (`float`, *optional*, defaults to `0.7`):
-            SD3 / FLUX (rectified flow): the noise level `a` of the SDE that replaces the flow ODE when sampling,
-            `g_s = a * sqrt(s / (1 - s))` (Flow-GRPO's form and default; see
-            [`~trl_rpo.diffusion.flow_sde_step_with_logprob`]). Unused by UNet models, which use `eta`.
-        same_latent (`bool`, *optional*, defaults to `False`):
-            Start every image of a group from the same initial noise `x_T` (Flow-GRPO's option): the group's images
-            then differ only by the per-step noise, so the advantages compare the policy's steps, not the seeds.
-        vae_decode_batch_size (`int`, *optional*):
-            Decode final latents this many at a time before scoring (all at once by default).
-
-        > Parameters that control the loss
-
         beta (`float`, *optional*, defaults to `0.0`):
-            KL coefficient towards the reference (k3 estimator per step, TRL's). `0.0` (TRL's default): no
-            reference pass at all, and full fine-tuning keeps no reference copy.
-        epsilon (`float`, *optional*, defaults to `0.2`):
-            Per-step probability ratios are clipped to `[1 - epsilon, 1 + epsilon]` (PPO / GRPO).
-        num_iterations (`int`, *optional*, defaults to `1`):
-            Optimizer steps taken on each rollout (TRL's μ). With more than one, each process reuses its rollouts
-            for this many consecutive optimizer steps, with the log-probabilities of the rollout's policy as the
-            old policy.
-        scale_rewards (`str`, *optional*, defaults to `"group"`):
-            Divide centred rewards by the group's standard deviation (`"group"`), the process batch's (`"batch"`)
-            or not at all (`"none"`, Dr. GRPO). TRL's boolean spellings `"true"` / `"false"` are accepted.
-        timestep_fraction (`float`, *optional*, defaults to `1.0`):
-            Fraction of each trajectory's steps trained on (a random subset, drawn per rollout and kept across its
-            iterations; DDPO's `timestep_fraction`, Flow-GRPO "Fast" trains a few steps). At least one step.
-        reward_weights (`list[float]`, *optional*):
-            Weight of each reward function; defaults to 1 each.
-
-        > Parameters that control logging
-
-        log_samples_steps (`int`, *optional*):
-            Every this many optimizer steps, the rollout's images (with prompts and rewards) are saved under
-            `output_dir/samples/step-N/` and sent to TensorBoard / W&B. `None` disables.
+            KL coefficient towards the reference: the exact KL of each trained step between the policy's and the
+            reference's Gaussians, per latent dimension ([`~trl_rpo.diffusion.gaussian_kl`], Flow-GRPO's form; its
+            SD3 configs use 0.04). `0.0` (TRL's default): no KL term, no reference pass for the loss (see `log_kl`),
+            and full fine-tuning keeps no reference copy.
+        epsilon (`float`, *optional*, defaults to `1e-4`):
+            Per-step probability ratios are clipped to `[1 - epsilon, 1 + epsilon_high]`. The log-probabilities are
+            per-dimension means (DDPO / Flow-GRPO), so a ratio moves by about 1e-4 per optimizer step: DDPO's and
+            Flow-GRPO's `clip_range=1e-4` clips in practice, TRL's text default 0.2 never would. Only matters with
+            `num_iterations > 1` (on-policy, the ratio is exactly 1).
+        epsilon_high (`float`, *optional*):
+            Upper clip bound (DAPO's decoupled clip, TRL's `epsilon_high`); defaults to `epsilon`.
     """
 
     learning_rate: float = field(default=3e-4, metadata={"help": "Initial learning rate (DDPO's SD 1.5 LoRA value)."})
-    per_device_train_batch_size: int = field(
-        default=4, metadata={"help": "Images per device and micro-step: a multiple of num_generations."}
+    beta: float = field(default=0.0, metadata={"help": "KL coefficient (Gaussian step KL); 0: no KL term."})
+    epsilon: float = field(
+        default=1e-4, metadata={"help": "Clip per-step ratios to [1 - epsilon, 1 + epsilon_high] (DDPO's 1e-4)."}
     )
-
-    num_generations: int = field(default=4, metadata={"help": "Images per prompt (the GRPO group)."})
-    num_inference_steps: int = field(default=10, metadata={"help": "DDIM steps per sampled trajectory."})
-    guidance_scale: float = field(default=4.5, metadata={"help": "Classifier-free guidance scale."})
-    eta: float = field(default=1.0, metadata={"help": "DDIM stochasticity (must be > 0)."})
-    sde_noise_level: float = field(
-        default=0.7,
-        metadata={"help": "SD3 / FLUX: noise level a of the flow SDE, g = a*sqrt(s/(1-s)) (Flow-GRPO's 0.7)."},
-    )
-    same_latent: bool = field(
-        default=False, metadata={"help": "Start all images of a group from the same initial noise."}
-    )
-    vae_decode_batch_size: int | None = field(
-        default=None, metadata={"help": "Decode this many latents at a time when scoring (None: all at once)."}
-    )
-    beta: float = field(default=0.0, metadata={"help": "KL coefficient; 0 skips the reference entirely."})
-    epsilon: float = field(default=0.2, metadata={"help": "Clip per-step ratios to [1 - epsilon, 1 + epsilon]."})
-    num_iterations: int = field(default=1, metadata={"help": "Optimizer steps per rollout (TRL's mu)."})
-    scale_rewards: str = field(
-        default="group",
-        metadata={
-            "help": "Advantage scaling: 'group', 'batch' or 'none'.",
-            "choices": [*SCALE_REWARDS, "true", "false"],
-        },
-    )
-    timestep_fraction: float = field(
-        default=1.0, metadata={"help": "Fraction of each trajectory's steps to train on (random subset)."}
-    )
-    reward_weights: list[float] | None = field(default=None, metadata={"help": "Weight per reward function."})
-    log_samples_steps: int | None = field(
-        default=None, metadata={"help": "Save and log the rollout's images every N steps; None disables."}
-    )
+    epsilon_high: float | None = field(default=None, metadata={"help": "Upper clip bound; defaults to epsilon."})
 
     def __post_init__(self):
         super().__post_init__()
-        scale = str(self.scale_rewards).lower()
-        self.scale_rewards = {"true": "group", "false": "none"}.get(scale, scale)
-        if self.scale_rewards not in SCALE_REWARDS:
-            raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {self.scale_rewards!r}")
-        if self.num_generations < 2:
-            raise ValueError(
-                f"num_generations must be >= 2 (a group needs two images to compare), got {self.num_generations}"
-            )
-        if self.per_device_train_batch_size % self.num_generations:
-            raise ValueError(
-                f"per_device_train_batch_size ({self.per_device_train_batch_size}) counts images and must be a "
-                f"multiple of num_generations ({self.num_generations})"
-            )
-        if self.num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
-        if self.eta <= 0:
-            raise ValueError(f"eta must be > 0 (a stochastic DDIM step has a log-probability), got {self.eta}")
-        if self.sde_noise_level <= 0:
-            raise ValueError(f"sde_noise_level must be > 0 (a stochastic flow step), got {self.sde_noise_level}")
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
         if not 0 < self.epsilon < 1:
             raise ValueError(f"epsilon must be in (0, 1), got {self.epsilon}")
-        if self.num_iterations < 1:
-            raise ValueError(f"num_iterations must be >= 1, got {self.num_iterations}")
-        if not 0 < self.timestep_fraction <= 1:
-            raise ValueError(f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
-        if self.vae_decode_batch_size is not None and self.vae_decode_batch_size < 1:
-            raise ValueError(f"vae_decode_batch_size must be >= 1 or None, got {self.vae_decode_batch_size}")
-        if self.log_samples_steps is not None and self.log_samples_steps < 1:
-            raise ValueError(f"log_samples_steps must be >= 1 or None, got {self.log_samples_steps}")
+        if self.epsilon_high is not None and not self.epsilon_high > 0:
+            raise ValueError(f"epsilon_high must be > 0 or None, got {self.epsilon_high}")

@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
-from datasets import Dataset
 
-from ..data.formats import prepare_prompt_dataset
 from ..diffusion import (
     ddim_step_variance,
     flow_predicted_original_sample,
+    gaussian_kl,
     predicted_original_sample,
 )
 from ..losses import pooled_mean_loss, stepwise_dpo_loss
 from ..pairing import rank_pairs, select_timestep_indices
 from ..pipelines import decode_latents, tensor_to_pil
 from ..rewards import reward_name
-from .base import BaseDiffusionTrainer
 from .model_card import TAILORPO_CITATION
-from .online import OnlineDiffusionMixin, RewardFunc, collate_prompts, normalize_reward_funcs
+from .online import OnlineDiffusionTrainer
 from .tailorpo_config import TailorPOConfig
 
 logger = logging.getLogger(__name__)
@@ -72,7 +70,7 @@ class StepPairs:
         )
 
 
-class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
+class TailorPOTrainer(OnlineDiffusionTrainer):
     r"""Online step-wise preference optimization (TailorPO, arXiv 2502.01667), with TailorPO-G guidance.
 
     Each training step samples trajectories for a batch of prompts with the current policy (stochastic DDIM,
@@ -118,51 +116,15 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
     )
     config_class = TailorPOConfig
 
-    def __init__(
-        self,
-        model: Any,
-        reward_funcs: RewardFunc | list[RewardFunc],
-        args: TailorPOConfig | None = None,
-        train_dataset: Dataset | None = None,
-        eval_dataset: Dataset | None = None,
-        reward_weights: list[float] | None = None,
-        ref_model: torch.nn.Module | None = None,
-        peft_config=None,
-        callbacks=None,
-        optimizers=(None, None),
-    ):
-        if args is not None and not isinstance(args, TailorPOConfig):
-            raise TypeError(f"args must be a TailorPOConfig, got {type(args).__name__}")
-        funcs = normalize_reward_funcs(reward_funcs)
-        self.reward_funcs = funcs
-        super().__init__(
-            model=model,
-            args=args,
-            ref_model=ref_model,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            peft_config=peft_config,
-            data_collator=collate_prompts,
-            callbacks=callbacks,
-            optimizers=optimizers,
-        )
-        self._setup_online(funcs, reward_weights)
-        if self.args.reward_guidance_scale > 0 and not any(getattr(f, "differentiable", False) for f in funcs):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.args.reward_guidance_scale > 0 and not any(
+            getattr(f, "differentiable", False) for f in self.reward_funcs
+        ):
             raise ValueError(
                 "reward_guidance_scale > 0 (TailorPO-G) needs a differentiable reward scorer with `score_tensor`, "
-                f"e.g. trl_rpo.rewards.AestheticScorer; got {[reward_name(f) for f in funcs]}"
+                f"e.g. trl_rpo.rewards.AestheticScorer; got {[reward_name(f) for f in self.reward_funcs]}"
             )
-        self._timing: dict[str, float] = {}
-        self._last_sample_step = -1
-
-    def _papers(self) -> list[dict[str, str]]:
-        return [self._paper]
-
-    def _prepare_dataset(self, dataset, name: str):
-        return prepare_prompt_dataset(dataset, name=f"{name}_dataset")
-
-    def _default_data_collator(self):
-        return collate_prompts
 
     # -- the sampler's step: stochastic DDIM (UNet models) or the flow SDE (SD3, FLUX) ----------------------------
 
@@ -386,6 +348,10 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
 
     def step_log_probs(self, unet, pairs: StepPairs, cond, uncond) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities of the chosen and rejected steps of each pair under `unet` (one call per parent)."""
+        return self.step_distributions(unet, pairs, cond, uncond)[:2]
+
+    def step_distributions(self, unet, pairs: StepPairs, cond, uncond):
+        """`(logp_chosen, logp_rejected, mean_chosen, mean_rejected, std)` of each pair's steps under `unet`."""
         c = {k: v[pairs.prompt_index] for k, v in cond.items()}
         u = {k: v[pairs.prompt_index] for k, v in uncond.items()}
         if pairs.shared_parent:  # TailorPO: both children of one parent share the mean
@@ -398,9 +364,13 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
             eps_c, eps_r = self.guided_prediction(
                 unet, parents, torch.cat([pairs.timesteps, pairs.timesteps]), both, both_u
             ).chunk(2)
-        _, logp_c = self.step_with_logprob(eps_c, pairs.timesteps, pairs.parent_chosen, prev_sample=pairs.chosen)
-        _, logp_r = self.step_with_logprob(eps_r, pairs.timesteps, pairs.parent_rejected, prev_sample=pairs.rejected)
-        return logp_c, logp_r
+        _, logp_c, mean_c, std = self.step_distribution(
+            eps_c, pairs.timesteps, pairs.parent_chosen, prev_sample=pairs.chosen
+        )
+        _, logp_r, mean_r, _ = self.step_distribution(
+            eps_r, pairs.timesteps, pairs.parent_rejected, prev_sample=pairs.rejected
+        )
+        return logp_c, logp_r, mean_c, mean_r, std
 
     def preference_loss(self, policy_chosen_logp, policy_rejected_logp, ref_chosen_logp, ref_rejected_logp):
         """Per-pair losses and rewards; see [`stepwise_dpo_loss`]."""
@@ -422,7 +392,7 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
         self._timing["sampling"] = time.perf_counter() - start
         self._record_sampling_metrics(mode, pairs)
         if mode == "train":
-            self._maybe_log_samples(pairs, prompts)
+            self._maybe_log_samples(pairs.final_images, self._captions(pairs, prompts))
 
         if self.args.max_pairs_per_step is not None and len(pairs) > self.args.max_pairs_per_step:
             pick = torch.randperm(len(pairs), generator=self.rank_generator)[: self.args.max_pairs_per_step]
@@ -434,18 +404,30 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
         if not has_pairs:
             pairs = self._placeholder_pair()
 
-        policy_c, policy_r = self.step_log_probs(model, pairs, cond, uncond)
+        policy_c, policy_r, mean_c, mean_r, std = self.step_distributions(model, pairs, cond, uncond)
         with torch.no_grad(), self.reference_model() as reference:
-            ref_c, ref_r = self.step_log_probs(reference, pairs, cond, uncond)
+            ref_c, ref_r, ref_mean_c, ref_mean_r, _ = self.step_distributions(reference, pairs, cond, uncond)
         losses, chosen_rewards, rejected_rewards = self.preference_loss(policy_c, policy_r, ref_c, ref_r)
+        # Diagnostics: how far the policy's steps moved from the reference's (exact Gaussian KL per dimension), and
+        # how many step log-ratios sit outside the clip range (their gradient is cut).
+        kl = gaussian_kl(mean_c.detach(), ref_mean_c, std)
+        if not pairs.shared_parent:
+            kl = 0.5 * (kl + gaussian_kl(mean_r.detach(), ref_mean_r, std))
+        log_ratios = torch.cat([policy_c - ref_c, policy_r - ref_r]).detach()
+        if self.args.clip_range is not None:
+            low, high = math.log(1 - self.args.clip_range), math.log(1 + self.args.clip_range)
+            outside = ((log_ratios < low) | (log_ratios > high)).float()
+        else:
+            outside = torch.zeros_like(log_ratios)
         # The mean over the pairs of all processes, not the mean of each process's own mean: processes find different
         # numbers of pairs, and DDP / DeepSpeed average the gradients over processes (see `pooled_mean_loss`).
         global_pairs = self._global_count(len(pairs) if has_pairs else 0)
         loss = pooled_mean_loss(losses if has_pairs else losses * 0.0, global_pairs, self.accelerator.num_processes)
         if not has_pairs:
-            losses, chosen_rewards, rejected_rewards, policy_c, policy_r = (
-                t[:0] for t in (losses, chosen_rewards, rejected_rewards, policy_c, policy_r)
+            losses, chosen_rewards, rejected_rewards, policy_c, policy_r, kl = (
+                t[:0] for t in (losses, chosen_rewards, rejected_rewards, policy_c, policy_r, kl)
             )
+            outside = outside[:0]
 
         # Pooled over processes by sums and counts: processes hold different numbers of pairs, possibly none.
         self._record_pooled(mode, "rewards/chosen", chosen_rewards)
@@ -454,6 +436,8 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
         self._record_pooled(mode, "rewards/margins", chosen_rewards - rejected_rewards)
         self._record_pooled(mode, "logps/chosen", policy_c)
         self._record_pooled(mode, "logps/rejected", policy_r)
+        self._record_pooled(mode, "kl", kl)
+        self._record_pooled(mode, "clip_ratio/region_mean", outside)
         return (loss, {"losses": losses.detach()}) if return_outputs else loss
 
     def _placeholder_pair(self) -> StepPairs:
@@ -471,36 +455,21 @@ class TailorPOTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
             shared_parent=True,
         )
 
-    def _maybe_log_samples(self, pairs: StepPairs, prompts: list[str]) -> None:
-        """Save the rollout's final images every `log_samples_steps` optimizer steps (first micro-step only)."""
-        every, step = self.args.log_samples_steps, self.state.global_step + 1  # the step being computed
-        if not every or step % every or step == self._last_sample_step or not self.is_world_process_zero():
-            return
-        self._last_sample_step = step
-        n = len(pairs.final_images)
+    @staticmethod
+    def _captions(pairs: StepPairs, prompts: list[str]) -> list[str]:
         captions = []
-        for i in range(n):
+        for i in range(len(pairs.final_images)):
             scores = ", ".join(f"{name}={values[i].item():.4g}" for name, values in pairs.final_rewards.items())
             captions.append(f"{prompts[i % len(prompts)]} | {scores}")
-        self.save_and_track_images(pairs.final_images, captions, "samples", step=step)
+        return captions
 
     def _record_sampling_metrics(self, mode: str, pairs: StepPairs) -> None:
         device = self.accelerator.device
-        for name, values in pairs.final_rewards.items():  # mean and std over every process's images
-            self._record_pooled(mode, f"rewards/{name}", values, std=True)
+        total = sum(w * values.float() for w, values in zip(self.reward_weights, pairs.final_rewards.values()))
+        self._record_reward_metrics(mode, total, pairs.final_rewards, group_std=None)
         self._record_metric(mode, "pairs/count", torch.tensor(float(len(pairs)), device=device))
         # Ties over all comparisons of all processes: one 0/1 value per comparison.
         tied = torch.zeros(pairs.candidates_ranked, device=device)
         tied[: pairs.ties] = 1.0
         self._record_pooled(mode, "pairs/tie_fraction", tied)
         self._record_metric(mode, "time/sampling_s", torch.tensor(self._timing.get("sampling", 0.0), device=device))
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        start = time.perf_counter()
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        elapsed = time.perf_counter() - start
-        device = self.accelerator.device
-        self._record_metric(
-            "train", "time/training_s", torch.tensor(elapsed - self._timing.get("sampling", 0.0), device=device)
-        )
-        return loss
