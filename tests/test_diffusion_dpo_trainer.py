@@ -211,6 +211,20 @@ def test_images_are_resized_and_cropped_to_the_configured_resolution(tmp_path):
     assert batch["pixel_values"].shape == (4, 3, 16, 16)
 
 
+def test_each_dataloader_worker_draws_its_own_crops():
+    # Every worker holds a copy of the collator: one seeded stream, copied, would give every worker the same crops.
+    from torch.utils.data import DataLoader
+
+    from tests._helpers import wide_preference_pairs
+    from trl_rpo.trainer.diffusion_dpo_trainer import DataCollatorForDiffusionPreference
+
+    rows = list(wide_preference_pairs(4))
+    collator = DataCollatorForDiffusionPreference(32, random_crop=True, seed=0)
+    loader = DataLoader(rows, batch_size=1, num_workers=2, collate_fn=collator)
+    crops = [batch["crop_top_lefts"][0].tolist() for batch in loader]
+    assert crops[0] != crops[1] and crops[2] != crops[3]  # batches 0, 2 from worker 0; 1, 3 from worker 1
+
+
 # -- the reference model ----------------------------------------------------------------------------------------------
 
 

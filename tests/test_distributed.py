@@ -110,13 +110,15 @@ def _assert_ddp_semantics(ranks, rows, per_device):
     assert a["local_metrics"][name] != b["local_metrics"][name]  # the ranks really saw different data
 
 
-DPO_DDP_ARGS = ("--trainer", "dpo", "--rows", "12", "--per_device_train_batch_size", "2", "--save_steps", "1")
+DPO_DDP_ARGS = ("--trainer", "dpo", "--rows", "12", "--per_device_train_batch_size", "2", "--save_steps", "1",
+                "--augment")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def dpo_ddp_run(tmp_path_factory):
-    """`run(device)`: one two-process DDP Diffusion-DPO epoch (12 rows, 2 per process, 3 steps, a checkpoint after
-    each), launched once and shared by the DDP-semantics test and the noise-stream / resume test."""
+    """`run(device)`: one two-process DDP Diffusion-DPO epoch (12 rows of 64x40 images, random crops and flips, 2 per
+    process, 3 steps, a checkpoint after each), launched once and shared by the DDP-semantics test, the noise-stream /
+    resume test and the augmentation-stream test."""
     runs = {}
 
     def run(device: str = "cpu"):
@@ -165,6 +167,18 @@ def test_two_process_dpo_ranks_draw_different_noise_and_timesteps_and_resume_con
     for record, uninterrupted in zip(resumed, straight):
         assert record["global_step"] == 3 and len(record["draws"]) == 1
         assert record["draws"][0] == uninterrupted["draws"][2]
+
+
+def test_two_process_dpo_ranks_draw_their_own_crops_flips_and_vae_samples_without_precompute(dpo_ddp_run):
+    # Python's `random` and the global torch RNG are seeded alike on every process: drawn from them, the crops, flips
+    # and VAE posterior samples of the two processes would be the same at every step.
+    (a, b), _ = dpo_ddp_run()
+    assert len(a["augmentations"]) == len(b["augmentations"]) == 3
+    for step_a, step_b in zip(a["augmentations"], b["augmentations"]):
+        assert step_a["crops"] != step_b["crops"]
+        # eps is recomputed from the latents of different images: equal draws still agree to about 1e-7
+        assert not np.allclose(step_a["vae_eps"], step_b["vae_eps"], atol=1e-3)
+    assert len({tuple(map(tuple, step["crops"])) for step in a["augmentations"]}) == 3  # the crops really move
 
 
 @pytest.fixture(scope="module")

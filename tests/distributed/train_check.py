@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 
+from tests._helpers import wide_preference_pairs
 from trl_rpo import (
     DiffusionDPOConfig,
     DiffusionDPOTrainer,
@@ -52,6 +53,7 @@ class Recording:
         self.local_metrics: dict[str, list[float]] = defaultdict(list)
         self.pooled_values: dict[str, list[list[float]]] = defaultdict(list)  # this process's values, per call
         self.draws: list[dict] = []  # per training step: what this process drew from its random stream
+        self.augmentations: list[dict] = []  # per training step (DPO on images): crops and VAE posterior draws
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
@@ -68,6 +70,21 @@ class Recording:
 
 
 class RecordingDPO(Recording, DiffusionDPOTrainer):
+    def encode_batch(self, inputs):
+        latents, conditioning = super().encode_batch(inputs)
+        if self.model.training and "pixel_values" in inputs:
+            # The draws behind these latents: each chosen image's crop offset, and the standard normal values of the
+            # VAE posterior sample (latents = scale * (mean + std * eps), mean and std recomputed without sampling).
+            vae = self.pipeline.vae
+            with torch.no_grad():
+                posterior = vae.encode(inputs["pixel_values"].to(vae.device, vae.dtype)).latent_dist
+            eps = (latents.cpu() / vae.config.scaling_factor - posterior.mean.cpu()) / posterior.std.cpu()
+            half = len(inputs["prompt"])
+            self.augmentations.append(
+                {"crops": inputs["crop_top_lefts"][:half].tolist(), "vae_eps": eps.flatten()[:4].tolist()}
+            )
+        return latents, conditioning
+
     def sample_noise_and_timesteps(self, latents):
         noise, timesteps = super().sample_noise_and_timesteps(latents)
         if self.model.training:
@@ -263,6 +280,7 @@ def main() -> None:
     parser.add_argument("--validation", action="store_true", help="render validation images every step")
     parser.add_argument("--reward", choices=tuple(REWARDS), default="brightness")
     parser.add_argument("--sgd", action="store_true", help="SGD, learning rate 1, no clipping: update = -gradient")
+    parser.add_argument("--augment", action="store_true", help="DPO: 64x40 images, random crops and flips")
     cli = parser.parse_args()
     # On CPU, a bare PartialState() ignores ACCELERATE_USE_CPU: ask for gloo explicitly before the trainer.
     state = PartialState() if cli.cuda else PartialState(cpu=True, backend="gloo")
@@ -286,9 +304,10 @@ def main() -> None:
             validation_prompts=list(VALIDATION_PROMPTS), validation_steps=1, validation_num_inference_steps=2
         )
     if cli.trainer == "dpo":
-        data = tiny_preference_dataset(cli.rows, seed=0)
+        data = wide_preference_pairs(cli.rows) if cli.augment else tiny_preference_dataset(cli.rows, seed=0)
         data = data.map(lambda row, i: {"prompt": f"p{i} {row['prompt']}"}, with_indices=True)
-        trainer = RecordingDPO(model=pipe, args=DiffusionDPOConfig(beta=500, **common), train_dataset=data,
+        augment = {"random_crop": True, "random_flip": True, "resolution": 32} if cli.augment else {}
+        trainer = RecordingDPO(model=pipe, args=DiffusionDPOConfig(beta=500, **augment, **common), train_dataset=data,
                                peft_config=peft)  # fmt: skip
     elif cli.trainer == "grpo":
         from datasets import Dataset
@@ -358,6 +377,7 @@ def main() -> None:
         "local_metrics": trainer.local_metrics,
         "pooled_values": trainer.pooled_values,
         "draws": trainer.draws,
+        "augmentations": trainer.augmentations,
         "log_history": trainer.state.log_history,
         "checksum": checksum,
         "initial_checksum": initial_checksum,

@@ -86,9 +86,25 @@ class DataCollatorForDiffusionPreference:
     resolution: int
     random_crop: bool = False
     random_flip: bool = False
+    seed: int | None = None  # of this collator's own stream of crops and flips; None: Python's global `random`
+
+    def __post_init__(self) -> None:
+        self._rng = None if self.seed is None else random.Random(self.seed)
+        self._worker_seed: int | None = None
+
+    def _stream(self) -> random.Random | None:
+        """The stream crops and flips come from: in a DataLoader worker, one per worker and epoch (each worker holds
+        a copy of this collator, and the copies would otherwise repeat each other's draws)."""
+        from torch.utils.data import get_worker_info
+
+        worker = get_worker_info()
+        if self.seed is not None and worker is not None and worker.seed != self._worker_seed:
+            self._worker_seed = worker.seed
+            self._rng = random.Random(row_seed(self.seed, worker.seed))
+        return self._rng
 
     def __call__(self, examples: list[dict[str, Any]], rngs: list[random.Random] | None = None) -> dict[str, Any]:
-        """`rngs` (one per example) draw the crops and flips; by default Python's global `random`."""
+        """`rngs` (one per example) draw the crops and flips; by default the stream of `seed`."""
         prompts = [ex["prompt"] for ex in examples]
         if _PRECOMPUTED in examples[0]:
 
@@ -110,11 +126,13 @@ class DataCollatorForDiffusionPreference:
             return batch
         with_masks = MASK_COLUMN in examples[0]
         chosen, rejected, masks = [], [], []
+        stream = self._stream() if rngs is None else None
         for i, ex in enumerate(examples):
             row = ex.get(ROW_INDEX)  # images not validated up front are checked here, named by row
             chosen_image = load_image(ex["chosen"], row=row, column="chosen")
             rejected_image = load_image(ex["rejected"], row=row, column="rejected")
-            fraction, flip = pair_placement(self.random_crop, self.random_flip, rngs[i] if rngs is not None else None)
+            rng = rngs[i] if rngs is not None else stream
+            fraction, flip = pair_placement(self.random_crop, self.random_flip, rng)
             chosen.append(prepare_image(chosen_image, self.resolution, fraction, flip))
             rejected.append(prepare_image(rejected_image, self.resolution, fraction, flip))
             if with_masks:
@@ -255,7 +273,10 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
     # -- data --------------------------------------------------------------------------------------------------
 
     def _default_data_collator(self):
-        return DataCollatorForDiffusionPreference(self.resolution, self.args.random_crop, self.args.random_flip)
+        # Seeded per process: `Trainer` seeds Python's `random` alike everywhere, so every process would crop and flip
+        # its rows the same way.
+        seed = process_seed(self.args.seed, self.args.process_index)
+        return DataCollatorForDiffusionPreference(self.resolution, self.args.random_crop, self.args.random_flip, seed)
 
     def _prepare_dataset(self, dataset, name: str):
         """`max_train_samples` first, then the cheap checks, then (optionally) the per-process precompute.
@@ -436,7 +457,12 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
                     null = self._null_conditioning[key].to(device=value.device, dtype=value.dtype)
                     value[drop.to(value.device)] = null
         else:
-            latents = self.model_adapter.encode_images(inputs["pixel_values"], self._eval_generator_or_none())
+            # The VAE posterior sample comes from this process's stream (the global torch RNG is seeded alike on every
+            # process), or from the fixed evaluation stream.
+            generator = self._eval_generator_or_none()
+            latents = self.model_adapter.encode_images(
+                inputs["pixel_values"], generator if generator is not None else self.rank_generator
+            )
             if drop is not None:
                 prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
             cond = self.model_adapter.encode_prompts(prompts, device)
