@@ -214,12 +214,16 @@ def test_two_process_per_process_counts_and_times_are_averaged_over_all_ranks_on
     assert a["local_metrics"]["pairs/count"][-1] != b["local_metrics"]["pairs/count"][-1]  # the ranks differ
 
 
-def test_two_process_tailorpo_pair_metrics_pool_the_pairs_of_all_ranks(tailorpo_with_ties_on_one_rank):
-    a, b = tailorpo_with_ties_on_one_rank
-    name = "rewards/margins"
-    assert all(values == [] for values in b["pooled_values"][name])
+def test_two_process_tailorpo_pair_metrics_pool_the_pairs_of_all_ranks(tailorpo_sgd_step):
+    # Process 1 finds pairs for one of its two prompts, process 0 for both: different, non-zero pair counts.
+    (a, b), _ = tailorpo_sgd_step("half_tied_brightness", "ddp")
+    name = "logps/chosen"  # (the implicit rewards are all 0 at the first step, policy == reference)
+    (values_a,), (values_b,) = a["pooled_values"][name], b["pooled_values"][name]
+    assert len(values_a) > len(values_b) > 0
     logged = [e[name] for e in a["log_history"] if name in e]
-    assert logged == pytest.approx([np.mean(values) for values in a["pooled_values"][name]], rel=1e-4)
+    pooled = np.mean(values_a + values_b)
+    assert logged == pytest.approx([pooled], rel=1e-5)
+    assert abs(pooled - (np.mean(values_a) + np.mean(values_b)) / 2) > 1e-3 * abs(pooled)  # not the mean of means
 
 
 def test_two_process_tailorpo_reward_std_is_over_the_images_of_all_ranks(tailorpo_with_ties_on_one_rank):
@@ -248,11 +252,31 @@ def _zero2_without_clipping(tmp_path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def tailorpo_sgd_step(tmp_path_factory):
+    """`run(reward, backend)`: one two-process TailorPO SGD step (4 prompts, 2 per process), launched once per reward
+    and backend and shared by the update test and the pooled pair-metrics test."""
+    runs = {}
+
+    def run(reward: str, backend: str):
+        if (reward, backend) not in runs:
+            tmp_path = tmp_path_factory.mktemp(f"tailorpo-sgd-{reward}-{backend}")
+            config = _zero2_without_clipping(tmp_path) if backend == "zero2" else None
+            runs[reward, backend] = launch(tmp_path, "--trainer", "tailorpo", "--reward", reward, "--rows", "4",
+                                           "--per_device_train_batch_size", "2", "--max_steps", "1", "--sgd",
+                                           config_file=config, timeout=300)  # fmt: skip
+        return runs[reward, backend]
+
+    return run
+
+
 @pytest.mark.parametrize(
     ("reward", "backend"),
     [("discrete_brightness", "ddp"), ("half_tied_brightness", "ddp"), ("half_tied_brightness", "zero2")],
 )
-def test_two_process_tailorpo_update_is_that_of_the_mean_over_the_pairs_of_all_ranks(tmp_path, reward, backend):
+def test_two_process_tailorpo_update_is_that_of_the_mean_over_the_pairs_of_all_ranks(
+    tailorpo_sgd_step, reward, backend
+):
     """One SGD step (learning rate 1, no clipping) when the processes find different numbers of pairs: process 1
     none (`discrete_brightness`) or pairs for one of its two prompts only (`half_tied_brightness`). DDP and
     DeepSpeed ZeRO-2 both average the gradients over processes.
@@ -264,10 +288,7 @@ def test_two_process_tailorpo_update_is_that_of_the_mean_over_the_pairs_of_all_r
     """
     if backend == "zero2":
         pytest.importorskip("deepspeed")
-    config = _zero2_without_clipping(tmp_path) if backend == "zero2" else None
-    ranks, out = launch(tmp_path, "--trainer", "tailorpo", "--reward", reward, "--rows", "4",
-                        "--per_device_train_batch_size", "2", "--max_steps", "1", "--sgd", config_file=config,
-                        timeout=300)  # fmt: skip
+    ranks, out = tailorpo_sgd_step(reward, backend)
     a, b = ranks
     assert a["global_step"] == b["global_step"] == 1
     assert a["is_deepspeed"] is (backend == "zero2")
@@ -421,15 +442,18 @@ def test_two_process_deepspeed_zero_training_resumes_from_its_checkpoint(
     pytest.importorskip("deepspeed")
     config = CONFIGS / f"deepspeed_zero{stage}.yaml"
     common = ("--trainer", "dpo", "--model", "sdxl", "--model_path", str(tiny_sdxl_dir), "--save_steps", "1")
-    _, first = zero_sdxl_run(stage)  # the shared first run (2 steps, a checkpoint after each) ...
+    first_ranks, first = zero_sdxl_run(stage)  # the shared first run (2 steps, a checkpoint after each) ...
     out = tmp_path / "out"
     shutil.copytree(first, out)  # ... resumed in a copy, so the other test's files stay as that run left them
     assert (out / "run" / "checkpoint-2").is_dir()
     resumed, _ = launch(tmp_path, *common, "--max_steps", "3", "--resume", config_file=config, suffix="-resumed")
-    for record in resumed:
+    for record, before in zip(resumed, first_ranks):
         assert record["is_deepspeed"] and record["global_step"] == 3
         assert len(record["seen_prompts"]) == 1  # only step 3 was trained; steps 1-2 came from the checkpoint
         assert record["steps_logged"] == [1, 2, 3]  # the log history of steps 1-2 is restored with it
+        # Training resumed from the weights the first run ended with (checkpoint-2), not from a fresh start.
+        assert record["start_checksum"] == pytest.approx(before["checksum"], rel=1e-6, abs=1e-9)
+        assert before["checksum"] != pytest.approx(record["initial_checksum"], rel=1e-3)
     assert resumed[0]["checksum"] == resumed[1]["checksum"]
 
 

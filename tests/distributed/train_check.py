@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
+from transformers import TrainerCallback
 
 from tests._helpers import wide_preference_pairs
 from trl_rpo import (
@@ -92,12 +93,18 @@ class RecordingDPO(Recording, DiffusionDPOTrainer):
         return noise, timesteps
 
 
-class RecordingTailorPO(Recording, TailorPOTrainer):
+class RecordingRollouts(Recording):
+    """Also records the starting latents of every training rollout, as the rollout received them."""
+
+    def initial_latents(self, num, generator=None):
+        latents = super().initial_latents(num, generator)
+        if self.model.training:
+            self.draws.append({"start": latents.flatten()[:4].tolist()})
+        return latents
+
+
+class RecordingTailorPO(RecordingRollouts, TailorPOTrainer):
     def sample_pairs(self, prompts, conditioning=None, generator=None):
-        # The first values this rollout draws (its starting latents), from a copy of the stream it draws from.
-        stream = getattr(self, "rank_generator", None)
-        probe = torch.Generator().set_state(stream.get_state() if stream is not None else torch.get_rng_state())
-        self.draws.append({"start": torch.randn(4, generator=probe).tolist()})
         pairs = super().sample_pairs(prompts, conditioning, **({"generator": generator} if generator else {}))
         if self.model.training:
             self.trained_pairs = getattr(self, "trained_pairs", []) + [(list(prompts), pairs)]
@@ -121,12 +128,8 @@ class RecordingTailorPO(Recording, TailorPOTrainer):
         return list(torch.autograd.grad(losses.sum(), params)), len(pairs)
 
 
-class RecordingGRPO(Recording, DiffusionGRPOTrainer):
-    def rollout(self, prompts, conditioning=None, generator=None):
-        stream = getattr(self, "rank_generator", None)
-        probe = torch.Generator().set_state(stream.get_state() if stream is not None else torch.get_rng_state())
-        self.draws.append({"start": torch.randn(4, generator=probe).tolist()})
-        return super().rollout(prompts, conditioning, generator)
+class RecordingGRPO(RecordingRollouts, DiffusionGRPOTrainer):
+    pass
 
 
 def brightness(images, prompts, **kwargs):
@@ -262,6 +265,29 @@ def _validation_difference(trainer, cli, run_dir: Path) -> float | None:
     )
 
 
+def _trained_checksum(trainer) -> list[float]:
+    """The sum of each trained tensor (gathered under ZeRO-3, a collective: every process must call this)."""
+    unet = trainer.accelerator.unwrap_model(trainer.model)
+    params = [p for p in unet.parameters() if p.requires_grad]
+    gathered = contextlib.nullcontext()
+    if trainer.is_deepspeed_enabled:
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    with gathered:
+        return [float(p.detach().double().sum()) for p in params]
+
+
+class ChecksumAtStart(TrainerCallback):
+    """The trained weights' checksum when training begins: after a resume, what the checkpoint loaded."""
+
+    def __init__(self, trainer):
+        self.trainer, self.checksum = trainer, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.checksum = _trained_checksum(self.trainer)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trainer", choices=("dpo", "tailorpo", "grpo"), required=True)
@@ -335,20 +361,16 @@ def main() -> None:
     trained = [p for p in trainer.model.parameters() if p.requires_grad]
     initial = [p.detach().double().clone() for p in trained] if cli.sgd else None
     initial_checksum = [float(p.detach().double().sum()) for p in trained]
+    start = ChecksumAtStart(trainer)
+    trainer.add_callback(start)
     trainer.train(resume_from_checkpoint=True if cli.resume else None)
     unet = trainer.accelerator.unwrap_model(trainer.model)
-    if trainer.is_deepspeed_enabled:
-        import deepspeed
-
-        params = [p for p in unet.parameters() if p.requires_grad]
-        # Small tensors (LoRA factors) stay whole under ZeRO-3 (stage3_param_persistence_threshold); the UNet's
-        # large frozen weights are the ones partitioned.
-        partitioned = any(getattr(p, "ds_numel", 0) > 0 and p.numel() == 0 for p in unet.parameters())
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            checksum = [float(p.detach().double().sum()) for p in params]
-    else:
-        partitioned = False
-        checksum = [float(p.detach().double().sum()) for p in unet.parameters() if p.requires_grad]
+    # Small tensors (LoRA factors) stay whole under ZeRO-3 (stage3_param_persistence_threshold); the UNet's large
+    # frozen weights are the ones partitioned.
+    partitioned = trainer.is_deepspeed_enabled and any(
+        getattr(p, "ds_numel", 0) > 0 and p.numel() == 0 for p in unet.parameters()
+    )
+    checksum = _trained_checksum(trainer)
     if cli.sgd and initial is not None:  # the whole update of the trained weights, for exact comparisons
         params = [p for p in unet.parameters() if p.requires_grad]
         update = torch.cat([(p.detach().double() - i).flatten() for p, i in zip(params, initial)])
@@ -381,6 +403,7 @@ def main() -> None:
         "log_history": trainer.state.log_history,
         "checksum": checksum,
         "initial_checksum": initial_checksum,
+        "start_checksum": start.checksum,
         "partitioned": partitioned,
         "final_loss": next((e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None),
         "is_deepspeed": bool(trainer.is_deepspeed_enabled),
