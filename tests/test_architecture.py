@@ -98,7 +98,7 @@ def test_public_names_resolve_lazily():
         trl_rpo.nope  # noqa: B018
 
 
-@pytest.mark.parametrize("command", ["dpo", "tailorpo"])
+@pytest.mark.parametrize("command", ["dpo", "tailorpo", "nft"])
 def test_trainer_help_is_silent_and_loads_no_trainer(command):
     # The configs subclass TrainingArguments, whose module imports peft (and peft bitsandbytes) in transformers 5;
     # the trainers' own stack (diffusers, DeepSpeed) must wait for training.

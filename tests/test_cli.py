@@ -54,7 +54,8 @@ def test_an_unknown_command_is_refused_naming_the_known_ones(capsys):
 
 
 def test_commands_are_registered_in_one_table_so_new_ones_are_one_entry():
-    assert list(COMMANDS) == ["build-dataset", "dpo", "tailorpo", "eval", "grpo", "serve-reward", "demo"]
+    assert list(COMMANDS)[:7] == ["build-dataset", "dpo", "tailorpo", "eval", "grpo", "nft", "serve-reward"]
+    assert "demo" in COMMANDS
     assert all(callable(command.run) and command.help for command in COMMANDS.values())
 
 
@@ -173,7 +174,8 @@ def test_stage_arguments_may_be_yaml_mappings(tmp_path):
 
 @pytest.mark.parametrize(
     ("command", "config_class"),
-    [("dpo", "DiffusionDPOConfig"), ("tailorpo", "TailorPOConfig"), ("grpo", "DiffusionGRPOConfig")],
+    [("dpo", "DiffusionDPOConfig"), ("tailorpo", "TailorPOConfig"), ("grpo", "DiffusionGRPOConfig"),
+     ("nft", "DiffusionNFTConfig")],  # fmt: skip
 )
 def test_trainer_command_help_lists_every_config_field_and_the_lora_flags(command, config_class, capsys):
     import dataclasses
@@ -305,6 +307,19 @@ def test_serve_reward_refuses_an_unknown_reward(capsys):
     with pytest.raises(SystemExit):
         main(["serve-reward", "--reward", "nope"])
     assert "choose among" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_trl_rpo_nft_trains_a_tiny_pipeline(tmp_path):
+    tiny_sd_pipeline().save_pretrained(tmp_path / "pipe")
+    (tmp_path / "prompts.txt").write_text("a red square\na blue circle\n")
+    assert main(["nft", "--model_name_or_path", str(tmp_path / "pipe"), "--prompts_name_or_path",
+                 str(tmp_path / "prompts.txt"), "--reward_funcs", "jpeg_compressibility", "--output_dir",
+                 str(tmp_path / "out"), "--max_steps", "1", "--use_peft", "--lora_r", "4", "--report_to", "none",
+                 "--save_strategy", "no", "--num_generations", "2", "--per_device_train_batch_size", "2",
+                 "--num_inference_steps", "2", "--nft_beta", "0.5"]) == 0  # fmt: skip
+    assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").is_file()
+    assert "| nft_beta | 0.5 |" in (tmp_path / "out" / "README.md").read_text()
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trl_rpo import BaseDiffusionConfig, DiffusionDPOConfig, DiffusionGRPOConfig, TailorPOConfig
+from trl_rpo import BaseDiffusionConfig, DiffusionDPOConfig, DiffusionGRPOConfig, DiffusionNFTConfig, TailorPOConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -26,6 +26,7 @@ def _own_fields(config_class, base) -> list[str]:
         (DiffusionDPOConfig, BaseDiffusionConfig, "diffusion_dpo_trainer.md"),
         (TailorPOConfig, BaseDiffusionConfig, "tailorpo_trainer.md"),
         (DiffusionGRPOConfig, BaseDiffusionConfig, "grpo_trainer.md"),
+        (DiffusionNFTConfig, BaseDiffusionConfig, "nft_trainer.md"),
     ],
 )
 def test_every_config_field_is_documented_on_its_page(config_class, base, page):

@@ -287,6 +287,20 @@ def test_grpo_yaml_config_parses_into_every_dataclass():
     assert model.use_peft and model.lora_r == 4
 
 
+def test_nft_yaml_config_parses_into_every_dataclass():
+    from trl import TrlParser
+
+    from trl_rpo import DiffusionNFTConfig
+
+    example = _load_example("nft")
+    parser = TrlParser((example.ScriptArguments, DiffusionNFTConfig, DiffusionModelConfig))
+    script, training, model = parser.parse_args_and_config(
+        ["--config", str(EXAMPLES / "configs" / "nft_sd15_aesthetic.yaml"), "--bf16", "false"]
+    )
+    assert script.reward_funcs == ["aesthetic"] and training.sampler == "ode" and training.nft_beta == 1.0
+    assert model.use_peft and model.lora_r == 4
+
+
 def test_remote_reward_example_serves_and_scores_on_loopback():
     result = subprocess.run([sys.executable, str(EXAMPLES / "remote_reward.py")], capture_output=True, text=True,
                             timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip

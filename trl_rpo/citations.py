@@ -22,6 +22,15 @@ TAILORPO_CITATION = """@article{ren2025tailorpo,
     journal = {arXiv preprint arXiv:2502.01667}
 }"""
 
+DIFFUSION_NFT_CITATION = """@inproceedings{zheng2026diffusionnft,
+    title     = {{DiffusionNFT: Online Diffusion Reinforcement with Forward Process}},
+    author    = {Kaiwen Zheng and Huayu Chen and Haotian Ye and Haoxiang Wang and Qinsheng Zhang and Kai Jiang and
+                 Hang Su and Stefano Ermon and Jun Zhu and Ming-Yu Liu},
+    booktitle = {International Conference on Learning Representations},
+    year      = 2026,
+    note      = {arXiv:2509.16117}
+}"""
+
 TRL_CITATION = """@software{vonwerra2020trl,
     title   = {{TRL: Transformers Reinforcement Learning}},
     author  = {von Werra, Leandro and Belkada, Younes and Tunstall, Lewis and Beeching, Edward and Thrush, Tristan and Lambert, Nathan and Huang, Shengyi and Rasul, Kashif and Gallouédec, Quentin},
@@ -30,4 +39,4 @@ TRL_CITATION = """@software{vonwerra2020trl,
     year    = {2020}
 }"""
 
-__all__ = ["DIFFUSION_DPO_CITATION", "RPO_CITATION", "TAILORPO_CITATION", "TRL_CITATION"]
+__all__ = ["DIFFUSION_DPO_CITATION", "DIFFUSION_NFT_CITATION", "RPO_CITATION", "TAILORPO_CITATION", "TRL_CITATION"]

@@ -8,6 +8,7 @@ is one entry:
     trl-rpo tailorpo --config tailorpo.yaml [...]                          # TailorPOTrainer
     trl-rpo eval --model trained/ --base base/ --prompts prompts.txt ...  # did training help? (paired gain, CI)
     trl-rpo grpo --config grpo.yaml [...]                                  # DiffusionGRPOTrainer
+    trl-rpo nft --config nft.yaml [...]                                    # DiffusionNFTTrainer
     trl-rpo serve-reward --reward aesthetic --port 8000                    # a reward served over HTTP
     trl-rpo demo [--quick]                                                 # the shapes-world demo
 
@@ -459,6 +460,10 @@ COMMANDS: dict[str, Command] = {
     "grpo": Command(
         help="GRPO: online RL with group-normalised rewards (same reward names as tailorpo, or reward-server URLs).",
         run=_trainer_command("grpo", "trl-rpo grpo"),
+    ),
+    "nft": Command(
+        help="DiffusionNFT: online RL on the forward process, any solver, no likelihoods (GRPO's reward names).",
+        run=_trainer_command("nft", "trl-rpo nft"),
     ),
     "serve-reward": Command(
         help="Serve a reward over HTTP in its own process, for RemoteReward / --reward_funcs http://HOST:PORT.",

@@ -25,10 +25,12 @@ __all__ = [
     "REFERENCE_FREE_LOSS_TYPES",
     "combined_diffusion_dpo_loss",
     "diffusion_dpo_loss",
+    "diffusion_nft_loss",
     "grpo_clipped_loss",
     "group_advantages",
     "mapo_loss",
     "mapo_score",
+    "nft_optimality_probability",
     "pooled_mean_loss",
     "stepwise_dpo_loss",
 ]
@@ -307,6 +309,80 @@ def grpo_clipped_loss(
     if kl is not None and beta != 0.0:
         losses = losses + beta * kl
     return losses, low_clipped.detach(), high_clipped.detach()
+
+
+def nft_optimality_probability(advantages: torch.Tensor, adv_clip_max: float = 5.0) -> torch.Tensor:
+    r"""DiffusionNFT's optimality probability of each image from its (group-normalised) advantage.
+
+    .. math:: r = \operatorname{clip}\Big(\tfrac12 + \tfrac12\,\frac{\operatorname{clip}(A, -c, c)}{c},\ 0,\ 1\Big)
+
+    with :math:`c` = `adv_clip_max` (Zheng et al., 2025, arXiv 2509.16117; NVlabs/DiffusionNFT `train_nft_sd3.py`,
+    `adv_clip_max` 5): an average image gets 1/2, the best ones tend to 1 and the worst to 0.
+    """
+    if adv_clip_max <= 0:
+        raise ValueError(f"adv_clip_max must be > 0, got {adv_clip_max}")
+    clipped = advantages.float().clamp(-adv_clip_max, adv_clip_max)
+    return (clipped / adv_clip_max / 2.0 + 0.5).clamp(0.0, 1.0)
+
+
+def diffusion_nft_loss(
+    policy_x0: torch.Tensor,
+    old_x0: torch.Tensor,
+    x0: torch.Tensor,
+    advantages: torch.Tensor,
+    beta: float = 1.0,
+    adv_clip_max: float = 5.0,
+    adaptive_weighting: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Per-sample DiffusionNFT loss (Zheng et al., "DiffusionNFT: Online Diffusion Reinforcement with Forward
+    Process", ICLR 2026, arXiv 2509.16117, Eq. 7-8 and NVlabs/DiffusionNFT `train_nft_sd3.py`).
+
+    A generated clean sample :math:`x_0` is noised by the forward process to :math:`x_t`; the policy's and the
+    sampling ("old") policy's predictions there define an implicit positive and an implicit negative policy,
+
+    .. math::
+        v^+ = \beta v_\theta + (1-\beta)\,\mathrm{sg}(v_{old}), \qquad
+        v^- = (1+\beta)\,\mathrm{sg}(v_{old}) - \beta v_\theta
+
+    and the loss regresses the positive one on good samples and the negative one on bad ones, weighted by the
+    optimality probability :math:`r` of :func:`nft_optimality_probability`:
+
+    .. math::
+        \mathcal L = \frac{c}{\beta}\Big(r\,\frac{\lVert \hat x_0^+ - x_0\rVert^2}{w^+}
+        + (1-r)\,\frac{\lVert \hat x_0^- - x_0\rVert^2}{w^-}\Big)
+
+    with the norms as means over dimensions and, with `adaptive_weighting`, :math:`w^\pm = \mathrm{sg}(\text{mean}
+    |\hat x_0^\pm - x_0|)` clamped at 1e-5 (NFT's adaptive weighting; 1 without it); :math:`c` = `adv_clip_max`
+    is NFT's constant loss scale. Any parameterisation whose clean-sample prediction is affine in the model output
+    (flow velocity :math:`\hat x_0 = x_t - \sigma v`, epsilon, v-prediction) gives
+    :math:`\hat x_0^\pm` as the same combination of the two predictions' :math:`\hat x_0`, so the function takes
+    those: `policy_x0` (with gradients) and `old_x0` (detached here). No likelihood, no sampler step: any solver can
+    produce :math:`x_0`. At :math:`v_\theta = v_{old}` the gradient is :math:`(2r - 1)` times the denoising
+    loss's (for :math:`\beta = 1` without adaptive weighting): reward-weighted regression that also pushes away
+    from bad samples.
+
+    Returns:
+        ``(losses, positive_losses, negative_losses)``, each ``[B]`` (the last two detached, without the scale).
+    """
+    if beta <= 0:
+        raise ValueError(f"DiffusionNFT beta must be > 0, got {beta}")
+    old_x0 = old_x0.detach().float()
+    policy_x0, x0 = policy_x0.float(), x0.float()
+    r = nft_optimality_probability(advantages, adv_clip_max).to(policy_x0.device)
+    dims = tuple(range(1, x0.ndim))
+    positive = beta * policy_x0 + (1.0 - beta) * old_x0
+    negative = (1.0 + beta) * old_x0 - beta * policy_x0
+
+    def weighted(prediction: torch.Tensor) -> torch.Tensor:
+        error = prediction - x0
+        loss = (error**2).mean(dim=dims)
+        if adaptive_weighting:
+            loss = loss / error.detach().abs().mean(dim=dims).clamp(min=1e-5)
+        return loss
+
+    positive_loss, negative_loss = weighted(positive), weighted(negative)
+    losses = adv_clip_max * (r * positive_loss + (1.0 - r) * negative_loss) / beta
+    return losses, positive_loss.detach(), negative_loss.detach()
 
 
 def pooled_mean_loss(losses: torch.Tensor, global_count: int | float, num_processes: int) -> torch.Tensor:

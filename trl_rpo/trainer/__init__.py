@@ -14,6 +14,9 @@ _EXPORTS = {
     **dict.fromkeys(["DataCollatorForDiffusionPreference", "DiffusionDPOTrainer"], ".diffusion_dpo_trainer"),
     "DiffusionGRPOConfig": ".grpo_config",
     "DiffusionGRPOTrainer": ".grpo_trainer",
+    "DiffusionNFTConfig": ".nft_config",
+    "DiffusionNFTTrainer": ".nft_trainer",
+    **dict.fromkeys(["GroupRolloutConfig", "OnlineDiffusionConfig"], ".online_config"),
     **dict.fromkeys(["DiffusionModelConfig", "get_peft_config"], ".model_config"),
     "TailorPOConfig": ".tailorpo_config",
     **dict.fromkeys(["StepPairs", "TailorPOTrainer"], ".tailorpo_trainer"),
@@ -29,6 +32,9 @@ if TYPE_CHECKING:
     from .grpo_config import DiffusionGRPOConfig
     from .grpo_trainer import DiffusionGRPOTrainer
     from .model_config import DiffusionModelConfig, get_peft_config
+    from .nft_config import DiffusionNFTConfig
+    from .nft_trainer import DiffusionNFTTrainer
+    from .online_config import GroupRolloutConfig, OnlineDiffusionConfig
     from .tailorpo_config import TailorPOConfig
     from .tailorpo_trainer import StepPairs, TailorPOTrainer
 
@@ -41,6 +47,10 @@ __all__ = [
     "DiffusionGRPOConfig",
     "DiffusionGRPOTrainer",
     "DiffusionModelConfig",
+    "DiffusionNFTConfig",
+    "DiffusionNFTTrainer",
+    "GroupRolloutConfig",
+    "OnlineDiffusionConfig",
     "get_peft_config",
     "StepPairs",
     "TailorPOConfig",

@@ -118,7 +118,7 @@ class DiffusionGRPOTrainer(GroupRolloutTrainer):
             self._record_reward_metrics(mode, rollout.rewards, rollout.rewards_per_func, rollout.group_std)
             self._record_metric(mode, "time/sampling_s", torch.tensor(self._timing["sampling"]))
             if mode == "train":
-                self._maybe_log_samples(rollout.images, self._captions(rollout))
+                self._maybe_log_samples(rollout.images, rollout.captions())
 
         log_prob, mean, std = self.step_distributions(model, rollout, cond, uncond)
         if fresh:
@@ -147,11 +147,3 @@ class DiffusionGRPOTrainer(GroupRolloutTrainer):
         self._record_pooled(mode, "clip_ratio/region_mean", torch.maximum(low, high))
         self._record_pooled(mode, "logps/policy", log_prob.detach())
         return (loss, {"losses": losses.detach()}) if return_outputs else loss
-
-    @staticmethod
-    def _captions(rollout: Rollout) -> list[str]:
-        captions = []
-        for i, prompt_i in enumerate(rollout.prompt_index.tolist()):
-            scores = ", ".join(f"{n}={v[i].item():.4g}" for n, v in rollout.rewards_per_func.items())
-            captions.append(f"{rollout.prompts[prompt_i]} | {scores}")
-        return captions

@@ -22,7 +22,14 @@ import torch
 from torch.utils.data import Sampler
 
 from ..data.formats import prepare_prompt_dataset
-from ..diffusion import ddim_previous_timestep, ddim_step_variance, ddim_step_with_logprob, flow_sde_step_with_logprob
+from ..diffusion import (
+    ddim_previous_timestep,
+    ddim_step_variance,
+    ddim_step_with_logprob,
+    flow_predicted_original_sample,
+    flow_sde_step_with_logprob,
+    predicted_original_sample,
+)
 from ..losses import group_advantages
 from ..pipelines import decode_latents, tensor_to_pil
 from ..rewards import combine_rewards
@@ -210,6 +217,16 @@ class OnlineDiffusionMixin:
             self.sample_scheduler, output, timesteps, sample, self.args.eta, prev_sample, generator
         )
 
+    def predict_x0(self, output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The clean sample a denoiser output implies (float32): DDIM's `x0_hat`, or `x - sigma v` for flow."""
+        if self.is_flow:
+            sigma = timesteps.float() / self.sample_scheduler.config.num_train_timesteps
+            return flow_predicted_original_sample(output, sample, sigma)
+        alphas = self.sample_scheduler.alphas_cumprod.to(sample.device)
+        timesteps = timesteps.long()
+        alpha = torch.where(timesteps >= 0, alphas[timesteps.clamp(min=0)], torch.ones_like(alphas[:1]))
+        return predicted_original_sample(output, sample, alpha, self.prediction_type)[0]
+
     # -- rewards -------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -392,16 +409,21 @@ class GroupRepeatSampler(Sampler[int]):
         return (self.num_rows // self.chunk_size) * self.chunk_size * self.group_size * self.repeat_count
 
 
-def select_train_steps(trainable: list[int], fraction: float, generator: torch.Generator | None = None) -> list[int]:
-    """`max(1, round(fraction * len(trainable)))` of the trainable step indices, drawn at random, in order.
+def select_train_steps(
+    trainable: list[int], fraction: float, generator: torch.Generator | None = None, sampling: str = "random"
+) -> list[int]:
+    """`max(1, round(fraction * len(trainable)))` of the trainable step indices, in order.
 
-    DDPO's `timestep_fraction`: train on part of each trajectory; all of it at `fraction = 1`.
+    DDPO's `timestep_fraction`: train on part of each trajectory, drawn at random (`sampling="random"`), or its
+    first, noisiest steps (`"first"`, Flow-GRPO's); all of it at `fraction = 1`.
     """
     if not trainable:
         raise ValueError("no denoising step has a log-probability (all are deterministic)")
     count = max(1, round(fraction * len(trainable)))
     if count >= len(trainable):
         return list(trainable)
+    if sampling == "first":
+        return list(trainable[:count])
     pick = torch.randperm(len(trainable), generator=generator)[:count].sort().values.tolist()
     return [trainable[i] for i in pick]
 
@@ -434,6 +456,14 @@ class Rollout:
 
     def __len__(self) -> int:
         return int(self.prompt_index.numel())
+
+    def captions(self) -> list[str]:
+        """One caption per image: its prompt and its rewards (for the saved rollout images)."""
+        captions = []
+        for i, prompt_i in enumerate(self.prompt_index.tolist()):
+            scores = ", ".join(f"{n}={v[i].item():.4g}" for n, v in self.rewards_per_func.items())
+            captions.append(f"{self.prompts[prompt_i]} | {scores}")
+        return captions
 
     def state_dict(self) -> dict[str, Any]:
         """Tensors, prompts and step indices (no images): what `torch.load(..., weights_only=True)` reads back."""
@@ -558,7 +588,9 @@ class GroupRolloutTrainer(OnlineDiffusionTrainer):
         total, per_func = self.step_rewards(images, flat_prompts)
         total = total.to(device)
         advantages, group_std = self.compute_advantages(total)
-        train_steps = select_train_steps(self.trainable_steps(), args.timestep_fraction, generator)
+        train_steps = select_train_steps(
+            self.trainable_steps(), args.timestep_fraction, generator, args.timestep_sampling
+        )
         return Rollout(
             prompts=list(prompts),
             prompt_index=prompt_index,

@@ -86,6 +86,7 @@ class OnlineDiffusionConfig(BaseDiffusionConfig):
 
 
 SCALE_REWARDS = ("group", "batch", "none")
+TIMESTEP_SAMPLINGS = ("random", "first")
 
 
 @dataclass
@@ -112,6 +113,10 @@ class GroupRolloutConfig(OnlineDiffusionConfig):
         timestep_fraction (`float`, *optional*, defaults to `1.0`):
             Fraction of each trajectory's steps trained on (a random subset, drawn per rollout and kept across its
             iterations; DDPO's `timestep_fraction`, Flow-GRPO "Fast" trains a few steps). At least one step.
+        timestep_sampling (`str`, *optional*, defaults to `"random"`):
+            Which `timestep_fraction` of the steps is trained: `"random"` (a subset drawn per rollout, DDPO) or
+            `"first"` (the noisiest ones, where layout and composition are decided; Flow-GRPO's `timestep_fraction`
+            trains the first steps of each trajectory).
     """
 
     per_device_train_batch_size: int = field(
@@ -132,9 +137,18 @@ class GroupRolloutConfig(OnlineDiffusionConfig):
     timestep_fraction: float = field(
         default=1.0, metadata={"help": "Fraction of each trajectory's steps to train on (random subset)."}
     )
+    timestep_sampling: str = field(
+        default="random",
+        metadata={
+            "help": "Which timestep_fraction of the steps: 'random' (DDPO) or 'first', the noisiest (Flow-GRPO).",
+            "choices": list(TIMESTEP_SAMPLINGS),
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
+        if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
+            raise ValueError(f"timestep_sampling must be one of {TIMESTEP_SAMPLINGS}, got {self.timestep_sampling!r}")
         scale = str(self.scale_rewards).lower()
         self.scale_rewards = {"true": "group", "false": "none"}.get(scale, scale)
         if self.scale_rewards not in SCALE_REWARDS:

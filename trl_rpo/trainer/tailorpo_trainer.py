@@ -9,12 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..diffusion import (
-    ddim_step_variance,
-    flow_predicted_original_sample,
-    gaussian_kl,
-    predicted_original_sample,
-)
+from ..diffusion import ddim_step_variance, gaussian_kl
 from ..losses import pooled_mean_loss, stepwise_dpo_loss
 from ..pairing import rank_pairs, select_timestep_indices
 from ..pipelines import decode_latents, tensor_to_pil
@@ -130,16 +125,6 @@ class TailorPOTrainer(OnlineDiffusionTrainer):
 
     def _latent_channels(self) -> int:
         return self.model_adapter.latent_channels
-
-    def predict_x0(self, output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """The clean sample a denoiser output implies (float32): DDIM's `x0_hat`, or `x - sigma v` for flow."""
-        if self.is_flow:
-            sigma = timesteps.float() / self.sample_scheduler.config.num_train_timesteps
-            return flow_predicted_original_sample(output, sample, sigma)
-        alphas = self.sample_scheduler.alphas_cumprod.to(sample.device)
-        timesteps = timesteps.long()
-        alpha = torch.where(timesteps >= 0, alphas[timesteps.clamp(min=0)], torch.ones_like(alphas[:1]))
-        return predicted_original_sample(output, sample, alpha, self.prediction_type)[0]
 
     # -- rewards -------------------------------------------------------------------------------------------------
 
