@@ -83,3 +83,29 @@ def make_trainer(output_dir, sdxl=False, lora=True, pipe=None, dataset=None, pre
 def wide_preference_pairs(rows: int = 6):
     """Pairs of 64x40 images: at resolution 32 a random crop has room to move (its offset shows in time_ids)."""
     return tiny_preference_dataset(rows).map(lambda row: {k: row[k].resize((64, 40)) for k in ("chosen", "rejected")})
+
+
+def recorded_and_recomputed_policy_error(trainer, batch, noised_and_target) -> tuple[float, float, float]:
+    """(`mse/policy_chosen` that `compute_loss` records for `batch`, that error recomputed here, the error against
+    the noise instead), at latents, noise and timesteps drawn once and then held fixed.
+
+    `noised_and_target(latents, noise, timesteps) -> (noisy, target)` is the test's own statement of the forward
+    process and the target: a trainer that noised other latents or regressed another target records another value.
+    The last value shows the check can tell the target from the noise (the epsilon target).
+    """
+    import torch
+
+    latents, conditioning = trainer.encode_batch(batch)
+    noise, timesteps = trainer.sample_noise_and_timesteps(latents)
+    trainer.encode_batch = lambda inputs: (latents, conditioning)
+    trainer.sample_noise_and_timesteps = lambda latents: (noise, timesteps)
+    trainer.compute_loss(trainer.model, batch)
+    noisy, target = noised_and_target(latents, noise, timesteps)
+    with torch.no_grad():
+        chosen = trainer.unet_forward(trainer.model, noisy, timesteps, conditioning).float()[: len(latents) // 2]
+    half = len(latents) // 2
+    return (
+        trainer._metrics["train"]["mse/policy_chosen"][-1],
+        float(((chosen - target[:half]) ** 2).mean()),
+        float(((chosen - noise[:half]) ** 2).mean()),
+    )
