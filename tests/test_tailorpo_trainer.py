@@ -169,14 +169,27 @@ def test_training_on_brightness_raises_mean_reward_on_held_out_seeds(tmp_path):
     assert after > before
 
 
-def test_final_pairing_labels_whole_trajectories_with_distinct_parents(tmp_path):
+def test_final_pairing_labels_whole_trajectories_by_their_final_reward(tmp_path):
     trainer = make_trainer(tmp_path, pairing="final", max_steps=1)
     torch.manual_seed(0)
     pairs = trainer.sample_pairs(["a red square", "a blue circle"])
     assert not pairs.shared_parent
-    assert len(pairs) in (0, 4, 8)  # 4 selected steps per labelled prompt
-    if len(pairs):
-        assert not torch.equal(pairs.parent_chosen, pairs.parent_rejected)
+    assert len(pairs) == 8  # 4 selected steps x 2 prompts: continuous brightness does not tie
+    assert ((pairs.parent_chosen - pairs.parent_rejected).flatten(1).abs().amax(1) > 0).all()  # distinct parents
+    final = pairs.final_rewards["brightness"]  # prompt j's two trajectories at j and j + 2
+    for j in range(2):
+        steps = (pairs.prompt_index == j).nonzero().flatten()
+        steps = steps[pairs.timesteps[steps].argsort(descending=True)]  # in sampling order
+        for k, n in zip(steps[:-1], steps[1:]):  # each side's child is its next parent: one whole trajectory each
+            assert torch.equal(pairs.chosen[k], pairs.parent_chosen[n])
+            assert torch.equal(pairs.rejected[k], pairs.parent_rejected[n])
+        # ... and the chosen one ends in the brighter final image.
+        last = steps[-1]
+        ends = trainer.decode(torch.stack([pairs.chosen[last], pairs.rejected[last]]))
+        chosen_end, rejected_end = trainer.step_rewards(ends, ["p", "p"])[0].tolist()
+        high, low = max(final[j], final[j + 2]).item(), min(final[j], final[j + 2]).item()
+        assert high - low > 1e-3  # (about 5e-3 here; the ends score exactly as the rollout's final images did)
+        assert (chosen_end, rejected_end) == pytest.approx((high, low), abs=1e-4)
     trainer.train()
     assert math.isfinite(_logs(trainer)[0]["loss"])
 
@@ -215,6 +228,18 @@ def test_all_ranked_pairs_and_windowed_timesteps(tmp_path):
     torch.manual_seed(0)
     pairs = trainer.sample_pairs(["a red square"])
     assert len(pairs) == 2 * 3  # 2 steps in the window x 3 ranked pairs of 3 candidates
+    # The window [0.5, 1) of 4 steps is the last two, least noisy ones.
+    assert sorted(set(pairs.timesteps.tolist())) == sorted(trainer.sample_scheduler.timesteps[2:].tolist())
+    for t in pairs.timesteps.unique():
+        at = pairs.timesteps == t
+        assert (pairs.parent_chosen[at] == pairs.parent_chosen[at][0]).all()  # one parent per step
+        # Every ranked pair of the 3 candidates: best > middle, best > worst, middle > worst.
+        children = torch.cat([pairs.chosen[at], pairs.rejected[at]]).flatten(1)
+        distinct = children.unique(dim=0)
+        assert len(distinct) == 3
+        wins = [int((pairs.chosen[at].flatten(1) == c).all(1).sum()) for c in distinct]
+        losses = [int((pairs.rejected[at].flatten(1) == c).all(1).sum()) for c in distinct]
+        assert sorted(zip(wins, losses)) == [(0, 2), (1, 1), (2, 0)]
     trainer.train()
 
 
@@ -364,8 +389,14 @@ def test_a_subclass_can_reshape_the_step_rewards_in_a_few_lines(tmp_path):
         model=tiny_sd_pipeline(), reward_funcs=brightness, args=tailorpo_config(tmp_path),
         train_dataset=PROMPTS, peft_config=tiny_lora_config(),
     )  # fmt: skip
+    plain = make_trainer(tmp_path / "plain")
+    prompts = ["a red square", "a blue circle"]
+    darker, brighter = trainer.sample_pairs(prompts), plain.sample_pairs(prompts)  # same seeds: the same rollouts
+    assert len(brighter) > 0
+    # The reshaped reward ranks every step's candidates the other way round: best and worst trade places.
+    assert torch.equal(darker.chosen, brighter.rejected) and torch.equal(darker.rejected, brighter.chosen)
     trainer.train()
-    assert "rewards/brightness/mean" in _logs(trainer)[0]
+    assert "rewards/brightness/mean" in _logs(trainer)[0]  # the reward functions' own values are still logged
 
 
 def test_push_to_hub_uploads_lora_and_a_tailorpo_card_without_secrets(tmp_path, monkeypatch):
