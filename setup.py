@@ -54,8 +54,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["trl_rpo", "trl_rpo.*"]),
     include_package_data=True,
-    # The shapes world's base model ships with the package (a few MB), with the config that made it.
-    package_data={"trl_rpo.shapes": ["pretrain.yaml", "checkpoint/*.json", "checkpoint/*/*"]},
+    # The shapes world's base model and its independent judge ship with the package, with the configs that made them.
+    package_data={"trl_rpo.shapes": ["pretrain.yaml", "checkpoint/*.json", "checkpoint/*/*", "judge_checkpoint/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["trl-rpo=trl_rpo.cli:main"]},
