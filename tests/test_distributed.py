@@ -332,6 +332,25 @@ def test_two_process_ddp_grpo_with_a_discrete_reward_tied_on_one_rank_finishes_i
         assert step_a["start"] != step_b["start"]  # each process rolls out from its own noise
 
 
+def test_two_process_ddp_nft_pools_rewards_and_scales_advantages_by_the_std_of_every_process(tmp_path):
+    """DiffusionNFT under DDP with `scale_rewards="batch"`: process 1's rewards all tie (zero), process 0's do not."""
+    ranks, _ = launch(tmp_path, "--trainer", "nft", "--reward", "discrete_brightness", "--rows", "4",
+                      "--per_device_train_batch_size", "2")  # fmt: skip
+    a, b = ranks
+    assert a["global_step"] == b["global_step"] == 2
+    for step_a, step_b in zip(a["draws"], b["draws"]):
+        assert step_a["start"] != step_b["start"]  # each process rolls out from its own noise
+        rewards = np.array(step_a["rewards"] + step_b["rewards"])
+        batch_std = rewards.std(ddof=1)  # over every process's images, as TRL after gathering
+        expected = (np.array(step_a["rewards"]) - np.mean(step_a["rewards"])) / (batch_std + 1e-4)
+        assert step_a["advantages"] == pytest.approx(expected.tolist(), rel=1e-4)
+        assert step_b["advantages"] == [0.0, 0.0]
+    logged = [e["reward_std"] for e in a["log_history"] if "reward_std" in e]
+    expected_std = [np.std(x["rewards"] + y["rewards"], ddof=1) for x, y in zip(a["draws"], b["draws"])]
+    assert logged == pytest.approx(expected_std, rel=1e-4)
+    assert a["checksum"] == b["checksum"] and a["checksum"] != a["initial_checksum"]
+
+
 @pytest.fixture(scope="module")
 def tiny_sdxl_dir(tmp_path_factory):
     from trl_rpo.testing import tiny_sdxl_pipeline

@@ -64,6 +64,13 @@ def test_group_repeat_sampler_repeats_prompts_in_groups_and_chunks_per_iteration
         GroupRepeatSampler(1, group_size=2, chunk_size=2)
 
 
+def test_select_train_steps_first_takes_the_noisiest_steps():
+    assert select_train_steps([0, 1, 2, 3, 4, 5], 0.5, sampling="first") == [0, 1, 2]
+    assert select_train_steps([1, 2, 3], 0.01, sampling="first") == [1]
+    with pytest.raises(ValueError, match="timestep_sampling"):
+        DiffusionGRPOConfig(output_dir="x", timestep_sampling="last")
+
+
 def test_select_train_steps():
     assert select_train_steps([0, 1, 2, 3], 1.0) == [0, 1, 2, 3]
     picked = select_train_steps([0, 1, 2, 3], 0.5, torch.Generator().manual_seed(0))

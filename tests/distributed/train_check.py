@@ -28,6 +28,8 @@ from trl_rpo import (
     DiffusionDPOTrainer,
     DiffusionGRPOConfig,
     DiffusionGRPOTrainer,
+    DiffusionNFTConfig,
+    DiffusionNFTTrainer,
     TailorPOConfig,
     TailorPOTrainer,
 )
@@ -130,6 +132,16 @@ class RecordingTailorPO(RecordingRollouts, TailorPOTrainer):
 
 class RecordingGRPO(RecordingRollouts, DiffusionGRPOTrainer):
     pass
+
+
+class RecordingNFT(RecordingRollouts, DiffusionNFTTrainer):
+    """Also records each training rollout's rewards and advantages (to check `scale_rewards="batch"` across ranks)."""
+
+    def rollout(self, prompts, conditioning=None, generator=None):
+        rollout = super().rollout(prompts, conditioning, generator)
+        if self.model.training:
+            self.draws[-1].update(rewards=rollout.rewards.tolist(), advantages=rollout.advantages.tolist())
+        return rollout
 
 
 def brightness(images, prompts, **kwargs):
@@ -290,7 +302,7 @@ class ChecksumAtStart(TrainerCallback):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--trainer", choices=("dpo", "tailorpo", "grpo"), required=True)
+    parser.add_argument("--trainer", choices=("dpo", "tailorpo", "grpo", "nft"), required=True)
     parser.add_argument("--model", choices=tuple(BUILDERS), default="sd")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--rows", type=int, default=8)
@@ -342,6 +354,14 @@ def main() -> None:
         trainer = RecordingGRPO(
             model=pipe, reward_funcs=REWARDS[cli.reward], train_dataset=data, peft_config=peft,
             args=DiffusionGRPOConfig(num_inference_steps=3, num_generations=2, beta=0.01, **common),
+        )  # fmt: skip
+    elif cli.trainer == "nft":
+        from datasets import Dataset
+
+        data = Dataset.from_dict({"prompt": [f"p{i} a red square" for i in range(cli.rows)]})
+        trainer = RecordingNFT(
+            model=pipe, reward_funcs=REWARDS[cli.reward], train_dataset=data, peft_config=peft,
+            args=DiffusionNFTConfig(num_inference_steps=3, num_generations=2, scale_rewards="batch", **common),
         )  # fmt: skip
     else:
         from datasets import Dataset
