@@ -17,11 +17,9 @@ images generated from fixed seeds that training never sees.
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
 import tempfile
 import time
-import warnings
 
 import numpy as np
 import torch
@@ -142,8 +140,6 @@ def main() -> None:
     parser.add_argument("--skip-curves", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: stable figures on a shared CPU)")
     args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    logging.disable(logging.WARNING)
     torch.set_num_threads(args.threads)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
