@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "trl_rpo" / "__init__.py").read_text()).group(1)
@@ -43,6 +43,13 @@ EXTRAS = {
 # dev: every optional part, so the whole suite runs (the optional backends are tested too).
 EXTRAS["dev"] = sorted({req for name, reqs in EXTRAS.items() if name != "demo" for req in reqs})
 
+# The shapes world's base model and its independent judge ship with the package, with the configs that made them.
+# Their folders hold data only; Python can still import them (as namespace packages), so setuptools wants them listed
+# as packages with their files as those packages' data, and warns "Package would be ignored" otherwise.
+PACKAGES = find_namespace_packages(include=["trl_rpo", "trl_rpo.*"], exclude=["*.__pycache__"])
+CHECKPOINTS = [name for name in PACKAGES if name.startswith(("trl_rpo.shapes.checkpoint", "trl_rpo.shapes.judge_"))]
+PACKAGE_DATA = {"trl_rpo.shapes": ["pretrain.yaml"], **{name: ["*"] for name in CHECKPOINTS}}
+
 
 setup(
     name="trl-rpo",
@@ -52,16 +59,14 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["trl_rpo", "trl_rpo.*"]),
+    packages=PACKAGES,
     include_package_data=True,
-    # The shapes world's base model and its independent judge ship with the package, with the configs that made them.
-    package_data={"trl_rpo.shapes": ["pretrain.yaml", "checkpoint/*.json", "checkpoint/*/*", "judge_checkpoint/*"]},
+    package_data=PACKAGE_DATA,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["trl-rpo=trl_rpo.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
-        "License :: OSI Approved :: Apache Software License",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
 )
