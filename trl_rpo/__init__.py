@@ -4,11 +4,17 @@ The public names load lazily (`trl_rpo._lazy`): importing the package imports no
 starts fast and quiet; `from trl_rpo import DiffusionDPOTrainer` imports what that trainer needs.
 """
 
+import logging as _logging
 from typing import TYPE_CHECKING
 
 from ._lazy import lazy_exports
 
 __version__ = "0.1.0.dev0"
+
+# On CPUs with AVX512-BF16, importing peft (trainers, configs, `shapes.load_pipeline`) makes bitsandbytes warn that an
+# optional 4-bit CPU kernel from the Hub is missing. trl-rpo runs no 4-bit matmul on a CPU: muted here, for the command
+# line and the Python API alike, before anything imports bitsandbytes. Its errors still show.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 
 _EXPORTS = {
     **dict.fromkeys(["RichPreferenceConfig", "RichPreferenceDataBuilder"], ".data.builder"),
