@@ -11,6 +11,7 @@ is one entry:
     trl-rpo nft --config nft.yaml [...]                                    # DiffusionNFTTrainer
     trl-rpo serve-reward --reward aesthetic --port 8000                    # a reward served over HTTP
     trl-rpo demo [--quick]                                                 # the shapes-world demo
+    trl-rpo study [--quick] [--output_dir DIR]                             # the demo over 5 training seeds
 
 Options come from a YAML file and the command line, as in TRL scripts: the command line overrides the file.
 """
@@ -337,6 +338,12 @@ def _run_demo(argv: Sequence[str]) -> int:
     return 0
 
 
+def _run_study(argv: Sequence[str]) -> int:
+    from .shapes.study import main as study_main
+
+    return study_main(argv)
+
+
 # Arguments that name a Hub repository or a local folder, and the folder each expects.
 _FOLDER_ARGUMENTS = {
     "model_name_or_path": "a Hub model id (org/name) or a folder written by `pipeline.save_pretrained`",
@@ -472,6 +479,11 @@ COMMANDS: dict[str, Command] = {
     "demo": Command(
         help="Run every method on the shapes world's base model and compare them (offline, CPU, minutes).",
         run=_run_demo,
+    ),
+    "study": Command(
+        help="The demo's methods over several training seeds: declared comparisons, two-level bootstrap, Holm "
+        "(resumable; hours on a CPU).",
+        run=_run_study,
     ),
 }
 

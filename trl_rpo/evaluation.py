@@ -34,6 +34,7 @@ __all__ = [
     "evaluate_pipeline",
     "generate_images",
     "image_grid",
+    "image_seed",
     "paired_comparison",
     "plot_curves",
     "plot_gains",
@@ -213,23 +214,32 @@ class EvaluationResult:
     images: list[list[Image.Image]] = field(default_factory=list)
 
 
+def image_seed(seed: int, index: int) -> int:
+    """The noise seed of image `index` of evaluation seed `seed` with per-image noise (numpy's `SeedSequence`)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] % (2**63))
+
+
 @torch.no_grad()
 def generate_images(
     pipeline: Callable[..., Any],
     prompts: Sequence[str],
     seed: int,
     batch_size: int = 8,
+    per_image_noise: bool = False,
     **pipeline_kwargs: Any,
 ) -> list[Image.Image]:
     """One image per prompt; every image of a seed starts from the noise of `torch.Generator().manual_seed(seed)`.
 
     Because the generator is per image, results do not depend on `batch_size` and two pipelines with the same
-    latent shape get the same starting noise.
+    latent shape get the same starting noise. `per_image_noise=True` gives the image of the `i`-th prompt its own
+    noise instead, seeded by `image_seed(seed, i)`: still the same for two pipelines, but no longer shared by
+    every prompt of a seed (so one unlucky noise cannot move all of a seed's images together).
     """
     images: list[Image.Image] = []
     for start in range(0, len(prompts), batch_size):
         batch = list(prompts[start : start + batch_size])
-        generators = [torch.Generator(device="cpu").manual_seed(seed) for _ in batch]
+        seeds = [image_seed(seed, start + k) if per_image_noise else seed for k in range(len(batch))]
+        generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
         images.extend(pipeline(batch, generator=generators, output_type="pil", **pipeline_kwargs).images)
     return images
 
@@ -242,11 +252,13 @@ def evaluate_pipeline(
     reward_weights: Sequence[float] | None = None,
     batch_size: int = 8,
     return_images: bool = False,
+    per_image_noise: bool = False,
     **pipeline_kwargs: Any,
 ) -> EvaluationResult:
     """Generate `len(seeds) x len(prompts)` images and score them with each reward function.
 
-    `pipeline_kwargs` go to the pipeline call (e.g. `num_inference_steps`, `guidance_scale`, `height`).
+    `pipeline_kwargs` go to the pipeline call (e.g. `num_inference_steps`, `guidance_scale`, `height`);
+    `per_image_noise` to `generate_images` (default: every image of a seed starts from the same noise).
     """
     funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
     weights = list(reward_weights) if reward_weights is not None else [1.0] * len(funcs)
@@ -257,7 +269,8 @@ def evaluate_pipeline(
     scores: dict[str, list[list[float]]] = {}
     all_images: list[list[Image.Image]] = []
     for seed in seeds:
-        images = generate_images(pipeline, prompts, seed, batch_size=batch_size, **pipeline_kwargs)
+        images = generate_images(pipeline, prompts, seed, batch_size=batch_size, per_image_noise=per_image_noise,
+                                 **pipeline_kwargs)  # fmt: skip
         total, per_function = combine_rewards(funcs, weights, images, list(prompts))
         for name, values in {**per_function, "total": total}.items():
             scores.setdefault(name, []).append(values.tolist())
