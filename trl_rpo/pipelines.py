@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "cast_model",
     "decode_latents",
     "encode_images",
     "encode_prompts",
@@ -57,6 +58,23 @@ def denoiser_of(pipeline) -> torch.nn.Module:
         f"{type(pipeline).__name__} has neither a `unet` nor a `transformer`: expected a StableDiffusionPipeline, "
         "StableDiffusionXLPipeline, StableDiffusion3Pipeline or FluxPipeline (or a model id / path of one)"
     )
+
+
+def cast_model(model: torch.nn.Module, dtype: torch.dtype, device: Any = None) -> torch.nn.Module:
+    """`model.to(device, dtype)` that keeps a diffusers model's `_keep_in_fp32_modules` in float32, as
+    `from_pretrained(torch_dtype=...)` does.
+
+    diffusers' own `ModelMixin.to(dtype)` casts those modules as well, and says so on every call, even for the models
+    that keep none ("There are modules in UNet2DConditionModel that should be kept in float32: []"); this is the cast
+    it asks for instead.
+    """
+    torch.nn.Module.to(model, device=device, dtype=dtype)
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    if keep and dtype in (torch.float16, torch.bfloat16):
+        for name, param in model.named_parameters():
+            if any(part in keep for part in name.split(".")):  # diffusers' own matching rule when loading
+                param.data = param.data.float()
+    return model
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from transformers.trainer_utils import enable_full_determinism, set_seed
 
 from ..models import DenoiserAdapter
 from ..pipelines import (  # noqa: F401 - re-exported: trainer code imported them from here
+    cast_model,
     decode_latents,
     denoiser_of,
     encode_images,
@@ -223,7 +224,7 @@ class BaseDiffusionTrainer(ValidationImagesMixin, Trainer):
             # Frozen base weights in the mixed-precision dtype, trainable LoRA weights in float32 (as the
             # diffusers training scripts do): memory of a half-precision model, optimizer updates in full precision.
             unet.requires_grad_(False)
-            unet.to(dtype=self.weight_dtype)
+            cast_model(unet, self.weight_dtype)
             unet.add_adapter(self.peft_config)
             cast_training_params(unet, dtype=torch.float32)
             from peft.tuners.tuners_utils import BaseTunerLayer
@@ -233,7 +234,7 @@ class BaseDiffusionTrainer(ValidationImagesMixin, Trainer):
             self._lora_layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
             self._trainable_parameters = [p for p in unet.parameters() if p.requires_grad]
         else:
-            unet.to(dtype=torch.float32)
+            cast_model(unet, torch.float32)
             unet.requires_grad_(True)
             self._lora_layers, self._trainable_parameters = [], list(unet.parameters())
             if ref_model is None and self.needs_reference:
@@ -242,7 +243,7 @@ class BaseDiffusionTrainer(ValidationImagesMixin, Trainer):
         unet.train()
         if ref_model is not None:
             ref_model.requires_grad_(False).eval()
-            ref_model.to(dtype=self.weight_dtype)
+            cast_model(ref_model, self.weight_dtype)
         return ref_model
 
     def _vae_dtype(self, args) -> torch.dtype:
@@ -253,7 +254,7 @@ class BaseDiffusionTrainer(ValidationImagesMixin, Trainer):
         return self.weight_dtype
 
     def _place_frozen_modules(self, device, args) -> None:
-        self.pipeline.vae.to(device=device, dtype=self._vae_dtype(args))
+        cast_model(self.pipeline.vae, self._vae_dtype(args), device)
         for name in self.family.text_encoders:
             encoder = getattr(self.pipeline, name, None)
             if encoder is not None:
