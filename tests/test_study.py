@@ -205,3 +205,39 @@ def test_demo_scorer_reports_both_judges_and_their_agreement_on_base_images():
     assert copy["judge_alignment"] == base["judge_alignment"] and copy["judge_gain"] == 0.0
     assert copy["one_judge_only"] is False
     assert report["agreement_on_base_images"]["images"] == 12
+
+
+def test_study_help_lists_every_study_and_recipe_field(capsys):
+    import dataclasses
+
+    from trl_rpo.cli import main
+    from trl_rpo.shapes.demo import DemoConfig
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for f in dataclasses.fields(StudyConfig):
+        assert f.name == "recipe" or f"--{f.name}" in text, f.name
+    for f in dataclasses.fields(DemoConfig):
+        assert f.name in study_module._MANAGED or f"--{f.name}" in text, f.name
+    for managed in ("--seed ", "--in_distribution_prompts", "--grid_prompts"):  # the study sets these itself
+        assert managed not in text
+
+
+def test_study_command_refuses_bad_values_before_any_model_loads(tmp_path, capsys):
+    from trl_rpo.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "--quick", "--methods", "dpo_rpo_pairs", "nope", "--output_dir", str(tmp_path / "s")])
+    assert exit_info.value.code == 2 and "nope" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_study_command_reports_a_changed_config_as_an_error(monkeypatch, tmp_path, capsys):
+    from trl_rpo.cli import main
+
+    (tmp_path / "study_config.json").write_text(json.dumps({"config": {"training_seeds": [9]}}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "--quick", "--output_dir", str(tmp_path)])
+    assert exit_info.value.code == 2 and "another config" in capsys.readouterr().err
