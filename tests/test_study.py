@@ -130,12 +130,17 @@ def test_study_refuses_to_resume_with_another_config(monkeypatch, tmp_path):
     fakes = _Fakes(monkeypatch)
     run_study(_config(training_seeds=(0,)), tmp_path, progress=False, log=lambda m: None, train=fakes.train)
     before = (tmp_path / "study.json").read_bytes()
-    with pytest.raises(StudyConfigMismatch, match="eval_prompts|config"):
+    with pytest.raises(StudyConfigMismatch, match=r"config\.eval_prompts"):
         run_study(_config(training_seeds=(0,), eval_prompts=6), tmp_path, progress=False, log=lambda m: None,
                   train=fakes.train)  # fmt: skip
-    with pytest.raises(StudyConfigMismatch):
+    with pytest.raises(StudyConfigMismatch, match=r"config\.recipe\.dpo_steps"):
         run_study(_config(training_seeds=(0,), recipe={"dpo_steps": 3}), tmp_path, progress=False,
                   log=lambda m: None, train=fakes.train)  # fmt: skip
+    other_judge = tmp_path.parent / f"{tmp_path.name}-judge.safetensors"  # retrained judge weights
+    other_judge.write_bytes(b"other weights")
+    monkeypatch.setattr("trl_rpo.shapes.judge.JUDGE_PATH", other_judge)
+    with pytest.raises(StudyConfigMismatch, match=r"weights_sha256\.judge"):
+        run_study(_config(training_seeds=(0,)), tmp_path, progress=False, log=lambda m: None, train=fakes.train)
     assert (tmp_path / "study.json").read_bytes() == before
 
 

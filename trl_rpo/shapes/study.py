@@ -275,6 +275,29 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"{path} is not valid JSON ({err}); it was not written by a finished study step") from err
 
 
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the keys whose values differ between two JSON objects (nested objects are descended)."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [prefix or "(the whole file)"] if a != b else []
+    out: list[str] = []
+    for key in sorted(set(a) | set(b)):
+        out += _differences(a.get(key), b.get(key), f"{prefix}{key}.") if key in a and key in b else [prefix + key]
+    return [k.rstrip(".") for k in out]
+
+
+def _fingerprints(config: StudyConfig) -> dict[str, str]:
+    """SHA-256 of the weights the study depends on: the base model's UNet and the independent judge."""
+    import hashlib
+
+    from .judge import JUDGE_PATH
+    from .model import CHECKPOINT_DIR
+
+    folder = Path(config.recipe["model"]) if config.recipe.get("model") else CHECKPOINT_DIR
+    files = {"base_unet": folder / "unet" / "diffusion_pytorch_model.safetensors", "judge": JUDGE_PATH}
+    return {name: hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+            for name, path in files.items()}  # fmt: skip
+
+
 def _check_config(output_dir: Path, declared: dict[str, Any]) -> None:
     """Write `study_config.json`, or check that the one there equals `declared` (StudyConfigMismatch if not)."""
     path = output_dir / "study_config.json"
@@ -287,7 +310,7 @@ def _check_config(output_dir: Path, declared: dict[str, Any]) -> None:
         return
     existing = _read_json(path)
     if existing != declared:
-        keys = sorted(k for k in set(existing) | set(declared) if existing.get(k) != declared.get(k))
+        keys = _differences(existing, declared)
         raise StudyConfigMismatch(
             f"{path} was written with another config (differs in {keys}); resuming would mix results. Rerun with "
             "the same options, or use a new --output_dir"
@@ -320,7 +343,8 @@ def run_study(
     output_dir = Path(output_dir)
     prompts = shape_prompts(config.eval_prompts, seed=config.prompt_seed, split=config.split)
     declared = {"config": config.to_json(), "eval_prompts": prompts,
-                "family": [f"{a} vs {b}" for a, b in config.comparisons], "endpoints": list(ENDPOINTS)}  # fmt: skip
+                "family": [f"{a} vs {b}" for a, b in config.comparisons], "endpoints": list(ENDPOINTS),
+                "weights_sha256": _fingerprints(config)}  # fmt: skip
     _check_config(output_dir, declared)
     _quiet_libraries()
     (output_dir / "seeds").mkdir(exist_ok=True)
