@@ -231,9 +231,8 @@ def generate_images(
     """One image per prompt; every image of a seed starts from the noise of `torch.Generator().manual_seed(seed)`.
 
     Because the generator is per image, results do not depend on `batch_size` and two pipelines with the same
-    latent shape get the same starting noise. `per_image_noise=True` gives the image of the `i`-th prompt its own
-    noise instead, seeded by `image_seed(seed, i)`: still the same for two pipelines, but no longer shared by
-    every prompt of a seed (so one unlucky noise cannot move all of a seed's images together).
+    latent shape get the same starting noise. `per_image_noise=True` seeds the `i`-th prompt's noise with
+    `image_seed(seed, i)` instead: the same for two pipelines, but not shared by every image of a seed.
     """
     images: list[Image.Image] = []
     for start in range(0, len(prompts), batch_size):
@@ -252,13 +251,11 @@ def evaluate_pipeline(
     reward_weights: Sequence[float] | None = None,
     batch_size: int = 8,
     return_images: bool = False,
-    per_image_noise: bool = False,
     **pipeline_kwargs: Any,
 ) -> EvaluationResult:
     """Generate `len(seeds) x len(prompts)` images and score them with each reward function.
 
-    `pipeline_kwargs` go to the pipeline call (e.g. `num_inference_steps`, `guidance_scale`, `height`);
-    `per_image_noise` to `generate_images` (default: every image of a seed starts from the same noise).
+    `pipeline_kwargs` go to `generate_images` (`per_image_noise`) and the pipeline call (e.g. `guidance_scale`).
     """
     funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
     weights = list(reward_weights) if reward_weights is not None else [1.0] * len(funcs)
@@ -269,8 +266,7 @@ def evaluate_pipeline(
     scores: dict[str, list[list[float]]] = {}
     all_images: list[list[Image.Image]] = []
     for seed in seeds:
-        images = generate_images(pipeline, prompts, seed, batch_size=batch_size, per_image_noise=per_image_noise,
-                                 **pipeline_kwargs)  # fmt: skip
+        images = generate_images(pipeline, prompts, seed, batch_size=batch_size, **pipeline_kwargs)
         total, per_function = combine_rewards(funcs, weights, images, list(prompts))
         for name, values in {**per_function, "total": total}.items():
             scores.setdefault(name, []).append(values.tolist())

@@ -117,9 +117,12 @@ def _split_logits(logits):
     """Background logits `[n, 3]` and, per region `[n, 5, .]`: color (none + 6), shape (4), count (1-3, 4+)."""
     n_bg, n_colors = len(_BACKGROUNDS), len(PALETTE) + 1
     slots = logits[:, n_bg:].reshape(-1, len(POSITIONS), _SLOT)
-    return logits[:, :n_bg], slots[..., :n_colors], slots[..., n_colors : n_colors + len(SHAPES)], slots[
-        ..., n_colors + len(SHAPES) :
-    ]
+    return (
+        logits[:, :n_bg],
+        slots[..., :n_colors],
+        slots[..., n_colors : n_colors + len(SHAPES)],
+        slots[..., n_colors + len(SHAPES) :],
+    )
 
 
 @dataclass
@@ -184,7 +187,11 @@ def _random_group(rng: random.Random, background: str, taken: set[str]) -> Scene
 
 
 def make_training_set(
-    n: int, seed: int = 0, size: int = 32, distractor_probability: float = 0.5, empty_probability: float = 0.03,
+    n: int,
+    seed: int = 0,
+    size: int = 32,
+    distractor_probability: float = 0.5,
+    empty_probability: float = 0.03,
     seed_offset: int = TRAIN_SEED_OFFSET,
 ) -> tuple[np.ndarray, list[tuple[str, tuple[Scene, ...]]]]:
     """`n` ground-truth composites `[n, size, size, 3]` (uint8) and their layouts `(background, groups)`.
@@ -360,6 +367,7 @@ def held_out_accuracy(judge: Judge, n: int = 2000, seed: int = 0, autoencode: bo
     for another kind). `autoencode=True` first passes every render through the base model's autoencoder.
     """
     import torch
+    from PIL import Image
 
     from .world import prompt_text
 
@@ -377,16 +385,10 @@ def held_out_accuracy(judge: Judge, n: int = 2000, seed: int = 0, autoencode: bo
                       structure.background)  # fmt: skip
         prompts.append(prompt_text(scene))
         truth.append(_attributes_of(structure, scene))
-    predicted = judge.attributes([_image(a) for a in images], prompts)
+    predicted = judge.attributes([Image.fromarray(a, "RGB") for a in images], prompts)
     out = {name: float(np.mean([p[name] == t[name] for p, t in zip(predicted, truth)])) for name in ATTRIBUTES}
     out["all_attributes"] = float(np.mean([p == t for p, t in zip(predicted, truth)]))
     return {k: round(v, 4) for k, v in out.items()}
-
-
-def _image(array: np.ndarray):
-    from PIL import Image
-
-    return Image.fromarray(array, "RGB")
 
 
 class Judge:
