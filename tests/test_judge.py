@@ -80,7 +80,9 @@ def test_ground_truth_labels_follow_check_attributes_definitions():
         for group in groups:
             scene = Scene(group.shape, group.color, group.count, group.position, background)
             assert judge_module._attributes_of(structure, scene) == check_attributes(observation, scene), (
-                prompt_text(scene), groups)
+                prompt_text(scene),
+                groups,
+            )
 
 
 def test_load_judge_refuses_a_pickle(tmp_path: Path):

@@ -500,7 +500,7 @@ def _figures(study: dict[str, Any], output_dir: Path) -> None:
     ax.grid(axis="y", alpha=0.3)
     figure.savefig(output_dir / "per_seed_gains.png", dpi=110)
 
-    figure = Figure(figsize=(7.5, 0.5 * len(rows) * len(ENDPOINTS) + 1.5), layout="constrained")
+    figure = Figure(figsize=(9.0, 0.4 * len(rows) * len(ENDPOINTS) + 1.5), layout="constrained")
     ax = figure.subplots()
     labels, y = [], 0
     for e, endpoint in enumerate(ENDPOINTS):
@@ -512,7 +512,7 @@ def _figures(study: dict[str, Any], output_dir: Path) -> None:
             y -= 1
     ax.axvline(0.0, color="black", linewidth=0.8)
     ax.set_yticks(range(0, y, -1), labels, fontsize="x-small")
-    ax.set_xlabel("gain, 95% two-level bootstrap interval (filled: rejected after Holm)")
+    ax.set_xlabel("gain, 95% interval (filled: rejected after Holm)")
     ax.grid(axis="x", alpha=0.3)
     figure.savefig(output_dir / "forest.png", dpi=110)
 
