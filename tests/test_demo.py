@@ -143,7 +143,7 @@ def test_trl_rpo_demo_quick_runs_end_to_end_and_writes_results_grid_and_curves(t
     assert by_method["dpo_rpo_pairs"]["images"] == by_method["dpo_reward_pairs"]["images"] == 64
     for row in results["rows"][1:]:
         # GRPO learns from groups of rollouts, not pairs: its budget is counted in images.
-        assert row["pairs"] > 0 if row["method"] != "grpo" else row["images"] > 0, row
+        assert row["pairs"] > 0 if row["method"] not in ("grpo", "nft") else row["images"] > 0, row
         low, high = row["gain_ci"]
         assert low <= row["gain"] <= high and 0 <= row["win_rate"] <= 1 and 0 <= row["p_value"] <= 1
         assert row["in_distribution_gain_ci"][0] <= row["in_distribution_gain"] <= row["in_distribution_gain_ci"][1]

@@ -7,6 +7,7 @@
     python examples/shapes/dev_sweep.py --stage sft --output-dir outputs/sft-sweep [--quick]
     python examples/shapes/dev_sweep.py --stage timesteps --output-dir outputs/timestep-sweep [--quick]
     python examples/shapes/dev_sweep.py --stage online --output-dir outputs/online-sweep [--quick]
+    python examples/shapes/dev_sweep.py --stage online-recipes --output-dir outputs/online-recipes [--quick]
 
 First chooses the guidance scale (5, 7.5 or 10) by the base model's dev alignment. Then builds the demo's two pair
 sets once (RPO pairs refined by the base model, reward-labelled pairs; the same image budget), trains each recipe
@@ -34,6 +35,10 @@ weights 1 and 250 or 1000), next to masked DPO alone, with the same three seeds 
 `--stage online` is a diagnosis, not a choice: TailorPO, its final-image baseline and GRPO trained for the demo's
 40 steps and for 160, scored on the dev prompts (60 x 3 seeds), with the alignment of their rollouts early and
 late in training (`online_sweep.md`, about 15 minutes).
+
+`--stage online-recipes` chooses each online method's recipe (TailorPO, GRPO, DiffusionNFT;
+`trl_rpo.shapes.sweep.ONLINE_RECIPES`) over training seeds 0, 1 and 2 on the dev prompts, by the rule fixed before
+it ran: the recipe whose lowest dev gain over the seeds is highest (`online_recipes.md`, about 40 minutes).
 """
 
 import argparse
@@ -43,9 +48,11 @@ from trl_rpo.shapes.sweep import (
     DEFAULT_RECIPES,
     DEFAULT_SEED_VARIANTS,
     MASKED_RECIPE_VARIANTS,
+    ONLINE_RECIPES,
     SFT_VARIANTS,
     TIMESTEP_VARIANTS,
     run_dev_sweep,
+    run_online_recipe_sweep,
     run_online_sweep,
     run_pair_sweep,
     run_seed_sweep,
@@ -58,7 +65,8 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="pipeline folder (default: the shipped shapes base model)")
     parser.add_argument("--quick", action="store_true", help="small budgets and two recipes: a smoke test")
     parser.add_argument("--stage", default="recipes",
-                        choices=["recipes", "pairs", "seeds", "masked", "sft", "timesteps", "online"],
+                        choices=["recipes", "pairs", "seeds", "masked", "sft", "timesteps", "online",
+                                 "online-recipes"],
                         help="recipes: guidance and DPO recipe; pairs: the RPO refinement strength; seeds: masked "
                              "or plain DPO over training seeds; masked: the masked recipe over seeds; sft: masked "
                              "DPO plus an SFT term over seeds; timesteps: masked DPO on part of the noise "
@@ -82,6 +90,14 @@ def main() -> None:
                   else DemoConfig(model=args.model, eval_seeds=(0, 1, 2)))  # fmt: skip
         run_online_sweep(config, args.output_dir, steps=(1, 2) if args.quick else (40, 160),
                          dev_prompts=8 if args.quick else 60)  # fmt: skip
+        return
+    if args.stage == "online-recipes":
+        if args.quick:  # one prompt per step, tiny budgets: a smoke test of the stage
+            config = DemoConfig.quick(model=args.model)
+            recipes = {m: dict(list(v.items())[:1]) for m, v in ONLINE_RECIPES.items()}
+            run_online_recipe_sweep(config, args.output_dir, recipes=recipes, seeds=(0, 1), dev_prompts=8)
+        else:
+            run_online_recipe_sweep(DemoConfig(model=args.model, eval_seeds=(0, 1, 2)), args.output_dir)
         return
     if args.stage == "pairs":
         config = (DemoConfig.quick(model=args.model, **uniform) if args.quick

@@ -46,6 +46,7 @@ from .stages import (
     build_pair_sets,
     train_dpo,
     train_grpo,
+    train_nft,
     train_tailorpo,
 )
 
@@ -59,9 +60,10 @@ __all__ = [
     "run_demo",
 ]
 
-METHODS = ("base", "dpo_reward_pairs", "dpo_rpo_pairs", "tailorpo", "tailorpo_final", "grpo")
+METHODS = ("base", "dpo_reward_pairs", "dpo_rpo_pairs", "tailorpo", "tailorpo_final", "grpo", "nft")
 # Paired comparisons reported besides "each method vs base": (a, b) means a - b.
-COMPARISONS = (("dpo_rpo_pairs", "dpo_reward_pairs"), ("tailorpo", "tailorpo_final"), ("tailorpo", "grpo"))
+COMPARISONS = (("dpo_rpo_pairs", "dpo_reward_pairs"), ("tailorpo", "tailorpo_final"), ("tailorpo", "grpo"),
+               ("tailorpo", "nft"))  # fmt: skip
 # Seeds of the in-distribution evaluation start this far past every seed the pair builders use
 # (`seed + i` for i < image_budget), so no training image is evaluated again.
 IN_DISTRIBUTION_SEED_OFFSET = 10_000
@@ -119,6 +121,20 @@ class DemoConfig:
     grpo_num_generations: int = field(
         default=4, metadata={"help": "GRPO group size; its batch is 2x TailorPO's prompts in images, the same steps."}
     )
+    tailorpo_window_end: float = field(
+        default=1.0,
+        metadata={"help": "TailorPO pairs only on steps before this fraction of the trajectory (1: 5 random steps)."},
+    )
+    grpo_learning_rate: float = field(default=5e-4, metadata={"help": "GRPO LoRA learning rate."})
+    grpo_batch_size: int = field(default=8, metadata={"help": "GRPO images per step (a multiple of the group size)."})
+    grpo_timestep_fraction: float = field(default=1.0, metadata={"help": "GRPO: fraction of the steps trained."})
+    grpo_timestep_sampling: str = field(
+        default="random", metadata={"help": "GRPO: which steps ('random' or 'first', the noisiest)."}
+    )
+    nft_learning_rate: float = field(default=3e-4, metadata={"help": "DiffusionNFT LoRA learning rate."})
+    nft_batch_size: int = field(
+        default=8, metadata={"help": "DiffusionNFT images per step (groups of grpo_num_generations)."}
+    )
     grid_prompts: int = field(default=8, metadata={"help": "Test prompts (columns) of grid.png."})
 
     def __post_init__(self):
@@ -147,7 +163,7 @@ class DemoConfig:
         values = dict(
             eval_prompts=16, in_distribution_prompts=8, eval_seeds=(0, 1), num_inference_steps=10, image_budget=64,
             dpo_steps=20, dpo_batch_size=4, tailorpo_steps=4, tailorpo_batch_size=2, tailorpo_num_inference_steps=6,
-            grid_prompts=6,
+            grpo_batch_size=4, nft_batch_size=4, grid_prompts=6,
         )  # fmt: skip
         values.update(overrides)
         return cls(**values)
@@ -310,6 +326,16 @@ def run_demo(
     curves["online rollout alignment"]["grpo"] = _curve(trainer.state.log_history, "rewards/alignment_score/mean")
     images = trainer.state.global_step * trainer.args.per_device_train_batch_size  # its batch counts images
     evaluate("grpo", trainer.pipeline, 0, seconds, images=images)
+    del trainer
+
+    # 7. DiffusionNFT: GRPO's reward, steps and images, deterministic rollouts, the forward-process loss.
+    bar.set_description("nft")
+    start = time.perf_counter()
+    trainer = train_nft(config, output_dir)
+    seconds = time.perf_counter() - start
+    curves["online rollout alignment"]["nft"] = _curve(trainer.state.log_history, "rewards/alignment_score/mean")
+    images = trainer.state.global_step * trainer.args.per_device_train_batch_size
+    evaluate("nft", trainer.pipeline, 0, seconds, images=images)
     del trainer
     bar.close()
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .demo import DemoConfig
 
 __all__ = ["TAILORPO_PAIRINGS", "build_pair_sets", "build_rpo_pairs", "online_prompts", "pair_prompts", "train_dpo",
-           "train_grpo", "train_tailorpo"]
+           "train_grpo", "train_nft", "train_tailorpo"]
 
 # The demo's TailorPO rows and their `TailorPOConfig.pairing`: step-wise pairs, and the final-image (D3PO / SPO-style)
 # baseline with the same rollouts.
@@ -165,6 +165,8 @@ def train_tailorpo(config: DemoConfig, output_dir: Path, name: str, pairing: str
             max_steps=config.tailorpo_steps, per_device_train_batch_size=config.tailorpo_batch_size,
             learning_rate=config.tailorpo_learning_rate, num_inference_steps=config.tailorpo_num_inference_steps,
             guidance_scale=config.guidance_scale, num_candidates=config.num_candidates, pairing=pairing,
+            **({"timestep_selection": "window", "timestep_window_end": config.tailorpo_window_end}
+               if config.tailorpo_window_end < 1.0 else {}),
             **_common_args(config, output_dir, name),
         ),
         train_dataset=online_prompts(config),
@@ -174,8 +176,8 @@ def train_tailorpo(config: DemoConfig, output_dir: Path, name: str, pairing: str
 
 
 def train_grpo(config: DemoConfig, output_dir: Path, name: str = "grpo"):
-    """A `DiffusionGRPOTrainer` run, the online baseline: TailorPO's reward, steps, learning rate and DDIM steps,
-    groups of `grpo_num_generations` images, 2x TailorPO's prompts per step (its candidates double its rollouts).
+    """A `DiffusionGRPOTrainer` run, the online baseline: TailorPO's reward, steps and DDIM steps, groups of
+    `grpo_num_generations` images, `grpo_batch_size` images per step, its own learning rate and trained steps.
     """
     from ..trainer import DiffusionGRPOConfig, DiffusionGRPOTrainer
     from .evaluate import alignment_score
@@ -186,7 +188,30 @@ def train_grpo(config: DemoConfig, output_dir: Path, name: str = "grpo"):
         reward_funcs=alignment_score,
         args=DiffusionGRPOConfig(
             max_steps=config.tailorpo_steps, num_generations=config.grpo_num_generations,
-            per_device_train_batch_size=2 * config.tailorpo_batch_size, learning_rate=config.tailorpo_learning_rate,
+            per_device_train_batch_size=config.grpo_batch_size, learning_rate=config.grpo_learning_rate,
+            num_inference_steps=config.tailorpo_num_inference_steps, guidance_scale=config.guidance_scale,
+            timestep_fraction=config.grpo_timestep_fraction, timestep_sampling=config.grpo_timestep_sampling,
+            **_common_args(config, output_dir, name),
+        ),
+        train_dataset=online_prompts(config),
+        peft_config=_lora_config(config.lora_r),
+    )  # fmt: skip
+    return _train_and_save(trainer)
+
+
+def train_nft(config: DemoConfig, output_dir: Path, name: str = "nft"):
+    """A `DiffusionNFTTrainer` run: GRPO's reward, steps, group size and rollout steps, deterministic (ODE)
+    rollouts, its own learning rate and images per step (`nft_learning_rate`, `nft_batch_size`)."""
+    from ..trainer import DiffusionNFTConfig, DiffusionNFTTrainer
+    from .evaluate import alignment_score
+    from .model import load_pipeline
+
+    trainer = DiffusionNFTTrainer(
+        model=load_pipeline(config.model),
+        reward_funcs=alignment_score,
+        args=DiffusionNFTConfig(
+            max_steps=config.tailorpo_steps, num_generations=config.grpo_num_generations,
+            per_device_train_batch_size=config.nft_batch_size, learning_rate=config.nft_learning_rate,
             num_inference_steps=config.tailorpo_num_inference_steps, guidance_scale=config.guidance_scale,
             **_common_args(config, output_dir, name),
         ),

@@ -38,6 +38,7 @@ from .stages import (
     pair_prompts,
     train_dpo,
     train_grpo,
+    train_nft,
     train_tailorpo,
 )
 
@@ -46,14 +47,17 @@ __all__ = [
     "DEFAULT_SEED_VARIANTS",
     "MASKED_RECIPE_VARIANTS",
     "ONLINE_METHODS",
+    "ONLINE_RECIPES",
     "SFT_VARIANTS",
     "TIMESTEP_VARIANTS",
     "edit_survival",
+    "format_online_recipe_sweep",
     "format_online_sweep",
     "format_pair_sweep",
     "format_seed_sweep",
     "format_sweep",
     "run_dev_sweep",
+    "run_online_recipe_sweep",
     "run_online_sweep",
     "run_pair_sweep",
     "run_seed_sweep",
@@ -516,3 +520,105 @@ def edit_survival(
         log(f"{name}: alignment {scores.mean():.3f}, better than the original in {(scores > original).sum()} "
             f"of {len(index)} (originals {original.mean():.3f})")  # fmt: skip
     return result
+
+
+# The online recipes the dev sweep compares, per method: the demo's recipe until now, and one change of budget and
+# signal each (written before the sweep ran; docs/shapes.md). A one-prompt diagnosis (train prompt, 48 fresh seeds)
+# found every method's reward falling at learning rate 1e-3 with 8 images per step, whatever the method; a random-
+# reward control fell as much; GRPO on 16 images per step (groups of 8) trained on the noisiest half of the steps at
+# 3e-4 rose instead. So each new recipe doubles the images per step, trains where layout is decided and lowers the
+# learning rate.
+ONLINE_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "tailorpo": {
+        "demo: lr 5e-4, 4 prompts/step, 5 random steps": {},
+        "lr 3e-4, 8 prompts/step, noisiest half": {"tailorpo_learning_rate": 3e-4, "tailorpo_batch_size": 8,
+                                                   "tailorpo_window_end": 0.5},
+    },
+    "grpo": {
+        "demo: lr 5e-4, 8 images/step, all steps": {},
+        "lr 3e-4, 16 images/step in groups of 8, noisiest half": {
+            "grpo_learning_rate": 3e-4, "grpo_batch_size": 16, "grpo_num_generations": 8,
+            "grpo_timestep_fraction": 0.5, "grpo_timestep_sampling": "first",
+        },
+    },
+    "nft": {
+        "lr 3e-4, 8 images/step": {},
+        "lr 3e-4, 16 images/step in groups of 8": {"nft_batch_size": 16, "grpo_num_generations": 8},
+    },
+}  # fmt: skip
+_ONLINE_TRAINERS = {"tailorpo": train_tailorpo, "grpo": train_grpo, "nft": train_nft}
+
+
+def run_online_recipe_sweep(
+    config: DemoConfig,
+    output_dir: str | Path,
+    recipes: dict[str, dict[str, dict[str, Any]]] = ONLINE_RECIPES,
+    seeds: Sequence[int] = (0, 1, 2),
+    dev_prompts: int = 60,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Choose each online method's recipe on dev prompts, over training seeds; write online_recipes.json/.md.
+
+    Each `recipes[method]` entry overrides `DemoConfig` fields; every recipe is trained with every seed (LoRA
+    initialization, prompt order, rollout noise) and scored on the dev prompts by its paired gain over the base, with
+    its rollout alignment in the first and last fifth of training and its seconds. **Choice rule (fixed before the
+    sweep runs): per method, the recipe whose lowest gain over the seeds is highest** (it penalises spread between
+    trainings; ties go to the first listed, the demo's). Test prompts are never scored here.
+    """
+    from .model import load_pipeline
+    from .world import prompts as shape_prompts
+
+    if not recipes or not seeds or not all(recipes.values()):
+        raise ValueError("run_online_recipe_sweep needs at least one recipe per method and one seed")
+    unknown = [m for m in recipes if m not in _ONLINE_TRAINERS]
+    if unknown:
+        raise ValueError(f"unknown online methods {unknown}; choose among {list(_ONLINE_TRAINERS)}")
+    output_dir = _new_folder(output_dir)
+    _quiet_libraries()
+    scorer = _Scorer(config, {"dev": (shape_prompts(dev_prompts, seed=config.seed, split="dev"), config.eval_seeds)})
+    scorer("base", load_pipeline(config.model))
+    rows: list[dict[str, Any]] = []
+    chosen: dict[str, str] = {}
+    for method, variants in recipes.items():
+        first = len(rows)
+        for name, overrides in variants.items():
+            row: dict[str, Any] = {"method": method, "recipe": name, "overrides": dict(overrides), "by_seed": {}}
+            for seed in seeds:
+                variant = dataclasses.replace(config, seed=int(seed), **overrides)
+                run = f"{method}-{len(rows) - first}-seed{seed}"
+                start = time.perf_counter()
+                trainer = _ONLINE_TRAINERS[method](variant, output_dir, run)
+                seconds = time.perf_counter() - start
+                rollout = [v for _, v in _curve(trainer.state.log_history, "rewards/alignment_score/mean")]
+                scorer(run, trainer.pipeline)
+                del trainer
+                fifth = max(1, len(rollout) // 5)
+                row["by_seed"][str(seed)] = {**_dev_gain(scorer, run), "seconds": round(seconds, 1),
+                                             "rollout_first": sum(rollout[:fifth]) / fifth,
+                                             "rollout_last": sum(rollout[-fifth:]) / fifth}  # fmt: skip
+            gains = [e["gain"] for e in row["by_seed"].values()]
+            row.update(mean_gain=round(sum(gains) / len(gains), 4), min_gain=min(gains), max_gain=max(gains))
+            rows.append(row)
+            log(format_online_recipe_sweep({"rows": [row], "chosen": {}}).splitlines()[-1])
+        best = max(range(first, len(rows)), key=lambda i: (rows[i]["min_gain"], -i))
+        chosen[method] = rows[best]["recipe"]
+    results = {"rows": rows, "chosen": chosen, "seeds": [int(s) for s in seeds], "rule": "max over recipes of the "
+               "min over seeds of the dev gain", "base_dev_alignment": scorer.mean("base", "dev"),
+               "config": dataclasses.asdict(config)}  # fmt: skip
+    return _write_sweep(output_dir, "online_recipes", results, format_online_recipe_sweep(results), log)
+
+
+def format_online_recipe_sweep(results: dict[str, Any]) -> str:
+    """The online recipe sweep as Markdown: per recipe, dev gain per seed, min and mean, rollout reward, seconds."""
+    lines = ["| method | recipe | dev gain per seed | min / mean | rollout first -> last fifth (mean) | seconds |",
+             "|---|---|---|---|---|---:|"]  # fmt: skip
+    for row in results["rows"]:
+        entries = list(row["by_seed"].values())
+        cells = ", ".join(f"{e['gain']:+.3f} [{e['gain_ci'][0]:+.3f}, {e['gain_ci'][1]:+.3f}]" for e in entries)
+        first = sum(e["rollout_first"] for e in entries) / len(entries)
+        last = sum(e["rollout_last"] for e in entries) / len(entries)
+        seconds = sum(e["seconds"] for e in entries) / len(entries)
+        mark = " **(chosen)**" if results["chosen"].get(row["method"]) == row["recipe"] else ""
+        lines.append(f"| {row['method']} | {row['recipe']}{mark} | {cells} | {row['min_gain']:+.3f} / "
+                     f"{row['mean_gain']:+.3f} | {first:.3f} -> {last:.3f} | {seconds:.0f} |")  # fmt: skip
+    return "\n".join(lines)
