@@ -2,7 +2,7 @@
 
 See docs/shapes.md. Prompts like "two red circles on the left, on a white background" are rendered exactly by
 `render`, read back by `analyze`, scored by `alignment_score` (a reward function), criticized by `Critic` and fixed
-by `Editor`.
+by `Editor`; `judge_alignment` scores them independently (a CNN trained only on renders, for evaluation only).
 """
 
 from .analysis import COLOR_NAMES, DetectedObject, Observation, analyze, classify_shape
@@ -10,6 +10,7 @@ from .critic import Critic, describe
 from .editor import Editor
 from .evaluate import ATTRIBUTES, alignment_score, check_attributes
 from .generator import ShapesGenerator
+from .judge import judge_alignment, strict_accuracy
 from .model import CHECKPOINT_DIR, load_pipeline, training_info
 from .render import layout, render
 from .world import (
@@ -54,6 +55,7 @@ __all__ = [
     "check_attributes",
     "classify_shape",
     "describe",
+    "judge_alignment",
     "layout",
     "load_pipeline",
     "object_size",
@@ -64,5 +66,6 @@ __all__ = [
     "render",
     "slot_centers",
     "split_of",
+    "strict_accuracy",
     "training_info",
 ]
