@@ -431,11 +431,11 @@ def analyse(config: StudyConfig, prompts: list[str], base: dict[str, Any], seeds
             result = hierarchical_bootstrap(_scores(base, seeds, a, endpoint), _scores(base, seeds, b, endpoint),
                                             confidence_level=config.confidence_level,
                                             n_resamples=config.n_resamples, seed=0)  # fmt: skip
-            rows.append({"comparison": f"{a} vs {b}", "a": a, "b": b, **result.to_dict()})
+            rows.append({"comparison": f"{a} vs {b}", "a": a, "b": b, **result.to_dict(digits=None)})
         adjusted = holm_bonferroni([row["p_value"] for row in rows])
         for k, (row, p) in enumerate(zip(rows, adjusted)):
             row["role"] = "primary" if k == 0 else "secondary"
-            row["p_holm"] = round(p, 5)
+            row["p_holm"] = p
             row["reject_holm"] = bool(p < config.alpha)
         results[endpoint] = rows
     for rows_judge, rows_detector in zip(results["judge_alignment"], results["alignment_score"]):
