@@ -279,6 +279,29 @@ def test_online_sweep_trains_each_online_method_for_each_step_count_and_compares
     assert table.count("| tailorpo vs grpo |") == 2 and table.count("| grpo |") == 2
 
 
+@pytest.mark.slow
+def test_online_recipe_sweep_trains_every_recipe_with_every_seed_and_chooses_by_the_lowest_seed_gain(tmp_path):
+    from trl_rpo.shapes import sweep
+
+    config = DemoConfig.quick(eval_seeds=(0,), num_inference_steps=4, refine_strength=0.0, tailorpo_steps=1,
+                              tailorpo_batch_size=2, tailorpo_num_inference_steps=4)  # fmt: skip
+    recipes = {"nft": {"a": {}, "b": {"nft_learning_rate": 1e-2, "nft_batch_size": 8}}, "grpo": {"only": {}}}
+    results = sweep.run_online_recipe_sweep(config, tmp_path / "rec", recipes=recipes, seeds=(0, 1), dev_prompts=4,
+                                            log=lambda _: None)  # fmt: skip
+    assert [(r["method"], r["recipe"]) for r in results["rows"]] == [("nft", "a"), ("nft", "b"), ("grpo", "only")]
+    for row in results["rows"]:
+        gains = [e["gain"] for e in row["by_seed"].values()]
+        assert list(row["by_seed"]) == ["0", "1"] and row["min_gain"] == min(gains)
+    nft_rows = results["rows"][:2]
+    assert results["chosen"]["nft"] == max(nft_rows, key=lambda r: r["min_gain"])["recipe"]
+    assert results["chosen"]["grpo"] == "only"
+    runs = sorted(p.name for p in (tmp_path / "rec" / "runs").iterdir())
+    assert runs == ["grpo-0-seed0", "grpo-0-seed1", "nft-0-seed0", "nft-0-seed1", "nft-1-seed0", "nft-1-seed1"]
+    assert "**(chosen)**" in (tmp_path / "rec" / "online_recipes.md").read_text()
+    with pytest.raises(ValueError, match="unknown online methods"):
+        sweep.run_online_recipe_sweep(config, tmp_path / "bad", recipes={"ppo": {"x": {}}})
+
+
 def _two_pairs(with_masks: bool = False):
     """Two flat-colour preference pairs at the shapes model's 32 px, with full edit masks if asked."""
     from datasets import Dataset

@@ -1,0 +1,78 @@
+"""Each online trainer can learn at all: on one train prompt of the shapes world's base model, the reward its own
+rollouts get rises beyond the spread of its first rollouts, within a fixed number of steps.
+
+The reward is the images' brightness (the shapes model paints white, gray and black backgrounds, so it can move it
+at once). The threshold is derived from the measured spread: the mean of the last steps' rollout rewards must exceed
+the mean of the first steps' by three standard errors of that first mean (the per-image standard deviation the first
+rollouts measured, over the square root of their image count). (The sign-flipped rewards are tested on the tiny
+random pipelines, in each trainer's own tests.) `alignment_score` itself does not move on this budget
+(docs/shapes.md: the online diagnosis).
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+
+from trl_rpo import (
+    DiffusionGRPOConfig,
+    DiffusionGRPOTrainer,
+    DiffusionNFTConfig,
+    DiffusionNFTTrainer,
+    TailorPOConfig,
+    TailorPOTrainer,
+    get_peft_config,
+    shapes,
+)
+from trl_rpo.trainer import DiffusionModelConfig
+
+from ._helpers import brightness
+
+# The first train scene (on a black background: brightness has room to rise).
+PROMPT = shapes.prompts(1, seed=0, split="train")[0]
+STEPS, WINDOW = 10, 3
+
+
+def _train(method: str, reward, tmp_path):
+    torch.set_num_threads(1)
+    common = dict(output_dir=str(tmp_path), max_steps=STEPS, logging_steps=1, report_to=[], save_strategy="no",
+                  disable_tqdm=True, seed=0, lr_scheduler_type="constant", num_inference_steps=6,
+                  guidance_scale=5.0, learning_rate=3e-3)  # fmt: skip
+    if method == "grpo":
+        trainer_class, args = DiffusionGRPOTrainer, DiffusionGRPOConfig(
+            num_generations=4, per_device_train_batch_size=8, **common
+        )
+    elif method == "nft":
+        trainer_class, args = DiffusionNFTTrainer, DiffusionNFTConfig(
+            num_generations=4, per_device_train_batch_size=8, **common
+        )
+    else:
+        trainer_class, args = TailorPOTrainer, TailorPOConfig(
+            per_device_train_batch_size=4, num_candidates=2, timestep_selection="all", **common
+        )
+    trainer = trainer_class(
+        model=shapes.load_pipeline(),
+        reward_funcs=reward,
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": [PROMPT] * 64}),
+        peft_config=get_peft_config(DiffusionModelConfig(use_peft=True, lora_r=8, lora_alpha=8)),
+    )
+    trainer.train()
+    history = [e for e in trainer.state.log_history if "rewards/brightness/mean" in e]
+    means = np.array([e["rewards/brightness/mean"] for e in history])
+    stds = np.array([e["rewards/brightness/std"] for e in history])
+    return means, stds, args.per_device_train_batch_size  # TailorPO: one final image per prompt
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["grpo", "nft", "tailorpo"])
+def test_online_trainer_raises_its_own_rollout_reward_on_one_prompt(method, tmp_path):
+    means, stds, per_step = _train(method, brightness, tmp_path)
+    assert len(means) == STEPS
+    first, last = means[:WINDOW].mean(), means[-WINDOW:].mean()
+    # Spread measured on the first rollouts: per-image std, so the first window's mean has this standard error.
+    standard_error = float(np.sqrt((stds[:WINDOW] ** 2).mean()) / math.sqrt(WINDOW * per_step))
+    assert standard_error > 0
+    assert last - first > 3 * standard_error, (method, means.round(4).tolist(), standard_error)
