@@ -7,6 +7,7 @@ with the VAE's own scaling and shift, and SDXL's micro-conditioning ids. Nothing
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from typing import Any
 
@@ -21,6 +22,7 @@ __all__ = [
     "is_flux_pipeline",
     "is_sd3_pipeline",
     "is_sdxl_pipeline",
+    "load_denoiser_state_dict",
     "load_pipeline",
     "sdxl_time_ids",
     "tensor_to_pil",
@@ -222,3 +224,21 @@ def sdxl_time_ids(original_sizes: torch.Tensor, crop_top_lefts: torch.Tensor, ta
     """
     target = torch.full_like(original_sizes, float(target_size))
     return torch.cat([original_sizes.float(), crop_top_lefts.float(), target.float()], dim=-1)
+
+
+def load_denoiser_state_dict(folder: str) -> dict[str, torch.Tensor]:
+    """State dict of a diffusers UNet folder (single or sharded safetensors), loaded without pickle."""
+    single = os.path.join(folder, "diffusion_pytorch_model.safetensors")
+    index = os.path.join(folder, "diffusion_pytorch_model.safetensors.index.json")
+    import safetensors.torch
+
+    if os.path.isfile(single):
+        return safetensors.torch.load_file(single)
+    if os.path.isfile(index):
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(safetensors.torch.load_file(os.path.join(folder, shard)))
+        return state
+    raise FileNotFoundError(f"cannot resume: no diffusers UNet weights (safetensors) in {folder!r}")

@@ -28,8 +28,6 @@ from typing import Any
 
 from .demo import DemoConfig
 from .stages import (
-    TAILORPO_PAIRINGS,
-    _curve,
     _quiet_libraries,
     _sampling,
     _Scorer,
@@ -37,9 +35,6 @@ from .stages import (
     build_rpo_pairs,
     pair_prompts,
     train_dpo,
-    train_grpo,
-    train_nft,
-    train_tailorpo,
 )
 
 __all__ = [
@@ -380,79 +375,6 @@ def format_seed_sweep(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-ONLINE_METHODS = ("tailorpo", "tailorpo_final", "grpo")
-
-
-def run_online_sweep(
-    config: DemoConfig,
-    output_dir: str | Path,
-    steps: Sequence[int] = (40, 160),
-    dev_prompts: int = 60,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Does the online methods' budget limit them? Each trained for each of `steps` optimizer steps; on dev.
-
-    TailorPO (step-wise pairs), its `pairing="final"` baseline and GRPO are trained as the demo trains them
-    (`DemoConfig.tailorpo_*`, with `tailorpo_steps` replaced), scored on dev prompts by the paired gain over the
-    base, with their rollout alignment over the first and last fifth of training (does the reward they optimize
-    rise at all?), and compared with each other at each budget. Writes online_sweep.json/.md.
-    """
-    from .model import load_pipeline
-    from .world import prompts as shape_prompts
-
-    if not steps or min(steps) <= 0:
-        raise ValueError(f"run_online_sweep needs positive step counts, got {list(steps)}")
-    output_dir = _new_folder(output_dir)
-    _quiet_libraries()
-    scorer = _Scorer(config, {"dev": (shape_prompts(dev_prompts, seed=config.seed, split="dev"), config.eval_seeds)})
-    scorer("base", load_pipeline(config.model))
-    rows, comparisons = [], []
-    for count in steps:
-        variant = dataclasses.replace(config, tailorpo_steps=int(count))
-        for method in ONLINE_METHODS:
-            name = f"{method}-{count}"
-            start = time.perf_counter()
-            if method == "grpo":
-                trainer = train_grpo(variant, output_dir, name)
-            else:
-                trainer = train_tailorpo(variant, output_dir, name, TAILORPO_PAIRINGS[method])
-            seconds = time.perf_counter() - start
-            rollout = [value for _, value in _curve(trainer.state.log_history, "rewards/alignment_score/mean")]
-            optimizer_steps = trainer.state.global_step
-            scorer(name, trainer.pipeline)
-            del trainer
-            fifth = max(1, len(rollout) // 5)
-            rows.append({"method": method, "steps": int(count), "optimizer_steps": optimizer_steps,
-                         "seconds": round(seconds, 1),
-                         "rollout_first": sum(rollout[:fifth]) / fifth, "rollout_last": sum(rollout[-fifth:]) / fifth,
-                         **_dev_gain(scorer, name)})  # fmt: skip
-            log(format_online_sweep({"rows": rows[-1:], "comparisons": []}).splitlines()[-1])
-        for a, b in (("tailorpo", "tailorpo_final"), ("tailorpo", "grpo")):
-            comparisons.append({"a": a, "b": b, "steps": int(count),
-                                **_dev_gain(scorer, f"{a}-{count}", f"{b}-{count}")})  # fmt: skip
-    results = {"rows": rows, "comparisons": comparisons, "base_dev_alignment": scorer.mean("base", "dev"),
-               "config": dataclasses.asdict(config)}  # fmt: skip
-    return _write_sweep(output_dir, "online_sweep", results, format_online_sweep(results), log)
-
-
-def format_online_sweep(results: dict[str, Any]) -> str:
-    """The online-budget sweep as Markdown: per method and step count, the dev gain and the rollout reward."""
-
-    def gain(entry: dict[str, Any]) -> str:
-        low, high = entry["gain_ci"]
-        return f"{entry['gain']:+.3f} [{low:+.3f}, {high:+.3f}], p = {entry['p_value']:.2g}"
-
-    lines = ["| method | steps | dev gain [95% CI] | rollout alignment, first -> last fifth | seconds |",
-             "|---|---:|---|---|---:|"]  # fmt: skip
-    for row in results["rows"]:
-        lines.append(f"| {row['method']} | {row['steps']} | {gain(row)} | {row['rollout_first']:.3f} -> "
-                     f"{row['rollout_last']:.3f} | {row['seconds']:.0f} |")  # fmt: skip
-    if results["comparisons"]:
-        lines += ["", "| a vs b | steps | dev difference [95% CI] |", "|---|---:|---|"]
-        lines += [f"| {c['a']} vs {c['b']} | {c['steps']} | {gain(c)} |" for c in results["comparisons"]]
-    return "\n".join(lines)
-
-
 def edit_survival(
     config: DemoConfig,
     num_prompts: int = 128,
@@ -522,103 +444,12 @@ def edit_survival(
     return result
 
 
-# The online recipes the dev sweep compares, per method: the demo's recipe until now, and one change of budget and
-# signal each (written before the sweep ran; docs/shapes.md). A one-prompt diagnosis (train prompt, 48 fresh seeds)
-# found every method's reward falling at learning rate 1e-3 with 8 images per step, whatever the method; a random-
-# reward control fell as much; GRPO on 16 images per step (groups of 8) trained on the noisiest half of the steps at
-# 3e-4 rose instead. So each new recipe doubles the images per step, trains where layout is decided and lowers the
-# learning rate.
-ONLINE_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
-    "tailorpo": {
-        "demo: lr 5e-4, 4 prompts/step, 5 random steps": {},
-        "lr 3e-4, 8 prompts/step, noisiest half": {"tailorpo_learning_rate": 3e-4, "tailorpo_batch_size": 8,
-                                                   "tailorpo_window_end": 0.5},
-    },
-    "grpo": {
-        "demo: lr 5e-4, 8 images/step, all steps": {},
-        "lr 3e-4, 16 images/step in groups of 8, noisiest half": {
-            "grpo_learning_rate": 3e-4, "grpo_batch_size": 16, "grpo_num_generations": 8,
-            "grpo_timestep_fraction": 0.5, "grpo_timestep_sampling": "first",
-        },
-    },
-    "nft": {
-        "lr 3e-4, 8 images/step": {},
-        "lr 3e-4, 16 images/step in groups of 8": {"nft_batch_size": 16, "grpo_num_generations": 8},
-    },
-}  # fmt: skip
-_ONLINE_TRAINERS = {"tailorpo": train_tailorpo, "grpo": train_grpo, "nft": train_nft}
-
-
-def run_online_recipe_sweep(
-    config: DemoConfig,
-    output_dir: str | Path,
-    recipes: dict[str, dict[str, dict[str, Any]]] = ONLINE_RECIPES,
-    seeds: Sequence[int] = (0, 1, 2),
-    dev_prompts: int = 60,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Choose each online method's recipe on dev prompts, over training seeds; write online_recipes.json/.md.
-
-    Each `recipes[method]` entry overrides `DemoConfig` fields; every recipe is trained with every seed (LoRA
-    initialization, prompt order, rollout noise) and scored on the dev prompts by its paired gain over the base, with
-    its rollout alignment in the first and last fifth of training and its seconds. **Choice rule (fixed before the
-    sweep runs): per method, the recipe whose lowest gain over the seeds is highest** (it penalises spread between
-    trainings; ties go to the first listed, the demo's). Test prompts are never scored here.
-    """
-    from .model import load_pipeline
-    from .world import prompts as shape_prompts
-
-    if not recipes or not seeds or not all(recipes.values()):
-        raise ValueError("run_online_recipe_sweep needs at least one recipe per method and one seed")
-    unknown = [m for m in recipes if m not in _ONLINE_TRAINERS]
-    if unknown:
-        raise ValueError(f"unknown online methods {unknown}; choose among {list(_ONLINE_TRAINERS)}")
-    output_dir = _new_folder(output_dir)
-    _quiet_libraries()
-    scorer = _Scorer(config, {"dev": (shape_prompts(dev_prompts, seed=config.seed, split="dev"), config.eval_seeds)})
-    scorer("base", load_pipeline(config.model))
-    rows: list[dict[str, Any]] = []
-    chosen: dict[str, str] = {}
-    for method, variants in recipes.items():
-        first = len(rows)
-        for name, overrides in variants.items():
-            row: dict[str, Any] = {"method": method, "recipe": name, "overrides": dict(overrides), "by_seed": {}}
-            for seed in seeds:
-                variant = dataclasses.replace(config, seed=int(seed), **overrides)
-                run = f"{method}-{len(rows) - first}-seed{seed}"
-                start = time.perf_counter()
-                trainer = _ONLINE_TRAINERS[method](variant, output_dir, run)
-                seconds = time.perf_counter() - start
-                rollout = [v for _, v in _curve(trainer.state.log_history, "rewards/alignment_score/mean")]
-                scorer(run, trainer.pipeline)
-                del trainer
-                fifth = max(1, len(rollout) // 5)
-                row["by_seed"][str(seed)] = {**_dev_gain(scorer, run), "seconds": round(seconds, 1),
-                                             "rollout_first": sum(rollout[:fifth]) / fifth,
-                                             "rollout_last": sum(rollout[-fifth:]) / fifth}  # fmt: skip
-            gains = [e["gain"] for e in row["by_seed"].values()]
-            row.update(mean_gain=round(sum(gains) / len(gains), 4), min_gain=min(gains), max_gain=max(gains))
-            rows.append(row)
-            log(format_online_recipe_sweep({"rows": [row], "chosen": {}}).splitlines()[-1])
-        best = max(range(first, len(rows)), key=lambda i: (rows[i]["min_gain"], -i))
-        chosen[method] = rows[best]["recipe"]
-    results = {"rows": rows, "chosen": chosen, "seeds": [int(s) for s in seeds], "rule": "max over recipes of the "
-               "min over seeds of the dev gain", "base_dev_alignment": scorer.mean("base", "dev"),
-               "config": dataclasses.asdict(config)}  # fmt: skip
-    return _write_sweep(output_dir, "online_recipes", results, format_online_recipe_sweep(results), log)
-
-
-def format_online_recipe_sweep(results: dict[str, Any]) -> str:
-    """The online recipe sweep as Markdown: per recipe, dev gain per seed, min and mean, rollout reward, seconds."""
-    lines = ["| method | recipe | dev gain per seed | min / mean | rollout first -> last fifth (mean) | seconds |",
-             "|---|---|---|---|---|---:|"]  # fmt: skip
-    for row in results["rows"]:
-        entries = list(row["by_seed"].values())
-        cells = ", ".join(f"{e['gain']:+.3f} [{e['gain_ci'][0]:+.3f}, {e['gain_ci'][1]:+.3f}]" for e in entries)
-        first = sum(e["rollout_first"] for e in entries) / len(entries)
-        last = sum(e["rollout_last"] for e in entries) / len(entries)
-        seconds = sum(e["seconds"] for e in entries) / len(entries)
-        mark = " **(chosen)**" if results["chosen"].get(row["method"]) == row["recipe"] else ""
-        lines.append(f"| {row['method']} | {row['recipe']}{mark} | {cells} | {row['min_gain']:+.3f} / "
-                     f"{row['mean_gain']:+.3f} | {first:.3f} -> {last:.3f} | {seconds:.0f} |")  # fmt: skip
-    return "\n".join(lines)
+# The online-method sweeps live in `online_sweep` (imported last: it uses the helpers above).
+from .online_sweep import (  # noqa: E402
+    ONLINE_METHODS,
+    ONLINE_RECIPES,
+    format_online_recipe_sweep,
+    format_online_sweep,
+    run_online_recipe_sweep,
+    run_online_sweep,
+)

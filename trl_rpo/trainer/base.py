@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import os
 import types
@@ -33,6 +32,7 @@ from ..pipelines import (  # noqa: F401 - re-exported: trainer code imported the
     encode_images,
     encode_prompts,
     is_sdxl_pipeline,
+    load_denoiser_state_dict,
     load_pipeline,
     sdxl_time_ids,
     tensor_to_pil,
@@ -454,7 +454,7 @@ class BaseDiffusionTrainer(ValidationImagesMixin, Trainer):
             if not unet_sd:
                 raise ValueError(f"{path} holds no {self.family.denoiser} LoRA weights")
         else:
-            state_dict = _load_unet_folder(os.path.join(resume_from_checkpoint, self.family.denoiser))
+            state_dict = load_denoiser_state_dict(os.path.join(resume_from_checkpoint, self.family.denoiser))
             unet.load_state_dict(state_dict, strict=True)
 
     def _save_rng_state(self, output_dir: str) -> None:
@@ -556,8 +556,6 @@ class BaseDiffusionTrainer(ValidationImagesMixin, Trainer):
     def _papers(self) -> list[dict[str, str]]:
         return [self._paper] if self._paper else []
 
-    # -- validation images -------------------------------------------------------------------------------------
-
 
 def _set_adapters_enabled(layers: list, enabled: bool) -> None:
     """Switch PEFT LoRA layers on or off for a no-grad reference pass.
@@ -590,19 +588,3 @@ def _without_secrets(args):
         if name.endswith("_token") and getattr(args, name) is not None:
             setattr(safe, name, None)
     return safe
-
-
-def _load_unet_folder(folder: str) -> dict[str, torch.Tensor]:
-    """State dict of a diffusers UNet folder (single or sharded safetensors), loaded without pickle."""
-    single = os.path.join(folder, "diffusion_pytorch_model.safetensors")
-    index = os.path.join(folder, "diffusion_pytorch_model.safetensors.index.json")
-    if os.path.isfile(single):
-        return safetensors.torch.load_file(single)
-    if os.path.isfile(index):
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        state: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            state.update(safetensors.torch.load_file(os.path.join(folder, shard)))
-        return state
-    raise FileNotFoundError(f"cannot resume: no diffusers UNet weights (safetensors) in {folder!r}")

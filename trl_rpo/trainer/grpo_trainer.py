@@ -10,7 +10,7 @@ import torch
 from ..diffusion import gaussian_kl
 from ..losses import grpo_clipped_loss
 from .grpo_config import DiffusionGRPOConfig
-from .online import GroupRepeatSampler, GroupRolloutTrainer, Rollout, select_train_steps
+from .rollouts import GroupRepeatSampler, GroupRolloutTrainer, Rollout, select_train_steps
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 from ..citations import DIFFUSION_NFT_CITATION
 from ..losses import diffusion_nft_loss
 from .nft_config import DiffusionNFTConfig
-from .online import GroupRolloutTrainer, Rollout
+from .rollouts import GroupRolloutTrainer, Rollout
 
 logger = logging.getLogger(__name__)
 
