@@ -100,8 +100,9 @@ def format_online_sweep(results: dict[str, Any]) -> str:
 
 
 
-# The online recipes the dev sweep compares, per method: the demo's recipe until now, and one change of budget and
-# signal each (written before the sweep ran; docs/shapes.md). A one-prompt diagnosis (train prompt, 48 fresh seeds)
+# The online recipes the dev sweep compares, per method: the demo's recipe before the sweep (spelled out, since the
+# demo's defaults are now the sweep's choices), and one change of budget and signal each (written before the sweep
+# ran; docs/shapes.md). A one-prompt diagnosis (train prompt, 48 fresh seeds)
 # found every method's reward falling at learning rate 1e-3 with 8 images per step, whatever the method; a random-
 # reward control fell as much; GRPO on 16 images per step (groups of 8) trained on the noisiest half of the steps at
 # 3e-4 rose instead. So each new recipe doubles the images per step, trains where layout is decided and lowers the
@@ -113,14 +114,16 @@ ONLINE_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                                                    "tailorpo_window_end": 0.5},
     },
     "grpo": {
-        "demo: lr 5e-4, 8 images/step, all steps": {},
+        "demo: lr 5e-4, 8 images/step, all steps": {"grpo_learning_rate": 5e-4, "grpo_batch_size": 8,
+                                                     "grpo_num_generations": 4, "grpo_timestep_fraction": 1.0,
+                                                     "grpo_timestep_sampling": "random"},
         "lr 3e-4, 16 images/step in groups of 8, noisiest half": {
             "grpo_learning_rate": 3e-4, "grpo_batch_size": 16, "grpo_num_generations": 8,
             "grpo_timestep_fraction": 0.5, "grpo_timestep_sampling": "first",
         },
     },
     "nft": {
-        "lr 3e-4, 8 images/step": {},
+        "lr 3e-4, 8 images/step": {"nft_batch_size": 8, "grpo_num_generations": 4},
         "lr 3e-4, 16 images/step in groups of 8": {"nft_batch_size": 16, "grpo_num_generations": 8},
     },
 }  # fmt: skip
