@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -158,16 +157,7 @@ class DiffusionNFTTrainer(GroupRolloutTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         args = self.args
-        prompts = self._group_prompts(list(inputs["prompt"]))
-        start = time.perf_counter()
-        cond, uncond = self.encode_conditioning(prompts)
-        rollout, fresh = self._get_rollout(prompts, cond, uncond, mode)
-        self._timing["sampling"] = time.perf_counter() - start if fresh else 0.0
-        if fresh:
-            self._record_reward_metrics(mode, rollout.rewards, rollout.rewards_per_func, rollout.group_std)
-            self._record_metric(mode, "time/sampling_s", torch.tensor(self._timing["sampling"]))
-            if mode == "train":
-                self._maybe_log_samples(rollout.images, rollout.captions())
+        cond, uncond, rollout, fresh = self._step_rollout(inputs, mode)
 
         x0, noisy, timesteps, index = self.forward_process(rollout)
         c = {k: v[index] for k, v in cond.items()}  # CFG-free: the conditional prediction is trained

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -287,6 +288,21 @@ class GroupRolloutTrainer(OnlineDiffusionTrainer):
         if self.args.scale_rewards == "batch":
             batch_std = self._pooled_moments(rewards)[1]
         return group_advantages(rewards, g, self.args.scale_rewards, batch_std=batch_std), grouped.std(dim=1)
+
+    def _step_rollout(self, inputs, mode: str) -> tuple[dict, dict, Rollout, bool]:
+        """A micro-step's conditioning and rollout (`fresh`: sampled now, not reused), its reward metrics, timing and
+        saved images recorded once per rollout."""
+        prompts = self._group_prompts(list(inputs["prompt"]))
+        start = time.perf_counter()
+        cond, uncond = self.encode_conditioning(prompts)
+        rollout, fresh = self._get_rollout(prompts, cond, uncond, mode)
+        self._timing["sampling"] = time.perf_counter() - start if fresh else 0.0
+        if fresh:
+            self._record_reward_metrics(mode, rollout.rewards, rollout.rewards_per_func, rollout.group_std)
+            self._record_metric(mode, "time/sampling_s", torch.tensor(self._timing["sampling"]))
+            if mode == "train":
+                self._maybe_log_samples(rollout.images, rollout.captions())
+        return cond, uncond, rollout, fresh
 
     def _get_rollout(self, prompts: list[str], cond, uncond, mode: str) -> tuple[Rollout, bool]:
         """A new rollout, or (iterations after the first of a training rollout) the buffered one for this slot."""
