@@ -352,18 +352,24 @@ class BaseDiffusionTrainer(ValidationImagesMixin, Trainer):
         all-gather of the values needs equal sizes). Every process must call this with the same names in the same
         order. Nothing is recorded when no process has a value.
         """
-        values = values.detach().float().reshape(-1).to(self.accelerator.device)
-        count = torch.tensor(float(values.numel()), device=values.device)
-        moments = torch.stack([values.sum(), (values**2).sum(), count])
-        total, total_sq, count = self.accelerator.reduce(moments, reduction="sum").tolist()
+        mean, deviation, count = self._pooled_moments(values)
         if count == 0:
             return
-        mean, deviation = pooled_mean_and_std(total, total_sq, count)
         if std:
             self._metrics[mode][f"{name}/mean"].append(mean)
             self._metrics[mode][f"{name}/std"].append(deviation)
         else:
             self._metrics[mode][name].append(mean)
+
+    def _pooled_moments(self, values: torch.Tensor) -> tuple[float, float, float]:
+        """(mean, sample std, count) of `values` over every process: one all-reduce of sum, sum of squares, count."""
+        values = values.detach().float().reshape(-1).to(self.accelerator.device)
+        count = torch.tensor(float(values.numel()), device=values.device)
+        moments = torch.stack([values.sum(), (values**2).sum(), count])
+        total, total_sq, count = self.accelerator.reduce(moments, reduction="sum").tolist()
+        if count == 0:
+            return float("nan"), 0.0, 0.0
+        return (*pooled_mean_and_std(total, total_sq, count), count)
 
     def _global_count(self, count: int) -> int:
         """`count` summed over all processes: one all-reduce of a one-element tensor (`count` itself with one process).

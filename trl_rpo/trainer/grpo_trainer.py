@@ -77,11 +77,6 @@ class DiffusionGRPOTrainer(GroupRolloutTrainer):
     )
     config_class = DiffusionGRPOConfig
 
-    @property
-    def needs_reference(self) -> bool:
-        """A reference serves the KL only: with `beta = 0` full fine-tuning keeps no copy (LoRA's costs nothing)."""
-        return self._config_for_reference.beta > 0
-
     # -- the loss ------------------------------------------------------------------------------------------------
 
     def step_distributions(

@@ -95,11 +95,6 @@ class DiffusionNFTTrainer(GroupRolloutTrainer):
             self._old_params = [p.detach().clone() for p in self._trainable_parameters]
             self.add_callback(_OldPolicyUpdate(self))
 
-    @property
-    def needs_reference(self) -> bool:
-        """A reference serves the KL only: with `beta = 0` full fine-tuning keeps no copy (LoRA's costs nothing)."""
-        return self._config_for_reference.beta > 0
-
     def trainable_steps(self) -> list[int]:
         """Every sampler timestep: NFT noises clean samples itself, so no step needs a density."""
         return list(range(len(self.sample_scheduler.timesteps)))

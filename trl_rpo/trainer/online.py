@@ -29,7 +29,7 @@ from ..diffusion import (
 )
 from ..pipelines import decode_latents, tensor_to_pil
 from ..rewards import combine_rewards
-from .base import BaseDiffusionTrainer, pooled_mean_and_std
+from .base import BaseDiffusionTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -299,18 +299,6 @@ class OnlineDiffusionTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
             return False
         return mode == "eval" or self._is_logging_step()
 
-    def _pooled_moments(self, values: torch.Tensor) -> tuple[float, float, float]:
-        """(mean, sample std, count) of `values` over every process (one all-reduce of sum, sum of squares, count)."""
-        values = values.detach().float().reshape(-1).to(self.accelerator.device)
-        moments = torch.stack(
-            [values.sum(), (values**2).sum(), torch.tensor(float(values.numel()), device=values.device)]
-        )
-        total, total_sq, count = self.accelerator.reduce(moments, reduction="sum").tolist()
-        if count == 0:
-            return float("nan"), 0.0, 0.0
-        mean, std = pooled_mean_and_std(total, total_sq, count)
-        return mean, std, count
-
     def _record_reward_metrics(
         self, mode: str, rewards: torch.Tensor, per_func: dict[str, torch.Tensor], group_std: torch.Tensor | None
     ) -> None:
@@ -320,9 +308,9 @@ class OnlineDiffusionTrainer(OnlineDiffusionMixin, BaseDiffusionTrainer):
         `nanstd` of the gathered rewards); `rewards/NAME/mean|std` per function; `frac_reward_zero_std`: the fraction
         of groups whose rewards are all equal (`isclose` to a zero std, as TRL), when there are groups.
         """
-        self._record_pooled(mode, "reward", rewards)
-        _, std, count = self._pooled_moments(rewards)
+        mean, std, count = self._pooled_moments(rewards)  # one all-reduce for both
         if count:
+            self._metrics[mode]["reward"].append(mean)
             self._metrics[mode]["reward_std"].append(std)
         for name, values in per_func.items():  # mean and std over every process's images
             self._record_pooled(mode, f"rewards/{name}", values, std=True)

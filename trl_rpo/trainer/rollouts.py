@@ -160,6 +160,12 @@ class GroupRolloutTrainer(OnlineDiffusionTrainer):
         self._micro_step = 0
         self._buffer: dict[int, Rollout] = {}
 
+    @property
+    def needs_reference(self) -> bool:
+        """A reference serves the KL term only (`beta`): with `beta = 0` full fine-tuning keeps no copy (LoRA's
+        adapters-off reference costs nothing)."""
+        return self._config_for_reference.beta > 0
+
     # -- data --------------------------------------------------------------------------------------------------
 
     def _get_train_sampler(self, train_dataset=None) -> Sampler:
