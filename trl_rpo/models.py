@@ -1,24 +1,25 @@
-"""One small adapter per denoiser family: SD 1.5 and SDXL (UNet, DDPM noise) and SD3 / FLUX.1 (rectified flow).
+"""The denoiser adapter: one training-step interface for every registered model family.
 
 Trainers keep one training step and ask the adapter for the family-specific parts::
 
-    adapter = DenoiserAdapter(pipeline)                     # family chosen from the pipeline's classes
-    latents = adapter.encode_images(pixel_values)           # [B, C, h, w] (FLUX packs only inside `predict`)
+    adapter = DenoiserAdapter(pipeline)                     # family detected from the pipeline (the registry)
+    latents = adapter.encode_images(pixel_values)           # [B, C, h, w] (packing happens only inside `predict`)
     cond = adapter.encode_prompts(prompts, device)          # the conditioning dict of this family
     noise, timesteps = adapter.sample_pair_noise_and_timesteps(latents, generator)
     noisy = adapter.add_noise(latents, noise, timesteps)
     error = per_sample_mse(adapter.predict(model, noisy, timesteps, cond), adapter.target(latents, noise, timesteps))
 
-The family itself is data (:class:`DenoiserFamily`): which pipeline attribute is trained (`unet` or
-`transformer`), which text encoders are frozen, whether the noise process is DDPM or rectified flow, and the
-keyword its pipeline class uses to save LoRA layers. FLUX latents stay `[B, C, h, w]` in the trainer and are
-packed into 2x2 patches (`[B, h/2 * w/2, 4C]`) only for the transformer call: the per-sample mean squared error
-is the same in either layout, and noise, targets and precomputed caches keep one shape for every family.
+The families themselves live in the registry `trl_rpo.families` (:class:`DenoiserFamily`, `FAMILIES`,
+`register_family`): which pipeline attribute is trained, its text encoders, its noise process (DDPM or rectified
+flow), how it encodes prompts and calls its denoiser, its LoRA save keyword and the rollout sampler's schedule. The
+adapter adds what is the same for every family of a noise process: training noise, timesteps and targets. Latents
+stay `[B, C, h, w]` in the trainer; packed families (FLUX.1, Qwen-Image) fold them into 2x2 patches only for the
+denoiser call: the per-sample mean squared error is the same in either layout, and noise, targets and precomputed
+caches keep one shape for every family.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,10 +32,12 @@ from .diffusion import (
     sample_pair_flow_noise_and_timesteps,
     sample_pair_noise_and_timesteps,
 )
-from .pipelines import encode_images, encode_prompts, is_flux_pipeline, is_sd3_pipeline, is_sdxl_pipeline
+from .families import FAMILIES, DenoiserFamily, detect_family, register_family
+from .families.flow import flux_latent_image_ids, pack_latents, unpack_latents
 
 __all__ = [
     "FAMILIES",
+    "register_family",
     "DenoiserAdapter",
     "DenoiserFamily",
     "detect_family",
@@ -44,107 +47,16 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class DenoiserFamily:
-    """What differs between model families, as data.
-
-    Attributes:
-        name: `"sd"`, `"sdxl"`, `"sd3"` or `"flux"`.
-        denoiser: the pipeline attribute holding the trained network (`"unet"` or `"transformer"`).
-        flow_matching: rectified flow (`x = (1-s) x0 + s eps`, target `eps - x0`) instead of DDPM noising.
-        text_encoders: the pipeline attributes of its (frozen) text encoders.
-        guidance_distilled: guided by an embedding, not by classifier-free guidance: its pipeline runs no
-            unconditional branch unless true CFG is asked for (FLUX.1's `true_cfg_scale`, 1 by default).
-        uniform_sampling_sigmas: its pipeline samples on `sigmas = linspace(1, 1/N, N)` (then shifted), not on the
-            scheduler's own `set_timesteps(N)` grid (FLUX.1).
-    """
-
-    name: str
-    denoiser: str
-    flow_matching: bool
-    text_encoders: tuple[str, ...]
-    guidance_distilled: bool = False
-    uniform_sampling_sigmas: bool = False
-
-    @property
-    def lora_prefix(self) -> str:
-        """Key prefix of the denoiser's layers in a diffusers LoRA file (`unet.` / `transformer.`)."""
-        return self.denoiser
-
-    @property
-    def frozen_modules(self) -> tuple[str, ...]:
-        return ("vae", *self.text_encoders)
-
-
-FAMILIES: dict[str, DenoiserFamily] = {
-    "sd": DenoiserFamily("sd", "unet", False, ("text_encoder",)),
-    "sdxl": DenoiserFamily("sdxl", "unet", False, ("text_encoder", "text_encoder_2")),
-    "sd3": DenoiserFamily("sd3", "transformer", True, ("text_encoder", "text_encoder_2", "text_encoder_3")),
-    "flux": DenoiserFamily(
-        "flux",
-        "transformer",
-        True,
-        ("text_encoder", "text_encoder_2"),
-        guidance_distilled=True,
-        uniform_sampling_sigmas=True,
-    ),  # fmt: skip
-}
-
-
-def detect_family(pipeline) -> DenoiserFamily:
-    """The family of a diffusers pipeline, from the class of its denoiser (and SDXL's micro-conditioning)."""
-    if getattr(pipeline, "transformer", None) is not None:
-        if is_sd3_pipeline(pipeline):
-            return FAMILIES["sd3"]
-        if is_flux_pipeline(pipeline):
-            return FAMILIES["flux"]
-        raise TypeError(
-            f"{type(pipeline).__name__} has a {type(pipeline.transformer).__name__}: supported transformers are "
-            "SD3Transformer2DModel (SD3 / SD3.5) and FluxTransformer2DModel (FLUX.1)"
-        )
-    if getattr(pipeline, "unet", None) is not None:
-        return FAMILIES["sdxl"] if is_sdxl_pipeline(pipeline) else FAMILIES["sd"]
-    raise TypeError(
-        f"{type(pipeline).__name__} has neither a `unet` nor a `transformer`: expected a StableDiffusionPipeline, "
-        "StableDiffusionXLPipeline, StableDiffusion3Pipeline or FluxPipeline"
-    )
-
-
-def pack_latents(latents: torch.Tensor) -> torch.Tensor:
-    """FLUX's 2x2 patch packing: `[B, C, h, w]` -> `[B, (h/2)(w/2), 4C]` (as `FluxPipeline._pack_latents`)."""
-    b, c, h, w = latents.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"FLUX packs 2x2 latent patches: latent height and width must be even, got {h}x{w}")
-    x = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
-    return x.reshape(b, (h // 2) * (w // 2), c * 4)
-
-
-def unpack_latents(packed: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Inverse of :func:`pack_latents`: `[B, (h/2)(w/2), 4C]` -> `[B, C, h, w]` for latent size `h x w`."""
-    b, _, channels = packed.shape
-    x = packed.view(b, height // 2, width // 2, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
-    return x.reshape(b, channels // 4, height, width)
-
-
-def flux_latent_image_ids(height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """FLUX's RoPE positions of the packed image tokens, `[(h/2)(w/2), 3]` = `(0, row, column)` for latent `h x w`."""
-    rows, cols = height // 2, width // 2
-    ids = torch.zeros(rows, cols, 3)
-    ids[..., 1] = torch.arange(rows)[:, None]
-    ids[..., 2] = torch.arange(cols)[None, :]
-    return ids.reshape(rows * cols, 3).to(device=device, dtype=dtype)
-
-
 class DenoiserAdapter:
     """Encode, noise, predict and target for one pipeline, whatever its family.
 
     Args:
-        pipeline: a `StableDiffusionPipeline`, `StableDiffusionXLPipeline`, `StableDiffusion3Pipeline` or
-            `FluxPipeline` (or their img2img siblings: only the denoiser, VAE and text encoders are used).
+        pipeline: the pipeline of a registered family (`trl_rpo.families.FAMILIES`), or its img2img sibling: only
+            the denoiser, VAE and text encoders are used.
         prediction_type: UNet families only: override the scheduler's (`"epsilon"` / `"v_prediction"`).
         weighting_scheme, logit_mean, logit_std, mode_scale: flow families only: the training density of the
             noise level (:func:`~trl_rpo.diffusion.sample_flow_sigmas`).
-        max_sequence_length: flow families only: T5 tokens (default: the pipeline's own).
+        max_sequence_length: families with a T5 / LLM text encoder: its tokens (default: the pipeline's own).
         embedded_guidance_scale: FLUX.1-dev-style guidance embedding value (ignored when the transformer has no
             guidance embedding).
     """
@@ -200,10 +112,8 @@ class DenoiserAdapter:
 
     @property
     def latent_channels(self) -> int:
-        """Channels of the unpacked latents (FLUX: the transformer's `in_channels / 4`)."""
-        if self.family.name == "flux":
-            return self.denoiser.config.in_channels // 4
-        return self.denoiser.config.in_channels
+        """Channels of the unpacked latents `[B, C, h, w]` (packed families: the transformer's `in_channels / 4`)."""
+        return self.family.latent_channels(self.denoiser)
 
     def native_resolution(self) -> int:
         """Default image side in pixels: the denoiser's `sample_size` (FLUX: the pipeline's) x the VAE factor."""
@@ -215,48 +125,40 @@ class DenoiserAdapter:
     @property
     def hidden_size(self) -> int:
         """The denoiser's widest feature size (DeepSpeed's bucket sizes are derived from it)."""
-        config = self.denoiser.config
-        if self.family.denoiser == "unet":
-            return max(config.block_out_channels)
-        return int(config.num_attention_heads * config.attention_head_dim)
+        return self.family.hidden_size(self.denoiser)
 
     # -- encoding ------------------------------------------------------------------------------------------------
 
     def encode_prompts(self, prompts: list[str], device=None) -> dict[str, torch.Tensor]:
-        """The family's text conditioning (see :func:`~trl_rpo.pipelines.encode_prompts`)."""
-        return encode_prompts(self.pipeline, prompts, device, max_sequence_length=self.max_sequence_length)
+        """The family's text conditioning, exactly as its pipeline computes it (`DenoiserFamily.encode_prompts`)."""
+        with torch.no_grad():
+            out = self.family.encode_prompts(self.pipeline, list(prompts), self.max_sequence_length)
+        return _to(out, device)
 
-    @torch.no_grad()
-    def encode_prompts_with_negative(self, prompts: list[str], device=None) -> tuple[dict, dict]:
-        """(conditional, unconditional) text conditioning for classifier-free guidance, as the pipeline builds it."""
-        pipe, name = self.pipeline, self.family.name
-        encoder_device = pipe.text_encoder.device
-        t5 = {"max_sequence_length": self.max_sequence_length} if self.max_sequence_length else {}
-        if name == "sd3":
-            embeds, neg, pooled, neg_pooled = pipe.encode_prompt(
-                prompt=prompts, prompt_2=None, prompt_3=None, device=encoder_device, do_classifier_free_guidance=True,
-                **t5,
-            )  # fmt: skip
-            cond = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
-            uncond = {"prompt_embeds": neg, "pooled_prompt_embeds": neg_pooled}
-        elif name == "flux":
-            cond = encode_prompts(pipe, prompts, None, self.max_sequence_length)
-            uncond = encode_prompts(pipe, [""] * len(prompts), None, self.max_sequence_length)
-        elif name == "sdxl":
-            embeds, neg, pooled, neg_pooled = pipe.encode_prompt(
-                prompts, device=encoder_device, num_images_per_prompt=1, do_classifier_free_guidance=True
+    def encode_prompts_with_negative(
+        self, prompts: list[str], device=None, resolution: int | None = None
+    ) -> tuple[dict, dict]:
+        """(conditional, unconditional) text conditioning for classifier-free guidance, as the pipeline builds it
+        (`resolution`: the image side, for families with size micro-conditioning)."""
+        with torch.no_grad():
+            cond, uncond = self.family.encode_prompts_with_negative(
+                self.pipeline, list(prompts), self.max_sequence_length, resolution
             )
-            cond = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
-            uncond = {"prompt_embeds": neg, "pooled_prompt_embeds": neg_pooled}
-        else:
-            embeds, neg = pipe.encode_prompt(prompts, encoder_device, 1, True)
-            cond, uncond = {"prompt_embeds": embeds}, {"prompt_embeds": neg}
-        to = (lambda d: {k: v.to(device) for k, v in d.items()}) if device is not None else (lambda d: d)
-        return to(cond), to(uncond)
+        return _to(cond, device), _to(uncond, device)
+
+    def micro_conditioning(
+        self, original_sizes: torch.Tensor, crop_top_lefts: torch.Tensor, resolution: int
+    ) -> dict[str, torch.Tensor]:
+        """Conditioning from image sizes and crops (SDXL's `time_ids`; empty for most families)."""
+        return self.family.micro_conditioning(original_sizes, crop_top_lefts, resolution)
 
     def encode_images(self, pixel_values: torch.Tensor, generator=None) -> torch.Tensor:
         """Scaled (and shifted) VAE latents `[B, C, h, w]` of images in [-1, 1]."""
-        return encode_images(self.pipeline.vae, pixel_values, generator)
+        return self.family.encode_images(self.pipeline.vae, pixel_values, generator)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] (`[B, 3, H, W]`, float32) from latents `[B, C, h, w]`; differentiable."""
+        return self.family.decode_latents(self.pipeline.vae, latents)
 
     # -- noise and targets ---------------------------------------------------------------------------------------
 
@@ -313,50 +215,34 @@ class DenoiserAdapter:
     def predict(
         self, model: Any, noisy_latents: torch.Tensor, timesteps: torch.Tensor, conditioning: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        """One denoiser prediction `[B, C, h, w]` (the layout of `noisy_latents`).
-
-        * SD 1.5: `unet(x, t, encoder_hidden_states)`; SDXL adds `text_embeds` (pooled) and `time_ids`.
-        * SD3: `transformer(x, timestep=t, encoder_hidden_states, pooled_projections)`.
-        * FLUX: packed `x`, `timestep = t / 1000`, `img_ids` / `txt_ids` (RoPE positions), `pooled_projections`,
-          and the guidance embedding (`embedded_guidance_scale`) when the model has one; the output is unpacked.
-        """
-        name = self.family.name
-        if name in ("sd", "sdxl"):
-            kwargs: dict[str, Any] = {"encoder_hidden_states": conditioning["prompt_embeds"]}
-            if name == "sdxl":
-                kwargs["added_cond_kwargs"] = {
-                    "text_embeds": conditioning["pooled_prompt_embeds"],
-                    "time_ids": conditioning["time_ids"],
-                }
-            return model(noisy_latents, timesteps, **kwargs, return_dict=False)[0]
-        if name == "sd3":
-            return model(
-                hidden_states=noisy_latents,
-                timestep=timesteps,
-                encoder_hidden_states=conditioning["prompt_embeds"],
-                pooled_projections=conditioning["pooled_prompt_embeds"],
-                return_dict=False,
-            )[0]
-        b, _, h, w = noisy_latents.shape
-        embeds = conditioning["prompt_embeds"]
+        """One denoiser prediction `[B, C, h, w]` (the layout of `noisy_latents`): `DenoiserFamily.predict`, with
+        the guidance embedding (`embedded_guidance_scale`) when the denoiser has one."""
         guidance = None
         if self.guidance_embeds:
+            b = noisy_latents.shape[0]
             guidance = torch.full((b,), self.embedded_guidance_scale, device=noisy_latents.device, dtype=torch.float32)
-        out = model(
-            hidden_states=pack_latents(noisy_latents),
-            timestep=timesteps.float() / self.noise_scheduler.config.num_train_timesteps,
-            guidance=guidance,
-            pooled_projections=conditioning["pooled_prompt_embeds"],
-            encoder_hidden_states=embeds,
-            txt_ids=torch.zeros(embeds.shape[1], 3, device=embeds.device, dtype=noisy_latents.dtype),
-            img_ids=flux_latent_image_ids(h, w, noisy_latents.device, noisy_latents.dtype),
-            return_dict=False,
-        )[0]
-        return unpack_latents(out, h, w)
+        steps = int(self.noise_scheduler.config.num_train_timesteps)
+        return self.family.predict(model, noisy_latents, timesteps, conditioning, steps, guidance)
+
+    def combine_guidance(self, uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
+        """Classifier-free guidance of two predictions, as the family's pipeline combines them."""
+        return self.family.combine_guidance(uncond, cond, scale)
+
+    def set_sampling_timesteps(self, scheduler: Any, steps: int, resolution: int, device=None) -> None:
+        """`set_timesteps` on a rollout sampler as the pipeline calls it for `resolution`-pixel square images."""
+        side = resolution // self.pipeline.vae_scale_factor
+        self.family.set_sampling_timesteps(scheduler, steps, side, side, device)
+
+    def pipeline_call_kwargs(self) -> dict[str, Any]:
+        """Extra keywords of the pipeline's `__call__` (e.g. the text length `max_sequence_length`)."""
+        return self.family.pipeline_call_kwargs(self.max_sequence_length)
 
     # -- saving --------------------------------------------------------------------------------------------------
 
     def lora_save_kwargs(self, lora_layers: dict[str, torch.Tensor], metadata: dict) -> dict[str, Any]:
         """Keywords of the pipeline class's `save_lora_weights` for the denoiser's LoRA layers and their config."""
-        prefix = self.family.lora_prefix
-        return {f"{prefix}_lora_layers": lora_layers, f"{prefix}_lora_adapter_metadata": metadata}
+        return self.family.lora_save_kwargs(lora_layers, metadata)
+
+
+def _to(conditioning: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in conditioning.items()} if device is not None else conditioning

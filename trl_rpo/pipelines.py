@@ -19,8 +19,6 @@ __all__ = [
     "encode_images",
     "encode_prompts",
     "denoiser_of",
-    "is_flux_pipeline",
-    "is_sd3_pipeline",
     "is_sdxl_pipeline",
     "load_denoiser_state_dict",
     "load_pipeline",
@@ -38,16 +36,6 @@ def is_sdxl_pipeline(pipeline) -> bool:
         and getattr(pipeline, "text_encoder_2", None) is not None
         and (getattr(unet.config, "addition_embed_type", None) == "text_time")
     )
-
-
-def is_sd3_pipeline(pipeline) -> bool:
-    """True for SD3 / SD3.5-style pipelines: an `SD3Transformer2DModel` denoiser."""
-    return type(getattr(pipeline, "transformer", None)).__name__ == "SD3Transformer2DModel"
-
-
-def is_flux_pipeline(pipeline) -> bool:
-    """True for FLUX.1-style pipelines: a `FluxTransformer2DModel` denoiser."""
-    return type(getattr(pipeline, "transformer", None)).__name__ == "FluxTransformer2DModel"
 
 
 def denoiser_of(pipeline) -> torch.nn.Module:
@@ -143,41 +131,19 @@ def encode_prompts(
     device: torch.device | str | None = None,
     max_sequence_length: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Text conditioning exactly as the pipeline computes it at inference (its own `encode_prompt`).
+    """Text conditioning exactly as the pipeline computes it at inference: its registered family's
+    `encode_prompts` (`trl_rpo.families`).
 
     SD 1.5: `{"prompt_embeds"}` from its CLIP encoder. SDXL: `prompt_embeds` is the concatenation of both
     encoders' penultimate hidden states and `pooled_prompt_embeds` the second encoder's projection.
     SD3: `prompt_embeds` = both CLIP encoders' penultimate states (padded to T5's width) followed by T5's tokens,
     `pooled_prompt_embeds` = both CLIP projections concatenated. FLUX: `prompt_embeds` = T5's tokens,
-    `pooled_prompt_embeds` = CLIP's pooled output. `max_sequence_length` caps T5's tokens (SD3 / FLUX only;
-    default: the pipeline's own, 256 for SD3, 512 for FLUX).
+    `pooled_prompt_embeds` = CLIP's pooled output. Qwen-Image: the Qwen2.5-VL states of the prompt and their
+    `prompt_embeds_mask`. `max_sequence_length` caps the T5 / LLM tokens (default: the pipeline's own).
     """
-    encoder_device = pipeline.text_encoder.device
-    t5 = {"max_sequence_length": max_sequence_length} if max_sequence_length is not None else {}
-    if is_sd3_pipeline(pipeline):
-        embeds, _, pooled, _ = pipeline.encode_prompt(
-            prompt=list(prompts),
-            prompt_2=None,
-            prompt_3=None,
-            device=encoder_device,
-            num_images_per_prompt=1,
-            do_classifier_free_guidance=False,
-            **t5,
-        )
-        out = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
-    elif is_flux_pipeline(pipeline):
-        embeds, pooled, _ = pipeline.encode_prompt(
-            prompt=list(prompts), prompt_2=None, device=encoder_device, num_images_per_prompt=1, **t5
-        )
-        out = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
-    elif is_sdxl_pipeline(pipeline):
-        embeds, _, pooled, _ = pipeline.encode_prompt(
-            list(prompts), device=encoder_device, num_images_per_prompt=1, do_classifier_free_guidance=False
-        )
-        out = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
-    else:
-        embeds, _ = pipeline.encode_prompt(list(prompts), encoder_device, 1, False)
-        out = {"prompt_embeds": embeds}
+    from .families import detect_family
+
+    out = detect_family(pipeline).encode_prompts(pipeline, list(prompts), max_sequence_length)
     return {k: v.to(device) if device is not None else v for k, v in out.items()}
 
 

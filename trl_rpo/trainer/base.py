@@ -144,7 +144,6 @@ class BaseDiffusionTrainer(ValidationImagesMixin, Trainer):
             embedded_guidance_scale=args.embedded_guidance_scale,
         )
         self.family = self.model_adapter.family
-        self.is_sdxl = self.family.name == "sdxl"
         self.is_flow = self.family.flow_matching
         self.weight_dtype = mixed_precision_dtype(args)
         self.peft_config = peft_config

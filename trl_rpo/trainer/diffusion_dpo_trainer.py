@@ -24,7 +24,6 @@ from ..diffusion import (
     timestep_bias_weights,
 )
 from ..losses import REFERENCE_FREE_LOSS_TYPES, combined_diffusion_dpo_loss
-from ..pipelines import sdxl_time_ids
 from .base import BaseDiffusionTrainer, process_seed
 from .diffusion_dpo_config import DiffusionDPOConfig
 from .model_card import DIFFUSION_DPO_CITATION, RPO_CITATION
@@ -34,6 +33,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["DataCollatorForDiffusionPreference", "DiffusionDPOTrainer"]
 
 _PRECOMPUTED = "chosen_latents"
+# The text-conditioning entries a family's `encode_prompts` may return (a precomputed row holds each one it has).
+CONDITIONING_COLUMNS = ("prompt_embeds", "pooled_prompt_embeds", "prompt_embeds_mask")
 
 
 def to_storage(tensor: torch.Tensor) -> np.ndarray:
@@ -111,15 +112,14 @@ class DataCollatorForDiffusionPreference:
             def stack(key: str) -> torch.Tensor:
                 return from_storage(np.stack([np.asarray(ex[key]) for ex in examples]))
 
-            batch = {
-                "prompt": prompts,
-                "latents": torch.cat([stack("chosen_latents"), stack("rejected_latents")]),
-                "prompt_embeds": stack("prompt_embeds"),
-            }
-            if "pooled_prompt_embeds" in examples[0]:
-                batch["pooled_prompt_embeds"] = stack("pooled_prompt_embeds")
-            if "chosen_time_ids" in examples[0]:
-                batch["time_ids"] = torch.cat([stack("chosen_time_ids"), stack("rejected_time_ids")])
+            batch = {"prompt": prompts, "latents": torch.cat([stack("chosen_latents"), stack("rejected_latents")])}
+            for key in CONDITIONING_COLUMNS:
+                if key in examples[0]:
+                    batch[key] = stack(key)
+            for key in examples[0]:  # per-image micro-conditioning (SDXL's time_ids): chosen_K, rejected_K -> K
+                if key.startswith("chosen_") and key != "chosen_latents":
+                    name = key[len("chosen_") :]
+                    batch[name] = torch.cat([stack(key), stack(f"rejected_{name}")])
             if "latent_mask" in examples[0]:
                 batch["latent_masks"] = torch.as_tensor(np.stack([np.asarray(ex["latent_mask"]) for ex in examples]))
                 batch["has_mask"] = torch.tensor([bool(ex["has_mask"]) for ex in examples])
@@ -334,18 +334,17 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
         out = {
             "chosen_latents": to_storage(latents[:half].to(dtype)),
             "rejected_latents": to_storage(latents[half:].to(dtype)),
-            "prompt_embeds": to_storage(cond["prompt_embeds"].to(dtype)),
         }
-        if "pooled_prompt_embeds" in cond:  # SDXL, SD3, FLUX
-            out["pooled_prompt_embeds"] = to_storage(cond["pooled_prompt_embeds"].to(dtype))
+        for key, value in cond.items():  # in the training dtype (a text mask as 0 / 1 values)
+            out[key] = to_storage(value.to(dtype))
         if "masks" in raw:  # edit masks at latent resolution (a latent cell is edited if any of its pixels is)
             latent_mask = torch.nn.functional.adaptive_max_pool2d(raw["masks"], tuple(latents.shape[-2:]))
             out["latent_mask"] = latent_mask.to(torch.uint8).numpy()
             out["has_mask"] = raw["has_mask"].numpy()
-        if self.is_sdxl:
-            # Sizes and crop offsets stay float32: bf16 cannot hold e.g. 1023 exactly.
-            time_ids = sdxl_time_ids(raw["original_sizes"], raw["crop_top_lefts"], self.resolution)
-            out["chosen_time_ids"], out["rejected_time_ids"] = time_ids[:half].numpy(), time_ids[half:].numpy()
+        # Micro-conditioning (SDXL's time_ids) stays float32: bf16 cannot hold sizes such as 1023 exactly.
+        micro = self.model_adapter.micro_conditioning(raw["original_sizes"], raw["crop_top_lefts"], self.resolution)
+        for key, value in micro.items():
+            out[f"chosen_{key}"], out[f"rejected_{key}"] = value[:half].numpy(), value[half:].numpy()
         return out
 
     def _precompute_cache_dir(self, fingerprint: str) -> Path:
@@ -451,7 +450,7 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
             drop = torch.rand(len(prompts), generator=self.rank_generator) < self.args.caption_dropout_probability
         if "latents" in inputs:
             latents = inputs["latents"].float()
-            cond = {k: inputs[k] for k in ("prompt_embeds", "pooled_prompt_embeds") if k in inputs}
+            cond = {k: inputs[k] for k in CONDITIONING_COLUMNS if k in inputs}
             if drop is not None and drop.any():
                 for key, value in cond.items():
                     null = self._null_conditioning[key].to(device=value.device, dtype=value.dtype)
@@ -467,12 +466,13 @@ class DiffusionDPOTrainer(BaseDiffusionTrainer):
                 prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
             cond = self.model_adapter.encode_prompts(prompts, device)
         conditioning = {k: torch.cat([v, v]) for k, v in cond.items()}
-        if self.is_sdxl:
-            conditioning["time_ids"] = (
-                inputs["time_ids"]
-                if "time_ids" in inputs
-                else sdxl_time_ids(inputs["original_sizes"], inputs["crop_top_lefts"], self.resolution)
-            ).to(device)
+        keys = self.family.micro_conditioning_keys
+        if keys and not all(key in inputs for key in keys):
+            inputs = {**self.model_adapter.micro_conditioning(
+                inputs["original_sizes"], inputs["crop_top_lefts"], self.resolution
+            ), **inputs}  # fmt: skip
+        for key in keys:
+            conditioning[key] = inputs[key].to(device)
         return latents.to(device), conditioning
 
     def _eval_generator_or_none(self) -> torch.Generator | None:

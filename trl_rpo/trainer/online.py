@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..data.formats import prepare_prompt_dataset
@@ -27,7 +26,7 @@ from ..diffusion import (
     flow_sde_step_with_logprob,
     predicted_original_sample,
 )
-from ..pipelines import decode_latents, tensor_to_pil
+from ..pipelines import tensor_to_pil
 from ..rewards import combine_rewards
 from .base import BaseDiffusionTrainer
 
@@ -91,22 +90,9 @@ class OnlineDiffusionMixin:
     @torch.no_grad()
     def encode_conditioning(self, prompts: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(conditional, unconditional) denoiser inputs per prompt, as the pipeline itself builds them for CFG."""
-        device = self.accelerator.device
-        if self.is_flow:  # SD3: its own negative embeddings; FLUX: the empty prompt's
-            return self.model_adapter.encode_prompts_with_negative(list(prompts), device)
-        encoder_device = self.pipeline.text_encoder.device
-        if self.is_sdxl:
-            embeds, neg, pooled, neg_pooled = self.pipeline.encode_prompt(
-                prompts, device=encoder_device, num_images_per_prompt=1, do_classifier_free_guidance=True
-            )
-            res = float(self.resolution)
-            time_ids = torch.tensor([[res, res, 0.0, 0.0, res, res]], device=device).repeat(len(prompts), 1)
-            cond = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "time_ids": time_ids}
-            uncond = {"prompt_embeds": neg, "pooled_prompt_embeds": neg_pooled, "time_ids": time_ids}
-        else:
-            embeds, neg = self.pipeline.encode_prompt(prompts, encoder_device, 1, True)
-            cond, uncond = {"prompt_embeds": embeds}, {"prompt_embeds": neg}
-        return {k: v.to(device) for k, v in cond.items()}, {k: v.to(device) for k, v in uncond.items()}
+        return self.model_adapter.encode_prompts_with_negative(
+            list(prompts), self.accelerator.device, resolution=self.resolution
+        )
 
     def cfg_scale(self) -> float:
         """The classifier-free guidance scale the pipeline itself would apply.
@@ -120,45 +106,38 @@ class OnlineDiffusionMixin:
         return float(self.args.guidance_scale)
 
     def guided_prediction(self, unet, latents, timesteps, cond, uncond) -> torch.Tensor:
-        """Classifier-free guided denoiser output, `uncond + s (cond - uncond)`; one UNet call on a 2x batch.
+        """Classifier-free guided denoiser output as the family's pipeline combines it (`uncond + s (cond - uncond)`
+        by default); one denoiser call on a 2x batch when both conditionings have the same shapes, else two.
 
         At a scale of 1 or less (`cfg_scale`) only the conditional branch runs: half the compute (CFG-free rollouts).
         """
         scale = self.cfg_scale()
         if scale <= 1.0:
             return self.unet_forward(unet, latents, timesteps, cond).float()
-        both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
-        out = self.unet_forward(unet, torch.cat([latents, latents]), torch.cat([timesteps, timesteps]), both)
-        out_uncond, out_cond = out.float().chunk(2)
-        return out_uncond + scale * (out_cond - out_uncond)
+        if all(uncond[k].shape == cond[k].shape for k in cond):
+            both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
+            out = self.unet_forward(unet, torch.cat([latents, latents]), torch.cat([timesteps, timesteps]), both)
+            out_uncond, out_cond = out.float().chunk(2)
+        else:
+            out_cond = self.unet_forward(unet, latents, timesteps, cond).float()
+            out_uncond = self.unet_forward(unet, latents, timesteps, uncond).float()
+        return self.model_adapter.combine_guidance(out_uncond, out_cond, scale)
 
     def initial_latents(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """`num` starting latents `x_T` for the sampling scheduler, drawn from `generator` (on the CPU)."""
         side = self.resolution // self.pipeline.vae_scale_factor
-        channels = self.model_adapter.latent_channels if self.is_flow else self.pipeline.unet.config.in_channels
+        channels = self.model_adapter.latent_channels
         latents = torch.randn(num, channels, side, side, generator=generator).to(self.accelerator.device)
         return latents * getattr(self.sample_scheduler, "init_noise_sigma", 1.0)  # flow schedulers: unit noise
 
     # -- the sampler's step: stochastic DDIM (UNet models) or the flow SDE (SD3, FLUX) ----------------------------
 
     def _set_sampling_timesteps(self, device) -> None:
-        """`set_timesteps` on the sampler; FLUX's dynamic shift gets `mu` from the image's token count."""
-        scheduler, steps = self.sample_scheduler, self.args.num_inference_steps
-        if self.is_flow and scheduler.config.get("use_dynamic_shifting", False):
-            from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-            side = self.resolution // self.pipeline.vae_scale_factor
-            c = scheduler.config
-            mu = calculate_shift(
-                (side // 2) ** 2, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift
-            )
-            # FluxPipeline passes sigmas = linspace(1, 1/N, N) (the families that do: `uniform_sampling_sigmas`).
-            sigmas = None
-            if self.family.uniform_sampling_sigmas and not scheduler.config.get("use_flow_sigmas", False):
-                sigmas = np.linspace(1.0, 1.0 / steps, steps)
-            scheduler.set_timesteps(steps, device=device, mu=mu, sigmas=sigmas)
-        else:
-            scheduler.set_timesteps(steps, device=device)
+        """`set_timesteps` on the sampler as the family's pipeline calls it (its sigmas, its dynamic shift `mu` from
+        the image's token count): `DenoiserFamily.set_sampling_timesteps`."""
+        self.model_adapter.set_sampling_timesteps(
+            self.sample_scheduler, self.args.num_inference_steps, self.resolution, device
+        )
 
     def _flow_sigmas(self, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sigma, next sigma) of flow-sampler timesteps, looked up in the sampler's schedule."""
@@ -219,7 +198,7 @@ class OnlineDiffusionMixin:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """VAE-decode latents to images in [0, 1], `vae_decode_batch_size` at a time (bounds peak memory)."""
         size = self.args.vae_decode_batch_size or latents.shape[0]
-        return torch.cat([decode_latents(self.pipeline.vae, chunk) for chunk in latents.split(size)])
+        return torch.cat([self.model_adapter.decode_latents(chunk) for chunk in latents.split(size)])
 
     def step_rewards(self, images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted total and per-function rewards of decoded images (`[N, 3, H, W]` in [0, 1])."""

@@ -12,7 +12,7 @@ import torch
 from ..diffusion import ddim_step_variance, gaussian_kl
 from ..losses import pooled_mean_loss, stepwise_dpo_loss
 from ..pairing import rank_pairs, select_timestep_indices
-from ..pipelines import decode_latents, tensor_to_pil
+from ..pipelines import tensor_to_pil
 from ..rewards import reward_name
 from .model_card import TAILORPO_CITATION
 from .online import OnlineDiffusionTrainer
@@ -138,7 +138,7 @@ class TailorPOTrainer(OnlineDiffusionTrainer):
         with torch.enable_grad():
             x = x.detach().float().requires_grad_(True)
             x0 = self.predict_x0(eps.detach(), x, timesteps)
-            images = decode_latents(self.pipeline.vae, x0)
+            images = self.model_adapter.decode_latents(x0)
             total = 0.0
             for func, weight in zip(self.reward_funcs, self.reward_weights):
                 if getattr(func, "differentiable", False):

@@ -65,10 +65,9 @@ class ValidationImagesMixin:
         return images
 
     def pipeline_call_kwargs(self) -> dict[str, Any]:
-        """Extra keywords of this family's pipeline call (T5's `max_sequence_length` for SD3 / FLUX)."""
-        if self.is_flow and self.args.max_sequence_length is not None:
-            return {"max_sequence_length": self.args.max_sequence_length}
-        return {}
+        """Extra keywords of this family's pipeline call (the text length `max_sequence_length`, for the families
+        with a T5 / LLM encoder)."""
+        return self.model_adapter.pipeline_call_kwargs()
 
     def log_validation_images(self) -> None:
         """Render validation images, save them under `output_dir/validation/step-N/` and send them to trackers.
