@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft import LoraConfig
 
 from trl_rpo import DiffusionDPOTrainer
 from trl_rpo.families import FAMILIES, DenoiserFamily, detect_family, register_family, unregister_family
-from trl_rpo.testing import tiny_lora_config, tiny_preference_dataset, tiny_sd3_pipeline
+from trl_rpo.testing import tiny_preference_dataset, tiny_sd3_pipeline
 
 from ._helpers import dpo_config
 
@@ -110,7 +111,7 @@ def test_a_toy_family_registers_in_a_few_lines_and_trains(tmp_path):
 
     toy = ToyFamily(
         "toy", "transformer", flow_matching=True, denoiser_classes=("ToyTransformer",),
-        text_encoders=("text_encoder", "text_encoder_2", "text_encoder_3"),
+        text_encoders=("text_encoder", "text_encoder_2", "text_encoder_3"), lora_targets=("to_q", "to_k"),
     )  # fmt: skip
     register_family(toy)
     try:
@@ -120,9 +121,13 @@ def test_a_toy_family_registers_in_a_few_lines_and_trains(tmp_path):
             model=pipe,
             args=dpo_config(tmp_path, resolution=32, max_steps=1),
             train_dataset=tiny_preference_dataset(2),
-            peft_config=tiny_lora_config(),
+            peft_config=LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian"),  # no targets: the family's
         )
         assert trainer.family is toy and trainer.prediction_type == "flow"
+        assert trainer.peft_config.target_modules == {"to_q", "to_k"}
+        adapted = {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name, _ in trainer.model.named_parameters()
+                   if ".lora_A" in name}  # fmt: skip
+        assert adapted == {"to_q", "to_k"}
         trainer.train()
         first = next(e for e in trainer.state.log_history if "loss" in e)
         assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)

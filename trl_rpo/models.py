@@ -233,9 +233,9 @@ class DenoiserAdapter:
         side = resolution // self.pipeline.vae_scale_factor
         self.family.set_sampling_timesteps(scheduler, steps, side, side, device)
 
-    def pipeline_call_kwargs(self) -> dict[str, Any]:
-        """Extra keywords of the pipeline's `__call__` (e.g. the text length `max_sequence_length`)."""
-        return self.family.pipeline_call_kwargs(self.max_sequence_length)
+    def pipeline_call_kwargs(self, guidance_scale: float | None = None, num_prompts: int = 1) -> dict[str, Any]:
+        """Keywords of the pipeline's `__call__` for this text length and CFG scale, in the family's convention."""
+        return self.family.pipeline_call_kwargs(self.max_sequence_length, guidance_scale, num_prompts)
 
     # -- saving --------------------------------------------------------------------------------------------------
 

@@ -178,11 +178,15 @@ class DenoiserFamily(ABC):
             )  # fmt: skip
         scheduler.set_timesteps(steps, device=device, **kwargs)
 
-    def pipeline_call_kwargs(self, max_sequence_length: int | None) -> dict[str, Any]:
-        """Extra keywords of the pipeline's `__call__` (the text length, for families that take one)."""
+    def pipeline_call_kwargs(
+        self, max_sequence_length: int | None, guidance_scale: float | None = None, num_prompts: int = 1
+    ) -> dict[str, Any]:
+        """Keywords of the pipeline's `__call__` for a text length (families that take one) and a CFG scale (for a
+        call on `num_prompts` prompts)."""
+        kwargs: dict[str, Any] = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
         if self.takes_sequence_length and max_sequence_length is not None:
-            return {"max_sequence_length": max_sequence_length}
-        return {}
+            kwargs["max_sequence_length"] = max_sequence_length
+        return kwargs
 
     # -- saving --------------------------------------------------------------------------------------------------
 

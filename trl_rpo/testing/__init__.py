@@ -27,7 +27,7 @@ from .flow import (
     tiny_sd3_pipeline,
     tiny_t5_tokenizer,
 )
-from .qwen import tiny_qwen_image_edit_pipeline
+from .qwen import tiny_qwen_image_edit_pipeline, tiny_qwen_image_img2img_pipeline, tiny_qwen_image_pipeline
 
 __all__ = [
     "tiny_clip_tokenizer",
@@ -53,6 +53,8 @@ __all__ = [
     "tiny_flux_img2img_pipeline",
     "tiny_flux_kontext_pipeline",
     "tiny_qwen_image_edit_pipeline",
+    "tiny_qwen_image_img2img_pipeline",
+    "tiny_qwen_image_pipeline",
     "tiny_chat_tokenizer",
     "tiny_vision_language_model",
 ]

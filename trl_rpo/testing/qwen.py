@@ -1,4 +1,5 @@
-"""A tiny, seeded Qwen-Image-Edit pipeline (`QwenImageEditPipeline`) built offline from configs."""
+"""Tiny, seeded Qwen-Image pipelines (`QwenImagePipeline`, its img2img sibling, `QwenImageEditPipeline`) built
+offline from configs."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ _EDIT_SYSTEM_PROMPT = (
     "background), then explain how the user's text instruction should alter or modify the image. Generate a new "
     "image that meets the user's requirements while maintaining consistency with the original input where "
     "appropriate.<|im_end|>\n<|im_start|>user\n"
+)
+# The same for `QwenImagePipeline.prompt_template_encode`: its first 34 tokens (`prompt_template_encode_start_idx`).
+_T2I_SYSTEM_PROMPT = (
+    "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, spatial "
+    "relationships of the objects and background:<|im_end|>\n<|im_start|>user\n"
 )
 _QWEN_SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -119,13 +125,7 @@ def tiny_qwen_image_edit_pipeline(seed: int = 0):
     video slot cannot be saved) and `from_pretrained` of a Qwen-Image-Edit folder needs torchvision, so this pipeline
     does not round-trip through a folder: build it in memory wherever it is needed.
     """
-    from diffusers import (
-        AutoencoderKLQwenImage,
-        FlowMatchEulerDiscreteScheduler,
-        QwenImageEditPipeline,
-        QwenImageTransformer2DModel,
-    )
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from diffusers import QwenImageEditPipeline
 
     try:  # transformers >= 5 names the PIL backend explicitly
         from transformers import Qwen2VLImageProcessorPil as ImageProcessor
@@ -133,8 +133,61 @@ def tiny_qwen_image_edit_pipeline(seed: int = 0):
         from transformers import Qwen2VLImageProcessor as ImageProcessor
 
     tokenizer = _tiny_qwen_tokenizer()
-    token_id = tokenizer.convert_tokens_to_ids
     processor = _qwen2vl_processor_without_video(ImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56), tokenizer)
+    text_encoder, vae, transformer, scheduler = _qwen_image_components(seed, tokenizer, vae_downsamplings=4)
+    pipe = QwenImageEditPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        processor=processor,
+        transformer=transformer,
+    )
+    return _quiet(pipe)
+
+
+def _qwen_image_t2i_components(seed: int) -> dict:
+    tokenizer = _tiny_qwen_tokenizer(_T2I_SYSTEM_PROMPT)
+    text_encoder, vae, transformer, scheduler = _qwen_image_components(seed, tokenizer, vae_downsamplings=3)
+    return {"scheduler": scheduler, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
+            "transformer": transformer}  # fmt: skip
+
+
+def tiny_qwen_image_pipeline(seed: int = 0):
+    """A seeded tiny `QwenImagePipeline` (Qwen-Image layout: a Qwen2.5-VL text encoder, true CFG, 2x2 patches).
+
+    The real classes, built in memory: a `Qwen2Tokenizer` (byte-level BPE with Qwen's special tokens; the system
+    prefix of the pipeline's prompt template is 34 tokens, its drop index), a `Qwen2_5_VLForConditionalGeneration`
+    text encoder, an `AutoencoderKLQwenImage` with Qwen-Image's factor 8 (latent mean 0 and std 1 per channel), a
+    two-layer `QwenImageTransformer2DModel` without guidance embedding (CFG is `true_cfg_scale` with a
+    `negative_prompt`) and the dynamic exponential-shift scheduler. About 200k parameters; it saves and loads
+    with `save_pretrained` / `DiffusionPipeline.from_pretrained`. Use 32 px images (multiples of 16), at least 2
+    steps (one step divides zero by zero in the `shift_terminal` stretch) and `max_sequence_length=32`.
+    """
+    from diffusers import QwenImagePipeline
+
+    return _quiet(QwenImagePipeline(**_qwen_image_t2i_components(seed)))
+
+
+def tiny_qwen_image_img2img_pipeline(seed: int = 0):
+    """A seeded tiny `QwenImageImg2ImgPipeline` (the components of `tiny_qwen_image_pipeline`)."""
+    from diffusers import QwenImageImg2ImgPipeline
+
+    return _quiet(QwenImageImg2ImgPipeline(**_qwen_image_t2i_components(seed)))
+
+
+def _qwen_image_components(seed: int, tokenizer, vae_downsamplings: int) -> tuple:
+    """The seeded text encoder, VAE, transformer and scheduler of the tiny Qwen-Image pipelines.
+
+    A `Qwen2_5_VLForConditionalGeneration` (two text layers with multimodal RoPE, a two-block vision tower), an
+    `AutoencoderKLQwenImage` downsampling `2 ** vae_downsamplings` times (no residual blocks), a two-layer
+    `QwenImageTransformer2DModel` (2x2 patches, no guidance embedding) and `FlowMatchEulerDiscreteScheduler` with
+    Qwen-Image's dynamic exponential shift.
+    """
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    token_id = tokenizer.convert_tokens_to_ids
     _seed(seed)
     config = Qwen2_5_VLConfig(
         text_config={
@@ -158,8 +211,8 @@ def tiny_qwen_image_edit_pipeline(seed: int = 0):
             "out_hidden_size": _TEXT_HIDDEN,
             "fullatt_block_indexes": [1],  # windowed attention, then full, as Qwen2.5-VL alternates
         },
-        image_token_id=processor.image_token_id,
-        video_token_id=processor.video_token_id,
+        image_token_id=token_id("<|image_pad|>"),
+        video_token_id=token_id("<|video_pad|>"),
         vision_start_token_id=token_id("<|vision_start|>"),
         vision_end_token_id=token_id("<|vision_end|>"),
     )
@@ -168,9 +221,9 @@ def tiny_qwen_image_edit_pipeline(seed: int = 0):
     vae = AutoencoderKLQwenImage(
         base_dim=8,
         z_dim=z_dim,
-        dim_mult=[1, 1, 1, 1, 1],
+        dim_mult=[1] * (vae_downsamplings + 1),
         num_res_blocks=0,
-        temperal_downsample=[False, True, True, True],  # 4 spatial downsamplings: vae_scale_factor 16
+        temperal_downsample=[False] + [True] * (vae_downsamplings - 1),  # 2 ** len(...) is the VAE factor
         latents_mean=[0.0] * z_dim,
         latents_std=[1.0] * z_dim,
     )
@@ -195,12 +248,4 @@ def tiny_qwen_image_edit_pipeline(seed: int = 0):
         time_shift_type="exponential",
         use_dynamic_shifting=True,
     )
-    pipe = QwenImageEditPipeline(
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        processor=processor,
-        transformer=transformer,
-    )
-    return _quiet(pipe)
+    return text_encoder, vae, transformer, scheduler

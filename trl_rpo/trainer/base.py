@@ -222,6 +222,9 @@ class BaseDiffusionTrainer(ValidationImagesMixin, Trainer):
                 )
             # Frozen base weights in the mixed-precision dtype, trainable LoRA weights in float32 (as the
             # diffusers training scripts do): memory of a half-precision model, optimizer updates in full precision.
+            if self.peft_config.target_modules is None:  # the family's default targets
+                self.peft_config = copy.deepcopy(self.peft_config)
+                self.peft_config.target_modules = set(self.family.lora_targets)
             unet.requires_grad_(False)
             cast_model(unet, self.weight_dtype)
             unet.add_adapter(self.peft_config)

@@ -17,7 +17,9 @@ class DiffusionModelConfig:
     """
 
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Hub id or local folder of a StableDiffusion(XL)Pipeline."}
+        default=None,
+        metadata={"help": "Hub id or local folder of a diffusers pipeline of a registered family (SD 1.5, SDXL, SD3, "
+                  "FLUX.1, Qwen-Image)."},
     )
     model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the model on the Hub."})
     variant: str | None = field(default=None, metadata={"help": "Weights variant to load, e.g. 'fp16'."})
@@ -26,7 +28,9 @@ class DiffusionModelConfig:
     lora_alpha: int = field(default=8, metadata={"help": "LoRA alpha (scale = alpha / r)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] | None = field(
-        default=None, metadata={"help": f"UNet modules to adapt (default: {DEFAULT_LORA_TARGETS})."}
+        default=None,
+        metadata={"help": f"Denoiser modules to adapt (default: the model family's, {DEFAULT_LORA_TARGETS} for all "
+                  "built-in families)."},
     )
     use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA (DoRA)."})
     use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised LoRA scaling (alpha / sqrt(r))."})
@@ -60,7 +64,8 @@ def get_peft_config(model_args: DiffusionModelConfig):
         lora_alpha=model_args.lora_alpha,
         lora_dropout=model_args.lora_dropout,
         init_lora_weights="gaussian",
-        target_modules=model_args.lora_target_modules or list(DEFAULT_LORA_TARGETS),
+        # None: the trainer fills in the model family's default targets (`DenoiserFamily.lora_targets`).
+        target_modules=model_args.lora_target_modules or None,
         use_dora=model_args.use_dora,
         use_rslora=model_args.use_rslora,
     )

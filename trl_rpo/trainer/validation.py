@@ -52,11 +52,10 @@ class ValidationImagesMixin:
                     list(args.validation_prompts),
                     num_images_per_prompt=args.num_validation_images,
                     num_inference_steps=args.validation_num_inference_steps,
-                    guidance_scale=args.validation_guidance_scale,
                     height=self.resolution,
                     width=self.resolution,
                     generator=generator,
-                    **self.pipeline_call_kwargs(),
+                    **self.pipeline_call_kwargs(args.validation_guidance_scale, len(args.validation_prompts)),
                 ).images
         finally:
             for module, original in frozen_devices.items():
@@ -64,10 +63,10 @@ class ValidationImagesMixin:
             unet.train(was_training)
         return images
 
-    def pipeline_call_kwargs(self) -> dict[str, Any]:
-        """Extra keywords of this family's pipeline call (the text length `max_sequence_length`, for the families
-        with a T5 / LLM encoder)."""
-        return self.model_adapter.pipeline_call_kwargs()
+    def pipeline_call_kwargs(self, guidance_scale: float | None = None, num_prompts: int = 1) -> dict[str, Any]:
+        """Keywords of this family's pipeline call: the CFG scale in its convention (`guidance_scale`, Qwen-Image's
+        `true_cfg_scale` with a negative prompt) and the text length `max_sequence_length` where it takes one."""
+        return self.model_adapter.pipeline_call_kwargs(guidance_scale, num_prompts)
 
     def log_validation_images(self) -> None:
         """Render validation images, save them under `output_dir/validation/step-N/` and send them to trackers.

@@ -1,0 +1,207 @@
+"""Every flow family of the registry end to end on its tiny pipeline: detection and `from_pretrained`, rollouts that
+reproduce the pipeline's own sampling, every trainer one step from the CLI (first DPO loss ln 2), LoRA round trips.
+
+SD3 and FLUX.1 have their own tests (`test_flow_models.py`); they join the rollout-vs-pipeline check here. The
+families added through the registry (Qwen-Image) get every check.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+
+from trl_rpo import DiffusionDPOTrainer, DiffusionNFTConfig, DiffusionNFTTrainer
+from trl_rpo.cli import main
+from trl_rpo.families import detect_family
+from trl_rpo.families.flow import pack_latents
+from trl_rpo.testing import (
+    tiny_flux_pipeline,
+    tiny_lora_config,
+    tiny_preference_dataset,
+    tiny_qwen_image_pipeline,
+    tiny_sd3_pipeline,
+)
+
+from ._helpers import FAST_ARGS, brightness, dpo_config
+
+torch.set_num_threads(1)
+
+TEXT_LENGTH = 32
+PROMPTS = Dataset.from_dict({"prompt": ["a red square", "a blue circle", "a green triangle", "a yellow star"]})
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A family's tiny pipeline and how its pipeline is called for CFG scale `s` on `n` prompts (`guidance(s, n)`)."""
+
+    build: Callable[[], Any]
+    pipeline_class: str
+    guidance: Callable[[float, int], dict] = field(default=lambda s, n: {"guidance_scale": s})
+    # Rollout keywords that give the pipeline's own guidance (FLUX.1: none; its embedding is not CFG).
+    rollout_guidance: dict = field(default_factory=lambda: {"guidance_scale": 2.0})
+
+
+FLOW_FAMILIES = {
+    "sd3": Spec(tiny_sd3_pipeline, "StableDiffusion3Pipeline"),
+    "flux": Spec(
+        tiny_flux_pipeline, "FluxPipeline", guidance=lambda s, n: {"guidance_scale": 3.5}, rollout_guidance={}
+    ),
+    "qwen_image": Spec(
+        tiny_qwen_image_pipeline, "QwenImagePipeline",
+        guidance=lambda s, n: {"true_cfg_scale": s, "negative_prompt": [""] * n},
+    ),  # fmt: skip
+}
+NEW_FAMILIES = ["qwen_image"]
+
+
+def _generate(pipe, spec: Spec, seed: int = 0, **kwargs) -> np.ndarray:
+    return pipe(
+        ["a red square"], num_inference_steps=3, height=32, width=32, max_sequence_length=TEXT_LENGTH,
+        output_type="np", generator=torch.Generator().manual_seed(seed), **{**spec.guidance(2.0, 1), **kwargs},
+    ).images  # fmt: skip
+
+
+# -- detection and loading --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_a_saved_tiny_pipeline_loads_with_from_pretrained_as_its_family(tmp_path, family):
+    from diffusers import DiffusionPipeline
+
+    spec = FLOW_FAMILIES[family]
+    pipe = spec.build()
+    assert detect_family(pipe).name == family and type(pipe).__name__ == spec.pipeline_class
+    size = sum(p.numel() for p in pipe.components.values() if isinstance(p, torch.nn.Module) for p in p.parameters())
+    assert size < 1_000_000  # a few MB
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = DiffusionPipeline.from_pretrained(str(tmp_path / "pipe"))
+    assert type(loaded).__name__ == spec.pipeline_class and detect_family(loaded).name == family
+    loaded.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(_generate(loaded, spec), _generate(pipe, spec), atol=1e-5)
+    # the same seed gives the same weights
+    np.testing.assert_allclose(_generate(spec.build(), spec), _generate(pipe, spec), atol=1e-6)
+
+
+# -- rollouts reproduce the pipeline ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", list(FLOW_FAMILIES))
+def test_a_deterministic_rollout_ends_on_the_pipelines_image_for_the_same_noise(tmp_path, family):
+    """Sigmas, shift, guidance and the denoiser call of the rollout sampler are the pipeline's own."""
+    spec = FLOW_FAMILIES[family]
+    args = DiffusionNFTConfig(
+        output_dir=str(tmp_path), **{**FAST_ARGS, "max_steps": 1, "per_device_train_batch_size": 2},
+        num_generations=2, num_inference_steps=3, sampler="ode", resolution=32, max_sequence_length=TEXT_LENGTH,
+        **spec.rollout_guidance,
+    )  # fmt: skip
+    trainer = DiffusionNFTTrainer(
+        model=spec.build(), reward_funcs=brightness, args=args, train_dataset=PROMPTS, peft_config=tiny_lora_config()
+    )
+    rollout = trainer.rollout(["a red square"], generator=torch.Generator().manual_seed(5))
+    start, final = rollout.latents[:1, 0], rollout.latents[:1, -1]
+    latents = pack_latents(start) if trainer.family.packed_latents else start
+    images = trainer.pipeline(
+        ["a red square"], latents=latents.clone(), num_inference_steps=3, height=32, width=32,
+        max_sequence_length=TEXT_LENGTH, output_type="pt", **spec.guidance(2.0, 1),
+    ).images  # fmt: skip
+    torch.testing.assert_close(trainer.decode(final), images.float(), atol=1e-4, rtol=0)
+
+
+# -- every trainer from the CLI ---------------------------------------------------------------------------------------
+
+
+def _masked_dataset() -> Dataset:
+    from datasets import Features
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    data = tiny_preference_dataset(2)
+    left = Image.new("L", (32, 32), 0)
+    left.paste(255, (0, 0, 16, 32))
+    features = Features({**data.features, "mask": ImageFeature()})
+    return Dataset.from_dict({**data.to_dict(), "mask": [left, left]}, features=features)
+
+
+COMMON = ["--max_steps", "1", "--use_peft", "--lora_r", "4", "--report_to", "none", "--resolution", "32",
+          "--max_sequence_length", str(TEXT_LENGTH), "--per_device_train_batch_size", "2", "--logging_steps", "1",
+          "--save_strategy", "steps", "--save_steps", "1"]  # fmt: skip
+ONLINE = ["--reward_funcs", "jpeg_compressibility", "--num_inference_steps", "2"]
+COMMANDS = {
+    "dpo": ["dpo"],
+    "dpo-mapo": ["dpo", "--loss_type", "mapo"],
+    "dpo-masked": ["dpo", "--mask_weight_outside", "0.0"],
+    "grpo": ["grpo", *ONLINE, "--num_generations", "2"],
+    "nft": ["nft", *ONLINE, "--num_generations", "2"],
+    "tailorpo": ["tailorpo", *ONLINE],
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_every_trainer_trains_one_step_from_the_cli(tmp_path, family, command):
+    FLOW_FAMILIES[family].build().save_pretrained(tmp_path / "pipe")
+    argv = [*COMMANDS[command], "--model_name_or_path", str(tmp_path / "pipe"), "--output_dir", str(tmp_path / "out")]
+    if command.startswith("dpo"):
+        data = _masked_dataset() if command == "dpo-masked" else tiny_preference_dataset(2)
+        data.save_to_disk(tmp_path / "data")
+        argv += ["--dataset_name", str(tmp_path / "data")]
+    else:
+        (tmp_path / "prompts.txt").write_text("a red square\na blue circle\n")
+        argv += ["--prompts_name_or_path", str(tmp_path / "prompts.txt")]
+    assert main([*argv, *COMMON]) == 0
+    assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").is_file()
+    state = json.loads((tmp_path / "out" / "checkpoint-1" / "trainer_state.json").read_text())
+    first = next(entry for entry in state["log_history"] if "loss" in entry)
+    assert math.isfinite(first["loss"])
+    if command in ("dpo", "dpo-masked"):  # policy == reference at the first step
+        assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+
+
+# -- LoRA round trip --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_a_trained_lora_reloads_into_the_familys_pipeline_with_identical_images(tmp_path, family):
+    spec = FLOW_FAMILIES[family]
+    trainer = DiffusionDPOTrainer(
+        model=spec.build(),
+        args=dpo_config(tmp_path, resolution=32, max_sequence_length=TEXT_LENGTH, max_steps=3, learning_rate=5e-2),
+        train_dataset=tiny_preference_dataset(4),
+        peft_config=tiny_lora_config(r=4, lora_alpha=8),  # alpha != r: the scale must survive the round trip
+    )
+    trainer.train()
+    trainer.save_model()
+    trained = _generate(trainer.pipeline, spec)
+    fresh = spec.build()
+    assert np.abs(trained - _generate(fresh, spec)).max() > 1e-3  # training changed the images
+    fresh.load_lora_weights(str(tmp_path))
+    np.testing.assert_allclose(_generate(fresh, spec), trained, atol=1e-5)
+    assert spec.pipeline_class in (tmp_path / "README.md").read_text()
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_validation_images_use_the_familys_guidance_convention(tmp_path, family):
+    spec = FLOW_FAMILIES[family]
+    prompts = ["a red square", "a blue circle"]
+    trainer = DiffusionDPOTrainer(
+        model=spec.build(),
+        args=dpo_config(tmp_path, resolution=32, max_sequence_length=TEXT_LENGTH, validation_prompts=prompts,
+                        validation_num_inference_steps=2, validation_guidance_scale=3.0, seed=7),  # fmt: skip
+        train_dataset=tiny_preference_dataset(2),
+        peft_config=tiny_lora_config(),
+    )
+    images = trainer.generate_validation_images()
+    expected = spec.build()(
+        prompts, num_inference_steps=2, height=32, width=32, max_sequence_length=TEXT_LENGTH, output_type="np",
+        generator=torch.Generator().manual_seed(7), **spec.guidance(3.0, 2),
+    ).images  # fmt: skip
+    assert len(images) == 2
+    np.testing.assert_allclose(np.stack([np.asarray(im) for im in images]), (expected * 255).round(), atol=1)
