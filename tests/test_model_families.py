@@ -28,6 +28,7 @@ from trl_rpo.testing import (
     tiny_preference_dataset,
     tiny_qwen_image_pipeline,
     tiny_sd3_pipeline,
+    tiny_z_image_pipeline,
 )
 
 from ._helpers import FAST_ARGS, brightness, dpo_config
@@ -58,8 +59,11 @@ FLOW_FAMILIES = {
         tiny_qwen_image_pipeline, "QwenImagePipeline",
         guidance=lambda s, n: {"true_cfg_scale": s, "negative_prompt": [""] * n},
     ),  # fmt: skip
+    # Z-Image's guidance_scale g: CFG for g > 0, `cond + g (cond - uncond)`; the trainers' guidance_scale is g.
+    "z_image": Spec(tiny_z_image_pipeline, "ZImagePipeline", rollout_guidance={"guidance_scale": 0.5},
+                    guidance=lambda s, n: {"guidance_scale": s}),  # fmt: skip
 }
-NEW_FAMILIES = ["qwen_image"]
+NEW_FAMILIES = ["qwen_image", "z_image"]
 
 
 def _generate(pipe, spec: Spec, seed: int = 0, **kwargs) -> np.ndarray:
@@ -110,7 +114,8 @@ def test_a_deterministic_rollout_ends_on_the_pipelines_image_for_the_same_noise(
     latents = pack_latents(start) if trainer.family.packed_latents else start
     images = trainer.pipeline(
         ["a red square"], latents=latents.clone(), num_inference_steps=3, height=32, width=32,
-        max_sequence_length=TEXT_LENGTH, output_type="pt", **spec.guidance(2.0, 1),
+        max_sequence_length=TEXT_LENGTH, output_type="pt",
+        **spec.guidance(spec.rollout_guidance.get("guidance_scale", 2.0), 1),
     ).images  # fmt: skip
     torch.testing.assert_close(trainer.decode(final), images.float(), atol=1e-4, rtol=0)
 

@@ -224,6 +224,10 @@ class DenoiserAdapter:
         steps = int(self.noise_scheduler.config.num_train_timesteps)
         return self.family.predict(model, noisy_latents, timesteps, conditioning, steps, guidance)
 
+    def guidance_active(self, scale: float) -> bool:
+        """Whether the family's pipeline runs an unconditional branch at CFG scale `scale`."""
+        return self.family.guidance_active(scale)
+
     def combine_guidance(self, uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
         """Classifier-free guidance of two predictions, as the family's pipeline combines them."""
         return self.family.combine_guidance(uncond, cond, scale)

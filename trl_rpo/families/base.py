@@ -146,6 +146,10 @@ class DenoiserFamily(ABC):
         families return the velocity `eps - x0`, whatever sign and timestep convention the denoiser itself uses.
         """
 
+    def guidance_active(self, scale: float) -> bool:
+        """Whether the pipeline runs its unconditional branch at CFG scale `scale` (by default: above 1)."""
+        return scale > 1.0
+
     def combine_guidance(self, uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
         """Classifier-free guidance as the pipeline combines its two branches: `uncond + s (cond - uncond)`."""
         return uncond + scale * (cond - uncond)

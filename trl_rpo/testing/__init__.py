@@ -28,6 +28,7 @@ from .flow import (
     tiny_t5_tokenizer,
 )
 from .qwen import tiny_qwen_image_edit_pipeline, tiny_qwen_image_img2img_pipeline, tiny_qwen_image_pipeline
+from .z_image import tiny_z_image_pipeline
 
 __all__ = [
     "tiny_clip_tokenizer",
@@ -55,6 +56,7 @@ __all__ = [
     "tiny_qwen_image_edit_pipeline",
     "tiny_qwen_image_img2img_pipeline",
     "tiny_qwen_image_pipeline",
+    "tiny_z_image_pipeline",
     "tiny_chat_tokenizer",
     "tiny_vision_language_model",
 ]

@@ -109,10 +109,11 @@ class OnlineDiffusionMixin:
         """Classifier-free guided denoiser output as the family's pipeline combines it (`uncond + s (cond - uncond)`
         by default); one denoiser call on a 2x batch when both conditionings have the same shapes, else two.
 
-        At a scale of 1 or less (`cfg_scale`) only the conditional branch runs: half the compute (CFG-free rollouts).
+        At a scale where the pipeline runs no CFG (1 or less, in most families' convention; `cfg_scale`) only the
+        conditional branch runs: half the compute (CFG-free rollouts).
         """
         scale = self.cfg_scale()
-        if scale <= 1.0:
+        if not self.model_adapter.guidance_active(scale):
             return self.unet_forward(unet, latents, timesteps, cond).float()
         if all(uncond[k].shape == cond[k].shape for k in cond):
             both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
