@@ -23,6 +23,7 @@ from trl_rpo.cli import main
 from trl_rpo.families import detect_family
 from trl_rpo.families.flow import pack_latents
 from trl_rpo.testing import (
+    tiny_flux2_klein_pipeline,
     tiny_flux_pipeline,
     tiny_lora_config,
     tiny_preference_dataset,
@@ -62,13 +63,19 @@ FLOW_FAMILIES = {
     # Z-Image's guidance_scale g: CFG for g > 0, `cond + g (cond - uncond)`; the trainers' guidance_scale is g.
     "z_image": Spec(tiny_z_image_pipeline, "ZImagePipeline", rollout_guidance={"guidance_scale": 0.5},
                     guidance=lambda s, n: {"guidance_scale": s}),  # fmt: skip
+    "flux2_klein": Spec(tiny_flux2_klein_pipeline, "Flux2KleinPipeline"),
 }
-NEW_FAMILIES = ["qwen_image", "z_image"]
+NEW_FAMILIES = ["qwen_image", "z_image", "flux2_klein"]
+# Rollout checks: every flow family, and the step-distilled FLUX.2 [klein], whose pipeline runs no CFG at any scale.
+ROLLOUT_CASES = {
+    **FLOW_FAMILIES,
+    "flux2_klein-distilled": Spec(lambda: tiny_flux2_klein_pipeline(is_distilled=True), "Flux2KleinPipeline"),
+}
 
 
 def _generate(pipe, spec: Spec, seed: int = 0, **kwargs) -> np.ndarray:
     return pipe(
-        ["a red square"], num_inference_steps=3, height=32, width=32, max_sequence_length=TEXT_LENGTH,
+        prompt=["a red square"], num_inference_steps=3, height=32, width=32, max_sequence_length=TEXT_LENGTH,
         output_type="np", generator=torch.Generator().manual_seed(seed), **{**spec.guidance(2.0, 1), **kwargs},
     ).images  # fmt: skip
 
@@ -97,10 +104,10 @@ def test_a_saved_tiny_pipeline_loads_with_from_pretrained_as_its_family(tmp_path
 # -- rollouts reproduce the pipeline ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", list(FLOW_FAMILIES))
-def test_a_deterministic_rollout_ends_on_the_pipelines_image_for_the_same_noise(tmp_path, family):
+@pytest.mark.parametrize("case", list(ROLLOUT_CASES))
+def test_a_deterministic_rollout_ends_on_the_pipelines_image_for_the_same_noise(tmp_path, case):
     """Sigmas, shift, guidance and the denoiser call of the rollout sampler are the pipeline's own."""
-    spec = FLOW_FAMILIES[family]
+    spec = ROLLOUT_CASES[case]
     args = DiffusionNFTConfig(
         output_dir=str(tmp_path), **{**FAST_ARGS, "max_steps": 1, "per_device_train_batch_size": 2},
         num_generations=2, num_inference_steps=3, sampler="ode", resolution=32, max_sequence_length=TEXT_LENGTH,
@@ -113,7 +120,7 @@ def test_a_deterministic_rollout_ends_on_the_pipelines_image_for_the_same_noise(
     start, final = rollout.latents[:1, 0], rollout.latents[:1, -1]
     latents = pack_latents(start) if trainer.family.packed_latents else start
     images = trainer.pipeline(
-        ["a red square"], latents=latents.clone(), num_inference_steps=3, height=32, width=32,
+        prompt=["a red square"], latents=latents.clone(), num_inference_steps=3, height=32, width=32,
         max_sequence_length=TEXT_LENGTH, output_type="pt",
         **spec.guidance(spec.rollout_guidance.get("guidance_scale", 2.0), 1),
     ).images  # fmt: skip
@@ -205,7 +212,7 @@ def test_validation_images_use_the_familys_guidance_convention(tmp_path, family)
     )
     images = trainer.generate_validation_images()
     expected = spec.build()(
-        prompts, num_inference_steps=2, height=32, width=32, max_sequence_length=TEXT_LENGTH, output_type="np",
+        prompt=prompts, num_inference_steps=2, height=32, width=32, max_sequence_length=TEXT_LENGTH, output_type="np",
         generator=torch.Generator().manual_seed(7), **spec.guidance(3.0, 2),
     ).images  # fmt: skip
     assert len(images) == 2

@@ -115,6 +115,10 @@ class DenoiserAdapter:
         """Channels of the unpacked latents `[B, C, h, w]` (packed families: the transformer's `in_channels / 4`)."""
         return self.family.latent_channels(self.denoiser)
 
+    def latent_side(self, resolution: int) -> int:
+        """Side of the latents `[B, C, h, w]` the trainers work in, for `resolution`-pixel square images."""
+        return self.family.latent_side(resolution, self.pipeline.vae_scale_factor)
+
     def native_resolution(self) -> int:
         """Default image side in pixels: the denoiser's `sample_size` (FLUX: the pipeline's) x the VAE factor."""
         sample_size = getattr(self.denoiser.config, "sample_size", None)
@@ -226,7 +230,7 @@ class DenoiserAdapter:
 
     def guidance_active(self, scale: float) -> bool:
         """Whether the family's pipeline runs an unconditional branch at CFG scale `scale`."""
-        return self.family.guidance_active(scale)
+        return self.family.guidance_active(scale, self.pipeline)
 
     def combine_guidance(self, uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
         """Classifier-free guidance of two predictions, as the family's pipeline combines them."""
@@ -234,7 +238,7 @@ class DenoiserAdapter:
 
     def set_sampling_timesteps(self, scheduler: Any, steps: int, resolution: int, device=None) -> None:
         """`set_timesteps` on a rollout sampler as the pipeline calls it for `resolution`-pixel square images."""
-        side = resolution // self.pipeline.vae_scale_factor
+        side = self.latent_side(resolution)
         self.family.set_sampling_timesteps(scheduler, steps, side, side, device)
 
     def pipeline_call_kwargs(self, guidance_scale: float | None = None, num_prompts: int = 1) -> dict[str, Any]:

@@ -85,6 +85,10 @@ class DenoiserFamily(ABC):
             return int(config.num_attention_heads * config.attention_head_dim)
         return int(getattr(config, "dim", None) or config.hidden_size)
 
+    def latent_side(self, pixels: int, vae_scale_factor: int) -> int:
+        """Side of the trainers' latents for an image side of `pixels` (by default, the VAE factor's fraction)."""
+        return pixels // vae_scale_factor
+
     def image_seq_len(self, latent_height: int, latent_width: int) -> int:
         """Image tokens of a latent `h x w` (2x2 patches), for the dynamic shift of the sampling schedule."""
         return (latent_height // 2) * (latent_width // 2)
@@ -146,8 +150,8 @@ class DenoiserFamily(ABC):
         families return the velocity `eps - x0`, whatever sign and timestep convention the denoiser itself uses.
         """
 
-    def guidance_active(self, scale: float) -> bool:
-        """Whether the pipeline runs its unconditional branch at CFG scale `scale` (by default: above 1)."""
+    def guidance_active(self, scale: float, pipeline: Any = None) -> bool:
+        """Whether `pipeline` runs its unconditional branch at CFG scale `scale` (by default: above 1)."""
         return scale > 1.0
 
     def combine_guidance(self, uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:

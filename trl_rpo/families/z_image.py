@@ -56,7 +56,7 @@ class ZImageFamily(DenoiserFamily):
         )[0]
         return -torch.stack(out).squeeze(2)
 
-    def guidance_active(self, scale: float) -> bool:
+    def guidance_active(self, scale: float, pipeline: Any = None) -> bool:
         """`ZImagePipeline` runs its unconditional branch for any `guidance_scale > 0`."""
         return scale > 0.0
 

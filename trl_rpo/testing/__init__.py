@@ -27,6 +27,7 @@ from .flow import (
     tiny_sd3_pipeline,
     tiny_t5_tokenizer,
 )
+from .flux2 import tiny_flux2_klein_pipeline
 from .qwen import tiny_qwen_image_edit_pipeline, tiny_qwen_image_img2img_pipeline, tiny_qwen_image_pipeline
 from .z_image import tiny_z_image_pipeline
 
@@ -57,6 +58,7 @@ __all__ = [
     "tiny_qwen_image_img2img_pipeline",
     "tiny_qwen_image_pipeline",
     "tiny_z_image_pipeline",
+    "tiny_flux2_klein_pipeline",
     "tiny_chat_tokenizer",
     "tiny_vision_language_model",
 ]

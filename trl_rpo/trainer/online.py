@@ -126,7 +126,7 @@ class OnlineDiffusionMixin:
 
     def initial_latents(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """`num` starting latents `x_T` for the sampling scheduler, drawn from `generator` (on the CPU)."""
-        side = self.resolution // self.pipeline.vae_scale_factor
+        side = self.model_adapter.latent_side(self.resolution)
         channels = self.model_adapter.latent_channels
         latents = torch.randn(num, channels, side, side, generator=generator).to(self.accelerator.device)
         return latents * getattr(self.sample_scheduler, "init_noise_sigma", 1.0)  # flow schedulers: unit noise

@@ -309,7 +309,7 @@ class TailorPOTrainer(OnlineDiffusionTrainer):
 
     def _stack_pairs(self, rows, shared_parent, ties, ranked, images, rewards) -> StepPairs:
         device = self.accelerator.device
-        side = self.resolution // self.pipeline.vae_scale_factor
+        side = self.model_adapter.latent_side(self.resolution)
         empty = torch.zeros(0, self._latent_channels(), side, side, device=device)
 
         def stack(key, fallback):
@@ -428,7 +428,7 @@ class TailorPOTrainer(OnlineDiffusionTrainer):
     def _placeholder_pair(self) -> StepPairs:
         """One pair at the first (random) step from zero latents, for a process that found no pair to learn from."""
         device = self.accelerator.device
-        side = self.resolution // self.pipeline.vae_scale_factor
+        side = self.model_adapter.latent_side(self.resolution)
         zeros = torch.zeros(1, self._latent_channels(), side, side, device=device)
         return StepPairs(
             parent_chosen=zeros,

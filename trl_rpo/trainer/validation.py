@@ -49,7 +49,7 @@ class ValidationImagesMixin:
             autocast = torch.autocast(device.type, dtype=self.weight_dtype, enabled=self.weight_dtype != torch.float32)
             with autocast:
                 images = self.pipeline(
-                    list(args.validation_prompts),
+                    prompt=list(args.validation_prompts),
                     num_images_per_prompt=args.num_validation_images,
                     num_inference_steps=args.validation_num_inference_steps,
                     height=self.resolution,
