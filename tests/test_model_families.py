@@ -217,3 +217,21 @@ def test_validation_images_use_the_familys_guidance_convention(tmp_path, family)
     ).images  # fmt: skip
     assert len(images) == 2
     np.testing.assert_allclose(np.stack([np.asarray(im) for im in images]), (expected * 255).round(), atol=1)
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_dpo_on_precomputed_latents_and_text_with_caption_dropout(tmp_path, family):
+    """The cache holds every conditioning entry of the family (text masks included) at one fixed shape."""
+    trainer = DiffusionDPOTrainer(
+        model=FLOW_FAMILIES[family].build(),
+        args=dpo_config(tmp_path, resolution=32, max_sequence_length=TEXT_LENGTH, max_steps=2, precompute_latents=True,
+                        precompute_cache_dir=str(tmp_path / "cache"), caption_dropout_probability=0.5),  # fmt: skip
+        train_dataset=tiny_preference_dataset(4),
+        peft_config=tiny_lora_config(),
+    )
+    cond = trainer.model_adapter.encode_prompts(["a red square"])
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert set(cond) <= set(batch) and all(batch[k].shape[1:] == v.shape[1:] for k, v in cond.items())
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert logs[0]["loss"] == pytest.approx(math.log(2), abs=1e-6) and all(math.isfinite(e["loss"]) for e in logs)
