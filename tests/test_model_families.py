@@ -235,3 +235,39 @@ def test_dpo_on_precomputed_latents_and_text_with_caption_dropout(tmp_path, fami
     trainer.train()
     logs = [e for e in trainer.state.log_history if "loss" in e]
     assert logs[0]["loss"] == pytest.approx(math.log(2), abs=1e-6) and all(math.isfinite(e["loss"]) for e in logs)
+
+
+# -- the data builder: generator and img2img refinement ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_the_builders_generator_calls_the_pipeline_in_its_familys_guidance_convention(tmp_path, family):
+    from trl_rpo.data import RichPreferenceConfig
+    from trl_rpo.data.builder.generation import PipelineGenerator
+
+    spec = FLOW_FAMILIES[family]
+    config = RichPreferenceConfig(output_dir=str(tmp_path), num_inference_steps=3, guidance_scale=2.0, resolution=32,
+                                  max_sequence_length=TEXT_LENGTH)  # fmt: skip
+    generated = PipelineGenerator(spec.build(), config)(["a red square"], [0])
+    expected = _generate(spec.build(), spec)  # seed 0, 3 steps, CFG 2 in the family's convention
+    np.testing.assert_allclose(np.asarray(generated[0], dtype=np.float32), (expected[0] * 255).round(), atol=1)
+
+
+@pytest.mark.parametrize("family", ["qwen_image", "z_image"])
+def test_an_img2img_refiner_runs_on_the_familys_img2img_sibling(family):
+    from trl_rpo.data import Img2ImgRefiner
+
+    refiner = Img2ImgRefiner(FLOW_FAMILIES[family].build(), strength=0.5, num_inference_steps=4, guidance_scale=2.0,
+                             resolution=32, pipeline_kwargs={"max_sequence_length": TEXT_LENGTH})  # fmt: skip
+    assert "Img2Img" in type(refiner.pipeline).__name__
+    image = tiny_preference_dataset(1)[0]["chosen"].convert("RGB")
+    (refined,) = refiner([image], ["a red square"])
+    assert refined.size == image.size
+    assert np.abs(np.asarray(refined, dtype=np.int16) - np.asarray(image, dtype=np.int16)).max() > 0
+
+
+def test_flux2_klein_has_no_img2img_sibling_to_refine_with():
+    from trl_rpo.data import Img2ImgRefiner
+
+    with pytest.raises(TypeError, match="no img2img sibling"):
+        Img2ImgRefiner(tiny_flux2_klein_pipeline(), strength=0.5, num_inference_steps=4)

@@ -9,6 +9,22 @@ module that subclasses `DenoiserFamily` and calls `register_family`, plus a tiny
 from __future__ import annotations
 
 from . import flow, flux2, qwen_image, unet, z_image  # noqa: F401  (registers the built-in families, detection in this order)
-from .base import FAMILIES, DenoiserFamily, detect_family, register_family, unregister_family
+from .base import (
+    FAMILIES,
+    DenoiserFamily,
+    detect_family,
+    find_family,
+    guidance_call_kwargs,
+    register_family,
+    unregister_family,
+)
 
-__all__ = ["FAMILIES", "DenoiserFamily", "detect_family", "register_family", "unregister_family"]
+__all__ = [
+    "FAMILIES",
+    "DenoiserFamily",
+    "detect_family",
+    "find_family",
+    "guidance_call_kwargs",
+    "register_family",
+    "unregister_family",
+]

@@ -16,7 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["FAMILIES", "DenoiserFamily", "detect_family", "register_family", "unregister_family"]
+__all__ = [
+    "FAMILIES",
+    "DenoiserFamily",
+    "detect_family",
+    "find_family",
+    "guidance_call_kwargs",
+    "register_family",
+    "unregister_family",
+]
 
 DEFAULT_LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -229,11 +237,25 @@ def unregister_family(name: str) -> DenoiserFamily:
     return FAMILIES.pop(name)
 
 
+def find_family(pipeline: Any) -> DenoiserFamily | None:
+    """The registered family of `pipeline`, or None (a callable, an editing pipeline no family trains)."""
+    return next((family for family in FAMILIES.values() if family.matches(pipeline)), None)
+
+
+def guidance_call_kwargs(pipeline: Any, guidance_scale: float, num_prompts: int) -> dict[str, Any]:
+    """The keywords that ask `pipeline` for CFG scale `guidance_scale` in its family's convention (Qwen-Image:
+    `true_cfg_scale` and an empty negative prompt); `{"guidance_scale": ...}` for a pipeline of no family."""
+    family = find_family(pipeline)
+    if family is None:
+        return {"guidance_scale": guidance_scale}
+    return family.pipeline_call_kwargs(None, guidance_scale, num_prompts)
+
+
 def detect_family(pipeline: Any) -> DenoiserFamily:
     """The registered family of a diffusers pipeline: the first whose `matches` accepts it."""
-    for family in FAMILIES.values():
-        if family.matches(pipeline):
-            return family
+    family = find_family(pipeline)
+    if family is not None:
+        return family
     unet, transformer = getattr(pipeline, "unet", None), getattr(pipeline, "transformer", None)
     if unet is None and transformer is None:
         raise TypeError(

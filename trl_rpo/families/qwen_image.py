@@ -81,10 +81,13 @@ class QwenImageFamily(DenoiserFamily):
     def pipeline_call_kwargs(
         self, max_sequence_length: int | None, guidance_scale: float | None = None, num_prompts: int = 1
     ) -> dict[str, Any]:
-        """`true_cfg_scale` against the empty prompt (the pipeline ignores `guidance_scale` without an embedding)."""
+        """`true_cfg_scale` against the empty prompt (the pipeline ignores `guidance_scale` without an embedding); at
+        a scale of 1 or less `true_cfg_scale` alone, which turns CFG off even when a caller adds a negative prompt."""
         kwargs = super().pipeline_call_kwargs(max_sequence_length, None, num_prompts)
-        if guidance_scale is not None and guidance_scale > 1.0:
-            kwargs.update(true_cfg_scale=guidance_scale, negative_prompt=[""] * num_prompts)
+        if guidance_scale is not None:
+            kwargs["true_cfg_scale"] = guidance_scale
+            if guidance_scale > 1.0:
+                kwargs["negative_prompt"] = [""] * num_prompts
         return kwargs
 
     def encode_images(self, vae: Any, pixel_values: torch.Tensor, generator=None) -> torch.Tensor:

@@ -101,10 +101,13 @@ class PipelineGenerator:
     def __call__(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[Image.Image]:
         import torch
 
+        from ...families import guidance_call_kwargs
+
         kwargs: dict[str, Any] = {
             "prompt": list(prompts),
             "num_inference_steps": self.args.num_inference_steps,
-            "guidance_scale": self.args.guidance_scale,
+            # CFG in the convention of the pipeline's model family (Qwen-Image: true_cfg_scale).
+            **guidance_call_kwargs(self.pipeline, self.args.guidance_scale, len(prompts)),
             # CPU generators: the same seed gives the same image on any device.
             "generator": [torch.Generator("cpu").manual_seed(int(s)) for s in seeds],
             "output_type": "pil",

@@ -164,6 +164,8 @@ class _DiffusionEditor:
         by_size: dict[tuple[int, int], list[_Job]] = {}
         for job in jobs:
             by_size.setdefault(self.working_size(job.original.size), []).append(job)
+        from ...families import guidance_call_kwargs
+
         results: dict[int, Image.Image | None] = {}
         for (width, height), group in by_size.items():
             for start in range(0, len(group), self.batch_size):
@@ -172,7 +174,8 @@ class _DiffusionEditor:
                     "prompt": [job.prompt for job in batch],
                     "image": [job.original.resize((width, height), Image.BICUBIC) for job in batch],
                     "num_inference_steps": self.num_inference_steps,
-                    "guidance_scale": self.guidance_scale,
+                    # CFG in the convention of the pipeline's model family (Qwen-Image: true_cfg_scale).
+                    **guidance_call_kwargs(self.pipeline, self.guidance_scale, len(batch)),
                     "generator": [torch.Generator().manual_seed(self.seed) for _ in batch],
                     "output_type": "pil",
                     **self._call_kwargs(),

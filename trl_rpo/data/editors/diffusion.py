@@ -352,9 +352,14 @@ class Img2ImgEditor(_DiffusionEditor):
                 pipeline = AutoPipelineForImage2Image.from_pipe(pipeline)
             except ValueError as err:
                 raise TypeError(
-                    "Img2ImgEditor expects an SD 1.5 / SDXL img2img or text-to-image pipeline (or an id / folder of "
-                    f"one), got {type(pipeline).__name__}: {err}"
+                    "Img2ImgEditor expects an img2img or text-to-image pipeline (SD 1.5, SDXL, SD3, FLUX.1, "
+                    f"Qwen-Image, Z-Image; or an id / folder of one), got {type(pipeline).__name__}: {err}"
                 ) from err
+            if "strength" not in inspect.signature(pipeline.__call__).parameters:
+                raise TypeError(
+                    f"{type(pipeline).__name__} has no img2img sibling that re-noises to a `strength` (diffusers maps "
+                    "it to itself), so SDEdit refinement cannot run on it; refine with another family's pipeline"
+                )
         return pipeline
 
     def _call_kwargs(self) -> dict[str, Any]:
