@@ -1,10 +1,12 @@
 """Memory guide for Diffusion-DPO: GPU memory per rank by option, from the real model configs.
 
-    python benchmarks/memory_guide.py [--model sdxl|flux-dev|sd35-large|all] [--num_gpus 8] [--resolution 1024]
-                                      [--lora_r 16] [--max_sequence_length N] [--markdown] [--measure]
+    python benchmarks/memory_guide.py [--model sdxl|flux-dev|sd35-large|qwen-image|...|all] [--num_gpus 8]
+                                      [--resolution 1024] [--lora_r 16] [--max_sequence_length N] [--markdown]
+                                      [--measure]
 
 Models (`trl_rpo.memory_guide.GUIDE_MODELS`): SDXL (LoRA and full fine-tuning), FLUX.1-dev (LoRA on its 12 B
-transformer) and SD3.5 Large (full fine-tuning of its 8 B transformer). Parameter counts come from the denoiser,
+transformer), SD3.5 Large (full fine-tuning of its 8 B transformer), Qwen-Image, Z-Image-Turbo and FLUX.2 [klein] 4B
+(LoRA and full). Parameter counts come from the denoiser,
 text encoders and VAE instantiated on the meta device from the real configs (exact, no weights needed);
 activations from a meta-device forward of the denoiser on Diffusion-DPO's policy batch (chosen + rejected = 2
 latents per pair, per-device batch 1) that records what autograd saves for backward, in bf16, attention counted as
@@ -50,8 +52,8 @@ def _print_guide(key: str, cli) -> None:
                          text_tokens=cli.max_sequence_length)  # fmt: skip
     denoiser = DENOISER.get(key, "transformer")
     print(f"## {guide.model}\n")
-    print(f"{denoiser} {guide.denoiser_params / 1e9:.3f} B parameters; LoRA r={guide.lora_r} on the attention "
-          f"projections: {guide.lora_params / 1e6:.1f} M; text encoders + VAE {guide.encoder_params / 1e9:.3f} B "
+    print(f"{denoiser} {guide.denoiser_params / 1e9:.3f} B parameters; LoRA r={guide.lora_r} on the family's "
+          f"default targets: {guide.lora_params / 1e6:.1f} M; text encoders + VAE {guide.encoder_params / 1e9:.3f} B "
           f"(frozen, bf16); {guide.resolution} px, {guide.text_tokens} text tokens, 1 pair per GPU, bf16")  # fmt: skip
     for lora, profile in guide.activations.items():
         kind = "LoRA" if lora else "full fine-tuning"

@@ -263,3 +263,42 @@ def test_sd35_large_full_finetuning_rows(sd35_guide):
     offload = rows["full, ZeRO-3 x8 + CPU offload, ckpt., precomputed"]
     assert offload.weights == sd35_guide.denoiser_params * 2 and offload.optimizer == 0
     assert sd35_guide.recommended(24).offload and not sd35_guide.recommended(40).offload
+
+
+# -- the families added through the registry: Qwen-Image, Z-Image-Turbo, FLUX.2 [klein] 4B ----------------------------
+
+
+@pytest.fixture(scope="module")
+def new_family_guides():
+    return {name: memory_guide(name) for name in ("qwen-image", "z-image-turbo", "flux2-klein-4b")}
+
+
+def test_new_family_configs_give_the_published_model_sizes(new_family_guides):
+    qwen, z_image, klein = (new_family_guides[n] for n in ("qwen-image", "z-image-turbo", "flux2-klein-4b"))
+    # Qwen-Image: a 20 B MMDiT; Qwen2.5-VL 7B (8.29 B with its vision tower) and the 127 M Wan-layout VAE frozen.
+    assert qwen.denoiser_params == pytest.approx(20.43e9, rel=0.01)
+    assert qwen.encoder_params == pytest.approx(8.292e9 + 0.127e9, rel=0.01)
+    # Z-Image(-Turbo): 6.15 B; Qwen3 4B and the 16-channel FLUX VAE.
+    assert z_image.denoiser_params == pytest.approx(6.15e9, rel=0.01)
+    assert z_image.encoder_params == pytest.approx(4.022e9 + 0.084e9, rel=0.01)
+    # FLUX.2 [klein] 4B: 3.9 B; Qwen3 4B and the FLUX.2 VAE.
+    assert klein.denoiser_params == pytest.approx(3.88e9, rel=0.01)
+    assert klein.encoder_params == pytest.approx(4.022e9 + 0.084e9, rel=0.01)
+
+
+def test_new_family_rows_follow_the_registry_and_fit_some_card(new_family_guides):
+    from trl_rpo.memory import lora_parameter_count, on_meta
+    from trl_rpo.memory_models import flux2_klein_denoiser
+
+    klein = new_family_guides["flux2-klein-4b"]
+    # LoRA adapts the family's default targets: FLUX.2's fused single-stream projection as well.
+    attention_only = lora_parameter_count(on_meta(flux2_klein_denoiser), 16)
+    assert klein.lora_params > 2 * attention_only
+    for name, guide in new_family_guides.items():
+        assert guide.text_tokens == 512
+        for card in (24, 40, 80):
+            assert guide.recommended(card, lora=True) is not None, (name, card)
+        full = [estimate for setup, estimate in guide.rows if not setup.lora]
+        assert full and full[0].total > min(e.total for s, e in guide.rows if s.lora), name
+    # 20 B in bf16 is 38 GiB of frozen weights: a 24 GB card needs ZeRO-3 for LoRA on Qwen-Image.
+    assert new_family_guides["qwen-image"].recommended(24, lora=True).zero_stage == 3

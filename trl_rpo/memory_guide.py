@@ -1,4 +1,5 @@
-"""The memory guide's models and rows: FLUX.1-dev, SD3.5 Large and SDXL from their real configs, and GPU cards.
+"""The memory guide's models and rows: SDXL, FLUX.1-dev, SD3.5 Large, Qwen-Image, Z-Image-Turbo and FLUX.2 [klein]
+4B from their real configs (the newer ones in `trl_rpo.memory_models`), and GPU cards.
 
 The configs of the released checkpoints are embedded (nothing is downloaded) and built on the meta device; each
 model lists its options (:class:`~trl_rpo.memory.TrainingSetup`) from the fewest memory measures to the most, and
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 
+from . import memory_models
 from .memory import (
     ActivationProfile,
     GiB,
@@ -299,8 +301,9 @@ class GuideModel:
         inputs: `(resolution, text_tokens) -> keyword arguments` of the denoiser for Diffusion-DPO's policy batch
             (chosen + rejected: 2 latents), as meta tensors.
         text_tokens: the pipeline's default prompt length (SDXL: CLIP's 77; SD3 / FLUX: T5's default
-            `max_sequence_length`, 256 / 512).
+            `max_sequence_length`, 256 / 512; the LLM-encoded families: the 512 tokens trl-rpo pads to).
         setups: `num_gpus -> rows`, ordered from the fewest memory measures to the most.
+        family: its entry in the model registry (`trl_rpo.families.FAMILIES`), whose `lora_targets` LoRA adapts.
     """
 
     name: str
@@ -309,16 +312,27 @@ class GuideModel:
     inputs: Callable[[int, int], dict[str, Any]]
     text_tokens: int
     setups: Callable[[int], list[TrainingSetup]]
+    family: str = "sdxl"
 
 
 GUIDE_MODELS: dict[str, GuideModel] = {
     "sdxl": GuideModel("stabilityai/stable-diffusion-xl-base-1.0", _sdxl_denoiser,
                        lambda: _encoders("clip_l", "clip_g_projection", "vae4"), _sdxl_inputs, 77, _sdxl_setups),
     "flux-dev": GuideModel("black-forest-labs/FLUX.1-dev", _flux_denoiser,
-                           lambda: _encoders("clip_l", "t5_xxl", "vae16"), _flux_inputs, 512, _flux_setups),
+                           lambda: _encoders("clip_l", "t5_xxl", "vae16"), _flux_inputs, 512, _flux_setups, "flux"),
     "sd35-large": GuideModel("stabilityai/stable-diffusion-3.5-large", _sd35_denoiser,
                              lambda: _encoders("clip_l_projection", "clip_g_projection", "t5_xxl", "vae16"),
-                             _sd35_inputs, 256, _sd35_setups),
+                             _sd35_inputs, 256, _sd35_setups, "sd3"),
+    # 20 B: LoRA rows, then full fine-tuning (sharded) rows.
+    "qwen-image": GuideModel("Qwen/Qwen-Image", memory_models.qwen_image_denoiser, memory_models.qwen_image_encoders,
+                             memory_models.qwen_image_inputs, 512, lambda n: _flux_setups(n) + _sd35_setups(n),
+                             "qwen_image"),
+    "z-image-turbo": GuideModel("Tongyi-MAI/Z-Image-Turbo", memory_models.z_image_denoiser,
+                                memory_models.z_image_encoders, memory_models.z_image_inputs, 512, _sdxl_setups,
+                                "z_image"),
+    "flux2-klein-4b": GuideModel("black-forest-labs/FLUX.2-klein-4B", memory_models.flux2_klein_denoiser,
+                                 memory_models.flux2_klein_encoders, memory_models.flux2_klein_inputs, 512,
+                                 _sdxl_setups, "flux2_klein"),
 }  # fmt: skip
 
 
@@ -357,19 +371,24 @@ def memory_guide(
     text_tokens: int | None = None,
     setups: list[TrainingSetup] | None = None,
 ) -> MemoryGuide:
-    """GPU memory per rank of Diffusion-DPO on a real model (`GUIDE_MODELS`: `sdxl`, `flux-dev`, `sd35-large`).
+    """GPU memory per rank of Diffusion-DPO on a real model (`GUIDE_MODELS`: `sdxl`, `flux-dev`, `sd35-large`,
+    `qwen-image`, `z-image-turbo`, `flux2-klein-4b`).
 
     Parameter counts are exact (the real configs built on the meta device); activations are counted in a meta
-    forward of the policy batch in bf16 (:func:`activation_profile`), LoRA of rank `lora_r` on the attention
-    projections. Checkpointing rows count the saved block inputs plus the largest block recomputed in backward.
+    forward of the policy batch in bf16 (:func:`activation_profile`), LoRA of rank `lora_r` on the family's default
+    targets (`DenoiserFamily.lora_targets`: the attention projections, plus FLUX.2's fused single-stream input
+    projection). Checkpointing rows count the saved block inputs plus the largest block recomputed in backward.
     """
+    from .families import FAMILIES
+
     spec = GUIDE_MODELS[model]
+    targets = list(FAMILIES[spec.family].lora_targets)
     tokens = text_tokens or spec.text_tokens
     setups = setups if setups is not None else spec.setups(num_gpus)
     denoiser = on_meta(spec.denoiser)
     encoder_params = sum(p.numel() for p in on_meta(spec.encoders).parameters())
     denoiser_params = sum(p.numel() for p in denoiser.parameters())
-    lora_params = lora_parameter_count(denoiser, lora_r)
+    lora_params = lora_parameter_count(denoiser, lora_r, targets)
     activations = {}
     for lora in sorted({setup.lora for setup in setups}):
         module = on_meta(spec.denoiser)
@@ -377,7 +396,6 @@ def memory_guide(
             from peft import LoraConfig
 
             module.requires_grad_(False)
-            targets = ["to_q", "to_k", "to_v", "to_out.0"]
             module.add_adapter(LoraConfig(r=lora_r, lora_alpha=lora_r, target_modules=targets))
         module.train()
         inputs = spec.inputs(resolution, tokens)
