@@ -35,12 +35,12 @@ def test_quick_preset_keeps_explicit_overrides():
     assert config.image_budget == DemoConfig.quick().image_budget
 
 
-def test_full_demo_reports_on_every_test_scene():
+def test_full_demo_reports_on_every_final_scene():
     from trl_rpo.shapes.world import all_scenes
 
     config = DemoConfig()
-    assert config.eval_prompts == len(all_scenes("test"))
-    assert len(set(prompts(config.eval_prompts, config.seed, "test"))) == config.eval_prompts
+    assert config.eval_prompts == len(all_scenes("final"))
+    assert len(set(prompts(config.eval_prompts, config.seed, "final"))) == config.eval_prompts
 
 
 def test_demo_help_lists_every_field_with_both_presets(capsys):
@@ -116,7 +116,7 @@ def test_relative_efficacy_is_undefined_when_the_reference_gain_is_noise():
 def test_table_reports_every_row_its_paired_interval_and_the_comparisons():
     rows = [{"method": m, "alignment": 0.5, "pairs": 1, "seconds": 1.0} for m in METHODS]
     rows[1].update(gain=0.1, gain_ci=[0.02, 0.18], win_rate=0.7, in_distribution_gain=0.05)
-    comparison = {"a": "dpo_rpo_pairs", "b": "dpo_reward_pairs", "prompts": "test", "gain": 0.03,
+    comparison = {"a": "dpo_rpo_pairs", "b": "dpo_reward_pairs", "prompts": "final", "gain": 0.03,
                   "gain_ci": [-0.01, 0.07], "win_rate": 0.55, "p_value": 0.2}  # fmt: skip
     efficacy = {"efficacy": 0.001, "efficacy_ci": [0.0005, 0.0015]}
     text = format_table({"rows": rows, "comparisons": [comparison],
@@ -124,7 +124,7 @@ def test_table_reports_every_row_its_paired_interval_and_the_comparisons():
                                            "rpo_vs_reward_percent": None}})  # fmt: skip
     assert all(m in text for m in METHODS) and "n/a" in text
     assert "+0.100" in text and "[+0.020, +0.180]*" in text
-    assert "dpo_rpo_pairs vs dpo_reward_pairs (test): +0.030" in text
+    assert "dpo_rpo_pairs vs dpo_reward_pairs (final): +0.030" in text
 
 
 @pytest.mark.slow
@@ -141,6 +141,7 @@ def test_trl_rpo_demo_quick_runs_end_to_end_and_writes_results_grid_and_curves(t
     assert results["rows"][0]["pairs"] == 0
     by_method = {row["method"]: row for row in results["rows"]}  # both pair sets spend the same image budget
     assert by_method["dpo_rpo_pairs"]["images"] == by_method["dpo_reward_pairs"]["images"] == 64
+    assert by_method["dpo_best_of_4"]["images"] == 64
     for row in results["rows"][1:]:
         # GRPO learns from groups of rollouts, not pairs: its budget is counted in images.
         assert row["pairs"] > 0 if row["method"] not in ("grpo", "nft") else row["images"] > 0, row
@@ -148,26 +149,29 @@ def test_trl_rpo_demo_quick_runs_end_to_end_and_writes_results_grid_and_curves(t
         assert low <= row["gain"] <= high and 0 <= row["win_rate"] <= 1 and 0 <= row["p_value"] <= 1
         assert row["in_distribution_gain_ci"][0] <= row["in_distribution_gain"] <= row["in_distribution_gain_ci"][1]
     assert {(c["a"], c["b"]) for c in results["comparisons"]} == set(COMPARISONS)
-    assert {c["prompts"] for c in results["comparisons"]} == {"test", "in_distribution"}
+    assert {c["prompts"] for c in results["comparisons"]} == {"final", "in_distribution"}
     for row in results["rows"]:  # every image's score is in the file, and the row's figures follow from them
-        scores = results["scores"][row["method"]]
-        assert len(scores["test"]) == len(results["eval_seeds"]["test"]) and len(scores["test"][0]) == 16
-        assert row["alignment"] == pytest.approx(sum(map(sum, scores["test"])) / (16 * len(scores["test"])), abs=1e-4)
+        scores = results["scores"][row["method"]]["final"]
+        assert len(scores) == len(results["eval_seeds"]["final"]) and len(scores[0]) == 16
+        assert row["alignment"] == pytest.approx(sum(map(sum, scores)) / (16 * len(scores)), abs=1e-4)
     assert "pair efficacy" in result.stdout and "dpo_rpo_pairs vs dpo_reward_pairs" in result.stdout
     config = DemoConfig.quick()
-    assert set(results["eval_prompts"]["test"]).isdisjoint(prompts(60, 0, "dev"))  # never the dev prompts
+    assert set(results["eval_prompts"]["final"]) <= set(prompts(180, 0, "final"))  # never the dev prompts
     grid = Image.open(out / "grid.png")
     assert grid.size[1] >= len(METHODS) * 128 and grid.size[0] >= config.grid_prompts * 128
     assert Image.open(out / "curves.png").size[0] > 0 and Image.open(out / "gains.png").size[0] > 0
     assert (out / "rpo_pairs" / "manifest.json").is_file() and (out / "reward_pairs").is_dir()
+    assert (out / "best_of_4_pairs").is_dir()
     for method in METHODS[1:]:
         assert (out / "runs" / method / "pytorch_lora_weights.safetensors").is_file(), method
     # RPO pairs train on the less noisy half of the timesteps (the timestep sweep's choice); reward pairs uniformly.
-    cards = {method: (out / "runs" / method / "README.md").read_text() for method in METHODS[1:3]}
+    cards = {method: (out / "runs" / method / "README.md").read_text() for method in METHODS[1:5]}
     assert "| timestep_bias | later 0.5 of the timesteps x 0 |" in cards["dpo_rpo_pairs"]
-    assert "timestep_bias" not in cards["dpo_reward_pairs"]
+    assert "timestep_bias" not in cards["dpo_reward_pairs"] and "timestep_bias" not in cards["dpo_best_of_4"]
+    # The ablation trains the RPO pairs exactly as the reward pairs: their recipe, no edit mask.
+    assert "timestep_bias" not in cards["dpo_rpo_pairs_reward_recipe"]
     # `trl-rpo eval` on a saved model, with the demo's test prompts and seeds, reports the demo's gain.
-    (tmp_path / "prompts.txt").write_text("\n".join(results["eval_prompts"]["test"]) + "\n")
+    (tmp_path / "prompts.txt").write_text("\n".join(results["eval_prompts"]["final"]) + "\n")
     command = [sys.executable, "-m", "trl_rpo.cli", "eval", "--model", str(out / "runs" / "dpo_rpo_pairs"),
                "--base", "shapes", "--prompts", str(tmp_path / "prompts.txt"), "--reward_funcs", "shapes_alignment",
                "--seeds", *map(str, config.eval_seeds), "--num_inference_steps", str(config.num_inference_steps),
@@ -235,7 +239,7 @@ def test_pair_sweep_builds_pairs_per_refine_strength_and_chooses_one_on_dev_prom
     assert results["refine_strength"] == results["rows"][results["best"]]["refine_strength"]
     chosen = results["rows"][results["best"]]["mean_gain"]
     assert chosen == max(row["mean_gain"] for row in results["rows"] if row["mean_gain"] is not None)
-    assert set(results["dev_prompts"]).isdisjoint(prompts(120, 0, "test"))
+    assert set(results["dev_prompts"]).isdisjoint(prompts(120, 0, "dev2"))
     table = (tmp_path / "pairs" / "pair_sweep.md").read_text()
     assert table.count("\n") == 4 and "**(chosen)**" in table
 
@@ -349,30 +353,33 @@ def test_scorer_folds_a_trained_lora_into_the_weights_and_scores_as_the_unfused_
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     from trl_rpo.evaluation import evaluate_pipeline
+    from trl_rpo.families import detect_family
     from trl_rpo.shapes.evaluate import alignment_score
     from trl_rpo.shapes.model import load_pipeline
     from trl_rpo.shapes.stages import _lora_config, _Scorer
 
     config = DemoConfig.quick(eval_seeds=(0,), num_inference_steps=4, refine_strength=0.0)
-    test = prompts(8, 0, "test")
+    test = prompts(8, 0, "final")
     pipeline = load_pipeline()
     pipeline.set_progress_bar_config(disable=True)
-    pipeline.unet.add_adapter(_lora_config(4))
+    lora = _lora_config(4)
+    lora.target_modules = set(detect_family(pipeline).lora_targets)  # what the trainers fill in
+    pipeline.unet.add_adapter(lora)
     torch.manual_seed(0)
     for name, parameter in pipeline.unet.named_parameters():
         if "lora_B" in name:  # a LoRA that changes the images, as a trained one does
             torch.nn.init.normal_(parameter, std=0.05)
     unfused = evaluate_pipeline(pipeline, test, alignment_score, seeds=(0,), num_inference_steps=4,
                                 guidance_scale=config.guidance_scale)  # fmt: skip
-    scorer = _Scorer(config, {"test": (test, (0,))})
+    scorer = _Scorer(config, {"final": (test, (0,))})
     scorer("base", load_pipeline())
     scorer("lora", pipeline)
     layers = [m for m in pipeline.unet.modules() if isinstance(m, BaseTunerLayer)]
     assert layers and all(layer.merged for layer in layers)
-    fused, before = scorer.scores["lora"]["test"][0], unfused.scores["alignment_score"][0]
+    fused, before = scorer.scores["lora"]["final"][0], unfused.scores["alignment_score"][0]
     # Folding rounds differently (pixels within a level or so), so at most one image in eight may score otherwise.
     assert sum(abs(a - b) > 1e-6 for a, b in zip(fused, before)) <= 1
-    assert scorer.scores["lora"]["test"] != scorer.scores["base"]["test"]  # the LoRA was not dropped
+    assert scorer.scores["lora"]["final"] != scorer.scores["base"]["final"]  # the LoRA was not dropped
 
 
 def test_edit_survival_scores_each_stage_of_the_same_edits():
@@ -396,7 +403,7 @@ def test_both_pair_sets_spend_the_same_image_budget_on_train_prompts(tmp_path):
     built = build_pair_sets(config, load_pipeline(), tmp_path)
     train = pair_prompts(config)
     assert built["images"] == built["reward_counts"]["images"] == built["builder"].stats["images"] == 12
-    assert set(built["rpo_pairs"]["prompt"]) <= set(train) and set(train) <= set(prompts(900, 0, "train"))
+    assert set(built["rpo_pairs"]["prompt"]) <= set(train) and set(train) <= set(prompts(720, 0, "train"))
     assert set(built["reward_pairs"]["prompt"]) <= set(train[:6])
     assert (tmp_path / "rpo_pairs" / "manifest.json").is_file() and (tmp_path / "reward_pairs").is_dir()
 

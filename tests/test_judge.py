@@ -48,7 +48,7 @@ def test_judge_accuracy_on_held_out_renders_clears_the_bar():
 
 
 def test_judge_gives_full_alignment_on_ground_truth_renders_of_test_prompts():
-    test_prompts = prompts(40, seed=3, split="test")
+    test_prompts = prompts(40, seed=3, split="final")
     images = [render(p, size=32, seed=HELD_OUT_SEED_OFFSET + 999 + k) for k, p in enumerate(test_prompts)]
     assert np.mean(judge_alignment(images, test_prompts)) >= 0.97
 

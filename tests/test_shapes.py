@@ -56,31 +56,63 @@ def test_prompts_are_deterministic_for_a_seed():
 
 
 def test_prompts_are_distinct_up_to_the_split_size_and_cycle_beyond():
-    train = prompts(900, seed=0)
-    assert len(set(train)) == 900
+    train = prompts(720, seed=0)
+    assert len(set(train)) == 720
     assert len(prompts(1000, seed=0)) == 1000
 
 
-def test_train_and_held_out_splits_are_disjoint_and_cover_the_world():
-    train, held_out = set(prompts(900, 0, "train")), set(prompts(180, 0, "held_out"))
-    assert not train & held_out
-    assert len(train) + len(held_out) == len(all_scenes())
+def test_split_sizes_match_the_scenes_of_each_split():
+    from trl_rpo.shapes.world import SPLIT_SIZES, SPLITS
+
+    assert set(SPLIT_SIZES) == set(SPLITS)
+    assert {split: len(all_scenes(split)) for split in SPLITS} == SPLIT_SIZES
 
 
-def test_dev_and_test_partition_the_held_out_scenes_whatever_the_prompt_seed():
-    dev, test = set(prompts(60, 0, "dev")), set(prompts(120, 5, "test"))
-    assert len(dev) == 60 and len(test) == 120 and not dev & test
-    assert dev | test == set(prompts(180, 0, "held_out"))
+def test_train_held_out_and_final_splits_are_disjoint_and_cover_the_world():
+    train, held_out = set(prompts(720, 0, "train")), set(prompts(180, 0, "held_out"))
+    final = set(prompts(180, 0, "final"))
+    assert not train & held_out and not train & final and not held_out & final
+    assert len(train) + len(held_out) + len(final) == len(all_scenes())
+
+
+def test_dev_and_dev2_partition_the_held_out_scenes_whatever_the_prompt_seed():
+    dev, dev2 = set(prompts(60, 0, "dev")), set(prompts(120, 5, "dev2"))
+    assert len(dev) == 60 and len(dev2) == 120 and not dev & dev2
+    assert dev | dev2 == set(prompts(180, 0, "held_out"))
     assert set(prompts(60, 3, "dev")) == dev  # another seed reorders, never moves a scene across
 
 
+def test_the_dev_split_is_unchanged_by_the_final_split():
+    # The dev sweeps' tables in docs/shapes.md stay comparable: the same 60 scenes as before "final" existed.
+    assert prompts(3, 0, "dev") == ["two purple circles in the center, on a gray background",
+                                    "three orange squares on the right, on a black background",
+                                    "three orange squares on the left, on a white background"]  # fmt: skip
+
+
+def test_the_old_test_split_name_says_where_it_went():
+    with pytest.raises(ValueError, match="renamed \"dev2\""):
+        all_scenes("test")
+
+
 def test_held_out_prompts_use_only_shape_color_pairs_never_seen_in_train():
-    train_pairs = {(s.shape, s.color) for s in map(parse_prompt, prompts(900, 0, "train"))}
+    train_pairs = {(s.shape, s.color) for s in map(parse_prompt, prompts(720, 0, "train"))}
     held_pairs = {(s.shape, s.color) for s in map(parse_prompt, prompts(180, 0, "held_out"))}
     assert held_pairs == set(HELD_OUT_PAIRS)
     assert not held_pairs & train_pairs
     # ... while every shape and color on its own is seen in train.
     assert {shape for shape, _ in train_pairs} == set(SHAPES) and {c for _, c in train_pairs} == set(PALETTE)
+
+
+def test_final_prompts_use_new_pairs_one_per_shape_each_color_at_most_once():
+    from trl_rpo.shapes.world import FINAL_PAIRS
+
+    train_pairs = {(s.shape, s.color) for s in map(parse_prompt, prompts(720, 0, "train"))}
+    final_pairs = {(s.shape, s.color) for s in map(parse_prompt, prompts(180, 0, "final"))}
+    assert final_pairs == set(FINAL_PAIRS) and not final_pairs & (train_pairs | set(HELD_OUT_PAIRS))
+    assert sorted(shape for shape, _ in FINAL_PAIRS) == sorted(SHAPES)
+    assert len({color for _, color in FINAL_PAIRS}) == len(FINAL_PAIRS)
+    # Every color is still seen in train with at least two shapes, so a final prompt's color is familiar.
+    assert all(sum(c == color for _, c in train_pairs) >= 2 for color in PALETTE)
 
 
 def test_prompts_reject_an_unknown_split():

@@ -55,6 +55,11 @@ def test_study_declares_primary_first_and_every_method_vs_base():
     assert {(m, "base") for m in METHODS[1:]} <= set(config.comparisons)
     assert ("tailorpo", "tailorpo_final") in config.comparisons
     assert config.training_seeds == (0, 1, 2, 3, 4) and config.methods == METHODS[1:]
+    # The stronger reward baseline and the data-vs-recipe ablation are declared, and the study reads "final".
+    assert {("dpo_rpo_pairs", "dpo_best_of_4"), ("dpo_rpo_pairs_reward_recipe", "dpo_reward_pairs")} <= set(
+        config.comparisons
+    )
+    assert config.split == "final" and config.eval_prompts == 180
 
 
 @pytest.mark.parametrize(
@@ -80,8 +85,9 @@ class _Fakes:
     def __init__(self, monkeypatch, kill_at=None):
         self.trained: list[tuple[str, int]] = []
         self.kill_at = kill_at
-        monkeypatch.setattr(stages, "build_pair_sets", lambda config, base, out: {"rpo_pairs": [0] * 3,
-                                                                                 "reward_pairs": [0] * 2})  # fmt: skip
+        monkeypatch.setattr(stages, "build_pair_sets", lambda config, base, out: {
+            "rpo_pairs": [0] * 3, "reward_pairs": [0] * 2, "best_of_4_pairs": [0], "rpo_seconds": 1.0,
+            "reward_seconds": 1.0, "best_of_4_seconds": 1.0})  # fmt: skip
         monkeypatch.setattr("trl_rpo.shapes.model.load_pipeline", lambda *a, **k: ("base", 0))
         monkeypatch.setattr(study_module, "score_pipeline", self.score)
 
@@ -199,14 +205,14 @@ def test_demo_scorer_reports_both_judges_and_their_agreement_on_base_images():
     from trl_rpo.shapes.world import prompts
 
     config = DemoConfig.quick(eval_seeds=(0, 1), num_inference_steps=4, refine_strength=0.0)
-    test = prompts(6, 0, "test")
-    scorer = _Scorer(config, {"test": (test, (0, 1))})
+    test = prompts(6, 0, "final")
+    scorer = _Scorer(config, {"final": (test, (0, 1))})
     scorer("base", load_pipeline())
     scorer("copy", load_pipeline())  # the same model again: every image and verdict repeats
-    report = scorer.judge_report("test")
-    assert np.asarray(scorer.judge_bits["base"]["test"]).shape == (2, 6)
+    report = scorer.judge_report("final")
+    assert np.asarray(scorer.judge_bits["base"]["final"]).shape == (2, 6)
     base, copy = report["methods"]["base"], report["methods"]["copy"]
-    assert base["alignment_score"] == pytest.approx(scorer.mean("base", "test"), abs=1e-4)
+    assert base["alignment_score"] == pytest.approx(scorer.mean("base", "final"), abs=1e-4)
     assert copy["judge_alignment"] == base["judge_alignment"] and copy["judge_gain"] == 0.0
     assert copy["one_judge_only"] is False
     assert report["agreement_on_base_images"]["images"] == 12

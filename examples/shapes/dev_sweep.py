@@ -8,6 +8,7 @@
     python examples/shapes/dev_sweep.py --stage timesteps --output-dir outputs/timestep-sweep [--quick]
     python examples/shapes/dev_sweep.py --stage online --output-dir outputs/online-sweep [--quick]
     python examples/shapes/dev_sweep.py --stage online-recipes --output-dir outputs/online-recipes [--quick]
+    python examples/shapes/dev_sweep.py --stage arms --output-dir outputs/arm-sweep [--quick]
 
 First chooses the guidance scale (5, 7.5 or 10) by the base model's dev alignment. Then builds the demo's two pair
 sets once (RPO pairs refined by the base model, reward-labelled pairs; the same image budget), trains each recipe
@@ -39,10 +40,16 @@ late in training (`online_sweep.md`, about 15 minutes).
 `--stage online-recipes` chooses each online method's recipe (TailorPO, GRPO, DiffusionNFT;
 `trl_rpo.shapes.sweep.ONLINE_RECIPES`) over training seeds 0, 1 and 2 on the dev prompts, by the rule fixed before
 it ran: the recipe whose lowest dev gain over the seeds is highest (`online_recipes.md`, about 40 minutes).
+
+`--stage arms` tunes every Diffusion-DPO row the same way (`trl_rpo.shapes.arm_sweep`): reward-labelled, best-of-4
+and RPO pairs, each with the same four recipes and training seeds 100-102 (which also draw the pairs), chosen per
+arm by the same rule (the highest lowest-seed dev gain); it resumes in the same folder after a kill
+(`arm_sweep.md`, about 45 minutes).
 """
 
 import argparse
 
+from trl_rpo.shapes.arm_sweep import ARM_RECIPES, run_arm_sweep
 from trl_rpo.shapes.demo import DemoConfig
 from trl_rpo.shapes.sweep import (
     DEFAULT_RECIPES,
@@ -66,12 +73,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small budgets and two recipes: a smoke test")
     parser.add_argument("--stage", default="recipes",
                         choices=["recipes", "pairs", "seeds", "masked", "sft", "timesteps", "online",
-                                 "online-recipes"],
+                                 "online-recipes", "arms"],
                         help="recipes: guidance and DPO recipe; pairs: the RPO refinement strength; seeds: masked "
                              "or plain DPO over training seeds; masked: the masked recipe over seeds; sft: masked "
                              "DPO plus an SFT term over seeds; timesteps: masked DPO on part of the noise "
                              "schedule over seeds; online: TailorPO, its final-image baseline and GRPO at 40 "
-                             "and 160 steps")  # fmt: skip
+                             "and 160 steps; arms: every DPO row's recipe by one sweep and rule")  # fmt: skip
     args = parser.parse_args()
     # The stages before `timesteps` drew t uniformly (as their tables in docs/shapes.md did); `timesteps` sets it
     # per variant.
@@ -98,6 +105,13 @@ def main() -> None:
             run_online_recipe_sweep(config, args.output_dir, recipes=recipes, seeds=(0, 1), dev_prompts=8)
         else:
             run_online_recipe_sweep(DemoConfig(model=args.model, eval_seeds=(0, 1, 2)), args.output_dir)
+        return
+    if args.stage == "arms":
+        if args.quick:
+            run_arm_sweep(DemoConfig.quick(model=args.model), args.output_dir, recipes=ARM_RECIPES[:2],
+                          seeds=(100, 101), dev_prompts=8)  # fmt: skip
+        else:
+            run_arm_sweep(DemoConfig(model=args.model), args.output_dir)
         return
     if args.stage == "pairs":
         config = (DemoConfig.quick(model=args.model, **uniform) if args.quick

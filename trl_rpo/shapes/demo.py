@@ -2,13 +2,13 @@
 
     trl-rpo demo [--quick] [--output-dir DIR]
 
-Protocol (three prompt sets, `trl_rpo.shapes.world`): pairs and rollouts use *train* scenes; the Diffusion-DPO
-recipe (learning rate, beta, steps, LoRA or full fine-tuning, the RPO arm's mask and timestep range) was chosen on
-*dev* prompts by `examples/shapes/dev_sweep.py` (its table is in docs/shapes.md); TailorPO's and GRPO's settings
-(learning rate, batch, steps, DDIM steps) were set by hand, not swept (the online-budget sweep on dev only checked
-that 160 steps do no better than 40); the results are reported on *test* prompts, held-out
-compositions never used for anything else, and on in-distribution prompts (train scenes, seeds never used to build
-pairs).
+A single-seed view: one training run per method (`trl-rpo study` trains several seeds and is where claims come
+from). Protocol (`trl_rpo.shapes.world`): pairs and rollouts use *train* scenes; every Diffusion-DPO row's recipe
+(learning rate, beta, steps, timestep range; the RPO arm's edit mask) was chosen on *dev* prompts by
+`examples/shapes/dev_sweep.py` with the same sweep and rule for every arm, GRPO's and DiffusionNFT's by the online
+recipe sweep (docs/shapes.md); TailorPO's settings were set by hand, not chosen by a sweep. The results are reported
+on *final* prompts, held-out compositions the base model never saw and no recipe was chosen on, and on
+in-distribution prompts (train scenes, seeds never used to build pairs).
 
 Stages (a progress bar shows each):
 
@@ -17,15 +17,16 @@ Stages (a progress bar shows each):
    edit inside its mask (`Img2ImgRefiner`, so the chosen image looks like the model's own), and a reward-margin
    verifier, on `image_budget` generated images;
 3. reward-labelled pairs for the *same* number of generated images: two samples per prompt, `alignment_score`
-   picks the winner (`trl_rpo.data.build_reward_pairs`);
-4. `DiffusionDPOTrainer` on each pair set (same steps, same hyper-parameters);
+   picks the winner, and best vs worst of four samples per prompt (`trl_rpo.data.build_reward_pairs`);
+4. `DiffusionDPOTrainer` on each pair set, each with its own dev-chosen recipe, and on RPO pairs with the reward
+   pairs' recipe (the ablation that separates the data from the recipe);
 5. `TailorPOTrainer` with `alignment_score` as the step-wise reward, and with `pairing="final"`;
 6. evaluate each model on the same prompts and seeds as the base, compare image for image
    (`trl_rpo.evaluation.compare_with_base`, the function behind `trl-rpo eval`: bootstrap over prompts), write
    `results.json`, `grid.png`, `curves.png` and `gains.png`, and print a table. Each trained model is saved in
    `runs/METHOD` (a LoRA folder), so `trl-rpo eval --model runs/METHOD --base shapes ...` re-checks it.
 
-The numbers are whatever the runs give; nothing is tuned on the test prompts.
+The numbers are whatever the runs give; nothing is tuned on the final prompts.
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ from pathlib import Path
 from typing import Any
 
 from .stages import (
+    DPO_ARMS,
     TAILORPO_PAIRINGS,
     _curve,
     _quiet_libraries,
     _Scorer,
     build_pair_sets,
-    train_dpo,
+    parse_dpo_recipe,
+    train_dpo_arm,
     train_grpo,
     train_nft,
     train_tailorpo,
@@ -60,10 +63,12 @@ __all__ = [
     "run_demo",
 ]
 
-METHODS = ("base", "dpo_reward_pairs", "dpo_rpo_pairs", "tailorpo", "tailorpo_final", "grpo", "nft")
+METHODS = ("base", "dpo_reward_pairs", "dpo_best_of_4", "dpo_rpo_pairs", "dpo_rpo_pairs_reward_recipe", "tailorpo",
+           "tailorpo_final", "grpo", "nft")  # fmt: skip
 # Paired comparisons reported besides "each method vs base": (a, b) means a - b.
-COMPARISONS = (("dpo_rpo_pairs", "dpo_reward_pairs"), ("tailorpo", "tailorpo_final"), ("tailorpo", "grpo"),
-               ("tailorpo", "nft"))  # fmt: skip
+COMPARISONS = (("dpo_rpo_pairs", "dpo_reward_pairs"), ("dpo_rpo_pairs", "dpo_best_of_4"),
+               ("dpo_rpo_pairs_reward_recipe", "dpo_reward_pairs"), ("tailorpo", "tailorpo_final"),
+               ("tailorpo", "grpo"), ("tailorpo", "nft"))  # fmt: skip
 # Seeds of the in-distribution evaluation start this far past every seed the pair builders use
 # (`seed + i` for i < image_budget), so no training image is evaluated again.
 IN_DISTRIBUTION_SEED_OFFSET = 10_000
@@ -73,29 +78,41 @@ IN_DISTRIBUTION_SEED_OFFSET = 10_000
 class DemoConfig:
     """Budgets and the recipe of the demo. `DemoConfig.quick()` is the `--quick` preset.
 
-    The DPO recipe is the one the dev sweeps chose (docs/shapes.md); the TailorPO / GRPO settings were set by hand,
-    not chosen by a sweep. The image budget is the same for both pair-building methods.
+    Each Diffusion-DPO arm's recipe is the one the arm sweep chose on dev (docs/shapes.md); GRPO's and NFT's the
+    online recipe sweep's; TailorPO's settings were set by hand, not chosen by a sweep. The image budget is the same
+    for every pair-building method.
     """
 
     model: str | None = field(default=None, metadata={"help": "Pipeline folder; default: the shipped base model."})
     seed: int = field(default=0, metadata={"help": "Seed of prompts, generation and training."})
     eval_prompts: int = field(
-        default=120, metadata={"help": "Test prompts (held-out compositions) per evaluation; 120: the whole split."}
+        default=180, metadata={"help": "Final-split prompts (held-out compositions) per evaluation; 180: all."}
     )
     in_distribution_prompts: int = field(
         default=20, metadata={"help": "Train-scene prompts (unseen seeds) per evaluation; 0 skips them."}
     )
-    eval_seeds: tuple[int, ...] = field(default=(0, 1, 2, 3), metadata={"help": "Seeds of each evaluation."})
+    eval_seeds: tuple[int, ...] = field(default=(0, 1), metadata={"help": "Seeds of each evaluation."})
     num_inference_steps: int = field(default=20, metadata={"help": "DDIM steps of evaluation and pair generation."})
     guidance_scale: float = field(default=5.0, metadata={"help": "Classifier-free guidance scale."})
-    image_budget: int = field(default=512, metadata={"help": "Generated images per pair set (RPO and reward)."})
+    image_budget: int = field(
+        default=512, metadata={"help": "Generated images per pair set (RPO, reward-labelled, best-of-4)."}
+    )
     refine_strength: float = field(
         default=0.1, metadata={"help": "SDEdit strength of the refinement of RPO edits (pair sweep); 0: none."}
     )
-    dpo_steps: int = field(default=300, metadata={"help": "DiffusionDPOTrainer optimizer steps per pair set."})
-    dpo_batch_size: int = field(default=8, metadata={"help": "Pairs per DPO step."})
-    dpo_learning_rate: float = field(default=2e-3, metadata={"help": "DPO learning rate (dev sweep's choice)."})
-    dpo_beta: float = field(default=5000.0, metadata={"help": "Diffusion-DPO beta (dev sweep's choice)."})
+    dpo_steps: int = field(default=300, metadata={"help": "RPO-pair DPO: optimizer steps (arm sweep's choice)."})
+    dpo_batch_size: int = field(default=8, metadata={"help": "Pairs per DPO step (every DPO row)."})
+    dpo_learning_rate: float = field(default=2e-3, metadata={"help": "RPO-pair DPO learning rate (arm sweep's)."})
+    dpo_beta: float = field(default=5000.0, metadata={"help": "RPO-pair Diffusion-DPO beta (arm sweep's choice)."})
+    reward_pairs_recipe: str = field(
+        default="lr=2e-3 beta=5000 steps=300 t=all",
+        metadata={"help": "Reward-labelled pairs' DPO recipe, 'lr= beta= steps= t=all|<500' (arm sweep's choice); "
+                          "also the ablation row's (RPO pairs, no mask)."},
+    )  # fmt: skip
+    best_of_4_recipe: str = field(
+        default="lr=2e-3 beta=5000 steps=300 t=all",
+        metadata={"help": "Best-of-4 pairs' DPO recipe, as reward_pairs_recipe (arm sweep's choice)."},
+    )
     dpo_use_lora: bool = field(default=True, metadata={"help": "LoRA (True) or full fine-tuning of the UNet."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank of every trained model."})
     tailorpo_steps: int = field(default=40, metadata={"help": "TailorPOTrainer optimizer steps per run."})
@@ -144,11 +161,19 @@ class DemoConfig:
         for name in ("eval_prompts", "image_budget", "dpo_steps", "tailorpo_steps", "grid_prompts", "lora_r"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not 2 <= self.eval_prompts <= 120:
-            raise ValueError(f"eval_prompts must be 2-120 (the test split's distinct scenes), got {self.eval_prompts}")
-        if not 0 <= self.in_distribution_prompts <= 900:
-            count = self.in_distribution_prompts
-            raise ValueError(f"in_distribution_prompts must be 0-900 (the train scenes), got {count}")
+        from .world import SPLIT_SIZES
+
+        if not 2 <= self.eval_prompts <= SPLIT_SIZES["final"]:
+            raise ValueError(f"eval_prompts must be 2-{SPLIT_SIZES['final']} (the final split's distinct scenes), got "
+                             f"{self.eval_prompts}")  # fmt: skip
+        if not 0 <= self.in_distribution_prompts <= SPLIT_SIZES["train"]:
+            count, most = self.in_distribution_prompts, SPLIT_SIZES["train"]
+            raise ValueError(f"in_distribution_prompts must be 0-{most} (the train scenes), got {count}")
+        for name in ("reward_pairs_recipe", "best_of_4_recipe"):
+            try:  # a clear error now, not after the pairs are built
+                parse_dpo_recipe(getattr(self, name))
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
         if not self.eval_seeds:
             raise ValueError("eval_seeds must hold at least one seed")
         if self.image_budget < 2:
@@ -249,15 +274,15 @@ def run_demo(
     output_dir.mkdir(parents=True, exist_ok=True)
     _quiet_libraries()
     torch.manual_seed(config.seed)
-    test_prompts = shape_prompts(config.eval_prompts, seed=config.seed, split="test")
-    sets = {"test": (test_prompts, config.eval_seeds)}
+    final_prompts = shape_prompts(config.eval_prompts, seed=config.seed, split="final")
+    sets = {"final": (final_prompts, config.eval_seeds)}
     if config.in_distribution_prompts:
         sets["in_distribution"] = (
             shape_prompts(config.in_distribution_prompts, seed=config.seed + 1, split="train"),
             tuple(config.seed + config.image_budget + IN_DISTRIBUTION_SEED_OFFSET + s for s in config.eval_seeds),
         )
     scorer = _Scorer(config, sets)
-    stages = ["base", "rpo pairs", "reward pairs", *METHODS[1:]]
+    stages = ["base", "pairs", *METHODS[1:]]
     bar = tqdm(total=len(stages), desc="demo", disable=not progress, unit="stage")
     rows: list[dict[str, Any]] = []
     curves: dict[str, dict[str, list[tuple[float, float]]]] = {
@@ -267,7 +292,7 @@ def run_demo(
     def evaluate(method: str, pipeline, pairs: int, seconds: float, **extra: Any) -> None:
         bar.set_postfix_str(f"evaluating {method}")
         eval_seconds = scorer(method, pipeline)
-        rows.append({"method": method, "alignment": round(scorer.mean(method, "test"), 4), "pairs": int(pairs),
+        rows.append({"method": method, "alignment": round(scorer.mean(method, "final"), 4), "pairs": int(pairs),
                      "seconds": round(seconds, 1), "eval_seconds": round(eval_seconds, 1), **extra})  # fmt: skip
         bar.update(1)
 
@@ -276,31 +301,34 @@ def run_demo(
     base = load_pipeline(config.model)
     evaluate("base", base, pairs=0, seconds=0.0)
 
-    # 2-3. RPO pairs (critic + editor + the base model's refinement, verified) and reward-labelled pairs (the
-    # evaluator picks the better of each prompt's two samples), each from `image_budget` generated images.
+    # 2. RPO pairs (critic + editor + the base model's refinement, verified), reward-labelled pairs (the evaluator
+    # picks the better of each prompt's two samples) and best-of-4 pairs, each from `image_budget` generated images.
     bar.set_description("pairs")
     built = build_pair_sets(config, base, output_dir)
-    rpo_pairs, reward_pairs, reward_counts = built["rpo_pairs"], built["reward_pairs"], built["reward_counts"]
-    rpo_seconds, reward_seconds = built["rpo_seconds"], built["reward_seconds"]
     rpo_stats = {k: v for k, v in built["builder"].stats.items() if isinstance(v, (int, float))}
-    bar.update(2)
+    bar.update(1)
+    extras = {
+        "dpo_reward_pairs": {"images": built["reward_counts"]["images"], "ties": built["reward_counts"]["ties"],
+                             "recipe": config.reward_pairs_recipe},
+        "dpo_best_of_4": {"images": built["best_of_4_counts"]["images"], "ties": built["best_of_4_counts"]["ties"],
+                          "recipe": config.best_of_4_recipe},
+        "dpo_rpo_pairs": {"images": built["images"], "builder": rpo_stats,
+                          "mask_weight_outside": config.mask_weight_outside},
+        "dpo_rpo_pairs_reward_recipe": {"images": built["images"], "recipe": config.reward_pairs_recipe},
+    }  # fmt: skip
 
-    # 4. Diffusion-DPO on each pair set, the same recipe; on RPO pairs the loss is weighted by each pair's edit
-    # mask (`mask_weight_outside`), which reward-labelled pairs do not have, and t is drawn from the less noisy
-    # half (`dpo_timestep_bias_*`): the sweeps on RPO pairs chose both on dev.
-    uniform = dataclasses.replace(config, dpo_timestep_bias_strategy="none")
-    for method, pairs, build_seconds, recipe, extra in (
-        ("dpo_reward_pairs", reward_pairs, reward_seconds, uniform, {"images": reward_counts["images"],
-                                                                     "ties": reward_counts["ties"]}),
-        ("dpo_rpo_pairs", rpo_pairs, rpo_seconds, config, {"images": built["images"], "builder": rpo_stats,
-                                                           "mask_weight_outside": config.mask_weight_outside}),
-    ):  # fmt: skip
+    # 3. Diffusion-DPO on each pair set with its arm's recipe (`stages.DPO_ARMS`); on RPO pairs the loss is weighted
+    # by each pair's edit mask (`mask_weight_outside`), which reward-labelled pairs do not have. The ablation row
+    # trains the RPO pairs with the reward pairs' recipe and no mask. Build seconds are the pair set's.
+    for method, extra in extras.items():
         bar.set_description(method)
+        pair_set = DPO_ARMS[method][0]
+        pairs, build_seconds = built[pair_set], built[pair_set.replace("_pairs", "") + "_seconds"]
         if len(pairs) == 0:
             evaluate(method, base, 0, build_seconds, note="no pairs were built: the base model is reported", **extra)
             continue
         start = time.perf_counter()
-        trainer = train_dpo(recipe, pairs, output_dir, method)
+        trainer = train_dpo_arm(config, built, output_dir, method)
         seconds = build_seconds + time.perf_counter() - start
         curves["Diffusion-DPO loss"][method] = _curve(trainer.state.log_history, "loss")
         curves["DPO implicit accuracy"][method] = _curve(trainer.state.log_history, "rewards/accuracies")
@@ -346,10 +374,10 @@ def run_demo(
     results["eval_seeds"] = {name: list(seeds) for name, (_, seeds) in sets.items()}
     # Every image's score (method -> prompt set -> [seed][prompt]), so any other statistic can be recomputed.
     results["scores"] = scorer.scores
-    # The independent judge (trl_rpo.shapes.judge) on the same test images: an extra field, the table is unchanged.
-    results["independent_judge"] = scorer.judge_report("test")
+    # The independent judge (trl_rpo.shapes.judge) on the same final images: an extra field.
+    results["independent_judge"] = scorer.judge_report("final")
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    _figures(config, scorer, results, curves, test_prompts, output_dir)
+    _figures(config, scorer, results, curves, final_prompts, output_dir)
     log(format_table(results))
     return results
 
@@ -359,9 +387,9 @@ def _report(config: DemoConfig, scorer: _Scorer, rows: list[dict[str, Any]]) -> 
     for row in rows[1:]:
         method = row["method"]
         for name in scorer.sets:
-            prefix = "" if name == "test" else f"{name}_"
+            prefix = "" if name == "final" else f"{name}_"
             result = scorer.compare(method, "base", name).to_dict()
-            if name != "test":
+            if name != "final":
                 row[f"{prefix}alignment"] = round(scorer.mean(method, name), 4)
             row.update({f"{prefix}{key}": result[key] for key in ("gain", "gain_ci", "win_rate", "win_rate_ci",
                                                                   "p_value")})  # fmt: skip
@@ -386,7 +414,7 @@ def _report(config: DemoConfig, scorer: _Scorer, rows: list[dict[str, Any]]) -> 
             "rpo_minus_reward_ci": efficacy["difference_ci"],
             "rpo_vs_reward_percent": efficacy["relative_percent"],
             "rpo_vs_reward_percent_ci": efficacy["relative_percent_ci"],
-            "note": "alignment gain over base per training pair on the test prompts; the RPO paper reports +42% "
+            "note": "alignment gain over base per training pair on the final prompts; the RPO paper reports +42% "
             "for RPO pairs on SDXL. rpo_minus_reward: the difference of the two efficacies. The relative figure "
             "is null unless reward pairs' own gain is distinguishable from zero (a ratio to noise would mislead).",
         },
@@ -396,16 +424,16 @@ def _report(config: DemoConfig, scorer: _Scorer, rows: list[dict[str, Any]]) -> 
     }
 
 
-def _figures(config, scorer: _Scorer, results, curves, test_prompts, output_dir: Path) -> None:
+def _figures(config, scorer: _Scorer, results, curves, final_prompts, output_dir: Path) -> None:
     from ..evaluation import image_grid, plot_curves, plot_gains
 
     methods = [m for m in METHODS if m in scorer.images]
     grid = image_grid([scorer.images[m] for m in methods], row_labels=methods,
-                      column_labels=test_prompts[: config.grid_prompts], cell_size=128)  # fmt: skip
+                      column_labels=final_prompts[: config.grid_prompts], cell_size=128)  # fmt: skip
     grid.save(output_dir / "grid.png")
     plot_curves(curves).savefig(output_dir / "curves.png", dpi=110)
     gains = {row["method"]: (row["gain"], row["gain_ci"]) for row in results["rows"][1:]}
-    plot_gains(gains, title="alignment gain over base, test prompts (95% CI)").savefig(
+    plot_gains(gains, title="alignment gain over base, final prompts, one training seed (95% CI)").savefig(
         output_dir / "gains.png", dpi=110
     )
 
@@ -449,5 +477,6 @@ def format_table(results: dict[str, Any]) -> str:
         + ("" if relative is None else f"; RPO {relative:+.0f}% {interval(eff['rpo_vs_reward_percent_ci'])} "
            "(paper: +42%)")  # fmt: skip
     )
-    lines.append("* = the paired 95% interval of the gain over base excludes zero (test prompts: held-out scenes)")
+    lines.append("* = the paired 95% interval of the gain over base excludes zero (final prompts: held-out scenes; "
+                 "one training seed)")
     return "\n".join(lines)

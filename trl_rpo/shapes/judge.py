@@ -517,7 +517,7 @@ def judge_report(
     scores: dict[str, dict[str, list[list[float]]]],
     judge_bits: dict[str, dict[str, list[list[str]]]],
     base_detector_bits: dict[str, list[list[str]]],
-    name: str = "test",
+    name: str = "final",
     seed: int = 0,
 ) -> dict[str, Any]:
     """Alignment by both judges, their agreement on base images and strict accuracy, for a single-seed run.

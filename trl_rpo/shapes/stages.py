@@ -14,12 +14,87 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .demo import DemoConfig
 
-__all__ = ["TAILORPO_PAIRINGS", "build_pair_sets", "build_rpo_pairs", "online_prompts", "pair_prompts", "train_dpo",
-           "train_grpo", "train_nft", "train_tailorpo"]
+__all__ = ["DPO_ARMS", "TAILORPO_PAIRINGS", "arm_config", "build_pair_sets", "build_rpo_pairs", "format_dpo_recipe",
+           "online_prompts", "pair_prompts", "parse_dpo_recipe", "train_dpo", "train_dpo_arm", "train_grpo",
+           "train_nft", "train_tailorpo"]  # fmt: skip
 
 # The demo's TailorPO rows and their `TailorPOConfig.pairing`: step-wise pairs, and the final-image (D3PO / SPO-style)
 # baseline with the same rollouts.
 TAILORPO_PAIRINGS = {"tailorpo": "best_worst", "tailorpo_final": "final"}
+
+# The demo's Diffusion-DPO rows: (pair set of `build_pair_sets`, DemoConfig field holding its recipe string). None:
+# the RPO arm's own recipe, the `dpo_*` fields with the edit-mask weighting. `dpo_rpo_pairs_reward_recipe` is the
+# ablation that separates the data from the recipe: RPO pairs trained exactly as reward-labelled pairs are.
+DPO_ARMS: dict[str, tuple[str, str | None]] = {
+    "dpo_reward_pairs": ("reward_pairs", "reward_pairs_recipe"),
+    "dpo_best_of_4": ("best_of_4_pairs", "best_of_4_recipe"),
+    "dpo_rpo_pairs": ("rpo_pairs", None),
+    "dpo_rpo_pairs_reward_recipe": ("rpo_pairs", "reward_pairs_recipe"),
+}
+# A recipe string's keys, the DemoConfig field each sets, and its type; `t` is the timestep range.
+_RECIPE_KEYS = {"lr": ("dpo_learning_rate", float), "beta": ("dpo_beta", float), "steps": ("dpo_steps", int)}
+# Timestep ranges: all of t (Diffusion-DPO's uniform draw) or the less noisy half only (DiffusionDPOConfig's timestep
+# bias, diffusers' SDXL script's: the biased-out timesteps get weight 0).
+_TIMESTEP_RANGES = {
+    "all": {"dpo_timestep_bias_strategy": "none"},
+    "<500": {"dpo_timestep_bias_strategy": "later", "dpo_timestep_bias_portion": 0.5,
+             "dpo_timestep_bias_multiplier": 0.0},
+}  # fmt: skip
+
+
+def parse_dpo_recipe(text: str) -> dict[str, Any]:
+    """The DemoConfig overrides of a recipe string, e.g. `"lr=2e-3 beta=5000 steps=300 t=all"` (or `t=<500`).
+
+    Every key (lr, beta, steps, t) is required, so a recipe string says the whole recipe.
+
+    Raises:
+        ValueError: naming the part of `text` that is not `key=value` with a known key and a valid value.
+    """
+    out: dict[str, Any] = {}
+    for part in str(text).replace(",", " ").split():
+        key, sep, value = part.partition("=")
+        if not sep or key not in (*_RECIPE_KEYS, "t") or key in out:
+            raise ValueError(f"DPO recipe {text!r}: {part!r} is not one of lr=, beta=, steps=, t= (each once)")
+        if key == "t":
+            if value not in _TIMESTEP_RANGES:
+                raise ValueError(f"DPO recipe {text!r}: t must be one of {sorted(_TIMESTEP_RANGES)}, got {value!r}")
+            out[key] = value
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"DPO recipe {text!r}: {key} must be a number, got {value!r}") from None
+        if not number > 0 or (key == "steps" and not number.is_integer()):
+            raise ValueError(f"DPO recipe {text!r}: {key} must be positive{' and whole' * (key == 'steps')}")
+        out[key] = _RECIPE_KEYS[key][1](number)
+    missing = [k for k in (*_RECIPE_KEYS, "t") if k not in out]
+    if missing:
+        raise ValueError(f"DPO recipe {text!r} lacks {missing}: write every key, e.g. 'lr=2e-3 beta=5000 steps=300 "
+                         "t=all'")  # fmt: skip
+    overrides = {_RECIPE_KEYS[k][0]: out[k] for k in _RECIPE_KEYS}
+    return {**overrides, **_TIMESTEP_RANGES[out["t"]]}
+
+
+def format_dpo_recipe(config: DemoConfig) -> str:
+    """The recipe string of `config`'s `dpo_*` fields (the inverse of `parse_dpo_recipe` for its two ranges)."""
+    later_half = (config.dpo_timestep_bias_strategy, config.dpo_timestep_bias_portion,
+                  config.dpo_timestep_bias_multiplier) == ("later", 0.5, 0.0)  # fmt: skip
+    if config.dpo_timestep_bias_strategy != "none" and not later_half:
+        raise ValueError("format_dpo_recipe: the timestep bias is neither 'all' nor '<500'")
+    return (f"lr={config.dpo_learning_rate:g} beta={config.dpo_beta:g} steps={config.dpo_steps} "
+            f"t={'<500' if later_half else 'all'}")  # fmt: skip
+
+
+def arm_config(config: DemoConfig, method: str) -> DemoConfig:
+    """The DemoConfig a Diffusion-DPO row trains with: the RPO arm's own, or its recipe string with no mask."""
+    import dataclasses
+
+    if method not in DPO_ARMS:
+        raise ValueError(f"{method!r} is not a Diffusion-DPO row; expected one of {list(DPO_ARMS)}")
+    field = DPO_ARMS[method][1]
+    if field is None:
+        return config
+    return dataclasses.replace(config, **parse_dpo_recipe(getattr(config, field)), mask_weight_outside=1.0)
 
 
 def _quiet_libraries() -> None:
@@ -87,12 +162,13 @@ def build_rpo_pairs(config: DemoConfig, base, prompts: list[str], output_dir: Pa
 
 
 def build_pair_sets(config: DemoConfig, base, output_dir: Path) -> dict[str, Any]:
-    """The demo's two pair sets for the same image budget, with what each cost.
+    """The demo's three pair sets for the same image budget, with what each cost.
 
     RPO pairs: one image for each of `pair_prompts(config)`, critiqued, edited, refined and verified. Reward-
-    labelled pairs: two images for each of the first half of those prompts, the better one chosen. Both render
-    `image_budget` images. (Labelling the very same images, 256 scenes x 2, was tried on dev and lost: RPO pairs
-    from half as many scenes, masked DPO over three training seeds -0.013 against +0.018; docs/shapes.md.)
+    labelled pairs: two images for each of the first half of those prompts, the better one chosen; best-of-4
+    pairs: four images for each of the first quarter, best vs worst (the stronger reward-labelled baseline). Each
+    renders `image_budget` images. (Labelling the very same images, 256 scenes x 2, was tried on dev and lost: RPO
+    pairs from half as many scenes, masked DPO over three training seeds -0.013 against +0.018; docs/shapes.md.)
     """
     from ..data import build_reward_pairs
     from .evaluate import alignment_score
@@ -105,9 +181,15 @@ def build_pair_sets(config: DemoConfig, base, output_dir: Path) -> dict[str, Any
                                                      images_per_prompt=2, seed=config.seed, batch_size=64,
                                                      **_sampling(config))  # fmt: skip
     reward_pairs.save_to_disk(str(output_dir / "reward_pairs"))
+    third = time.perf_counter()
+    best_of_4, best_of_4_counts = build_reward_pairs(base, prompts[: config.image_budget // 4], alignment_score,
+                                                     images_per_prompt=4, seed=config.seed, batch_size=64,
+                                                     **_sampling(config))  # fmt: skip
+    best_of_4.save_to_disk(str(output_dir / "best_of_4_pairs"))
     return {"rpo_pairs": rpo_pairs, "builder": builder, "reward_pairs": reward_pairs, "reward_counts": reward_counts,
-            "images": len(prompts), "rpo_seconds": middle - start,
-            "reward_seconds": time.perf_counter() - middle}  # fmt: skip
+            "best_of_4_pairs": best_of_4, "best_of_4_counts": best_of_4_counts, "images": len(prompts),
+            "rpo_seconds": middle - start, "reward_seconds": third - middle,
+            "best_of_4_seconds": time.perf_counter() - third}  # fmt: skip
 
 
 def train_dpo(config: DemoConfig, pairs, output_dir: Path, name: str, **overrides: Any):
@@ -140,13 +222,29 @@ def train_dpo(config: DemoConfig, pairs, output_dir: Path, name: str, **override
     return _train_and_save(trainer)
 
 
+def train_dpo_arm(config: DemoConfig, pair_sets: dict[str, Any], output_dir: Path, method: str,
+                  name: str | None = None):  # fmt: skip
+    """Train one of the demo's Diffusion-DPO rows (`DPO_ARMS`) on its pair set with its recipe, in `runs/NAME`
+    (default: the method's name).
+
+    Returns the trainer, or None when the pair set is empty (the row then reports the base model).
+    """
+    pairs = pair_sets[DPO_ARMS[method][0]] if method in DPO_ARMS else None
+    if pairs is None:
+        raise ValueError(f"{method!r} is not a Diffusion-DPO row; expected one of {list(DPO_ARMS)}")
+    if len(pairs) == 0:
+        return None
+    return train_dpo(arm_config(config, method), pairs, output_dir, name or method)
+
+
 def online_prompts(config: DemoConfig):
     """The rollout prompts of TailorPO and GRPO: every train scene, in a seeded order, as a `datasets.Dataset`."""
     from datasets import Dataset
 
+    from .world import SPLIT_SIZES
     from .world import prompts as shape_prompts
 
-    return Dataset.from_dict({"prompt": shape_prompts(900, seed=config.seed, split="train")})
+    return Dataset.from_dict({"prompt": shape_prompts(SPLIT_SIZES["train"], seed=config.seed, split="train")})
 
 
 def train_tailorpo(config: DemoConfig, output_dir: Path, name: str, pairing: str = "best_worst"):
@@ -290,11 +388,11 @@ class _Scorer:
             if method == "base":
                 self.base_detector_bits[name] = [[attribute_bits(check_attributes(analyze(image), parse_prompt(p)))
                                                   for image, p in zip(images, prompts)] for images in result.images]
-            if name == "test":
+            if name == "final":
                 self.images[method] = result.images[0][: self.config.grid_prompts]
         return time.perf_counter() - start
 
-    def judge_report(self, name: str = "test") -> dict[str, Any]:
+    def judge_report(self, name: str = "final") -> dict[str, Any]:
         """Both judges side by side on one prompt set (`trl_rpo.shapes.judge.judge_report`)."""
         from .judge import judge_report
 
@@ -304,12 +402,12 @@ class _Scorer:
         rows = self.scores[method][name]
         return sum(map(sum, rows)) / sum(map(len, rows))
 
-    def compare(self, a: str, b: str, name: str = "test"):
+    def compare(self, a: str, b: str, name: str = "final"):
         from ..evaluation import paired_comparison
 
         return paired_comparison(self.scores[a][name], self.scores[b][name], seed=self.config.seed)
 
-    def per_prompt_gain(self, a: str, b: str, name: str = "test") -> list[float]:
+    def per_prompt_gain(self, a: str, b: str, name: str = "final") -> list[float]:
         import numpy as np
 
         return (np.asarray(self.scores[a][name]) - np.asarray(self.scores[b][name])).mean(axis=0).tolist()

@@ -1,6 +1,6 @@
 r"""`trl-rpo study`: the demo's methods over several training seeds, with comparisons declared before it runs.
 
-    trl-rpo study [--quick] [--output_dir DIR] [--training_seeds 0 1 2 3 4] [--split test] [DemoConfig overrides]
+    trl-rpo study [--quick] [--output_dir DIR] [--training_seeds 0 1 2 3 4] [--split final] [DemoConfig overrides]
 
 `trl-rpo demo` trains each method once; its intervals resample prompts and say how sure we are about *that trained
 model*. A recipe's gain also moves with the training seed, so a claim about the *method* needs several training
@@ -63,7 +63,10 @@ QUICK_RECIPE: dict[str, Any] = dict(
 
 
 def _default_secondary() -> tuple[str, ...]:
-    return (*(f"{m} vs base" for m in METHODS[1:]), "tailorpo vs tailorpo_final")
+    # The stronger reward baseline, the data-vs-recipe ablation, each method vs base, TailorPO vs its final-image
+    # baseline.
+    return ("dpo_rpo_pairs vs dpo_best_of_4", "dpo_rpo_pairs_reward_recipe vs dpo_reward_pairs",
+            *(f"{m} vs base" for m in METHODS[1:]), "tailorpo vs tailorpo_final")  # fmt: skip
 
 
 class StudyConfigMismatch(ValueError):
@@ -85,13 +88,13 @@ class StudyConfig:
         default=METHODS[1:], metadata={"help": f"Methods trained per seed, among {list(METHODS[1:])}."}
     )
     split: str = field(
-        default="test",
-        metadata={"help": "Evaluation split (trl_rpo.shapes.world.SPLITS); the final split when one exists."},
+        default="final",
+        metadata={"help": "Evaluation split (trl_rpo.shapes.world.SPLITS): 'final', where no recipe was chosen."},
     )
-    eval_prompts: int = field(default=120, metadata={"help": "Evaluation prompts (distinct scenes of the split)."})
+    eval_prompts: int = field(default=180, metadata={"help": "Evaluation prompts (distinct scenes of the split)."})
     prompt_seed: int = field(default=0, metadata={"help": "Seed of the evaluation prompts' order."})
     eval_seeds: tuple[int, ...] = field(
-        default=(0, 1, 2, 3),
+        default=(0, 1),
         metadata={"help": "Evaluation noise seeds; every image gets its own noise from (seed, prompt)."},
     )
     primary: str = field(
@@ -184,16 +187,16 @@ def _parse_comparison(text: str) -> tuple[str, str]:
 def trainer_for(method: str) -> Callable:
     """The function of `trl_rpo.shapes.stages` that trains `method` (the demo's trainers, by name).
 
-    `dpo_*` -> `train_dpo`; the `TAILORPO_PAIRINGS` rows -> `train_tailorpo`; any other name -> `train_<name>`
-    (so a method added to the demo with its `train_<name>(config, output_dir, name)` joins the study).
+    `DPO_ARMS` rows -> `train_dpo_arm`; the `TAILORPO_PAIRINGS` rows -> `train_tailorpo`; any other name ->
+    `train_<name>` (so a method added to the demo with its `train_<name>(config, output_dir, name)` joins the study).
 
     Raises:
         ValueError: when stages has no trainer for the name.
     """
     from . import stages
 
-    if method in ("dpo_reward_pairs", "dpo_rpo_pairs"):
-        return stages.train_dpo
+    if method in stages.DPO_ARMS:
+        return stages.train_dpo_arm
     if method in stages.TAILORPO_PAIRINGS:
         return stages.train_tailorpo
     function = getattr(stages, f"train_{method}", None)
@@ -205,24 +208,20 @@ def trainer_for(method: str) -> Callable:
 def train_method(method: str, config: DemoConfig, pair_sets: dict[str, Any] | None, output_dir: Path):
     """Train one of the demo's methods with the demo's recipe; returns `(pipeline, info)`.
 
-    As in `run_demo`: reward-labelled pairs train with the uniform timestep draw, RPO pairs with the recipe's
-    mask and timestep range; a pair set with no pairs reports the base model (`info["note"]`).
+    As in `run_demo`: each Diffusion-DPO row trains its pair set with its arm's recipe (`stages.DPO_ARMS`); a pair
+    set with no pairs reports the base model (`info["note"]`).
     """
     from . import stages
 
     trainer_fn = trainer_for(method)
     info: dict[str, Any] = {}
-    if method in ("dpo_reward_pairs", "dpo_rpo_pairs"):
-        pairs = pair_sets["reward_pairs" if method == "dpo_reward_pairs" else "rpo_pairs"]
-        info["pairs"] = len(pairs)
-        if len(pairs) == 0:
+    if method in stages.DPO_ARMS:
+        info["pairs"] = len(pair_sets[stages.DPO_ARMS[method][0]])
+        trainer = trainer_fn(config, pair_sets, output_dir, method)
+        if trainer is None:
             from .model import load_pipeline
 
             return load_pipeline(config.model), {**info, "note": "no pairs were built: the base model is reported"}
-        recipe = (
-            config if method == "dpo_rpo_pairs" else dataclasses.replace(config, dpo_timestep_bias_strategy="none")
-        )
-        trainer = trainer_fn(recipe, pairs, output_dir, method)
     elif method in stages.TAILORPO_PAIRINGS:
         trainer = trainer_fn(config, output_dir, method, pairing=stages.TAILORPO_PAIRINGS[method])
     else:
@@ -379,10 +378,9 @@ def run_study(
             start = time.perf_counter()
             pair_sets = build_pair_sets(demo_config, load_pipeline(demo_config.model), work)
             record["pair_seconds"] = round(time.perf_counter() - start, 1)
-            record["pairs"] = {
-                "rpo_pairs": len(pair_sets["rpo_pairs"]),
-                "reward_pairs": len(pair_sets["reward_pairs"]),
-            }
+            record["pairs"] = {name: len(pair_sets[name]) for name in ("rpo_pairs", "reward_pairs", "best_of_4_pairs")}
+            record["pair_set_seconds"] = {name: round(pair_sets[f"{name}_seconds"], 1)
+                                          for name in ("rpo", "reward", "best_of_4")}  # fmt: skip
         bar.update(1)
         for method in config.methods:
             bar.set_description(f"seed {seed}: {method}")

@@ -12,11 +12,13 @@ Grammar of a prompt (one object group per prompt)::
 
 e.g. "two red circles on the left, on a white background".
 
-Split rule: a scene is held out iff its (shape, color) pair is in `HELD_OUT_PAIRS` (one color per shape).
-Every shape and every color appears in train, but those pairs never do, so held-out prompts test
-compositional generalization; the splits are disjoint by construction. The held-out scenes are further split,
-by a fixed shuffle that no demo seed changes, into "dev" (a third: for choosing hyper-parameters) and "test"
-(the rest: reported only), so a recipe is never tuned on the prompts it is reported on.
+Split rule: a scene is held out iff its (shape, color) pair is in `HELD_OUT_PAIRS`, and final iff it is in
+`FINAL_PAIRS` (one color per shape each, eight pairs in all). Every shape and every color appears in train, but
+those pairs never do, so held-out and final prompts test compositional generalization; the splits are disjoint by
+construction. The held-out scenes are split, by a fixed shuffle that no demo seed changes, into "dev" (a third)
+and "dev2" (the rest; the demo's "test" split until 2026-12-05, read many times while recipes changed, so it is a
+second set for choosing recipes now, not a place to report them). "final" is where results are reported: no
+recipe is chosen on it, the base model never saw its pairs, and every look at it is recorded in docs/shapes.md.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ from typing import Literal
 __all__ = [
     "BACKGROUNDS",
     "COUNTS",
+    "FINAL_PAIRS",
     "HELD_OUT_PAIRS",
     "PALETTE",
     "POSITIONS",
     "REGION_BOXES",
     "SHAPES",
     "SPLITS",
+    "SPLIT_SIZES",
     "Scene",
     "all_scenes",
     "object_size",
@@ -66,6 +70,11 @@ POSITIONS: tuple[str, ...] = ("left", "right", "top", "bottom", "center")
 
 HELD_OUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
     {("circle", "purple"), ("square", "orange"), ("triangle", "green"), ("diamond", "blue")}
+)
+# The final split's pairs (added 2026-12-05 with a base model retrained without them): a different color per shape
+# from `HELD_OUT_PAIRS`, each color at most once, so every color still appears in train with two or more shapes.
+FINAL_PAIRS: frozenset[tuple[str, str]] = frozenset(
+    {("circle", "yellow"), ("square", "purple"), ("triangle", "red"), ("diamond", "orange")}
 )
 
 _COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
@@ -178,20 +187,27 @@ def parse_prompt(text: str) -> Scene:
     return Scene(shape=shape, color=color, count=count, position=position, background=background)
 
 
-def split_of(scene: Scene) -> Literal["train", "held_out"]:
-    """ "held_out" iff the scene's (shape, color) pair is in `HELD_OUT_PAIRS`, else "train"."""
-    return "held_out" if (scene.shape, scene.color) in HELD_OUT_PAIRS else "train"
+def split_of(scene: Scene) -> Literal["train", "held_out", "final"]:
+    """ "held_out" iff the scene's (shape, color) pair is in `HELD_OUT_PAIRS`, "final" iff in `FINAL_PAIRS`, else
+    "train"."""
+    pair = (scene.shape, scene.color)
+    return "held_out" if pair in HELD_OUT_PAIRS else "final" if pair in FINAL_PAIRS else "train"
 
 
-SPLITS: tuple[str, ...] = ("train", "held_out", "dev", "test")
-_DEV_SHUFFLE_SEED = 20260  # fixed: the dev/test partition of the held-out scenes never moves
+SPLITS: tuple[str, ...] = ("train", "held_out", "dev", "dev2", "final")
+# Sizes of every split, for validating prompt counts without building the scenes.
+SPLIT_SIZES: dict[str, int] = {"train": 720, "held_out": 180, "dev": 60, "dev2": 120, "final": 180}
+_DEV_SHUFFLE_SEED = 20260  # fixed: the dev/dev2 partition of the held-out scenes never moves
 
 
 def all_scenes(split: str | None = None) -> list[Scene]:
     """Every scene of the world in a fixed order, optionally only those of one split.
 
-    Splits: "train" (900 scenes), "held_out" (180), and its disjoint parts "dev" (60) and "test" (120).
+    Splits: "train" (720 scenes), "held_out" (180) and its disjoint parts "dev" (60) and "dev2" (120), and
+    "final" (180).
     """
+    if split == "test":
+        raise ValueError('split "test" was renamed "dev2" (a second dev set); results are reported on "final"')
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     scenes = [
@@ -200,7 +216,7 @@ def all_scenes(split: str | None = None) -> list[Scene]:
             SHAPES, PALETTE, COUNTS, POSITIONS, BACKGROUNDS
         )
     ]
-    if split in ("dev", "test"):
+    if split in ("dev", "dev2"):
         held_out = [s for s in scenes if split_of(s) == "held_out"]
         order = list(range(len(held_out)))
         random.Random(_DEV_SHUFFLE_SEED).shuffle(order)
@@ -212,7 +228,8 @@ def all_scenes(split: str | None = None) -> list[Scene]:
 def prompts(n: int, seed: int = 0, split: str = "train") -> list[str]:
     """`n` prompts of a split, deterministic for a seed.
 
-    Distinct while `n` does not exceed the split's size (900 train, 180 held-out = 60 dev + 120 test scenes);
+    Distinct while `n` does not exceed the split's size (`SPLIT_SIZES`: 720 train, 180 held-out = 60 dev + 120
+    dev2, 180 final);
     beyond that the split is cycled through in fresh shuffles.
     """
     if n < 0:

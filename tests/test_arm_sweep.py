@@ -1,0 +1,135 @@
+"""Every Diffusion-DPO row of the demo tuned by one sweep and one rule (issue 27's equal tuning)."""
+
+import json
+
+import pytest
+
+from trl_rpo.shapes.arm_sweep import ARM_RECIPES, ARMS, arm_recipe_config, choose_recipe, run_arm_sweep
+from trl_rpo.shapes.demo import METHODS, DemoConfig
+from trl_rpo.shapes.stages import DPO_ARMS, arm_config, format_dpo_recipe, parse_dpo_recipe
+
+
+def test_a_recipe_string_sets_learning_rate_beta_steps_and_timestep_range():
+    assert parse_dpo_recipe("lr=1e-3 beta=2500 steps=150 t=<500") == {
+        "dpo_learning_rate": 1e-3, "dpo_beta": 2500.0, "dpo_steps": 150, "dpo_timestep_bias_strategy": "later",
+        "dpo_timestep_bias_portion": 0.5, "dpo_timestep_bias_multiplier": 0.0,
+    }  # fmt: skip
+    assert parse_dpo_recipe("lr=2e-3,beta=5000,steps=300,t=all")["dpo_timestep_bias_strategy"] == "none"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("lr=1e-3 beta=5000 steps=300", r"lacks \['t'\]"),
+        ("lr=1e-3 beta=5000 steps=300 t=all gamma=1", "'gamma=1' is not one of"),
+        ("lr=1e-3 beta=5000 steps=300 t=<250", "t must be one of"),
+        ("lr=1e-3 beta=5000 steps=2.5 t=all", "steps must be positive and whole"),
+        ("lr=-1 beta=5000 steps=300 t=all", "lr must be positive"),
+        ("lr=fast beta=5000 steps=300 t=all", "lr must be a number, got 'fast'"),
+        ("lr=1e-3 lr=2e-3 beta=5000 steps=300 t=all", "each once"),
+    ],
+)
+def test_a_bad_recipe_string_names_the_part_that_is_wrong(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_dpo_recipe(text)
+
+
+def test_a_bad_recipe_in_the_demo_config_names_the_field_before_anything_runs():
+    with pytest.raises(ValueError, match="best_of_4_recipe: .*lacks"):
+        DemoConfig(best_of_4_recipe="lr=1e-3")
+
+
+def test_the_rpo_arm_recipe_round_trips_through_its_string():
+    config = DemoConfig()
+    assert format_dpo_recipe(config) == "lr=0.002 beta=5000 steps=300 t=<500"
+    fields = parse_dpo_recipe(format_dpo_recipe(config))
+    assert all(getattr(config, name) == value for name, value in fields.items())
+
+
+def test_every_dpo_row_of_the_demo_has_an_arm_and_its_pair_set():
+    assert [m for m in METHODS if m.startswith("dpo_")] == list(DPO_ARMS)
+    assert {pair_set for pair_set, _ in DPO_ARMS.values()} == {"reward_pairs", "best_of_4_pairs", "rpo_pairs"}
+
+
+def test_reward_arms_train_with_their_recipe_and_no_edit_mask():
+    config = DemoConfig(reward_pairs_recipe="lr=1e-3 beta=2500 steps=150 t=all", mask_weight_outside=0.0)
+    for method in ("dpo_reward_pairs", "dpo_rpo_pairs_reward_recipe"):
+        arm = arm_config(config, method)
+        assert (arm.dpo_learning_rate, arm.dpo_beta, arm.dpo_steps) == (1e-3, 2500.0, 150)
+        assert arm.dpo_timestep_bias_strategy == "none" and arm.mask_weight_outside == 1.0
+    assert arm_config(config, "dpo_rpo_pairs") is config  # the RPO arm keeps its own fields and mask
+    assert arm_config(config, "dpo_best_of_4").dpo_steps == 300  # best-of-4 has its own recipe
+    with pytest.raises(ValueError, match="not a Diffusion-DPO row"):
+        arm_config(config, "grpo")
+
+
+def test_a_swept_recipe_lands_in_the_field_its_arm_reads():
+    config = DemoConfig()
+    recipe = "lr=1e-3 beta=5000 steps=150 t=<500"
+    assert arm_recipe_config(config, "dpo_best_of_4", recipe).best_of_4_recipe == recipe
+    assert arm_recipe_config(config, "dpo_reward_pairs", recipe).reward_pairs_recipe == recipe
+    rpo = arm_recipe_config(config, "dpo_rpo_pairs", recipe)
+    assert (rpo.dpo_learning_rate, rpo.dpo_steps, rpo.mask_weight_outside) == (1e-3, 150, config.mask_weight_outside)
+    unmasked = arm_recipe_config(config, "dpo_rpo_pairs_reward_recipe", recipe)
+    assert (unmasked.dpo_learning_rate, unmasked.dpo_steps, unmasked.mask_weight_outside) == (1e-3, 150, 1.0)
+    assert arm_config(unmasked, "dpo_rpo_pairs_reward_recipe").dpo_steps == 300  # the demo's row: reward's recipe
+
+
+def test_the_rule_prefers_the_best_worst_seed_over_the_best_mean():
+    gains = {"steady": [0.010, 0.012, 0.011], "lucky": [0.060, -0.020, 0.030]}
+    assert choose_recipe(gains) == "steady"
+
+
+def test_the_rule_breaks_a_tie_on_the_worst_seed_by_the_mean():
+    assert choose_recipe({"a": [0.01, 0.02], "b": [0.01, 0.05]}) == "b"
+    with pytest.raises(ValueError):
+        choose_recipe({"a": []})
+
+
+def test_the_declared_sweep_covers_every_arm_with_the_same_recipes_and_seeds_not_the_studys():
+    from trl_rpo.shapes.arm_sweep import SWEEP_SEEDS
+    from trl_rpo.shapes.study import StudyConfig
+
+    assert set(ARMS) == set(DPO_ARMS)  # the ablation arm too: reported, not chosen
+    assert len(set(ARM_RECIPES)) == len(ARM_RECIPES) and all(parse_dpo_recipe(r) for r in ARM_RECIPES)
+    assert set(SWEEP_SEEDS).isdisjoint(StudyConfig().training_seeds)
+
+
+@pytest.mark.slow
+def test_the_arm_sweep_scores_every_arm_recipe_and_seed_on_dev_and_resumes(tmp_path, monkeypatch):
+    from trl_rpo.shapes import arm_sweep
+
+    config = DemoConfig.quick(image_budget=8, eval_seeds=(0,), num_inference_steps=4, refine_strength=0.5,
+                              dpo_batch_size=2)  # fmt: skip
+    recipes = ("lr=1e-3 beta=5000 steps=1 t=all", "lr=1e-3 beta=5000 steps=2 t=<500")
+    out = tmp_path / "arms"
+    arms = ("dpo_best_of_4", "dpo_rpo_pairs_reward_recipe")  # one chosen arm, and the reported one
+    sweep = dict(arms=arms, recipes=recipes, seeds=(100, 101), dev_prompts=4, log=lambda _: None)
+    results = run_arm_sweep(config, out, **sweep)
+    for arm in arms:
+        entry = results["arms"][arm]
+        assert [row["recipe"] for row in entry["rows"]] == list(recipes)
+        gains = {row["recipe"]: row["gains"] for row in entry["rows"]}
+        assert entry["chosen"] == (choose_recipe(gains) if arm != "dpo_rpo_pairs_reward_recipe" else None)
+        assert all(len(row["gains"]) == 2 and -1 <= row["in_distribution_mean"] <= 1 for row in entry["rows"])
+    lines = (out / "runs.jsonl").read_text().splitlines()
+    assert len(lines) == len(arms) * len(recipes) * 2
+    # A kill before the last run finished: the resumed sweep trains only that one.
+    (out / "runs.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    trained = []
+    original = arm_sweep.train_dpo_arm
+
+    def counting(config, pair_sets, output_dir, method, name=None):
+        trained.append(name)
+        return original(config, pair_sets, output_dir, method, name=name)
+
+    monkeypatch.setattr(arm_sweep, "train_dpo_arm", counting)
+    again = run_arm_sweep(config, out, **sweep)
+    last = json.loads(lines[-1])
+    assert trained == [f"{last['arm']}-{recipes.index(last['recipe'])}-seed{last['seed']}"]
+    def gains(sweep):
+        return {arm: [row["gains"] for row in entry["rows"]] for arm, entry in sweep["arms"].items()}
+
+    assert gains(again) == gains(results) and (out / "arm_sweep.md").is_file()
+    with pytest.raises(ValueError, match="holds another sweep"):
+        run_arm_sweep(config, out, **{**sweep, "recipes": recipes[:1]})
