@@ -1,4 +1,5 @@
-"""GRPO (online RL with group-normalised rewards) for SD 1.5 or SDXL.
+"""GRPO (online RL with group-normalised rewards) for any registered model family (SD 1.5, SDXL, SD3, FLUX.1,
+Qwen-Image, Z-Image, FLUX.2 [klein]).
 
 SD 1.5, LoRA, the LAION aesthetic reward, 4 images per prompt, on one or more GPUs:
 

@@ -1,4 +1,5 @@
-"""DiffusionNFT (online RL on the forward process) for SD 1.5, SDXL, SD3 / SD3.5 or FLUX.1.
+"""DiffusionNFT (online RL on the forward process) for SD 1.5, SDXL, SD3 / SD3.5, FLUX.1, Qwen-Image, Z-Image or
+FLUX.2 [klein].
 
 SD 1.5, LoRA, the LAION aesthetic reward, 4 images per prompt, deterministic (ODE) rollouts, on one or more GPUs:
 

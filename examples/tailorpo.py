@@ -1,4 +1,5 @@
-"""TailorPO (online step-wise preference optimization) for SD 1.5 or SDXL with the LAION aesthetic reward.
+"""TailorPO (online step-wise preference optimization) for any registered model family (SD 1.5, SDXL, SD3, FLUX.1,
+Qwen-Image, Z-Image, FLUX.2 [klein]) with the LAION aesthetic reward.
 
 SD 1.5, LoRA, aesthetic reward plus a little JPEG compressibility, on one or more GPUs:
 

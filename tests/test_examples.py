@@ -174,6 +174,14 @@ def _tiny_yaml(tmp_path, name, **overrides):
     return path
 
 
+def _tiny_builder(name: str):
+    import trl_rpo.testing as testing
+
+    return getattr(testing, f"tiny_{name}_pipeline")
+
+
+_TINY_BUILDERS = {name: _tiny_builder(name) for name in ("sd", "sdxl", "sd3", "flux", "qwen_image", "z_image",
+                                                          "flux2_klein")}  # fmt: skip
 _TINY_RUN = dict(max_steps=2, per_device_train_batch_size=1, gradient_accumulation_steps=1, resolution=32,
                  bf16=False, report_to="none", save_strategy="no", logging_steps=1,
                  validation_prompts=None)  # fmt: skip
@@ -188,28 +196,29 @@ _TINY_RUN = dict(max_steps=2, per_device_train_batch_size=1, gradient_accumulati
         ("diffusion_dpo_sd35_lora.yaml", "sd3", True),
         ("diffusion_dpo_sd35_large_full.yaml", "sd3", False),
         ("diffusion_dpo_flux_lora.yaml", "flux", True),
+        ("diffusion_dpo_qwen_image_lora.yaml", "qwen_image", True),
+        ("diffusion_dpo_z_image_turbo_lora.yaml", "z_image", True),
+        ("diffusion_dpo_flux2_klein_lora.yaml", "flux2_klein", True),
     ],
 )
 def test_dpo_example_configs_train_tiny_pipelines_through_the_example_script(tmp_path, config, pipeline, lora):
     """Each YAML config through the example's own `run` (its parser and `main`), in this process: the configs
     differ in their values, not in how they launch, and `accelerate launch` of this script is tested above."""
-    from trl_rpo.testing import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sdxl_pipeline
-
-    build = {"sd": tiny_sd_pipeline, "sdxl": tiny_sdxl_pipeline, "sd3": tiny_sd3_pipeline, "flux": tiny_flux_pipeline}
+    build = _TINY_BUILDERS
     build[pipeline]().save_pretrained(tmp_path / "pipe")
     tiny_preference_dataset(4).save_to_disk(tmp_path / "data")
     out = tmp_path / "out"
     overrides = dict(_TINY_RUN, model_name_or_path=str(tmp_path / "pipe"), dataset_name=str(tmp_path / "data"),
                      output_dir=str(out), vae_model_name_or_path=None)  # fmt: skip
-    if pipeline in ("sd3", "flux"):
-        overrides["max_sequence_length"] = 16
+    if pipeline != "sd" and pipeline != "sdxl":
+        overrides["max_sequence_length"] = 16 if pipeline in ("sd3", "flux") else 32
     if config.endswith("full.yaml"):
         overrides["optim"] = "adamw_torch"  # 8-bit AdamW is covered by the trainer tests
     assert _load_example("diffusion_dpo").run(["--config", str(_tiny_yaml(tmp_path, config, **overrides))]) == 0
     if lora:
         assert (out / "pytorch_lora_weights.safetensors").is_file()
     else:
-        denoiser = "transformer" if pipeline in ("sd3", "flux") else "unet"
+        denoiser = "unet" if pipeline in ("sd", "sdxl") else "transformer"
         assert (out / denoiser / "diffusion_pytorch_model.safetensors").is_file()
 
 
@@ -273,6 +282,23 @@ def test_mapo_and_masked_dpo_example_configs_parse(config, expected):
     _, training, _ = parser.parse_args_and_config(["--config", str(EXAMPLES / "configs" / config), "--bf16", "false"])
     for key, value in expected.items():
         assert getattr(training, key) == value, key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("config", "script", "pipeline"),
+    [("grpo_qwen_image_aesthetic.yaml", "grpo", "qwen_image"), ("nft_z_image_turbo_aesthetic.yaml", "nft", "z_image")],
+)
+def test_online_example_configs_of_the_new_families_train_tiny_pipelines(tmp_path, config, script, pipeline):
+    _TINY_BUILDERS[pipeline]().save_pretrained(tmp_path / "pipe")
+    (tmp_path / "prompts.txt").write_text("a red square\na blue circle\n")
+    overrides = dict(_TINY_RUN, model_name_or_path=str(tmp_path / "pipe"), prompts_name_or_path=str(tmp_path /
+                     "prompts.txt"), output_dir=str(tmp_path / "out"), reward_funcs=["jpeg_compressibility"],
+                     max_sequence_length=32, num_generations=2, per_device_train_batch_size=2, num_inference_steps=2,
+                     max_steps=1)  # fmt: skip
+    overrides.pop("gradient_accumulation_steps")
+    assert _load_example(script).run(["--config", str(_tiny_yaml(tmp_path, config, **overrides))]) == 0
+    assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").is_file()
 
 
 def test_grpo_yaml_config_parses_into_every_dataclass():

@@ -447,16 +447,19 @@ class Command:
     run: Callable[[Sequence[str]], int]
 
 
+# The model families every trainer takes (the registry, `trl_rpo.families`).
+FAMS = "SD 1.5, SDXL, SD3, FLUX.1, Qwen-Image, Z-Image, FLUX.2 [klein]"
+
 COMMANDS: dict[str, Command] = {
     "build-dataset": Command(
         help="Build RPO preference pairs (critique -> instructions -> edit -> verify).", run=_run_build_dataset
     ),
     "dpo": Command(
-        help="Diffusion-DPO (SD 1.5 / SDXL, LoRA or full) on a preference dataset.",
+        help=f"Diffusion-DPO / Flow-DPO ({FAMS}; LoRA or full) on a preference dataset.",
         run=_trainer_command("dpo", "trl-rpo dpo"),
     ),
     "tailorpo": Command(
-        help="TailorPO: online step-wise preference optimization with reward models.",
+        help=f"TailorPO: online step-wise preference optimization with reward models ({FAMS}).",
         run=_trainer_command("tailorpo", "trl-rpo tailorpo"),
     ),
     "eval": Command(

@@ -23,7 +23,15 @@ SD 1.5 from a YAML file (every field of DiffusionDPOConfig, plus the model and d
 
     accelerate launch -m trl_rpo.cli dpo --config examples/configs/diffusion_dpo_sd15_lora.yaml
 
-`--model_name_or_path` is a Hub id or a folder written by `pipeline.save_pretrained`; `--dataset_name` a Hub id
+Qwen-Image, Z-Image-Turbo and FLUX.2 [klein] 4B with LoRA (the memory guide's settings, docs/memory.md):
+
+    accelerate launch --config_file examples/accelerate_configs/deepspeed_zero3.yaml \\
+        -m trl_rpo.cli dpo --config examples/configs/diffusion_dpo_qwen_image_lora.yaml
+    accelerate launch -m trl_rpo.cli dpo --config examples/configs/diffusion_dpo_z_image_turbo_lora.yaml
+    accelerate launch -m trl_rpo.cli dpo --config examples/configs/diffusion_dpo_flux2_klein_lora.yaml
+
+`--model_name_or_path` is a Hub id or a folder written by `pipeline.save_pretrained` of any registered model
+family (SD 1.5, SDXL, SD3 / SD3.5, FLUX.1, Qwen-Image, Z-Image, FLUX.2 [klein]); `--dataset_name` a Hub id
 or a folder written by `Dataset.save_to_disk`. The dataset may be in TRL's preference format
 (`prompt`, `chosen`, `rejected`) or Pick-a-Pic v2's (`caption`, `jpg_0`, `jpg_1`, `label_0`).
 """

@@ -1,4 +1,6 @@
-"""GRPO (online RL with group-normalised rewards) for SD 1.5 or SDXL, with the same rewards as `trl-rpo tailorpo`.
+"""GRPO (online RL with group-normalised rewards) for any registered model family (SD 1.5, SDXL, SD3, FLUX.1,
+Qwen-Image, Z-Image, FLUX.2 [klein]; e.g. `examples/configs/grpo_qwen_image_aesthetic.yaml`), with the same rewards
+as `trl-rpo tailorpo`.
 
 SD 1.5, LoRA, the LAION aesthetic reward, 4 images per prompt:
 

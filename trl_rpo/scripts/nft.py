@@ -1,5 +1,6 @@
-"""DiffusionNFT (online RL on the forward process) for SD 1.5, SDXL, SD3 / SD3.5 or FLUX.1, with the same rewards as
-`trl-rpo tailorpo` and `trl-rpo grpo`.
+"""DiffusionNFT (online RL on the forward process) for SD 1.5, SDXL, SD3 / SD3.5, FLUX.1, Qwen-Image, Z-Image or
+FLUX.2 [klein] (e.g. `examples/configs/nft_z_image_turbo_aesthetic.yaml`), with the same rewards as `trl-rpo tailorpo`
+and `trl-rpo grpo`.
 
 SD 1.5, LoRA, the LAION aesthetic reward, 4 images per prompt, deterministic (ODE) rollouts:
 

@@ -93,8 +93,9 @@ def _enable_unet_gradient_checkpointing(unet, **_: Any) -> None:
 
 class BaseDiffusionTrainer(ValidationImagesMixin, Trainer):
     """A `transformers.Trainer` whose model is the denoiser of a diffusers pipeline: its `unet` (SD 1.5, SDXL) or
-    its `transformer` (SD3 / SD3.5, FLUX.1). Family-specific encoding, noising, targets and the denoiser call go
-    through `self.model_adapter` (a :class:`~trl_rpo.models.DenoiserAdapter`); the training step is the same.
+    its `transformer` (SD3 / SD3.5, FLUX.1, Qwen-Image, Z-Image, FLUX.2 [klein]): any family of the model registry
+    (`trl_rpo.families`). Family-specific encoding, noising, targets and the denoiser call go through
+    `self.model_adapter` (a :class:`~trl_rpo.models.DenoiserAdapter`); the training step is the same.
 
     Handles: loading the pipeline, freezing VAE and text encoders, LoRA (via `unet.add_adapter`) or full
     fine-tuning, the reference model (adapters disabled, or a frozen copy), saving (diffusers LoRA format or
@@ -327,7 +328,8 @@ class BaseDiffusionTrainer(ValidationImagesMixin, Trainer):
     def unet_forward(self, unet, noisy_latents, timesteps, conditioning: dict[str, torch.Tensor]) -> torch.Tensor:
         """One denoiser prediction (UNet or transformer), `[B, C, h, w]`: see `DenoiserAdapter.predict`.
 
-        SD 1.5: `prompt_embeds`; SDXL: `+ pooled_prompt_embeds, time_ids`; SD3 / FLUX: `prompt_embeds,
+        The conditioning is the family's (`DenoiserFamily.encode_prompts`), e.g. SD 1.5: `prompt_embeds`; SDXL:
+        `+ pooled_prompt_embeds, time_ids`; SD3 / FLUX: `prompt_embeds,
         pooled_prompt_embeds` (FLUX's packing, ids and guidance embedding are added by the adapter).
         """
         return self.model_adapter.predict(unet, noisy_latents, timesteps, conditioning)

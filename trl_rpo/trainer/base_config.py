@@ -43,8 +43,10 @@ class BaseDiffusionConfig(TrainingArguments):
             Side of the square training images in pixels. Defaults to the denoiser's native size
             (`sample_size * vae_scale_factor`: 512 for SD 1.5, 1024 for SDXL, SD3 and FLUX.1).
         max_sequence_length (`int`, *optional*):
-            SD3 / FLUX only: T5 tokens of the prompt embedding (the diffusers SD3 script trains with 77; FLUX.1-dev
-            accepts up to 512). Defaults to the pipeline's own (256 for SD3, 512 for FLUX).
+            Families with a T5 or LLM text encoder (SD3, FLUX.1, Qwen-Image, Z-Image, FLUX.2 [klein]): text tokens of
+            the prompt embedding (the diffusers SD3 script trains with 77; FLUX.1-dev accepts up to 512). Defaults to
+            the pipeline's own (256 for SD3, 512 for the others); Qwen-Image, Z-Image and FLUX.2 [klein] prompts are
+            padded to it, so set it to what the prompts need (e.g. 128).
         embedded_guidance_scale (`float`, *optional*, defaults to `3.5`):
             FLUX.1-dev only (a transformer with `guidance_embeds=True`): the value of the guidance embedding during
             training, as the diffusers FLUX scripts' `--guidance_scale` (3.5). Ignored by other models.
@@ -124,7 +126,8 @@ class BaseDiffusionConfig(TrainingArguments):
 
     max_sequence_length: int | None = field(
         default=None,
-        metadata={"help": "SD3 / FLUX: T5 prompt tokens (default: the pipeline's, 256 SD3 / 512 FLUX)."},
+        metadata={"help": "SD3, FLUX.1, Qwen-Image, Z-Image, FLUX.2 [klein]: prompt tokens of the T5 / LLM encoder "
+                  "(default: the pipeline's, 256 SD3 / 512 others)."},
     )
     embedded_guidance_scale: float = field(
         default=3.5,
@@ -153,7 +156,9 @@ class BaseDiffusionConfig(TrainingArguments):
         if self.resolution is not None and self.resolution <= 0:
             raise ValueError(f"resolution must be positive, got {self.resolution}")
         if self.max_sequence_length is not None and not 1 <= self.max_sequence_length <= 512:
-            raise ValueError(f"max_sequence_length must be in [1, 512] (T5 tokens), got {self.max_sequence_length}")
+            raise ValueError(
+                f"max_sequence_length must be in [1, 512] (text-encoder tokens), got {self.max_sequence_length}"
+            )
         if self.validation_steps <= 0:
             raise ValueError(f"validation_steps must be positive, got {self.validation_steps}")
         if isinstance(self.validation_prompts, str):

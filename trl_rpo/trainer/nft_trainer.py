@@ -47,7 +47,8 @@ class DiffusionNFTTrainer(GroupRolloutTrainer):
     UNet models (epsilon or v prediction) and flow models (velocity) go through the same clean-sample prediction.
 
     Args:
-        model: a pipeline object, or a Hub id / local folder of one (SD 1.5, SDXL, SD3 / SD3.5, FLUX.1).
+        model: a pipeline object, or a Hub id / local folder of one, of a registered family (SD 1.5, SDXL,
+            SD3 / SD3.5, FLUX.1, Qwen-Image, Z-Image, FLUX.2 [klein]).
         reward_funcs: one or a list of `f(images, prompts, **kwargs) -> list[float]` callables or scorer objects
             from `trl_rpo.rewards`; TRL's convention.
         args: a [`DiffusionNFTConfig`].
