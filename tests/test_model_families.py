@@ -271,3 +271,32 @@ def test_flux2_klein_has_no_img2img_sibling_to_refine_with():
 
     with pytest.raises(TypeError, match="no img2img sibling"):
         Img2ImgRefiner(tiny_flux2_klein_pipeline(), strength=0.5, num_inference_steps=4)
+
+
+# -- evaluation: `trl-rpo eval` loads what the trainers save --------------------------------------------------------
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_eval_loads_the_saved_lora_or_transformer_onto_a_copy_of_the_base(tmp_path, family, lora):
+    from trl_rpo.evaluation import generate_images, load_trained_pipeline
+
+    spec = FLOW_FAMILIES[family]
+    trainer = DiffusionDPOTrainer(
+        model=spec.build(),
+        args=dpo_config(tmp_path, resolution=32, max_sequence_length=TEXT_LENGTH, max_steps=2, learning_rate=5e-2),
+        train_dataset=tiny_preference_dataset(2),
+        peft_config=tiny_lora_config() if lora else None,
+    )
+    trainer.train()
+    trainer.save_model()
+    sample = dict(seed=0, num_inference_steps=2, guidance_scale=2.0, height=32, width=32,
+                  max_sequence_length=TEXT_LENGTH)  # fmt: skip
+    base = spec.build()
+    before = np.asarray(generate_images(base, ["a red square"], **sample)[0], dtype=np.int16)
+    loaded = load_trained_pipeline(tmp_path, base)
+    trained = np.asarray(generate_images(trainer.pipeline, ["a red square"], **sample)[0], dtype=np.int16)
+    np.testing.assert_array_equal(np.asarray(generate_images(loaded, ["a red square"], **sample)[0]), trained)
+    after = np.asarray(generate_images(base, ["a red square"], **sample)[0], dtype=np.int16)
+    np.testing.assert_array_equal(after, before)  # the base itself is untouched
+    assert np.abs(trained - before).max() > 0

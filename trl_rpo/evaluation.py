@@ -9,6 +9,7 @@ several times tighter than comparing two separate confidence intervals.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import statistics
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .families import guidance_call_kwargs
 from .rewards import combine_rewards, reward_name
 
 __all__ = [
@@ -235,11 +237,16 @@ def generate_images(
     `image_seed(seed, i)` instead: the same for two pipelines, but not shared by every image of a seed.
     """
     images: list[Image.Image] = []
+    # diffusers pipelines by keyword (FLUX.2 [klein]'s first argument is an image), any other callable positionally
+    call = (lambda texts, **kw: pipeline(prompt=texts, **kw)) if hasattr(pipeline, "components") else pipeline
     for start in range(0, len(prompts), batch_size):
         batch = list(prompts[start : start + batch_size])
         seeds = [image_seed(seed, start + k) if per_image_noise else seed for k in range(len(batch))]
         generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
-        images.extend(pipeline(batch, generator=generators, output_type="pil", **pipeline_kwargs).images)
+        kwargs = dict(pipeline_kwargs)
+        if "guidance_scale" in kwargs:  # in the convention of the pipeline's family (Qwen-Image: true CFG)
+            kwargs.update(guidance_call_kwargs(pipeline, kwargs.pop("guidance_scale"), len(batch)))
+        images.extend(call(batch, generator=generators, output_type="pil", **kwargs).images)
     return images
 
 
@@ -330,8 +337,8 @@ def load_trained_pipeline(model: str | os.PathLike, base: Any, **load_kwargs: An
     Args:
         model: a folder written by a trl-rpo trainer's `save_model` or by `pipeline.save_pretrained`:
             with `model_index.json` (a whole pipeline), `pytorch_lora_weights.safetensors` (a LoRA, loaded with
-            `load_lora_weights` onto a fresh copy of `base`) or `unet/` (a fully fine-tuned UNet replacing
-            `base`'s).
+            `load_lora_weights` onto a fresh copy of `base`) or `unet/` / `transformer/` (a fully fine-tuned
+            denoiser replacing `base`'s).
         base: the base pipeline: an object is used as is for a pipeline folder and copied for LoRA / UNet
             folders (so the base stays unchanged), or a Hub id / folder loaded with `from_pretrained`.
         load_kwargs: passed to `DiffusionPipeline.from_pretrained` (e.g. `torch_dtype`).
@@ -345,32 +352,25 @@ def load_trained_pipeline(model: str | os.PathLike, base: Any, **load_kwargs: An
     if (folder / "model_index.json").is_file():
         return DiffusionPipeline.from_pretrained(folder, **load_kwargs)
     is_lora = (folder / "pytorch_lora_weights.safetensors").is_file()
-    is_unet = (folder / "unet" / "config.json").is_file()
-    if not (is_lora or is_unet):
+    denoiser = next((name for name in ("unet", "transformer") if (folder / name / "config.json").is_file()), None)
+    if not (is_lora or denoiser):
         raise FileNotFoundError(
             f"{folder} holds no model_index.json (a pipeline), pytorch_lora_weights.safetensors (a LoRA) or "
-            "unet/config.json (a fine-tuned UNet): pass a folder written by a trainer's save_model or by "
-            "pipeline.save_pretrained"
+            "unet/ or transformer/config.json (a fine-tuned denoiser): pass a folder written by a trainer's "
+            "save_model or by pipeline.save_pretrained"
         )
     if isinstance(base, (str, os.PathLike)):
         pipeline = DiffusionPipeline.from_pretrained(base, **load_kwargs)
-    else:  # a copy: loading LoRA or a UNet into `base` itself would change the model it is compared with
-        pipeline = type(base)(**{name: _copy_component(c) for name, c in base.components.items()})
+    else:  # a copy with its own denoiser (LoRA and denoiser swaps change it), every other component shared
+        pipeline = type(base)(**{n: copy.deepcopy(c) if n in ("unet", "transformer") and c is not None else c
+                                 for n, c in base.components.items()})  # fmt: skip
     if is_lora:
         pipeline.load_lora_weights(folder)
     else:
-        unet = type(pipeline.unet).from_pretrained(folder, subfolder="unet", torch_dtype=pipeline.unet.dtype)
-        pipeline.unet = unet.to(pipeline.unet.device)
+        current = getattr(pipeline, denoiser)
+        module = type(current).from_pretrained(folder, subfolder=denoiser, torch_dtype=current.dtype)
+        setattr(pipeline, denoiser, module.to(current.device))
     return pipeline
-
-
-def _copy_component(component: Any) -> Any:
-    """The UNet deep-copied (LoRA and UNet swaps change it); every other component shared."""
-    import copy
-
-    from diffusers import UNet2DConditionModel
-
-    return copy.deepcopy(component) if isinstance(component, UNet2DConditionModel) else component
 
 
 @dataclass
