@@ -22,7 +22,10 @@ from ._helpers import dpo_config
 torch.set_num_threads(1)
 
 PACKAGE = Path(__file__).resolve().parents[1] / "trl_rpo"
-FAMILY_AGNOSTIC = sorted([*(PACKAGE / "trainer").rglob("*.py"), *(PACKAGE / "data").rglob("*.py")])
+# The trainers, the data builder, and what serves them: the adapter, evaluation, the memory guide.
+SERVING = ("models.py", "evaluation.py", "memory_guide.py")
+FAMILY_AGNOSTIC = sorted([*(PACKAGE / "trainer").rglob("*.py"), *(PACKAGE / "data").rglob("*.py"),
+                          *(PACKAGE / name for name in SERVING)])  # fmt: skip
 # Branches on a family: a pipeline-class predicate call, a flag named after a family, a comparison of a family name.
 BRANCH_PATTERNS = [
     re.compile(r"\bis_\w+_pipeline\("),
