@@ -300,3 +300,31 @@ def test_eval_loads_the_saved_lora_or_transformer_onto_a_copy_of_the_base(tmp_pa
     after = np.asarray(generate_images(base, ["a red square"], **sample)[0], dtype=np.int16)
     np.testing.assert_array_equal(after, before)  # the base itself is untouched
     assert np.abs(trained - before).max() > 0
+
+
+# -- online training starts on-policy ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_grpo_recomputes_the_rollouts_log_probabilities_exactly(tmp_path, family):
+    """The training pass (the family's guided denoiser call on the SDE step) gives ratio 1 and KL 0 at first."""
+    from trl_rpo import DiffusionGRPOConfig, DiffusionGRPOTrainer
+
+    args = DiffusionGRPOConfig(
+        output_dir=str(tmp_path), **{**FAST_ARGS, "max_steps": 1, "per_device_train_batch_size": 4},
+        num_generations=2, num_inference_steps=3, beta=0.05, resolution=32, max_sequence_length=TEXT_LENGTH,
+        **FLOW_FAMILIES[family].rollout_guidance,
+    )  # fmt: skip
+    trainer = DiffusionGRPOTrainer(model=FLOW_FAMILIES[family].build(), reward_funcs=brightness, args=args,
+                                   train_dataset=PROMPTS, peft_config=tiny_lora_config())  # fmt: skip
+    prompts = ["a red square", "a blue circle"]
+    rollout = trainer.rollout(prompts)
+    assert rollout.train_steps == [0, 1, 2] and torch.isfinite(rollout.log_probs).all()
+    cond, uncond = trainer.encode_conditioning(prompts)
+    with torch.no_grad():
+        recomputed = trainer.step_log_probs(trainer.model, rollout, cond, uncond)
+    ratio = torch.exp(recomputed - rollout.log_probs[:, rollout.train_steps].transpose(0, 1))
+    torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=1e-4, rtol=0)
+    trainer.train()
+    first = next(e for e in trainer.state.log_history if "loss" in e)
+    assert first["kl"] == 0.0 and first["clip_ratio/region_mean"] == 0.0 and math.isfinite(first["loss"])
