@@ -463,8 +463,8 @@ COMMANDS: dict[str, Command] = {
         run=_trainer_command("tailorpo", "trl-rpo tailorpo"),
     ),
     "eval": Command(
-        help="Did training help? A trained model (LoRA, UNet or pipeline folder) against its base: paired gain "
-        "with CI, win rate, grid, JSON report.",
+        help="Did training help? A trained model (LoRA, UNet / transformer or pipeline folder) against its base: "
+        "paired gain with CI, win rate, grid, JSON report.",
         run=_trainer_command("evaluate", "trl-rpo eval"),
     ),
     "grpo": Command(

@@ -121,7 +121,8 @@ class BaseDiffusionConfig(TrainingArguments):
     )
     resolution: int | None = field(
         default=None,
-        metadata={"help": "Training image side in pixels; default: the UNet's native size (512 SD 1.5, 1024 SDXL)."},
+        metadata={"help": "Training image side in pixels; default: the denoiser's native size (512 SD 1.5, 1024 the "
+                  "other families)."},
     )
 
     max_sequence_length: int | None = field(

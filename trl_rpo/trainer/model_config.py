@@ -23,7 +23,7 @@ class DiffusionModelConfig:
     )
     model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the model on the Hub."})
     variant: str | None = field(default=None, metadata={"help": "Weights variant to load, e.g. 'fp16'."})
-    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of the full UNet."})
+    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of the full denoiser."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=8, metadata={"help": "LoRA alpha (scale = alpha / r)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
