@@ -29,6 +29,7 @@ _EXPORTS = {
         ".data.formats",
     ),
     **dict.fromkeys(["Critique", "EditInstruction"], ".data.schema"),
+    **dict.fromkeys(["DenoiserFamily", "register_family"], ".families"),
     **dict.fromkeys(["ChangeGuard", "CriticRecheckVerifier", "RewardMarginVerifier"], ".data.verifiers"),
     **dict.fromkeys(
         ["combined_diffusion_dpo_loss", "diffusion_dpo_loss", "mapo_loss", "stepwise_dpo_loss"], ".losses"
@@ -65,6 +66,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names reso
     )
     from .data.schema import Critique, EditInstruction
     from .data.verifiers import ChangeGuard, CriticRecheckVerifier, RewardMarginVerifier
+    from .families import DenoiserFamily, register_family
     from .losses import combined_diffusion_dpo_loss, diffusion_dpo_loss, mapo_loss, stepwise_dpo_loss
     from .rewards.remote import RemoteReward
     from .trainer import (
@@ -89,6 +91,7 @@ __all__ = [
     "RichPreferenceConfig",
     "RichPreferenceDataBuilder",
     "Critique",
+    "DenoiserFamily",
     "EditInstruction",
     "BaseDiffusionConfig",
     "BaseDiffusionTrainer",
@@ -113,4 +116,5 @@ __all__ = [
     "load_prompt_dataset",
     "pickapic_to_preference",
     "prepare_preference_dataset",
+    "register_family",
 ]
