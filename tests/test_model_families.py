@@ -70,7 +70,17 @@ NEW_FAMILIES = ["qwen_image", "z_image", "flux2_klein"]
 ROLLOUT_CASES = {
     **FLOW_FAMILIES,
     "flux2_klein-distilled": Spec(lambda: tiny_flux2_klein_pipeline(is_distilled=True), "Flux2KleinPipeline"),
+    # FLUX.1-schnell's scheduler: a static shift, and still the pipeline's linspace(1, 1/N, N) sigmas.
+    "flux-schnell-scheduler": Spec(lambda: _with_static_shift(tiny_flux_pipeline()), "FluxPipeline",
+                                   guidance=lambda s, n: {"guidance_scale": 3.5}, rollout_guidance={}),  # fmt: skip
 }
+
+
+def _with_static_shift(pipe):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    return pipe
 
 
 def _generate(pipe, spec: Spec, seed: int = 0, **kwargs) -> np.ndarray:
