@@ -34,7 +34,7 @@ class DenoiserFamily(ABC):
     """One model family: what differs between families, as data and as methods on a pipeline.
 
     Attributes:
-        name: the registry key, e.g. `"sd"`, `"sdxl"`, `"sd3"`, `"flux"`.
+        name: the registry key: `"sd"`, `"sdxl"`, `"sd3"`, `"flux"`, `"qwen_image"`, `"z_image"`, `"flux2_klein"`.
         denoiser: the pipeline attribute holding the trained network (`"unet"` or `"transformer"`).
         flow_matching: rectified flow (`x = (1-s) x0 + s eps`, target `eps - x0`) instead of DDPM noising.
         text_encoders: the pipeline attributes of its (frozen) text encoders.
@@ -42,7 +42,7 @@ class DenoiserFamily(ABC):
         guidance_distilled: guided by an embedding, not by classifier-free guidance: its pipeline runs no
             unconditional branch unless true CFG is asked for (FLUX.1's `true_cfg_scale`, 1 by default).
         uniform_sampling_sigmas: its pipeline samples on `sigmas = linspace(1, 1/N, N)` (then shifted), not on the
-            scheduler's own `set_timesteps(N)` grid (FLUX.1, Qwen-Image).
+            scheduler's own `set_timesteps(N)` grid (FLUX.1, Qwen-Image, Z-Image, FLUX.2 [klein]).
         packed_latents: the denoiser takes 2x2 latent patches folded into channels (`in_channels = 4 C`).
         lora_targets: default LoRA target modules (the attention projections).
         takes_sequence_length: its pipeline call takes `max_sequence_length` (a T5 / LLM text encoder).

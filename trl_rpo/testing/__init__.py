@@ -2,8 +2,9 @@
 
 Everything here is created in memory from configuration objects: no file is read and nothing is
 downloaded, so tests (ours and yours) run on a laptop CPU without a model hub. The models have the
-exact architecture families of Stable Diffusion 1.5 and SDXL (same classes, same conditioning), with UNets
-of about a million parameters::
+exact architecture of every family the trainers take (same classes, same conditioning): SD 1.5 and SDXL with
+UNets of about a million parameters, SD3, FLUX.1 (`flow`), Qwen-Image (`qwen`), Z-Image (`z_image`) and
+FLUX.2 [klein] (`flux2`) with transformers of a few hundred thousand::
 
     from trl_rpo.testing import tiny_sd_pipeline, tiny_preference_dataset
 
