@@ -2,7 +2,8 @@
 reproduce the pipeline's own sampling, every trainer one step from the CLI (first DPO loss ln 2), LoRA round trips.
 
 SD3 and FLUX.1 have their own tests (`test_flow_models.py`); they join the rollout-vs-pipeline check here. The
-families added through the registry (Qwen-Image) get every check.
+families added through the registry (Qwen-Image, Z-Image, FLUX.2 [klein]) get every check; [klein], which diffusers
+gives no img2img pipeline, refines through its family's SDEdit on the text-to-image pipeline.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
+from PIL import Image
 
 from trl_rpo import DiffusionDPOTrainer, DiffusionNFTConfig, DiffusionNFTTrainer
 from trl_rpo.cli import main
@@ -276,11 +278,94 @@ def test_an_img2img_refiner_runs_on_the_familys_img2img_sibling(family):
     assert np.abs(np.asarray(refined, dtype=np.int16) - np.asarray(image, dtype=np.int16)).max() > 0
 
 
-def test_flux2_klein_has_no_img2img_sibling_to_refine_with():
+# FLUX.2 [klein]: diffusers has no klein img2img pipeline; the family does SDEdit on the text-to-image pipeline.
+
+
+def _klein_refiner(strength: float, steps: int, **kwargs):
     from trl_rpo.data import Img2ImgRefiner
 
-    with pytest.raises(TypeError, match="no img2img sibling"):
-        Img2ImgRefiner(tiny_flux2_klein_pipeline(), strength=0.5, num_inference_steps=4)
+    kwargs["pipeline_kwargs"] = {"max_sequence_length": TEXT_LENGTH, **kwargs.get("pipeline_kwargs", {})}
+    return Img2ImgRefiner(tiny_flux2_klein_pipeline(), strength=strength, num_inference_steps=steps,
+                          **{"guidance_scale": 2.0, "resolution": 32, **kwargs})  # fmt: skip
+
+
+def _step_recorder() -> tuple[list[float], Callable]:
+    timesteps: list[float] = []
+
+    def record(pipe, i, t, tensors):
+        timesteps.append(float(t))
+        return {}
+
+    return timesteps, record
+
+
+@pytest.mark.parametrize("strength", [0.3, 0.5, 0.25, 1.0])
+def test_flux2_klein_sdedit_runs_the_last_strength_fraction_of_the_pipelines_own_schedule(strength):
+    from types import SimpleNamespace
+
+    from diffusers import FluxImg2ImgPipeline
+
+    full, record = _step_recorder()  # the pipeline's own 10-step schedule at 32 px
+    tiny_flux2_klein_pipeline()(prompt=["a red square"], num_inference_steps=10, height=32, width=32,
+                                max_sequence_length=TEXT_LENGTH, callback_on_step_end=record)  # fmt: skip
+    kept, record = _step_recorder()
+    refiner = _klein_refiner(strength, 10, pipeline_kwargs={"callback_on_step_end": record})
+    refiner([tiny_preference_dataset(1)[0]["chosen"]], ["a red square"])
+    # As many steps as diffusers' flow img2img pipelines keep (N s; 2.5 rounds up), the last ones of the schedule.
+    steps = FluxImg2ImgPipeline.get_timesteps(SimpleNamespace(scheduler=SimpleNamespace(timesteps=[], order=1)),
+                                              10, strength, "cpu")[1]  # fmt: skip
+    assert len(kept) == steps == {0.3: 3, 0.5: 5, 0.25: 3, 1.0: 10}[strength]
+    np.testing.assert_allclose(kept, full[-steps:], rtol=1e-6)
+
+
+def test_flux2_klein_sdedit_stays_near_the_input_at_a_low_strength_and_forgets_it_at_strength_1():
+    from trl_rpo.families import FAMILIES
+
+    pipe = tiny_flux2_klein_pipeline()
+    images = [row["chosen"].convert("RGB") for row in tiny_preference_dataset(2)]
+    sdedit = FAMILIES["flux2_klein"].img2img(pipe)
+
+    def refine(image, strength, steps):  # the VAE latents (the tiny VAE does not reconstruct; its latents do)
+        return sdedit(prompt=["a red square"], image=[image], strength=strength, num_inference_steps=steps,
+                      generator=[torch.Generator().manual_seed(0)], output_type="latent", guidance_scale=2.0,
+                      max_sequence_length=TEXT_LENGTH).images  # fmt: skip
+
+    pixels = pipe.image_processor.preprocess(images[:1], 32, 32)
+    x0 = pipe.vae.encode(pixels).latent_dist.sample(generator=torch.Generator().manual_seed(0))
+    distance = lambda latents: ((latents - x0).norm() / x0.norm()).item()  # noqa: E731
+    assert distance(refine(images[0], 0.02, 50)) < 0.25  # one step from sigma 0.09
+    assert distance(refine(images[0], 1.0, 10)) > 1.0
+    # At strength 1 the input is all noise: two different images give the same result.
+    torch.testing.assert_close(refine(images[0], 1.0, 4), refine(images[1], 1.0, 4))
+    assert (refine(images[0], 0.5, 4) - refine(images[1], 0.5, 4)).abs().max() > 1e-3
+
+
+def test_flux2_klein_refinement_pastes_back_outside_the_dilated_mask():
+    from trl_rpo.data import dilate_mask
+
+    image = Image.new("RGB", (32, 32), "white")
+    image.paste("red", (8, 8, 16, 16))
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (8, 8, 16, 16))
+    refiner = _klein_refiner(0.5, 4, mask_dilation=2 / 32)
+    (refined,) = refiner([image], ["a red square"], [mask])
+    changed = np.abs(np.asarray(refined, dtype=np.int16) - np.asarray(image, dtype=np.int16)).max(axis=-1) > 0
+    allowed = np.asarray(dilate_mask(mask, 2)) > 0
+    assert changed.any() and not (changed & ~allowed).any()
+    assert np.array_equal(np.asarray(refiner.last_masks[0]) > 0, allowed)
+
+
+def test_flux2_klein_refinement_is_deterministic_for_a_seed():
+    image = tiny_preference_dataset(1)[0]["chosen"].convert("RGB")
+    refiner = _klein_refiner(0.5, 4)
+    first = np.asarray(refiner([image], ["a red square"])[0], dtype=np.float32)
+    assert np.abs(first - np.asarray(image, dtype=np.float32)).max() > 0
+    np.testing.assert_array_equal(first, np.asarray(refiner([image], ["a red square"])[0], dtype=np.float32))
+    # Each image has its own seeded generator: the same result in a batch (up to batched-matmul rounding).
+    batched = refiner([image, image.transpose(Image.FLIP_LEFT_RIGHT)], ["a red square", "a blue circle"])
+    np.testing.assert_allclose(np.asarray(batched[0], dtype=np.float32), first, atol=2)
+    other = np.asarray(_klein_refiner(0.5, 4, seed=1)([image], ["a red square"])[0], dtype=np.float32)
+    assert np.abs(other - first).max() > 0
 
 
 # -- evaluation: `trl-rpo eval` loads what the trainers save --------------------------------------------------------

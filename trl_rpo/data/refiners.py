@@ -30,9 +30,13 @@ class Img2ImgRefiner(Img2ImgEditor):
 
     With `inside_mask=True` and a known edit mask, only the pixels inside the mask grown by `mask_dilation`
     (a fraction of the image side) take the refined values; the rest of the image stays exactly the edited one,
-    which is inpainting inside the edit region by paste-back, and works with any img2img-capable pipeline
-    (SD 1.5, SDXL, SD3 / SD3.5 and FLUX.1, through `AutoPipelineForImage2Image`: `StableDiffusion3Img2ImgPipeline`,
-    `FluxImg2ImgPipeline`). Without a mask the whole image is refined. After a call,
+    which is inpainting inside the edit region by paste-back, and works with the pipeline of any registered family:
+    SD 1.5, SDXL, SD3 / SD3.5, FLUX.1, Qwen-Image and Z-Image through their img2img siblings
+    (`AutoPipelineForImage2Image`: `StableDiffusion3Img2ImgPipeline`, `FluxImg2ImgPipeline`,
+    `QwenImageImg2ImgPipeline`, `ZImageImg2ImgPipeline`), and FLUX.2 [klein], which diffusers gives no img2img
+    pipeline, through its family's SDEdit on `Flux2KleinPipeline` itself (`DenoiserFamily.img2img`: the same
+    encoding, noising and `N - int(N - N strength)` last steps of the pipeline's own schedule as diffusers' flow
+    img2img pipelines). Without a mask the whole image is refined. After a call,
     `last_masks[i]` is where image i may have changed (the dilated mask, or None for the whole image).
 
     Args:

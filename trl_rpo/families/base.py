@@ -10,6 +10,7 @@ reads the family; none of them names a family. `docs/adding_a_model.md` walks th
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +24,17 @@ __all__ = [
     "find_family",
     "guidance_call_kwargs",
     "register_family",
+    "sdedit_start",
     "unregister_family",
 ]
 
 DEFAULT_LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def sdedit_start(steps: int, strength: float) -> int:
+    """The first step of a `steps`-step schedule that SDEdit at `strength` runs, as diffusers' img2img pipelines
+    (`get_timesteps`): `int(N - N s)`, so the last `N - int(N - N s)` steps (`N s` rounded up) are run."""
+    return int(max(steps - min(steps * strength, steps), 0))
 
 
 @dataclass(frozen=True)
@@ -203,6 +211,15 @@ class DenoiserFamily(ABC):
         if self.takes_sequence_length and max_sequence_length is not None:
             kwargs["max_sequence_length"] = max_sequence_length
         return kwargs
+
+    # -- img2img -------------------------------------------------------------------------------------------------
+
+    def img2img(self, pipeline: Any) -> Callable[..., Any] | None:
+        """SDEdit on `pipeline` where diffusers has no img2img pipeline for it (`AutoPipelineForImage2Image` maps it
+        to itself): a callable taking the img2img pipelines' keywords (`prompt`, `image`, `strength`,
+        `num_inference_steps`, `generator`, `height`, `width`; the rest go to the pipeline's call) and returning
+        the pipeline's output. None (the default): the family refines through its diffusers img2img pipeline."""
+        return None
 
     # -- saving --------------------------------------------------------------------------------------------------
 

@@ -10,17 +10,20 @@ What differs from FLUX.1, all here:
 * the denoiser call: 4-axis RoPE positions `(t, h, w, l)` for image and text tokens, `timestep = t / 1000`;
 * guidance: true CFG against the empty prompt for `guidance_scale > 1`, none for step-distilled checkpoints
   (`is_distilled` in the pipeline's config);
-* the rollout schedule: `linspace(1, 1/N, N)` sigmas shifted by an empirical `mu` of the token and step counts.
+* the rollout schedule: `linspace(1, 1/N, N)` sigmas shifted by an empirical `mu` of the token and step counts;
+* img2img: diffusers has no klein img2img pipeline, so :meth:`Flux2KleinFamily.img2img` does SDEdit on the
+  text-to-image pipeline itself (its `latents=` and `sigmas=`).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .base import DEFAULT_LORA_TARGETS, DenoiserFamily, register_family
+from .base import DEFAULT_LORA_TARGETS, DenoiserFamily, register_family, sdedit_start
 
 __all__ = ["Flux2KleinFamily"]
 
@@ -118,6 +121,48 @@ class Flux2KleinFamily(DenoiserFamily):
         with torch.autocast(device_type=latents.device.type, enabled=False):
             images = vae.decode(latents, return_dict=False)[0]
         return (images.float() / 2 + 0.5).clamp(0, 1)
+
+    def img2img(self, pipeline: Any):
+        """SDEdit on a `Flux2KleinPipeline` as diffusers' flow img2img pipelines do it (`FluxImg2ImgPipeline`).
+
+        The images are encoded as the trainers encode them (a VAE sample from each image's generator, patchified,
+        batch-norm normalised: the space of the pipeline's `latents`); of the pipeline's own `num_inference_steps`
+        schedule (`linspace(1, 1/N, N)` shifted by `mu(tokens, N)`) the steps from `sdedit_start(N, strength)` on
+        are kept (as many as diffusers' `get_timesteps` keeps: `N * strength` rounded up); the latents are noised to
+        the first kept sigma, `(1 - sigma) x0 + sigma noise` (noise drawn from the same generators after the
+        encoding); the pipeline then denoises them on exactly the kept sigmas. The input enters as these latents,
+        not as the pipeline's own `image` (reference images for editing), which stays unset.
+        """
+        return functools.partial(self._sdedit, pipeline)
+
+    @torch.no_grad()
+    def _sdedit(self, pipeline, *, image, strength, num_inference_steps, generator=None, height=None, width=None,
+                **kwargs):  # fmt: skip
+        from diffusers.utils.torch_utils import randn_tensor
+
+        images = list(image) if isinstance(image, (list, tuple)) else [image]
+        if not (height and width):
+            width, height = images[0].size
+        x0 = self.encode_images(pipeline.vae, pipeline.image_processor.preprocess(images, height, width), generator)
+        start = sdedit_start(num_inference_steps, strength)
+        self.set_sampling_timesteps(pipeline.scheduler, num_inference_steps, *x0.shape[2:], device=x0.device)
+        kept = pipeline.scheduler.sigmas[start:-1].detach().cpu().clone()
+        noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        sigma = kept[0].to(x0)
+        latents = (1 - sigma) * x0 + sigma * noise
+        # The pipeline shifts the sigmas it is given by its mu(tokens, num_inference_steps), elementwise: the tail
+        # of the unshifted grid with the full step count samples exactly the tail of its own N-step schedule.
+        sigmas = self.sampling_sigmas(num_inference_steps)[start:].tolist()
+        output = pipeline(latents=latents, sigmas=sigmas, num_inference_steps=num_inference_steps, height=height,
+                          width=width, generator=generator, **kwargs)  # fmt: skip
+        used = pipeline.scheduler.sigmas[:-1].detach().cpu()
+        if used.shape != kept.shape or not torch.allclose(used, kept, atol=1e-6):
+            raise RuntimeError(
+                f"{type(pipeline.scheduler).__name__} did not sample the kept tail of its own schedule (ran sigmas "
+                f"{used.tolist()}, expected {kept.tolist()}): SDEdit needs a scheduler that takes the pipeline's "
+                "`sigmas` and shifts them elementwise (no flow / Karras / exponential / beta sigmas)"
+            )
+        return output
 
 
 FLUX2_KLEIN = register_family(

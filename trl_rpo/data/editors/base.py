@@ -185,11 +185,15 @@ class _DiffusionEditor:
                 if "height" in self._call_parameters:
                     kwargs.update(height=height, width=width)
                 kwargs.update(self.pipeline_kwargs)
-                output = self.pipeline(**kwargs)
+                output = self._call_pipeline(kwargs)
                 flagged = getattr(output, "nsfw_content_detected", None) or [False] * len(batch)
                 for job, image, nsfw in zip(batch, output.images, flagged):
                     results[job.index] = None if nsfw else self._finish(job, image)
         return results
+
+    def _call_pipeline(self, kwargs: dict[str, Any]) -> Any:
+        """One batch's pipeline call (its output has `images`)."""
+        return self.pipeline(**kwargs)
 
     @staticmethod
     def _finish(job: _Job, image: Image.Image) -> Image.Image:

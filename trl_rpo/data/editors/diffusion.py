@@ -299,7 +299,8 @@ class Img2ImgEditor(_DiffusionEditor):
 
     Args:
         pipeline: a `StableDiffusionImg2ImgPipeline` / `StableDiffusionXLImg2ImgPipeline`, a text-to-image pipeline
-            (converted with `AutoPipelineForImage2Image.from_pipe`), or an id / folder of one, e.g.
+            (converted with `AutoPipelineForImage2Image.from_pipe`; one diffusers gives no img2img sibling, such as
+            `Flux2KleinPipeline`, runs its family's SDEdit, `DenoiserFamily.img2img`), or an id / folder of one, e.g.
             "stable-diffusion-v1-5/stable-diffusion-v1-5" or "stabilityai/stable-diffusion-xl-base-1.0".
         strength: fraction of the denoising schedule re-run (0 keeps the image, 1 regenerates it).
         Others as in `InstructPix2PixEditor`; `name` defaults to "img2img".
@@ -343,24 +344,36 @@ class Img2ImgEditor(_DiffusionEditor):
         )
 
     def _prepare_pipeline(self, pipeline: Any, load_kwargs: dict[str, Any]) -> Any:
+        from ...families import find_family
+
         pipeline = self._load(pipeline, load_kwargs)
+        self._sdedit = None  # the family's SDEdit on a pipeline diffusers has no img2img sibling of
         parameters = inspect.signature(pipeline.__call__).parameters
         if "strength" not in parameters or "mask_image" in parameters or "control_image" in parameters:
             from diffusers import AutoPipelineForImage2Image
 
             try:
-                pipeline = AutoPipelineForImage2Image.from_pipe(pipeline)
+                converted = AutoPipelineForImage2Image.from_pipe(pipeline)
             except ValueError as err:
                 raise TypeError(
                     "Img2ImgEditor expects an img2img or text-to-image pipeline (SD 1.5, SDXL, SD3, FLUX.1, "
-                    f"Qwen-Image, Z-Image; or an id / folder of one), got {type(pipeline).__name__}: {err}"
+                    f"Qwen-Image, Z-Image, FLUX.2 [klein]; or an id / folder of one), got {type(pipeline).__name__}: "
+                    f"{err}"
                 ) from err
-            if "strength" not in inspect.signature(pipeline.__call__).parameters:
+            if "strength" in inspect.signature(converted.__call__).parameters:
+                return converted
+            family = find_family(pipeline)
+            self._sdedit = family.img2img(pipeline) if family is not None else None
+            if self._sdedit is None:
                 raise TypeError(
                     f"{type(pipeline).__name__} has no img2img sibling that re-noises to a `strength` (diffusers maps "
-                    "it to itself), so SDEdit refinement cannot run on it; refine with another family's pipeline"
+                    "it to itself) and its model family does no SDEdit of its own (`DenoiserFamily.img2img`), so "
+                    "SDEdit refinement cannot run on it; refine with another family's pipeline"
                 )
         return pipeline
+
+    def _call_pipeline(self, kwargs: dict[str, Any]) -> Any:
+        return self.pipeline(**kwargs) if self._sdedit is None else self._sdedit(**kwargs)
 
     def _call_kwargs(self) -> dict[str, Any]:
         return {"strength": self.strength}
