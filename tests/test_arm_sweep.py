@@ -41,7 +41,9 @@ def test_a_bad_recipe_in_the_demo_config_names_the_field_before_anything_runs():
 
 def test_the_rpo_arm_recipe_round_trips_through_its_string():
     config = DemoConfig()
-    assert format_dpo_recipe(config) == "lr=0.002 beta=5000 steps=300 t=<500"
+    assert format_dpo_recipe(config) == "lr=0.001 beta=5000 steps=300 t=all"
+    later = DemoConfig(dpo_timestep_bias_strategy="later")
+    assert format_dpo_recipe(later) == "lr=0.001 beta=5000 steps=300 t=<500"
     fields = parse_dpo_recipe(format_dpo_recipe(config))
     assert all(getattr(config, name) == value for name, value in fields.items())
 
@@ -58,7 +60,7 @@ def test_reward_arms_train_with_their_recipe_and_no_edit_mask():
         assert (arm.dpo_learning_rate, arm.dpo_beta, arm.dpo_steps) == (1e-3, 2500.0, 150)
         assert arm.dpo_timestep_bias_strategy == "none" and arm.mask_weight_outside == 1.0
     assert arm_config(config, "dpo_rpo_pairs") is config  # the RPO arm keeps its own fields and mask
-    assert arm_config(config, "dpo_best_of_4").dpo_steps == 300  # best-of-4 has its own recipe
+    assert arm_config(config, "dpo_best_of_4").dpo_steps == 150  # best-of-4 has its own recipe
     with pytest.raises(ValueError, match="not a Diffusion-DPO row"):
         arm_config(config, "grpo")
 
@@ -72,7 +74,8 @@ def test_a_swept_recipe_lands_in_the_field_its_arm_reads():
     assert (rpo.dpo_learning_rate, rpo.dpo_steps, rpo.mask_weight_outside) == (1e-3, 150, config.mask_weight_outside)
     unmasked = arm_recipe_config(config, "dpo_rpo_pairs_reward_recipe", recipe)
     assert (unmasked.dpo_learning_rate, unmasked.dpo_steps, unmasked.mask_weight_outside) == (1e-3, 150, 1.0)
-    assert arm_config(unmasked, "dpo_rpo_pairs_reward_recipe").dpo_steps == 300  # the demo's row: reward's recipe
+    ablation = arm_config(unmasked, "dpo_rpo_pairs_reward_recipe")  # the demo's row: the reward pairs' recipe
+    assert ablation.dpo_steps == 300 and ablation.dpo_timestep_bias_strategy == "later"
 
 
 def test_the_rule_prefers_the_best_worst_seed_over_the_best_mean():

@@ -102,15 +102,15 @@ class DemoConfig:
     )
     dpo_steps: int = field(default=300, metadata={"help": "RPO-pair DPO: optimizer steps (arm sweep's choice)."})
     dpo_batch_size: int = field(default=8, metadata={"help": "Pairs per DPO step (every DPO row)."})
-    dpo_learning_rate: float = field(default=2e-3, metadata={"help": "RPO-pair DPO learning rate (arm sweep's)."})
+    dpo_learning_rate: float = field(default=1e-3, metadata={"help": "RPO-pair DPO learning rate (arm sweep's)."})
     dpo_beta: float = field(default=5000.0, metadata={"help": "RPO-pair Diffusion-DPO beta (arm sweep's choice)."})
     reward_pairs_recipe: str = field(
-        default="lr=2e-3 beta=5000 steps=300 t=all",
+        default="lr=2e-3 beta=5000 steps=300 t=<500",
         metadata={"help": "Reward-labelled pairs' DPO recipe, 'lr= beta= steps= t=all|<500' (arm sweep's choice); "
                           "also the ablation row's (RPO pairs, no mask)."},
     )  # fmt: skip
     best_of_4_recipe: str = field(
-        default="lr=2e-3 beta=5000 steps=300 t=all",
+        default="lr=2e-3 beta=5000 steps=150 t=all",
         metadata={"help": "Best-of-4 pairs' DPO recipe, as reward_pairs_recipe (arm sweep's choice)."},
     )
     dpo_use_lora: bool = field(default=True, metadata={"help": "LoRA (True) or full fine-tuning of the UNet."})
@@ -128,10 +128,11 @@ class DemoConfig:
         metadata={"help": "Weight of the denoising loss on chosen images added to Diffusion-DPO (loss_type "
                           "['sigmoid', 'sft']); 0: Diffusion-DPO alone."},
     )  # fmt: skip
-    # The timestep sweep's choice for RPO pairs: t < 500 only (the noisier half gets weight 0); reward-labelled
-    # pairs keep the uniform draw that the recipe sweep chose on both pair sets.
+    # The RPO arm's recipe (lr 1e-3, 300 steps, uniform t, masked) is the arm sweep's choice on the retrained base
+    # (docs/shapes.md); the old base's timestep sweep had chosen t < 500, which `--dpo_timestep_bias_strategy later`
+    # restores (with the portion 0.5 and multiplier 0 below).
     dpo_timestep_bias_strategy: str = field(
-        default="later", metadata={"help": "RPO-pair DPO: DiffusionDPOConfig.timestep_bias_strategy (none: uniform)."}
+        default="none", metadata={"help": "RPO-pair DPO: DiffusionDPOConfig.timestep_bias_strategy (none: uniform)."}
     )
     dpo_timestep_bias_portion: float = field(default=0.5, metadata={"help": "RPO-pair DPO: the bias's portion."})
     dpo_timestep_bias_multiplier: float = field(default=0.0, metadata={"help": "RPO-pair DPO: its multiplier."})
