@@ -1,4 +1,4 @@
-"""Choose the demo's Diffusion-DPO recipe on dev prompts (never the test prompts the demo reports).
+"""Choose the demo's Diffusion-DPO recipe on dev prompts (never the final prompts the demo reports).
 
     python examples/shapes/dev_sweep.py --output-dir outputs/dev-sweep [--quick]
     python examples/shapes/dev_sweep.py --stage pairs --output-dir outputs/pair-sweep [--quick]

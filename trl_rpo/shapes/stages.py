@@ -1,6 +1,6 @@
 """The stages the demo and its dev sweeps share: building the pair sets, training Diffusion-DPO, scoring models.
 
-`trl_rpo.shapes.demo` runs them on the test prompts; `trl_rpo.shapes.sweep` runs the same functions on the dev
+`trl_rpo.shapes.demo` runs them on the final prompts; `trl_rpo.shapes.sweep` runs the same functions on the dev
 prompts, so a recipe chosen on dev is exactly what the demo trains.
 """
 

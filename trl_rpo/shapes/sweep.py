@@ -4,7 +4,7 @@
 
 Both pair sets of the demo (RPO pairs and reward-labelled pairs, the same image budget) are built once; each
 recipe (learning rate, beta, steps, LoRA or full fine-tuning, and an SFT control on the chosen images) trains on
-each set and is scored on the dev split (held-out scenes disjoint from the demo's test prompts) by its paired gain
+each set and is scored on the dev split (held-out scenes disjoint from the demo's final prompts) by its paired gain
 over the base model, and by its implicit-reward accuracy on RPO pairs built from dev prompts (does the model rank
 unseen pairs correctly, even where sampling does not change?). The Diffusion-DPO recipe with the best mean dev gain
 over the two pair sets is the one to put in `DemoConfig`; `sweep.md` is the table docs/shapes.md quotes. Test
