@@ -86,8 +86,8 @@ class _Fakes:
         self.trained: list[tuple[str, int]] = []
         self.kill_at = kill_at
         monkeypatch.setattr(stages, "build_pair_sets", lambda config, base, out: {
-            "rpo_pairs": [0] * 3, "reward_pairs": [0] * 2, "best_of_4_pairs": [0], "rpo_seconds": 1.0,
-            "reward_seconds": 1.0, "best_of_4_seconds": 1.0})  # fmt: skip
+            "rpo_pairs": [0] * 3, "reward_pairs": [0] * 2, "best_of_4_pairs": [0],
+            "seconds": {"rpo_pairs": 1.0, "reward_pairs": 1.0, "best_of_4_pairs": 1.0}})  # fmt: skip
         monkeypatch.setattr("trl_rpo.shapes.model.load_pipeline", lambda *a, **k: ("base", 0))
         monkeypatch.setattr(study_module, "score_pipeline", self.score)
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .demo import DemoConfig
+from .demo import IN_DISTRIBUTION_SEED_OFFSET, DemoConfig
 from .stages import DPO_ARMS, _quiet_libraries, _Scorer, build_pair_sets, parse_dpo_recipe, train_dpo_arm
 
 __all__ = ["ARMS", "ARM_RECIPES", "CHOSEN_ARMS", "SWEEP_SEEDS", "arm_recipe_config", "choose_recipe",
@@ -119,8 +119,6 @@ def run_arm_sweep(
     runs = _read_runs(runs_path)
     _quiet_libraries()
     base = load_pipeline(config.model)
-    from .demo import IN_DISTRIBUTION_SEED_OFFSET
-
     in_distribution = (shape_prompts(max(dev_prompts // 3, 2), seed=config.seed + 1, split="train"),
                        tuple(IN_DISTRIBUTION_SEED_OFFSET + 1000 + s for s in config.eval_seeds))  # fmt: skip
     scorer = _Scorer(config, {"dev": (shape_prompts(dev_prompts, seed=config.seed, split="dev"), config.eval_seeds),

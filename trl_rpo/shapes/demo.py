@@ -324,7 +324,7 @@ def run_demo(
     for method, extra in extras.items():
         bar.set_description(method)
         pair_set = DPO_ARMS[method][0]
-        pairs, build_seconds = built[pair_set], built[pair_set.replace("_pairs", "") + "_seconds"]
+        pairs, build_seconds = built[pair_set], built["seconds"][pair_set]
         if len(pairs) == 0:
             evaluate(method, base, 0, build_seconds, note="no pairs were built: the base model is reported", **extra)
             continue

@@ -188,8 +188,8 @@ def build_pair_sets(config: DemoConfig, base, output_dir: Path) -> dict[str, Any
     best_of_4.save_to_disk(str(output_dir / "best_of_4_pairs"))
     return {"rpo_pairs": rpo_pairs, "builder": builder, "reward_pairs": reward_pairs, "reward_counts": reward_counts,
             "best_of_4_pairs": best_of_4, "best_of_4_counts": best_of_4_counts, "images": len(prompts),
-            "rpo_seconds": middle - start, "reward_seconds": third - middle,
-            "best_of_4_seconds": time.perf_counter() - third}  # fmt: skip
+            "seconds": {"rpo_pairs": middle - start, "reward_pairs": third - middle,
+                        "best_of_4_pairs": time.perf_counter() - third}}  # fmt: skip
 
 
 def train_dpo(config: DemoConfig, pairs, output_dir: Path, name: str, **overrides: Any):

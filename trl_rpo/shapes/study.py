@@ -379,8 +379,7 @@ def run_study(
             pair_sets = build_pair_sets(demo_config, load_pipeline(demo_config.model), work)
             record["pair_seconds"] = round(time.perf_counter() - start, 1)
             record["pairs"] = {name: len(pair_sets[name]) for name in ("rpo_pairs", "reward_pairs", "best_of_4_pairs")}
-            record["pair_set_seconds"] = {name: round(pair_sets[f"{name}_seconds"], 1)
-                                          for name in ("rpo", "reward", "best_of_4")}  # fmt: skip
+            record["pair_set_seconds"] = {name: round(s, 1) for name, s in pair_sets["seconds"].items()}
         bar.update(1)
         for method in config.methods:
             bar.set_description(f"seed {seed}: {method}")
