@@ -89,6 +89,14 @@ def test_the_dev_split_is_unchanged_by_the_final_split():
                                     "three orange squares on the left, on a white background"]  # fmt: skip
 
 
+def test_an_empty_split_is_refused_instead_of_cycled_forever(monkeypatch):
+    from trl_rpo.shapes import world
+
+    monkeypatch.setattr(world, "all_scenes", lambda split=None: [])
+    with pytest.raises(ValueError, match="holds no scenes"):
+        world.prompts(3, split="final")
+
+
 def test_the_old_test_split_name_says_where_it_went():
     with pytest.raises(ValueError, match="renamed \"dev2\""):
         all_scenes("test")

@@ -235,6 +235,8 @@ def prompts(n: int, seed: int = 0, split: str = "train") -> list[str]:
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
     pool = [prompt_text(s) for s in all_scenes(split)]
+    if n and not pool:  # cycling an empty split would never end
+        raise ValueError(f"split {split!r} holds no scenes; cannot draw {n} prompts from it")
     rng = random.Random(seed)
     out: list[str] = []
     while len(out) < n:
