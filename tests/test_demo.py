@@ -306,6 +306,20 @@ def test_online_recipe_sweep_trains_every_recipe_with_every_seed_and_chooses_by_
         sweep.run_online_recipe_sweep(config, tmp_path / "bad", recipes={"ppo": {"x": {}}})
 
 
+def test_second_online_round_pits_each_demo_recipe_against_twice_its_images_per_step_on_seeds_the_study_never_uses():
+    from trl_rpo.shapes.study import StudyConfig
+    from trl_rpo.shapes.sweep import ONLINE_BATCH_RECIPES, ONLINE_BATCH_SEEDS
+
+    demo = DemoConfig()
+    size_field = {"tailorpo": "tailorpo_batch_size", "grpo": "grpo_batch_size", "nft": "nft_batch_size"}
+    assert set(ONLINE_BATCH_RECIPES) == set(size_field)
+    for method, recipes in ONLINE_BATCH_RECIPES.items():
+        (first, demo_overrides), (_, doubled) = list(recipes.items())
+        assert first.startswith("demo:") and demo_overrides == {}
+        assert doubled == {size_field[method]: 2 * getattr(demo, size_field[method])}
+    assert not set(ONLINE_BATCH_SEEDS) & set(StudyConfig().training_seeds)
+
+
 def _two_pairs(with_masks: bool = False):
     """Two flat-colour preference pairs at the shapes model's 32 px, with full edit masks if asked."""
     from datasets import Dataset

@@ -39,10 +39,6 @@ STEPS, WINDOW = 10, 3
 # all measured 0.029-0.030, leaving a group nothing to rank.
 PROMPT = next(p for p in shapes.prompts(720, seed=0, split="train")
               if " yellow " in p and p.endswith("on a black background"))  # fmt: skip
-# GRPO does not raise brightness on this base model: its rollout reward fell 0.040 -> 0.034 over the 10 steps
-# (2026-12-06, identical on the code before the model registry), where TailorPO and DiffusionNFT rose. Issue 28
-# stays open on it; strict, so the day GRPO learns here this marker fails and must go.
-GRPO_DOES_NOT_LEARN = pytest.mark.xfail(strict=True, reason="issue 28: GRPO's rollout reward falls on this prompt")
 
 
 def _train(method: str, reward, tmp_path, prompt: str = PROMPT):
@@ -51,16 +47,23 @@ def _train(method: str, reward, tmp_path, prompt: str = PROMPT):
                   disable_tqdm=True, seed=0, lr_scheduler_type="constant", num_inference_steps=6,
                   guidance_scale=5.0, learning_rate=3e-3)  # fmt: skip
     if method == "grpo":
-        trainer_class, args = DiffusionGRPOTrainer, DiffusionGRPOConfig(
-            num_generations=4, per_device_train_batch_size=8, **common
+        # GRPO's score-function gradient is the noisiest of the three: at 8 images per step Adam's per-weight
+        # normalisation turns it into a random walk (the rollout reward fell 0.040 -> 0.034 in 10 steps, and as much
+        # under a random reward), while its direction is right (test_grpo_gradient_points_up_the_expected_reward).
+        # 32 images per step in groups of 8 is what it needs here (docs/shapes.md, the online diagnosis).
+        trainer_class, args = (
+            DiffusionGRPOTrainer,
+            DiffusionGRPOConfig(num_generations=8, per_device_train_batch_size=32, **common),
         )
     elif method == "nft":
-        trainer_class, args = DiffusionNFTTrainer, DiffusionNFTConfig(
-            num_generations=4, per_device_train_batch_size=8, **common
+        trainer_class, args = (
+            DiffusionNFTTrainer,
+            DiffusionNFTConfig(num_generations=4, per_device_train_batch_size=8, **common),
         )
     else:
-        trainer_class, args = TailorPOTrainer, TailorPOConfig(
-            per_device_train_batch_size=4, num_candidates=2, timestep_selection="all", **common
+        trainer_class, args = (
+            TailorPOTrainer,
+            TailorPOConfig(per_device_train_batch_size=4, num_candidates=2, timestep_selection="all", **common),
         )
     trainer = trainer_class(
         model=shapes.load_pipeline(),
@@ -77,7 +80,7 @@ def _train(method: str, reward, tmp_path, prompt: str = PROMPT):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", [pytest.param("grpo", marks=GRPO_DOES_NOT_LEARN), "nft", "tailorpo"])
+@pytest.mark.parametrize("method", ["grpo", "nft", "tailorpo"])
 def test_online_trainer_raises_its_own_rollout_reward_on_one_prompt(method, tmp_path):
     means, stds, per_step = _train(method, brightness, tmp_path)
     assert len(means) == STEPS
@@ -86,3 +89,43 @@ def test_online_trainer_raises_its_own_rollout_reward_on_one_prompt(method, tmp_
     standard_error = float(np.sqrt((stds[:WINDOW] ** 2).mean()) / math.sqrt(WINDOW * per_step))
     assert standard_error > 0
     assert last - first > 3 * standard_error, (method, means.round(4).tolist(), standard_error)
+
+
+@pytest.mark.slow
+def test_grpo_gradient_points_up_the_expected_reward(tmp_path):
+    """One GRPO loss gradient, from 32 images of one prompt, is a direction that raises the mean reward.
+
+    A step of unit norm along minus the gradient and one against it are compared on the same 64 starting and step
+    noises (common random numbers, so the difference is the step's effect, not sampling noise); the mean paired
+    difference must be positive by three standard errors. A flipped sign, a misaligned advantage or a log-probability
+    that does not depend on the weights fails it.
+    """
+    torch.set_num_threads(1)
+    args = DiffusionGRPOConfig(output_dir=str(tmp_path), max_steps=1, report_to=[], save_strategy="no", seed=0,
+                               num_inference_steps=6, guidance_scale=5.0, num_generations=8,
+                               per_device_train_batch_size=32)  # fmt: skip
+    trainer = DiffusionGRPOTrainer(
+        model=shapes.load_pipeline(), reward_funcs=brightness, args=args,
+        train_dataset=Dataset.from_dict({"prompt": [PROMPT] * 32}),
+        peft_config=get_peft_config(DiffusionModelConfig(use_peft=True, lora_r=8, lora_alpha=8)),
+    )  # fmt: skip
+    model = trainer.model
+    model.train()
+    loss = trainer.compute_loss(model, {"prompt": [PROMPT] * 32})
+    loss.backward()
+    params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
+    assert params
+    norm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params))
+    directions = [-p.grad / norm for p in params]
+    start = [p.detach().clone() for p in params]
+    prompts = [PROMPT] * 8
+
+    def mean_reward_after(step: float) -> torch.Tensor:
+        with torch.no_grad():
+            for p, p0, d in zip(params, start, directions):
+                p.copy_(p0 + step * d)
+        return trainer.rollout(prompts, generator=torch.Generator().manual_seed(1000)).rewards
+
+    difference = (mean_reward_after(1.0) - mean_reward_after(-1.0)).numpy()
+    standard_error = difference.std(ddof=1) / math.sqrt(len(difference))
+    assert difference.mean() > 3 * standard_error, (difference.mean(), standard_error)

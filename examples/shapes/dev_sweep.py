@@ -41,6 +41,11 @@ late in training (`online_sweep.md`, about 15 minutes).
 `trl_rpo.shapes.sweep.ONLINE_RECIPES`) over training seeds 0, 1 and 2 on the dev prompts, by the rule fixed before
 it ran: the recipe whose lowest dev gain over the seeds is highest (`online_recipes.md`, about 40 minutes).
 
+`--stage online-batch` is the second online round (issue 28), on the base retrained for the final split: each online
+method's demo recipe against the same recipe with twice the images per step
+(`trl_rpo.shapes.sweep.ONLINE_BATCH_RECIPES`), training seeds 100-102, the same rule, the seconds of each run
+reported (`online_recipes.md`, about 35 minutes).
+
 `--stage arms` tunes every Diffusion-DPO row the same way (`trl_rpo.shapes.arm_sweep`): reward-labelled, best-of-4
 and RPO pairs, each with the same four recipes and training seeds 100-102 (which also draw the pairs), chosen per
 arm by the same rule (the highest lowest-seed dev gain); it resumes in the same folder after a kill
@@ -55,6 +60,8 @@ from trl_rpo.shapes.sweep import (
     DEFAULT_RECIPES,
     DEFAULT_SEED_VARIANTS,
     MASKED_RECIPE_VARIANTS,
+    ONLINE_BATCH_RECIPES,
+    ONLINE_BATCH_SEEDS,
     ONLINE_RECIPES,
     SFT_VARIANTS,
     TIMESTEP_VARIANTS,
@@ -73,7 +80,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small budgets and two recipes: a smoke test")
     parser.add_argument("--stage", default="recipes",
                         choices=["recipes", "pairs", "seeds", "masked", "sft", "timesteps", "online",
-                                 "online-recipes", "arms"],
+                                 "online-recipes", "online-batch", "arms"],
                         help="recipes: guidance and DPO recipe; pairs: the RPO refinement strength; seeds: masked "
                              "or plain DPO over training seeds; masked: the masked recipe over seeds; sft: masked "
                              "DPO plus an SFT term over seeds; timesteps: masked DPO on part of the noise "
@@ -105,6 +112,15 @@ def main() -> None:
             run_online_recipe_sweep(config, args.output_dir, recipes=recipes, seeds=(0, 1), dev_prompts=8)
         else:
             run_online_recipe_sweep(DemoConfig(model=args.model, eval_seeds=(0, 1, 2)), args.output_dir)
+        return
+    if args.stage == "online-batch":
+        if args.quick:
+            recipes = {m: dict(list(v.items())[:1]) for m, v in ONLINE_BATCH_RECIPES.items()}
+            run_online_recipe_sweep(DemoConfig.quick(model=args.model), args.output_dir, recipes=recipes,
+                                    seeds=ONLINE_BATCH_SEEDS[:2], dev_prompts=8)  # fmt: skip
+        else:
+            run_online_recipe_sweep(DemoConfig(model=args.model, eval_seeds=(0, 1, 2)), args.output_dir,
+                                    recipes=ONLINE_BATCH_RECIPES, seeds=ONLINE_BATCH_SEEDS)  # fmt: skip
         return
     if args.stage == "arms":
         if args.quick:

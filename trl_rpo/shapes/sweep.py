@@ -42,6 +42,8 @@ __all__ = [
     "DEFAULT_SEED_VARIANTS",
     "MASKED_RECIPE_VARIANTS",
     "ONLINE_METHODS",
+    "ONLINE_BATCH_RECIPES",
+    "ONLINE_BATCH_SEEDS",
     "ONLINE_RECIPES",
     "SFT_VARIANTS",
     "TIMESTEP_VARIANTS",
@@ -446,6 +448,8 @@ def edit_survival(
 
 # The online-method sweeps live in `online_sweep` (imported last: it uses the helpers above).
 from .online_sweep import (  # noqa: E402
+    ONLINE_BATCH_RECIPES,
+    ONLINE_BATCH_SEEDS,
     ONLINE_METHODS,
     ONLINE_RECIPES,
     format_online_recipe_sweep,
