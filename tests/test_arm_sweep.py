@@ -136,3 +136,30 @@ def test_the_arm_sweep_scores_every_arm_recipe_and_seed_on_dev_and_resumes(tmp_p
     assert gains(again) == gains(results) and (out / "arm_sweep.md").is_file()
     with pytest.raises(ValueError, match="holds another sweep"):
         run_arm_sweep(config, out, **{**sweep, "recipes": recipes[:1]})
+
+
+@pytest.mark.slow
+def test_the_rank_check_retrains_the_chosen_recipe_at_other_ranks_on_the_sweeps_own_pairs(tmp_path):
+    from safetensors.torch import load_file
+
+    from trl_rpo.shapes.rank_check import load_pair_sets, run_rank_check
+
+    config = DemoConfig.quick(image_budget=8, eval_seeds=(0,), num_inference_steps=4, refine_strength=0.5,
+                              dpo_batch_size=2)  # fmt: skip
+    sweep_dir = tmp_path / "arms"
+    sweep = run_arm_sweep(config, sweep_dir, arms=("dpo_reward_pairs",), recipes=("lr=1e-3 beta=5000 steps=1 t=all",),
+                          seeds=(100,), dev_prompts=4, log=lambda _: None)  # fmt: skip
+    pairs = load_pair_sets(sweep_dir / "work" / "seed-100" / "pairs")
+    results = run_rank_check(sweep_dir, tmp_path / "ranks", ranks=(4,), arms=("dpo_reward_pairs",), log=lambda _: None)
+    (row,) = results["rows"]
+    sweep_row = json.loads((sweep_dir / "runs.jsonl").read_text().splitlines()[0])
+    assert (row["rank"], row["seed"], row["recipe"]) == (4, 100, sweep["arms"]["dpo_reward_pairs"]["chosen"])
+    assert row["pairs"] == len(pairs["reward_pairs"]) == sweep_row["pairs"]
+    assert (row["rank_8_gain"], row["rank_8_in_distribution_gain"]) == (
+        sweep_row["gain"], sweep_row["in_distribution_gain"])  # fmt: skip
+    weights = load_file(str(tmp_path / "ranks" / "work" / "runs" / "dpo_reward_pairs-r4-seed100"
+                            / "pytorch_lora_weights.safetensors"))  # fmt: skip
+    assert {min(t.shape) for k, t in weights.items() if "lora" in k} == {4}
+    assert "| `dpo_reward_pairs` | 4 |" in (tmp_path / "ranks" / "rank_check.md").read_text()
+    with pytest.raises(FileExistsError, match="not empty"):
+        run_rank_check(sweep_dir, tmp_path / "ranks", ranks=(4,), arms=("dpo_reward_pairs",))

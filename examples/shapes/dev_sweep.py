@@ -46,6 +46,10 @@ method's demo recipe against the same recipe with twice the images per step
 (`trl_rpo.shapes.sweep.ONLINE_BATCH_RECIPES`), training seeds 100-102, the same rule, the seconds of each run
 reported (`online_recipes.md`, about 35 minutes).
 
+`--stage ranks` retrains the reward and RPO arms' chosen recipes at LoRA rank 4 and 16 on a finished arm sweep's own
+pairs and seeds (`--arm-sweep`), beside its rank-8 runs: does the rank change the in-distribution drop?
+(`trl_rpo.shapes.rank_check`, `rank_check.md`, about 20 minutes; a diagnosis, nothing is chosen).
+
 `--stage arms` tunes every Diffusion-DPO row the same way (`trl_rpo.shapes.arm_sweep`): reward-labelled, best-of-4
 and RPO pairs, each with the same four recipes and training seeds 100-102 (which also draw the pairs), chosen per
 arm by the same rule (the highest lowest-seed dev gain); it resumes in the same folder after a kill
@@ -77,10 +81,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", required=True, help="new folder for sweep.json, sweep.md and the runs")
     parser.add_argument("--model", default=None, help="pipeline folder (default: the shipped shapes base model)")
+    parser.add_argument("--arm-sweep", default="outputs/arm-sweep",
+                        help="ranks: the finished arm sweep whose pairs, seeds and chosen recipes are retrained")
     parser.add_argument("--quick", action="store_true", help="small budgets and two recipes: a smoke test")
     parser.add_argument("--stage", default="recipes",
                         choices=["recipes", "pairs", "seeds", "masked", "sft", "timesteps", "online",
-                                 "online-recipes", "online-batch", "arms"],
+                                 "online-recipes", "online-batch", "arms", "ranks"],
                         help="recipes: guidance and DPO recipe; pairs: the RPO refinement strength; seeds: masked "
                              "or plain DPO over training seeds; masked: the masked recipe over seeds; sft: masked "
                              "DPO plus an SFT term over seeds; timesteps: masked DPO on part of the noise "
@@ -121,6 +127,11 @@ def main() -> None:
         else:
             run_online_recipe_sweep(DemoConfig(model=args.model, eval_seeds=(0, 1, 2)), args.output_dir,
                                     recipes=ONLINE_BATCH_RECIPES, seeds=ONLINE_BATCH_SEEDS)  # fmt: skip
+        return
+    if args.stage == "ranks":
+        from trl_rpo.shapes.rank_check import run_rank_check
+
+        run_rank_check(args.arm_sweep, args.output_dir)
         return
     if args.stage == "arms":
         if args.quick:

@@ -31,7 +31,7 @@ from .demo import IN_DISTRIBUTION_SEED_OFFSET, DemoConfig
 from .stages import DPO_ARMS, _quiet_libraries, _Scorer, build_pair_sets, parse_dpo_recipe, train_dpo_arm
 
 __all__ = ["ARMS", "ARM_RECIPES", "CHOSEN_ARMS", "SWEEP_SEEDS", "arm_recipe_config", "choose_recipe",
-           "format_arm_sweep", "run_arm_sweep"]  # fmt: skip
+           "format_arm_sweep", "read_runs", "run_arm_sweep", "sweep_scorer"]  # fmt: skip
 
 ARMS = ("dpo_reward_pairs", "dpo_best_of_4", "dpo_rpo_pairs", "dpo_rpo_pairs_reward_recipe")
 # Arms whose choice is used (the ablation row always takes the reward pairs' recipe).
@@ -68,7 +68,19 @@ def choose_recipe(gains: dict[str, Sequence[float]]) -> str:
     return max(gains, key=lambda r: (min(gains[r]), sum(gains[r]) / len(gains[r])))
 
 
-def _read_runs(path: Path) -> dict[tuple[str, str, int], dict[str, Any]]:
+def sweep_scorer(config: DemoConfig, dev_prompts: int) -> _Scorer:
+    """The arm sweep's scorer: `dev_prompts` dev scenes, and a third as many train scenes with evaluation seeds no
+    pair builder used (in-distribution), each at `config.eval_seeds`."""
+    from .world import prompts as shape_prompts
+
+    in_distribution = (shape_prompts(max(dev_prompts // 3, 2), seed=config.seed + 1, split="train"),
+                       tuple(IN_DISTRIBUTION_SEED_OFFSET + 1000 + s for s in config.eval_seeds))  # fmt: skip
+    return _Scorer(config, {"dev": (shape_prompts(dev_prompts, seed=config.seed, split="dev"), config.eval_seeds),
+                            "in_distribution": in_distribution})  # fmt: skip
+
+
+def read_runs(path: Path) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """The finished runs of an arm sweep's `runs.jsonl`, keyed by (arm, recipe, seed)."""
     runs = {}
     if path.exists():
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -96,7 +108,6 @@ def run_arm_sweep(
     Resumes in an `output_dir` that holds the same sweep (`arm_sweep_config.json`); refuses one that holds another.
     """
     from .model import load_pipeline
-    from .world import prompts as shape_prompts
 
     for recipe in recipes:
         parse_dpo_recipe(recipe)
@@ -116,13 +127,10 @@ def run_arm_sweep(
     output_dir.mkdir(parents=True, exist_ok=True)
     config_path.write_text(json.dumps(declared, indent=1) + "\n", encoding="utf-8")
     runs_path = output_dir / "runs.jsonl"
-    runs = _read_runs(runs_path)
+    runs = read_runs(runs_path)
     _quiet_libraries()
     base = load_pipeline(config.model)
-    in_distribution = (shape_prompts(max(dev_prompts // 3, 2), seed=config.seed + 1, split="train"),
-                       tuple(IN_DISTRIBUTION_SEED_OFFSET + 1000 + s for s in config.eval_seeds))  # fmt: skip
-    scorer = _Scorer(config, {"dev": (shape_prompts(dev_prompts, seed=config.seed, split="dev"), config.eval_seeds),
-                              "in_distribution": in_distribution})  # fmt: skip
+    scorer = sweep_scorer(config, dev_prompts)
     scorer("base", base)
     for seed in seeds:
         todo = [(a, r) for a in arms for r in recipes if (a, r, int(seed)) not in runs]
