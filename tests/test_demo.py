@@ -310,13 +310,15 @@ def test_second_online_round_pits_each_demo_recipe_against_twice_its_images_per_
     from trl_rpo.shapes.study import StudyConfig
     from trl_rpo.shapes.sweep import ONLINE_BATCH_RECIPES, ONLINE_BATCH_SEEDS
 
-    demo = DemoConfig()
-    size_field = {"tailorpo": "tailorpo_batch_size", "grpo": "grpo_batch_size", "nft": "nft_batch_size"}
-    assert set(ONLINE_BATCH_RECIPES) == set(size_field)
+    # Twice the demo's values when the round was declared (TailorPO 4 prompts, GRPO and NFT 16 images per step);
+    # TailorPO's doubled recipe won and is the demo's since, so its first recipe pins the old value.
+    doubled = {"tailorpo": {"tailorpo_batch_size": 8}, "grpo": {"grpo_batch_size": 32}, "nft": {"nft_batch_size": 32}}
+    assert set(ONLINE_BATCH_RECIPES) == set(doubled)
     for method, recipes in ONLINE_BATCH_RECIPES.items():
-        (first, demo_overrides), (_, doubled) = list(recipes.items())
-        assert first.startswith("demo:") and demo_overrides == {}
-        assert doubled == {size_field[method]: 2 * getattr(demo, size_field[method])}
+        (first, demo_overrides), (_, overrides) = list(recipes.items())
+        assert first.startswith("demo:") and overrides == doubled[method]
+        assert demo_overrides in ({}, {"tailorpo_batch_size": 4})
+    assert DemoConfig().tailorpo_batch_size == 8
     assert not set(ONLINE_BATCH_SEEDS) & set(StudyConfig().training_seeds)
 
 

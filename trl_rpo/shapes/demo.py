@@ -116,7 +116,7 @@ class DemoConfig:
     dpo_use_lora: bool = field(default=True, metadata={"help": "LoRA (True) or full fine-tuning of the UNet."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank of every trained model."})
     tailorpo_steps: int = field(default=40, metadata={"help": "TailorPOTrainer optimizer steps per run."})
-    tailorpo_batch_size: int = field(default=4, metadata={"help": "Prompts sampled per TailorPO step."})
+    tailorpo_batch_size: int = field(default=8, metadata={"help": "Prompts sampled per TailorPO step."})
     tailorpo_num_inference_steps: int = field(default=10, metadata={"help": "DDIM steps of TailorPO rollouts."})
     tailorpo_learning_rate: float = field(default=5e-4, metadata={"help": "TailorPO LoRA learning rate."})
     num_candidates: int = field(default=2, metadata={"help": "TailorPO candidates per noisy parent."})

@@ -135,8 +135,8 @@ ONLINE_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
 # not the study's 0-4. Same rule as `run_online_recipe_sweep`: per method, the highest lowest-seed dev gain, ties to
 # the demo's recipe.
 ONLINE_BATCH_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
-    "tailorpo": {
-        "demo: lr 5e-4, 4 prompts/step": {},
+    "tailorpo": {  # the demo had 4 prompts per step when this round ran; its choice, 8, is the demo's since
+        "demo: lr 5e-4, 4 prompts/step": {"tailorpo_batch_size": 4},
         "lr 5e-4, 8 prompts/step": {"tailorpo_batch_size": 8},
     },
     "grpo": {
