@@ -79,8 +79,8 @@ class DemoConfig:
     """Budgets and the recipe of the demo. `DemoConfig.quick()` is the `--quick` preset.
 
     Each Diffusion-DPO arm's recipe is the one the arm sweep chose on dev (docs/shapes.md); GRPO's and NFT's the
-    online recipe sweep's; TailorPO's settings were set by hand, not chosen by a sweep. The image budget is the same
-    for every pair-building method.
+    online recipe sweep's, kept by its second round; TailorPO's learning rate and steps were set by hand, its 8
+    prompts per step chosen by the second online round. The image budget is the same for every pair-building method.
     """
 
     model: str | None = field(default=None, metadata={"help": "Pipeline folder; default: the shipped base model."})
@@ -116,7 +116,9 @@ class DemoConfig:
     dpo_use_lora: bool = field(default=True, metadata={"help": "LoRA (True) or full fine-tuning of the UNet."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank of every trained model."})
     tailorpo_steps: int = field(default=40, metadata={"help": "TailorPOTrainer optimizer steps per run."})
-    tailorpo_batch_size: int = field(default=8, metadata={"help": "Prompts sampled per TailorPO step."})
+    tailorpo_batch_size: int = field(
+        default=8, metadata={"help": "Prompts sampled per TailorPO step (the second online round's choice)."}
+    )
     tailorpo_num_inference_steps: int = field(default=10, metadata={"help": "DDIM steps of TailorPO rollouts."})
     tailorpo_learning_rate: float = field(default=5e-4, metadata={"help": "TailorPO LoRA learning rate."})
     num_candidates: int = field(default=2, metadata={"help": "TailorPO candidates per noisy parent."})
