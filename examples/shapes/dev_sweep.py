@@ -111,22 +111,16 @@ def main() -> None:
         run_online_sweep(config, args.output_dir, steps=(1, 2) if args.quick else (40, 160),
                          dev_prompts=8 if args.quick else 60)  # fmt: skip
         return
-    if args.stage == "online-recipes":
-        if args.quick:  # one prompt per step, tiny budgets: a smoke test of the stage
-            config = DemoConfig.quick(model=args.model)
-            recipes = {m: dict(list(v.items())[:1]) for m, v in ONLINE_RECIPES.items()}
-            run_online_recipe_sweep(config, args.output_dir, recipes=recipes, seeds=(0, 1), dev_prompts=8)
-        else:
-            run_online_recipe_sweep(DemoConfig(model=args.model, eval_seeds=(0, 1, 2)), args.output_dir)
-        return
-    if args.stage == "online-batch":
-        if args.quick:
-            recipes = {m: dict(list(v.items())[:1]) for m, v in ONLINE_BATCH_RECIPES.items()}
-            run_online_recipe_sweep(DemoConfig.quick(model=args.model), args.output_dir, recipes=recipes,
-                                    seeds=ONLINE_BATCH_SEEDS[:2], dev_prompts=8)  # fmt: skip
+    if args.stage in ("online-recipes", "online-batch"):
+        recipes, seeds = ((ONLINE_BATCH_RECIPES, ONLINE_BATCH_SEEDS) if args.stage == "online-batch"
+                          else (ONLINE_RECIPES, (0, 1, 2)))  # fmt: skip
+        if args.quick:  # one recipe per method, tiny budgets: a smoke test of the stage
+            first = {m: dict(list(v.items())[:1]) for m, v in recipes.items()}
+            run_online_recipe_sweep(DemoConfig.quick(model=args.model), args.output_dir, recipes=first,
+                                    seeds=seeds[:2], dev_prompts=8)  # fmt: skip
         else:
             run_online_recipe_sweep(DemoConfig(model=args.model, eval_seeds=(0, 1, 2)), args.output_dir,
-                                    recipes=ONLINE_BATCH_RECIPES, seeds=ONLINE_BATCH_SEEDS)  # fmt: skip
+                                    recipes=recipes, seeds=seeds)  # fmt: skip
         return
     if args.stage == "ranks":
         from trl_rpo.shapes.rank_check import run_rank_check

@@ -31,7 +31,7 @@ from .demo import IN_DISTRIBUTION_SEED_OFFSET, DemoConfig
 from .stages import DPO_ARMS, _quiet_libraries, _Scorer, build_pair_sets, parse_dpo_recipe, train_dpo_arm
 
 __all__ = ["ARMS", "ARM_RECIPES", "CHOSEN_ARMS", "SWEEP_SEEDS", "arm_recipe_config", "choose_recipe",
-           "format_arm_sweep", "read_runs", "run_arm_sweep", "sweep_scorer"]  # fmt: skip
+           "format_arm_sweep", "read_runs", "run_arm_sweep", "sweep_scorer", "train_and_score"]  # fmt: skip
 
 ARMS = ("dpo_reward_pairs", "dpo_best_of_4", "dpo_rpo_pairs", "dpo_rpo_pairs_reward_recipe")
 # Arms whose choice is used (the ablation row always takes the reward pairs' recipe).
@@ -77,6 +77,24 @@ def sweep_scorer(config: DemoConfig, dev_prompts: int) -> _Scorer:
                        tuple(IN_DISTRIBUTION_SEED_OFFSET + 1000 + s for s in config.eval_seeds))  # fmt: skip
     return _Scorer(config, {"dev": (shape_prompts(dev_prompts, seed=config.seed, split="dev"), config.eval_seeds),
                             "in_distribution": in_distribution})  # fmt: skip
+
+
+def train_and_score(config: DemoConfig, pair_sets: dict[str, Any], work_dir: Path, arm: str, name: str,
+                    scorer: _Scorer) -> dict[str, Any]:  # fmt: skip
+    """Train one run of `arm` on its pair set (in `work_dir/runs/NAME`) and score it with the sweep's scorer: its
+    pairs, train seconds, dev gain over the base with its interval, and in-distribution gain."""
+    from .model import load_pipeline
+
+    start = time.perf_counter()
+    # The unmasked RPO arm trains as the RPO row does, with the recipe in its `dpo_*` fields and no mask.
+    row_method = "dpo_rpo_pairs" if arm == "dpo_rpo_pairs_reward_recipe" else arm
+    trainer = train_dpo_arm(config, pair_sets, work_dir, row_method, name=name)
+    pipeline = trainer.pipeline if trainer is not None else load_pipeline(config.model)
+    seconds = round(time.perf_counter() - start, 1)
+    scorer(name, pipeline)
+    dev = scorer.compare(name, "base", "dev").to_dict()
+    return {"pairs": len(pair_sets[DPO_ARMS[arm][0]]), "gain": dev["gain"], "gain_ci": dev["gain_ci"],
+            "train_seconds": seconds, "in_distribution_gain": scorer.compare(name, "base", "in_distribution").gain}
 
 
 def read_runs(path: Path) -> dict[tuple[str, str, int], dict[str, Any]]:
@@ -142,27 +160,17 @@ def run_arm_sweep(
         pair_seconds = round(time.perf_counter() - start, 1)
         for arm, recipe in todo:
             name = f"{arm}-{recipes.index(recipe)}-seed{seed}"
-            start = time.perf_counter()
             unfinished = output_dir / "work" / f"seed-{seed}" / "runs" / name
             if unfinished.exists():  # a run killed before its line was written: the sweep's own work, redone
                 shutil.rmtree(unfinished)
-            # The unmasked RPO arm trains as the RPO row does, with the recipe in its `dpo_*` fields and no mask.
-            row_method = "dpo_rpo_pairs" if arm == "dpo_rpo_pairs_reward_recipe" else arm
-            trainer = train_dpo_arm(arm_recipe_config(seed_config, arm, recipe), pair_sets,
-                                    output_dir / "work" / f"seed-{seed}", row_method, name=name)  # fmt: skip
-            pipeline = trainer.pipeline if trainer is not None else load_pipeline(config.model)
-            seconds = round(time.perf_counter() - start, 1)
-            scorer(name, pipeline)
-            result = scorer.compare(name, "base", "dev").to_dict()
-            row = {"arm": arm, "recipe": recipe, "seed": int(seed), "pairs": len(pair_sets[DPO_ARMS[arm][0]]),
-                   "gain": result["gain"], "gain_ci": result["gain_ci"], "train_seconds": seconds,
-                   "pair_seconds": pair_seconds,
-                   "in_distribution_gain": scorer.compare(name, "base", "in_distribution").gain}  # fmt: skip
-            del trainer, pipeline
+            scored = train_and_score(arm_recipe_config(seed_config, arm, recipe), pair_sets,
+                                     output_dir / "work" / f"seed-{seed}", arm, name, scorer)  # fmt: skip
+            row = {"arm": arm, "recipe": recipe, "seed": int(seed), **scored, "pair_seconds": pair_seconds}
             runs[(arm, recipe, int(seed))] = row
             with runs_path.open("a", encoding="utf-8") as handle:  # one line per finished run: the resume point
                 handle.write(json.dumps(row) + "\n")
-            log(f"{arm} | {recipe} | seed {seed}: dev gain {row['gain']:+.4f} ({row['pairs']} pairs, {seconds} s)")
+            log(f"{arm} | {recipe} | seed {seed}: dev gain {row['gain']:+.4f} ({row['pairs']} pairs, "
+                f"{row['train_seconds']} s)")
     results = _summarise(runs, arms, recipes, seeds)
     results["base_dev_alignment"] = scorer.mean("base", "dev")
     results["declared"] = declared

@@ -14,14 +14,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .arm_sweep import CHOSEN_ARMS, arm_recipe_config, read_runs, sweep_scorer
+from .arm_sweep import CHOSEN_ARMS, arm_recipe_config, read_runs, sweep_scorer, train_and_score
 from .demo import DemoConfig
-from .stages import DPO_ARMS, _quiet_libraries, train_dpo_arm
+from .stages import _quiet_libraries
 
 __all__ = ["format_rank_check", "load_pair_sets", "run_rank_check"]
 
@@ -29,13 +28,12 @@ __all__ = ["format_rank_check", "load_pair_sets", "run_rank_check"]
 def load_pair_sets(folder: str | Path) -> dict[str, Any]:
     """The pair sets `build_pair_sets` wrote for one seed (`rpo_pairs` as the builder's shards, the reward-labelled
     sets as `save_to_disk` folders), read back as datasets."""
-    from datasets import concatenate_datasets, load_from_disk
+    from datasets import load_from_disk
+
+    from ..data.builder.shards import load_built_dataset
 
     folder = Path(folder)
-    shards = sorted(p for p in (folder / "rpo_pairs").glob("shard-*") if p.is_dir())
-    if not shards:
-        raise FileNotFoundError(f"{folder / 'rpo_pairs'} holds no shard-* folders: not a built pair set")
-    return {"rpo_pairs": concatenate_datasets([load_from_disk(str(p)) for p in shards]),
+    return {"rpo_pairs": load_built_dataset(folder / "rpo_pairs"),
             "reward_pairs": load_from_disk(str(folder / "reward_pairs")),
             "best_of_4_pairs": load_from_disk(str(folder / "best_of_4_pairs"))}  # fmt: skip
 
@@ -81,22 +79,14 @@ def run_rank_check(
             recipe = sweep["arms"][arm]["chosen"]
             reference = sweep_runs[(arm, recipe, int(seed))]
             for rank in ranks:
-                name = f"{arm}-r{rank}-seed{seed}"
-                start = time.perf_counter()
                 run_config = dataclasses.replace(arm_recipe_config(config, arm, recipe), seed=int(seed),
                                                  lora_r=int(rank))  # fmt: skip
-                trainer = train_dpo_arm(run_config, pair_sets, output_dir / "work", arm, name=name)
-                pipeline = trainer.pipeline if trainer is not None else load_pipeline(config.model)
-                seconds = round(time.perf_counter() - start, 1)
-                scorer(name, pipeline)
-                row = {"arm": arm, "recipe": recipe, "rank": int(rank), "seed": int(seed),
-                       "pairs": len(pair_sets[DPO_ARMS[arm][0]]), "train_seconds": seconds,
-                       "gain": scorer.compare(name, "base", "dev").gain,
-                       "in_distribution_gain": scorer.compare(name, "base", "in_distribution").gain,
+                scored = train_and_score(run_config, pair_sets, output_dir / "work", arm,
+                                         f"{arm}-r{rank}-seed{seed}", scorer)  # fmt: skip
+                row = {"arm": arm, "recipe": recipe, "rank": int(rank), "seed": int(seed), **scored,
                        "rank_8_gain": reference["gain"],
                        "rank_8_in_distribution_gain": reference["in_distribution_gain"]}  # fmt: skip
                 rows.append(row)
-                del trainer, pipeline
                 log(f"{arm} r={rank} seed {seed}: dev {row['gain']:+.4f} (r=8 {row['rank_8_gain']:+.4f}), "
                     f"in-distribution {row['in_distribution_gain']:+.4f} "
                     f"(r=8 {row['rank_8_in_distribution_gain']:+.4f})")  # fmt: skip

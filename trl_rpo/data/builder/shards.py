@@ -104,6 +104,51 @@ def _add_stats(total: dict[str, Any], part: dict[str, Any]) -> None:
         else:
             total[key] = total.get(key, 0) + value
 
+def _read_manifest(output_dir: Path) -> dict[str, Any] | None:
+    path = output_dir / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); it is not a builder manifest") from err
+
+
+def _shard_path(output_dir: Path, index: int) -> Path:
+    return output_dir / f"shard-{index:05d}"
+
+
+def load_shards(output_dir: str | Path, indices: Sequence[int]) -> Dataset:
+    """The committed shards `indices` of a builder's `output_dir`, concatenated in that order."""
+    output_dir = Path(output_dir)
+    # Empty shards are skipped: datasets 5.2 cannot load_from_disk (or concatenate) a saved empty dataset.
+    parts = [
+        load_from_disk(str(_shard_path(output_dir, k)))
+        for k in indices
+        if json.loads((_shard_path(output_dir, k) / SHARD_META).read_text(encoding="utf-8"))["num_rows"] > 0
+    ]
+    if not parts:
+        return Dataset.from_dict({name: [] for name in BUILDER_FEATURES}, features=BUILDER_FEATURES)
+    # Shards written before the `mask` column existed get an empty one, so old and new shards concatenate.
+    parts = [
+        part if "mask" in part.column_names
+        else part.add_column("mask", [None] * len(part), feature=BUILDER_FEATURES["mask"])
+        for part in parts
+    ]  # fmt: skip
+    return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def load_built_dataset(output_dir: str | Path) -> Dataset:
+    """The dataset of every committed shard of a builder's `output_dir`, in shard order, without a builder (e.g.
+    the pairs an earlier run built)."""
+    output_dir = Path(output_dir)
+    if _read_manifest(output_dir) is None:
+        raise FileNotFoundError(f"{str(output_dir)!r} holds no {MANIFEST}: run build() first")
+    indices = sorted(int(p.name.split("-")[1]) for p in output_dir.glob("shard-*") if (p / SHARD_META).is_file())
+    if not indices:
+        raise FileNotFoundError(f"{str(output_dir)!r} holds no finished shard: run build() first")
+    return load_shards(output_dir, indices)
+
 
 class ShardStore:
     """Shards, manifest and stats of `output_dir` (mixed into `RichPreferenceDataBuilder`)."""
@@ -119,13 +164,7 @@ class ShardStore:
         return Path(self.args.output_dir)
 
     def _read_manifest(self) -> dict[str, Any] | None:
-        path = self.output_dir / MANIFEST
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); it is not a builder manifest") from err
+        return _read_manifest(self.output_dir)
 
     def _check_output_dir(self) -> dict[str, Any] | None:
         """The existing manifest, after refusing a folder of other content or one built with another config."""
@@ -154,7 +193,7 @@ class ShardStore:
         return manifest
 
     def _shard_dir(self, index: int) -> Path:
-        return self.output_dir / f"shard-{index:05d}"
+        return _shard_path(self.output_dir, index)
 
     def _finished_shard(self, index: int, prompts: Sequence[str]) -> dict[str, Any] | None:
         """The metadata of a committed shard, or None; refuses a shard built from other prompts."""
@@ -242,32 +281,11 @@ class ShardStore:
         )
 
     def _load_shards(self, indices: Sequence[int]) -> Dataset:
-        # Empty shards are skipped: datasets 5.2 cannot load_from_disk (or concatenate) a saved empty dataset.
-        parts = [
-            load_from_disk(str(self._shard_dir(k)))
-            for k in indices
-            if json.loads((self._shard_dir(k) / SHARD_META).read_text(encoding="utf-8"))["num_rows"] > 0
-        ]
-        if not parts:
-            return Dataset.from_dict({name: [] for name in BUILDER_FEATURES}, features=BUILDER_FEATURES)
-        # Shards written before the `mask` column existed get an empty one, so old and new shards concatenate.
-        parts = [
-            part if "mask" in part.column_names
-            else part.add_column("mask", [None] * len(part), feature=BUILDER_FEATURES["mask"])
-            for part in parts
-        ]  # fmt: skip
-        return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+        return load_shards(self.output_dir, indices)
 
     def load(self) -> Dataset:
         """The dataset of every committed shard of `output_dir`, in shard order (e.g. to push after a build)."""
-        if self._read_manifest() is None:
-            raise FileNotFoundError(f"{str(self.output_dir)!r} holds no {MANIFEST}: run build() first")
-        indices = sorted(
-            int(p.name.split("-")[1]) for p in self.output_dir.glob("shard-*") if (p / SHARD_META).is_file()
-        )
-        if not indices:
-            raise FileNotFoundError(f"{str(self.output_dir)!r} holds no finished shard: run build() first")
-        self.dataset = self._load_shards(indices)
+        self.dataset = load_built_dataset(self.output_dir)
         stats_path = self.output_dir / STATS
         if stats_path.is_file():
             self.stats = json.loads(stats_path.read_text(encoding="utf-8"))["counts"]
