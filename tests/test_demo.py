@@ -322,6 +322,19 @@ def test_second_online_round_pits_each_demo_recipe_against_twice_its_images_per_
     assert not set(ONLINE_BATCH_SEEDS) & set(StudyConfig().training_seeds)
 
 
+def test_third_online_round_pits_tailorpos_demo_recipe_against_twice_its_prompts_on_fresh_seeds():
+    from trl_rpo.shapes.study import StudyConfig
+    from trl_rpo.shapes.sweep import ONLINE_BATCH_SEEDS, TAILORPO_BATCH_RECIPES, TAILORPO_BATCH_SEEDS
+
+    assert list(TAILORPO_BATCH_RECIPES) == ["tailorpo"]
+    (first, demo), *others = TAILORPO_BATCH_RECIPES["tailorpo"].items()
+    assert first.startswith("demo:")
+    assert demo == {"tailorpo_batch_size": 8, "tailorpo_learning_rate": 5e-4}
+    assert [o["tailorpo_batch_size"] for _, o in others] == [16, 16]
+    assert [o["tailorpo_learning_rate"] for _, o in others] == [5e-4, 1e-3]
+    assert not set(TAILORPO_BATCH_SEEDS) & (set(StudyConfig().training_seeds) | set(ONLINE_BATCH_SEEDS))
+
+
 def _two_pairs(with_masks: bool = False):
     """Two flat-colour preference pairs at the shapes model's 32 px, with full edit masks if asked."""
     from datasets import Dataset

@@ -46,6 +46,10 @@ method's demo recipe against the same recipe with twice the images per step
 (`trl_rpo.shapes.sweep.ONLINE_BATCH_RECIPES`), training seeds 100-102, the same rule, the seconds of each run
 reported (`online_recipes.md`, about 35 minutes).
 
+`--stage online-tailorpo` is the third online round (issue 28), TailorPO only: the demo's 8 prompts per step against
+16, at its learning rate and at twice it (`trl_rpo.shapes.sweep.TAILORPO_BATCH_RECIPES`), on fresh training seeds
+200-202, the same rule (`online_recipes.md`, about 15 minutes).
+
 `--stage ranks` retrains the reward and RPO arms' chosen recipes at LoRA rank 4 and 16 on a finished arm sweep's own
 pairs and seeds (`--arm-sweep`), beside its rank-8 runs: does the rank change the in-distribution drop?
 (`trl_rpo.shapes.rank_check`, `rank_check.md`, about 20 minutes; a diagnosis, nothing is chosen).
@@ -68,6 +72,8 @@ from trl_rpo.shapes.sweep import (
     ONLINE_BATCH_SEEDS,
     ONLINE_RECIPES,
     SFT_VARIANTS,
+    TAILORPO_BATCH_RECIPES,
+    TAILORPO_BATCH_SEEDS,
     TIMESTEP_VARIANTS,
     run_dev_sweep,
     run_online_recipe_sweep,
@@ -86,7 +92,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small budgets and two recipes: a smoke test")
     parser.add_argument("--stage", default="recipes",
                         choices=["recipes", "pairs", "seeds", "masked", "sft", "timesteps", "online",
-                                 "online-recipes", "online-batch", "arms", "ranks"],
+                                 "online-recipes", "online-batch", "online-tailorpo", "arms", "ranks"],
                         help="recipes: guidance and DPO recipe; pairs: the RPO refinement strength; seeds: masked "
                              "or plain DPO over training seeds; masked: the masked recipe over seeds; sft: masked "
                              "DPO plus an SFT term over seeds; timesteps: masked DPO on part of the noise "
@@ -111,9 +117,10 @@ def main() -> None:
         run_online_sweep(config, args.output_dir, steps=(1, 2) if args.quick else (40, 160),
                          dev_prompts=8 if args.quick else 60)  # fmt: skip
         return
-    if args.stage in ("online-recipes", "online-batch"):
-        recipes, seeds = ((ONLINE_BATCH_RECIPES, ONLINE_BATCH_SEEDS) if args.stage == "online-batch"
-                          else (ONLINE_RECIPES, (0, 1, 2)))  # fmt: skip
+    if args.stage in ("online-recipes", "online-batch", "online-tailorpo"):
+        recipes, seeds = {"online-batch": (ONLINE_BATCH_RECIPES, ONLINE_BATCH_SEEDS),
+                          "online-tailorpo": (TAILORPO_BATCH_RECIPES, TAILORPO_BATCH_SEEDS),
+                          "online-recipes": (ONLINE_RECIPES, (0, 1, 2))}[args.stage]  # fmt: skip
         if args.quick:  # one recipe per method, tiny budgets: a smoke test of the stage
             first = {m: dict(list(v.items())[:1]) for m, v in recipes.items()}
             run_online_recipe_sweep(DemoConfig.quick(model=args.model), args.output_dir, recipes=first,
