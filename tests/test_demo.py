@@ -115,7 +115,7 @@ def test_relative_efficacy_is_undefined_when_the_reference_gain_is_noise():
 
 def test_table_reports_every_row_its_paired_interval_and_the_comparisons():
     rows = [{"method": m, "alignment": 0.5, "pairs": 1, "seconds": 1.0} for m in METHODS]
-    rows[1].update(gain=0.1, gain_ci=[0.02, 0.18], win_rate=0.7, in_distribution_gain=0.05)
+    rows[1].update(gain=0.1, gain_ci=[0.02, 0.18], win_rate=0.7, in_distribution_gain=0.05, gain_per_minute=6.0)
     comparison = {"a": "dpo_rpo_pairs", "b": "dpo_reward_pairs", "prompts": "final", "gain": 0.03,
                   "gain_ci": [-0.01, 0.07], "win_rate": 0.55, "p_value": 0.2}  # fmt: skip
     efficacy = {"efficacy": 0.001, "efficacy_ci": [0.0005, 0.0015]}
@@ -124,6 +124,7 @@ def test_table_reports_every_row_its_paired_interval_and_the_comparisons():
                                            "rpo_vs_reward_percent": None}})  # fmt: skip
     assert all(m in text for m in METHODS) and "n/a" in text
     assert "+0.100" in text and "[+0.020, +0.180]*" in text
+    assert "gain/min" in text.splitlines()[0] and "+6.0000" in text.splitlines()[2]
     assert "dpo_rpo_pairs vs dpo_reward_pairs (final): +0.030" in text
 
 
@@ -147,6 +148,8 @@ def test_trl_rpo_demo_quick_runs_end_to_end_and_writes_results_grid_and_curves(t
         assert row["pairs"] > 0 if row["method"] not in ("grpo", "nft") else row["images"] > 0, row
         low, high = row["gain_ci"]
         assert low <= row["gain"] <= high and 0 <= row["win_rate"] <= 1 and 0 <= row["p_value"] <= 1
+        # alignment per compute: the gain per minute of the row's training (pair building included)
+        assert row["gain_per_minute"] == pytest.approx(row["gain"] / (row["seconds"] / 60), rel=1e-2, abs=1e-4)
         assert row["in_distribution_gain_ci"][0] <= row["in_distribution_gain"] <= row["in_distribution_gain_ci"][1]
     assert {(c["a"], c["b"]) for c in results["comparisons"]} == set(COMPARISONS)
     assert {c["prompts"] for c in results["comparisons"]} == {"final", "in_distribution"}
@@ -311,14 +314,13 @@ def test_second_online_round_pits_each_demo_recipe_against_twice_its_images_per_
     from trl_rpo.shapes.sweep import ONLINE_BATCH_RECIPES, ONLINE_BATCH_SEEDS
 
     # Twice the demo's values when the round was declared (TailorPO 4 prompts, GRPO and NFT 16 images per step);
-    # TailorPO's doubled recipe won and is the demo's since, so its first recipe pins the old value.
+    # TailorPO's doubled recipe won (the third round then doubled it again), so its first recipe pins the old value.
     doubled = {"tailorpo": {"tailorpo_batch_size": 8}, "grpo": {"grpo_batch_size": 32}, "nft": {"nft_batch_size": 32}}
     assert set(ONLINE_BATCH_RECIPES) == set(doubled)
     for method, recipes in ONLINE_BATCH_RECIPES.items():
         (first, demo_overrides), (_, overrides) = list(recipes.items())
         assert first.startswith("demo:") and overrides == doubled[method]
         assert demo_overrides in ({}, {"tailorpo_batch_size": 4})
-    assert DemoConfig().tailorpo_batch_size == 8
     assert not set(ONLINE_BATCH_SEEDS) & set(StudyConfig().training_seeds)
 
 
@@ -333,6 +335,8 @@ def test_third_online_round_pits_tailorpos_demo_recipe_against_twice_its_prompts
     assert [o["tailorpo_batch_size"] for _, o in others] == [16, 16]
     assert [o["tailorpo_learning_rate"] for _, o in others] == [5e-4, 1e-3]
     assert not set(TAILORPO_BATCH_SEEDS) & (set(StudyConfig().training_seeds) | set(ONLINE_BATCH_SEEDS))
+    # the round's rule chose 16 prompts per step at lr 5e-4 (docs/shapes.md): the demo's setting since
+    assert (DemoConfig().tailorpo_batch_size, DemoConfig().tailorpo_learning_rate) == (16, 5e-4)
 
 
 def _two_pairs(with_masks: bool = False):

@@ -354,3 +354,101 @@ def test_flux_rollouts_run_no_unconditional_branch_unless_true_cfg_is_asked(tmp_
 
     assert batch_sizes(_flux_trainer(tmp_path / "plain", guidance_scale=4.5)) == {4}  # FluxPipeline's default
     assert batch_sizes(_flux_trainer(tmp_path / "true_cfg", true_cfg_scale=2.0)) == {8}
+
+
+# -- throughput options (issue 30) -----------------------------------------------------------------------------------
+
+
+def test_select_sde_window_draws_consecutive_steps_inside_its_range():
+    from trl_rpo.trainer.rollouts import select_sde_window
+
+    starts = set()
+    for seed in range(40):
+        window = select_sde_window(2, (1, 5), torch.Generator().manual_seed(seed))
+        assert window == [window[0], window[0] + 1] and 1 <= window[0] <= 3
+        starts.add(window[0])
+    assert starts == {1, 2, 3}
+    with pytest.raises(ValueError, match="does not fit"):
+        select_sde_window(3, (0, 2))
+
+
+def test_sde_window_config_names_the_fields_it_rejects():
+    with pytest.raises(ValueError, match=r"sde_window_range \[2, 9\].*num_inference_steps=4"):
+        DiffusionGRPOConfig(output_dir="x", num_inference_steps=4, sde_window_size=2, sde_window_range=[2, 9])
+    with pytest.raises(ValueError, match="leave timestep_fraction at 1"):
+        DiffusionGRPOConfig(output_dir="x", sde_window_size=2, timestep_fraction=0.5)
+
+
+def test_sde_window_samples_ode_outside_the_window_and_trains_only_its_steps(tmp_path):
+    trainer = make_trainer(tmp_path, num_inference_steps=6, sde_window_size=2, sde_window_range=[1, 4])
+    rollout = trainer.rollout(["a red square", "a blue circle"])
+    window = rollout.train_steps
+    assert len(window) == 2 and window[1] == window[0] + 1 and 1 <= window[0] <= 2
+    outside = [s for s in range(6) if s not in window]
+    assert torch.isfinite(rollout.log_probs[:, window]).all()
+    assert torch.isnan(rollout.log_probs[:, outside]).all()  # ODE steps: no noise drawn, no log-probability
+    # An ODE step is the deterministic DDIM step: recomputing it from the stored parent gives the stored child.
+    cond, uncond = trainer.encode_conditioning(rollout.prompts)
+    s = outside[0]
+    index = rollout.prompt_index
+    with torch.no_grad():
+        parent = rollout.latents[:, s]
+        t = rollout.timesteps[s].expand(len(parent))
+        output = trainer.guided_prediction(trainer.model, parent, t, {k: v[index] for k, v in cond.items()},
+                                           {k: v[index] for k, v in uncond.items()})  # fmt: skip
+        assert torch.allclose(trainer.ode_step(output, t, parent), rollout.latents[:, s + 1], atol=1e-5)
+    with torch.no_grad():
+        recomputed = trainer.step_log_probs(trainer.model, rollout, cond, uncond)
+    assert recomputed.shape == (2, 4)
+    assert torch.allclose(recomputed, rollout.log_probs[:, window].transpose(0, 1), atol=1e-4)
+    trainer.train()
+    assert math.isfinite(_logs(trainer)[0]["loss"])
+
+
+def test_shared_latent_window_runs_the_steps_before_it_once_per_prompt_with_the_same_trajectories(tmp_path):
+    calls = []
+
+    def run(name, share):
+        trainer = make_trainer(tmp_path / name, num_inference_steps=6, sde_window_size=2, sde_window_range=[3, 5],
+                               same_latent=True)  # fmt: skip
+        forward = trainer.unet_forward
+
+        def counting(unet, latents, *args, **kwargs):
+            calls.append((name, latents.shape[0]))
+            return forward(unet, latents, *args, **kwargs)
+
+        trainer.unet_forward = counting
+        if not share:  # the plain path: every image runs every step
+            trainer.args.same_latent = False
+            trainer.initial_latents = lambda n, generator=None, f=trainer.initial_latents: f(
+                n // 2, generator).repeat_interleave(2, dim=0)  # fmt: skip
+        return trainer.rollout(["a red square", "a blue circle"], generator=torch.Generator().manual_seed(0))
+
+    shared, plain = run("shared", True), run("plain", False)
+    assert shared.train_steps == plain.train_steps and shared.train_steps[0] >= 3
+    assert torch.allclose(shared.latents, plain.latents, atol=1e-5)
+    assert torch.allclose(shared.log_probs.nan_to_num(), plain.log_probs.nan_to_num(), atol=1e-5)
+    before = shared.train_steps[0]
+    # CFG doubles each call's batch: 2 prompts x 2 before the window, 4 images x 2 from it on.
+    assert [n for name, n in calls if name == "shared"] == [4] * before + [8] * (6 - before)
+    assert [n for name, n in calls if name == "plain"] == [8] * 6
+
+
+def test_guidance_one_rollouts_skip_the_unconditional_branch_and_match_explicit_cfg(tmp_path):
+    trainer = make_trainer(tmp_path, guidance_scale=1.0)
+    batches = []
+    forward = trainer.unet_forward
+
+    def counting(unet, latents, *args, **kwargs):
+        batches.append(latents.shape[0])
+        return forward(unet, latents, *args, **kwargs)
+
+    trainer.unet_forward = counting
+    cfg_free = trainer.rollout(["a red square", "a blue circle"], generator=torch.Generator().manual_seed(0))
+    assert batches == [4] * 4  # 4 images, conditional branch only, every step
+    # The same rollout with the unconditional branch computed and combined at scale 1 (uncond + 1 (cond - uncond)).
+    trainer.model_adapter.guidance_active = lambda scale: True
+    explicit = trainer.rollout(["a red square", "a blue circle"], generator=torch.Generator().manual_seed(0))
+    assert batches[4:] == [8] * 4
+    assert torch.allclose(cfg_free.latents, explicit.latents, atol=1e-5)
+    assert torch.allclose(cfg_free.rewards, explicit.rewards, atol=1e-5)

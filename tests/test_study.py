@@ -183,6 +183,24 @@ def test_study_json_keeps_every_score_and_applies_holm_to_the_declared_family(mo
     assert declared["family"] == study["family"]
 
 
+def test_study_reports_each_methods_gain_per_training_minute_pair_building_included(monkeypatch, tmp_path):
+    fakes = _Fakes(monkeypatch)
+    config = _config()
+    run_study(config, tmp_path, progress=False, log=lambda m: None, train=fakes.train)
+    study = json.loads((tmp_path / "study.json").read_text())
+    assert set(study["gain_per_minute"]) == set(config.methods)
+    for method in config.methods:
+        entry = study["gain_per_minute"][method]
+        records = [study["seeds"][s] for s in ("0", "1", "2")]
+        minutes = [(r["methods"][method]["train_seconds"] + (1.0 if method.startswith("dpo_") else 0.0)) / 60
+                   for r in records]  # the fake pair sets took 1 s each to build  # fmt: skip
+        base = np.mean(study["base"]["alignment_score"])
+        gains = [np.mean(r["methods"][method]["scores"]["alignment_score"]) - base for r in records]
+        expected = [g / m for g, m in zip(gains, minutes) if m > 0]  # the fakes train in no measurable time
+        assert entry["per_seed"] == pytest.approx(expected, rel=1e-3, abs=1e-4)
+        assert method.startswith("dpo_") == (len(expected) == 3)
+
+
 def test_quick_study_runs_its_stages_for_real(tmp_path):
     # One training seed of the --quick preset with the real pair builders, two real trainers (the offline DPO path
     # and an online one), renderer and both judges; the fakes above cover the rest of the bookkeeping.

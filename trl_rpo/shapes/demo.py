@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .compute import gain_per_minute
 from .stages import (
     DPO_ARMS,
     TAILORPO_PAIRINGS,
@@ -79,8 +80,8 @@ class DemoConfig:
     """Budgets and the recipe of the demo. `DemoConfig.quick()` is the `--quick` preset.
 
     Each Diffusion-DPO arm's recipe is the one the arm sweep chose on dev (docs/shapes.md); GRPO's and NFT's the
-    online recipe sweep's, kept by its second round; TailorPO's learning rate and steps were set by hand, its 8
-    prompts per step chosen by the second online round. The image budget is the same for every pair-building method.
+    online recipe sweep's, kept by its second round; TailorPO's learning rate and steps were set by hand, its 16
+    prompts per step chosen by the third online round (which kept the learning rate against twice it). The image budget is the same for every pair-building method.
     """
 
     model: str | None = field(default=None, metadata={"help": "Pipeline folder; default: the shipped base model."})
@@ -117,7 +118,7 @@ class DemoConfig:
     lora_r: int = field(default=8, metadata={"help": "LoRA rank of every trained model."})
     tailorpo_steps: int = field(default=40, metadata={"help": "TailorPOTrainer optimizer steps per run."})
     tailorpo_batch_size: int = field(
-        default=8, metadata={"help": "Prompts sampled per TailorPO step (the second online round's choice)."}
+        default=16, metadata={"help": "Prompts sampled per TailorPO step (the third online round's choice)."}
     )
     tailorpo_num_inference_steps: int = field(default=10, metadata={"help": "DDIM steps of TailorPO rollouts."})
     tailorpo_learning_rate: float = field(default=5e-4, metadata={"help": "TailorPO LoRA learning rate."})
@@ -396,6 +397,7 @@ def _report(config: DemoConfig, scorer: _Scorer, rows: list[dict[str, Any]]) -> 
                 row[f"{prefix}alignment"] = round(scorer.mean(method, name), 4)
             row.update({f"{prefix}{key}": result[key] for key in ("gain", "gain_ci", "win_rate", "win_rate_ci",
                                                                   "p_value")})  # fmt: skip
+        row.update(gain_per_minute(row["gain"], row["seconds"], row["gain_ci"]))
     if "in_distribution" in scorer.sets:
         rows[0]["in_distribution_alignment"] = round(scorer.mean("base", "in_distribution"), 4)
     comparisons = []
@@ -448,15 +450,16 @@ def format_table(results: dict[str, Any]) -> str:
         return "" if ci is None else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
     lines = [f"{'method':<18} {'alignment':>9} {'gain':>7} {'95% CI (paired)':>18} {'win':>5} {'in-dist gain':>13} "
-             f"{'pairs':>6} {'seconds':>8}"]  # fmt: skip
+             f"{'pairs':>6} {'seconds':>8} {'gain/min':>9}"]  # fmt: skip
     for row in results["rows"]:
         gain = f"{row['gain']:+.3f}" if "gain" in row else ""
         mark = "*" if row.get("gain_ci") and (row["gain_ci"][0] > 0 or row["gain_ci"][1] < 0) else " "
         win = f"{row['win_rate']:.2f}" if "win_rate" in row else ""
         in_dist = f"{row['in_distribution_gain']:+.3f}" if "in_distribution_gain" in row else ""
+        rate = f"{row['gain_per_minute']:+.4f}" if row.get("gain_per_minute") is not None else ""
         lines.append(
             f"{row['method']:<18} {row['alignment']:>9.3f} {gain:>7} {interval(row.get('gain_ci')):>18}{mark}"
-            f"{win:>5} {in_dist:>13} {row['pairs']:>6} {row['seconds']:>8.1f}"
+            f"{win:>5} {in_dist:>13} {row['pairs']:>6} {row['seconds']:>8.1f} {rate:>9}"
         )
     for c in results.get("comparisons", []):
         lines.append(

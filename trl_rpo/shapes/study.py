@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .compute import study_gain_per_minute
 from .demo import METHODS, DemoConfig
 
 __all__ = [
@@ -406,6 +407,12 @@ def run_study(
     return study
 
 
+def _pair_set_of(methods: Sequence[str]) -> dict[str, str]:
+    from .stages import DPO_ARMS
+
+    return {m: DPO_ARMS[m][0] for m in methods if m in DPO_ARMS}
+
+
 def _scores(base: dict[str, Any], seeds: dict[int, Any], method: str, endpoint: str):
     """`[training seed, noise, prompt]` scores of a method (the base's are the same for every training seed)."""
     import numpy as np
@@ -455,6 +462,8 @@ def analyse(config: StudyConfig, prompts: list[str], base: dict[str, Any], seeds
         "eval_seeds": list(config.eval_seeds),
         "noise": "per image: torch.Generator().manual_seed(trl_rpo.evaluation.image_seed(eval_seed, prompt_index))",
         "seconds": {str(s): record.get("seconds") for s, record in seeds.items()},
+        "gain_per_minute": study_gain_per_minute(base[ENDPOINTS[0]], {str(s): r for s, r in seeds.items()},
+                                                 config.methods, ENDPOINTS[0], _pair_set_of(config.methods)),
         "statistics": "gain: mean over training seeds x noise x prompts of a - b; ci and p_value: "
         "trl_rpo.statistics.hierarchical_bootstrap (two-level crossed bootstrap over training seeds and prompts, t "
         "quantile with Welch-Satterthwaite df; p from the same resamples); p_holm: Holm over the family, per endpoint",
@@ -473,6 +482,11 @@ def format_summary(study: dict[str, Any]) -> str:
             mark = "*" if row["reject_holm"] else " "
             lines.append(f"  {row['comparison']:<36} {row['gain']:+.4f} [{low:+.4f}, {high:+.4f}] p = "
                          f"{row['p_value']:.3g}, Holm p = {row['p_holm']:.3g}{mark} ({row['role']})")  # fmt: skip
+    if study.get("gain_per_minute"):
+        lines.append(f"gain over base per training minute ({ENDPOINTS[0]}, pair building included, mean over seeds):")
+    for method, entry in study.get("gain_per_minute", {}).items():
+        rate = "n/a" if entry["gain_per_minute"] is None else f"{entry['gain_per_minute']:+.5f}"
+        lines.append(f"  {method:<28} {rate} (SE {entry['gain_per_minute_se']}) over {entry['minutes']:.1f} min")
     agree = study["agreement_on_base_images"]
     lines.append(f"judges agree on base images: same score {agree['same_score']:.2f}, same strict verdict "
                  f"{agree['same_strict']:.2f}, score correlation {agree['score_correlation']}")  # fmt: skip

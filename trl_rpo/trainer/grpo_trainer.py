@@ -75,6 +75,7 @@ class DiffusionGRPOTrainer(GroupRolloutTrainer):
         "eta",
         "timestep_fraction",
         "same_latent",
+        "sde_window_size",
     )
     config_class = DiffusionGRPOConfig
 

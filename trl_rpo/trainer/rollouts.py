@@ -24,7 +24,7 @@ from .online import OnlineDiffusionTrainer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GroupRepeatSampler", "GroupRolloutTrainer", "Rollout", "select_train_steps"]
+__all__ = ["GroupRepeatSampler", "GroupRolloutTrainer", "Rollout", "select_sde_window", "select_train_steps"]
 
 class GroupRepeatSampler(Sampler[int]):
     """Dataset indices in groups: each prompt `group_size` times in a row, each chunk of prompts `repeat_count` times.
@@ -85,6 +85,21 @@ def select_train_steps(
         return list(trainable[:count])
     pick = torch.randperm(len(trainable), generator=generator)[:count].sort().values.tolist()
     return [trainable[i] for i in pick]
+
+
+def select_sde_window(
+    size: int, window_range: tuple[int, int], generator: torch.Generator | None = None
+) -> list[int]:
+    """The `size` consecutive step indices sampled with the SDE, starting uniformly in `[first, end - size]`.
+
+    Flow-GRPO-Fast (Flow-GRPO's `sample.sde_window_size` / `sde_window_range`) and MixGRPO: the other steps take the
+    deterministic ODE step, and only the window's steps are trained.
+    """
+    first, end = int(window_range[0]), int(window_range[1])
+    if size < 1 or end - first < size:
+        raise ValueError(f"an SDE window of {size} steps does not fit in steps [{first}, {end})")
+    start = first + int(torch.randint(end - first - size + 1, (1,), generator=generator))
+    return list(range(start, start + size))
 
 
 # The tensors of a Rollout that a checkpoint keeps (the images are for logging only).
@@ -233,29 +248,46 @@ class GroupRolloutTrainer(OnlineDiffusionTrainer):
         prompt_index = torch.arange(len(prompts), device=device).repeat_interleave(g)
         cond_all = {k: v[prompt_index] for k, v in cond.items()}
         uncond_all = {k: v[prompt_index] for k, v in uncond.items()}
+        window = self.sde_window(generator)
+        # With a shared start and an SDE window, a group's images stay identical until the window (ODE steps draw no
+        # noise): those steps run once per prompt and are copied to the group when the window opens.
+        shared = args.same_latent and window is not None and window[0] > 0
         if args.same_latent:
-            latents = self.initial_latents(len(prompts), generator).repeat_interleave(g, dim=0)
+            latents = self.initial_latents(len(prompts), generator)
+            if not shared:
+                latents = latents.repeat_interleave(g, dim=0)
         else:
             latents = self.initial_latents(len(prompt_index), generator)
         trajectory, log_probs = [latents], []
-        for t in scheduler.timesteps:
+        for step, t in enumerate(scheduler.timesteps):
+            if shared and step == window[0]:
+                trajectory = [x.repeat_interleave(g, dim=0) for x in trajectory]
+                latents, shared = trajectory[-1], False
+            c, u = (cond, uncond) if shared else (cond_all, uncond_all)
             timesteps = t.expand(len(latents)).to(device)
-            output = self.guided_prediction(unet, latents, timesteps, cond_all, uncond_all)
-            if self.stochastic_rollouts:
+            output = self.guided_prediction(unet, latents, timesteps, c, u)
+            if self.stochastic_rollouts and (window is None or step in window):
                 latents, log_prob = self.step_with_logprob(output, timesteps, latents, generator=generator)
             else:
                 latents = self.ode_step(output, timesteps, latents)
-                log_prob = torch.full((len(latents),), float("nan"), device=device)
+                log_prob = torch.full((len(prompt_index),), float("nan"), device=device)
             trajectory.append(latents)
             log_probs.append(log_prob)
+        if shared:  # a window never opened (not reachable with a valid config), keep shapes right anyway
+            trajectory = [x.repeat_interleave(g, dim=0) for x in trajectory]
         images = self.decode(latents)
         flat_prompts = [prompts[i] for i in prompt_index.tolist()]
         total, per_func = self.step_rewards(images, flat_prompts)
         total = total.to(device)
         advantages, group_std = self.compute_advantages(total)
-        train_steps = select_train_steps(
-            self.trainable_steps(), args.timestep_fraction, generator, args.timestep_sampling
-        )
+        if window is None:
+            train_steps = select_train_steps(
+                self.trainable_steps(), args.timestep_fraction, generator, args.timestep_sampling
+            )
+        else:
+            train_steps = [s for s in window if s in set(self.trainable_steps())]
+            if not train_steps:
+                raise ValueError(f"the SDE window {window} holds no step with a log-probability (all deterministic)")
         return Rollout(
             prompts=list(prompts),
             prompt_index=prompt_index,
@@ -269,6 +301,14 @@ class GroupRolloutTrainer(OnlineDiffusionTrainer):
             group_std=group_std,
             images=tensor_to_pil(images),
         )
+
+    def sde_window(self, generator: torch.Generator | None = None) -> list[int] | None:
+        """This rollout's SDE steps (`sde_window_size`, drawn in `sde_window_range`), or None: every step is SDE."""
+        size = int(getattr(self.args, "sde_window_size", 0) or 0)
+        if not size or not self.stochastic_rollouts:
+            return None
+        window_range = getattr(self.args, "sde_window_range", None) or (0, self.args.num_inference_steps)
+        return select_sde_window(size, window_range, generator)
 
     def ode_step(self, output: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """One deterministic sampler step: DDIM at eta 0 (UNet models) or the flow ODE's Euler step."""
