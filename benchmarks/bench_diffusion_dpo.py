@@ -107,6 +107,9 @@ def make_trainer(
     callbacks=None,
     max_steps: int | None = None,
     loss_type: str = "sigmoid",
+    pipe=None,
+    peft_config=None,
+    **overrides,
 ):
     from transformers import PrinterCallback
 
@@ -122,18 +125,18 @@ def make_trainer(
         optim="adamw_torch",  # the same torch.optim.AdamW the plain loop uses
         lr_scheduler_type="constant",  # as the diffusers example's default
         max_grad_norm=1.0,
-        precompute_latents=True,
         resolution=args.resolution,
         report_to=[],
         save_strategy="no",
         disable_tqdm=True,
         seed=args.seed,
+        **{"precompute_latents": True, **overrides},
     )
     trainer = DiffusionDPOTrainer(
-        model=make_pipeline(model, args.resolution, args.seed),
+        model=pipe if pipe is not None else make_pipeline(model, args.resolution, args.seed),
         args=config,
         train_dataset=make_dataset(args),
-        peft_config=tiny_lora_config() if lora else None,
+        peft_config=(peft_config or tiny_lora_config()) if lora else None,
         callbacks=callbacks,
     )
     # Logging still happens every `logging_steps` (its cost is part of a trainer step); only the printing goes.
@@ -151,24 +154,29 @@ class PlainDiffusionDPO:
     adds over it is precomputation (no VAE / text encoder in the step) and its own bookkeeping.
     """
 
-    def __init__(self, args, model: str):
+    def __init__(self, args, model: str, pipe=None, peft_config=None, device="cpu", dtype=None):
         import torch
         from diffusers import DDPMScheduler
+        from diffusers.training_utils import cast_training_params
         from torch.utils.data import DataLoader
 
         from trl_rpo.data.formats import prepare_preference_dataset
         from trl_rpo.testing import tiny_lora_config
         from trl_rpo.trainer.diffusion_dpo_trainer import DataCollatorForDiffusionPreference
 
-        self.args = args
+        self.args, self.device, self.dtype = args, torch.device(device), dtype or torch.float32
         self.is_sdxl = model == "sdxl"
-        self.pipe = make_pipeline(model, args.resolution, args.seed)
+        self.pipe = pipe if pipe is not None else make_pipeline(model, args.resolution, args.seed)
         for frozen in (self.pipe.vae, self.pipe.text_encoder, getattr(self.pipe, "text_encoder_2", None)):
             if frozen is not None:
-                frozen.requires_grad_(False).eval()
+                # The diffusers script keeps the VAE in float32 when its config asks for it (SDXL's force_upcast).
+                upcast = frozen is self.pipe.vae and getattr(frozen.config, "force_upcast", False)
+                frozen.requires_grad_(False).eval().to(self.device, torch.float32 if upcast else self.dtype)
         self.unet = self.pipe.unet
         self.unet.requires_grad_(False)
-        self.unet.add_adapter(tiny_lora_config())
+        self.unet.to(self.device, self.dtype)  # frozen weights in the training dtype, as the script's weight_dtype
+        self.unet.add_adapter(peft_config or tiny_lora_config())
+        cast_training_params(self.unet, dtype=torch.float32)  # LoRA weights in float32, as the script
         self.unet.train()
         self.params = [p for p in self.unet.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=args.learning_rate, weight_decay=0.0, eps=1e-8)
@@ -205,24 +213,27 @@ class PlainDiffusionDPO:
         from trl_rpo.pipelines import sdxl_time_ids
 
         batch = self._next_batch()
-        pipe, b = self.pipe, len(batch["prompt"])
+        pipe, b, device = self.pipe, len(batch["prompt"]), self.device
         with torch.no_grad():
             vae = pipe.vae
             # pixel_values is already [chosen; rejected]: one VAE call on all 2B images.
-            latents = vae.encode(batch["pixel_values"]).latent_dist.sample() * vae.config.scaling_factor
+            pixels = batch["pixel_values"].to(device, next(vae.parameters()).dtype)
+            latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+            latents = latents.to(self.dtype)
             if self.is_sdxl:
                 embeds, _, pooled, _ = pipe.encode_prompt(
-                    batch["prompt"], device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False
+                    batch["prompt"], device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
                 )
                 pooled = pooled.repeat(2, 1)
                 time_ids = sdxl_time_ids(batch["original_sizes"], batch["crop_top_lefts"], self.args.resolution)
+                time_ids = time_ids.to(device, self.dtype)
             else:
-                embeds, _ = pipe.encode_prompt(batch["prompt"], "cpu", 1, False)
+                embeds, _ = pipe.encode_prompt(batch["prompt"], device, 1, False)
                 pooled, time_ids = None, None
             embeds = embeds.repeat(2, 1, 1)
         # Same noise and timestep for both images of a pair, as the diffusers script draws them.
         noise = torch.randn_like(latents).chunk(2)[0].repeat(2, 1, 1, 1)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,)).repeat(2)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), device=device).repeat(2)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
 
         # Policy: one call on the stacked 2B batch; reference: the same UNet with adapters disabled, one call.

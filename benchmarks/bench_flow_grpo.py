@@ -2,7 +2,8 @@
 
 Both train the same tiny SD3 folder (`trl_rpo.testing.tiny_sd3_pipeline`, saved with `save_pretrained`) on the same
 prompts with the same JPEG-compressibility reward, group size, images per optimizer step, sampler steps, guidance,
-SDE noise level, LoRA (flow_grpo's: r 32, alpha 64, its eight attention projections), learning rate and no KL, each
+SDE noise level, T5 length (flow_grpo's fixed 128 tokens), LoRA (flow_grpo's: r 32, alpha 64, its eight attention
+projections), learning rate and no KL, each
 in its own process on the same threads, one after the other. Printed: steady-state seconds per optimizer step and
 images per second (rollout images per step / seconds per step), the first steps left out (flow_grpo's evaluation
 at epoch 0, warm-up).
@@ -41,7 +42,7 @@ LORA_TARGETS = ["attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.t
 # A stand-in for wandb: flow_grpo's script calls wandb.init / wandb.log / wandb.Image; this records each log call's
 # time and keys, nothing else.
 WANDB_SHIM = textwrap.dedent(
-    '''
+    """
     import json, os, time
 
     def init(*args, **kwargs):
@@ -54,12 +55,12 @@ WANDB_SHIM = textwrap.dedent(
     class Image:
         def __init__(self, *args, **kwargs):
             pass
-    '''
+    """
 )
 
 # The trl-rpo side: the trainer `trl-rpo grpo` builds, with a callback that records when each optimizer step ends.
 TRL_RPO_RUN = textwrap.dedent(
-    '''
+    """
     import json, sys, time
     import torch
     from datasets import Dataset
@@ -85,7 +86,7 @@ TRL_RPO_RUN = textwrap.dedent(
                                    callbacks=[Clock()])
     trainer.train()
     print("TIMES " + json.dumps(times))
-    '''
+    """
 )
 
 
@@ -125,7 +126,8 @@ def run_flow_grpo(repo: Path, peer_site: Path | None, model: Path, data: Path, w
         "sample.num_batches_per_epoch": 2, "sample.test_batch_size": 2,
         "train.batch_size": images // 2, "train.gradient_accumulation_steps": 2, "train.timestep_fraction": 1.0,
         "train.learning_rate": 3e-4, "train.beta": 0.0, "train.ema": False, "train.cfg": args.guidance_scale > 1,
-        "eval_freq": 100000, "save_freq": 100000, "save_dir": work / "flow_grpo_out", "logdir": work / "flow_grpo_logs",
+        "eval_freq": 100000, "save_freq": 100000, "save_dir": work / "flow_grpo_out",
+        "logdir": work / "flow_grpo_logs",
     }  # fmt: skip
     command = [sys.executable, "scripts/train_sd3.py", "--config", "config/grpo.py:compressibility"]
     command += [f"--config.{k}={v}" for k, v in overrides.items()]
@@ -155,11 +157,12 @@ def run_flow_grpo(repo: Path, peer_site: Path | None, model: Path, data: Path, w
 
 def run_trl_rpo(model: Path, data: Path, work: Path, args, window: int = 0) -> list[float]:
     """`DiffusionGRPOTrainer` with the same settings, `args.steps + args.warmup + 1` optimizer steps; their ends."""
+    images = args.prompts_per_step * args.group_size
     config = {
-        "num_generations": args.group_size, "per_device_train_batch_size": args.prompts_per_step * args.group_size // 2,
+        "num_generations": args.group_size, "per_device_train_batch_size": images // 2,
         "gradient_accumulation_steps": 2, "num_inference_steps": args.num_steps, "guidance_scale": args.guidance_scale,
         "sde_noise_level": 0.7, "learning_rate": 3e-4, "beta": 0.0, "max_steps": args.steps + args.warmup + 1,
-        "resolution": 32, "max_sequence_length": 32, "log_kl": False, "max_grad_norm": 1.0,
+        "resolution": 32, "max_sequence_length": 128, "log_kl": False, "max_grad_norm": 1.0,
         "lr_scheduler_type": "constant", "scale_rewards": "group",
     }  # fmt: skip
     if window:
@@ -168,6 +171,7 @@ def run_trl_rpo(model: Path, data: Path, work: Path, args, window: int = 0) -> l
             "output_dir": str(work / f"trl_rpo_out_{window}")}  # fmt: skip
     result = subprocess.run([sys.executable, "-c", TRL_RPO_RUN, json.dumps(spec)], capture_output=True, text=True,
                             timeout=args.timeout)  # fmt: skip
+    (work / f"trl_rpo_{window}.log").write_text(result.stdout + result.stderr)
     if result.returncode:
         raise RuntimeError(f"the trl-rpo run failed:\n{result.stderr[-3000:]}")
     line = [x for x in result.stdout.splitlines() if x.startswith("TIMES ")][-1]
@@ -187,6 +191,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=2, help="also time trl-rpo with an SDE window of this many "
                         "steps (Flow-GRPO-Fast); 0: skip")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
+    parser.add_argument("--keep", type=Path, default=None, help="work folder to keep (both runs' logs and outputs)")
     args = parser.parse_args()
     repo = args.flow_grpo_repo.resolve()
     if not (repo / "scripts" / "train_sd3.py").is_file():
@@ -198,7 +203,8 @@ def main() -> None:
           f"({args.prompts_per_step} prompts x {args.group_size}), {args.num_steps} sampler steps, guidance "
           f"{args.guidance_scale}, 32 px tiny SD3, LoRA r32 on {len(LORA_TARGETS)} projections")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = Path(tmp) if args.keep is None else args.keep.resolve()
+        work.mkdir(parents=True, exist_ok=args.keep is None)
         model, data = prepare(work, num_prompts=16)
         rows = []
         runs = [("flow_grpo scripts/train_sd3.py", lambda: run_flow_grpo(repo, args.peer_site, model, data, work,

@@ -245,9 +245,11 @@ def test_disabled_adapter_reference_equals_a_frozen_copy(tmp_path):
     frozen_copy = copy.deepcopy(pipe.unet).eval()
     trainer = make_trainer(tmp_path, pipe=pipe, max_steps=2, learning_rate=5e-2)
     trainer.train()  # LoRA weights are now non-zero
-    x = torch.randn(2, 4, 16, 16)
-    t = torch.tensor([10, 500])
-    cond = {"prompt_embeds": torch.randn(2, 77, 32)}
+    device = trainer.accelerator.device  # the trainer moved the UNet there (CUDA when there is one)
+    frozen_copy.to(device)
+    x = torch.randn(2, 4, 16, 16, device=device)
+    t = torch.tensor([10, 500], device=device)
+    cond = {"prompt_embeds": torch.randn(2, 77, 32, device=device)}
     with torch.no_grad():
         with trainer.reference_model() as ref:
             ref_out = trainer.unet_forward(ref, x, t, cond)
@@ -272,7 +274,9 @@ def test_adapters_are_reenabled_even_if_the_reference_pass_fails(tmp_path):
         for name, param in trainer.model.named_parameters():
             if "lora_B" in name:
                 param.normal_(std=0.5)
-    x, t, cond = torch.randn(2, 4, 16, 16), torch.tensor([10, 500]), {"prompt_embeds": torch.randn(2, 77, 32)}
+    device = trainer.accelerator.device  # the trainer moved the UNet there (CUDA when there is one)
+    x, t = torch.randn(2, 4, 16, 16, device=device), torch.tensor([10, 500], device=device)
+    cond = {"prompt_embeds": torch.randn(2, 77, 32, device=device)}
     with torch.no_grad():
         policy = trainer.unet_forward(trainer.model, x, t, cond)
         with trainer.reference_model() as ref:
