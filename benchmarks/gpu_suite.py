@@ -197,7 +197,8 @@ def _measured(run) -> dict[str, Any]:
     return {"seconds_per_step": round(seconds, 4), "peak_gib": peak}
 
 
-def sdxl_dpo(settings: SimpleNamespace) -> dict[str, Any]:
+def _dpo_setup(settings: SimpleNamespace):
+    """What every Diffusion-DPO case shares: LoRA r16 on the attention projections, 2 pairs per step, bf16 on a GPU."""
     from peft import LoraConfig
 
     lora = LoraConfig(r=16, lora_alpha=16, init_lora_weights="gaussian", target_modules=ATTENTION)
@@ -209,7 +210,28 @@ def sdxl_dpo(settings: SimpleNamespace) -> dict[str, Any]:
         num_rows=2 * (settings.steps + settings.warmup + 2),
         steps=settings.steps + settings.warmup + 1,
     )
-    precision = {"bf16": True} if settings.bf16 else {}
+    return lora, args
+
+
+def _dpo_trainer(settings: SimpleNamespace, args, lora, model: str, **options) -> float:
+    """Seconds per step of `DiffusionDPOTrainer` on the case's pipeline (`model`: `sdxl` or `sd35m`)."""
+    clock = step_clock()
+    run = make_trainer(
+        args,
+        model,
+        str(settings.work / f"{model}-{len(options)}-{options.get('precompute_latents')}"),
+        callbacks=[clock],
+        pipe=settings.pipeline(model),
+        peft_config=lora,
+        **({"bf16": True} if settings.bf16 else {}),
+        **options,
+    )
+    run.train()
+    return _seconds_per_step(clock.times, settings.warmup)
+
+
+def sdxl_dpo(settings: SimpleNamespace) -> dict[str, Any]:
+    lora, args = _dpo_setup(settings)
 
     def plain() -> float:
         loop = PlainDiffusionDPO(
@@ -228,25 +250,10 @@ def sdxl_dpo(settings: SimpleNamespace) -> dict[str, Any]:
             ends.append(time.perf_counter())
         return _seconds_per_step(ends, settings.warmup)
 
-    def trainer(precompute: bool) -> float:
-        clock = step_clock()
-        run = make_trainer(
-            args,
-            "sdxl",
-            str(settings.work / f"sdxl-{precompute}"),
-            callbacks=[clock],
-            pipe=settings.pipeline("sdxl"),
-            peft_config=lora,
-            precompute_latents=precompute,
-            **precision,
-        )
-        run.train()
-        return _seconds_per_step(clock.times, settings.warmup)
-
     rows = {
         "plain_stacked_step": _measured(plain),
-        "trainer": _measured(lambda: trainer(False)),
-        "trainer_precompute": _measured(lambda: trainer(True)),
+        "trainer": _measured(lambda: _dpo_trainer(settings, args, lora, "sdxl", precompute_latents=False)),
+        "trainer_precompute": _measured(lambda: _dpo_trainer(settings, args, lora, "sdxl", precompute_latents=True)),
     }
     for row in rows.values():
         row["pairs_per_s"] = round(2 / row["seconds_per_step"], 3)
@@ -255,36 +262,12 @@ def sdxl_dpo(settings: SimpleNamespace) -> dict[str, Any]:
 
 
 def sd35m_dpo(settings: SimpleNamespace) -> dict[str, Any]:
-    from peft import LoraConfig
-
-    lora = LoraConfig(r=16, lora_alpha=16, init_lora_weights="gaussian", target_modules=ATTENTION)
-    args = SimpleNamespace(
-        resolution=settings.dpo_resolution,
-        batch_size=2,
-        learning_rate=1e-5,
-        seed=0,
-        num_rows=2 * (settings.steps + settings.warmup + 2),
-        steps=settings.steps + settings.warmup + 1,
-    )
-    precision = {"bf16": True} if settings.bf16 else {}
-
-    def trainer() -> float:
-        clock = step_clock()
-        run = make_trainer(
-            args,
-            "sd3",
-            str(settings.work / "sd35m"),
-            callbacks=[clock],
-            pipe=settings.pipeline("sd35m"),
-            peft_config=lora,
-            precompute_latents=False,
-            max_sequence_length=settings.text_tokens,
-            **precision,
+    lora, args = _dpo_setup(settings)
+    row = _measured(
+        lambda: _dpo_trainer(
+            settings, args, lora, "sd35m", precompute_latents=False, max_sequence_length=settings.text_tokens
         )
-        run.train()
-        return _seconds_per_step(clock.times, settings.warmup)
-
-    row = _measured(trainer)
+    )
     row["pairs_per_s"] = round(2 / row["seconds_per_step"], 3)
     return {"resolution": args.resolution, "pairs_per_step": 2, "lora_r": 16, "variants": {"trainer": row}}
 
