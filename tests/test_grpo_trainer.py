@@ -452,3 +452,69 @@ def test_guidance_one_rollouts_skip_the_unconditional_branch_and_match_explicit_
     assert batches[4:] == [8] * 4
     assert torch.allclose(cfg_free.latents, explicit.latents, atol=1e-5)
     assert torch.allclose(cfg_free.rewards, explicit.rewards, atol=1e-5)
+
+
+def test_rollout_chunk_and_async_reward_config_checks_name_the_fields():
+    with pytest.raises(ValueError, match=r"rollout_chunk_size \(3\) must be a positive multiple of num_generations"):
+        DiffusionGRPOConfig(output_dir="x", num_generations=2, per_device_train_batch_size=8, rollout_chunk_size=3)
+    with pytest.raises(ValueError, match="async_rewards overlaps scoring.*set rollout_chunk_size below"):
+        DiffusionGRPOConfig(output_dir="x", num_generations=2, per_device_train_batch_size=8, async_rewards=True)
+    with pytest.raises(ValueError, match="max_pending_rewards must be >= 1"):
+        DiffusionGRPOConfig(output_dir="x", max_pending_rewards=0)
+
+
+def test_async_rewards_give_the_same_rollout_as_inline_scoring(tmp_path):
+    prompts = ["a red square", "a blue circle", "a green triangle", "a yellow star"]
+
+    def run(name, **options):
+        trainer = make_trainer(tmp_path / name, per_device_train_batch_size=8, rollout_chunk_size=2, **options)
+        return trainer.rollout(prompts, generator=torch.Generator().manual_seed(0))
+
+    inline, background = run("inline"), run("async", async_rewards=True, max_pending_rewards=1)
+    for field in ("latents", "rewards", "advantages"):
+        assert torch.equal(getattr(inline, field), getattr(background, field)), field
+    assert torch.equal(inline.log_probs.nan_to_num(), background.log_probs.nan_to_num())
+    assert [a.tobytes() for a in inline.images] == [b.tobytes() for b in background.images]
+
+
+def test_async_rewards_score_a_chunk_on_another_thread_while_the_next_chunk_samples(tmp_path):
+    import threading
+
+    scoring_started, sampled_meanwhile = threading.Event(), threading.Event()
+    seen = {"threads": set(), "overlapped": []}
+
+    def remote_like(images, prompts, **kwargs):  # a reward that waits for an answer, as a remote server's does
+        seen["threads"].add(threading.current_thread().name)
+        if not scoring_started.is_set():  # the first chunk: wait to see the denoiser run meanwhile
+            scoring_started.set()
+            seen["overlapped"].append(sampled_meanwhile.wait(timeout=10))
+        return brightness(images, prompts)
+
+    trainer = make_trainer(tmp_path, reward_funcs=remote_like, per_device_train_batch_size=8, rollout_chunk_size=2,
+                           async_rewards=True)  # fmt: skip
+    forward = trainer.unet_forward
+
+    def watching(*args, **kwargs):
+        if scoring_started.is_set():
+            sampled_meanwhile.set()
+        return forward(*args, **kwargs)
+
+    trainer.unet_forward = watching
+    trainer.rollout(["a red square", "a blue circle", "a green triangle", "a yellow star"])
+    assert seen["overlapped"] == [True]  # the next chunk sampled while the first was being scored
+    assert seen["threads"] and threading.main_thread().name not in seen["threads"]
+
+
+def test_inline_rewards_score_each_chunk_before_the_next_one_samples(tmp_path):
+    order = []
+
+    def recording(images, prompts, **kwargs):
+        order.append("score")
+        return brightness(images, prompts)
+
+    trainer = make_trainer(tmp_path, reward_funcs=recording, per_device_train_batch_size=8, rollout_chunk_size=4)
+    forward = trainer.unet_forward
+    trainer.unet_forward = lambda *a, **k: order.append("sample") or forward(*a, **k)
+    rollout = trainer.rollout(["a red square", "a blue circle", "a green triangle", "a yellow star"])
+    assert order == ["sample"] * 4 + ["score"] + ["sample"] * 4 + ["score"]  # 2 chunks of 4 images, 4 steps each
+    assert rollout.latents.shape[0] == 8 and rollout.rewards.shape == (8,)

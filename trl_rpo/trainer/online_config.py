@@ -117,6 +117,17 @@ class GroupRolloutConfig(OnlineDiffusionConfig):
             Which `timestep_fraction` of the steps is trained: `"random"` (a subset drawn per rollout, DDPO) or
             `"first"` (the noisiest ones, where layout and composition are decided; Flow-GRPO's `timestep_fraction`
             trains the first steps of each trajectory).
+        rollout_chunk_size (`int`, *optional*):
+            Sample a micro-step's rollout this many images at a time (a multiple of `num_generations`); `None`: all at
+            once. Bounds the sampling batch, and with `async_rewards` sets what is scored while the next chunk samples.
+        async_rewards (`bool`, *optional*, defaults to `False`):
+            Decode and score each chunk on a background thread while the next chunk samples (Flow-GRPO scores each
+            sampling batch on a thread pool the same way): for remote rewards (`RemoteReward`, `trl-rpo
+            serve-reward`), whose answers then arrive while the denoiser keeps sampling. Results are identical to
+            scoring inline; `time/reward_wait_s` logs how long sampling still waited. Needs `rollout_chunk_size`.
+        max_pending_rewards (`int`, *optional*, defaults to `2`):
+            With `async_rewards`, chunks waiting to be scored at most (each holds its latents and images): a bounded
+            queue, so a slow reward server slows sampling instead of filling memory.
     """
 
     per_device_train_batch_size: int = field(
@@ -137,6 +148,13 @@ class GroupRolloutConfig(OnlineDiffusionConfig):
     timestep_fraction: float = field(
         default=1.0, metadata={"help": "Fraction of each trajectory's steps to train on (random subset)."}
     )
+    rollout_chunk_size: int | None = field(
+        default=None, metadata={"help": "Images sampled at a time per rollout (multiple of num_generations)."}
+    )
+    async_rewards: bool = field(
+        default=False, metadata={"help": "Score each chunk on a background thread while the next one samples."}
+    )
+    max_pending_rewards: int = field(default=2, metadata={"help": "async_rewards: chunks queued for scoring at most."})
     timestep_sampling: str = field(
         default="random",
         metadata={
@@ -166,3 +184,15 @@ class GroupRolloutConfig(OnlineDiffusionConfig):
             raise ValueError(f"num_iterations must be >= 1, got {self.num_iterations}")
         if not 0 < self.timestep_fraction <= 1:
             raise ValueError(f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
+        chunk = self.rollout_chunk_size
+        if chunk is not None and (chunk < self.num_generations or chunk % self.num_generations):
+            raise ValueError(
+                f"rollout_chunk_size ({chunk}) must be a positive multiple of num_generations ({self.num_generations})"
+            )
+        if self.async_rewards and (chunk is None or chunk >= self.per_device_train_batch_size):
+            raise ValueError(
+                "async_rewards overlaps scoring with the next chunk's sampling: set rollout_chunk_size below "
+                f"per_device_train_batch_size ({self.per_device_train_batch_size}), got {chunk}"
+            )
+        if self.max_pending_rewards < 1:
+            raise ValueError(f"max_pending_rewards must be >= 1, got {self.max_pending_rewards}")

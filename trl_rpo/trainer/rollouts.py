@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +26,14 @@ from .online import OnlineDiffusionTrainer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GroupRepeatSampler", "GroupRolloutTrainer", "Rollout", "select_sde_window", "select_train_steps"]
+__all__ = [
+    "GroupRepeatSampler",
+    "GroupRolloutTrainer",
+    "RewardQueue",
+    "Rollout",
+    "select_sde_window",
+    "select_train_steps",
+]
 
 class GroupRepeatSampler(Sampler[int]):
     """Dataset indices in groups: each prompt `group_size` times in a row, each chunk of prompts `repeat_count` times.
@@ -100,6 +109,51 @@ def select_sde_window(
         raise ValueError(f"an SDE window of {size} steps does not fit in steps [{first}, {end})")
     start = first + int(torch.randint(end - first - size + 1, (1,), generator=generator))
     return list(range(start, start + size))
+
+
+class RewardQueue:
+    """Decode and score a rollout's chunks in order: inline, or on one background thread while the next chunk samples.
+
+    `work(latents, prompts) -> (images, total, per_func)`. With `background`, at most `max_pending` chunks wait to be
+    scored (each holds its final latents and, once decoded, its images): submitting one more first collects the
+    oldest. Flow-GRPO scores each sampling batch on a thread pool the same way, so a remote reward model
+    (`RemoteReward`, `trl-rpo serve-reward`) answers while the GPU keeps sampling. `wait_seconds` is how long the
+    sampling thread waited for scores.
+    """
+
+    def __init__(self, work: Callable, background: bool = False, max_pending: int = 2):
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1, got {max_pending}")
+        self._work, self._max_pending = work, max_pending
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewards") if background else None
+        self._pending: deque[Future] = deque()
+        self._done: list = []
+        self.wait_seconds = 0.0
+
+    def _collect_oldest(self) -> None:
+        start = time.perf_counter()
+        self._done.append(self._pending.popleft().result())
+        self.wait_seconds += time.perf_counter() - start
+
+    def submit(self, latents: torch.Tensor, prompts: list[str]) -> None:
+        if self._executor is None:
+            self._done.append(self._work(latents, prompts))
+            return
+        while len(self._pending) >= self._max_pending:
+            self._collect_oldest()
+        self._pending.append(self._executor.submit(self._work, latents, prompts))
+
+    def results(self) -> list:
+        """Every chunk's `(images, total, per_func)`, in submission order (waits for the pending ones)."""
+        try:
+            while self._pending:
+                self._collect_oldest()
+        finally:
+            if self._executor is not None:
+                for future in self._pending:  # an earlier chunk failed: drop the rest
+                    future.cancel()
+                self._executor.shutdown(wait=True)
+        return self._done
 
 
 # The tensors of a Rollout that a checkpoint keeps (the images are for logging only).
@@ -240,45 +294,30 @@ class GroupRolloutTrainer(OnlineDiffusionTrainer):
         """
         args, device = self.args, self.accelerator.device
         generator = generator if generator is not None else self.rank_generator
-        scheduler = self.sample_scheduler
         self._set_sampling_timesteps(device)
-        unet = self._unwrapped_unet()
         g = args.num_generations
         cond, uncond = conditioning if conditioning is not None else self.encode_conditioning(prompts)
         prompt_index = torch.arange(len(prompts), device=device).repeat_interleave(g)
-        cond_all = {k: v[prompt_index] for k, v in cond.items()}
-        uncond_all = {k: v[prompt_index] for k, v in uncond.items()}
-        window = self.sde_window(generator)
-        # With a shared start and an SDE window, a group's images stay identical until the window (ODE steps draw no
-        # noise): those steps run once per prompt and are copied to the group when the window opens.
-        shared = args.same_latent and window is not None and window[0] > 0
-        if args.same_latent:
-            latents = self.initial_latents(len(prompts), generator)
-            if not shared:
-                latents = latents.repeat_interleave(g, dim=0)
-        else:
-            latents = self.initial_latents(len(prompt_index), generator)
-        trajectory, log_probs = [latents], []
-        for step, t in enumerate(scheduler.timesteps):
-            if shared and step == window[0]:
-                trajectory = [x.repeat_interleave(g, dim=0) for x in trajectory]
-                latents, shared = trajectory[-1], False
-            c, u = (cond, uncond) if shared else (cond_all, uncond_all)
-            timesteps = t.expand(len(latents)).to(device)
-            output = self.guided_prediction(unet, latents, timesteps, c, u)
-            if self.stochastic_rollouts and (window is None or step in window):
-                latents, log_prob = self.step_with_logprob(output, timesteps, latents, generator=generator)
-            else:
-                latents = self.ode_step(output, timesteps, latents)
-                log_prob = torch.full((len(prompt_index),), float("nan"), device=device)
-            trajectory.append(latents)
-            log_probs.append(log_prob)
-        if shared:  # a window never opened (not reachable with a valid config), keep shapes right anyway
-            trajectory = [x.repeat_interleave(g, dim=0) for x in trajectory]
-        images = self.decode(latents)
         flat_prompts = [prompts[i] for i in prompt_index.tolist()]
-        total, per_func = self.step_rewards(images, flat_prompts)
-        total = total.to(device)
+        window = self.sde_window(generator)
+        # `rollout_chunk_size` images at a time; each chunk is decoded and scored (on a background thread with
+        # `async_rewards`) while the next one samples.
+        per_chunk = max(1, (args.rollout_chunk_size or len(flat_prompts)) // g)
+        queue = RewardQueue(self._decode_and_score, args.async_rewards, args.max_pending_rewards)
+        trajectories, log_probs = [], []
+        for first in range(0, len(prompts), per_chunk):
+            chunk = torch.arange(first, min(first + per_chunk, len(prompts)), device=device)
+            trajectory, log_prob = self._sample_groups(
+                {k: v[chunk] for k, v in cond.items()}, {k: v[chunk] for k, v in uncond.items()}, window, generator
+            )
+            queue.submit(trajectory[:, -1], flat_prompts[first * g : (first + len(chunk)) * g])
+            trajectories.append(trajectory)
+            log_probs.append(log_prob)
+        scored = queue.results()
+        self._timing["reward_wait"] = queue.wait_seconds
+        images = torch.cat([part[0] for part in scored])
+        total = torch.cat([part[1] for part in scored]).to(device)
+        per_func = {name: torch.cat([part[2][name] for part in scored]) for name in scored[0][2]}
         advantages, group_std = self.compute_advantages(total)
         if window is None:
             train_steps = select_train_steps(
@@ -291,9 +330,9 @@ class GroupRolloutTrainer(OnlineDiffusionTrainer):
         return Rollout(
             prompts=list(prompts),
             prompt_index=prompt_index,
-            latents=torch.stack(trajectory, dim=1),
-            log_probs=torch.stack(log_probs, dim=1),
-            timesteps=scheduler.timesteps.clone(),
+            latents=torch.cat(trajectories),
+            log_probs=torch.cat(log_probs),
+            timesteps=self.sample_scheduler.timesteps.clone(),
             train_steps=train_steps,
             rewards=total,
             rewards_per_func=per_func,
@@ -301,6 +340,51 @@ class GroupRolloutTrainer(OnlineDiffusionTrainer):
             group_std=group_std,
             images=tensor_to_pil(images),
         )
+
+    @torch.no_grad()
+    def _decode_and_score(self, latents: torch.Tensor, prompts: list[str]):
+        """A chunk's final latents -> `(images, total, per_func)` (run by `RewardQueue`, maybe on its thread)."""
+        images = self.decode(latents)
+        total, per_func = self.step_rewards(images, prompts)
+        return images, total, per_func
+
+    def _sample_groups(self, cond, uncond, window, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """`num_generations` trajectories per prompt of `cond`: latents `[N, S + 1, ...]`, log-probabilities `[N, S]`.
+
+        With a shared start and an SDE window, a group's images stay identical until the window (ODE steps draw no
+        noise): those steps run once per prompt and are copied to the group when the window opens.
+        """
+        args, device, g = self.args, self.accelerator.device, self.args.num_generations
+        unet = self._unwrapped_unet()
+        num_prompts = next(iter(cond.values())).shape[0]
+        index = torch.arange(num_prompts, device=device).repeat_interleave(g)
+        cond_all = {k: v[index] for k, v in cond.items()}
+        uncond_all = {k: v[index] for k, v in uncond.items()}
+        shared = args.same_latent and window is not None and window[0] > 0
+        if args.same_latent:
+            latents = self.initial_latents(num_prompts, generator)
+            if not shared:
+                latents = latents.repeat_interleave(g, dim=0)
+        else:
+            latents = self.initial_latents(len(index), generator)
+        trajectory, log_probs = [latents], []
+        for step, t in enumerate(self.sample_scheduler.timesteps):
+            if shared and step == window[0]:
+                trajectory = [x.repeat_interleave(g, dim=0) for x in trajectory]
+                latents, shared = trajectory[-1], False
+            c, u = (cond, uncond) if shared else (cond_all, uncond_all)
+            timesteps = t.expand(len(latents)).to(device)
+            output = self.guided_prediction(unet, latents, timesteps, c, u)
+            if self.stochastic_rollouts and (window is None or step in window):
+                latents, log_prob = self.step_with_logprob(output, timesteps, latents, generator=generator)
+            else:
+                latents = self.ode_step(output, timesteps, latents)
+                log_prob = torch.full((len(index),), float("nan"), device=device)
+            trajectory.append(latents)
+            log_probs.append(log_prob)
+        if shared:  # a window never opened (not reachable with a valid config), keep shapes right anyway
+            trajectory = [x.repeat_interleave(g, dim=0) for x in trajectory]
+        return torch.stack(trajectory, dim=1), torch.stack(log_probs, dim=1)
 
     def sde_window(self, generator: torch.Generator | None = None) -> list[int] | None:
         """This rollout's SDE steps (`sde_window_size`, drawn in `sde_window_range`), or None: every step is SDE."""
@@ -346,6 +430,8 @@ class GroupRolloutTrainer(OnlineDiffusionTrainer):
         if fresh:
             self._record_reward_metrics(mode, rollout.rewards, rollout.rewards_per_func, rollout.group_std)
             self._record_metric(mode, "time/sampling_s", torch.tensor(self._timing["sampling"]))
+            if self.args.async_rewards:  # how long sampling waited for the background scorer
+                self._record_metric(mode, "time/reward_wait_s", torch.tensor(self._timing["reward_wait"]))
             if mode == "train":
                 self._maybe_log_samples(rollout.images, rollout.captions())
         return cond, uncond, rollout, fresh
