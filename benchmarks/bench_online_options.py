@@ -1,0 +1,97 @@
+"""GRPO's throughput options side by side: seconds per optimizer step of `DiffusionGRPOTrainer` per option.
+
+One tiny seeded SD 1.5-style pipeline (`trl_rpo.testing.tiny_sd_pipeline`, 32 px), 16 images per step in groups of
+4, 10 DDIM steps, the same LoRA, prompts and seed; the reward is served over HTTP by the library's own reward server
+(`trl_rpo.rewards.remote.make_reward_server`, what `trl-rpo serve-reward` runs) in this process, with a fixed
+`--latency` per request standing in for a reward model on another machine, and read through `RemoteReward`. Rows:
+
+* `baseline`: the defaults (guidance 4.5, every step SDE and trained, the micro-batch sampled and scored at once);
+* `chunks of 4, inline`: `rollout_chunk_size=4`, each chunk scored before the next samples;
+* `chunks of 4, async_rewards`: the same chunks scored on a background thread while the next samples;
+* `guidance 1 (CFG-free)`: no unconditional branch in rollouts or loss;
+* `sde_window_size=2`: two SDE steps in the first half, ODE elsewhere, only those trained (Flow-GRPO-Fast).
+
+    python benchmarks/bench_online_options.py                 # ~2 min on 2 cores
+    python benchmarks/bench_online_options.py --latency 0.3 --steps 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=6, help="timed optimizer steps per row")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed first steps")
+    parser.add_argument("--latency", type=float, default=0.15, help="seconds the reward server takes per request")
+    args = parser.parse_args()
+
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    from trl_rpo import DiffusionGRPOConfig, DiffusionGRPOTrainer
+    from trl_rpo.rewards.remote import RemoteReward, make_reward_server
+    from trl_rpo.testing import tiny_lora_config, tiny_sd_pipeline
+
+    def slow_brightness(images, prompts, **kwargs):  # mean pixel value, after the stand-in network latency
+        time.sleep(args.latency)
+        return [float(np.asarray(image, dtype=np.float32).mean() / 255.0) for image in images]
+
+    server = make_reward_server(slow_brightness, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    reward = RemoteReward(f"http://127.0.0.1:{server.server_address[1]}", name="brightness")
+    prompts = Dataset.from_dict({"prompt": [f"a {c} {s}" for c in ("red", "blue", "green", "yellow")
+                                            for s in ("square", "circle", "star", "triangle")]})  # fmt: skip
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def on_step_end(self, *a, **k):
+            self.times.append(time.perf_counter())
+
+    rows = {
+        "baseline": {},
+        "chunks of 4, inline": {"rollout_chunk_size": 4},
+        "chunks of 4, async_rewards": {"rollout_chunk_size": 4, "async_rewards": True},
+        "guidance 1 (CFG-free)": {"guidance_scale": 1.0},
+        "sde_window_size=2": {"sde_window_size": 2, "sde_window_range": [0, 5]},
+    }
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, options in rows.items():
+            torch.manual_seed(0)
+            clock = Clock()
+            settings = dict(
+                output_dir=f"{tmp}/{len(results)}", report_to="none", save_strategy="no", disable_tqdm=True,
+                max_steps=args.steps + args.warmup + 1, per_device_train_batch_size=16, num_generations=4,
+                num_inference_steps=10, guidance_scale=4.5, log_kl=False, seed=0, logging_steps=1,
+            )  # fmt: skip
+            config = DiffusionGRPOConfig(**{**settings, **options})
+            trainer = DiffusionGRPOTrainer(model=tiny_sd_pipeline(), reward_funcs=reward, args=config,
+                                           train_dataset=prompts, peft_config=tiny_lora_config(),
+                                           callbacks=[clock])  # fmt: skip
+            trainer.train()
+            durations = [b - a for a, b in zip(clock.times[args.warmup :], clock.times[args.warmup + 1 :])]
+            results[name] = statistics.median(durations)
+            print(
+                f"{name}: median {results[name]:.3f} s/step ({', '.join(f'{d:.2f}' for d in durations)})", flush=True
+            )
+    server.shutdown()
+    base = results["baseline"]
+    print(f"\n{torch.get_num_threads()} threads, reward latency {args.latency} s per request, 16 images per step")
+    print("| option | s / optimizer step | images / s | vs baseline |\n|---|---:|---:|---:|")
+    for name, seconds in results.items():
+        print(f"| {name} | {seconds:.3f} | {16 / seconds:.1f} | {base / seconds:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
