@@ -66,7 +66,7 @@ TRL_RPO_RUN = textwrap.dedent(
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
-    from trl_rpo import DiffusionGRPOConfig, DiffusionGRPOTrainer
+    from trl_rpo import DiffusionGRPOConfig, DiffusionGRPOTrainer, DiffusionNFTConfig, DiffusionNFTTrainer
     from trl_rpo.rewards import jpeg_compressibility
 
     spec = json.loads(sys.argv[1])
@@ -78,10 +78,12 @@ TRL_RPO_RUN = textwrap.dedent(
             times.append(time.perf_counter())
 
     prompts = [line.strip() for line in open(spec["prompts"]) if line.strip()]
-    args = DiffusionGRPOConfig(output_dir=spec["output_dir"], report_to="none", save_strategy="no", seed=0,
-                               logging_steps=1, disable_tqdm=True, **spec["config"])
+    config_class, trainer_class = {"grpo": (DiffusionGRPOConfig, DiffusionGRPOTrainer),
+                                   "nft": (DiffusionNFTConfig, DiffusionNFTTrainer)}[spec.get("trainer", "grpo")]
+    args = config_class(output_dir=spec["output_dir"], report_to="none", save_strategy="no", seed=0,
+                        logging_steps=1, disable_tqdm=True, **spec["config"])
     lora = LoraConfig(r=32, lora_alpha=64, init_lora_weights="gaussian", target_modules=spec["targets"])
-    trainer = DiffusionGRPOTrainer(model=spec["model"], reward_funcs=jpeg_compressibility, args=args,
+    trainer = trainer_class(model=spec["model"], reward_funcs=jpeg_compressibility, args=args,
                                    train_dataset=Dataset.from_dict({"prompt": prompts}), peft_config=lora,
                                    callbacks=[Clock()])
     trainer.train()
@@ -112,10 +114,6 @@ def prepare(work: Path, num_prompts: int) -> tuple[Path, Path]:
 
 def run_flow_grpo(repo: Path, peer_site: Path | None, model: Path, data: Path, work: Path, args) -> list[float]:
     """Run flow_grpo's train_sd3.py until it logged `args.steps + args.warmup` optimizer steps; their end times."""
-    shims = work / "shims" / "wandb"
-    shims.mkdir(parents=True)
-    (shims / "__init__.py").write_text(WANDB_SHIM)
-    log = work / "flow_grpo_wandb.jsonl"
     images = args.prompts_per_step * args.group_size
     overrides = {
         "pretrained.model": model, "dataset": data, "resolution": 32, "mixed_precision": "no", "allow_tf32": False,
@@ -131,27 +129,39 @@ def run_flow_grpo(repo: Path, peer_site: Path | None, model: Path, data: Path, w
     }  # fmt: skip
     command = [sys.executable, "scripts/train_sd3.py", "--config", "config/grpo.py:compressibility"]
     command += [f"--config.{k}={v}" for k, v in overrides.items()]
+    return run_peer(command, repo, peer_site, work, "flow_grpo", "policy_loss", args.steps + args.warmup + 1,
+                    args.timeout)  # fmt: skip
+
+
+def run_peer(command: list[str], repo: Path, peer_site: Path | None, work: Path, name: str, step_key: str,
+             wanted: int, timeout: float, extra_env: dict[str, str] | None = None) -> list[float]:  # fmt: skip
+    """Run a peer's training script (it never stops by itself) until its `wandb.log` calls that carry `step_key`
+    (one per optimizer step) number `wanted`; their times. The wandb stand-in is put first on its path."""
+    shims = work / "shims" / "wandb"
+    shims.mkdir(parents=True, exist_ok=True)
+    (shims / "__init__.py").write_text(WANDB_SHIM)
+    log = work / f"{name}_wandb.jsonl"
     path = [str(work / "shims"), *([str(peer_site)] if peer_site else []), str(repo)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "BENCH_WANDB_LOG": str(log), "CUDA_VISIBLE_DEVICES": ""}
-    wanted = args.steps + args.warmup + 1
-    with open(work / "flow_grpo.log", "w") as out:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "BENCH_WANDB_LOG": str(log), "CUDA_VISIBLE_DEVICES": "",
+           **(extra_env or {})}  # fmt: skip
+    with open(work / f"{name}.log", "w") as out:
         process = subprocess.Popen(command, cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)  # fmt: skip
-        deadline = time.monotonic() + args.timeout
+        deadline = time.monotonic() + timeout
         times: list[float] = []
         while process.poll() is None and time.monotonic() < deadline:
             time.sleep(1.0)
             if log.exists():
                 entries = [json.loads(line) for line in log.read_text().splitlines()]
-                times = [e["time"] for e in entries if "policy_loss" in e["keys"]]  # one per optimizer step
+                times = [e["time"] for e in entries if step_key in e["keys"]]
                 if len(times) >= wanted:
                     break
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=30)
     if len(times) < wanted:
-        tail = (work / "flow_grpo.log").read_text()[-3000:]
-        raise RuntimeError(f"flow_grpo logged {len(times)} optimizer steps of {wanted}; its output ends:\n{tail}")
+        tail = (work / f"{name}.log").read_text()[-3000:]
+        raise RuntimeError(f"{name} logged {len(times)} optimizer steps of {wanted}; its output ends:\n{tail}")
     return times[:wanted]
 
 
@@ -167,11 +177,18 @@ def run_trl_rpo(model: Path, data: Path, work: Path, args, window: int = 0) -> l
     }  # fmt: skip
     if window:
         config.update(sde_window_size=window, sde_window_range=[0, max(window, args.num_steps // 2)])
-    spec = {"model": str(model), "prompts": str(data / "train.txt"), "targets": LORA_TARGETS, "config": config,
-            "output_dir": str(work / f"trl_rpo_out_{window}")}  # fmt: skip
+    return run_trainer("grpo", config, model, data, work, f"grpo_{window}", args.timeout)
+
+
+def run_trainer(
+    kind: str, config: dict, model: Path, data: Path, work: Path, name: str, timeout: float
+) -> list[float]:
+    """A trl-rpo trainer (`grpo` or `nft`) in its own process with `config`; when each optimizer step ended."""
+    spec = {"trainer": kind, "model": str(model), "prompts": str(data / "train.txt"), "targets": LORA_TARGETS,
+            "config": config, "output_dir": str(work / f"trl_rpo_out_{name}")}  # fmt: skip
     result = subprocess.run([sys.executable, "-c", TRL_RPO_RUN, json.dumps(spec)], capture_output=True, text=True,
-                            timeout=args.timeout)  # fmt: skip
-    (work / f"trl_rpo_{window}.log").write_text(result.stdout + result.stderr)
+                            timeout=timeout)  # fmt: skip
+    (work / f"trl_rpo_{name}.log").write_text(result.stdout + result.stderr)
     if result.returncode:
         raise RuntimeError(f"the trl-rpo run failed:\n{result.stderr[-3000:]}")
     line = [x for x in result.stdout.splitlines() if x.startswith("TIMES ")][-1]
