@@ -2,8 +2,8 @@
 
 One tiny seeded SD 1.5-style pipeline (`trl_rpo.testing.tiny_sd_pipeline`, 32 px), 16 images per step in groups of
 4, 10 DDIM steps, the same LoRA, prompts and seed; the reward is served over HTTP by the library's own reward server
-(`trl_rpo.rewards.remote.make_reward_server`, what `trl-rpo serve-reward` runs) in this process, with a fixed
-`--latency` per request standing in for a reward model on another machine, and read through `RemoteReward`. Rows:
+(`trl_rpo.rewards.remote.make_reward_server`, what `trl-rpo serve-reward` runs) in its own process, taking `--latency`
+seconds per image (a reward model on another machine scoring the batch), and read through `RemoteReward`. Rows:
 
 * `baseline`: the defaults (guidance 4.5, every step SDE and trained, the micro-batch sampled and scored at once);
 * `chunks of 4, inline`: `rollout_chunk_size=4`, each chunk scored before the next samples;
@@ -12,18 +12,19 @@ One tiny seeded SD 1.5-style pipeline (`trl_rpo.testing.tiny_sd_pipeline`, 32 px
 * `sde_window_size=2`: two SDE steps in the first half, ODE elsewhere, only those trained (Flow-GRPO-Fast).
 
     python benchmarks/bench_online_options.py                 # ~2 min on 2 cores
-    python benchmarks/bench_online_options.py --latency 0.3 --steps 8
+    python benchmarks/bench_online_options.py --latency 0.05 --steps 8
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import tempfile
-import threading
+import textwrap
 import time
 
-import numpy as np
 import torch
 
 
@@ -31,23 +32,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=6, help="timed optimizer steps per row")
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps")
-    parser.add_argument("--latency", type=float, default=0.15, help="seconds the reward server takes per request")
+    parser.add_argument("--latency", type=float, default=0.02, help="seconds the reward server takes per image")
     args = parser.parse_args()
 
     from datasets import Dataset
     from transformers import TrainerCallback
 
     from trl_rpo import DiffusionGRPOConfig, DiffusionGRPOTrainer
-    from trl_rpo.rewards.remote import RemoteReward, make_reward_server
+    from trl_rpo.rewards.remote import RemoteReward
     from trl_rpo.testing import tiny_lora_config, tiny_sd_pipeline
 
-    def slow_brightness(images, prompts, **kwargs):  # mean pixel value, after the stand-in network latency
-        time.sleep(args.latency)
-        return [float(np.asarray(image, dtype=np.float32).mean() / 255.0) for image in images]
+    # The reward server runs in its own process, as a remote one would (its PNG decoding and waiting do not share
+    # this process's interpreter): the library's server around a mean-brightness scorer that takes --latency s/image.
+    server_code = textwrap.dedent(
+        f"""
+        import sys, time
+        import numpy as np
+        from trl_rpo.rewards.remote import make_reward_server
 
-    server = make_reward_server(slow_brightness, port=0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    reward = RemoteReward(f"http://127.0.0.1:{server.server_address[1]}", name="brightness")
+        def slow_brightness(images, prompts, **kwargs):
+            time.sleep({args.latency} * len(images))
+            return [float(np.asarray(image, dtype=np.float32).mean() / 255.0) for image in images]
+
+        server = make_reward_server(slow_brightness, port=0)
+        print(server.server_address[1], flush=True)
+        server.serve_forever()
+        """
+    )
+    server = subprocess.Popen([sys.executable, "-c", server_code], stdout=subprocess.PIPE, text=True)
+    port = int(server.stdout.readline())
+    reward = RemoteReward(f"http://127.0.0.1:{port}", name="brightness")
     prompts = Dataset.from_dict({"prompt": [f"a {c} {s}" for c in ("red", "blue", "green", "yellow")
                                             for s in ("square", "circle", "star", "triangle")]})  # fmt: skip
 
@@ -85,9 +99,9 @@ def main() -> None:
             print(
                 f"{name}: median {results[name]:.3f} s/step ({', '.join(f'{d:.2f}' for d in durations)})", flush=True
             )
-    server.shutdown()
+    server.terminate()
     base = results["baseline"]
-    print(f"\n{torch.get_num_threads()} threads, reward latency {args.latency} s per request, 16 images per step")
+    print(f"\n{torch.get_num_threads()} threads, reward server {args.latency} s per image, 16 images per step")
     print("| option | s / optimizer step | images / s | vs baseline |\n|---|---:|---:|---:|")
     for name, seconds in results.items():
         print(f"| {name} | {seconds:.3f} | {16 / seconds:.1f} | {base / seconds:.2f}x |")

@@ -518,3 +518,17 @@ def test_inline_rewards_score_each_chunk_before_the_next_one_samples(tmp_path):
     rollout = trainer.rollout(["a red square", "a blue circle", "a green triangle", "a yellow star"])
     assert order == ["sample"] * 4 + ["score"] + ["sample"] * 4 + ["score"]  # 2 chunks of 4 images, 4 steps each
     assert rollout.latents.shape[0] == 8 and rollout.rewards.shape == (8,)
+
+
+def test_bf16_rollouts_run_in_the_training_dtype_with_lora_in_float32_and_no_reference_pass(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, bf16=True, use_cpu=True, beta=0.0, log_kl=False)
+    unet = trainer._unwrapped_unet()
+    frozen = [p for n, p in unet.named_parameters() if "lora" not in n]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)  # frozen weights in the training dtype
+    assert all(p.dtype == torch.float32 for n, p in unet.named_parameters() if "lora" in n)
+    outputs = []
+    unet.conv_in.register_forward_hook(lambda module, inputs, output: outputs.append(output.dtype))
+    monkeypatch.setattr(trainer, "reference_model", lambda: pytest.fail("beta=0, log_kl=False: no reference pass"))
+    trainer.train()
+    assert outputs and set(outputs) == {torch.bfloat16}  # every denoiser call, rollouts and loss, ran in bf16
+    assert math.isfinite(_logs(trainer)[0]["loss"])

@@ -121,7 +121,7 @@ class GroupRolloutConfig(OnlineDiffusionConfig):
             Sample a micro-step's rollout this many images at a time (a multiple of `num_generations`); `None`: all at
             once. Bounds the sampling batch, and with `async_rewards` sets what is scored while the next chunk samples.
         async_rewards (`bool`, *optional*, defaults to `False`):
-            Decode and score each chunk on a background thread while the next chunk samples (Flow-GRPO scores each
+            Score each decoded chunk on a background thread while the next chunk samples (Flow-GRPO scores each
             sampling batch on a thread pool the same way): for remote rewards (`RemoteReward`, `trl-rpo
             serve-reward`), whose answers then arrive while the denoiser keeps sampling. Results are identical to
             scoring inline; `time/reward_wait_s` logs how long sampling still waited. Needs `rollout_chunk_size`.

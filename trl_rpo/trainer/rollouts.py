@@ -112,13 +112,12 @@ def select_sde_window(
 
 
 class RewardQueue:
-    """Decode and score a rollout's chunks in order: inline, or on one background thread while the next chunk samples.
+    """Score a rollout's chunks in order: inline, or on one background thread while the next chunk samples.
 
-    `work(latents, prompts) -> (images, total, per_func)`. With `background`, at most `max_pending` chunks wait to be
-    scored (each holds its final latents and, once decoded, its images): submitting one more first collects the
-    oldest. Flow-GRPO scores each sampling batch on a thread pool the same way, so a remote reward model
-    (`RemoteReward`, `trl-rpo serve-reward`) answers while the GPU keeps sampling. `wait_seconds` is how long the
-    sampling thread waited for scores.
+    `work(images, prompts) -> (images, total, per_func)`. With `background`, at most `max_pending` chunks wait to be
+    scored (each holds its decoded images): submitting one more first collects the oldest. Flow-GRPO scores each
+    sampling batch on a thread pool the same way, so a remote reward model (`RemoteReward`, `trl-rpo serve-reward`)
+    answers while the GPU keeps sampling. `wait_seconds` is how long the sampling thread waited for scores.
     """
 
     def __init__(self, work: Callable, background: bool = False, max_pending: int = 2):
@@ -135,13 +134,13 @@ class RewardQueue:
         self._done.append(self._pending.popleft().result())
         self.wait_seconds += time.perf_counter() - start
 
-    def submit(self, latents: torch.Tensor, prompts: list[str]) -> None:
+    def submit(self, images: torch.Tensor, prompts: list[str]) -> None:
         if self._executor is None:
-            self._done.append(self._work(latents, prompts))
+            self._done.append(self._work(images, prompts))
             return
         while len(self._pending) >= self._max_pending:
             self._collect_oldest()
-        self._pending.append(self._executor.submit(self._work, latents, prompts))
+        self._pending.append(self._executor.submit(self._work, images, prompts))
 
     def results(self) -> list:
         """Every chunk's `(images, total, per_func)`, in submission order (waits for the pending ones)."""
@@ -303,14 +302,16 @@ class GroupRolloutTrainer(OnlineDiffusionTrainer):
         # `rollout_chunk_size` images at a time; each chunk is decoded and scored (on a background thread with
         # `async_rewards`) while the next one samples.
         per_chunk = max(1, (args.rollout_chunk_size or len(flat_prompts)) // g)
-        queue = RewardQueue(self._decode_and_score, args.async_rewards, args.max_pending_rewards)
+        queue = RewardQueue(self._score_images, args.async_rewards, args.max_pending_rewards)
         trajectories, log_probs = [], []
         for first in range(0, len(prompts), per_chunk):
             chunk = torch.arange(first, min(first + per_chunk, len(prompts)), device=device)
             trajectory, log_prob = self._sample_groups(
                 {k: v[chunk] for k, v in cond.items()}, {k: v[chunk] for k, v in uncond.items()}, window, generator
             )
-            queue.submit(trajectory[:, -1], flat_prompts[first * g : (first + len(chunk)) * g])
+            # Decoding stays on this thread, with the denoiser (one compute stream); only the scoring, a remote
+            # reward's wait for its server, goes to the background.
+            queue.submit(self.decode(trajectory[:, -1]), flat_prompts[first * g : (first + len(chunk)) * g])
             trajectories.append(trajectory)
             log_probs.append(log_prob)
         scored = queue.results()
@@ -342,9 +343,8 @@ class GroupRolloutTrainer(OnlineDiffusionTrainer):
         )
 
     @torch.no_grad()
-    def _decode_and_score(self, latents: torch.Tensor, prompts: list[str]):
-        """A chunk's final latents -> `(images, total, per_func)` (run by `RewardQueue`, maybe on its thread)."""
-        images = self.decode(latents)
+    def _score_images(self, images: torch.Tensor, prompts: list[str]):
+        """A chunk's decoded images -> `(images, total, per_func)` (run by `RewardQueue`, maybe on its thread)."""
         total, per_func = self.step_rewards(images, prompts)
         return images, total, per_func
 
