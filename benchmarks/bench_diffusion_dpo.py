@@ -161,6 +161,7 @@ class PlainDiffusionDPO:
         from torch.utils.data import DataLoader
 
         from trl_rpo.data.formats import prepare_preference_dataset
+        from trl_rpo.pipelines import cast_model
         from trl_rpo.testing import tiny_lora_config
         from trl_rpo.trainer.diffusion_dpo_trainer import DataCollatorForDiffusionPreference
 
@@ -171,10 +172,10 @@ class PlainDiffusionDPO:
             if frozen is not None:
                 # The diffusers script keeps the VAE in float32 when its config asks for it (SDXL's force_upcast).
                 upcast = frozen is self.pipe.vae and getattr(frozen.config, "force_upcast", False)
-                frozen.requires_grad_(False).eval().to(self.device, torch.float32 if upcast else self.dtype)
+                cast_model(frozen.requires_grad_(False).eval(), torch.float32 if upcast else self.dtype, self.device)
         self.unet = self.pipe.unet
         self.unet.requires_grad_(False)
-        self.unet.to(self.device, self.dtype)  # frozen weights in the training dtype, as the script's weight_dtype
+        cast_model(self.unet, self.dtype, self.device)  # frozen weights in the script's weight_dtype
         self.unet.add_adapter(peft_config or tiny_lora_config())
         cast_training_params(self.unet, dtype=torch.float32)  # LoRA weights in float32, as the script
         self.unet.train()
