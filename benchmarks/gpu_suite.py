@@ -95,59 +95,55 @@ def real_pipeline(name: str, device: torch.device, dtype: torch.dtype):
     from trl_rpo.testing._common import tiny_clip_tokenizer
     from trl_rpo.testing.flow import tiny_t5_tokenizer
 
-    def clip(config, projection=False):
-        return (CLIPTextModelWithProjection if projection else CLIPTextModel)(CLIPTextConfig(**config))
+    def module(factory):  # weights made on the device, in the training dtype; schedulers and tokenizers are not
+        return _build(factory, device, dtype)
 
-    def build():
-        if name == "sdxl":
-            scheduler = EulerDiscreteScheduler(
-                beta_start=0.00085,
-                beta_end=0.012,
-                beta_schedule="scaled_linear",
-                timestep_spacing="leading",
-                steps_offset=1,
-            )
-            return StableDiffusionXLPipeline(
-                vae=AutoencoderKL(**vae_config(4), scaling_factor=0.13025),
-                text_encoder=clip(clip_l_text_config()),
-                text_encoder_2=clip(clip_g_text_config(), True),
-                tokenizer=tiny_clip_tokenizer(),
-                tokenizer_2=tiny_clip_tokenizer(),
-                unet=UNet2DConditionModel(**sdxl_unet_config()),
-                scheduler=scheduler,
-            )
-        t5 = T5EncoderModel(T5Config(**t5_xxl_encoder_config()))
-        if name == "sd35m":
-            return StableDiffusion3Pipeline(
-                transformer=SD3Transformer2DModel(**SD35_MEDIUM),
-                vae=AutoencoderKL(**vae_config(16), scaling_factor=1.5305, shift_factor=0.0609),
-                text_encoder=clip(clip_l_text_config(), True),
-                text_encoder_2=clip(clip_g_text_config(), True),
-                text_encoder_3=t5,
-                tokenizer=tiny_clip_tokenizer(),
-                tokenizer_2=tiny_clip_tokenizer(),
-                tokenizer_3=tiny_t5_tokenizer(512),
-                scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-            )
-        scheduler = FlowMatchEulerDiscreteScheduler(
-            shift=3.0,
-            use_dynamic_shifting=True,
-            base_shift=0.5,
-            max_shift=1.15,
-            base_image_seq_len=256,
-            max_image_seq_len=4096,
+    def clip(config, projection=False):
+        return module(lambda: (CLIPTextModelWithProjection if projection else CLIPTextModel)(CLIPTextConfig(**config)))
+
+    if name == "sdxl":
+        scheduler = EulerDiscreteScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            timestep_spacing="leading",
+            steps_offset=1,
         )
-        return FluxPipeline(
-            transformer=FluxTransformer2DModel(**flux_dev_transformer_config()),
-            vae=AutoencoderKL(**vae_config(16), scaling_factor=0.3611, shift_factor=0.1159),
+        return StableDiffusionXLPipeline(
+            vae=module(lambda: AutoencoderKL(**vae_config(4), scaling_factor=0.13025)),
             text_encoder=clip(clip_l_text_config()),
-            text_encoder_2=t5,
+            text_encoder_2=clip(clip_g_text_config(), True),
             tokenizer=tiny_clip_tokenizer(),
-            tokenizer_2=tiny_t5_tokenizer(512),
+            tokenizer_2=tiny_clip_tokenizer(),
+            unet=module(lambda: UNet2DConditionModel(**sdxl_unet_config())),
             scheduler=scheduler,
         )
-
-    return _build(build, device, dtype)
+    t5 = module(lambda: T5EncoderModel(T5Config(**t5_xxl_encoder_config())))
+    if name == "sd35m":
+        return StableDiffusion3Pipeline(
+            transformer=module(lambda: SD3Transformer2DModel(**SD35_MEDIUM)),
+            vae=module(lambda: AutoencoderKL(**vae_config(16), scaling_factor=1.5305, shift_factor=0.0609)),
+            text_encoder=clip(clip_l_text_config(), True),
+            text_encoder_2=clip(clip_g_text_config(), True),
+            text_encoder_3=t5,
+            tokenizer=tiny_clip_tokenizer(),
+            tokenizer_2=tiny_clip_tokenizer(),
+            tokenizer_3=tiny_t5_tokenizer(512),
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )  # fmt: skip
+    return FluxPipeline(
+        transformer=module(lambda: FluxTransformer2DModel(**flux_dev_transformer_config())),
+        vae=module(lambda: AutoencoderKL(**vae_config(16), scaling_factor=0.3611, shift_factor=0.1159)),
+        text_encoder=clip(clip_l_text_config()),
+        text_encoder_2=t5,
+        tokenizer=tiny_clip_tokenizer(),
+        tokenizer_2=tiny_t5_tokenizer(512),
+        scheduler=scheduler,
+    )
 
 
 def tiny_pipeline(name: str):
