@@ -455,3 +455,33 @@ def test_sweeps_refuse_a_folder_that_holds_files_and_bad_arguments_create_nothin
     with pytest.raises(ValueError, match="positive step counts"):
         run_online_sweep(DemoConfig.quick(), tmp_path / "new", steps=(40, 0))
     assert not (tmp_path / "new").exists()
+
+
+def test_step_reward_check_counts_agreement_between_step_wise_and_final_rankings(tmp_path):
+    from trl_rpo.shapes.step_reward_check import run_step_reward_check, wilson_interval
+
+    assert wilson_interval(0, 0) is None
+    low, high = wilson_interval(50, 100)
+    assert low < 0.5 < high and high - low == pytest.approx(0.19, abs=0.01)
+    config = DemoConfig.quick(tailorpo_num_inference_steps=4)
+    results = run_step_reward_check(config, tmp_path / "check", num_prompts=3, continuations=2, log=lambda m: None)
+    assert [row["step"] for row in results["rows"]] == list(range(len(results["rows"]))) and results["rows"]
+    for row in results["rows"]:
+        assert row["pairs"] == 3 and 0 <= row["agree"] <= row["decided"] <= 3
+        assert 0.0 <= row["step_ties"] <= 1.0 and 0.0 <= row["final_ties"] <= 1.0
+    assert (tmp_path / "check" / "step_reward_check.md").read_text().startswith("| step |")
+    with pytest.raises(FileExistsError):  # never over an earlier check
+        run_step_reward_check(config, tmp_path / "check", num_prompts=3, continuations=2, log=lambda m: None)
+
+
+def test_fourth_online_round_pits_tailorpos_five_random_steps_against_the_steps_its_rewards_inform():
+    from trl_rpo.pairing import select_timestep_indices
+    from trl_rpo.shapes.study import StudyConfig
+    from trl_rpo.shapes.sweep import TAILORPO_BATCH_SEEDS, TAILORPO_WINDOW_RECIPES, TAILORPO_WINDOW_SEEDS
+
+    (first, demo), (_, window) = TAILORPO_WINDOW_RECIPES["tailorpo"].items()
+    assert first.startswith("demo:") and demo == {}
+    steps = DemoConfig().tailorpo_num_inference_steps
+    span = (window["tailorpo_window_start"], window["tailorpo_window_end"])
+    assert select_timestep_indices(steps, "window", window=span) == [4, 5, 6, 7]
+    assert not set(TAILORPO_WINDOW_SEEDS) & (set(StudyConfig().training_seeds) | set(TAILORPO_BATCH_SEEDS))

@@ -50,6 +50,15 @@ reported (`online_recipes.md`, about 35 minutes).
 16, at its learning rate and at twice it (`trl_rpo.shapes.sweep.TAILORPO_BATCH_RECIPES`), on fresh training seeds
 200-202, the same rule (`online_recipes.md`, about 15 minutes).
 
+`--stage online-window` is the fourth online round (issue 28), TailorPO only: the demo's 5 random steps against pairs
+on steps 4-7 only, where `--stage step-rewards` found the step-wise rewards agreeing with the final ones
+(`trl_rpo.shapes.sweep.TAILORPO_WINDOW_RECIPES`), fresh seeds 300-302, the same rule (about 12 minutes).
+
+`--stage step-rewards` is a diagnosis of TailorPO's training signal (issue 28): on 128 train prompts, at every sampler
+step, do the step-wise rewards of two children of one parent order them as the mean final reward of 8 completions of
+each does? (`trl_rpo.shapes.step_reward_check`, `step_reward_check.md`, about 10 minutes; no held-out prompt is
+scored).
+
 `--stage ranks` retrains the reward and RPO arms' chosen recipes at LoRA rank 4 and 16 on a finished arm sweep's own
 pairs and seeds (`--arm-sweep`), beside its rank-8 runs: does the rank change the in-distribution drop?
 (`trl_rpo.shapes.rank_check`, `rank_check.md`, about 20 minutes; a diagnosis, nothing is chosen).
@@ -74,6 +83,8 @@ from trl_rpo.shapes.sweep import (
     SFT_VARIANTS,
     TAILORPO_BATCH_RECIPES,
     TAILORPO_BATCH_SEEDS,
+    TAILORPO_WINDOW_RECIPES,
+    TAILORPO_WINDOW_SEEDS,
     TIMESTEP_VARIANTS,
     run_dev_sweep,
     run_online_recipe_sweep,
@@ -92,7 +103,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small budgets and two recipes: a smoke test")
     parser.add_argument("--stage", default="recipes",
                         choices=["recipes", "pairs", "seeds", "masked", "sft", "timesteps", "online",
-                                 "online-recipes", "online-batch", "online-tailorpo", "arms", "ranks"],
+                                 "online-recipes", "online-batch", "online-tailorpo", "online-window",
+                                 "step-rewards", "arms", "ranks"],
                         help="recipes: guidance and DPO recipe; pairs: the RPO refinement strength; seeds: masked "
                              "or plain DPO over training seeds; masked: the masked recipe over seeds; sft: masked "
                              "DPO plus an SFT term over seeds; timesteps: masked DPO on part of the noise "
@@ -117,9 +129,10 @@ def main() -> None:
         run_online_sweep(config, args.output_dir, steps=(1, 2) if args.quick else (40, 160),
                          dev_prompts=8 if args.quick else 60)  # fmt: skip
         return
-    if args.stage in ("online-recipes", "online-batch", "online-tailorpo"):
+    if args.stage in ("online-recipes", "online-batch", "online-tailorpo", "online-window"):
         recipes, seeds = {"online-batch": (ONLINE_BATCH_RECIPES, ONLINE_BATCH_SEEDS),
                           "online-tailorpo": (TAILORPO_BATCH_RECIPES, TAILORPO_BATCH_SEEDS),
+                          "online-window": (TAILORPO_WINDOW_RECIPES, TAILORPO_WINDOW_SEEDS),
                           "online-recipes": (ONLINE_RECIPES, (0, 1, 2))}[args.stage]  # fmt: skip
         if args.quick:  # one recipe per method, tiny budgets: a smoke test of the stage
             first = {m: dict(list(v.items())[:1]) for m, v in recipes.items()}
@@ -128,6 +141,13 @@ def main() -> None:
         else:
             run_online_recipe_sweep(DemoConfig(model=args.model, eval_seeds=(0, 1, 2)), args.output_dir,
                                     recipes=recipes, seeds=seeds)  # fmt: skip
+        return
+    if args.stage == "step-rewards":
+        from trl_rpo.shapes.step_reward_check import run_step_reward_check
+
+        config = DemoConfig.quick(model=args.model) if args.quick else DemoConfig(model=args.model)
+        run_step_reward_check(config, args.output_dir, num_prompts=4 if args.quick else 128,
+                              continuations=2 if args.quick else 8)  # fmt: skip
         return
     if args.stage == "ranks":
         from trl_rpo.shapes.rank_check import run_rank_check

@@ -143,6 +143,11 @@ class DemoConfig:
     grpo_num_generations: int = field(
         default=8, metadata={"help": "GRPO and DiffusionNFT group size (images per prompt); TailorPO's steps."}
     )
+    tailorpo_window_start: float = field(
+        default=0.0,
+        metadata={"help": "TailorPO pairs only on steps from this fraction of the trajectory (0 and window end 1: "
+                          "5 random steps)."},
+    )
     tailorpo_window_end: float = field(
         default=1.0,
         metadata={"help": "TailorPO pairs only on steps before this fraction of the trajectory (1: 5 random steps)."},

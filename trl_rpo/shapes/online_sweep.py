@@ -24,6 +24,8 @@ __all__ = [
     "ONLINE_RECIPES",
     "TAILORPO_BATCH_RECIPES",
     "TAILORPO_BATCH_SEEDS",
+    "TAILORPO_WINDOW_RECIPES",
+    "TAILORPO_WINDOW_SEEDS",
     "format_online_recipe_sweep",
     "format_online_sweep",
     "run_online_recipe_sweep",
@@ -164,6 +166,20 @@ TAILORPO_BATCH_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     },
 }  # fmt: skip
 TAILORPO_BATCH_SEEDS: tuple[int, ...] = (200, 201, 202)
+# The fourth online round (issue 28), TailorPO only, chosen by a diagnosis (`step_reward_check`, train prompts): the
+# step-wise reward of two sibling children orders them as their final images do only in the middle of the trajectory
+# (steps 4-7 of 10: agreement 0.63-0.95), at chance or below on the noisiest steps (0.34-0.55) and almost always ties
+# on the last two. So the demo's recipe (5 random steps) against pairs on steps 4-7 only. Fresh seeds 300-302; the
+# same rule.
+TAILORPO_WINDOW_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "tailorpo": {
+        "demo: lr 5e-4, 16 prompts/step, 5 random steps": {},
+        "lr 5e-4, 16 prompts/step, steps 4-7 (where step rewards agree with final ones)": {
+            "tailorpo_window_start": 0.4, "tailorpo_window_end": 0.8,
+        },
+    },
+}  # fmt: skip
+TAILORPO_WINDOW_SEEDS: tuple[int, ...] = (300, 301, 302)
 _ONLINE_TRAINERS = {"tailorpo": train_tailorpo, "grpo": train_grpo, "nft": train_nft}
 
 

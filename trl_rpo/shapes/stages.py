@@ -252,25 +252,30 @@ def train_tailorpo(config: DemoConfig, output_dir: Path, name: str, pairing: str
 
     `pairing="final"` is the final-image (D3PO / SPO-style) baseline with the same rollouts.
     """
+    return _train_and_save(tailorpo_trainer(config, output_dir, name, pairing))
+
+
+def tailorpo_trainer(config: DemoConfig, output_dir: Path, name: str, pairing: str = "best_worst"):
+    """The demo's `TailorPOTrainer` (its reward, recipe, prompts and LoRA), not yet trained."""
     from ..trainer import TailorPOConfig, TailorPOTrainer
     from .evaluate import alignment_score
     from .model import load_pipeline
 
-    trainer = TailorPOTrainer(
+    return TailorPOTrainer(
         model=load_pipeline(config.model),
         reward_funcs=alignment_score,
         args=TailorPOConfig(
             max_steps=config.tailorpo_steps, per_device_train_batch_size=config.tailorpo_batch_size,
             learning_rate=config.tailorpo_learning_rate, num_inference_steps=config.tailorpo_num_inference_steps,
             guidance_scale=config.guidance_scale, num_candidates=config.num_candidates, pairing=pairing,
-            **({"timestep_selection": "window", "timestep_window_end": config.tailorpo_window_end}
-               if config.tailorpo_window_end < 1.0 else {}),
+            **({"timestep_selection": "window", "timestep_window_start": config.tailorpo_window_start,
+                "timestep_window_end": config.tailorpo_window_end}
+               if config.tailorpo_window_start > 0.0 or config.tailorpo_window_end < 1.0 else {}),
             **_common_args(config, output_dir, name),
         ),
         train_dataset=online_prompts(config),
         peft_config=_lora_config(config.lora_r),
     )  # fmt: skip
-    return _train_and_save(trainer)
 
 
 def train_grpo(config: DemoConfig, output_dir: Path, name: str = "grpo"):
