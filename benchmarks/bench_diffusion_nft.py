@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_flow_grpo import _steady, prepare, run_peer, run_trainer  # noqa: E402
+from bench_flow_grpo import _steady, add_run_arguments, prepare, run_peer, run_trainer  # noqa: E402
 
 # (published line, replacement): the four lines that tie DiffusionNFT's script to NCCL and CUDA.
 PATCHES = [
@@ -111,14 +111,7 @@ def run_trl_rpo_nft(model: Path, data: Path, work: Path, args) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nft-repo", type=Path, required=True, help="a clone of NVlabs/DiffusionNFT")
-    parser.add_argument("--peer-site", type=Path, default=None, help="folder with ml_collections and absl-py")
-    parser.add_argument("--steps", type=int, default=6, help="timed optimizer steps per side")
-    parser.add_argument("--warmup", type=int, default=2, help="optimizer steps left out at the start")
-    parser.add_argument("--num-steps", type=int, default=10, help="sampler steps per rollout (NFT's SD3 recipe: 10)")
-    parser.add_argument("--group-size", type=int, default=4, help="images per prompt")
-    parser.add_argument("--prompts-per-step", type=int, default=4, help="prompts per optimizer step")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
-    parser.add_argument("--keep", type=Path, default=None, help="work folder to keep (both runs' logs and outputs)")
+    add_run_arguments(parser, "DiffusionNFT's SD3 recipe")
     args = parser.parse_args()
     repo = args.nft_repo.resolve()
     if not (repo / "scripts" / "train_nft_sd3.py").is_file():

@@ -195,20 +195,25 @@ def run_trainer(
     return json.loads(line[len("TIMES ") :])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--flow-grpo-repo", type=Path, required=True, help="a clone of flow_grpo")
+def add_run_arguments(parser: argparse.ArgumentParser, peer: str) -> None:
+    """The options both side-by-side benchmarks share (this one and `bench_diffusion_nft.py`)."""
     parser.add_argument("--peer-site", type=Path, default=None, help="folder with ml_collections and absl-py")
     parser.add_argument("--steps", type=int, default=6, help="timed optimizer steps per side")
     parser.add_argument("--warmup", type=int, default=2, help="optimizer steps left out at the start")
-    parser.add_argument("--num-steps", type=int, default=10, help="sampler steps per rollout (flow_grpo's 10)")
+    parser.add_argument("--num-steps", type=int, default=10, help=f"sampler steps per rollout ({peer}'s 10)")
     parser.add_argument("--group-size", type=int, default=4, help="images per prompt")
     parser.add_argument("--prompts-per-step", type=int, default=4, help="prompts per optimizer step")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
+    parser.add_argument("--keep", type=Path, default=None, help="work folder to keep (both runs' logs and outputs)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--flow-grpo-repo", type=Path, required=True, help="a clone of flow_grpo")
+    add_run_arguments(parser, "flow_grpo")
     parser.add_argument("--guidance-scale", type=float, default=4.5)
     parser.add_argument("--window", type=int, default=2, help="also time trl-rpo with an SDE window of this many "
                         "steps (Flow-GRPO-Fast); 0: skip")  # fmt: skip
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
-    parser.add_argument("--keep", type=Path, default=None, help="work folder to keep (both runs' logs and outputs)")
     args = parser.parse_args()
     repo = args.flow_grpo_repo.resolve()
     if not (repo / "scripts" / "train_sd3.py").is_file():
