@@ -23,9 +23,13 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_flow_grpo import _steady  # noqa: E402
+from gpu_suite import step_clock  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +40,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from datasets import Dataset
-    from transformers import TrainerCallback
 
     from trl_rpo import DiffusionGRPOConfig, DiffusionGRPOTrainer
     from trl_rpo.rewards.remote import RemoteReward
@@ -65,13 +68,6 @@ def main() -> None:
     prompts = Dataset.from_dict({"prompt": [f"a {c} {s}" for c in ("red", "blue", "green", "yellow")
                                             for s in ("square", "circle", "star", "triangle")]})  # fmt: skip
 
-    class Clock(TrainerCallback):
-        def __init__(self):
-            self.times: list[float] = []
-
-        def on_step_end(self, *a, **k):
-            self.times.append(time.perf_counter())
-
     rows = {
         "baseline": {},
         "chunks of 4, inline": {"rollout_chunk_size": 4},
@@ -83,7 +79,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, options in rows.items():
             torch.manual_seed(0)
-            clock = Clock()
+            clock = step_clock()
             settings = dict(
                 output_dir=f"{tmp}/{len(results)}", report_to="none", save_strategy="no", disable_tqdm=True,
                 max_steps=args.steps + args.warmup + 1, per_device_train_batch_size=16, num_generations=4,
@@ -94,7 +90,7 @@ def main() -> None:
                                            train_dataset=prompts, peft_config=tiny_lora_config(),
                                            callbacks=[clock])  # fmt: skip
             trainer.train()
-            durations = [b - a for a, b in zip(clock.times[args.warmup :], clock.times[args.warmup + 1 :])]
+            durations = _steady(clock.times, args.warmup)
             results[name] = statistics.median(durations)
             print(
                 f"{name}: median {results[name]:.3f} s/step ({', '.join(f'{d:.2f}' for d in durations)})", flush=True

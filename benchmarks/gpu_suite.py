@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_diffusion_dpo import PlainDiffusionDPO, make_trainer  # noqa: E402
+from bench_flow_grpo import _steady  # noqa: E402
 
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 FLUX_ATTENTION = [*ATTENTION, "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
@@ -173,7 +174,7 @@ def step_clock():
 
 
 def _seconds_per_step(times: list[float], warmup: int) -> float:
-    durations = [b - a for a, b in zip(times[warmup:], times[warmup + 1 :])]
+    durations = _steady(times, warmup)
     if not durations:
         raise RuntimeError(f"too few steps timed ({len(times)} ends, {warmup} warm-up)")
     return statistics.median(durations)

@@ -114,7 +114,7 @@ def select_sde_window(
 class RewardQueue:
     """Score a rollout's chunks in order: inline, or on one background thread while the next chunk samples.
 
-    `work(images, prompts) -> (images, total, per_func)`. With `background`, at most `max_pending` chunks wait to be
+    `work(images, prompts) -> (total, per_func)`. With `background`, at most `max_pending` chunks wait to be
     scored (each holds its decoded images): submitting one more first collects the oldest. Flow-GRPO scores each
     sampling batch on a thread pool the same way, so a remote reward model (`RemoteReward`, `trl-rpo serve-reward`)
     answers while the GPU keeps sampling. `wait_seconds` is how long the sampling thread waited for scores.
@@ -143,7 +143,7 @@ class RewardQueue:
         self._pending.append(self._executor.submit(self._work, images, prompts))
 
     def results(self) -> list:
-        """Every chunk's `(images, total, per_func)`, in submission order (waits for the pending ones)."""
+        """Every chunk's `(total, per_func)`, in submission order (waits for the pending ones)."""
         try:
             while self._pending:
                 self._collect_oldest()
@@ -303,7 +303,7 @@ class GroupRolloutTrainer(OnlineDiffusionTrainer):
         # `async_rewards`) while the next one samples.
         per_chunk = max(1, (args.rollout_chunk_size or len(flat_prompts)) // g)
         queue = RewardQueue(self._score_images, args.async_rewards, args.max_pending_rewards)
-        trajectories, log_probs = [], []
+        trajectories, log_probs, decoded = [], [], []
         for first in range(0, len(prompts), per_chunk):
             chunk = torch.arange(first, min(first + per_chunk, len(prompts)), device=device)
             trajectory, log_prob = self._sample_groups(
@@ -311,14 +311,15 @@ class GroupRolloutTrainer(OnlineDiffusionTrainer):
             )
             # Decoding stays on this thread, with the denoiser (one compute stream); only the scoring, a remote
             # reward's wait for its server, goes to the background.
-            queue.submit(self.decode(trajectory[:, -1]), flat_prompts[first * g : (first + len(chunk)) * g])
+            decoded.append(self.decode(trajectory[:, -1]))
+            queue.submit(decoded[-1], flat_prompts[first * g : (first + len(chunk)) * g])
             trajectories.append(trajectory)
             log_probs.append(log_prob)
         scored = queue.results()
         self._timing["reward_wait"] = queue.wait_seconds
-        images = torch.cat([part[0] for part in scored])
-        total = torch.cat([part[1] for part in scored]).to(device)
-        per_func = {name: torch.cat([part[2][name] for part in scored]) for name in scored[0][2]}
+        images = torch.cat(decoded)
+        total = torch.cat([part[0] for part in scored]).to(device)
+        per_func = {name: torch.cat([part[1][name] for part in scored]) for name in scored[0][1]}
         advantages, group_std = self.compute_advantages(total)
         if window is None:
             train_steps = select_train_steps(
@@ -344,9 +345,8 @@ class GroupRolloutTrainer(OnlineDiffusionTrainer):
 
     @torch.no_grad()
     def _score_images(self, images: torch.Tensor, prompts: list[str]):
-        """A chunk's decoded images -> `(images, total, per_func)` (run by `RewardQueue`, maybe on its thread)."""
-        total, per_func = self.step_rewards(images, prompts)
-        return images, total, per_func
+        """A chunk's decoded images -> `(total, per_func)` (run by `RewardQueue`, maybe on its thread)."""
+        return self.step_rewards(images, prompts)
 
     def _sample_groups(self, cond, uncond, window, generator) -> tuple[torch.Tensor, torch.Tensor]:
         """`num_generations` trajectories per prompt of `cond`: latents `[N, S + 1, ...]`, log-probabilities `[N, S]`.
