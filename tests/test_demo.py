@@ -292,13 +292,19 @@ def test_online_recipe_sweep_trains_every_recipe_with_every_seed_and_chooses_by_
 
     config = DemoConfig.quick(eval_seeds=(0,), num_inference_steps=4, refine_strength=0.0, tailorpo_steps=1,
                               tailorpo_batch_size=2, tailorpo_num_inference_steps=4)  # fmt: skip
-    recipes = {"nft": {"a": {}, "b": {"nft_learning_rate": 1e-2, "nft_batch_size": 8}}, "grpo": {"only": {}}}
+    recipes = {"nft": {"a": {}, "b": {"nft_learning_rate": 1e-2, "nft_batch_size": 8,
+                                      "online_reward": "soft_alignment_score"}}, "grpo": {"only": {}}}  # fmt: skip
     results = sweep.run_online_recipe_sweep(config, tmp_path / "rec", recipes=recipes, seeds=(0, 1), dev_prompts=4,
                                             log=lambda _: None)  # fmt: skip
     assert [(r["method"], r["recipe"]) for r in results["rows"]] == [("nft", "a"), ("nft", "b"), ("grpo", "only")]
     for row in results["rows"]:
         gains = [e["gain"] for e in row["by_seed"].values()]
         assert list(row["by_seed"]) == ["0", "1"] and row["min_gain"] == min(gains)
+    # A run on the graded reward logs both: the reward it optimizes and its rollouts' alignment_score.
+    for name, row in zip("ab", results["rows"][:2]):
+        entry = row["by_seed"]["0"]
+        assert {"rollout_first", "rollout_last", "reward_first", "reward_last"} <= set(entry)
+        assert (entry["reward_first"] == entry["rollout_first"]) == (name == "a")
     nft_rows = results["rows"][:2]
     assert results["chosen"]["nft"] == max(nft_rows, key=lambda r: r["min_gain"])["recipe"]
     assert results["chosen"]["grpo"] == "only"
@@ -322,6 +328,27 @@ def test_second_online_round_pits_each_demo_recipe_against_twice_its_images_per_
         assert first.startswith("demo:") and overrides == doubled[method]
         assert demo_overrides in ({}, {"tailorpo_batch_size": 4})
     assert not set(ONLINE_BATCH_SEEDS) & set(StudyConfig().training_seeds)
+
+
+def test_fifth_online_round_changes_only_the_reward_of_every_online_method_on_fresh_seeds():
+    from trl_rpo.shapes.study import StudyConfig
+    from trl_rpo.shapes.sweep import (
+        ONLINE_BATCH_SEEDS,
+        ONLINE_REWARD_RECIPES,
+        ONLINE_REWARD_SEEDS,
+        TAILORPO_BATCH_SEEDS,  # fmt: skip
+        TAILORPO_WINDOW_SEEDS,
+    )
+
+    assert set(ONLINE_REWARD_RECIPES) == {"tailorpo", "grpo", "nft"}
+    graded = {"online_reward": "soft_alignment_score"}
+    for recipes in ONLINE_REWARD_RECIPES.values():
+        assert list(recipes.values())[:2] == [{}, graded] and list(recipes)[0].startswith("demo:")
+    # TailorPO's third recipe: the graded reward, paired only where its step-wise ranking agrees with the outcome.
+    assert list(ONLINE_REWARD_RECIPES["tailorpo"].values())[2] == {**graded, "tailorpo_window_start": 0.6}
+    assert len(ONLINE_REWARD_RECIPES["grpo"]) == len(ONLINE_REWARD_RECIPES["nft"]) == 2
+    used = {*StudyConfig().training_seeds, *ONLINE_BATCH_SEEDS, *TAILORPO_BATCH_SEEDS, *TAILORPO_WINDOW_SEEDS, 0, 1, 2}
+    assert len(ONLINE_REWARD_SEEDS) == 3 and not set(ONLINE_REWARD_SEEDS) & used
 
 
 def test_third_online_round_pits_tailorpos_demo_recipe_against_twice_its_prompts_on_fresh_seeds():

@@ -54,6 +54,11 @@ reported (`online_recipes.md`, about 35 minutes).
 on steps 4-7 only, where `--stage step-rewards` found the step-wise rewards agreeing with the final ones
 (`trl_rpo.shapes.sweep.TAILORPO_WINDOW_RECIPES`), fresh seeds 300-302, the same rule (about 12 minutes).
 
+`--stage online-reward` is the fifth online round (issue 28), every online method: its demo recipe against the same
+recipe optimizing `soft_alignment_score` (`DemoConfig.online_reward`; `trl_rpo.shapes.sweep.ONLINE_REWARD_RECIPES`),
+fresh seeds 400-402, the same rule (about 25 minutes). `--online-reward soft_alignment_score` runs `--stage
+step-rewards` with the graded reward.
+
 `--stage step-rewards` is a diagnosis of TailorPO's training signal (issue 28): on 128 train prompts, at every sampler
 step, do the step-wise rewards of two children of one parent order them as the mean final reward of 8 completions of
 each does? (`trl_rpo.shapes.step_reward_check`, `step_reward_check.md`, about 10 minutes; no held-out prompt is
@@ -80,6 +85,8 @@ from trl_rpo.shapes.sweep import (
     ONLINE_BATCH_RECIPES,
     ONLINE_BATCH_SEEDS,
     ONLINE_RECIPES,
+    ONLINE_REWARD_RECIPES,
+    ONLINE_REWARD_SEEDS,
     SFT_VARIANTS,
     TAILORPO_BATCH_RECIPES,
     TAILORPO_BATCH_SEEDS,
@@ -101,10 +108,13 @@ def main() -> None:
     parser.add_argument("--arm-sweep", default="outputs/arm-sweep",
                         help="ranks: the finished arm sweep whose pairs, seeds and chosen recipes are retrained")
     parser.add_argument("--quick", action="store_true", help="small budgets and two recipes: a smoke test")
+    parser.add_argument("--online-reward", default="alignment_score",
+                        choices=["alignment_score", "soft_alignment_score"],
+                        help="step-rewards: the reward TailorPO ranks children by (DemoConfig.online_reward)")
     parser.add_argument("--stage", default="recipes",
                         choices=["recipes", "pairs", "seeds", "masked", "sft", "timesteps", "online",
                                  "online-recipes", "online-batch", "online-tailorpo", "online-window",
-                                 "step-rewards", "arms", "ranks"],
+                                 "online-reward", "step-rewards", "arms", "ranks"],
                         help="recipes: guidance and DPO recipe; pairs: the RPO refinement strength; seeds: masked "
                              "or plain DPO over training seeds; masked: the masked recipe over seeds; sft: masked "
                              "DPO plus an SFT term over seeds; timesteps: masked DPO on part of the noise "
@@ -129,10 +139,11 @@ def main() -> None:
         run_online_sweep(config, args.output_dir, steps=(1, 2) if args.quick else (40, 160),
                          dev_prompts=8 if args.quick else 60)  # fmt: skip
         return
-    if args.stage in ("online-recipes", "online-batch", "online-tailorpo", "online-window"):
+    if args.stage in ("online-recipes", "online-batch", "online-tailorpo", "online-window", "online-reward"):
         recipes, seeds = {"online-batch": (ONLINE_BATCH_RECIPES, ONLINE_BATCH_SEEDS),
                           "online-tailorpo": (TAILORPO_BATCH_RECIPES, TAILORPO_BATCH_SEEDS),
                           "online-window": (TAILORPO_WINDOW_RECIPES, TAILORPO_WINDOW_SEEDS),
+                          "online-reward": (ONLINE_REWARD_RECIPES, ONLINE_REWARD_SEEDS),
                           "online-recipes": (ONLINE_RECIPES, (0, 1, 2))}[args.stage]  # fmt: skip
         if args.quick:  # one recipe per method, tiny budgets: a smoke test of the stage
             first = {m: dict(list(v.items())[:1]) for m, v in recipes.items()}
@@ -145,7 +156,8 @@ def main() -> None:
     if args.stage == "step-rewards":
         from trl_rpo.shapes.step_reward_check import run_step_reward_check
 
-        config = DemoConfig.quick(model=args.model) if args.quick else DemoConfig(model=args.model)
+        config = (DemoConfig.quick(model=args.model, online_reward=args.online_reward) if args.quick
+                  else DemoConfig(model=args.model, online_reward=args.online_reward))  # fmt: skip
         run_step_reward_check(config, args.output_dir, num_prompts=4 if args.quick else 128,
                               continuations=2 if args.quick else 8)  # fmt: skip
         return

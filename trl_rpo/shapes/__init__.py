@@ -8,7 +8,7 @@ by `Editor`; `judge_alignment` scores them independently (a CNN trained only on 
 from .analysis import COLOR_NAMES, DetectedObject, Observation, analyze, classify_shape
 from .critic import Critic, describe
 from .editor import Editor
-from .evaluate import ATTRIBUTES, alignment_score, check_attributes
+from .evaluate import ATTRIBUTES, alignment_score, check_attributes, soft_alignment_score, soft_attributes
 from .generator import ShapesGenerator
 from .judge import judge_alignment, strict_accuracy
 from .model import CHECKPOINT_DIR, load_pipeline, training_info
@@ -65,6 +65,8 @@ __all__ = [
     "prompts",
     "render",
     "slot_centers",
+    "soft_alignment_score",
+    "soft_attributes",
     "split_of",
     "strict_accuracy",
     "training_info",

@@ -73,6 +73,8 @@ COMPARISONS = (("dpo_rpo_pairs", "dpo_reward_pairs"), ("dpo_rpo_pairs", "dpo_bes
 # Seeds of the in-distribution evaluation start this far past every seed the pair builders use
 # (`seed + i` for i < image_budget), so no training image is evaluated again.
 IN_DISTRIBUTION_SEED_OFFSET = 10_000
+# `DemoConfig.online_reward`'s choices (functions of `trl_rpo.shapes.evaluate`).
+ONLINE_REWARDS = ("alignment_score", "soft_alignment_score")
 
 
 @dataclass
@@ -164,6 +166,12 @@ class DemoConfig:
     nft_batch_size: int = field(
         default=16, metadata={"help": "DiffusionNFT images per step (groups of grpo_num_generations)."}
     )
+    online_reward: str = field(
+        default="alignment_score",
+        metadata={"help": "The reward TailorPO, GRPO and DiffusionNFT optimize: 'alignment_score' (six pass/fail "
+                          "checks) or 'soft_alignment_score' (the same checks as graded credit; rollouts still log "
+                          "alignment_score). Every row is scored with alignment_score."},
+    )  # fmt: skip
     grid_prompts: int = field(default=8, metadata={"help": "Test prompts (columns) of grid.png."})
 
     def __post_init__(self):
@@ -186,6 +194,8 @@ class DemoConfig:
                 raise ValueError(f"{name}: {err}") from None
         if not self.eval_seeds:
             raise ValueError("eval_seeds must hold at least one seed")
+        if self.online_reward not in ONLINE_REWARDS:
+            raise ValueError(f"online_reward must be one of {list(ONLINE_REWARDS)}, got {self.online_reward!r}")
         if self.image_budget < 2:
             raise ValueError(f"image_budget must be at least 2 (one reward-labelled pair), got {self.image_budget}")
         if not 0.0 <= self.refine_strength <= 1.0:

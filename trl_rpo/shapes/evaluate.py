@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from PIL import Image
 
-from .analysis import Observation, analyze
-from .world import Scene, parse_prompt
+from .analysis import Observation, analyze, shape_probabilities
+from .world import Scene, parse_prompt, region_margin
 
-__all__ = ["ATTRIBUTES", "alignment_score", "check_attributes"]
+__all__ = ["ATTRIBUTES", "alignment_score", "check_attributes", "soft_attributes", "soft_alignment_score"]
+
+# Width (normalized units) over which the soft position credit goes from 0.27 to 0.73 across a region's edge.
+_POSITION_SOFTNESS = 0.03
 
 ATTRIBUTES: tuple[str, ...] = ("background", "color", "shape", "count", "position", "exclusive")
 
@@ -50,4 +54,57 @@ def alignment_score(images: Sequence[Image.Image], prompts: Sequence[str], **kwa
     for image, prompt in zip(images, prompts):
         checks = check_attributes(analyze(image), parse_prompt(prompt))
         scores.append(sum(checks.values()) / len(checks))
+    return scores
+
+
+def soft_attributes(observation: Observation, scene: Scene) -> dict[str, float]:
+    """A graded `check_attributes`: each of the six `ATTRIBUTES` as a credit in [0, 1] instead of a pass/fail.
+
+    An object o (area a_o) is a target with weight w_o = [color_o = scene color] * p_o(scene shape), where p_o is
+    `shape_probabilities` of its mask, and lies in the scene's region with credit
+    s_o = sigmoid(`region_margin`(centroid_o) / 0.03):
+
+    - background: [background = scene background] (already near 1 for every model; left binary);
+    - color: the share of object area in the scene's color;
+    - shape: max_o p_o(scene shape) (some object has the shape);
+    - count: max(0, 1 - |sum_o w_o - count| / 2);
+    - position: sum_o w_o s_o / sum_o w_o (0 with no target);
+    - exclusive: sum_o w_o a_o / sum_o a_o (1 with no object, as `check_attributes`).
+
+    Where `check_attributes` is confident (clean shapes well inside their regions) the two agree; in between, the
+    credit moves with the image (an object drifting toward its region, a blob becoming a square), so two images
+    rarely tie. That is what a reward for online training needs (`soft_alignment_score`).
+    """
+    objects = observation.objects
+    area = sum(o.area for o in objects)
+    in_color = [o.color == scene.color for o in objects]
+    p_shape = [shape_probabilities(o.mask)[scene.shape] for o in objects]
+    weights = [c * p for c, p in zip(in_color, p_shape)]
+    total = sum(weights)
+    inside = [1.0 / (1.0 + math.exp(-region_margin(*o.centroid, scene.position) / _POSITION_SOFTNESS))
+              for o in objects]  # fmt: skip
+    return {
+        "background": float(observation.background == scene.background),
+        "color": sum(o.area for o, c in zip(objects, in_color) if c) / area if area else 0.0,
+        "shape": max(p_shape, default=0.0),
+        "count": max(0.0, 1.0 - abs(total - scene.count) / 2.0),
+        "position": sum(w * s for w, s in zip(weights, inside)) / total if total > 0 else 0.0,
+        "exclusive": sum(w * o.area for w, o in zip(weights, objects)) / area if area else 1.0,
+    }
+
+
+def soft_alignment_score(images: Sequence[Image.Image], prompts: Sequence[str], **kwargs: Any) -> list[float]:
+    """Per image, the mean of `soft_attributes`: a graded `alignment_score` for online training (issue 28).
+
+    `alignment_score` counts six pass/fail checks, so two samples of a prompt tie most of the time and a step that
+    moves an object toward its region earns nothing until it crosses the edge. This reward gives partial credit for
+    each check and ties rarely. Evaluation stays with `alignment_score`; this is a training signal. Same convention
+    `f(images, prompts, **kwargs) -> list[float]`.
+    """
+    if len(images) != len(prompts):
+        raise ValueError(f"got {len(images)} images for {len(prompts)} prompts")
+    scores = []
+    for image, prompt in zip(images, prompts):
+        credits = soft_attributes(analyze(image), parse_prompt(prompt))
+        scores.append(sum(credits.values()) / len(credits))
     return scores

@@ -247,8 +247,19 @@ def online_prompts(config: DemoConfig):
     return Dataset.from_dict({"prompt": shape_prompts(SPLIT_SIZES["train"], seed=config.seed, split="train")})
 
 
+def online_rewards(config: DemoConfig) -> dict[str, Any]:
+    """`reward_funcs` / `reward_weights` of the online trainers: `config.online_reward`, and `alignment_score` at
+    weight 0 beside a graded reward, so every run logs its rollouts' `rewards/alignment_score/mean`."""
+    from . import evaluate
+
+    if config.online_reward == "alignment_score":
+        return {"reward_funcs": evaluate.alignment_score}
+    return {"reward_funcs": [getattr(evaluate, config.online_reward), evaluate.alignment_score],
+            "reward_weights": [1.0, 0.0]}  # fmt: skip
+
+
 def train_tailorpo(config: DemoConfig, output_dir: Path, name: str, pairing: str = "best_worst"):
-    """A `TailorPOTrainer` run with `alignment_score` as the step-wise reward and the demo's recipe; returns it.
+    """A `TailorPOTrainer` run with `config.online_reward` as the step-wise reward and the demo's recipe; returns it.
 
     `pairing="final"` is the final-image (D3PO / SPO-style) baseline with the same rollouts.
     """
@@ -258,12 +269,11 @@ def train_tailorpo(config: DemoConfig, output_dir: Path, name: str, pairing: str
 def tailorpo_trainer(config: DemoConfig, output_dir: Path, name: str, pairing: str = "best_worst"):
     """The demo's `TailorPOTrainer` (its reward, recipe, prompts and LoRA), not yet trained."""
     from ..trainer import TailorPOConfig, TailorPOTrainer
-    from .evaluate import alignment_score
     from .model import load_pipeline
 
     return TailorPOTrainer(
         model=load_pipeline(config.model),
-        reward_funcs=alignment_score,
+        **online_rewards(config),
         args=TailorPOConfig(
             max_steps=config.tailorpo_steps, per_device_train_batch_size=config.tailorpo_batch_size,
             learning_rate=config.tailorpo_learning_rate, num_inference_steps=config.tailorpo_num_inference_steps,
@@ -283,12 +293,11 @@ def train_grpo(config: DemoConfig, output_dir: Path, name: str = "grpo"):
     `grpo_num_generations` images, `grpo_batch_size` images per step, its own learning rate and trained steps.
     """
     from ..trainer import DiffusionGRPOConfig, DiffusionGRPOTrainer
-    from .evaluate import alignment_score
     from .model import load_pipeline
 
     trainer = DiffusionGRPOTrainer(
         model=load_pipeline(config.model),
-        reward_funcs=alignment_score,
+        **online_rewards(config),
         args=DiffusionGRPOConfig(
             max_steps=config.tailorpo_steps, num_generations=config.grpo_num_generations,
             per_device_train_batch_size=config.grpo_batch_size, learning_rate=config.grpo_learning_rate,
@@ -306,12 +315,11 @@ def train_nft(config: DemoConfig, output_dir: Path, name: str = "nft"):
     """A `DiffusionNFTTrainer` run: GRPO's reward, steps, group size and rollout steps, deterministic (ODE)
     rollouts, its own learning rate and images per step (`nft_learning_rate`, `nft_batch_size`)."""
     from ..trainer import DiffusionNFTConfig, DiffusionNFTTrainer
-    from .evaluate import alignment_score
     from .model import load_pipeline
 
     trainer = DiffusionNFTTrainer(
         model=load_pipeline(config.model),
-        reward_funcs=alignment_score,
+        **online_rewards(config),
         args=DiffusionNFTConfig(
             max_steps=config.tailorpo_steps, num_generations=config.grpo_num_generations,
             per_device_train_batch_size=config.nft_batch_size, learning_rate=config.nft_learning_rate,

@@ -46,6 +46,7 @@ __all__ = [
     "position_of",
     "prompt_text",
     "prompts",
+    "region_margin",
     "slot_centers",
     "split_of",
 ]
@@ -258,6 +259,23 @@ def position_of(x: float, y: float) -> str:
     if abs(dx) >= abs(dy):
         return "left" if dx < 0 else "right"
     return "top" if dy < 0 else "bottom"
+
+
+def region_margin(x: float, y: float, position: str) -> float:
+    """How far a point lies inside `position`'s region (normalized units; negative outside it).
+
+    Positive exactly where `position_of(x, y) == position` (up to the boundaries): the distance to the nearest edge
+    of the central square for "center"; for a side region, the smaller of how far the point is outside the central
+    square and how far its offset toward that side exceeds the other axis' offset (the diagonals).
+    """
+    dx, dy = x - 0.5, y - 0.5
+    outside_center = max(abs(dx), abs(dy)) - CENTER_HALF_WIDTH
+    toward = {"left": -dx - abs(dy), "right": dx - abs(dy), "top": -dy - abs(dx), "bottom": dy - abs(dx)}
+    if position == "center":
+        return -outside_center
+    if position not in toward:
+        raise ValueError(f"unknown position {position!r}; expected one of {list(POSITIONS)}")
+    return min(outside_center, toward[position])
 
 
 def slot_centers(position: str, count: int) -> tuple[tuple[float, float], ...]:
