@@ -293,9 +293,9 @@ def test_online_recipe_sweep_trains_every_recipe_with_every_seed_and_chooses_by_
     config = DemoConfig.quick(eval_seeds=(0,), num_inference_steps=4, refine_strength=0.0, tailorpo_steps=1,
                               tailorpo_batch_size=2, tailorpo_num_inference_steps=4)  # fmt: skip
     recipes = {"nft": {"a": {}, "b": {"nft_learning_rate": 1e-2, "nft_batch_size": 8,
-                                      "online_reward": "soft_alignment_score"}}, "grpo": {"only": {}}}  # fmt: skip
+                                      "nft_reward": "soft_alignment_score"}}, "grpo": {"only": {}}}  # fmt: skip
     results = sweep.run_online_recipe_sweep(config, tmp_path / "rec", recipes=recipes, seeds=(0, 1), dev_prompts=4,
-                                            log=lambda _: None)  # fmt: skip
+                                            log=lambda _: None, train_prompts=3)  # fmt: skip
     assert [(r["method"], r["recipe"]) for r in results["rows"]] == [("nft", "a"), ("nft", "b"), ("grpo", "only")]
     for row in results["rows"]:
         gains = [e["gain"] for e in row["by_seed"].values()]
@@ -303,7 +303,7 @@ def test_online_recipe_sweep_trains_every_recipe_with_every_seed_and_chooses_by_
     # A run on the graded reward logs both: the reward it optimizes and its rollouts' alignment_score.
     for name, row in zip("ab", results["rows"][:2]):
         entry = row["by_seed"]["0"]
-        assert {"rollout_first", "rollout_last", "reward_first", "reward_last"} <= set(entry)
+        assert {"rollout_first", "rollout_last", "reward_first", "reward_last", "train_gain"} <= set(entry)
         assert (entry["reward_first"] == entry["rollout_first"]) == (name == "a")
     nft_rows = results["rows"][:2]
     assert results["chosen"]["nft"] == max(nft_rows, key=lambda r: r["min_gain"])["recipe"]
@@ -341,14 +341,54 @@ def test_fifth_online_round_changes_only_the_reward_of_every_online_method_on_fr
     )
 
     assert set(ONLINE_REWARD_RECIPES) == {"tailorpo", "grpo", "nft"}
-    graded = {"online_reward": "soft_alignment_score"}
-    for recipes in ONLINE_REWARD_RECIPES.values():
-        assert list(recipes.values())[:2] == [{}, graded] and list(recipes)[0].startswith("demo:")
-    # TailorPO's third recipe: the graded reward, paired only where its step-wise ranking agrees with the outcome.
-    assert list(ONLINE_REWARD_RECIPES["tailorpo"].values())[2] == {**graded, "tailorpo_window_start": 0.6}
-    assert len(ONLINE_REWARD_RECIPES["grpo"]) == len(ONLINE_REWARD_RECIPES["nft"]) == 2
+    graded = "soft_alignment_score"
+    assert list(ONLINE_REWARD_RECIPES["tailorpo"].values()) == [
+        {"tailorpo_reward": "alignment_score", "tailorpo_window_start": 0.0},
+        {"tailorpo_reward": graded, "tailorpo_window_start": 0.0},
+        # the graded reward, paired only where its step-wise ranking agrees with the outcome
+        {"tailorpo_reward": graded, "tailorpo_window_start": 0.6},
+    ]
+    for method in ("grpo", "nft"):
+        reward = f"{method}_reward"
+        assert list(ONLINE_REWARD_RECIPES[method].values()) == [{reward: "alignment_score"}, {reward: graded}]
+    assert all(list(recipes)[0].startswith("demo:") for recipes in ONLINE_REWARD_RECIPES.values())
     used = {*StudyConfig().training_seeds, *ONLINE_BATCH_SEEDS, *TAILORPO_BATCH_SEEDS, *TAILORPO_WINDOW_SEEDS, 0, 1, 2}
     assert len(ONLINE_REWARD_SEEDS) == 3 and not set(ONLINE_REWARD_SEEDS) & used
+
+
+def test_sixth_online_round_only_lengthens_training_on_fresh_seeds():
+    from trl_rpo.shapes.study import StudyConfig
+    from trl_rpo.shapes.sweep import (
+        ONLINE_BATCH_SEEDS,
+        ONLINE_REWARD_SEEDS,
+        ONLINE_STEPS_RECIPES,
+        ONLINE_STEPS_SEEDS,  # fmt: skip
+        TAILORPO_BATCH_SEEDS,
+        TAILORPO_WINDOW_SEEDS,
+    )
+
+    assert list(ONLINE_STEPS_RECIPES["nft"].values()) == [{}, {"nft_steps": 80}, {"nft_steps": 120}]
+    assert list(ONLINE_STEPS_RECIPES["tailorpo"].values()) == [{}, {"tailorpo_steps": 80}]
+    assert DemoConfig().nft_steps == DemoConfig().tailorpo_steps == 40
+    used = {*StudyConfig().training_seeds, *ONLINE_BATCH_SEEDS, *TAILORPO_BATCH_SEEDS, *TAILORPO_WINDOW_SEEDS,
+            *ONLINE_REWARD_SEEDS, 0, 1, 2}  # fmt: skip
+    assert len(ONLINE_STEPS_SEEDS) == 3 and not set(ONLINE_STEPS_SEEDS) & used
+
+
+def test_rounds_declared_before_the_fifth_replay_with_the_then_defaults_of_fields_added_since():
+    from trl_rpo.shapes.sweep import TAILORPO_WINDOW_RECIPES, as_before_round_five
+
+    replay = as_before_round_five({**TAILORPO_WINDOW_RECIPES, "grpo": {"demo": {}}})
+    demo, window = replay["tailorpo"].values()
+    assert demo == {"tailorpo_reward": "alignment_score", "tailorpo_window_start": 0.0}
+    assert window["tailorpo_window_start"] == 0.4 and window["tailorpo_reward"] == "alignment_score"
+    assert replay["grpo"]["demo"] == {"grpo_reward": "alignment_score"}
+
+
+def test_the_demo_uses_the_fifth_online_rounds_choices():
+    config = DemoConfig()
+    assert (config.tailorpo_reward, config.tailorpo_window_start) == ("soft_alignment_score", 0.6)
+    assert (config.grpo_reward, config.nft_reward) == ("soft_alignment_score", "alignment_score")
 
 
 def test_third_online_round_pits_tailorpos_demo_recipe_against_twice_its_prompts_on_fresh_seeds():

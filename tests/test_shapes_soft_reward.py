@@ -113,12 +113,14 @@ def test_soft_alignment_score_refuses_mismatched_lengths():
 
 
 def test_online_rewards_log_alignment_score_at_weight_zero_beside_a_graded_reward():
-    assert online_rewards(DemoConfig()) == {"reward_funcs": alignment_score}
-    rewards = online_rewards(DemoConfig(online_reward="soft_alignment_score"))
+    config = DemoConfig(tailorpo_reward="alignment_score", nft_reward="soft_alignment_score")
+    assert online_rewards(config, "tailorpo") == {"reward_funcs": alignment_score}
+    rewards = online_rewards(config, "nft")
     assert rewards["reward_funcs"] == [soft_alignment_score, alignment_score]
     assert rewards["reward_weights"] == [1.0, 0.0]
 
 
-def test_demo_config_names_the_choices_of_an_unknown_online_reward():
-    with pytest.raises(ValueError, match="online_reward must be one of .*soft_alignment_score.*got 'clip'"):
-        DemoConfig(online_reward="clip")
+@pytest.mark.parametrize("name", ["tailorpo_reward", "grpo_reward", "nft_reward"])
+def test_demo_config_names_the_choices_of_an_unknown_online_reward(name):
+    with pytest.raises(ValueError, match=f"{name} must be one of .*soft_alignment_score.*got 'clip'"):
+        DemoConfig(**{name: "clip"})

@@ -55,9 +55,13 @@ on steps 4-7 only, where `--stage step-rewards` found the step-wise rewards agre
 (`trl_rpo.shapes.sweep.TAILORPO_WINDOW_RECIPES`), fresh seeds 300-302, the same rule (about 12 minutes).
 
 `--stage online-reward` is the fifth online round (issue 28), every online method: its demo recipe against the same
-recipe optimizing `soft_alignment_score` (`DemoConfig.online_reward`; `trl_rpo.shapes.sweep.ONLINE_REWARD_RECIPES`),
-fresh seeds 400-402, the same rule (about 25 minutes). `--online-reward soft_alignment_score` runs `--stage
-step-rewards` with the graded reward.
+recipe optimizing `soft_alignment_score` (`DemoConfig.tailorpo_reward` etc.;
+`trl_rpo.shapes.sweep.ONLINE_REWARD_RECIPES`), fresh seeds 400-402, the same rule (about 30 minutes).
+`--online-reward soft_alignment_score` runs `--stage step-rewards` with the graded reward.
+
+`--stage online-steps` is the sixth online round (issue 28): DiffusionNFT at 40, 80 and 120 steps and TailorPO at 40
+and 80 (`trl_rpo.shapes.sweep.ONLINE_STEPS_RECIPES`), fresh seeds 500-502, the same rule, every run also scored on 60
+train prompts (about 30 minutes).
 
 `--stage step-rewards` is a diagnosis of TailorPO's training signal (issue 28): on 128 train prompts, at every sampler
 step, do the step-wise rewards of two children of one parent order them as the mean final reward of 8 completions of
@@ -87,12 +91,15 @@ from trl_rpo.shapes.sweep import (
     ONLINE_RECIPES,
     ONLINE_REWARD_RECIPES,
     ONLINE_REWARD_SEEDS,
+    ONLINE_STEPS_RECIPES,
+    ONLINE_STEPS_SEEDS,
     SFT_VARIANTS,
     TAILORPO_BATCH_RECIPES,
     TAILORPO_BATCH_SEEDS,
     TAILORPO_WINDOW_RECIPES,
     TAILORPO_WINDOW_SEEDS,
     TIMESTEP_VARIANTS,
+    as_before_round_five,
     run_dev_sweep,
     run_online_recipe_sweep,
     run_online_sweep,
@@ -114,7 +121,7 @@ def main() -> None:
     parser.add_argument("--stage", default="recipes",
                         choices=["recipes", "pairs", "seeds", "masked", "sft", "timesteps", "online",
                                  "online-recipes", "online-batch", "online-tailorpo", "online-window",
-                                 "online-reward", "step-rewards", "arms", "ranks"],
+                                 "online-reward", "online-steps", "step-rewards", "arms", "ranks"],
                         help="recipes: guidance and DPO recipe; pairs: the RPO refinement strength; seeds: masked "
                              "or plain DPO over training seeds; masked: the masked recipe over seeds; sft: masked "
                              "DPO plus an SFT term over seeds; timesteps: masked DPO on part of the noise "
@@ -139,25 +146,28 @@ def main() -> None:
         run_online_sweep(config, args.output_dir, steps=(1, 2) if args.quick else (40, 160),
                          dev_prompts=8 if args.quick else 60)  # fmt: skip
         return
-    if args.stage in ("online-recipes", "online-batch", "online-tailorpo", "online-window", "online-reward"):
-        recipes, seeds = {"online-batch": (ONLINE_BATCH_RECIPES, ONLINE_BATCH_SEEDS),
-                          "online-tailorpo": (TAILORPO_BATCH_RECIPES, TAILORPO_BATCH_SEEDS),
-                          "online-window": (TAILORPO_WINDOW_RECIPES, TAILORPO_WINDOW_SEEDS),
+    if args.stage in ("online-recipes", "online-batch", "online-tailorpo", "online-window", "online-reward",
+                      "online-steps"):
+        recipes, seeds = {"online-batch": (as_before_round_five(ONLINE_BATCH_RECIPES), ONLINE_BATCH_SEEDS),
+                          "online-tailorpo": (as_before_round_five(TAILORPO_BATCH_RECIPES), TAILORPO_BATCH_SEEDS),
+                          "online-window": (as_before_round_five(TAILORPO_WINDOW_RECIPES), TAILORPO_WINDOW_SEEDS),
                           "online-reward": (ONLINE_REWARD_RECIPES, ONLINE_REWARD_SEEDS),
-                          "online-recipes": (ONLINE_RECIPES, (0, 1, 2))}[args.stage]  # fmt: skip
+                          "online-steps": (ONLINE_STEPS_RECIPES, ONLINE_STEPS_SEEDS),
+                          "online-recipes": (as_before_round_five(ONLINE_RECIPES), (0, 1, 2))}[args.stage]  # fmt: skip
         if args.quick:  # one recipe per method, tiny budgets: a smoke test of the stage
             first = {m: dict(list(v.items())[:1]) for m, v in recipes.items()}
             run_online_recipe_sweep(DemoConfig.quick(model=args.model), args.output_dir, recipes=first,
                                     seeds=seeds[:2], dev_prompts=8)  # fmt: skip
         else:
             run_online_recipe_sweep(DemoConfig(model=args.model, eval_seeds=(0, 1, 2)), args.output_dir,
-                                    recipes=recipes, seeds=seeds)  # fmt: skip
+                                    recipes=recipes, seeds=seeds,
+                                    train_prompts=60 if args.stage == "online-steps" else 0)  # fmt: skip
         return
     if args.stage == "step-rewards":
         from trl_rpo.shapes.step_reward_check import run_step_reward_check
 
-        config = (DemoConfig.quick(model=args.model, online_reward=args.online_reward) if args.quick
-                  else DemoConfig(model=args.model, online_reward=args.online_reward))  # fmt: skip
+        config = (DemoConfig.quick(model=args.model, tailorpo_reward=args.online_reward) if args.quick
+                  else DemoConfig(model=args.model, tailorpo_reward=args.online_reward))  # fmt: skip
         run_step_reward_check(config, args.output_dir, num_prompts=4 if args.quick else 128,
                               continuations=2 if args.quick else 8)  # fmt: skip
         return

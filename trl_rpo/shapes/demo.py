@@ -73,7 +73,7 @@ COMPARISONS = (("dpo_rpo_pairs", "dpo_reward_pairs"), ("dpo_rpo_pairs", "dpo_bes
 # Seeds of the in-distribution evaluation start this far past every seed the pair builders use
 # (`seed + i` for i < image_budget), so no training image is evaluated again.
 IN_DISTRIBUTION_SEED_OFFSET = 10_000
-# `DemoConfig.online_reward`'s choices (functions of `trl_rpo.shapes.evaluate`).
+# The choices of `DemoConfig.tailorpo_reward` / `grpo_reward` / `nft_reward` (functions of `trl_rpo.shapes.evaluate`).
 ONLINE_REWARDS = ("alignment_score", "soft_alignment_score")
 
 
@@ -146,9 +146,9 @@ class DemoConfig:
         default=8, metadata={"help": "GRPO and DiffusionNFT group size (images per prompt); TailorPO's steps."}
     )
     tailorpo_window_start: float = field(
-        default=0.0,
-        metadata={"help": "TailorPO pairs only on steps from this fraction of the trajectory (0 and window end 1: "
-                          "5 random steps)."},
+        default=0.6,
+        metadata={"help": "TailorPO pairs only on steps from this fraction of the trajectory (the fifth online "
+                          "round's 0.6: steps 6-9 of 10; 0 and window end 1: 5 random steps)."},
     )
     tailorpo_window_end: float = field(
         default=1.0,
@@ -166,17 +166,23 @@ class DemoConfig:
     nft_batch_size: int = field(
         default=16, metadata={"help": "DiffusionNFT images per step (groups of grpo_num_generations)."}
     )
-    online_reward: str = field(
-        default="alignment_score",
-        metadata={"help": "The reward TailorPO, GRPO and DiffusionNFT optimize: 'alignment_score' (six pass/fail "
-                          "checks) or 'soft_alignment_score' (the same checks as graded credit; rollouts still log "
-                          "alignment_score). Every row is scored with alignment_score."},
+    # Each online method's reward: the fifth online round's choices (dev, seeds 400-402; docs/shapes.md). Every row is
+    # scored with alignment_score whatever its method optimizes.
+    tailorpo_reward: str = field(
+        default="soft_alignment_score",
+        metadata={"help": "The reward TailorPO (and its final-image baseline) optimizes: 'alignment_score' (six "
+                          "pass/fail checks) or 'soft_alignment_score' (the checks as graded credit; rollouts still "
+                          "log alignment_score)."},
     )  # fmt: skip
+    grpo_reward: str = field(default="soft_alignment_score", metadata={"help": "The reward GRPO optimizes."})
+    nft_reward: str = field(default="alignment_score", metadata={"help": "The reward DiffusionNFT optimizes."})
+    nft_steps: int = field(default=40, metadata={"help": "DiffusionNFT optimizer steps per run."})
     grid_prompts: int = field(default=8, metadata={"help": "Test prompts (columns) of grid.png."})
 
     def __post_init__(self):
         self.eval_seeds = tuple(self.eval_seeds)
-        for name in ("eval_prompts", "image_budget", "dpo_steps", "tailorpo_steps", "grid_prompts", "lora_r"):
+        for name in ("eval_prompts", "image_budget", "dpo_steps", "tailorpo_steps", "nft_steps", "grid_prompts",
+                     "lora_r"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         from .world import SPLIT_SIZES
@@ -194,8 +200,9 @@ class DemoConfig:
                 raise ValueError(f"{name}: {err}") from None
         if not self.eval_seeds:
             raise ValueError("eval_seeds must hold at least one seed")
-        if self.online_reward not in ONLINE_REWARDS:
-            raise ValueError(f"online_reward must be one of {list(ONLINE_REWARDS)}, got {self.online_reward!r}")
+        for name in ("tailorpo_reward", "grpo_reward", "nft_reward"):
+            if getattr(self, name) not in ONLINE_REWARDS:
+                raise ValueError(f"{name} must be one of {list(ONLINE_REWARDS)}, got {getattr(self, name)!r}")
         if self.image_budget < 2:
             raise ValueError(f"image_budget must be at least 2 (one reward-labelled pair), got {self.image_budget}")
         if not 0.0 <= self.refine_strength <= 1.0:

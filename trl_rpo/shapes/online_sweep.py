@@ -24,10 +24,13 @@ __all__ = [
     "ONLINE_RECIPES",
     "ONLINE_REWARD_RECIPES",
     "ONLINE_REWARD_SEEDS",
+    "ONLINE_STEPS_RECIPES",
+    "ONLINE_STEPS_SEEDS",
     "TAILORPO_BATCH_RECIPES",
     "TAILORPO_BATCH_SEEDS",
     "TAILORPO_WINDOW_RECIPES",
     "TAILORPO_WINDOW_SEEDS",
+    "as_before_round_five",
     "format_online_recipe_sweep",
     "format_online_sweep",
     "run_online_recipe_sweep",
@@ -189,15 +192,45 @@ TAILORPO_WINDOW_SEEDS: tuple[int, ...] = (300, 301, 302)
 # 6-9 only: `step_reward_check` with it (train prompts) decides 77-98% of the sibling pairs on steps 0-7 but agrees
 # with their final outcome at chance on steps 0-4 (0.47-0.53), 0.58-0.64 on 5-6 and 0.85-1.00 on 7-9. Fresh seeds
 # 400-402; the same rule (per method the highest lowest-seed dev gain in `alignment_score`, ties to the demo's).
-_GRADED = {"online_reward": "soft_alignment_score"}
+# Spelled out per method, since the round's choices are the demo's defaults since.
+_GRADED = "soft_alignment_score"
 ONLINE_REWARD_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
-    "tailorpo": {"demo: alignment_score": {}, "soft_alignment_score": _GRADED,
-                 "soft_alignment_score, steps 6-9": {**_GRADED, "tailorpo_window_start": 0.6}},
-    "grpo": {"demo: alignment_score": {}, "soft_alignment_score": _GRADED},
-    "nft": {"demo: alignment_score": {}, "soft_alignment_score": _GRADED},
+    "tailorpo": {
+        "demo: alignment_score": {"tailorpo_reward": "alignment_score", "tailorpo_window_start": 0.0},
+        "soft_alignment_score": {"tailorpo_reward": _GRADED, "tailorpo_window_start": 0.0},
+        "soft_alignment_score, steps 6-9": {"tailorpo_reward": _GRADED, "tailorpo_window_start": 0.6},
+    },
+    "grpo": {"demo: alignment_score": {"grpo_reward": "alignment_score"},
+             "soft_alignment_score": {"grpo_reward": _GRADED}},
+    "nft": {"demo: alignment_score": {"nft_reward": "alignment_score"},
+            "soft_alignment_score": {"nft_reward": _GRADED}},
 }  # fmt: skip
 ONLINE_REWARD_SEEDS: tuple[int, ...] = (400, 401, 402)
+# The sixth online round (issue 28): more steps for the two methods whose fifth-round choice came closest.
+# DiffusionNFT's recipe is the only one above zero on every dev seed of the second and fifth rounds (+0.006 to
+# +0.013, six seeds): a small, steady effect, which more steps may grow. TailorPO's choice (graded reward, steps 6-9)
+# at twice its steps. Fresh seeds 500-502; the same rule. Each run is also scored on 60 train prompts
+# (`train_prompts`): the paired test of whether the reward rises on the prompts it trains on (the rollouts' first
+# and last fifth compare different prompts).
+ONLINE_STEPS_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "nft": {"demo: 40 steps": {}, "80 steps": {"nft_steps": 80}, "120 steps": {"nft_steps": 120}},
+    "tailorpo": {"demo: 40 steps (graded reward, steps 6-9)": {}, "80 steps": {"tailorpo_steps": 80}},
+}  # fmt: skip
+ONLINE_STEPS_SEEDS: tuple[int, ...] = (500, 501, 502)
 _ONLINE_TRAINERS = {"tailorpo": train_tailorpo, "grpo": train_grpo, "nft": train_nft}
+# What the fields added by the fifth round held before it (every online method on `alignment_score`, TailorPO on 5
+# random steps), for replaying the first four rounds as they ran.
+_BEFORE_ROUND_FIVE = {
+    "tailorpo": {"tailorpo_reward": "alignment_score", "tailorpo_window_start": 0.0},
+    "grpo": {"grpo_reward": "alignment_score"},
+    "nft": {"nft_reward": "alignment_score"},
+}
+
+
+def as_before_round_five(recipes: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """A round declared before the fifth, with the then-defaults of the fields added since under each recipe."""
+    return {method: {name: {**_BEFORE_ROUND_FIVE[method], **overrides} for name, overrides in variants.items()}
+            for method, variants in recipes.items()}  # fmt: skip
 
 
 def run_online_recipe_sweep(
@@ -207,6 +240,7 @@ def run_online_recipe_sweep(
     seeds: Sequence[int] = (0, 1, 2),
     dev_prompts: int = 60,
     log: Callable[[str], None] = print,
+    train_prompts: int = 0,
 ) -> dict[str, Any]:
     """Choose each online method's recipe on dev prompts, over training seeds; write online_recipes.json/.md.
 
@@ -214,7 +248,8 @@ def run_online_recipe_sweep(
     initialization, prompt order, rollout noise) and scored on the dev prompts by its paired gain over the base, with
     its rollout alignment in the first and last fifth of training and its seconds. **Choice rule (fixed before the
     sweep runs): per method, the recipe whose lowest gain over the seeds is highest** (it penalises spread between
-    trainings; ties go to the first listed, the demo's). Test prompts are never scored here.
+    trainings; ties go to the first listed, the demo's). Test prompts are never scored here. With `train_prompts`,
+    each run is also scored on that many train prompts (`train_gain`: does the reward rise where it trains?).
     """
     from .model import load_pipeline
     from .world import prompts as shape_prompts
@@ -226,7 +261,10 @@ def run_online_recipe_sweep(
         raise ValueError(f"unknown online methods {unknown}; choose among {list(_ONLINE_TRAINERS)}")
     output_dir = _new_folder(output_dir)
     _quiet_libraries()
-    scorer = _Scorer(config, {"dev": (shape_prompts(dev_prompts, seed=config.seed, split="dev"), config.eval_seeds)})
+    sets = {"dev": (shape_prompts(dev_prompts, seed=config.seed, split="dev"), config.eval_seeds)}
+    if train_prompts:
+        sets["train"] = (shape_prompts(train_prompts, seed=config.seed, split="train"), config.eval_seeds)
+    scorer = _Scorer(config, sets)
     scorer("base", load_pipeline(config.model))
     rows: list[dict[str, Any]] = []
     chosen: dict[str, str] = {}
@@ -250,6 +288,9 @@ def run_online_recipe_sweep(
                                              "rollout_last": sum(rollout[-fifth:]) / fifth,
                                              "reward_first": sum(optimized[:fifth]) / fifth,
                                              "reward_last": sum(optimized[-fifth:]) / fifth}  # fmt: skip
+                if train_prompts:
+                    train = scorer.compare(run, "base", "train").to_dict()
+                    row["by_seed"][str(seed)].update(train_gain=train["gain"], train_gain_ci=train["gain_ci"])
             gains = [e["gain"] for e in row["by_seed"].values()]
             row.update(mean_gain=round(sum(gains) / len(gains), 4), min_gain=min(gains), max_gain=max(gains))
             rows.append(row)
@@ -277,6 +318,8 @@ def format_online_recipe_sweep(results: dict[str, Any]) -> str:
         first, last = mean(entries, "reward_first"), mean(entries, "reward_last")
         optimized = "" if first is None else f"{first:.3f} -> {last:.3f}"
         mark = " **(chosen)**" if results["chosen"].get(row["method"]) == row["recipe"] else ""
+        if all("train_gain" in e for e in entries):  # the paired gain on train prompts, per seed
+            cells += "; train: " + ", ".join(f"{e['train_gain']:+.3f}" for e in entries)
         lines.append(f"| {row['method']} | {row['recipe']}{mark} | {cells} | {row['min_gain']:+.3f} / "
                      f"{row['mean_gain']:+.3f} | {mean(entries, 'rollout_first'):.3f} -> "
                      f"{mean(entries, 'rollout_last'):.3f} | {optimized} | "

@@ -247,19 +247,19 @@ def online_prompts(config: DemoConfig):
     return Dataset.from_dict({"prompt": shape_prompts(SPLIT_SIZES["train"], seed=config.seed, split="train")})
 
 
-def online_rewards(config: DemoConfig) -> dict[str, Any]:
-    """`reward_funcs` / `reward_weights` of the online trainers: `config.online_reward`, and `alignment_score` at
-    weight 0 beside a graded reward, so every run logs its rollouts' `rewards/alignment_score/mean`."""
+def online_rewards(config: DemoConfig, method: str) -> dict[str, Any]:
+    """`reward_funcs` / `reward_weights` of an online trainer ("tailorpo", "grpo" or "nft"): its `<method>_reward`,
+    and `alignment_score` at weight 0 beside a graded reward, so every run logs its rollouts' alignment_score."""
     from . import evaluate
 
-    if config.online_reward == "alignment_score":
+    name = getattr(config, f"{method}_reward")
+    if name == "alignment_score":
         return {"reward_funcs": evaluate.alignment_score}
-    return {"reward_funcs": [getattr(evaluate, config.online_reward), evaluate.alignment_score],
-            "reward_weights": [1.0, 0.0]}  # fmt: skip
+    return {"reward_funcs": [getattr(evaluate, name), evaluate.alignment_score], "reward_weights": [1.0, 0.0]}
 
 
 def train_tailorpo(config: DemoConfig, output_dir: Path, name: str, pairing: str = "best_worst"):
-    """A `TailorPOTrainer` run with `config.online_reward` as the step-wise reward and the demo's recipe; returns it.
+    """A `TailorPOTrainer` run with `config.tailorpo_reward` as the step-wise reward and the demo's recipe; returns it.
 
     `pairing="final"` is the final-image (D3PO / SPO-style) baseline with the same rollouts.
     """
@@ -273,7 +273,7 @@ def tailorpo_trainer(config: DemoConfig, output_dir: Path, name: str, pairing: s
 
     return TailorPOTrainer(
         model=load_pipeline(config.model),
-        **online_rewards(config),
+        **online_rewards(config, "tailorpo"),
         args=TailorPOConfig(
             max_steps=config.tailorpo_steps, per_device_train_batch_size=config.tailorpo_batch_size,
             learning_rate=config.tailorpo_learning_rate, num_inference_steps=config.tailorpo_num_inference_steps,
@@ -297,7 +297,7 @@ def train_grpo(config: DemoConfig, output_dir: Path, name: str = "grpo"):
 
     trainer = DiffusionGRPOTrainer(
         model=load_pipeline(config.model),
-        **online_rewards(config),
+        **online_rewards(config, "grpo"),
         args=DiffusionGRPOConfig(
             max_steps=config.tailorpo_steps, num_generations=config.grpo_num_generations,
             per_device_train_batch_size=config.grpo_batch_size, learning_rate=config.grpo_learning_rate,
@@ -312,16 +312,17 @@ def train_grpo(config: DemoConfig, output_dir: Path, name: str = "grpo"):
 
 
 def train_nft(config: DemoConfig, output_dir: Path, name: str = "nft"):
-    """A `DiffusionNFTTrainer` run: GRPO's reward, steps, group size and rollout steps, deterministic (ODE)
-    rollouts, its own learning rate and images per step (`nft_learning_rate`, `nft_batch_size`)."""
+    """A `DiffusionNFTTrainer` run: GRPO's group size and rollout steps, deterministic (ODE) rollouts, its own
+    reward, steps, learning rate and images per step (`nft_reward`, `nft_steps`, `nft_learning_rate`,
+    `nft_batch_size`)."""
     from ..trainer import DiffusionNFTConfig, DiffusionNFTTrainer
     from .model import load_pipeline
 
     trainer = DiffusionNFTTrainer(
         model=load_pipeline(config.model),
-        **online_rewards(config),
+        **online_rewards(config, "nft"),
         args=DiffusionNFTConfig(
-            max_steps=config.tailorpo_steps, num_generations=config.grpo_num_generations,
+            max_steps=config.nft_steps, num_generations=config.grpo_num_generations,
             per_device_train_batch_size=config.nft_batch_size, learning_rate=config.nft_learning_rate,
             num_inference_steps=config.tailorpo_num_inference_steps, guidance_scale=config.guidance_scale,
             **_common_args(config, output_dir, name),
