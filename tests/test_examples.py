@@ -334,3 +334,24 @@ def test_remote_reward_example_serves_and_scores_on_loopback():
                             timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote:" in result.stdout and "'status': 'ok'" in result.stdout
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (EXAMPLES / "shapes").glob("*.py")))
+def test_shapes_scripts_import_everything_they_name(script):
+    spec = importlib.util.spec_from_file_location(f"shapes_{script[:-3]}", EXAMPLES / "shapes" / script)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))  # a missing name fails here, before any run
+
+
+def test_readme_table_script_splices_a_demo_results_file_into_the_readme(tmp_path):
+    import json
+
+    from trl_rpo.shapes.report import README_END, README_START
+
+    results = {"rows": [{"method": "base", "alignment": 0.5, "pairs": 0, "seconds": 0.0}]}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"a\n{README_START}\nold\n{README_END}\nb\n")
+    subprocess.run([sys.executable, str(EXAMPLES / "shapes" / "readme_table.py"), str(tmp_path / "results.json"),
+                    "--write", str(readme)], check=True, env=_env(), capture_output=True)  # fmt: skip
+    text = readme.read_text()
+    assert "| `base` | 0.500 |" in text and "old" not in text and text.startswith("a\n") and text.endswith("b\n")

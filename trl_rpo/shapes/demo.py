@@ -23,8 +23,8 @@ Stages (a progress bar shows each):
 5. `TailorPOTrainer` with `alignment_score` as the step-wise reward, and with `pairing="final"`;
 6. evaluate each model on the same prompts and seeds as the base, compare image for image
    (`trl_rpo.evaluation.compare_with_base`, the function behind `trl-rpo eval`: bootstrap over prompts), write
-   `results.json`, `grid.png`, `curves.png` and `gains.png`, and print a table. Each trained model is saved in
-   `runs/METHOD` (a LoRA folder), so `trl-rpo eval --model runs/METHOD --base shapes ...` re-checks it.
+   `results.json`, `readme_table.md`, `grid.png`, `curves.png` and `gains.png`, and print a table. Each trained model
+   is saved in `runs/METHOD` (a LoRA folder), so `trl-rpo eval --model runs/METHOD --base shapes ...` re-checks it.
 
 The numbers are whatever the runs give; nothing is tuned on the final prompts.
 """
@@ -404,6 +404,9 @@ def run_demo(
     # The independent judge (trl_rpo.shapes.judge) on the same final images: an extra field.
     results["independent_judge"] = scorer.judge_report("final")
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    from .report import readme_table  # the README's table (`examples/shapes/readme_table.py` splices it in)
+
+    (output_dir / "readme_table.md").write_text(readme_table(results) + "\n", encoding="utf-8")
     _figures(config, scorer, results, curves, final_prompts, output_dir)
     log(format_table(results))
     return results

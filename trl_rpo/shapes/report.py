@@ -1,0 +1,58 @@
+"""The demo's results as the README's table, and the splice that puts it there (regenerated, never typed).
+
+`readme_table(results)` formats a demo's `results.json`; `trl-rpo demo` writes it as `readme_table.md` beside
+`results.json`, and `splice_readme_table(readme_text, table)` replaces what lies between the README's
+`<!-- demo-table:start -->` and `<!-- demo-table:end -->` markers (`examples/shapes/readme_table.py`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["README_END", "README_START", "readme_table", "splice_readme_table"]
+
+README_START = "<!-- demo-table:start -->"
+README_END = "<!-- demo-table:end -->"
+
+
+def _interval(value: float, ci: list[float] | None) -> str:
+    if ci is None:
+        return f"{value:+.3f}"
+    text = f"{value:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+    return f"**{text}**" if ci[0] > 0 or ci[1] < 0 else text  # bold: the interval excludes zero
+
+
+def _p(value: float) -> str:
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.2g}"
+
+
+def readme_table(results: dict[str, Any]) -> str:
+    """One row per method of a demo's `results.json`: alignment, paired gain with its interval (bold when it excludes
+    zero), win rate, p, pairs (images for GRPO / NFT), seconds, gain per minute and the independent judge's gain."""
+    judge = results.get("independent_judge", {}).get("methods", {})
+    lines = ["| method | alignment | gain vs base [95% CI] | win rate | p | pairs | seconds (build + train) | "
+             "gain per minute | judge's gain [95% CI] |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for row in results["rows"]:
+        method = row["method"]
+        if "gain" not in row:  # the base
+            base_judge = judge.get(method, {}).get("judge_alignment")
+            note = "" if base_judge is None else f"(judge alignment {base_judge:.3f})"
+            lines.append(f"| `{method}` | {row['alignment']:.3f} |  |  |  | 0 | 0 |  | {note} |")
+            continue
+        pairs = f"({row['images']} images)" if not row.get("pairs") and row.get("images") else str(row["pairs"])
+        rate = row.get("gain_per_minute")
+        verdict = judge.get(method, {})
+        judged = _interval(verdict["judge_gain"], verdict.get("judge_gain_ci")) if "judge_gain" in verdict else ""
+        lines.append(f"| `{method}` | {row['alignment']:.3f} | {_interval(row['gain'], row['gain_ci'])} | "
+                     f"{row['win_rate']:.2f} | {_p(row['p_value'])} | {pairs} | {row['seconds']:.0f} | "
+                     f"{'' if rate is None else f'{rate:+.4f}'} | {judged} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def splice_readme_table(readme: str, table: str) -> str:
+    """`readme` with the text between `README_START` and `README_END` replaced by `table` (markers kept)."""
+    start, end = readme.find(README_START), readme.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"the README needs one {README_START} line followed by one {README_END} line")
+    return f"{readme[: start + len(README_START)]}\n{table}\n{readme[end:]}"
