@@ -291,7 +291,7 @@ def test_online_recipe_sweep_trains_every_recipe_with_every_seed_and_chooses_by_
     from trl_rpo.shapes import sweep
 
     config = DemoConfig.quick(eval_seeds=(0,), num_inference_steps=4, refine_strength=0.0, tailorpo_steps=1,
-                              tailorpo_batch_size=2, tailorpo_num_inference_steps=4)  # fmt: skip
+                              nft_steps=1, tailorpo_batch_size=2, tailorpo_num_inference_steps=4)  # fmt: skip
     recipes = {"nft": {"a": {}, "b": {"nft_learning_rate": 1e-2, "nft_batch_size": 8,
                                       "nft_reward": "soft_alignment_score"}}, "grpo": {"only": {}}}  # fmt: skip
     results = sweep.run_online_recipe_sweep(config, tmp_path / "rec", recipes=recipes, seeds=(0, 1), dev_prompts=4,
@@ -367,9 +367,10 @@ def test_sixth_online_round_only_lengthens_training_on_fresh_seeds():
         TAILORPO_WINDOW_SEEDS,
     )
 
-    assert list(ONLINE_STEPS_RECIPES["nft"].values()) == [{}, {"nft_steps": 80}, {"nft_steps": 120}]
+    assert list(ONLINE_STEPS_RECIPES["nft"].values()) == [{"nft_steps": 40}, {"nft_steps": 80}, {"nft_steps": 120}]
     assert list(ONLINE_STEPS_RECIPES["tailorpo"].values()) == [{}, {"tailorpo_steps": 80}]
-    assert DemoConfig().nft_steps == DemoConfig().tailorpo_steps == 40
+    # The demo's 15 minutes hold NFT's chosen 120 steps; TailorPO's chosen 80 (both its rows) would not fit beside it.
+    assert (DemoConfig().nft_steps, DemoConfig().tailorpo_steps) == (120, 40)
     used = {*StudyConfig().training_seeds, *ONLINE_BATCH_SEEDS, *TAILORPO_BATCH_SEEDS, *TAILORPO_WINDOW_SEEDS,
             *ONLINE_REWARD_SEEDS, 0, 1, 2}  # fmt: skip
     assert len(ONLINE_STEPS_SEEDS) == 3 and not set(ONLINE_STEPS_SEEDS) & used

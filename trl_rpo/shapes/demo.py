@@ -20,7 +20,8 @@ Stages (a progress bar shows each):
    picks the winner, and best vs worst of four samples per prompt (`trl_rpo.data.build_reward_pairs`);
 4. `DiffusionDPOTrainer` on each pair set, each with its own dev-chosen recipe, and on RPO pairs with the reward
    pairs' recipe (the ablation that separates the data from the recipe);
-5. `TailorPOTrainer` with `alignment_score` as the step-wise reward, and with `pairing="final"`;
+5. `TailorPOTrainer` step-wise and with `pairing="final"`, GRPO and DiffusionNFT, each on its dev-chosen reward
+   (`soft_alignment_score` or `alignment_score`);
 6. evaluate each model on the same prompts and seeds as the base, compare image for image
    (`trl_rpo.evaluation.compare_with_base`, the function behind `trl-rpo eval`: bootstrap over prompts), write
    `results.json`, `readme_table.md`, `grid.png`, `curves.png` and `gains.png`, and print a table. Each trained model
@@ -176,7 +177,7 @@ class DemoConfig:
     )  # fmt: skip
     grpo_reward: str = field(default="soft_alignment_score", metadata={"help": "The reward GRPO optimizes."})
     nft_reward: str = field(default="alignment_score", metadata={"help": "The reward DiffusionNFT optimizes."})
-    nft_steps: int = field(default=40, metadata={"help": "DiffusionNFT optimizer steps per run."})
+    nft_steps: int = field(default=120, metadata={"help": "DiffusionNFT optimizer steps per run (the sixth round's)."})
     grid_prompts: int = field(default=8, metadata={"help": "Test prompts (columns) of grid.png."})
 
     def __post_init__(self):
@@ -216,7 +217,8 @@ class DemoConfig:
         """The `--quick` preset: the same stages with small budgets (a smoke test in about 3 minutes)."""
         values = dict(
             eval_prompts=16, in_distribution_prompts=8, eval_seeds=(0, 1), num_inference_steps=10, image_budget=64,
-            dpo_steps=20, dpo_batch_size=4, tailorpo_steps=4, tailorpo_batch_size=2, tailorpo_num_inference_steps=6,
+            dpo_steps=20, dpo_batch_size=4, tailorpo_steps=4, nft_steps=4, tailorpo_batch_size=2,
+            tailorpo_num_inference_steps=6,
             grpo_batch_size=4, nft_batch_size=4, grpo_num_generations=4, grid_prompts=6,
         )  # fmt: skip
         values.update(overrides)
@@ -374,7 +376,7 @@ def run_demo(
         evaluate(method, trainer.pipeline, pairs, seconds)
         del trainer
 
-    # 6. GRPO, the online baseline: the same reward, steps and DDIM steps as TailorPO, groups of `grpo_num_generations`
+    # 6. GRPO, the online baseline: its reward, TailorPO's steps and DDIM steps, groups of `grpo_num_generations`
     # images per prompt, `grpo_batch_size` images per step, its learning rate and steps (the online recipe sweep's).
     bar.set_description("grpo")
     start = time.perf_counter()
@@ -385,7 +387,7 @@ def run_demo(
     evaluate("grpo", trainer.pipeline, 0, seconds, images=images)
     del trainer
 
-    # 7. DiffusionNFT: GRPO's reward, steps and images, deterministic rollouts, the forward-process loss.
+    # 7. DiffusionNFT: its reward and steps, GRPO's images, deterministic rollouts, the forward-process loss.
     bar.set_description("nft")
     start = time.perf_counter()
     trainer = train_nft(config, output_dir)

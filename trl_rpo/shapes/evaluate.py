@@ -48,12 +48,17 @@ def alignment_score(images: Sequence[Image.Image], prompts: Sequence[str], **kwa
     `f(images, prompts, **kwargs) -> list[float]` (extra keyword arguments are ignored), so trainers log it as
     `rewards/alignment_score/...`.
     """
+    return _mean_credit(check_attributes, images, prompts)
+
+
+def _mean_credit(attributes, images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float]:
+    """Per image, the mean over `attributes(analyze(image), scene)`'s values (checks or credits)."""
     if len(images) != len(prompts):
         raise ValueError(f"got {len(images)} images for {len(prompts)} prompts")
     scores = []
     for image, prompt in zip(images, prompts):
-        checks = check_attributes(analyze(image), parse_prompt(prompt))
-        scores.append(sum(checks.values()) / len(checks))
+        values = attributes(analyze(image), parse_prompt(prompt))
+        scores.append(sum(values.values()) / len(values))
     return scores
 
 
@@ -101,10 +106,4 @@ def soft_alignment_score(images: Sequence[Image.Image], prompts: Sequence[str], 
     each check and ties rarely. Evaluation stays with `alignment_score`; this is a training signal. Same convention
     `f(images, prompts, **kwargs) -> list[float]`.
     """
-    if len(images) != len(prompts):
-        raise ValueError(f"got {len(images)} images for {len(prompts)} prompts")
-    scores = []
-    for image, prompt in zip(images, prompts):
-        credits = soft_attributes(analyze(image), parse_prompt(prompt))
-        scores.append(sum(credits.values()) / len(credits))
-    return scores
+    return _mean_credit(soft_attributes, images, prompts)

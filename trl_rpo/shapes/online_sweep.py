@@ -211,9 +211,9 @@ ONLINE_REWARD_SEEDS: tuple[int, ...] = (400, 401, 402)
 # +0.013, six seeds): a small, steady effect, which more steps may grow. TailorPO's choice (graded reward, steps 6-9)
 # at twice its steps. Fresh seeds 500-502; the same rule. Each run is also scored on 60 train prompts
 # (`train_prompts`): the paired test of whether the reward rises on the prompts it trains on (the rollouts' first
-# and last fifth compare different prompts).
+# and last fifth compare different prompts). NFT's 40 steps spelled out: its choice, 120, is the demo's since.
 ONLINE_STEPS_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
-    "nft": {"demo: 40 steps": {}, "80 steps": {"nft_steps": 80}, "120 steps": {"nft_steps": 120}},
+    "nft": {"demo: 40 steps": {"nft_steps": 40}, "80 steps": {"nft_steps": 80}, "120 steps": {"nft_steps": 120}},
     "tailorpo": {"demo: 40 steps (graded reward, steps 6-9)": {}, "80 steps": {"tailorpo_steps": 80}},
 }  # fmt: skip
 ONLINE_STEPS_SEEDS: tuple[int, ...] = (500, 501, 502)

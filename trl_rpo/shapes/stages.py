@@ -289,8 +289,9 @@ def tailorpo_trainer(config: DemoConfig, output_dir: Path, name: str, pairing: s
 
 
 def train_grpo(config: DemoConfig, output_dir: Path, name: str = "grpo"):
-    """A `DiffusionGRPOTrainer` run, the online baseline: TailorPO's reward, steps and DDIM steps, groups of
-    `grpo_num_generations` images, `grpo_batch_size` images per step, its own learning rate and trained steps.
+    """A `DiffusionGRPOTrainer` run, the online baseline: its reward (`grpo_reward`), TailorPO's steps and DDIM
+    steps, groups of `grpo_num_generations` images, `grpo_batch_size` images per step, its own learning rate and
+    trained steps.
     """
     from ..trainer import DiffusionGRPOConfig, DiffusionGRPOTrainer
     from .model import load_pipeline

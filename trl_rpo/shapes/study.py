@@ -58,7 +58,7 @@ _MANAGED = ("seed", "eval_prompts", "eval_seeds", "in_distribution_prompts", "gr
 # The --quick preset's recipe: tiny budgets, a smoke test of every stage (not a result).
 QUICK_RECIPE: dict[str, Any] = dict(
     num_inference_steps=4, image_budget=8, refine_strength=0.25, dpo_steps=2, dpo_batch_size=2, tailorpo_steps=1,
-    tailorpo_batch_size=1, tailorpo_num_inference_steps=4, num_candidates=2, grpo_num_generations=2,
+    nft_steps=1, tailorpo_batch_size=1, tailorpo_num_inference_steps=4, num_candidates=2, grpo_num_generations=2,
     grpo_batch_size=2, nft_batch_size=2,
 )  # fmt: skip
 
