@@ -124,3 +124,26 @@ def test_online_rewards_log_alignment_score_at_weight_zero_beside_a_graded_rewar
 def test_demo_config_names_the_choices_of_an_unknown_online_reward(name):
     with pytest.raises(ValueError, match=f"{name} must be one of .*soft_alignment_score.*got 'clip'"):
         DemoConfig(**{name: "clip"})
+
+
+def test_both_alignment_rewards_share_one_analysis_per_image(monkeypatch):
+    from trl_rpo.shapes import evaluate
+
+    seen = []
+    monkeypatch.setattr(evaluate, "analyze", lambda image: seen.append(image) or analyze(image))
+    monkeypatch.setattr(evaluate, "_OBSERVATIONS", type(evaluate._OBSERVATIONS)())
+    images = [render(SCENE, seed=11), render(dataclasses.replace(SCENE, color="blue"), seed=11)]
+    texts = [prompt_text(SCENE)] * 2
+    hard, soft = alignment_score(images, texts), soft_alignment_score(images, texts)
+    assert len(seen) == 2 and hard[0] == 1.0 > hard[1] and soft[0] > soft[1]
+    assert alignment_score([images[1].copy()], texts[:1]) == hard[1:] and len(seen) == 2  # keyed by pixels
+
+
+def test_the_analysis_cache_keeps_a_bounded_number_of_images(monkeypatch):
+    from trl_rpo.shapes import evaluate
+
+    monkeypatch.setattr(evaluate, "_OBSERVATIONS", type(evaluate._OBSERVATIONS)())
+    monkeypatch.setattr(evaluate, "_OBSERVATIONS_KEPT", 3)
+    texts = prompts(5, seed=4)
+    alignment_score([render(text) for text in texts], texts)
+    assert len(evaluate._OBSERVATIONS) == 3

@@ -429,3 +429,22 @@ def test_a_training_step_encodes_its_prompts_once(tmp_path):
     trainer.encode_conditioning = lambda prompts: calls.append(list(prompts)) or original(prompts)
     trainer.train()
     assert len(calls) == 1
+
+
+def test_step_wise_ranking_skips_rewards_weighted_zero_and_still_logs_them_on_final_images(tmp_path):
+    calls = []
+
+    def logged(images, prompts, **kwargs):
+        calls.append(len(images))
+        return [0.5] * len(images)
+
+    trainer = TailorPOTrainer(
+        model=tiny_sd_pipeline(), reward_funcs=[brightness, logged], reward_weights=[1.0, 0.0],
+        args=tailorpo_config(tmp_path), train_dataset=PROMPTS, peft_config=tiny_lora_config(),
+    )  # fmt: skip
+    plain = make_trainer(tmp_path / "plain")
+    prompts = ["a red square", "a blue circle"]
+    pairs, reference = trainer.sample_pairs(prompts), plain.sample_pairs(prompts)  # same seeds, same rollouts
+    assert calls == [len(prompts)]  # once, on the final images: never while ranking the steps' candidates
+    assert torch.equal(pairs.chosen, reference.chosen) and torch.equal(pairs.rejected, reference.rejected)
+    assert set(pairs.final_rewards) == {"brightness", "logged"}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +14,23 @@ from .analysis import Observation, analyze, shape_probabilities
 from .world import Scene, parse_prompt, region_margin
 
 __all__ = ["ATTRIBUTES", "alignment_score", "check_attributes", "soft_attributes", "soft_alignment_score"]
+
+# The last analyses by image content: a trainer that logs `alignment_score` beside `soft_alignment_score` analyzes
+# each image once, not twice (analysis is most of either reward's cost).
+_OBSERVATIONS: OrderedDict[tuple, Observation] = OrderedDict()
+_OBSERVATIONS_KEPT = 2048
+
+
+def _observe(image: Image.Image) -> Observation:
+    """`analyze(image)`, remembered for the last `_OBSERVATIONS_KEPT` distinct images (keyed by their pixels)."""
+    key = (image.mode, image.size, hashlib.blake2b(image.tobytes(), digest_size=16).digest())
+    observation = _OBSERVATIONS.get(key)
+    if observation is None:
+        observation = _OBSERVATIONS[key] = analyze(image)
+        if len(_OBSERVATIONS) > _OBSERVATIONS_KEPT:
+            _OBSERVATIONS.popitem(last=False)
+    return observation
+
 
 # Width (normalized units) over which the soft position credit goes from 0.27 to 0.73 across a region's edge.
 _POSITION_SOFTNESS = 0.03
@@ -57,7 +76,7 @@ def _mean_credit(attributes, images: Sequence[Image.Image], prompts: Sequence[st
         raise ValueError(f"got {len(images)} images for {len(prompts)} prompts")
     scores = []
     for image, prompt in zip(images, prompts):
-        values = attributes(analyze(image), parse_prompt(prompt))
+        values = attributes(_observe(image), parse_prompt(prompt))
         scores.append(sum(values.values()) / len(values))
     return scores
 

@@ -202,8 +202,16 @@ class OnlineDiffusionMixin:
         return torch.cat([self.model_adapter.decode_latents(chunk) for chunk in latents.split(size)])
 
     def step_rewards(self, images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Weighted total and per-function rewards of decoded images (`[N, 3, H, W]` in [0, 1])."""
-        return combine_rewards(self.reward_funcs, self.reward_weights, tensor_to_pil(images), prompts)
+        """Weighted total and per-function rewards of decoded images (`[N, 3, H, W]` in [0, 1]).
+
+        While a trainer only ranks images (TailorPO's step-wise rewards: `_ranking_only` is set around the call), the
+        functions weighted 0 are skipped: logged on final images, they cannot change a ranking, and the total is the
+        same. An override keeps this signature and may call `super().step_rewards(images, prompts)`.
+        """
+        pairs = list(zip(self.reward_funcs, self.reward_weights))
+        if getattr(self, "_ranking_only", False):
+            pairs = [(func, weight) for func, weight in pairs if weight != 0] or pairs[:1]
+        return combine_rewards([f for f, _ in pairs], [w for _, w in pairs], tensor_to_pil(images), prompts)
 
 
 # ---------------------------------------------------------------------------------------------------------------

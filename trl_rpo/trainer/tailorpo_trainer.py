@@ -259,7 +259,11 @@ class TailorPOTrainer(OnlineDiffusionTrainer):
         else:  # the last step lands on the clean sample itself
             rep_t, child_eps, x0 = prev_t.repeat(k), None, flat.float()
         images = self.decode(x0)
-        rewards, _ = self.step_rewards(images, list(prompts) * k)
+        self._ranking_only = True  # skip the rewards weighted 0 (see `step_rewards`)
+        try:
+            rewards, _ = self.step_rewards(images, list(prompts) * k)
+        finally:
+            self._ranking_only = False
         rewards = rewards.view(k, batch)
 
         found: dict[str, list[torch.Tensor]] = {key: [] for key in STEP_PAIR_FIELDS}
