@@ -40,6 +40,13 @@ __all__ = [
 ONLINE_METHODS = ("tailorpo", "tailorpo_final", "grpo")
 
 
+def _fifths(history: list[dict[str, Any]], key: str, name: str) -> dict[str, float]:
+    """`{name}_first` / `{name}_last`: the mean of a logged metric over the first and the last fifth of training."""
+    values = [value for _, value in _curve(history, key)]
+    fifth = max(1, len(values) // 5)
+    return {f"{name}_first": sum(values[:fifth]) / fifth, f"{name}_last": sum(values[-fifth:]) / fifth}
+
+
 def run_online_sweep(
     config: DemoConfig,
     output_dir: str | Path,
@@ -74,15 +81,12 @@ def run_online_sweep(
             else:
                 trainer = train_tailorpo(variant, output_dir, name, TAILORPO_PAIRINGS[method])
             seconds = time.perf_counter() - start
-            rollout = [value for _, value in _curve(trainer.state.log_history, "rewards/alignment_score/mean")]
+            rollout = _fifths(trainer.state.log_history, "rewards/alignment_score/mean", "rollout")
             optimizer_steps = trainer.state.global_step
             scorer(name, trainer.pipeline)
             del trainer
-            fifth = max(1, len(rollout) // 5)
             rows.append({"method": method, "steps": int(count), "optimizer_steps": optimizer_steps,
-                         "seconds": round(seconds, 1),
-                         "rollout_first": sum(rollout[:fifth]) / fifth, "rollout_last": sum(rollout[-fifth:]) / fifth,
-                         **_dev_gain(scorer, name)})  # fmt: skip
+                         "seconds": round(seconds, 1), **rollout, **_dev_gain(scorer, name)})  # fmt: skip
             log(format_online_sweep({"rows": rows[-1:], "comparisons": []}).splitlines()[-1])
         for a, b in (("tailorpo", "tailorpo_final"), ("tailorpo", "grpo")):
             comparisons.append({"a": a, "b": b, "steps": int(count),
@@ -278,16 +282,12 @@ def run_online_recipe_sweep(
                 start = time.perf_counter()
                 trainer = _ONLINE_TRAINERS[method](variant, output_dir, run)
                 seconds = time.perf_counter() - start
-                rollout = [v for _, v in _curve(trainer.state.log_history, "rewards/alignment_score/mean")]
-                optimized = [v for _, v in _curve(trainer.state.log_history, "reward")]  # the weighted reward
+                history = trainer.state.log_history
+                curves = {**_fifths(history, "rewards/alignment_score/mean", "rollout"),
+                          **_fifths(history, "reward", "reward")}  # the weighted reward: the one it optimizes
                 scorer(run, trainer.pipeline)
                 del trainer
-                fifth = max(1, len(rollout) // 5)
-                row["by_seed"][str(seed)] = {**_dev_gain(scorer, run), "seconds": round(seconds, 1),
-                                             "rollout_first": sum(rollout[:fifth]) / fifth,
-                                             "rollout_last": sum(rollout[-fifth:]) / fifth,
-                                             "reward_first": sum(optimized[:fifth]) / fifth,
-                                             "reward_last": sum(optimized[-fifth:]) / fifth}  # fmt: skip
+                row["by_seed"][str(seed)] = {**_dev_gain(scorer, run), "seconds": round(seconds, 1), **curves}
                 if train_prompts:
                     train = scorer.compare(run, "base", "train").to_dict()
                     row["by_seed"][str(seed)].update(train_gain=train["gain"], train_gain_ci=train["gain_ci"])
