@@ -42,3 +42,9 @@ def test_splice_replaces_only_the_text_between_the_markers():
 def test_splice_refuses_a_readme_without_the_markers():
     with pytest.raises(ValueError, match="demo-table:start"):
         splice_readme_table("no markers here", "| t |")
+
+
+def test_readme_table_bolds_an_interval_below_zero_too():
+    row = {"method": "grpo", "alignment": 0.55, "pairs": 0, "images": 640, "seconds": 70.0, "gain": -0.019,
+           "gain_ci": [-0.029, -0.009], "win_rate": 0.45, "p_value": 0.0001, "gain_per_minute": -0.0165}  # fmt: skip
+    assert "**-0.019 [-0.029, -0.009]**" in readme_table({"rows": [row]}).splitlines()[-1]
