@@ -471,7 +471,7 @@ def test_scorer_folds_a_trained_lora_into_the_weights_and_scores_as_the_unfused_
         if "lora_B" in name:  # a LoRA that changes the images, as a trained one does
             torch.nn.init.normal_(parameter, std=0.05)
     unfused = evaluate_pipeline(pipeline, test, alignment_score, seeds=(0,), num_inference_steps=4,
-                                guidance_scale=config.guidance_scale)  # fmt: skip
+                                guidance_scale=config.guidance_scale, per_image_noise=True)  # fmt: skip
     scorer = _Scorer(config, {"final": (test, (0,))})
     scorer("base", load_pipeline())
     scorer("lora", pipeline)
@@ -553,3 +553,22 @@ def test_fourth_online_round_pits_tailorpos_five_random_steps_against_the_steps_
     span = (window["tailorpo_window_start"], window["tailorpo_window_end"])
     assert select_timestep_indices(steps, "window", window=span) == [4, 5, 6, 7]
     assert not set(TAILORPO_WINDOW_SEEDS) & (set(StudyConfig().training_seeds) | set(TAILORPO_BATCH_SEEDS))
+
+
+def test_the_demo_scores_each_prompt_from_its_own_noise():
+    import numpy as np
+
+    from trl_rpo.shapes.model import load_pipeline
+    from trl_rpo.shapes.stages import _Scorer
+
+    prompt = prompts(1, 0, "final")[0]
+    images = {}
+    for per_image_noise in (True, False):
+        config = DemoConfig.quick(num_inference_steps=3, refine_strength=0.0, per_image_noise=per_image_noise)
+        scorer = _Scorer(config, {"final": ([prompt, prompt], (0,))})
+        scorer("base", load_pipeline())
+        images[per_image_noise] = [np.asarray(image) for image in scorer.images["base"]]
+    # The same prompt twice: two draws with per-image noise (the default), one image twice with a noise per seed.
+    assert DemoConfig().per_image_noise
+    assert not np.array_equal(*images[True])
+    assert np.array_equal(*images[False])

@@ -145,6 +145,7 @@ def test_trl_rpo_eval_writes_a_report_and_a_grid(tmp_path, capsys):
         assert stats["n_prompts"] == 3 and stats["n_images"] == 6
     assert report["rewards"]["brightness"]["gain"] != 0  # the LoRA changed the images
     assert (tmp_path / "eval" / "grid.png").is_file()
+    assert report["settings"]["per_image_noise"] is True  # independent draws unless asked otherwise
     out = capsys.readouterr().out
     assert "brightness:" in out and "win rate" in out
 

@@ -8,6 +8,7 @@
     python examples/shapes/dev_sweep.py --stage timesteps --output-dir outputs/timestep-sweep [--quick]
     python examples/shapes/dev_sweep.py --stage online --output-dir outputs/online-sweep [--quick]
     python examples/shapes/dev_sweep.py --stage online-recipes --output-dir outputs/online-recipes [--quick]
+    python examples/shapes/dev_sweep.py --stage online-lr --output-dir outputs/online-lr [--quick]
     python examples/shapes/dev_sweep.py --stage arms --output-dir outputs/arm-sweep [--quick]
 
 First chooses the guidance scale (5, 7.5 or 10) by the base model's dev alignment. Then builds the demo's two pair
@@ -63,6 +64,10 @@ recipe optimizing `soft_alignment_score` (`DemoConfig.tailorpo_reward` etc.;
 and 80 (`trl_rpo.shapes.sweep.ONLINE_STEPS_RECIPES`), fresh seeds 500-502, the same rule, every run also scored on 60
 train prompts (about 30 minutes).
 
+`--stage online-lr` is the seventh online round (issue 28): DiffusionNFT at 120 steps with learning rate 3e-4 (the
+demo's), 6e-4 and 1.2e-3 (`trl_rpo.shapes.sweep.NFT_LR_RECIPES`), fresh seeds 600-602, the same rule, every run also
+scored on 60 train prompts; the first round scored with per-image noise (about 35 minutes).
+
 `--stage step-rewards` is a diagnosis of TailorPO's training signal (issue 28): on 128 train prompts, at every sampler
 step, do the step-wise rewards of two children of one parent order them as the mean final reward of 8 completions of
 each does? (`trl_rpo.shapes.step_reward_check`, `step_reward_check.md`, about 10 minutes; no held-out prompt is
@@ -86,6 +91,8 @@ from trl_rpo.shapes.sweep import (
     DEFAULT_RECIPES,
     DEFAULT_SEED_VARIANTS,
     MASKED_RECIPE_VARIANTS,
+    NFT_LR_RECIPES,
+    NFT_LR_SEEDS,
     ONLINE_BATCH_RECIPES,
     ONLINE_BATCH_SEEDS,
     ONLINE_RECIPES,
@@ -107,6 +114,8 @@ from trl_rpo.shapes.sweep import (
     run_seed_sweep,
 )
 
+PER_IMAGE_NOISE_STAGES = ("online-lr",)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -121,53 +130,57 @@ def main() -> None:
     parser.add_argument("--stage", default="recipes",
                         choices=["recipes", "pairs", "seeds", "masked", "sft", "timesteps", "online",
                                  "online-recipes", "online-batch", "online-tailorpo", "online-window",
-                                 "online-reward", "online-steps", "step-rewards", "arms", "ranks"],
+                                 "online-reward", "online-steps", "online-lr", "step-rewards", "arms", "ranks"],
                         help="recipes: guidance and DPO recipe; pairs: the RPO refinement strength; seeds: masked "
                              "or plain DPO over training seeds; masked: the masked recipe over seeds; sft: masked "
                              "DPO plus an SFT term over seeds; timesteps: masked DPO on part of the noise "
                              "schedule over seeds; online: TailorPO, its final-image baseline and GRPO at 40 "
                              "and 160 steps; arms: every DPO row's recipe by one sweep and rule")  # fmt: skip
     args = parser.parse_args()
+    # Every stage before the seventh online round scored dev with one noise per evaluation seed, shared by all
+    # prompts; they replay as they ran. Later stages use per-image noise (DemoConfig.per_image_noise).
+    noise = {} if args.stage in PER_IMAGE_NOISE_STAGES else {"per_image_noise": False}
     # The stages before `timesteps` drew t uniformly (as their tables in docs/shapes.md did); `timesteps` sets it
     # per variant.
     uniform = {} if args.stage == "timesteps" else {"dpo_timestep_bias_strategy": "none"}
     if args.stage in ("seeds", "masked", "sft", "timesteps"):
         # Three dev seeds, as in the tables of docs/shapes.md (the demo's test evaluation uses four).
-        config = (DemoConfig.quick(model=args.model, **uniform) if args.quick
-                  else DemoConfig(model=args.model, eval_seeds=(0, 1, 2), **uniform))  # fmt: skip
+        config = (DemoConfig.quick(model=args.model, **noise, **uniform) if args.quick
+                  else DemoConfig(model=args.model, **noise, eval_seeds=(0, 1, 2), **uniform))  # fmt: skip
         variants = {"seeds": DEFAULT_SEED_VARIANTS, "masked": MASKED_RECIPE_VARIANTS, "sft": SFT_VARIANTS,
                     "timesteps": TIMESTEP_VARIANTS}[args.stage]  # fmt: skip
         run_seed_sweep(config, args.output_dir, variants=variants, seeds=(0, 1) if args.quick else (0, 1, 2),
                        dev_prompts=8 if args.quick else 60)  # fmt: skip
         return
     if args.stage == "online":
-        config = (DemoConfig.quick(model=args.model) if args.quick
-                  else DemoConfig(model=args.model, eval_seeds=(0, 1, 2)))  # fmt: skip
+        config = (DemoConfig.quick(model=args.model, **noise) if args.quick
+                  else DemoConfig(model=args.model, **noise, eval_seeds=(0, 1, 2)))  # fmt: skip
         run_online_sweep(config, args.output_dir, steps=(1, 2) if args.quick else (40, 160),
                          dev_prompts=8 if args.quick else 60)  # fmt: skip
         return
     if args.stage in ("online-recipes", "online-batch", "online-tailorpo", "online-window", "online-reward",
-                      "online-steps"):
+                      "online-steps", "online-lr"):
         recipes, seeds = {"online-batch": (as_before_round_five(ONLINE_BATCH_RECIPES), ONLINE_BATCH_SEEDS),
                           "online-tailorpo": (as_before_round_five(TAILORPO_BATCH_RECIPES), TAILORPO_BATCH_SEEDS),
                           "online-window": (as_before_round_five(TAILORPO_WINDOW_RECIPES), TAILORPO_WINDOW_SEEDS),
                           "online-reward": (ONLINE_REWARD_RECIPES, ONLINE_REWARD_SEEDS),
                           "online-steps": (ONLINE_STEPS_RECIPES, ONLINE_STEPS_SEEDS),
+                          "online-lr": (NFT_LR_RECIPES, NFT_LR_SEEDS),
                           "online-recipes": (as_before_round_five(ONLINE_RECIPES), (0, 1, 2))}[args.stage]  # fmt: skip
         if args.quick:  # one recipe per method, tiny budgets: a smoke test of the stage
             first = {m: dict(list(v.items())[:1]) for m, v in recipes.items()}
-            run_online_recipe_sweep(DemoConfig.quick(model=args.model), args.output_dir, recipes=first,
+            run_online_recipe_sweep(DemoConfig.quick(model=args.model, **noise), args.output_dir, recipes=first,
                                     seeds=seeds[:2], dev_prompts=8)  # fmt: skip
         else:
-            run_online_recipe_sweep(DemoConfig(model=args.model, eval_seeds=(0, 1, 2)), args.output_dir,
+            run_online_recipe_sweep(DemoConfig(model=args.model, **noise, eval_seeds=(0, 1, 2)), args.output_dir,
                                     recipes=recipes, seeds=seeds,
-                                    train_prompts=60 if args.stage == "online-steps" else 0)  # fmt: skip
+                                    train_prompts=60 if args.stage in ("online-steps", "online-lr") else 0)
         return
     if args.stage == "step-rewards":
         from trl_rpo.shapes.step_reward_check import run_step_reward_check
 
-        config = (DemoConfig.quick(model=args.model, tailorpo_reward=args.online_reward) if args.quick
-                  else DemoConfig(model=args.model, tailorpo_reward=args.online_reward))  # fmt: skip
+        config = (DemoConfig.quick(model=args.model, **noise, tailorpo_reward=args.online_reward) if args.quick
+                  else DemoConfig(model=args.model, **noise, tailorpo_reward=args.online_reward))  # fmt: skip
         run_step_reward_check(config, args.output_dir, num_prompts=4 if args.quick else 128,
                               continuations=2 if args.quick else 8)  # fmt: skip
         return
@@ -178,23 +191,23 @@ def main() -> None:
         return
     if args.stage == "arms":
         if args.quick:
-            run_arm_sweep(DemoConfig.quick(model=args.model), args.output_dir, recipes=ARM_RECIPES[:2],
+            run_arm_sweep(DemoConfig.quick(model=args.model, **noise), args.output_dir, recipes=ARM_RECIPES[:2],
                           seeds=(100, 101), dev_prompts=8)  # fmt: skip
         else:
-            run_arm_sweep(DemoConfig(model=args.model), args.output_dir)
+            run_arm_sweep(DemoConfig(model=args.model, **noise), args.output_dir)
         return
     if args.stage == "pairs":
-        config = (DemoConfig.quick(model=args.model, **uniform) if args.quick
-                  else DemoConfig(model=args.model, eval_seeds=(0, 1), **uniform))  # fmt: skip
+        config = (DemoConfig.quick(model=args.model, **noise, **uniform) if args.quick
+                  else DemoConfig(model=args.model, **noise, eval_seeds=(0, 1), **uniform))  # fmt: skip
         run_pair_sweep(config, args.output_dir, dev_prompts=8 if args.quick else 60)
         return
     if args.quick:
-        config = DemoConfig.quick(model=args.model, **uniform)
+        config = DemoConfig.quick(model=args.model, **noise, **uniform)
         recipes = [{**recipe, "max_steps": 4} for recipe in DEFAULT_RECIPES[:2]]
         run_dev_sweep(config, args.output_dir, recipes=recipes, dev_prompts=8)
     else:
         run_dev_sweep(
-            DemoConfig(model=args.model, eval_seeds=(0, 1), **uniform), args.output_dir,
+            DemoConfig(model=args.model, **noise, eval_seeds=(0, 1), **uniform), args.output_dir,
             guidance_scales=(5.0, 7.5, 10.0),
         )
 

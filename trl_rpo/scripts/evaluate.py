@@ -51,6 +51,11 @@ class EvalArguments:
     prompt_split: str = field(default="train", metadata={"help": "Split of a prompt dataset (use held-out prompts)."})
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds: images per prompt."})
+    per_image_noise: bool = field(
+        default=True,
+        metadata={"help": "Each image from its own starting noise (seed x prompt index, both pipelines alike); "
+                          "False: one noise per seed, shared by every prompt (not independent draws)."},
+    )  # fmt: skip
     num_inference_steps: int = field(default=30, metadata={"help": "Denoising steps of both pipelines."})
     guidance_scale: float = field(default=5.0, metadata={"help": "Classifier-free guidance scale."})
     resolution: int | None = field(default=None, metadata={"help": "Image side in pixels (default: pipeline's)."})
@@ -124,6 +129,7 @@ def main(args: EvalArguments) -> dict[str, Any]:
     pipeline_kwargs: dict[str, Any] = {
         "num_inference_steps": args.num_inference_steps,
         "guidance_scale": args.guidance_scale,
+        "per_image_noise": args.per_image_noise,
     }
     if args.resolution is not None:
         pipeline_kwargs["height"] = pipeline_kwargs["width"] = args.resolution

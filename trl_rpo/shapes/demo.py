@@ -97,6 +97,11 @@ class DemoConfig:
         default=20, metadata={"help": "Train-scene prompts (unseen seeds) per evaluation; 0 skips them."}
     )
     eval_seeds: tuple[int, ...] = field(default=(0, 1), metadata={"help": "Seeds of each evaluation."})
+    per_image_noise: bool = field(
+        default=True,
+        metadata={"help": "Evaluation noise per image (seed x prompt, as the study's); False: one noise per seed, "
+                          "shared by every prompt (the dev rounds before the seventh)."},
+    )  # fmt: skip
     num_inference_steps: int = field(default=20, metadata={"help": "DDIM steps of evaluation and pair generation."})
     guidance_scale: float = field(default=5.0, metadata={"help": "Classifier-free guidance scale."})
     image_budget: int = field(

@@ -28,6 +28,8 @@ __all__ = [
     "ONLINE_STEPS_SEEDS",
     "TAILORPO_BATCH_RECIPES",
     "TAILORPO_BATCH_SEEDS",
+    "NFT_LR_RECIPES",
+    "NFT_LR_SEEDS",
     "TAILORPO_WINDOW_RECIPES",
     "TAILORPO_WINDOW_SEEDS",
     "as_before_round_five",
@@ -221,6 +223,17 @@ ONLINE_STEPS_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "tailorpo": {"demo: 40 steps (graded reward, steps 6-9)": {}, "80 steps": {"tailorpo_steps": 80}},
 }  # fmt: skip
 ONLINE_STEPS_SEEDS: tuple[int, ...] = (500, 501, 502)
+# The seventh online round (issue 28): DiffusionNFT's learning rate at the sixth round's 120 steps. Every earlier
+# round ran 3e-4 (NFT's SD3.5 LoRA value) and none swept it. With `old_policy_decay=0` and one iteration the old
+# policy is the current one, detached: NFT's beta and loss scale then leave the gradient's direction unchanged and
+# Adam normalises its size, so the learning rate is the lever left at this budget (the demo's seconds). The demo's
+# 3e-4 against twice and four times it. Fresh seeds 600-602, 60 train prompts scored as in the sixth round, the same
+# rule and the same confirmation rule (docs/shapes.md). The first round scored with per-image noise
+# (`DemoConfig.per_image_noise`): the earlier rounds' one noise per seed made their intervals too narrow.
+NFT_LR_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "nft": {"demo: lr 3e-4": {}, "lr 6e-4": {"nft_learning_rate": 6e-4}, "lr 1.2e-3": {"nft_learning_rate": 1.2e-3}},
+}
+NFT_LR_SEEDS: tuple[int, ...] = (600, 601, 602)
 _ONLINE_TRAINERS = {"tailorpo": train_tailorpo, "grpo": train_grpo, "nft": train_nft}
 # What the fields added by the fifth round held before it (every online method on `alignment_score`, TailorPO on 5
 # random steps), for replaying the first four rounds as they ran.

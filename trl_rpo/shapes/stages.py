@@ -387,7 +387,10 @@ class _Scorer:
         start = time.perf_counter()
         prepare_for_scoring(pipeline)
         for name, (prompts, seeds) in self.sets.items():
-            kwargs = dict(seeds=seeds, batch_size=64, **_sampling(self.config))
+            # Per-image noise (the default): with one noise per seed, every prompt's image of a seed starts alike,
+            # so the images are not independent draws and the paired intervals come out too narrow.
+            kwargs = dict(seeds=seeds, batch_size=64, per_image_noise=self.config.per_image_noise,
+                          **_sampling(self.config))  # fmt: skip
             if method == "base":
                 result = self._base[name] = evaluate_pipeline(pipeline, prompts, alignment_score, return_images=True,
                                                               **kwargs)  # fmt: skip

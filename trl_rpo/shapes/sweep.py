@@ -52,6 +52,8 @@ __all__ = [
     "ONLINE_RECIPES",
     "ONLINE_REWARD_RECIPES",
     "ONLINE_REWARD_SEEDS",
+    "NFT_LR_RECIPES",
+    "NFT_LR_SEEDS",
     "ONLINE_STEPS_RECIPES",
     "ONLINE_STEPS_SEEDS",
     "SFT_VARIANTS",
@@ -457,6 +459,8 @@ def edit_survival(
 
 # The online-method sweeps live in `online_sweep` (imported last: it uses the helpers above).
 from .online_sweep import (  # noqa: E402
+    NFT_LR_RECIPES,
+    NFT_LR_SEEDS,
     ONLINE_BATCH_RECIPES,
     ONLINE_BATCH_SEEDS,
     ONLINE_METHODS,
