@@ -270,3 +270,19 @@ def test_study_command_reports_a_changed_config_as_an_error(monkeypatch, tmp_pat
     with pytest.raises(SystemExit) as exit_info:
         main(["study", "--quick", "--output_dir", str(tmp_path)])
     assert exit_info.value.code == 2 and "another config" in capsys.readouterr().err
+
+
+def test_demo_and_study_give_a_model_the_same_score_on_every_image():
+    from trl_rpo.shapes.demo import DemoConfig
+    from trl_rpo.shapes.model import load_pipeline
+    from trl_rpo.shapes.stages import _Scorer
+    from trl_rpo.shapes.study import score_pipeline
+    from trl_rpo.shapes.world import prompts
+
+    config = DemoConfig.quick(num_inference_steps=4, refine_strength=0.0)
+    test = prompts(8, 0, "final")
+    scorer = _Scorer(config, {"final": (test, (0, 1))})
+    scorer("base", load_pipeline())
+    study = score_pipeline(load_pipeline(), test, (0, 1), config)
+    # Same noise per image (seed x prompt), so a demo row and a study seed of one model are the same numbers.
+    assert np.asarray(scorer.scores["base"]["final"]) == pytest.approx(np.asarray(study["alignment_score"]), abs=1e-6)

@@ -83,9 +83,9 @@ class DemoConfig:
     """Budgets and the recipe of the demo. `DemoConfig.quick()` is the `--quick` preset.
 
     Each Diffusion-DPO arm's recipe is the one the arm sweep chose on dev (docs/shapes.md); GRPO's and NFT's the
-    online recipe sweep's, kept by its second round; TailorPO's learning rate and steps were set by hand, its 16
-    prompts per step chosen by the third online round (which kept the learning rate against twice it). The image
-    budget is the same for every pair-building method.
+    online recipe sweep's, kept by its second round (NFT's learning rate also by the seventh); TailorPO's learning
+    rate and steps were set by hand, its 16 prompts per step chosen by the third online round (which kept the
+    learning rate against twice it). The image budget is the same for every pair-building method.
     """
 
     model: str | None = field(default=None, metadata={"help": "Pipeline folder; default: the shipped base model."})
