@@ -308,6 +308,18 @@ def test_online_recipe_sweep_trains_every_recipe_with_every_seed_and_chooses_by_
     nft_rows = results["rows"][:2]
     assert results["chosen"]["nft"] == max(nft_rows, key=lambda r: r["min_gain"])["recipe"]
     assert results["chosen"]["grpo"] == "only"
+    # Every image's dev score is kept, and each row's gain over all its seeds is the study's statistic of them.
+    import numpy as np
+
+    from trl_rpo.statistics import hierarchical_bootstrap
+
+    row = results["rows"][0]
+    runs = [entry["dev_scores"] for entry in row["by_seed"].values()]
+    assert np.asarray(runs).shape == (2, 1, 4) and np.asarray(results["base_dev_scores"]).shape == (1, 4)
+    pooled = hierarchical_bootstrap(runs, [results["base_dev_scores"]] * 2, seed=0)
+    assert row["pooled_gain"] == pytest.approx(pooled.gain, abs=1e-4)
+    assert row["pooled_gain"] == pytest.approx(row["mean_gain"], abs=1e-4)  # every seed scores the same images
+    assert row["pooled_ci"] == pytest.approx(pooled.ci, abs=1e-4)
     runs = sorted(p.name for p in (tmp_path / "rec" / "runs").iterdir())
     assert runs == ["grpo-0-seed0", "grpo-0-seed1", "nft-0-seed0", "nft-0-seed1", "nft-1-seed0", "nft-1-seed1"]
     assert "**(chosen)**" in (tmp_path / "rec" / "online_recipes.md").read_text()

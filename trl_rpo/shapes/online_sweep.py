@@ -267,6 +267,9 @@ def run_online_recipe_sweep(
     sweep runs): per method, the recipe whose lowest gain over the seeds is highest** (it penalises spread between
     trainings; ties go to the first listed, the demo's). Test prompts are never scored here. With `train_prompts`,
     each run is also scored on that many train prompts (`train_gain`: does the reward rise where it trains?).
+    Each seed's entry keeps its per-image dev scores (`dev_scores`, `[noise][prompt]`; the base's in
+    `base_dev_scores`), and each row gives the gain over all its seeds at once with the study's two-level bootstrap
+    (`pooled_gain`, `pooled_ci`, `pooled_p`): a report, not part of the rule.
     """
     from .model import load_pipeline
     from .world import prompts as shape_prompts
@@ -300,26 +303,41 @@ def run_online_recipe_sweep(
                           **_fifths(history, "reward", "reward")}  # the weighted reward: the one it optimizes
                 scorer(run, trainer.pipeline)
                 del trainer
-                row["by_seed"][str(seed)] = {**_dev_gain(scorer, run), "seconds": round(seconds, 1), **curves}
+                row["by_seed"][str(seed)] = {**_dev_gain(scorer, run), "seconds": round(seconds, 1), **curves,
+                                             "dev_scores": scorer.scores[run]["dev"]}  # fmt: skip
                 if train_prompts:
                     train = scorer.compare(run, "base", "train").to_dict()
                     row["by_seed"][str(seed)].update(train_gain=train["gain"], train_gain_ci=train["gain_ci"])
             gains = [e["gain"] for e in row["by_seed"].values()]
-            row.update(mean_gain=round(sum(gains) / len(gains), 4), min_gain=min(gains), max_gain=max(gains))
+            row.update(mean_gain=round(sum(gains) / len(gains), 4), min_gain=min(gains), max_gain=max(gains),
+                       **_pooled_gain(row, scorer.scores["base"]["dev"]))  # fmt: skip
             rows.append(row)
             log(format_online_recipe_sweep({"rows": [row], "chosen": {}}).splitlines()[-1])
         best = max(range(first, len(rows)), key=lambda i: (rows[i]["min_gain"], -i))
         chosen[method] = rows[best]["recipe"]
     results = {"rows": rows, "chosen": chosen, "seeds": [int(s) for s in seeds], "rule": "max over recipes of the "
                "min over seeds of the dev gain", "base_dev_alignment": scorer.mean("base", "dev"),
+               "base_dev_scores": scorer.scores["base"]["dev"], "dev_prompts": sets["dev"][0],
                "config": dataclasses.asdict(config)}  # fmt: skip
     return _write_sweep(output_dir, "online_recipes", results, format_online_recipe_sweep(results), log)
 
 
+def _pooled_gain(row: dict[str, Any], base_scores: list[list[float]]) -> dict[str, Any]:
+    """A recipe's dev gain over all its training seeds at once: the study's two-level bootstrap over seeds and
+    prompts (`trl_rpo.statistics.hierarchical_bootstrap`), on the per-image scores each seed's entry keeps."""
+    from ..statistics import hierarchical_bootstrap
+
+    runs = [entry["dev_scores"] for entry in row["by_seed"].values()]
+    result = hierarchical_bootstrap(runs, [base_scores] * len(runs), seed=0)
+    return {"pooled_gain": round(result.gain, 4), "pooled_ci": [round(v, 4) for v in result.ci],
+            "pooled_p": round(result.p_value, 4)}  # fmt: skip
+
+
 def format_online_recipe_sweep(results: dict[str, Any]) -> str:
     """The online recipe sweep as Markdown: per recipe, dev gain per seed, min and mean, rollout reward, seconds."""
-    lines = ["| method | recipe | dev gain per seed | min / mean | rollout first -> last fifth (mean) | "
-             "optimized reward, first -> last fifth | seconds |", "|---|---|---|---|---|---|---:|"]  # fmt: skip
+    lines = ["| method | recipe | dev gain per seed | min / mean [over seeds, 95% CI] | rollout first -> last fifth "
+             "(mean) | optimized reward, first -> last fifth | seconds |",
+             "|---|---|---|---|---|---|---:|"]  # fmt: skip
 
     def mean(entries: list[dict[str, Any]], key: str) -> float | None:
         values = [e[key] for e in entries if key in e]  # sweeps written before the column have no reward_*
@@ -333,8 +351,12 @@ def format_online_recipe_sweep(results: dict[str, Any]) -> str:
         mark = " **(chosen)**" if results["chosen"].get(row["method"]) == row["recipe"] else ""
         if all("train_gain" in e for e in entries):  # the paired gain on train prompts, per seed
             cells += "; train: " + ", ".join(f"{e['train_gain']:+.3f}" for e in entries)
+        pooled = ""
+        if "pooled_ci" in row:  # sweeps written before the pooled interval have none
+            low, high = row["pooled_ci"]
+            pooled = f" [{low:+.3f}, {high:+.3f}]"
         lines.append(f"| {row['method']} | {row['recipe']}{mark} | {cells} | {row['min_gain']:+.3f} / "
-                     f"{row['mean_gain']:+.3f} | {mean(entries, 'rollout_first'):.3f} -> "
+                     f"{row['mean_gain']:+.3f}{pooled} | {mean(entries, 'rollout_first'):.3f} -> "
                      f"{mean(entries, 'rollout_last'):.3f} | {optimized} | "
                      f"{mean(entries, 'seconds'):.0f} |")  # fmt: skip
     return "\n".join(lines)
