@@ -549,9 +549,24 @@ def test_step_reward_check_counts_agreement_between_step_wise_and_final_rankings
     for row in results["rows"]:
         assert row["pairs"] == 3 and 0 <= row["agree"] <= row["decided"] <= 3
         assert 0.0 <= row["step_ties"] <= 1.0 and 0.0 <= row["final_ties"] <= 1.0
+        # The ODE lookahead and the outcomes' split halves (1 completion against 1) are scored on the same pairs.
+        for prefix in ("lookahead_", "split_half_"):
+            assert 0 <= row[f"{prefix}agree"] <= row[f"{prefix}decided"] <= 3
+    assert {"lookahead_agreement", "split_half_agreement"} <= set(results)
     assert (tmp_path / "check" / "step_reward_check.md").read_text().startswith("| step |")
     with pytest.raises(FileExistsError):  # never over an earlier check
         run_step_reward_check(config, tmp_path / "check", num_prompts=3, continuations=2, log=lambda m: None)
+
+
+def test_step_reward_agreement_counts_same_sign_gaps_among_pairs_neither_ties():
+    import torch
+
+    from trl_rpo.shapes.step_reward_check import _agreement
+
+    found = _agreement(torch.tensor([0.5, -0.2, 0.1, 0.0, 0.3]), torch.tensor([0.1, 0.4, 0.2, 0.3, 0.0]), "x_")
+    # Pairs 4 and 5 tie on one side; of the other three, the first and third agree in sign.
+    assert (found["x_agree"], found["x_decided"]) == (2, 3) and found["x_agreement"] == pytest.approx(2 / 3)
+    assert _agreement(torch.zeros(2), torch.ones(2), "")["agreement"] is None
 
 
 def test_fourth_online_round_pits_tailorpos_five_random_steps_against_the_steps_its_rewards_inform():

@@ -7,7 +7,11 @@ TailorPO (untrained; no held-out prompt is scored): at every sampler step, from 
 reached, two children (TailorPO's branching), each scored (a) as TailorPO scores it and (b) by the mean reward of
 `continuations` completions of it with the same sampler, the reward the child actually leads to. Per step: how
 often (a) and (b) order the pair the same way, among pairs neither ties, with a Wilson 95% interval; and how often
-each ties. Run by `examples/shapes/dev_sweep.py --stage step-rewards`; writes `step_reward_check.json/.md`.
+each ties. Two references beside it: (c) the reward of one *deterministic* completion of each child (the ODE
+sampler, DDIM at eta 0: a lookahead ranking, at the cost of the remaining steps), and the split-half agreement of
+(b) with itself (the first half of the completions against the second): near 1/2, the children's outcomes differ
+too little for any ranking to find. Run by `examples/shapes/dev_sweep.py --stage step-rewards`; writes
+`step_reward_check.json/.md`.
 """
 
 from __future__ import annotations
@@ -35,14 +39,27 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
 
 
 @torch.no_grad()
-def _complete(trainer, latents, start: int, cond, uncond, generator) -> torch.Tensor:
-    """Run the trainer's stochastic sampler from step index `start` to the end; the final latents."""
+def _complete(trainer, latents, start: int, cond, uncond, generator, deterministic: bool = False) -> torch.Tensor:
+    """Run the trainer's sampler from step index `start` to the end (its stochastic step, or with `deterministic`
+    its ODE step); the final latents."""
     unet = trainer._unwrapped_unet()
     for t in trainer.sample_scheduler.timesteps[start:]:
         timesteps = t.expand(len(latents)).to(latents.device)
         output = trainer.guided_prediction(unet, latents, timesteps, cond, uncond)
-        latents = trainer.step_with_logprob(output, timesteps, latents, generator=generator)[0]
+        if deterministic:
+            latents = trainer.ode_step(output, timesteps, latents)
+        else:
+            latents = trainer.step_with_logprob(output, timesteps, latents, generator=generator)[0]
     return latents
+
+
+def _agreement(gap_a: torch.Tensor, gap_b: torch.Tensor, prefix: str) -> dict[str, Any]:
+    """How often two score gaps of the same pairs have the same sign, among the pairs neither ties."""
+    both = (gap_a != 0) & (gap_b != 0)
+    agree, decided = int(((gap_a.sign() == gap_b.sign()) & both).sum()), int(both.sum())
+    return {f"{prefix}agree": agree, f"{prefix}decided": decided,
+            f"{prefix}agreement": agree / decided if decided else None,
+            f"{prefix}agreement_ci": wilson_interval(agree, decided)}  # fmt: skip
 
 
 @torch.no_grad()
@@ -82,7 +99,7 @@ def run_step_reward_check(
             continue
         children = [trainer.step_with_logprob(output, timesteps, latents, generator=generator)[0] for _ in range(2)]
         next_t = trainer.next_timesteps(timesteps)
-        step_scores, final_scores = [], []
+        step_scores, final_scores, halves, lookahead = [], [], [], []
         for child in children:
             if trainer._is_final(next_t):
                 x0 = child.float()
@@ -91,23 +108,30 @@ def run_step_reward_check(
             step_scores.append(trainer.step_rewards(trainer.decode(x0), prompts)[0].float().cpu())
             ends = _complete(trainer, child.repeat(continuations, 1, 1, 1), step + 1, repeat, repeat_u, generator)
             finals = trainer.step_rewards(trainer.decode(ends), prompts * continuations)[0].float().cpu()
-            final_scores.append(finals.view(continuations, len(prompts)).mean(0))
+            finals = finals.view(continuations, len(prompts))
+            final_scores.append(finals.mean(0))
+            half = continuations // 2
+            halves.append((finals[:half].mean(0), finals[half:].mean(0)) if half else None)
+            ode_end = _complete(trainer, child, step + 1, cond, uncond, generator, deterministic=True)
+            lookahead.append(trainer.step_rewards(trainer.decode(ode_end), prompts)[0].float().cpu())
         step_gap, final_gap = step_scores[0] - step_scores[1], final_scores[0] - final_scores[1]
-        both = (step_gap != 0) & (final_gap != 0)
-        agree = int(((step_gap.sign() == final_gap.sign()) & both).sum())
-        decided = int(both.sum())
-        rows.append({
-            "step": step, "timestep": int(t), "pairs": len(prompts), "decided": decided, "agree": agree,
-            "agreement": agree / decided if decided else None, "agreement_ci": wilson_interval(agree, decided),
-            "step_ties": float((step_gap == 0).float().mean()), "final_ties": float((final_gap == 0).float().mean()),
-        })  # fmt: skip
+        row = {"step": step, "timestep": int(t), "pairs": len(prompts), **_agreement(step_gap, final_gap, ""),
+               **_agreement(lookahead[0] - lookahead[1], final_gap, "lookahead_"),
+               "step_ties": float((step_gap == 0).float().mean()),
+               "final_ties": float((final_gap == 0).float().mean())}  # fmt: skip
+        if halves[0] is not None:
+            row.update(_agreement(halves[0][0] - halves[1][0], halves[0][1] - halves[1][1], "split_half_"))
+        rows.append(row)
         log(format_step_reward_check({"rows": rows[-1:]}).splitlines()[-1])
         latents = children[int(torch.randint(2, (1,), generator=generator))]  # continue from one child, as TailorPO
-    agree = sum(r["agree"] for r in rows)
-    decided = sum(r["decided"] for r in rows)
+    totals: dict[str, Any] = {}
+    for prefix in ("", "lookahead_", "split_half_"):
+        agree = sum(r.get(f"{prefix}agree", 0) for r in rows)
+        decided = sum(r.get(f"{prefix}decided", 0) for r in rows)
+        totals.update({f"{prefix}agreement": agree / decided if decided else None,
+                       f"{prefix}agreement_ci": wilson_interval(agree, decided)})  # fmt: skip
     results = {
-        "rows": rows, "agreement": agree / decided if decided else None,
-        "agreement_ci": wilson_interval(agree, decided), "prompts": len(prompts), "continuations": continuations,
+        "rows": rows, **totals, "prompts": len(prompts), "continuations": continuations,
         "seed": seed, "note": "train prompts, the untrained demo TailorPO; 0.5 = the step-wise ranking says nothing "
         "about which child leads to the better image",
     }  # fmt: skip
@@ -120,13 +144,19 @@ def format_step_reward_check(results: dict[str, Any]) -> str:
     def share(value, ci) -> str:
         return "n/a" if value is None else f"{value:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
 
-    lines = ["| step | timestep | pairs decided by both | agreement [95% CI] | step-wise ties | final ties |",
-             "|---:|---:|---:|---|---:|---:|"]  # fmt: skip
+    def extra(entry: dict[str, Any], prefix: str) -> str:  # checks written before these columns have none
+        key = f"{prefix}agreement"
+        return share(entry[key], entry[f"{key}_ci"]) if key in entry else "n/a"
+
+    lines = ["| step | timestep | pairs decided by both | agreement [95% CI] | ODE lookahead's agreement | "
+             "split-half agreement of the outcomes | step-wise ties | final ties |",
+             "|---:|---:|---:|---|---|---|---:|---:|"]  # fmt: skip
     for row in results["rows"]:
         lines.append(f"| {row['step']} | {row['timestep']} | {row['decided']} / {row['pairs']} | "
-                     f"{share(row['agreement'], row['agreement_ci'])} | {row['step_ties']:.2f} | "
-                     f"{row['final_ties']:.2f} |")  # fmt: skip
+                     f"{share(row['agreement'], row['agreement_ci'])} | {extra(row, 'lookahead_')} | "
+                     f"{extra(row, 'split_half_')} | {row['step_ties']:.2f} | {row['final_ties']:.2f} |")  # fmt: skip
     if "agreement" in results:
         lines.append(f"| all | | {sum(r['decided'] for r in results['rows'])} | "
-                     f"{share(results['agreement'], results['agreement_ci'])} | | |")  # fmt: skip
+                     f"{share(results['agreement'], results['agreement_ci'])} | {extra(results, 'lookahead_')} | "
+                     f"{extra(results, 'split_half_')} | | |")  # fmt: skip
     return "\n".join(lines)

@@ -183,6 +183,18 @@ class OnlineDiffusionMixin:
             self.sample_scheduler, output, timesteps, sample, self.args.eta, prev_sample, generator
         )
 
+    def ode_step(self, output: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """One deterministic sampler step: DDIM at eta 0 (UNet models) or the flow ODE's Euler step."""
+        if self.is_flow:
+            sigma, next_sigma = self._flow_sigmas(timesteps)
+            shape = (-1, *([1] * (sample.ndim - 1)))
+            return (sample.float() + (next_sigma - sigma).reshape(shape) * output.float()).to(sample.dtype)
+        # The step's mean at (almost) zero noise is DDIM's deterministic update (prev_sample given: nothing drawn).
+        mean = ddim_step_with_logprob(self.sample_scheduler, output, timesteps, sample, eta=1e-12, prev_sample=sample)[
+            2
+        ]
+        return mean.to(sample.dtype)
+
     def predict_x0(self, output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The clean sample a denoiser output implies (float32): DDIM's `x0_hat`, or `x - sigma v` for flow."""
         if self.is_flow:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
-from ..diffusion import ddim_step_variance, ddim_step_with_logprob
+from ..diffusion import ddim_step_variance
 from ..losses import group_advantages
 from ..pipelines import tensor_to_pil
 from .online import OnlineDiffusionTrainer
@@ -393,18 +393,6 @@ class GroupRolloutTrainer(OnlineDiffusionTrainer):
             return None
         window_range = getattr(self.args, "sde_window_range", None) or (0, self.args.num_inference_steps)
         return select_sde_window(size, window_range, generator)
-
-    def ode_step(self, output: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-        """One deterministic sampler step: DDIM at eta 0 (UNet models) or the flow ODE's Euler step."""
-        if self.is_flow:
-            sigma, next_sigma = self._flow_sigmas(timesteps)
-            shape = (-1, *([1] * (sample.ndim - 1)))
-            return (sample.float() + (next_sigma - sigma).reshape(shape) * output.float()).to(sample.dtype)
-        # The step's mean at (almost) zero noise is DDIM's deterministic update (prev_sample given: nothing drawn).
-        mean = ddim_step_with_logprob(self.sample_scheduler, output, timesteps, sample, eta=1e-12, prev_sample=sample)[
-            2
-        ]
-        return mean.to(sample.dtype)
 
     def compute_advantages(self, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Group-normalised advantages (see [`group_advantages`]) and each group's reward standard deviation.
