@@ -448,3 +448,53 @@ def test_step_wise_ranking_skips_rewards_weighted_zero_and_still_logs_them_on_fi
     assert calls == [len(prompts)]  # once, on the final images: never while ranking the steps' candidates
     assert torch.equal(pairs.chosen, reference.chosen) and torch.equal(pairs.rejected, reference.rejected)
     assert set(pairs.final_rewards) == {"brightness", "logged"}
+
+
+def test_ode_lookahead_scores_the_image_diffusers_ddim_reaches_at_eta_zero(tmp_path):
+    trainer = make_trainer(tmp_path, step_reward_estimate="ode_lookahead")
+    device = trainer.accelerator.device
+    trainer._set_sampling_timesteps(device)
+    unet, scheduler = trainer._unwrapped_unet(), trainer.sample_scheduler
+    cond, uncond = trainer.encode_conditioning(["a red square", "a blue circle"])
+    latents = trainer.initial_latents(2, torch.Generator().manual_seed(0))
+    t = scheduler.timesteps[1].expand(2).to(device)  # from the second of 4 steps: three deterministic steps
+    with torch.no_grad():
+        output = trainer.guided_prediction(unet, latents, t, cond, uncond)
+        got = trainer.ode_completion(unet, latents, output, t, cond, uncond)
+        expected = latents
+        for step_t in scheduler.timesteps[1:]:
+            eps = trainer.guided_prediction(unet, expected, step_t.expand(2), cond, uncond)
+            expected = scheduler.step(eps, step_t, expected, eta=0.0).prev_sample
+    assert torch.allclose(got, expected.float(), atol=1e-5)
+    assert not torch.allclose(got, trainer.predict_x0(output, latents, t), atol=1e-3)  # not the one-step estimate
+
+
+def test_ode_lookahead_ranks_candidates_by_where_they_lead(tmp_path):
+    scored = {}
+
+    class Recording(TailorPOTrainer):
+        def step_rewards(self, images, prompts):
+            if getattr(self, "_ranking_only", False):
+                scored.setdefault(self.args.step_reward_estimate, []).append(images.clone())
+            return super().step_rewards(images, prompts)
+
+    for estimate in ("x0", "ode_lookahead"):
+        trainer = Recording(
+            model=tiny_sd_pipeline(), reward_funcs=brightness,
+            args=tailorpo_config(tmp_path / estimate, step_reward_estimate=estimate),
+            train_dataset=PROMPTS, peft_config=tiny_lora_config(),
+        )  # fmt: skip
+        trainer.sample_pairs(["a red square", "a blue circle"])  # same seeds: the same candidates in both
+    x0, lookahead = scored["x0"], scored["ode_lookahead"]
+    assert len(x0) == len(lookahead) >= 2
+    # The first step's candidates are scored on other images. One step before the end, the ODE step lands on the
+    # predicted clean image itself (the schedule's final alpha is 1), so both score the same images there.
+    assert not torch.allclose(x0[0], lookahead[0], atol=1e-3)
+    assert torch.allclose(x0[-1], lookahead[-1])
+
+
+def test_ode_lookahead_needs_candidates_of_a_shared_parent(tmp_path):
+    with pytest.raises(ValueError, match="pairing='final' has none"):
+        tailorpo_config(tmp_path, step_reward_estimate="ode_lookahead", pairing="final")
+    with pytest.raises(ValueError, match="step_reward_estimate must be one of"):
+        tailorpo_config(tmp_path, step_reward_estimate="rollout")

@@ -68,6 +68,10 @@ train prompts (about 30 minutes).
 demo's), 6e-4 and 1.2e-3 (`trl_rpo.shapes.sweep.NFT_LR_RECIPES`), fresh seeds 600-602, the same rule, every run also
 scored on 60 train prompts; the first round scored with per-image noise (about 35 minutes).
 
+`--stage online-lookahead` is the eighth online round (issue 28), TailorPO only: ranked by an ODE lookahead on steps
+4-9 against the demo's one-step ranking on steps 6-9 (`trl_rpo.shapes.sweep.TAILORPO_LOOKAHEAD_RECIPES`), fresh seeds
+700-702, the same rule, 60 train prompts scored, per-image noise (about 20 minutes).
+
 `--stage step-rewards` is a diagnosis of TailorPO's training signal (issue 28): on 128 train prompts, at every sampler
 step, do the step-wise rewards of two children of one parent order them as the mean final reward of 8 completions of
 each does? (`trl_rpo.shapes.step_reward_check`, `step_reward_check.md`, about 10 minutes; no held-out prompt is
@@ -103,6 +107,8 @@ from trl_rpo.shapes.sweep import (
     SFT_VARIANTS,
     TAILORPO_BATCH_RECIPES,
     TAILORPO_BATCH_SEEDS,
+    TAILORPO_LOOKAHEAD_RECIPES,
+    TAILORPO_LOOKAHEAD_SEEDS,
     TAILORPO_WINDOW_RECIPES,
     TAILORPO_WINDOW_SEEDS,
     TIMESTEP_VARIANTS,
@@ -114,7 +120,8 @@ from trl_rpo.shapes.sweep import (
     run_seed_sweep,
 )
 
-PER_IMAGE_NOISE_STAGES = ("online-lr",)
+PER_IMAGE_NOISE_STAGES = ("online-lr", "online-lookahead")
+ROUNDS_WITHOUT_TRAIN_PROMPTS = ("online-recipes", "online-batch", "online-tailorpo", "online-window", "online-reward")
 
 
 def main() -> None:
@@ -130,7 +137,8 @@ def main() -> None:
     parser.add_argument("--stage", default="recipes",
                         choices=["recipes", "pairs", "seeds", "masked", "sft", "timesteps", "online",
                                  "online-recipes", "online-batch", "online-tailorpo", "online-window",
-                                 "online-reward", "online-steps", "online-lr", "step-rewards", "arms", "ranks"],
+                                 "online-reward", "online-steps", "online-lr", "online-lookahead", "step-rewards",
+                                 "arms", "ranks"],
                         help="recipes: guidance and DPO recipe; pairs: the RPO refinement strength; seeds: masked "
                              "or plain DPO over training seeds; masked: the masked recipe over seeds; sft: masked "
                              "DPO plus an SFT term over seeds; timesteps: masked DPO on part of the noise "
@@ -159,13 +167,14 @@ def main() -> None:
                          dev_prompts=8 if args.quick else 60)  # fmt: skip
         return
     if args.stage in ("online-recipes", "online-batch", "online-tailorpo", "online-window", "online-reward",
-                      "online-steps", "online-lr"):
+                      "online-steps", "online-lr", "online-lookahead"):
         recipes, seeds = {"online-batch": (as_before_round_five(ONLINE_BATCH_RECIPES), ONLINE_BATCH_SEEDS),
                           "online-tailorpo": (as_before_round_five(TAILORPO_BATCH_RECIPES), TAILORPO_BATCH_SEEDS),
                           "online-window": (as_before_round_five(TAILORPO_WINDOW_RECIPES), TAILORPO_WINDOW_SEEDS),
                           "online-reward": (ONLINE_REWARD_RECIPES, ONLINE_REWARD_SEEDS),
                           "online-steps": (ONLINE_STEPS_RECIPES, ONLINE_STEPS_SEEDS),
                           "online-lr": (NFT_LR_RECIPES, NFT_LR_SEEDS),
+                          "online-lookahead": (TAILORPO_LOOKAHEAD_RECIPES, TAILORPO_LOOKAHEAD_SEEDS),
                           "online-recipes": (as_before_round_five(ONLINE_RECIPES), (0, 1, 2))}[args.stage]  # fmt: skip
         if args.quick:  # one recipe per method, tiny budgets: a smoke test of the stage
             first = {m: dict(list(v.items())[:1]) for m, v in recipes.items()}
@@ -174,7 +183,7 @@ def main() -> None:
         else:
             run_online_recipe_sweep(DemoConfig(model=args.model, **noise, eval_seeds=(0, 1, 2)), args.output_dir,
                                     recipes=recipes, seeds=seeds,
-                                    train_prompts=60 if args.stage in ("online-steps", "online-lr") else 0)
+                                    train_prompts=0 if args.stage in ROUNDS_WITHOUT_TRAIN_PROMPTS else 60)
         return
     if args.stage == "step-rewards":
         from trl_rpo.shapes.step_reward_check import run_step_reward_check

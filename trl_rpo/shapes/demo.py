@@ -180,6 +180,10 @@ class DemoConfig:
                           "pass/fail checks) or 'soft_alignment_score' (the checks as graded credit; rollouts still "
                           "log alignment_score)."},
     )  # fmt: skip
+    tailorpo_step_reward_estimate: str = field(
+        default="x0",
+        metadata={"help": "TailorPO's candidate ranking: 'x0' (one-step prediction) or 'ode_lookahead'."},
+    )
     grpo_reward: str = field(default="soft_alignment_score", metadata={"help": "The reward GRPO optimizes."})
     nft_reward: str = field(default="alignment_score", metadata={"help": "The reward DiffusionNFT optimizes."})
     nft_steps: int = field(default=120, metadata={"help": "DiffusionNFT optimizer steps per run (the sixth round's)."})
@@ -206,6 +210,11 @@ class DemoConfig:
                 raise ValueError(f"{name}: {err}") from None
         if not self.eval_seeds:
             raise ValueError("eval_seeds must hold at least one seed")
+        from ..trainer.tailorpo_config import STEP_REWARD_ESTIMATES
+
+        if self.tailorpo_step_reward_estimate not in STEP_REWARD_ESTIMATES:  # a clear error now, not after the pairs
+            raise ValueError(f"tailorpo_step_reward_estimate must be one of {list(STEP_REWARD_ESTIMATES)}, got "
+                             f"{self.tailorpo_step_reward_estimate!r}")  # fmt: skip
         for name in ("tailorpo_reward", "grpo_reward", "nft_reward"):
             if getattr(self, name) not in ONLINE_REWARDS:
                 raise ValueError(f"{name} must be one of {list(ONLINE_REWARDS)}, got {getattr(self, name)!r}")

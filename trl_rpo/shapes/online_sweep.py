@@ -30,6 +30,8 @@ __all__ = [
     "TAILORPO_BATCH_SEEDS",
     "NFT_LR_RECIPES",
     "NFT_LR_SEEDS",
+    "TAILORPO_LOOKAHEAD_RECIPES",
+    "TAILORPO_LOOKAHEAD_SEEDS",
     "TAILORPO_WINDOW_RECIPES",
     "TAILORPO_WINDOW_SEEDS",
     "as_before_round_five",
@@ -234,6 +236,17 @@ NFT_LR_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "nft": {"demo: lr 3e-4": {}, "lr 6e-4": {"nft_learning_rate": 6e-4}, "lr 1.2e-3": {"nft_learning_rate": 1.2e-3}},
 }
 NFT_LR_SEEDS: tuple[int, ...] = (600, 601, 602)
+# The eighth online round (issue 28), TailorPO only: its ranking by an ODE lookahead (one deterministic completion
+# per candidate, `step_reward_estimate="ode_lookahead"`) on steps 4-9, where the step-reward check found the one-step
+# ranking losing signal the outcomes hold (step 4: 0.52 against 0.73), against the demo's one-step ranking on steps
+# 6-9. Fresh seeds 700-702, 60 train prompts scored, per-image noise, the same rule and confirmation rule as the
+# seventh round (a confirmation on final would be the next session's).
+TAILORPO_LOOKAHEAD_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "tailorpo": {"demo: one-step ranking, steps 6-9": {},
+                 "ODE lookahead ranking, steps 4-9": {"tailorpo_step_reward_estimate": "ode_lookahead",
+                                                      "tailorpo_window_start": 0.4}},
+}  # fmt: skip
+TAILORPO_LOOKAHEAD_SEEDS: tuple[int, ...] = (700, 701, 702)
 _ONLINE_TRAINERS = {"tailorpo": train_tailorpo, "grpo": train_grpo, "nft": train_nft}
 # What the fields added by the fifth round held before it (every online method on `alignment_score`, TailorPO on 5
 # random steps), for replaying the first four rounds as they ran.

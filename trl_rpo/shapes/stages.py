@@ -278,6 +278,7 @@ def tailorpo_trainer(config: DemoConfig, output_dir: Path, name: str, pairing: s
             max_steps=config.tailorpo_steps, per_device_train_batch_size=config.tailorpo_batch_size,
             learning_rate=config.tailorpo_learning_rate, num_inference_steps=config.tailorpo_num_inference_steps,
             guidance_scale=config.guidance_scale, num_candidates=config.num_candidates, pairing=pairing,
+            **({"step_reward_estimate": config.tailorpo_step_reward_estimate} if pairing != "final" else {}),
             **({"timestep_selection": "window", "timestep_window_start": config.tailorpo_window_start,
                 "timestep_window_end": config.tailorpo_window_end}
                if config.tailorpo_window_start > 0.0 or config.tailorpo_window_end < 1.0 else {}),

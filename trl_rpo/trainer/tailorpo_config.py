@@ -8,6 +8,7 @@ from .online_config import OnlineDiffusionConfig
 
 TIMESTEP_SELECTIONS = ("all", "random", "window")
 PAIRINGS = ("best_worst", "all", "final")
+STEP_REWARD_ESTIMATES = ("x0", "ode_lookahead")
 
 
 @dataclass
@@ -45,6 +46,12 @@ class TailorPOConfig(OnlineDiffusionConfig):
             Start of the window (fraction of the trajectory).
         timestep_window_end (`float`, *optional*, defaults to `1.0`):
             End of the window (fraction of the trajectory, exclusive).
+        step_reward_estimate (`str`, *optional*, defaults to `"x0"`):
+            What a candidate's step-wise reward scores: `"x0"`, the clean image it predicts in one denoiser call
+            (TailorPO's; Tweedie's estimate), or `"ode_lookahead"`, the image a deterministic completion reaches
+            (the sampler's ODE step from the candidate to the end: one denoiser call per remaining step and
+            candidate). On noisy steps the one-step prediction can say little about where a candidate leads
+            (`trl_rpo.shapes.step_reward_check` measures both); the lookahead costs more the earlier the step.
         tie_margin (`float`, *optional*, defaults to `0.0`):
             Pairs whose rewards differ by no more than this are ties: skipped and counted.
         max_pairs_per_step (`int`, *optional*):
@@ -83,6 +90,14 @@ class TailorPOConfig(OnlineDiffusionConfig):
     num_selected_timesteps: int = field(default=5, metadata={"help": "Steps per trajectory for 'random'."})
     timestep_window_start: float = field(default=0.0, metadata={"help": "Window start (fraction of trajectory)."})
     timestep_window_end: float = field(default=1.0, metadata={"help": "Window end (fraction, exclusive)."})
+    step_reward_estimate: str = field(
+        default="x0",
+        metadata={
+            "help": "Scored image of a candidate: 'x0' (one-step prediction) or 'ode_lookahead' (deterministic "
+            "completion to the end).",
+            "choices": list(STEP_REWARD_ESTIMATES),
+        },
+    )
     tie_margin: float = field(default=0.0, metadata={"help": "Reward differences <= this are skipped as ties."})
     max_pairs_per_step: int | None = field(default=None, metadata={"help": "Cap on pairs trained per micro-step."})
     beta: float = field(default=10.0, metadata={"help": "Scale of the step log-ratio margin (SPO's 10)."})
@@ -106,6 +121,12 @@ class TailorPOConfig(OnlineDiffusionConfig):
                 "need 0 <= timestep_window_start < timestep_window_end <= 1, got "
                 f"{self.timestep_window_start}, {self.timestep_window_end}"
             )
+        if self.step_reward_estimate not in STEP_REWARD_ESTIMATES:
+            raise ValueError(
+                f"step_reward_estimate must be one of {STEP_REWARD_ESTIMATES}, got {self.step_reward_estimate!r}"
+            )
+        if self.step_reward_estimate != "x0" and self.pairing == "final":
+            raise ValueError("step_reward_estimate ranks candidates of a shared parent; pairing='final' has none")
         if self.num_selected_timesteps < 1:
             raise ValueError(f"num_selected_timesteps must be >= 1, got {self.num_selected_timesteps}")
         if self.tie_margin < 0:

@@ -248,14 +248,13 @@ class TailorPOTrainer(OnlineDiffusionTrainer):
         prev_t = self.next_timesteps(timesteps)
         if not self._is_final(prev_t):
             rep_t = prev_t.repeat(k)
-            child_eps = self.guided_prediction(
-                unet,
-                flat,
-                rep_t,
-                {n: v.repeat(k, *[1] * (v.ndim - 1)) for n, v in cond.items()},
-                {n: v.repeat(k, *[1] * (v.ndim - 1)) for n, v in uncond.items()},
-            )
-            x0 = self.predict_x0(child_eps, flat, rep_t)
+            rep_cond = {n: v.repeat(k, *[1] * (v.ndim - 1)) for n, v in cond.items()}
+            rep_uncond = {n: v.repeat(k, *[1] * (v.ndim - 1)) for n, v in uncond.items()}
+            child_eps = self.guided_prediction(unet, flat, rep_t, rep_cond, rep_uncond)
+            if args.step_reward_estimate == "ode_lookahead":
+                x0 = self.ode_completion(unet, flat, child_eps, rep_t, rep_cond, rep_uncond)
+            else:
+                x0 = self.predict_x0(child_eps, flat, rep_t)
         else:  # the last step lands on the clean sample itself
             rep_t, child_eps, x0 = prev_t.repeat(k), None, flat.float()
         images = self.decode(x0)
@@ -292,6 +291,18 @@ class TailorPOTrainer(OnlineDiffusionTrainer):
         next_eps = child_eps[rows] if child_eps is not None else None
         considered = batch if args.pairing == "best_worst" else batch * k * (k - 1) // 2
         return flat[rows], next_eps, found, ties, considered
+
+    @torch.no_grad()
+    def ode_completion(self, unet, latents, output, timesteps, cond, uncond) -> torch.Tensor:
+        """The clean sample a deterministic completion reaches (float32): the sampler's ODE step (`ode_step`) from
+        `latents` at `timesteps`, whose denoiser `output` is given, through every later step of the schedule."""
+        schedule = self.sample_scheduler.timesteps
+        start = int((schedule == timesteps[0].to(schedule.device)).nonzero()[0])
+        latents = self.ode_step(output, timesteps, latents)
+        for t in schedule[start + 1 :]:
+            step_t = t.expand(len(latents)).to(latents.device)
+            latents = self.ode_step(self.guided_prediction(unet, latents, step_t, cond, uncond), step_t, latents)
+        return latents.float()
 
     def _label_trajectories(self, final_rewards, batch, transitions, rows) -> tuple[int, int]:
         """`pairing="final"`: label every selected step of two trajectories by their final images' rewards."""
