@@ -8,10 +8,10 @@ reached, two children (TailorPO's branching), each scored (a) as TailorPO scores
 `continuations` completions of it with the same sampler, the reward the child actually leads to. Per step: how
 often (a) and (b) order the pair the same way, among pairs neither ties, with a Wilson 95% interval; and how often
 each ties. Two references beside it: (c) the reward of one *deterministic* completion of each child (the ODE
-sampler, DDIM at eta 0: a lookahead ranking, at the cost of the remaining steps), and the split-half agreement of
-(b) with itself (the first half of the completions against the second): near 1/2, the children's outcomes differ
-too little for any ranking to find. Run by `examples/shapes/dev_sweep.py --stage step-rewards`; writes
-`step_reward_check.json/.md`.
+sampler, DDIM at eta 0: `TailorPOTrainer.ode_completion`, what `step_reward_estimate="ode_lookahead"` ranks by),
+and the split-half agreement of (b) with itself (the first half of the completions against the second): near 1/2,
+the children's outcomes differ too little for any ranking to find. Run by `examples/shapes/dev_sweep.py --stage
+step-rewards`; writes `step_reward_check.json/.md`.
 """
 
 from __future__ import annotations
@@ -39,17 +39,13 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
 
 
 @torch.no_grad()
-def _complete(trainer, latents, start: int, cond, uncond, generator, deterministic: bool = False) -> torch.Tensor:
-    """Run the trainer's sampler from step index `start` to the end (its stochastic step, or with `deterministic`
-    its ODE step); the final latents."""
+def _complete(trainer, latents, start: int, cond, uncond, generator) -> torch.Tensor:
+    """Run the trainer's stochastic sampler from step index `start` to the end; the final latents."""
     unet = trainer._unwrapped_unet()
     for t in trainer.sample_scheduler.timesteps[start:]:
         timesteps = t.expand(len(latents)).to(latents.device)
         output = trainer.guided_prediction(unet, latents, timesteps, cond, uncond)
-        if deterministic:
-            latents = trainer.ode_step(output, timesteps, latents)
-        else:
-            latents = trainer.step_with_logprob(output, timesteps, latents, generator=generator)[0]
+        latents = trainer.step_with_logprob(output, timesteps, latents, generator=generator)[0]
     return latents
 
 
@@ -102,18 +98,19 @@ def run_step_reward_check(
         step_scores, final_scores, halves, lookahead = [], [], [], []
         for child in children:
             if trainer._is_final(next_t):
-                x0 = child.float()
-            else:  # TailorPO's step-wise reward: the clean image the child predicts
-                x0 = trainer.predict_x0(trainer.guided_prediction(unet, child, next_t, cond, uncond), child, next_t)
+                x0 = ode_end = child.float()
+            else:  # TailorPO's step-wise reward, the clean image the child predicts, and its ODE lookahead's
+                child_output = trainer.guided_prediction(unet, child, next_t, cond, uncond)
+                x0 = trainer.predict_x0(child_output, child, next_t)
+                ode_end = trainer.ode_completion(unet, child, child_output, next_t, cond, uncond)
             step_scores.append(trainer.step_rewards(trainer.decode(x0), prompts)[0].float().cpu())
+            lookahead.append(trainer.step_rewards(trainer.decode(ode_end), prompts)[0].float().cpu())
             ends = _complete(trainer, child.repeat(continuations, 1, 1, 1), step + 1, repeat, repeat_u, generator)
             finals = trainer.step_rewards(trainer.decode(ends), prompts * continuations)[0].float().cpu()
             finals = finals.view(continuations, len(prompts))
             final_scores.append(finals.mean(0))
             half = continuations // 2
             halves.append((finals[:half].mean(0), finals[half:].mean(0)) if half else None)
-            ode_end = _complete(trainer, child, step + 1, cond, uncond, generator, deterministic=True)
-            lookahead.append(trainer.step_rewards(trainer.decode(ode_end), prompts)[0].float().cpu())
         step_gap, final_gap = step_scores[0] - step_scores[1], final_scores[0] - final_scores[1]
         row = {"step": step, "timestep": int(t), "pairs": len(prompts), **_agreement(step_gap, final_gap, ""),
                **_agreement(lookahead[0] - lookahead[1], final_gap, "lookahead_"),
