@@ -120,6 +120,18 @@ from trl_rpo.shapes.sweep import (
     run_seed_sweep,
 )
 
+# The online recipe rounds (issue 28) by stage: their recipes and training seeds, the first four replayed with the
+# then-defaults of the fields added since.
+ONLINE_ROUNDS = {
+    "online-recipes": (as_before_round_five(ONLINE_RECIPES), (0, 1, 2)),
+    "online-batch": (as_before_round_five(ONLINE_BATCH_RECIPES), ONLINE_BATCH_SEEDS),
+    "online-tailorpo": (as_before_round_five(TAILORPO_BATCH_RECIPES), TAILORPO_BATCH_SEEDS),
+    "online-window": (as_before_round_five(TAILORPO_WINDOW_RECIPES), TAILORPO_WINDOW_SEEDS),
+    "online-reward": (ONLINE_REWARD_RECIPES, ONLINE_REWARD_SEEDS),
+    "online-steps": (ONLINE_STEPS_RECIPES, ONLINE_STEPS_SEEDS),
+    "online-lr": (NFT_LR_RECIPES, NFT_LR_SEEDS),
+    "online-lookahead": (TAILORPO_LOOKAHEAD_RECIPES, TAILORPO_LOOKAHEAD_SEEDS),
+}
 PER_IMAGE_NOISE_STAGES = ("online-lr", "online-lookahead")
 ROUNDS_WITHOUT_TRAIN_PROMPTS = ("online-recipes", "online-batch", "online-tailorpo", "online-window", "online-reward")
 
@@ -136,9 +148,7 @@ def main() -> None:
                         help="step-rewards: the reward TailorPO ranks children by (DemoConfig.online_reward)")
     parser.add_argument("--stage", default="recipes",
                         choices=["recipes", "pairs", "seeds", "masked", "sft", "timesteps", "online",
-                                 "online-recipes", "online-batch", "online-tailorpo", "online-window",
-                                 "online-reward", "online-steps", "online-lr", "online-lookahead", "step-rewards",
-                                 "arms", "ranks"],
+                                 *ONLINE_ROUNDS, "step-rewards", "arms", "ranks"],
                         help="recipes: guidance and DPO recipe; pairs: the RPO refinement strength; seeds: masked "
                              "or plain DPO over training seeds; masked: the masked recipe over seeds; sft: masked "
                              "DPO plus an SFT term over seeds; timesteps: masked DPO on part of the noise "
@@ -166,16 +176,8 @@ def main() -> None:
         run_online_sweep(config, args.output_dir, steps=(1, 2) if args.quick else (40, 160),
                          dev_prompts=8 if args.quick else 60)  # fmt: skip
         return
-    if args.stage in ("online-recipes", "online-batch", "online-tailorpo", "online-window", "online-reward",
-                      "online-steps", "online-lr", "online-lookahead"):
-        recipes, seeds = {"online-batch": (as_before_round_five(ONLINE_BATCH_RECIPES), ONLINE_BATCH_SEEDS),
-                          "online-tailorpo": (as_before_round_five(TAILORPO_BATCH_RECIPES), TAILORPO_BATCH_SEEDS),
-                          "online-window": (as_before_round_five(TAILORPO_WINDOW_RECIPES), TAILORPO_WINDOW_SEEDS),
-                          "online-reward": (ONLINE_REWARD_RECIPES, ONLINE_REWARD_SEEDS),
-                          "online-steps": (ONLINE_STEPS_RECIPES, ONLINE_STEPS_SEEDS),
-                          "online-lr": (NFT_LR_RECIPES, NFT_LR_SEEDS),
-                          "online-lookahead": (TAILORPO_LOOKAHEAD_RECIPES, TAILORPO_LOOKAHEAD_SEEDS),
-                          "online-recipes": (as_before_round_five(ONLINE_RECIPES), (0, 1, 2))}[args.stage]  # fmt: skip
+    if args.stage in ONLINE_ROUNDS:
+        recipes, seeds = ONLINE_ROUNDS[args.stage]
         if args.quick:  # one recipe per method, tiny budgets: a smoke test of the stage
             first = {m: dict(list(v.items())[:1]) for m, v in recipes.items()}
             run_online_recipe_sweep(DemoConfig.quick(model=args.model, **noise), args.output_dir, recipes=first,
