@@ -599,3 +599,51 @@ def test_the_demo_scores_each_prompt_from_its_own_noise():
     assert DemoConfig().per_image_noise
     assert not np.array_equal(*images[True])
     assert np.array_equal(*images[False])
+
+
+def test_every_online_round_trains_with_seeds_no_other_round_or_study_used():
+    import importlib
+
+    importlib.import_module("trl_rpo.shapes.sweep")  # online_sweep needs sweep imported first
+    online_sweep = importlib.import_module("trl_rpo.shapes.online_sweep")
+    rounds = {name: getattr(online_sweep, name) for name in online_sweep.__all__ if name.endswith("_SEEDS")}
+    rounds["ONLINE_RECIPES (first round)"] = (0, 1, 2)
+    # the studies on final: seeds 0-4, and 5-9 for the fourth study the ninth round declared
+    taken: dict[int, str] = {seed: "a study" for seed in range(10) if seed > 2}
+    for name, seeds in rounds.items():
+        assert len(seeds) == 3, name
+        for seed in seeds:
+            assert seed not in taken, f"{name} reuses seed {seed} of {taken[seed]}"
+            taken[seed] = name
+
+
+def test_ninth_online_round_trades_nfts_trained_timesteps_for_more_rollouts_in_the_demos_seconds():
+    from trl_rpo.shapes.sweep import NFT_ROLLOUT_RECIPES
+
+    demo, half, three = NFT_ROLLOUT_RECIPES["nft"].values()
+    assert demo == {} and (DemoConfig().nft_steps, DemoConfig().nft_timestep_fraction) == (120, 1.0)
+    # seconds per step measured on 2 cores (docs/shapes.md): 1.44 at all timesteps, 1.04 at half, 0.88 at three
+    for recipe, seconds_per_step in ((half, 1.04), (three, 0.88)):
+        assert set(recipe) == {"nft_steps", "nft_timestep_fraction"}
+        assert recipe["nft_steps"] * seconds_per_step == pytest.approx(120 * 1.44, rel=0.05)
+
+
+def test_the_demos_nft_recipe_reaches_the_trainer(tmp_path, monkeypatch):
+    from trl_rpo.shapes import stages
+
+    monkeypatch.setattr(stages, "_train_and_save", lambda trainer: trainer)  # build it, do not train
+    config = DemoConfig.quick(nft_timestep_fraction=0.3, nft_num_iterations=2, nft_old_policy_decay=0.5,
+                              nft_learning_rate=1e-4)  # fmt: skip
+    args = stages.train_nft(config, tmp_path).args
+    assert (args.timestep_fraction, args.num_iterations, args.old_policy_decay) == (0.3, 2, 0.5)
+    assert (args.learning_rate, args.max_steps, args.per_device_train_batch_size) == (1e-4, 4, 4)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("nft_timestep_fraction", 0.0), ("nft_timestep_fraction", 1.5), ("nft_num_iterations", 0),
+     ("nft_old_policy_decay", 1.0)],
+)  # fmt: skip
+def test_demo_config_rejects_an_nft_setting_the_trainer_would_refuse(field, value):
+    with pytest.raises(ValueError, match=field):
+        DemoConfig(**{field: value})

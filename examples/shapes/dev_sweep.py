@@ -72,6 +72,10 @@ scored on 60 train prompts; the first round scored with per-image noise (about 3
 4-9 against the demo's one-step ranking on steps 6-9 (`trl_rpo.shapes.sweep.TAILORPO_LOOKAHEAD_RECIPES`), fresh seeds
 700-702, the same rule, 60 train prompts scored, per-image noise (about 20 minutes).
 
+`--stage online-nft-rollouts` is the ninth online round (issue 28), DiffusionNFT only: more rollouts in the demo's
+seconds, each image trained at half or three of its ten timesteps (`trl_rpo.shapes.sweep.NFT_ROLLOUT_RECIPES`), fresh
+seeds 800-802, the same rule, 60 train prompts scored, per-image noise (about 35 minutes).
+
 `--stage step-rewards` is a diagnosis of TailorPO's training signal (issue 28): on 128 train prompts, at every sampler
 step, do the step-wise rewards of two children of one parent order them as the mean final reward of 8 completions of
 each does? (`trl_rpo.shapes.step_reward_check`, `step_reward_check.md`, about 10 minutes; no held-out prompt is
@@ -97,6 +101,8 @@ from trl_rpo.shapes.sweep import (
     MASKED_RECIPE_VARIANTS,
     NFT_LR_RECIPES,
     NFT_LR_SEEDS,
+    NFT_ROLLOUT_RECIPES,
+    NFT_ROLLOUT_SEEDS,
     ONLINE_BATCH_RECIPES,
     ONLINE_BATCH_SEEDS,
     ONLINE_RECIPES,
@@ -131,8 +137,9 @@ ONLINE_ROUNDS = {
     "online-steps": (ONLINE_STEPS_RECIPES, ONLINE_STEPS_SEEDS),
     "online-lr": (NFT_LR_RECIPES, NFT_LR_SEEDS),
     "online-lookahead": (TAILORPO_LOOKAHEAD_RECIPES, TAILORPO_LOOKAHEAD_SEEDS),
+    "online-nft-rollouts": (NFT_ROLLOUT_RECIPES, NFT_ROLLOUT_SEEDS),
 }
-PER_IMAGE_NOISE_STAGES = ("online-lr", "online-lookahead")
+PER_IMAGE_NOISE_STAGES = ("online-lr", "online-lookahead", "online-nft-rollouts")
 ROUNDS_WITHOUT_TRAIN_PROMPTS = ("online-recipes", "online-batch", "online-tailorpo", "online-window", "online-reward")
 
 

@@ -187,6 +187,13 @@ class DemoConfig:
     grpo_reward: str = field(default="soft_alignment_score", metadata={"help": "The reward GRPO optimizes."})
     nft_reward: str = field(default="alignment_score", metadata={"help": "The reward DiffusionNFT optimizes."})
     nft_steps: int = field(default=120, metadata={"help": "DiffusionNFT optimizer steps per run (the sixth round's)."})
+    nft_timestep_fraction: float = field(
+        default=1.0, metadata={"help": "DiffusionNFT: fraction of the rollout's timesteps each image is trained at."}
+    )
+    nft_num_iterations: int = field(default=1, metadata={"help": "DiffusionNFT optimizer steps per rollout."})
+    nft_old_policy_decay: float = field(
+        default=0.0, metadata={"help": "DiffusionNFT: old (sampling) policy <- decay * old + (1 - decay) * current."}
+    )
     grid_prompts: int = field(default=8, metadata={"help": "Test prompts (columns) of grid.png."})
 
     def __post_init__(self):
@@ -218,6 +225,11 @@ class DemoConfig:
         for name in ("tailorpo_reward", "grpo_reward", "nft_reward"):
             if getattr(self, name) not in ONLINE_REWARDS:
                 raise ValueError(f"{name} must be one of {list(ONLINE_REWARDS)}, got {getattr(self, name)!r}")
+        if not 0.0 < self.nft_timestep_fraction <= 1.0 or self.nft_num_iterations < 1:
+            raise ValueError(f"nft_timestep_fraction must be in (0, 1] and nft_num_iterations >= 1, got "
+                             f"{self.nft_timestep_fraction} and {self.nft_num_iterations}")  # fmt: skip
+        if not 0.0 <= self.nft_old_policy_decay < 1.0:
+            raise ValueError(f"nft_old_policy_decay must be in [0, 1), got {self.nft_old_policy_decay}")
         if self.image_budget < 2:
             raise ValueError(f"image_budget must be at least 2 (one reward-labelled pair), got {self.image_budget}")
         if not 0.0 <= self.refine_strength <= 1.0:

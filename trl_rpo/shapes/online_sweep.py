@@ -30,6 +30,8 @@ __all__ = [
     "TAILORPO_BATCH_SEEDS",
     "NFT_LR_RECIPES",
     "NFT_LR_SEEDS",
+    "NFT_ROLLOUT_RECIPES",
+    "NFT_ROLLOUT_SEEDS",
     "TAILORPO_LOOKAHEAD_RECIPES",
     "TAILORPO_LOOKAHEAD_SEEDS",
     "TAILORPO_WINDOW_RECIPES",
@@ -247,6 +249,20 @@ TAILORPO_LOOKAHEAD_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                                                       "tailorpo_window_start": 0.4}},
 }  # fmt: skip
 TAILORPO_LOOKAHEAD_SEEDS: tuple[int, ...] = (700, 701, 702)
+# The ninth online round (issue 28), DiffusionNFT only: more rollouts in the demo's seconds. NFT's gain grew with its
+# steps in the sixth round (40, 80, 120), and the learning rate did not help in the seventh. A step of the demo's
+# recipe spends about 0.6 s on its rollout (16 images, 10 ODE steps with guidance) and 0.8 s training every image at
+# all 10 of its timesteps (measured on 2 cores); training each image at a random half or three of its timesteps, with
+# the steps that frees, samples 1.4 or 1.6 times the rollouts (images, prompts) in the same seconds. The demo's 120
+# steps at all timesteps against 165 steps at half of them and 195 steps at three of them (each about the demo's
+# seconds). Fresh seeds 800-802, 60 train prompts scored, per-image noise, the same rule (the highest lowest-seed dev
+# gain, ties to the demo's) and the seventh round's confirmation rule (docs/shapes.md).
+NFT_ROLLOUT_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "nft": {"demo: 120 steps, all 10 timesteps": {},
+            "165 steps, half the timesteps": {"nft_steps": 165, "nft_timestep_fraction": 0.5},
+            "195 steps, 3 of 10 timesteps": {"nft_steps": 195, "nft_timestep_fraction": 0.3}},
+}  # fmt: skip
+NFT_ROLLOUT_SEEDS: tuple[int, ...] = (800, 801, 802)
 _ONLINE_TRAINERS = {"tailorpo": train_tailorpo, "grpo": train_grpo, "nft": train_nft}
 # What the fields added by the fifth round held before it (every online method on `alignment_score`, TailorPO on 5
 # random steps), for replaying the first four rounds as they ran.

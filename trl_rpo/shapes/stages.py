@@ -315,8 +315,9 @@ def train_grpo(config: DemoConfig, output_dir: Path, name: str = "grpo"):
 
 def train_nft(config: DemoConfig, output_dir: Path, name: str = "nft"):
     """A `DiffusionNFTTrainer` run: GRPO's group size and rollout steps, deterministic (ODE) rollouts, its own
-    reward, steps, learning rate and images per step (`nft_reward`, `nft_steps`, `nft_learning_rate`,
-    `nft_batch_size`)."""
+    reward, steps, learning rate, images per step, trained timesteps, steps per rollout and old-policy decay
+    (`nft_reward`, `nft_steps`, `nft_learning_rate`, `nft_batch_size`, `nft_timestep_fraction`,
+    `nft_num_iterations`, `nft_old_policy_decay`)."""
     from ..trainer import DiffusionNFTConfig, DiffusionNFTTrainer
     from .model import load_pipeline
 
@@ -327,6 +328,8 @@ def train_nft(config: DemoConfig, output_dir: Path, name: str = "nft"):
             max_steps=config.nft_steps, num_generations=config.grpo_num_generations,
             per_device_train_batch_size=config.nft_batch_size, learning_rate=config.nft_learning_rate,
             num_inference_steps=config.tailorpo_num_inference_steps, guidance_scale=config.guidance_scale,
+            timestep_fraction=config.nft_timestep_fraction, num_iterations=config.nft_num_iterations,
+            old_policy_decay=config.nft_old_policy_decay,
             **_common_args(config, output_dir, name),
         ),
         train_dataset=online_prompts(config),

@@ -56,6 +56,8 @@ __all__ = [
     "ONLINE_REWARD_SEEDS",
     "NFT_LR_RECIPES",
     "NFT_LR_SEEDS",
+    "NFT_ROLLOUT_RECIPES",
+    "NFT_ROLLOUT_SEEDS",
     "ONLINE_STEPS_RECIPES",
     "ONLINE_STEPS_SEEDS",
     "SFT_VARIANTS",
@@ -463,6 +465,8 @@ def edit_survival(
 from .online_sweep import (  # noqa: E402
     NFT_LR_RECIPES,
     NFT_LR_SEEDS,
+    NFT_ROLLOUT_RECIPES,
+    NFT_ROLLOUT_SEEDS,
     ONLINE_BATCH_RECIPES,
     ONLINE_BATCH_SEEDS,
     ONLINE_METHODS,
