@@ -76,6 +76,10 @@ scored on 60 train prompts; the first round scored with per-image noise (about 3
 seconds, each image trained at half or three of its ten timesteps (`trl_rpo.shapes.sweep.NFT_ROLLOUT_RECIPES`), fresh
 seeds 800-802, the same rule, 60 train prompts scored, per-image noise (about 35 minutes).
 
+`--stage online-nft-confirm` is the tenth online round (issue 28): the ninth round's choice, DiffusionNFT at 165 steps
+on half the timesteps, on five fresh seeds 900-904 (`trl_rpo.shapes.sweep.NFT_CONFIRM_RECIPES`), 60 train prompts
+scored, per-image noise: the gate to final declared in docs/shapes.md (about 17 minutes).
+
 `--stage step-rewards` is a diagnosis of TailorPO's training signal (issue 28): on 128 train prompts, at every sampler
 step, do the step-wise rewards of two children of one parent order them as the mean final reward of 8 completions of
 each does? (`trl_rpo.shapes.step_reward_check`, `step_reward_check.md`, about 10 minutes; no held-out prompt is
@@ -99,6 +103,8 @@ from trl_rpo.shapes.sweep import (
     DEFAULT_RECIPES,
     DEFAULT_SEED_VARIANTS,
     MASKED_RECIPE_VARIANTS,
+    NFT_CONFIRM_RECIPES,
+    NFT_CONFIRM_SEEDS,
     NFT_LR_RECIPES,
     NFT_LR_SEEDS,
     NFT_ROLLOUT_RECIPES,
@@ -118,7 +124,7 @@ from trl_rpo.shapes.sweep import (
     TAILORPO_WINDOW_RECIPES,
     TAILORPO_WINDOW_SEEDS,
     TIMESTEP_VARIANTS,
-    as_before_round_five,
+    as_declared,
     run_dev_sweep,
     run_online_recipe_sweep,
     run_online_sweep,
@@ -128,18 +134,23 @@ from trl_rpo.shapes.sweep import (
 
 # The online recipe rounds (issue 28) by stage: their recipes and training seeds, the first four replayed with the
 # then-defaults of the fields added since.
+# Each online round as it ran: its recipes (with the demo defaults of its time, `as_declared`) and seeds.
 ONLINE_ROUNDS = {
-    "online-recipes": (as_before_round_five(ONLINE_RECIPES), (0, 1, 2)),
-    "online-batch": (as_before_round_five(ONLINE_BATCH_RECIPES), ONLINE_BATCH_SEEDS),
-    "online-tailorpo": (as_before_round_five(TAILORPO_BATCH_RECIPES), TAILORPO_BATCH_SEEDS),
-    "online-window": (as_before_round_five(TAILORPO_WINDOW_RECIPES), TAILORPO_WINDOW_SEEDS),
-    "online-reward": (ONLINE_REWARD_RECIPES, ONLINE_REWARD_SEEDS),
-    "online-steps": (ONLINE_STEPS_RECIPES, ONLINE_STEPS_SEEDS),
-    "online-lr": (NFT_LR_RECIPES, NFT_LR_SEEDS),
-    "online-lookahead": (TAILORPO_LOOKAHEAD_RECIPES, TAILORPO_LOOKAHEAD_SEEDS),
-    "online-nft-rollouts": (NFT_ROLLOUT_RECIPES, NFT_ROLLOUT_SEEDS),
-}
-PER_IMAGE_NOISE_STAGES = ("online-lr", "online-lookahead", "online-nft-rollouts")
+    stage: (as_declared(recipes, number), seeds)
+    for number, (stage, recipes, seeds) in enumerate([
+        ("online-recipes", ONLINE_RECIPES, (0, 1, 2)),
+        ("online-batch", ONLINE_BATCH_RECIPES, ONLINE_BATCH_SEEDS),
+        ("online-tailorpo", TAILORPO_BATCH_RECIPES, TAILORPO_BATCH_SEEDS),
+        ("online-window", TAILORPO_WINDOW_RECIPES, TAILORPO_WINDOW_SEEDS),
+        ("online-reward", ONLINE_REWARD_RECIPES, ONLINE_REWARD_SEEDS),
+        ("online-steps", ONLINE_STEPS_RECIPES, ONLINE_STEPS_SEEDS),
+        ("online-lr", NFT_LR_RECIPES, NFT_LR_SEEDS),
+        ("online-lookahead", TAILORPO_LOOKAHEAD_RECIPES, TAILORPO_LOOKAHEAD_SEEDS),
+        ("online-nft-rollouts", NFT_ROLLOUT_RECIPES, NFT_ROLLOUT_SEEDS),
+        ("online-nft-confirm", NFT_CONFIRM_RECIPES, NFT_CONFIRM_SEEDS),
+    ], start=1)
+}  # fmt: skip
+PER_IMAGE_NOISE_STAGES = ("online-lr", "online-lookahead", "online-nft-rollouts", "online-nft-confirm")
 ROUNDS_WITHOUT_TRAIN_PROMPTS = ("online-recipes", "online-batch", "online-tailorpo", "online-window", "online-reward")
 
 

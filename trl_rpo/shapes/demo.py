@@ -186,9 +186,10 @@ class DemoConfig:
     )
     grpo_reward: str = field(default="soft_alignment_score", metadata={"help": "The reward GRPO optimizes."})
     nft_reward: str = field(default="alignment_score", metadata={"help": "The reward DiffusionNFT optimizes."})
-    nft_steps: int = field(default=120, metadata={"help": "DiffusionNFT optimizer steps per run (the sixth round's)."})
+    # DiffusionNFT's budget: the ninth online round's choice (dev, seeds 800-802): more rollouts in the same seconds.
+    nft_steps: int = field(default=165, metadata={"help": "DiffusionNFT optimizer steps per run (the ninth round's)."})
     nft_timestep_fraction: float = field(
-        default=1.0, metadata={"help": "DiffusionNFT: fraction of the rollout's timesteps each image is trained at."}
+        default=0.5, metadata={"help": "DiffusionNFT: fraction of the rollout's timesteps each image is trained at."}
     )
     nft_num_iterations: int = field(default=1, metadata={"help": "DiffusionNFT optimizer steps per rollout."})
     nft_old_policy_decay: float = field(

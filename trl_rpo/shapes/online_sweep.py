@@ -28,6 +28,8 @@ __all__ = [
     "ONLINE_STEPS_SEEDS",
     "TAILORPO_BATCH_RECIPES",
     "TAILORPO_BATCH_SEEDS",
+    "NFT_CONFIRM_RECIPES",
+    "NFT_CONFIRM_SEEDS",
     "NFT_LR_RECIPES",
     "NFT_LR_SEEDS",
     "NFT_ROLLOUT_RECIPES",
@@ -36,7 +38,7 @@ __all__ = [
     "TAILORPO_LOOKAHEAD_SEEDS",
     "TAILORPO_WINDOW_RECIPES",
     "TAILORPO_WINDOW_SEEDS",
-    "as_before_round_five",
+    "as_declared",
     "format_online_recipe_sweep",
     "format_online_sweep",
     "run_online_recipe_sweep",
@@ -263,19 +265,34 @@ NFT_ROLLOUT_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
             "195 steps, 3 of 10 timesteps": {"nft_steps": 195, "nft_timestep_fraction": 0.3}},
 }  # fmt: skip
 NFT_ROLLOUT_SEEDS: tuple[int, ...] = (800, 801, 802)
-_ONLINE_TRAINERS = {"tailorpo": train_tailorpo, "grpo": train_grpo, "nft": train_nft}
-# What the fields added by the fifth round held before it (every online method on `alignment_score`, TailorPO on 5
-# random steps), for replaying the first four rounds as they ran.
-_BEFORE_ROUND_FIVE = {
-    "tailorpo": {"tailorpo_reward": "alignment_score", "tailorpo_window_start": 0.0},
-    "grpo": {"grpo_reward": "alignment_score"},
-    "nft": {"nft_reward": "alignment_score"},
+# The tenth online round (issue 28), DiffusionNFT only: the ninth round's choice (165 steps at half the timesteps, the
+# demo's since) replicated on five fresh seeds, 900-904, 60 train prompts scored, per-image noise. Nothing is chosen:
+# it is a gate to final, declared before it runs (docs/shapes.md): the gain over the five seeds (the study's two-level
+# bootstrap) must have its dev interval above zero and its train-prompt gain above zero.
+NFT_CONFIRM_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "nft": {"demo: 165 steps, half the timesteps (the ninth round's choice)": {}},
 }
+NFT_CONFIRM_SEEDS: tuple[int, ...] = (900, 901, 902, 903, 904)
+_ONLINE_TRAINERS = {"tailorpo": train_tailorpo, "grpo": train_grpo, "nft": train_nft}
+# Demo defaults that a round's choice changed: (the round that changed them, method, the values before). A round
+# replays with the values of its time (`as_declared`).
+_CHANGED_DEFAULTS: tuple[tuple[int, str, dict[str, Any]], ...] = (
+    (5, "tailorpo", {"tailorpo_reward": "alignment_score", "tailorpo_window_start": 0.0}),
+    (5, "grpo", {"grpo_reward": "alignment_score"}),
+    (5, "nft", {"nft_reward": "alignment_score"}),
+    (6, "nft", {"nft_steps": 40}),
+    (9, "nft", {"nft_steps": 120, "nft_timestep_fraction": 1.0}),
+)
 
 
-def as_before_round_five(recipes: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """A round declared before the fifth, with the then-defaults of the fields added since under each recipe."""
-    return {method: {name: {**_BEFORE_ROUND_FIVE[method], **overrides} for name, overrides in variants.items()}
+def as_declared(recipes: dict[str, dict[str, dict[str, Any]]], round: int) -> dict[str, dict[str, dict[str, Any]]]:
+    """Online round `round`'s recipes as it ran: under each, the demo defaults of its time for the fields a later
+    round's choice changed (the earliest change's value wins); a recipe's own overrides win over both."""
+    then: dict[str, dict[str, Any]] = {}
+    for changed_by, method, values in sorted(_CHANGED_DEFAULTS, key=lambda change: -change[0]):
+        if changed_by >= round:
+            then.setdefault(method, {}).update(values)
+    return {method: {name: {**then.get(method, {}), **overrides} for name, overrides in variants.items()}
             for method, variants in recipes.items()}  # fmt: skip
 
 
@@ -336,10 +353,13 @@ def run_online_recipe_sweep(
                                              "dev_scores": scorer.scores[run]["dev"]}  # fmt: skip
                 if train_prompts:
                     train = scorer.compare(run, "base", "train").to_dict()
-                    row["by_seed"][str(seed)].update(train_gain=train["gain"], train_gain_ci=train["gain_ci"])
+                    row["by_seed"][str(seed)].update(train_gain=train["gain"], train_gain_ci=train["gain_ci"],
+                                                     train_scores=scorer.scores[run]["train"])  # fmt: skip
             gains = [e["gain"] for e in row["by_seed"].values()]
             row.update(mean_gain=round(sum(gains) / len(gains), 4), min_gain=min(gains), max_gain=max(gains),
                        **_pooled_gain(row, scorer.scores["base"]["dev"]))  # fmt: skip
+            if train_prompts:
+                row.update(_pooled_gain(row, scorer.scores["base"]["train"], "train"))
             rows.append(row)
             log(format_online_recipe_sweep({"rows": [row], "chosen": {}}).splitlines()[-1])
         best = max(range(first, len(rows)), key=lambda i: (rows[i]["min_gain"], -i))
@@ -348,18 +368,22 @@ def run_online_recipe_sweep(
                "min over seeds of the dev gain", "base_dev_alignment": scorer.mean("base", "dev"),
                "base_dev_scores": scorer.scores["base"]["dev"], "dev_prompts": sets["dev"][0],
                "config": dataclasses.asdict(config)}  # fmt: skip
+    if train_prompts:
+        results.update(base_train_scores=scorer.scores["base"]["train"], train_prompts=sets["train"][0])
     return _write_sweep(output_dir, "online_recipes", results, format_online_recipe_sweep(results), log)
 
 
-def _pooled_gain(row: dict[str, Any], base_scores: list[list[float]]) -> dict[str, Any]:
-    """A recipe's dev gain over all its training seeds at once: the study's two-level bootstrap over seeds and
-    prompts (`trl_rpo.statistics.hierarchical_bootstrap`), on the per-image scores each seed's entry keeps."""
+def _pooled_gain(row: dict[str, Any], base_scores: list[list[float]], prompts: str = "dev") -> dict[str, Any]:
+    """A recipe's gain over all its training seeds at once on the `prompts` set ("dev" or "train"): the study's
+    two-level bootstrap over seeds and prompts (`trl_rpo.statistics.hierarchical_bootstrap`), on the per-image
+    scores each seed's entry keeps (`pooled_*`; `pooled_train_*` for the train prompts)."""
     from ..statistics import hierarchical_bootstrap
 
-    runs = [entry["dev_scores"] for entry in row["by_seed"].values()]
+    runs = [entry[f"{prompts}_scores"] for entry in row["by_seed"].values()]
     result = hierarchical_bootstrap(runs, [base_scores] * len(runs), seed=0)
-    return {"pooled_gain": round(result.gain, 4), "pooled_ci": [round(v, 4) for v in result.ci],
-            "pooled_p": round(result.p_value, 4)}  # fmt: skip
+    prefix = "pooled" if prompts == "dev" else f"pooled_{prompts}"
+    return {f"{prefix}_gain": round(result.gain, 4), f"{prefix}_ci": [round(v, 4) for v in result.ci],
+            f"{prefix}_p": round(result.p_value, 4)}  # fmt: skip
 
 
 def format_online_recipe_sweep(results: dict[str, Any]) -> str:
@@ -380,6 +404,9 @@ def format_online_recipe_sweep(results: dict[str, Any]) -> str:
         mark = " **(chosen)**" if results["chosen"].get(row["method"]) == row["recipe"] else ""
         if all("train_gain" in e for e in entries):  # the paired gain on train prompts, per seed
             cells += "; train: " + ", ".join(f"{e['train_gain']:+.3f}" for e in entries)
+            if "pooled_train_ci" in row:
+                low, high = row["pooled_train_ci"]
+                cells += f" (over seeds {row['pooled_train_gain']:+.3f} [{low:+.3f}, {high:+.3f}])"
         pooled = ""
         if "pooled_ci" in row:  # sweeps written before the pooled interval have none
             low, high = row["pooled_ci"]

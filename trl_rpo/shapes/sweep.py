@@ -50,10 +50,12 @@ __all__ = [
     "TAILORPO_LOOKAHEAD_SEEDS",
     "TAILORPO_WINDOW_RECIPES",
     "TAILORPO_WINDOW_SEEDS",
-    "as_before_round_five",
+    "as_declared",
     "ONLINE_RECIPES",
     "ONLINE_REWARD_RECIPES",
     "ONLINE_REWARD_SEEDS",
+    "NFT_CONFIRM_RECIPES",
+    "NFT_CONFIRM_SEEDS",
     "NFT_LR_RECIPES",
     "NFT_LR_SEEDS",
     "NFT_ROLLOUT_RECIPES",
@@ -463,6 +465,8 @@ def edit_survival(
 
 # The online-method sweeps live in `online_sweep` (imported last: it uses the helpers above).
 from .online_sweep import (  # noqa: E402
+    NFT_CONFIRM_RECIPES,
+    NFT_CONFIRM_SEEDS,
     NFT_LR_RECIPES,
     NFT_LR_SEEDS,
     NFT_ROLLOUT_RECIPES,
@@ -481,7 +485,7 @@ from .online_sweep import (  # noqa: E402
     TAILORPO_LOOKAHEAD_SEEDS,
     TAILORPO_WINDOW_RECIPES,
     TAILORPO_WINDOW_SEEDS,
-    as_before_round_five,
+    as_declared,
     format_online_recipe_sweep,
     format_online_sweep,
     run_online_recipe_sweep,
