@@ -295,7 +295,7 @@ def test_online_recipe_sweep_trains_every_recipe_with_every_seed_and_chooses_by_
     recipes = {"nft": {"a": {}, "b": {"nft_learning_rate": 1e-2, "nft_batch_size": 8,
                                       "nft_reward": "soft_alignment_score"}}, "grpo": {"only": {}}}  # fmt: skip
     results = sweep.run_online_recipe_sweep(config, tmp_path / "rec", recipes=recipes, seeds=(0, 1), dev_prompts=4,
-                                            log=lambda _: None, train_prompts=3)  # fmt: skip
+                                            log=lambda _: None, train_prompts=3, dev2_prompts=2)  # fmt: skip
     assert [(r["method"], r["recipe"]) for r in results["rows"]] == [("nft", "a"), ("nft", "b"), ("grpo", "only")]
     for row in results["rows"]:
         gains = [e["gain"] for e in row["by_seed"].values()]
@@ -315,7 +315,9 @@ def test_online_recipe_sweep_trains_every_recipe_with_every_seed_and_chooses_by_
 
     row = results["rows"][0]
     runs = [entry["dev_scores"] for entry in row["by_seed"].values()]
-    assert np.asarray(runs).shape == (2, 1, 4) and np.asarray(results["base_dev_scores"]).shape == (1, 4)
+    assert np.asarray(runs).shape == (2, 1, 6) and np.asarray(results["base_dev_scores"]).shape == (1, 6)
+    # the dev set is dev's prompts, then dev2's (the old test split), and no other split's
+    assert results["dev_prompts"] == prompts(4, seed=0, split="dev") + prompts(2, seed=0, split="dev2")
     pooled = hierarchical_bootstrap(runs, [results["base_dev_scores"]] * 2, seed=0)
     assert row["pooled_gain"] == pytest.approx(pooled.gain, abs=1e-4)
     assert row["pooled_gain"] == pytest.approx(row["mean_gain"], abs=1e-4)  # every seed scores the same images

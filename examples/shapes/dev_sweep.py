@@ -80,6 +80,10 @@ seeds 800-802, the same rule, 60 train prompts scored, per-image noise (about 35
 on half the timesteps, on five fresh seeds 900-904 (`trl_rpo.shapes.sweep.NFT_CONFIRM_RECIPES`), 60 train prompts
 scored, per-image noise: the gate to final declared in docs/shapes.md (about 17 minutes).
 
+`--stage online-nft-power` is the eleventh online round (issue 28): the tenth's recipe on fresh seeds 1000-1004,
+scored on the 60 dev and 120 dev2 prompts (`trl_rpo.shapes.sweep.NFT_POWER_SEEDS`), the gate to final declared in
+docs/shapes.md (about 18 minutes).
+
 `--stage step-rewards` is a diagnosis of TailorPO's training signal (issue 28): on 128 train prompts, at every sampler
 step, do the step-wise rewards of two children of one parent order them as the mean final reward of 8 completions of
 each does? (`trl_rpo.shapes.step_reward_check`, `step_reward_check.md`, about 10 minutes; no held-out prompt is
@@ -107,6 +111,8 @@ from trl_rpo.shapes.sweep import (
     NFT_CONFIRM_SEEDS,
     NFT_LR_RECIPES,
     NFT_LR_SEEDS,
+    NFT_POWER_RECIPES,
+    NFT_POWER_SEEDS,
     NFT_ROLLOUT_RECIPES,
     NFT_ROLLOUT_SEEDS,
     ONLINE_BATCH_RECIPES,
@@ -148,9 +154,13 @@ ONLINE_ROUNDS = {
         ("online-lookahead", TAILORPO_LOOKAHEAD_RECIPES, TAILORPO_LOOKAHEAD_SEEDS),
         ("online-nft-rollouts", NFT_ROLLOUT_RECIPES, NFT_ROLLOUT_SEEDS),
         ("online-nft-confirm", NFT_CONFIRM_RECIPES, NFT_CONFIRM_SEEDS),
+        ("online-nft-power", NFT_POWER_RECIPES, NFT_POWER_SEEDS),
     ], start=1)
 }  # fmt: skip
-PER_IMAGE_NOISE_STAGES = ("online-lr", "online-lookahead", "online-nft-rollouts", "online-nft-confirm")
+PER_IMAGE_NOISE_STAGES = ("online-lr", "online-lookahead", "online-nft-rollouts", "online-nft-confirm",
+                          "online-nft-power")  # fmt: skip
+# Rounds scored on the dev2 prompts too (that many, beside dev's 60).
+DEV2_PROMPTS = {"online-nft-power": 120}
 ROUNDS_WITHOUT_TRAIN_PROMPTS = ("online-recipes", "online-batch", "online-tailorpo", "online-window", "online-reward")
 
 
@@ -203,7 +213,8 @@ def main() -> None:
         else:
             run_online_recipe_sweep(DemoConfig(model=args.model, **noise, eval_seeds=(0, 1, 2)), args.output_dir,
                                     recipes=recipes, seeds=seeds,
-                                    train_prompts=0 if args.stage in ROUNDS_WITHOUT_TRAIN_PROMPTS else 60)
+                                    train_prompts=0 if args.stage in ROUNDS_WITHOUT_TRAIN_PROMPTS else 60,
+                                    dev2_prompts=DEV2_PROMPTS.get(args.stage, 0))  # fmt: skip
         return
     if args.stage == "step-rewards":
         from trl_rpo.shapes.step_reward_check import run_step_reward_check
