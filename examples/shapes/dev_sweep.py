@@ -138,8 +138,6 @@ from trl_rpo.shapes.sweep import (
     run_seed_sweep,
 )
 
-# The online recipe rounds (issue 28) by stage: their recipes and training seeds, the first four replayed with the
-# then-defaults of the fields added since.
 # Each online round as it ran: its recipes (with the demo defaults of its time, `as_declared`) and seeds.
 ONLINE_ROUNDS = {
     stage: (as_declared(recipes, number), seeds)

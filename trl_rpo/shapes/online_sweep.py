@@ -31,9 +31,9 @@ __all__ = [
     "NFT_CONFIRM_RECIPES",
     "NFT_CONFIRM_SEEDS",
     "NFT_LR_RECIPES",
+    "NFT_LR_SEEDS",
     "NFT_POWER_RECIPES",
     "NFT_POWER_SEEDS",
-    "NFT_LR_SEEDS",
     "NFT_ROLLOUT_RECIPES",
     "NFT_ROLLOUT_SEEDS",
     "TAILORPO_LOOKAHEAD_RECIPES",
@@ -294,12 +294,12 @@ _CHANGED_DEFAULTS: tuple[tuple[int, str, dict[str, Any]], ...] = (
 )
 
 
-def as_declared(recipes: dict[str, dict[str, dict[str, Any]]], round: int) -> dict[str, dict[str, dict[str, Any]]]:
-    """Online round `round`'s recipes as it ran: under each, the demo defaults of its time for the fields a later
+def as_declared(recipes: dict[str, dict[str, dict[str, Any]]], number: int) -> dict[str, dict[str, dict[str, Any]]]:
+    """Online round `number`'s recipes as it ran: under each, the demo defaults of its time for the fields a later
     round's choice changed (the earliest change's value wins); a recipe's own overrides win over both."""
     then: dict[str, dict[str, Any]] = {}
     for changed_by, method, values in sorted(_CHANGED_DEFAULTS, key=lambda change: -change[0]):
-        if changed_by >= round:
+        if changed_by >= number:
             then.setdefault(method, {}).update(values)
     return {method: {name: {**then.get(method, {}), **overrides} for name, overrides in variants.items()}
             for method, variants in recipes.items()}  # fmt: skip
