@@ -49,13 +49,17 @@ def _complete(trainer, latents, start: int, cond, uncond, generator) -> torch.Te
     return latents
 
 
+def _share(agree: int, decided: int, prefix: str) -> dict[str, Any]:
+    """`agree` of `decided` pairs as a share with its Wilson 95% interval (None when nothing was decided)."""
+    return {f"{prefix}agreement": agree / decided if decided else None,
+            f"{prefix}agreement_ci": wilson_interval(agree, decided)}  # fmt: skip
+
+
 def _agreement(gap_a: torch.Tensor, gap_b: torch.Tensor, prefix: str) -> dict[str, Any]:
     """How often two score gaps of the same pairs have the same sign, among the pairs neither ties."""
     both = (gap_a != 0) & (gap_b != 0)
     agree, decided = int(((gap_a.sign() == gap_b.sign()) & both).sum()), int(both.sum())
-    return {f"{prefix}agree": agree, f"{prefix}decided": decided,
-            f"{prefix}agreement": agree / decided if decided else None,
-            f"{prefix}agreement_ci": wilson_interval(agree, decided)}  # fmt: skip
+    return {f"{prefix}agree": agree, f"{prefix}decided": decided, **_share(agree, decided, prefix)}
 
 
 @torch.no_grad()
@@ -124,9 +128,7 @@ def run_step_reward_check(
     totals: dict[str, Any] = {}
     for prefix in ("", "lookahead_", "split_half_"):
         agree = sum(r.get(f"{prefix}agree", 0) for r in rows)
-        decided = sum(r.get(f"{prefix}decided", 0) for r in rows)
-        totals.update({f"{prefix}agreement": agree / decided if decided else None,
-                       f"{prefix}agreement_ci": wilson_interval(agree, decided)})  # fmt: skip
+        totals.update(_share(agree, sum(r.get(f"{prefix}decided", 0) for r in rows), prefix))
     results = {
         "rows": rows, **totals, "prompts": len(prompts), "continuations": continuations,
         "seed": seed, "note": "train prompts, the untrained demo TailorPO; 0.5 = the step-wise ranking says nothing "
