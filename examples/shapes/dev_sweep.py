@@ -84,6 +84,10 @@ scored, per-image noise: the gate to final declared in docs/shapes.md (about 17 
 scored on the 60 dev and 120 dev2 prompts (`trl_rpo.shapes.sweep.NFT_POWER_SEEDS`), the gate to final declared in
 docs/shapes.md (about 18 minutes).
 
+`--stage online-nft-noises` is the twelfth online round (issue 28): the same recipe on fresh seeds 1100-1104, scored
+on the 60 dev, 120 dev2 and 60 train prompts with eight noises each (`trl_rpo.shapes.sweep.NFT_NOISE_SEEDS`), the
+gate to final declared in docs/shapes.md (about 27 minutes).
+
 `--stage step-rewards` is a diagnosis of TailorPO's training signal (issue 28): on 128 train prompts, at every sampler
 step, do the step-wise rewards of two children of one parent order them as the mean final reward of 8 completions of
 each does? (`trl_rpo.shapes.step_reward_check`, `step_reward_check.md`, about 10 minutes; no held-out prompt is
@@ -100,6 +104,7 @@ arm by the same rule (the highest lowest-seed dev gain); it resumes in the same 
 """
 
 import argparse
+from typing import NamedTuple
 
 from trl_rpo.shapes.arm_sweep import ARM_RECIPES, run_arm_sweep
 from trl_rpo.shapes.demo import DemoConfig
@@ -111,6 +116,9 @@ from trl_rpo.shapes.sweep import (
     NFT_CONFIRM_SEEDS,
     NFT_LR_RECIPES,
     NFT_LR_SEEDS,
+    NFT_NOISE_PER_PROMPT,
+    NFT_NOISE_RECIPES,
+    NFT_NOISE_SEEDS,
     NFT_POWER_RECIPES,
     NFT_POWER_SEEDS,
     NFT_ROLLOUT_RECIPES,
@@ -138,28 +146,39 @@ from trl_rpo.shapes.sweep import (
     run_seed_sweep,
 )
 
-# Each online round as it ran: its recipes (with the demo defaults of its time, `as_declared`) and seeds.
+
+class OnlineRound(NamedTuple):
+    """An online round as it ran: its recipes (with the demo defaults of its time, `as_declared`), training seeds and
+    evaluation: one noise per evaluation seed for all prompts (before the seventh round) or one per image, whether 60
+    train prompts were scored, how many dev2 prompts joined dev's 60, and the evaluation seeds (noises per prompt)."""
+
+    recipes: dict
+    seeds: tuple[int, ...]
+    per_image_noise: bool = True
+    train_prompts: int = 60
+    dev2_prompts: int = 0
+    eval_seeds: tuple[int, ...] = (0, 1, 2)
+
+
+_EARLY = {"per_image_noise": False, "train_prompts": 0}  # the first five rounds
 ONLINE_ROUNDS = {
-    stage: (as_declared(recipes, number), seeds)
-    for number, (stage, recipes, seeds) in enumerate([
-        ("online-recipes", ONLINE_RECIPES, (0, 1, 2)),
-        ("online-batch", ONLINE_BATCH_RECIPES, ONLINE_BATCH_SEEDS),
-        ("online-tailorpo", TAILORPO_BATCH_RECIPES, TAILORPO_BATCH_SEEDS),
-        ("online-window", TAILORPO_WINDOW_RECIPES, TAILORPO_WINDOW_SEEDS),
-        ("online-reward", ONLINE_REWARD_RECIPES, ONLINE_REWARD_SEEDS),
-        ("online-steps", ONLINE_STEPS_RECIPES, ONLINE_STEPS_SEEDS),
-        ("online-lr", NFT_LR_RECIPES, NFT_LR_SEEDS),
-        ("online-lookahead", TAILORPO_LOOKAHEAD_RECIPES, TAILORPO_LOOKAHEAD_SEEDS),
-        ("online-nft-rollouts", NFT_ROLLOUT_RECIPES, NFT_ROLLOUT_SEEDS),
-        ("online-nft-confirm", NFT_CONFIRM_RECIPES, NFT_CONFIRM_SEEDS),
-        ("online-nft-power", NFT_POWER_RECIPES, NFT_POWER_SEEDS),
+    stage: OnlineRound(as_declared(recipes, number), seeds, **evaluation)
+    for number, (stage, recipes, seeds, evaluation) in enumerate([
+        ("online-recipes", ONLINE_RECIPES, (0, 1, 2), _EARLY),
+        ("online-batch", ONLINE_BATCH_RECIPES, ONLINE_BATCH_SEEDS, _EARLY),
+        ("online-tailorpo", TAILORPO_BATCH_RECIPES, TAILORPO_BATCH_SEEDS, _EARLY),
+        ("online-window", TAILORPO_WINDOW_RECIPES, TAILORPO_WINDOW_SEEDS, _EARLY),
+        ("online-reward", ONLINE_REWARD_RECIPES, ONLINE_REWARD_SEEDS, _EARLY),
+        ("online-steps", ONLINE_STEPS_RECIPES, ONLINE_STEPS_SEEDS, {"per_image_noise": False}),
+        ("online-lr", NFT_LR_RECIPES, NFT_LR_SEEDS, {}),
+        ("online-lookahead", TAILORPO_LOOKAHEAD_RECIPES, TAILORPO_LOOKAHEAD_SEEDS, {}),
+        ("online-nft-rollouts", NFT_ROLLOUT_RECIPES, NFT_ROLLOUT_SEEDS, {}),
+        ("online-nft-confirm", NFT_CONFIRM_RECIPES, NFT_CONFIRM_SEEDS, {}),
+        ("online-nft-power", NFT_POWER_RECIPES, NFT_POWER_SEEDS, {"dev2_prompts": 120}),
+        ("online-nft-noises", NFT_NOISE_RECIPES, NFT_NOISE_SEEDS,
+         {"dev2_prompts": 120, "eval_seeds": tuple(range(NFT_NOISE_PER_PROMPT))}),
     ], start=1)
 }  # fmt: skip
-PER_IMAGE_NOISE_STAGES = ("online-lr", "online-lookahead", "online-nft-rollouts", "online-nft-confirm",
-                          "online-nft-power")  # fmt: skip
-# Rounds scored on the dev2 prompts too (that many, beside dev's 60).
-DEV2_PROMPTS = {"online-nft-power": 120}
-ROUNDS_WITHOUT_TRAIN_PROMPTS = ("online-recipes", "online-batch", "online-tailorpo", "online-window", "online-reward")
 
 
 def main() -> None:
@@ -183,7 +202,8 @@ def main() -> None:
     args = parser.parse_args()
     # Every stage before the seventh online round scored dev with one noise per evaluation seed, shared by all
     # prompts; they replay as they ran. Later stages use per-image noise (DemoConfig.per_image_noise).
-    noise = {} if args.stage in PER_IMAGE_NOISE_STAGES else {"per_image_noise": False}
+    online = ONLINE_ROUNDS.get(args.stage)
+    noise = {} if online and online.per_image_noise else {"per_image_noise": False}
     # The stages before `timesteps` drew t uniformly (as their tables in docs/shapes.md did); `timesteps` sets it
     # per variant.
     uniform = {} if args.stage == "timesteps" else {"dpo_timestep_bias_strategy": "none"}
@@ -202,17 +222,15 @@ def main() -> None:
         run_online_sweep(config, args.output_dir, steps=(1, 2) if args.quick else (40, 160),
                          dev_prompts=8 if args.quick else 60)  # fmt: skip
         return
-    if args.stage in ONLINE_ROUNDS:
-        recipes, seeds = ONLINE_ROUNDS[args.stage]
+    if online:
         if args.quick:  # one recipe per method, tiny budgets: a smoke test of the stage
-            first = {m: dict(list(v.items())[:1]) for m, v in recipes.items()}
+            first = {m: dict(list(v.items())[:1]) for m, v in online.recipes.items()}
             run_online_recipe_sweep(DemoConfig.quick(model=args.model, **noise), args.output_dir, recipes=first,
-                                    seeds=seeds[:2], dev_prompts=8)  # fmt: skip
+                                    seeds=online.seeds[:2], dev_prompts=8)  # fmt: skip
         else:
-            run_online_recipe_sweep(DemoConfig(model=args.model, **noise, eval_seeds=(0, 1, 2)), args.output_dir,
-                                    recipes=recipes, seeds=seeds,
-                                    train_prompts=0 if args.stage in ROUNDS_WITHOUT_TRAIN_PROMPTS else 60,
-                                    dev2_prompts=DEV2_PROMPTS.get(args.stage, 0))  # fmt: skip
+            run_online_recipe_sweep(DemoConfig(model=args.model, **noise, eval_seeds=online.eval_seeds),
+                                    args.output_dir, recipes=online.recipes, seeds=online.seeds,
+                                    train_prompts=online.train_prompts, dev2_prompts=online.dev2_prompts)  # fmt: skip
         return
     if args.stage == "step-rewards":
         from trl_rpo.shapes.step_reward_check import run_step_reward_check
