@@ -27,7 +27,7 @@ $(DEV_STAMP): $(VENV)/.torch setup.py constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
-# The main job on the embedded default: every method on the shapes world's shipped base model (12 min, 703 s measured, on 2 CPU cores).
+# The main job on the embedded default: every method on the shapes world's shipped base model (14 min: 834 s measured on 2 CPU cores, a quiet machine).
 demo: $(DEMO_STAMP)
 	$(VENV)/bin/trl-rpo demo $(DEMO_ARGS)
 

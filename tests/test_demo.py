@@ -679,3 +679,66 @@ def test_every_online_round_replays_with_the_nft_budget_it_ran_with():
     (confirm,) = rounds["online-nft-confirm"][0]["nft"].values()
     assert confirm == {} and (DemoConfig().nft_steps, DemoConfig().nft_timestep_fraction) == (165, 0.5)
     assert rounds["online-nft-confirm"][1] == (900, 901, 902, 903, 904)
+
+
+def _dev_sweep_rounds():
+    import runpy
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "shapes" / "dev_sweep.py"
+    return runpy.run_path(str(path), run_name="dev_sweep")["ONLINE_ROUNDS"]
+
+
+def test_online_rounds_replay_with_the_evaluation_they_ran_with():
+    rounds = _dev_sweep_rounds()
+    early = ("online-recipes", "online-batch", "online-tailorpo", "online-window", "online-reward")
+    for stage, entry in rounds.items():
+        # shared noise before the seventh round, train prompts from the sixth, dev2 only in the eleventh and twelfth
+        assert entry.per_image_noise == (stage not in (*early, "online-steps")), stage
+        assert entry.train_prompts == (0 if stage in early else 60), stage
+        assert entry.dev2_prompts == (120 if stage in ("online-nft-power", "online-nft-noises") else 0), stage
+        assert entry.eval_seeds == (tuple(range(8)) if stage == "online-nft-noises" else (0, 1, 2)), stage
+
+
+def test_twelfth_online_round_scores_the_demos_nft_recipe_with_eight_noises_on_fresh_seeds():
+    twelfth = _dev_sweep_rounds()["online-nft-noises"]
+    assert twelfth.recipes == {"nft": {"demo: 165 steps, half the timesteps (the ninth round's choice)": {}}}
+    assert twelfth.seeds == (1100, 1101, 1102, 1103, 1104)
+    assert (twelfth.eval_seeds, twelfth.dev2_prompts, twelfth.train_prompts) == (tuple(range(8)), 120, 60)
+
+
+def test_dev_sweep_runs_an_online_round_with_its_own_evaluation(monkeypatch, tmp_path):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    from trl_rpo.shapes import sweep
+
+    calls = []
+    monkeypatch.setattr(sweep, "run_online_recipe_sweep", lambda config, out, **kw: calls.append((config, kw)))
+    monkeypatch.setattr(sys, "argv", ["dev_sweep.py", "--stage", "online-nft-noises", "--output-dir", str(tmp_path)])
+    path = Path(__file__).resolve().parents[1] / "examples" / "shapes" / "dev_sweep.py"
+    runpy.run_path(str(path), run_name="__main__")
+    ((config, kwargs),) = calls
+    assert config.eval_seeds == tuple(range(8)) and config.per_image_noise
+    assert (kwargs["dev2_prompts"], kwargs["train_prompts"]) == (120, 60)
+    assert kwargs["seeds"] == (1100, 1101, 1102, 1103, 1104)
+
+
+def test_the_fourth_studys_options_file_tests_nft_alone_on_fresh_seeds_with_eight_noises():
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from trl import TrlParser
+
+    from trl_rpo.shapes.study import StudyConfig, study_arguments_class
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "shapes" / "study_nft.yaml"
+    (args,) = TrlParser((study_arguments_class(),)).parse_args_and_config(args=["--config", str(path)])
+    options = {k: v for k, v in asdict(args).items() if v is not None and k not in ("quick", "output_dir")}
+    config = StudyConfig(**options)
+    assert config.comparisons == [("nft", "base")] and config.methods == ("nft",)
+    assert config.training_seeds == (5, 6, 7, 8, 9) and config.eval_seeds == tuple(range(8))
+    assert (config.split, config.eval_prompts, config.recipe) == ("final", 180, {})  # every final prompt, the demo's
+    used = {seed for entry in _dev_sweep_rounds().values() for seed in entry.seeds} | {0, 1, 2, 3, 4}
+    assert used.isdisjoint(config.training_seeds)
