@@ -300,6 +300,7 @@ def test_online_recipe_sweep_trains_every_recipe_with_every_seed_and_chooses_by_
     for row in results["rows"]:
         gains = [e["gain"] for e in row["by_seed"].values()]
         assert list(row["by_seed"]) == ["0", "1"] and row["min_gain"] == min(gains)
+        assert row["rollout_rise"] == sweep.rollout_rise(row["by_seed"].values())["rollout_rise"]
     # A run on the graded reward logs both: the reward it optimizes and its rollouts' alignment_score.
     for name, row in zip("ab", results["rows"][:2]):
         entry = row["by_seed"]["0"]
@@ -742,3 +743,35 @@ def test_the_fourth_studys_options_file_tests_nft_alone_on_fresh_seeds_with_eigh
     assert (config.split, config.eval_prompts, config.recipe) == ("final", 180, {})  # every final prompt, the demo's
     used = {seed for entry in _dev_sweep_rounds().values() for seed in entry.seeds} | {0, 1, 2, 3, 4}
     assert used.isdisjoint(config.training_seeds)
+
+
+def test_rollout_rise_is_the_mean_over_seeds_of_last_minus_first_fifth_with_a_t_interval():
+    from scipy import stats
+
+    from trl_rpo.shapes.sweep import rollout_rise
+
+    entries = [{"rollout_first": 0.60, "rollout_last": 0.65}, {"rollout_first": 0.70, "rollout_last": 0.72},
+               {"rollout_first": 0.50, "rollout_last": 0.49}]  # fmt: skip
+    rises = [0.05, 0.02, -0.01]
+    half = stats.t.ppf(0.975, 2) * stats.tstd(rises) / 3**0.5
+    result = rollout_rise(entries)
+    assert result["rollout_rise"] == pytest.approx(0.02, abs=1e-4)
+    assert result["rollout_rise_ci"] == pytest.approx([0.02 - half, 0.02 + half], abs=1e-4)
+    assert result["rollout_rise_p"] == pytest.approx(stats.ttest_1samp(rises, 0.0).pvalue, abs=1e-4)
+
+
+def test_rollout_rise_of_one_seed_has_no_interval():
+    from trl_rpo.shapes.sweep import rollout_rise
+
+    result = rollout_rise([{"rollout_first": 0.6, "rollout_last": 0.7}])
+    assert result == {"rollout_rise": pytest.approx(0.1), "rollout_rise_ci": None, "rollout_rise_p": None}
+
+
+def test_the_sweep_table_shows_the_rollout_rise_over_seeds():
+    from trl_rpo.shapes.sweep import format_online_recipe_sweep
+
+    entry = {"gain": 0.01, "gain_ci": [-0.01, 0.03], "rollout_first": 0.6, "rollout_last": 0.62, "seconds": 10.0}
+    row = {"method": "nft", "recipe": "demo", "by_seed": {"1": entry}, "min_gain": 0.01, "mean_gain": 0.01,
+           "rollout_rise": 0.02, "rollout_rise_ci": [-0.01, 0.05], "rollout_rise_p": 0.2}  # fmt: skip
+    table = format_online_recipe_sweep({"rows": [row], "chosen": {}})
+    assert "0.600 -> 0.620 (+0.020 [-0.010, +0.050])" in table

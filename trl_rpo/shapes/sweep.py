@@ -75,6 +75,7 @@ __all__ = [
     "format_pair_sweep",
     "format_seed_sweep",
     "format_sweep",
+    "rollout_rise",
     "run_dev_sweep",
     "run_online_recipe_sweep",
     "run_online_sweep",
@@ -498,6 +499,7 @@ from .online_sweep import (  # noqa: E402
     as_declared,
     format_online_recipe_sweep,
     format_online_sweep,
+    rollout_rise,
     run_online_recipe_sweep,
     run_online_sweep,
 )
