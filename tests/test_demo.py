@@ -336,6 +336,12 @@ def test_online_recipe_sweep_trains_every_recipe_with_every_seed_and_chooses_by_
     assert "**(chosen)**" in (tmp_path / "rec" / "online_recipes.md").read_text()
     with pytest.raises(ValueError, match="unknown online methods"):
         sweep.run_online_recipe_sweep(config, tmp_path / "bad", recipes={"ppo": {"x": {}}})
+    # Scored again at the sweep's own steps, the saved models give back the sweep's train scores and gains.
+    again = sweep.rescore_train_prompts(tmp_path / "rec", log=lambda _: None)
+    for row, rescored in zip(results["rows"], again["rows"]):
+        for seed, entry in row["by_seed"].items():
+            assert rescored["by_seed"][seed]["train_scores"] == entry["train_scores"], (row["recipe"], seed)
+        assert rescored["pooled_train_gain"] == row["pooled_train_gain"]
 
 
 def test_second_online_round_pits_each_demo_recipe_against_twice_its_images_per_step_on_seeds_the_study_never_uses():

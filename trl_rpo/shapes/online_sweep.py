@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -46,6 +47,7 @@ __all__ = [
     "as_declared",
     "format_online_recipe_sweep",
     "format_online_sweep",
+    "rescore_train_prompts",
     "rollout_rise",
     "run_online_recipe_sweep",
     "run_online_sweep",
@@ -398,6 +400,50 @@ def run_online_recipe_sweep(
     if train_prompts:
         results.update(base_train_scores=scorer.scores["base"]["train"], train_prompts=sets["train"][0])
     return _write_sweep(output_dir, "online_recipes", results, format_online_recipe_sweep(results), log)
+
+
+def rescore_train_prompts(
+    folder: str | Path, num_inference_steps: int | None = None, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Score a finished online recipe sweep's saved models again on its train prompts and noises, with
+    `num_inference_steps` sampler steps (default: the sweep's own, which reproduces its `train_scores`).
+
+    A diagnosis of "does the reward rise where it trains?": e.g. with the rollouts' step count
+    (`DemoConfig.tailorpo_num_inference_steps`) instead of the evaluation's. Per run, the paired train-prompt gain;
+    per recipe, the gain over its seeds with the study's two-level bootstrap (`pooled_train_*`). Writes nothing.
+    """
+    from ..evaluation import load_trained_pipeline
+    from .model import load_pipeline
+
+    folder = Path(folder)
+    path = folder / "online_recipes.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: pass the folder of a finished run_online_recipe_sweep")
+    results = json.loads(path.read_text(encoding="utf-8"))
+    _quiet_libraries()
+    if "train_prompts" not in results:
+        raise ValueError(f"{path}: the sweep scored no train prompts (train_prompts=0), so there are none to rescore")
+    config = DemoConfig(**results["config"])
+    if num_inference_steps is not None:
+        config = dataclasses.replace(config, num_inference_steps=num_inference_steps)
+    scorer = _Scorer(config, {"train": (results["train_prompts"], config.eval_seeds)})
+    scorer("base", load_pipeline(config.model))
+    base = load_pipeline(config.model)
+    rows, index = [], {}
+    for row in results["rows"]:
+        number = index[row["method"]] = index.get(row["method"], -1) + 1  # run names as the sweep gave them
+        out: dict[str, Any] = {"method": row["method"], "recipe": row["recipe"], "by_seed": {}}
+        for seed in row["by_seed"]:
+            run = f"{row['method']}-{number}-seed{seed}"
+            scorer(run, load_trained_pipeline(folder / "runs" / run, base))
+            out["by_seed"][seed] = {"train_gain": round(scorer.compare(run, "base", "train").gain, 4),
+                                    "train_scores": scorer.scores[run]["train"]}  # fmt: skip
+        out.update(_pooled_gain(out, scorer.scores["base"]["train"], "train"))
+        log(f"{out['method']} {out['recipe']}: train gain over seeds {out['pooled_train_gain']:+.4f} "
+            f"{out['pooled_train_ci']} at {config.num_inference_steps} steps")  # fmt: skip
+        rows.append(out)
+    return {"num_inference_steps": config.num_inference_steps, "base_train_alignment": scorer.mean("base", "train"),
+            "rows": rows}  # fmt: skip
 
 
 def _pooled_gain(row: dict[str, Any], base_scores: list[list[float]], prompts: str = "dev") -> dict[str, Any]:
