@@ -781,3 +781,12 @@ def test_the_sweep_table_shows_the_rollout_rise_over_seeds():
            "rollout_rise": 0.02, "rollout_rise_ci": [-0.01, 0.05], "rollout_rise_p": 0.2}  # fmt: skip
     table = format_online_recipe_sweep({"rows": [row], "chosen": {}})
     assert "0.600 -> 0.620 (+0.020 [-0.010, +0.050])" in table
+
+
+def test_rollout_rise_of_identical_seeds_has_a_defined_p_value():
+    from trl_rpo.shapes.sweep import rollout_rise
+
+    same = [{"rollout_first": 0.5, "rollout_last": 0.5}] * 3
+    assert rollout_rise(same)["rollout_rise_p"] == 1.0
+    up = [{"rollout_first": 0.5, "rollout_last": 0.625}] * 3
+    assert rollout_rise(up)["rollout_rise_p"] == 0.0 and rollout_rise(up)["rollout_rise_ci"] == [0.125, 0.125]

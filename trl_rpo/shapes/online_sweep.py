@@ -428,7 +428,7 @@ def rescore_train_prompts(
         config = dataclasses.replace(config, num_inference_steps=num_inference_steps)
     scorer = _Scorer(config, {"train": (results["train_prompts"], config.eval_seeds)})
     scorer("base", load_pipeline(config.model))
-    base = load_pipeline(config.model)
+    base = load_pipeline(config.model)  # each LoRA on an unscored copy, as the sweep loaded them (scoring converts)
     rows, index = [], {}
     for row in results["rows"]:
         number = index[row["method"]] = index.get(row["method"], -1) + 1  # run names as the sweep gave them
@@ -479,8 +479,8 @@ def rollout_rise(entries: Iterable[dict[str, Any]], confidence_level: float = 0.
     out: dict[str, Any] = {"rollout_rise": round(mean, 4), "rollout_rise_ci": None, "rollout_rise_p": None}
     if len(rises) >= 2:
         half = confidence_interval(rises, confidence_level)
-        spread = max(rises) - min(rises)
-        p_value = 1.0 if spread == 0 and mean == 0 else float(stats.ttest_1samp(rises, 0.0).pvalue)
+        # Identical rises leave the t statistic undefined: p is then 1 for no rise and 0 for any other.
+        p_value = float(stats.ttest_1samp(rises, 0.0).pvalue) if max(rises) > min(rises) else float(mean == 0)
         out.update(rollout_rise_ci=[round(mean - half, 4), round(mean + half, 4)], rollout_rise_p=round(p_value, 4))
     return out
 
