@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -18,6 +19,8 @@ from trl_rpo.shapes.demo import (
     pair_efficacy,
     run_demo,
 )
+
+SHAPES_EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "shapes"
 
 
 def _parse(*argv):
@@ -668,11 +671,7 @@ def test_demo_config_rejects_an_nft_setting_the_trainer_would_refuse(field, valu
 
 
 def test_every_online_round_replays_with_the_nft_budget_it_ran_with():
-    import runpy
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    rounds = runpy.run_path(str(root / "examples" / "shapes" / "dev_sweep.py"), run_name="dev_sweep")["ONLINE_ROUNDS"]
+    rounds = _dev_sweep_rounds()
     ran_with = {"online-recipes": (40, 1.0), "online-batch": (40, 1.0), "online-reward": (40, 1.0),
                 "online-lr": (120, 1.0)}  # fmt: skip
     for stage, budget in ran_with.items():
@@ -690,10 +689,8 @@ def test_every_online_round_replays_with_the_nft_budget_it_ran_with():
 
 def _dev_sweep_rounds():
     import runpy
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "examples" / "shapes" / "dev_sweep.py"
-    return runpy.run_path(str(path), run_name="dev_sweep")["ONLINE_ROUNDS"]
+    return runpy.run_path(str(SHAPES_EXAMPLES / "dev_sweep.py"), run_name="dev_sweep")["ONLINE_ROUNDS"]
 
 
 def test_online_rounds_replay_with_the_evaluation_they_ran_with():
@@ -716,34 +713,26 @@ def test_twelfth_online_round_scores_the_demos_nft_recipe_with_eight_noises_on_f
 
 def test_dev_sweep_runs_an_online_round_with_its_own_evaluation(monkeypatch, tmp_path):
     import runpy
-    import sys
-    from pathlib import Path
 
     from trl_rpo.shapes import sweep
 
     calls = []
     monkeypatch.setattr(sweep, "run_online_recipe_sweep", lambda config, out, **kw: calls.append((config, kw)))
     monkeypatch.setattr(sys, "argv", ["dev_sweep.py", "--stage", "online-nft-noises", "--output-dir", str(tmp_path)])
-    path = Path(__file__).resolve().parents[1] / "examples" / "shapes" / "dev_sweep.py"
-    runpy.run_path(str(path), run_name="__main__")
+    runpy.run_path(str(SHAPES_EXAMPLES / "dev_sweep.py"), run_name="__main__")
     ((config, kwargs),) = calls
     assert config.eval_seeds == tuple(range(8)) and config.per_image_noise
     assert (kwargs["dev2_prompts"], kwargs["train_prompts"]) == (120, 60)
     assert kwargs["seeds"] == (1100, 1101, 1102, 1103, 1104)
 
 
-def test_the_fourth_studys_options_file_tests_nft_alone_on_fresh_seeds_with_eight_noises():
-    from dataclasses import asdict
-    from pathlib import Path
+def test_the_fourth_studys_options_file_tests_nft_alone_on_fresh_seeds_with_eight_noises(monkeypatch, tmp_path):
+    from trl_rpo.shapes import study
 
-    from trl import TrlParser
-
-    from trl_rpo.shapes.study import StudyConfig, study_arguments_class
-
-    path = Path(__file__).resolve().parents[1] / "examples" / "shapes" / "study_nft.yaml"
-    (args,) = TrlParser((study_arguments_class(),)).parse_args_and_config(args=["--config", str(path)])
-    options = {k: v for k, v in asdict(args).items() if v is not None and k not in ("quick", "output_dir")}
-    config = StudyConfig(**options)
+    runs = []  # `trl-rpo study --config FILE` parsed as users run it; the study itself is not run
+    monkeypatch.setattr(study, "run_study", lambda config, output_dir: runs.append(config))
+    assert study.main(["--config", str(SHAPES_EXAMPLES / "study_nft.yaml"), "--output_dir", str(tmp_path)]) == 0
+    (config,) = runs
     assert config.comparisons == [("nft", "base")] and config.methods == ("nft",)
     assert config.training_seeds == (5, 6, 7, 8, 9) and config.eval_seeds == tuple(range(8))
     assert (config.split, config.eval_prompts, config.recipe) == ("final", 180, {})  # every final prompt, the demo's
