@@ -319,6 +319,11 @@ def as_declared(recipes: dict[str, dict[str, dict[str, Any]]], number: int) -> d
             for method, variants in recipes.items()}  # fmt: skip
 
 
+def _run_name(method: str, recipe_index: int, seed: int | str) -> str:
+    """A recipe sweep run's folder under `runs/`: the method, its recipe's index among the method's, the seed."""
+    return f"{method}-{recipe_index}-seed{seed}"
+
+
 def run_online_recipe_sweep(
     config: DemoConfig,
     output_dir: str | Path,
@@ -368,7 +373,7 @@ def run_online_recipe_sweep(
             row: dict[str, Any] = {"method": method, "recipe": name, "overrides": dict(overrides), "by_seed": {}}
             for seed in seeds:
                 variant = dataclasses.replace(config, seed=int(seed), **overrides)
-                run = f"{method}-{len(rows) - first}-seed{seed}"
+                run = _run_name(method, len(rows) - first, seed)
                 start = time.perf_counter()
                 trainer = _ONLINE_TRAINERS[method](variant, output_dir, run)
                 seconds = time.perf_counter() - start
@@ -434,7 +439,7 @@ def rescore_train_prompts(
         number = index[row["method"]] = index.get(row["method"], -1) + 1  # run names as the sweep gave them
         out: dict[str, Any] = {"method": row["method"], "recipe": row["recipe"], "by_seed": {}}
         for seed in row["by_seed"]:
-            run = f"{row['method']}-{number}-seed{seed}"
+            run = _run_name(row["method"], number, seed)
             scorer(run, load_trained_pipeline(folder / "runs" / run, base))
             out["by_seed"][seed] = {"train_gain": round(scorer.compare(run, "base", "train").gain, 4),
                                     "train_scores": scorer.scores[run]["train"]}  # fmt: skip
