@@ -290,6 +290,45 @@ def test_online_sweep_trains_each_online_method_for_each_step_count_and_compares
 
 
 @pytest.mark.slow
+def test_online_recipe_sweep_scores_a_cfg_free_recipe_at_its_guidance_against_both_bases(tmp_path):
+    import dataclasses
+
+    import numpy as np
+
+    from trl_rpo.evaluation import load_trained_pipeline
+    from trl_rpo.shapes import sweep
+    from trl_rpo.shapes.model import load_pipeline
+    from trl_rpo.shapes.stages import _Scorer
+
+    config = DemoConfig.quick(eval_seeds=(0,), num_inference_steps=4, refine_strength=0.0, nft_steps=1,
+                              tailorpo_num_inference_steps=4)  # fmt: skip
+    recipes = {"nft": {"cfg-free": {"online_guidance_scale": 1.0}}}
+    results = sweep.run_online_recipe_sweep(config, tmp_path / "rec", recipes=recipes, seeds=(0, 1), dev_prompts=4,
+                                            log=lambda _: None, train_prompts=3)  # fmt: skip
+    (row,) = results["rows"]
+    base_at_1 = results["base_at_guidance"]["base@1"]["scores"]
+    for entry in row["by_seed"].values():
+        # the primary gain is against the base as the demo samples it (guidance 5)...
+        assert entry["gain"] == pytest.approx(np.mean(entry["dev_scores"]) - np.mean(results["base_dev_scores"]),
+                                              abs=1e-4)  # fmt: skip
+        # ...and the second against the base sampled like the run, CFG-free
+        same = entry["same_guidance"]
+        assert same["guidance_scale"] == 1.0
+        assert same["dev_gain"] == pytest.approx(np.mean(entry["dev_scores"]) - np.mean(base_at_1["dev"]), abs=1e-4)
+        assert same["train_gain"] == pytest.approx(np.mean(entry["train_scores"]) - np.mean(base_at_1["train"]),
+                                                   abs=1e-4)  # fmt: skip
+    # The run's images were sampled at guidance 1: its saved model, rendered CFG-free, gives back its scores.
+    scorer = _Scorer(dataclasses.replace(config, guidance_scale=1.0), {"dev": (results["dev_prompts"], (0,))})
+    scorer("base", load_pipeline(config.model))
+    scorer("run", load_trained_pipeline(tmp_path / "rec" / "runs" / "nft-0-seed0", base=load_pipeline(config.model)))
+    assert scorer.scores["run"]["dev"] == row["by_seed"]["0"]["dev_scores"]
+    assert scorer.scores["base"]["dev"] == base_at_1["dev"]
+    same_gains = [e["same_guidance"]["dev_gain"] for e in row["by_seed"].values()]
+    assert row["same_guidance"]["same_gain"] == pytest.approx(np.mean(same_gains), abs=1e-4)
+    assert "against the base at guidance 1: dev" in (tmp_path / "rec" / "online_recipes.md").read_text()
+
+
+@pytest.mark.slow
 def test_online_recipe_sweep_trains_every_recipe_with_every_seed_and_chooses_by_the_lowest_seed_gain(tmp_path):
     from trl_rpo.shapes import sweep
 
@@ -660,6 +699,34 @@ def test_the_demos_nft_recipe_reaches_the_trainer(tmp_path, monkeypatch):
     assert (args.learning_rate, args.max_steps, args.per_device_train_batch_size) == (1e-4, 4, 4)
 
 
+def test_the_demos_nft_guided_loss_reaches_the_trainer(tmp_path, monkeypatch):
+    from trl_rpo.shapes import stages
+
+    monkeypatch.setattr(stages, "_train_and_save", lambda trainer: trainer)
+    assert stages.train_nft(DemoConfig.quick(nft_guided_loss=True), tmp_path).args.guided_loss
+    assert not stages.train_nft(DemoConfig.quick(), tmp_path / "b").args.guided_loss
+
+
+@pytest.mark.parametrize("online_guidance_scale", [None, 1.0])
+def test_online_rows_roll_out_at_online_guidance_scale_and_the_rest_at_guidance_scale(
+    tmp_path, monkeypatch, online_guidance_scale
+):
+    from trl_rpo.shapes import stages
+
+    monkeypatch.setattr(stages, "_train_and_save", lambda trainer: trainer)
+    config = DemoConfig.quick(guidance_scale=4.0, online_guidance_scale=online_guidance_scale)
+    expected = 4.0 if online_guidance_scale is None else online_guidance_scale
+    assert stages.online_guidance(config) == expected
+    for train in (stages.train_tailorpo, stages.train_grpo, stages.train_nft):
+        assert train(config, tmp_path, "run").args.guidance_scale == expected, train.__name__
+    assert stages._sampling(config)["guidance_scale"] == 4.0  # evaluation and pair building keep the demo's
+
+
+def test_demo_config_rejects_a_non_positive_online_guidance_scale():
+    with pytest.raises(ValueError, match="online_guidance_scale"):
+        DemoConfig(online_guidance_scale=0.0)
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("nft_timestep_fraction", 0.0), ("nft_timestep_fraction", 1.5), ("nft_num_iterations", 0),
@@ -697,11 +764,13 @@ def test_online_rounds_replay_with_the_evaluation_they_ran_with():
     rounds = _dev_sweep_rounds()
     early = ("online-recipes", "online-batch", "online-tailorpo", "online-window", "online-reward")
     for stage, entry in rounds.items():
-        # shared noise before the seventh round, train prompts from the sixth, dev2 only in the eleventh and twelfth
+        # shared noise before the seventh round, train prompts from the sixth, dev2 from the eleventh, eight noises
+        # from the twelfth
+        eight = ("online-nft-noises", "online-nft-cfg-free")
         assert entry.per_image_noise == (stage not in (*early, "online-steps")), stage
         assert entry.train_prompts == (0 if stage in early else 60), stage
-        assert entry.dev2_prompts == (120 if stage in ("online-nft-power", "online-nft-noises") else 0), stage
-        assert entry.eval_seeds == (tuple(range(8)) if stage == "online-nft-noises" else (0, 1, 2)), stage
+        assert entry.dev2_prompts == (120 if stage in ("online-nft-power", *eight) else 0), stage
+        assert entry.eval_seeds == (tuple(range(8)) if stage in eight else (0, 1, 2)), stage
 
 
 def test_twelfth_online_round_scores_the_demos_nft_recipe_with_eight_noises_on_fresh_seeds():
@@ -709,6 +778,16 @@ def test_twelfth_online_round_scores_the_demos_nft_recipe_with_eight_noises_on_f
     assert twelfth.recipes == {"nft": {"demo: 165 steps, half the timesteps (the ninth round's choice)": {}}}
     assert twelfth.seeds == (1100, 1101, 1102, 1103, 1104)
     assert (twelfth.eval_seeds, twelfth.dev2_prompts, twelfth.train_prompts) == (tuple(range(8)), 120, 60)
+
+
+def test_thirteenth_online_round_runs_the_demos_nft_recipe_cfg_free_on_fresh_seeds():
+    thirteenth = _dev_sweep_rounds()["online-nft-cfg-free"]
+    ((name, recipe),) = thirteenth.recipes["nft"].items()
+    assert recipe == {"online_guidance_scale": 1.0}  # one change from the demo's recipe
+    assert thirteenth.seeds == (1400, 1401, 1402, 1403, 1404)
+    earlier = {s for stage, r in _dev_sweep_rounds().items() if stage != "online-nft-cfg-free" for s in r.seeds}
+    assert not earlier & set(thirteenth.seeds)
+    assert (thirteenth.eval_seeds, thirteenth.dev2_prompts, thirteenth.train_prompts) == (tuple(range(8)), 120, 60)
 
 
 def test_dev_sweep_runs_an_online_round_with_its_own_evaluation(monkeypatch, tmp_path):

@@ -158,6 +158,34 @@ def test_old_policy_decay_keeps_a_copy_that_samples_and_moves_by_the_decay(tmp_p
     assert all(torch.equal(a, b) for a, b in zip(trainer._trainable_parameters, after))  # swapped back
 
 
+def test_guided_loss_trains_the_classifier_free_guided_prediction(tmp_path):
+    trainer = make_trainer(tmp_path, guided_loss=True, guidance_scale=3.0)
+    cond, uncond = trainer.encode_conditioning(["a red square", "a blue circle"])
+    config = trainer.pipeline.unet.config
+    noisy = torch.randn(2, config.in_channels, config.sample_size, config.sample_size,
+                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    timesteps = torch.tensor([500, 200])
+    unet = trainer.model
+    c_out = trainer.unet_forward(unet, noisy, timesteps, cond).float()
+    u_out = trainer.unet_forward(unet, noisy, timesteps, uncond).float()
+    guided = trainer.trained_prediction(unet, noisy, timesteps, cond, uncond)
+    assert torch.allclose(guided, u_out + 3.0 * (c_out - u_out), atol=1e-5)
+    assert torch.equal(trainer.trained_prediction(unet, noisy, timesteps, cond), c_out)  # NFT's CFG-free default
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
+def test_guided_loss_changes_the_update_only_where_rollouts_use_guidance(tmp_path, guidance_scale):
+    def trained(guided_loss):
+        torch.manual_seed(0)
+        trainer = make_trainer(tmp_path / str(guided_loss), guided_loss=guided_loss, guidance_scale=guidance_scale,
+                               learning_rate=5e-2)  # fmt: skip
+        trainer.train()
+        return [p.detach().clone() for p in trainer._trainable_parameters]
+
+    same = all(torch.equal(a, b) for a, b in zip(trained(False), trained(True)))
+    assert same == (guidance_scale == 1.0)
+
+
 def test_nft_raises_brightness_and_lowers_it_when_the_sign_flips(tmp_path):
     def darkness(images, prompts, **kwargs):
         return [-b for b in brightness(images, prompts)]

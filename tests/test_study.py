@@ -84,6 +84,7 @@ class _Fakes:
 
     def __init__(self, monkeypatch, kill_at=None):
         self.trained: list[tuple[str, int]] = []
+        self.guidance: dict[str, float | None] = {}  # method -> the guidance it was last scored at (None: config's)
         self.kill_at = kill_at
         monkeypatch.setattr(stages, "build_pair_sets", lambda config, base, out: {
             "rpo_pairs": [0] * 3, "reward_pairs": [0] * 2, "best_of_4_pairs": [0],
@@ -97,9 +98,9 @@ class _Fakes:
         self.trained.append((method, config.seed))
         return (method, config.seed), {"steps": 1}
 
-    @staticmethod
-    def score(pipeline, prompts, eval_seeds, config):
+    def score(self, pipeline, prompts, eval_seeds, config, guidance_scale=None):
         method, seed = pipeline
+        self.guidance[method] = guidance_scale
         offset = {"base": 0.0, "dpo_rpo_pairs": 0.35, "dpo_reward_pairs": 0.1}.get(method, 0.0)
         rng = np.random.default_rng(zlib.crc32(f"{method}:{seed}".encode()))
         bits = [["".join("1" if rng.random() < 0.5 + offset else "0" for _ in range(6)) for _ in prompts]
@@ -130,6 +131,16 @@ def test_study_resumes_after_a_kill_without_retraining_finished_seeds(monkeypatc
     assert len(resumed.trained) == 2 * len(config.methods)
     assert (tmp_path / "seeds" / "seed-0.json").stat().st_mtime_ns == finished
     assert not list(tmp_path.rglob(".*.tmp"))  # atomic writes leave no temporary file
+
+
+@pytest.mark.parametrize("online_guidance_scale", [None, 1.0])
+def test_study_samples_the_online_methods_at_the_recipes_online_guidance(monkeypatch, tmp_path, online_guidance_scale):
+    fakes = _Fakes(monkeypatch)
+    config = _config(training_seeds=(0,), methods=("dpo_rpo_pairs", "nft"), primary="nft vs base", secondary=(),
+                     recipe={"online_guidance_scale": online_guidance_scale})  # fmt: skip
+    run_study(config, tmp_path, progress=False, log=lambda m: None, train=fakes.train)
+    assert fakes.guidance == {"base": None, "dpo_rpo_pairs": None,
+                              "nft": None if online_guidance_scale is None else 1.0}  # fmt: skip
 
 
 def test_study_refuses_to_resume_with_another_config(monkeypatch, tmp_path):

@@ -88,6 +88,11 @@ docs/shapes.md (about 18 minutes).
 on the 60 dev, 120 dev2 and 60 train prompts with eight noises each (`trl_rpo.shapes.sweep.NFT_NOISE_SEEDS`), the
 gate to final declared in docs/shapes.md (about 27 minutes).
 
+`--stage online-nft-cfg-free` is the thirteenth online round (issue 28): the demo's NFT recipe CFG-free (rollouts
+and evaluation images at guidance 1, `trl_rpo.shapes.sweep.NFT_CFG_FREE_RECIPES`) on fresh seeds 1400-1404, scored as
+the twelfth round against the base at the demo's guidance and at guidance 1; the reward-rise test and the gate to
+final declared in docs/shapes.md (about 25 minutes).
+
 `--stage step-rewards` is a diagnosis of TailorPO's training signal (issue 28): on 128 train prompts, at every sampler
 step, do the step-wise rewards of two children of one parent order them as the mean final reward of 8 completions of
 each does? (`trl_rpo.shapes.step_reward_check`, `step_reward_check.md`, about 10 minutes; no held-out prompt is
@@ -112,6 +117,8 @@ from trl_rpo.shapes.sweep import (
     DEFAULT_RECIPES,
     DEFAULT_SEED_VARIANTS,
     MASKED_RECIPE_VARIANTS,
+    NFT_CFG_FREE_RECIPES,
+    NFT_CFG_FREE_SEEDS,
     NFT_CONFIRM_RECIPES,
     NFT_CONFIRM_SEEDS,
     NFT_LR_RECIPES,
@@ -176,6 +183,8 @@ ONLINE_ROUNDS = {
         ("online-nft-confirm", NFT_CONFIRM_RECIPES, NFT_CONFIRM_SEEDS, {}),
         ("online-nft-power", NFT_POWER_RECIPES, NFT_POWER_SEEDS, {"dev2_prompts": 120}),
         ("online-nft-noises", NFT_NOISE_RECIPES, NFT_NOISE_SEEDS,
+         {"dev2_prompts": 120, "eval_seeds": tuple(range(NFT_NOISE_PER_PROMPT))}),
+        ("online-nft-cfg-free", NFT_CFG_FREE_RECIPES, NFT_CFG_FREE_SEEDS,
          {"dev2_prompts": 120, "eval_seeds": tuple(range(NFT_NOISE_PER_PROMPT))}),
     ], start=1)
 }  # fmt: skip

@@ -67,6 +67,8 @@ __all__ = [
 
 METHODS = ("base", "dpo_reward_pairs", "dpo_best_of_4", "dpo_rpo_pairs", "dpo_rpo_pairs_reward_recipe", "tailorpo",
            "tailorpo_final", "grpo", "nft")  # fmt: skip
+# The online rows: their rollouts and evaluation images use `online_guidance_scale` when it is set.
+ONLINE_ROWS = ("tailorpo", "tailorpo_final", "grpo", "nft")
 # Paired comparisons reported besides "each method vs base": (a, b) means a - b.
 COMPARISONS = (("dpo_rpo_pairs", "dpo_reward_pairs"), ("dpo_rpo_pairs", "dpo_best_of_4"),
                ("dpo_rpo_pairs_reward_recipe", "dpo_reward_pairs"), ("tailorpo", "tailorpo_final"),
@@ -104,6 +106,11 @@ class DemoConfig:
     )  # fmt: skip
     num_inference_steps: int = field(default=20, metadata={"help": "DDIM steps of evaluation and pair generation."})
     guidance_scale: float = field(default=5.0, metadata={"help": "Classifier-free guidance scale."})
+    online_guidance_scale: float | None = field(
+        default=None,
+        metadata={"help": "Guidance of the online rows' rollouts and of their trained models' images; None: "
+                          "guidance_scale. 1.0 trains and samples CFG-free, as DiffusionNFT does."},
+    )  # fmt: skip
     image_budget: int = field(
         default=512, metadata={"help": "Generated images per pair set (RPO, reward-labelled, best-of-4)."}
     )
@@ -195,6 +202,9 @@ class DemoConfig:
     nft_old_policy_decay: float = field(
         default=0.0, metadata={"help": "DiffusionNFT: old (sampling) policy <- decay * old + (1 - decay) * current."}
     )
+    nft_guided_loss: bool = field(
+        default=False, metadata={"help": "DiffusionNFT: train the guided prediction its rollouts sample."}
+    )
     grid_prompts: int = field(default=8, metadata={"help": "Test prompts (columns) of grid.png."})
 
     def __post_init__(self):
@@ -231,6 +241,8 @@ class DemoConfig:
                              f"{self.nft_timestep_fraction} and {self.nft_num_iterations}")  # fmt: skip
         if not 0.0 <= self.nft_old_policy_decay < 1.0:
             raise ValueError(f"nft_old_policy_decay must be in [0, 1), got {self.nft_old_policy_decay}")
+        if self.online_guidance_scale is not None and self.online_guidance_scale <= 0:
+            raise ValueError(f"online_guidance_scale must be positive or None, got {self.online_guidance_scale}")
         if self.image_budget < 2:
             raise ValueError(f"image_budget must be at least 2 (one reward-labelled pair), got {self.image_budget}")
         if not 0.0 <= self.refine_strength <= 1.0:
@@ -347,7 +359,8 @@ def run_demo(
 
     def evaluate(method: str, pipeline, pairs: int, seconds: float, **extra: Any) -> None:
         bar.set_postfix_str(f"evaluating {method}")
-        eval_seconds = scorer(method, pipeline)
+        # The online rows sample their trained models as their rollouts did (`online_guidance_scale`).
+        eval_seconds = scorer(method, pipeline, config.online_guidance_scale if method in ONLINE_ROWS else None)
         rows.append({"method": method, "alignment": round(scorer.mean(method, "final"), 4), "pairs": int(pairs),
                      "seconds": round(seconds, 1), "eval_seconds": round(eval_seconds, 1), **extra})  # fmt: skip
         bar.update(1)

@@ -122,8 +122,14 @@ def _curve(log_history: list[dict[str, float]], key: str) -> list[tuple[float, f
     return [(entry["step"], entry[key]) for entry in log_history if key in entry and "step" in entry]
 
 
-def _sampling(config: DemoConfig) -> dict[str, Any]:
-    return {"num_inference_steps": config.num_inference_steps, "guidance_scale": config.guidance_scale}
+def _sampling(config: DemoConfig, guidance_scale: float | None = None) -> dict[str, Any]:
+    guidance = config.guidance_scale if guidance_scale is None else float(guidance_scale)
+    return {"num_inference_steps": config.num_inference_steps, "guidance_scale": guidance}
+
+
+def online_guidance(config: DemoConfig) -> float:
+    """The guidance of the online rows' rollouts and evaluation images: `online_guidance_scale`, else the demo's."""
+    return config.guidance_scale if config.online_guidance_scale is None else float(config.online_guidance_scale)
 
 
 def _common_args(config: DemoConfig, output_dir: Path, name: str) -> dict[str, Any]:
@@ -277,7 +283,7 @@ def tailorpo_trainer(config: DemoConfig, output_dir: Path, name: str, pairing: s
         args=TailorPOConfig(
             max_steps=config.tailorpo_steps, per_device_train_batch_size=config.tailorpo_batch_size,
             learning_rate=config.tailorpo_learning_rate, num_inference_steps=config.tailorpo_num_inference_steps,
-            guidance_scale=config.guidance_scale, num_candidates=config.num_candidates, pairing=pairing,
+            guidance_scale=online_guidance(config), num_candidates=config.num_candidates, pairing=pairing,
             **({"step_reward_estimate": config.tailorpo_step_reward_estimate} if pairing != "final" else {}),
             **({"timestep_selection": "window", "timestep_window_start": config.tailorpo_window_start,
                 "timestep_window_end": config.tailorpo_window_end}
@@ -303,7 +309,7 @@ def train_grpo(config: DemoConfig, output_dir: Path, name: str = "grpo"):
         args=DiffusionGRPOConfig(
             max_steps=config.tailorpo_steps, num_generations=config.grpo_num_generations,
             per_device_train_batch_size=config.grpo_batch_size, learning_rate=config.grpo_learning_rate,
-            num_inference_steps=config.tailorpo_num_inference_steps, guidance_scale=config.guidance_scale,
+            num_inference_steps=config.tailorpo_num_inference_steps, guidance_scale=online_guidance(config),
             timestep_fraction=config.grpo_timestep_fraction, timestep_sampling=config.grpo_timestep_sampling,
             **_common_args(config, output_dir, name),
         ),
@@ -317,7 +323,7 @@ def train_nft(config: DemoConfig, output_dir: Path, name: str = "nft"):
     """A `DiffusionNFTTrainer` run: GRPO's group size and rollout steps, deterministic (ODE) rollouts, its own
     reward, steps, learning rate, images per step, trained timesteps, steps per rollout and old-policy decay
     (`nft_reward`, `nft_steps`, `nft_learning_rate`, `nft_batch_size`, `nft_timestep_fraction`,
-    `nft_num_iterations`, `nft_old_policy_decay`)."""
+    `nft_num_iterations`, `nft_old_policy_decay`, `nft_guided_loss`)."""
     from ..trainer import DiffusionNFTConfig, DiffusionNFTTrainer
     from .model import load_pipeline
 
@@ -327,9 +333,9 @@ def train_nft(config: DemoConfig, output_dir: Path, name: str = "nft"):
         args=DiffusionNFTConfig(
             max_steps=config.nft_steps, num_generations=config.grpo_num_generations,
             per_device_train_batch_size=config.nft_batch_size, learning_rate=config.nft_learning_rate,
-            num_inference_steps=config.tailorpo_num_inference_steps, guidance_scale=config.guidance_scale,
+            num_inference_steps=config.tailorpo_num_inference_steps, guidance_scale=online_guidance(config),
             timestep_fraction=config.nft_timestep_fraction, num_iterations=config.nft_num_iterations,
-            old_policy_decay=config.nft_old_policy_decay,
+            old_policy_decay=config.nft_old_policy_decay, guided_loss=config.nft_guided_loss,
             **_common_args(config, output_dir, name),
         ),
         train_dataset=online_prompts(config),
@@ -381,7 +387,9 @@ class _Scorer:
         self.base_detector_bits: dict[str, list[list[str]]] = {}  # set -> [seed][prompt], alignment_score's checks
         self._base: dict[str, Any] = {}  # set -> the base's EvaluationResult
 
-    def __call__(self, method: str, pipeline) -> float:
+    def __call__(self, method: str, pipeline, guidance_scale: float | None = None) -> float:
+        """Render and score `pipeline` on every set; returns the seconds. `guidance_scale` samples it at another
+        guidance than the config's (a CFG-free online row); it is still paired with the base at the config's."""
         from ..evaluation import compare_with_base, evaluate_pipeline
         from .analysis import analyze
         from .evaluate import alignment_score, check_attributes
@@ -394,8 +402,11 @@ class _Scorer:
             # Per-image noise (the default): with one noise per seed, every prompt's image of a seed starts alike,
             # so the images are not independent draws and the paired intervals come out too narrow.
             kwargs = dict(seeds=seeds, batch_size=64, per_image_noise=self.config.per_image_noise,
-                          **_sampling(self.config))  # fmt: skip
+                          **_sampling(self.config, guidance_scale))  # fmt: skip
             if method == "base":
+                if guidance_scale is not None and float(guidance_scale) != self.config.guidance_scale:
+                    raise ValueError("the base is scored at the config's guidance; score it at another under "
+                                     "another name (e.g. 'base@1')")  # fmt: skip
                 result = self._base[name] = evaluate_pipeline(pipeline, prompts, alignment_score, return_images=True,
                                                               **kwargs)  # fmt: skip
             else:

@@ -231,7 +231,8 @@ def train_method(method: str, config: DemoConfig, pair_sets: dict[str, Any] | No
     return trainer.pipeline, info
 
 
-def score_pipeline(pipeline, prompts: Sequence[str], eval_seeds: Sequence[int], config: DemoConfig) -> dict[str, Any]:
+def score_pipeline(pipeline, prompts: Sequence[str], eval_seeds: Sequence[int], config: DemoConfig,
+                   guidance_scale: float | None = None) -> dict[str, Any]:
     """Render `eval_seeds x prompts` images, each with its own noise, and score each by both judges.
 
     Returns `[noise][prompt]` lists: `alignment_score`, `judge_alignment`, `judge_strict`, and the attribute
@@ -241,7 +242,7 @@ def score_pipeline(pipeline, prompts: Sequence[str], eval_seeds: Sequence[int], 
     from .analysis import analyze
     from .evaluate import check_attributes
     from .judge import attribute_bits, bits_score, judge_attributes
-    from .stages import prepare_for_scoring
+    from .stages import _sampling, prepare_for_scoring
     from .world import parse_prompt
 
     prepare_for_scoring(pipeline)
@@ -249,7 +250,7 @@ def score_pipeline(pipeline, prompts: Sequence[str], eval_seeds: Sequence[int], 
         k: [] for k in ("alignment_score", *ENDPOINTS[1:], "detector_bits", "judge_bits")
     }
     scenes = [parse_prompt(p) for p in prompts]
-    sampling = {"num_inference_steps": config.num_inference_steps, "guidance_scale": config.guidance_scale}
+    sampling = _sampling(config, guidance_scale)  # another guidance: a CFG-free online row (online_guidance_scale)
     for seed in eval_seeds:
         images = generate_images(pipeline, prompts, seed, batch_size=64, per_image_noise=True, **sampling)
         detector = [attribute_bits(check_attributes(analyze(image), scene)) for image, scene in zip(images, scenes)]
@@ -337,6 +338,7 @@ def run_study(
     import torch
     from tqdm.auto import tqdm
 
+    from .demo import ONLINE_ROWS
     from .model import load_pipeline
     from .stages import _quiet_libraries, build_pair_sets
     from .world import prompts as shape_prompts
@@ -387,7 +389,8 @@ def run_study(
             start = time.perf_counter()
             pipeline, info = train(method, demo_config, pair_sets, work)
             train_seconds = time.perf_counter() - start
-            scores = score_pipeline(pipeline, prompts, config.eval_seeds, demo_config)
+            guidance = demo_config.online_guidance_scale if method in ONLINE_ROWS else None
+            scores = score_pipeline(pipeline, prompts, config.eval_seeds, demo_config, guidance)
             record["methods"][method] = {**info, "train_seconds": round(train_seconds, 1),
                                          "eval_seconds": round(time.perf_counter() - start - train_seconds, 1),
                                          "scores": scores}  # fmt: skip

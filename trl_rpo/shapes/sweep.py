@@ -59,6 +59,8 @@ __all__ = [
     "NFT_LR_RECIPES",
     "NFT_POWER_RECIPES",
     "NFT_POWER_SEEDS",
+    "NFT_CFG_FREE_RECIPES",
+    "NFT_CFG_FREE_SEEDS",
     "NFT_NOISE_PER_PROMPT",
     "NFT_NOISE_RECIPES",
     "NFT_NOISE_SEEDS",
@@ -472,6 +474,8 @@ def edit_survival(
 
 # The online-method sweeps live in `online_sweep` (imported last: it uses the helpers above).
 from .online_sweep import (  # noqa: E402
+    NFT_CFG_FREE_RECIPES,
+    NFT_CFG_FREE_SEEDS,
     NFT_CONFIRM_RECIPES,
     NFT_CONFIRM_SEEDS,
     NFT_LR_RECIPES,

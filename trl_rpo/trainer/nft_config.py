@@ -28,7 +28,13 @@ class DiffusionNFTConfig(GroupRolloutConfig):
             images, so any solver works; the loss never evaluates a likelihood.
         guidance_scale (`float`, *optional*, defaults to `4.5`):
             Classifier-free guidance of rollouts. The loss trains the conditional prediction only (NFT is
-            CFG-free in training); `1.0` also samples without guidance.
+            CFG-free in training) unless `guided_loss`; `1.0` also samples without guidance.
+        guided_loss (`bool`, *optional*, defaults to `False`):
+            Train the guided prediction the rollouts sample (`uncond + guidance_scale (cond - uncond)`, both branches
+            with gradients; twice the denoiser compute) instead of the conditional one. NFT trains CFG-free and
+            samples its trained model without guidance; a model that is sampled *with* guidance gets, CFG-free, an
+            update of its conditional branch regressed on guided samples it does not itself predict. No effect at a
+            scale where rollouts run no CFG.
         nft_beta (`float`, *optional*, defaults to `1.0`):
             NFT's :math:`\beta`: how far the implicit positive / negative policies sit from the sampling policy
             (`v+ = beta v + (1 - beta) v_old`); its SD3.5 configs use 1.0 and 0.1.
@@ -60,6 +66,10 @@ class DiffusionNFTConfig(GroupRolloutConfig):
     adv_clip_max: float = field(default=5.0, metadata={"help": "Advantage clip and loss scale (NFT's 5)."})
     adaptive_weighting: bool = field(
         default=True, metadata={"help": "Divide squared x0 errors by their detached mean absolute error."}
+    )
+    guided_loss: bool = field(
+        default=False,
+        metadata={"help": "Train the CFG-guided prediction rollouts sample, not the conditional one (NFT's)."},
     )
     old_policy_decay: float = field(
         default=0.0, metadata={"help": "Old (sampling) policy <- decay * old + (1 - decay) * current per rollout."}

@@ -150,18 +150,26 @@ class DiffusionNFTTrainer(GroupRolloutTrainer):
         noisy = self.model_adapter.add_noise(x0, noise, timesteps)
         return x0, noisy, timesteps, rollout.prompt_index.repeat(len(steps))
 
+    def trained_prediction(self, unet, noisy, timesteps, cond, uncond=None) -> torch.Tensor:
+        """The prediction the loss trains: the conditional one (NFT's CFG-free training), or with `uncond` (under
+        `guided_loss`) the classifier-free guided one that rollouts sample."""
+        if uncond is None:
+            return self.unet_forward(unet, noisy, timesteps, cond).float()
+        return self.guided_prediction(unet, noisy, timesteps, cond, uncond)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         args = self.args
         cond, uncond, rollout, fresh = self._step_rollout(inputs, mode)
 
         x0, noisy, timesteps, index = self.forward_process(rollout)
-        c = {k: v[index] for k, v in cond.items()}  # CFG-free: the conditional prediction is trained
+        c = {k: v[index] for k, v in cond.items()}
+        u = {k: v[index] for k, v in uncond.items()} if args.guided_loss else None
         old_output = None
         if self._old_params is not None:  # before the policy's pass: its graph keeps the current weights
             with torch.no_grad(), self.old_policy() as old:
-                old_output = self.unet_forward(old, noisy, timesteps, c).float()
-        output = self.unet_forward(model, noisy, timesteps, c).float()
+                old_output = self.trained_prediction(old, noisy, timesteps, c, u)
+        output = self.trained_prediction(model, noisy, timesteps, c, u)
         if old_output is None:  # the old policy is the current one
             old_output = output.detach()
         policy_x0 = self.predict_x0(output, noisy, timesteps)
@@ -174,7 +182,7 @@ class DiffusionNFTTrainer(GroupRolloutTrainer):
         dims = tuple(range(1, output.ndim))
         if self._measure_kl(mode, args.beta > 0):
             with torch.no_grad(), self.reference_model() as reference:
-                ref_output = self.unet_forward(reference, noisy, timesteps, c).float()
+                ref_output = self.trained_prediction(reference, noisy, timesteps, c, u)
             kl = ((output if args.beta > 0 else output.detach()) - ref_output).pow(2).mean(dim=dims)
             if args.beta > 0:
                 loss = loss + args.beta * kl.mean()
