@@ -661,6 +661,35 @@ def test_the_demo_scores_each_prompt_from_its_own_noise():
     assert np.array_equal(*images[False])
 
 
+def test_a_cfg_free_online_row_is_scored_at_its_own_guidance_and_the_others_at_the_demos():
+    from trl_rpo.shapes.stages import ONLINE_ROWS, evaluation_guidance
+
+    assert set(ONLINE_ROWS) == set(METHODS) - {"base"} - {m for m in METHODS if m.startswith("dpo_")}
+    config = DemoConfig(online_guidance_scale=1.0)
+    assert {m: evaluation_guidance(config, m) for m in METHODS} == {m: 1.0 if m in ONLINE_ROWS else None
+                                                                    for m in METHODS}  # fmt: skip
+    assert all(evaluation_guidance(DemoConfig(), m) is None for m in METHODS)
+
+
+def test_the_scorer_samples_a_model_at_the_guidance_it_is_given_and_the_base_only_at_the_configs():
+    import numpy as np
+
+    from trl_rpo.shapes.model import load_pipeline
+    from trl_rpo.shapes.stages import _Scorer
+
+    config = DemoConfig.quick(num_inference_steps=3, refine_strength=0.0)
+    scorer = _Scorer(config, {"final": (prompts(2, 0, "final"), (0,))})
+    scorer("base", load_pipeline())
+    for name, guidance in (("same", None), ("guided", config.guidance_scale), ("cfg-free", 1.0)):
+        scorer(name, load_pipeline(), guidance)
+    images = {name: [np.asarray(image) for image in scorer.images[name]] for name in scorer.images}
+    assert all(np.array_equal(a, b) for a, b in zip(images["base"], images["same"]))
+    assert all(np.array_equal(a, b) for a, b in zip(images["base"], images["guided"]))
+    assert not np.array_equal(images["base"][0], images["cfg-free"][0])
+    with pytest.raises(ValueError, match="base@1"):
+        scorer("base", load_pipeline(), 1.0)
+
+
 def test_every_online_round_trains_with_seeds_no_other_round_or_study_used():
     import importlib
 

@@ -48,6 +48,7 @@ from .stages import (
     _quiet_libraries,
     _Scorer,
     build_pair_sets,
+    evaluation_guidance,
     parse_dpo_recipe,
     train_dpo_arm,
     train_grpo,
@@ -67,8 +68,6 @@ __all__ = [
 
 METHODS = ("base", "dpo_reward_pairs", "dpo_best_of_4", "dpo_rpo_pairs", "dpo_rpo_pairs_reward_recipe", "tailorpo",
            "tailorpo_final", "grpo", "nft")  # fmt: skip
-# The online rows: their rollouts and evaluation images use `online_guidance_scale` when it is set.
-ONLINE_ROWS = ("tailorpo", "tailorpo_final", "grpo", "nft")
 # Paired comparisons reported besides "each method vs base": (a, b) means a - b.
 COMPARISONS = (("dpo_rpo_pairs", "dpo_reward_pairs"), ("dpo_rpo_pairs", "dpo_best_of_4"),
                ("dpo_rpo_pairs_reward_recipe", "dpo_reward_pairs"), ("tailorpo", "tailorpo_final"),
@@ -360,7 +359,7 @@ def run_demo(
     def evaluate(method: str, pipeline, pairs: int, seconds: float, **extra: Any) -> None:
         bar.set_postfix_str(f"evaluating {method}")
         # The online rows sample their trained models as their rollouts did (`online_guidance_scale`).
-        eval_seconds = scorer(method, pipeline, config.online_guidance_scale if method in ONLINE_ROWS else None)
+        eval_seconds = scorer(method, pipeline, evaluation_guidance(config, method))
         rows.append({"method": method, "alignment": round(scorer.mean(method, "final"), 4), "pairs": int(pairs),
                      "seconds": round(seconds, 1), "eval_seconds": round(eval_seconds, 1), **extra})  # fmt: skip
         bar.update(1)

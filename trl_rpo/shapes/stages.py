@@ -127,9 +127,19 @@ def _sampling(config: DemoConfig, guidance_scale: float | None = None) -> dict[s
     return {"num_inference_steps": config.num_inference_steps, "guidance_scale": guidance}
 
 
+# The online rows of the demo and the study: rollouts and evaluation images at `online_guidance_scale` when it is set.
+ONLINE_ROWS = ("tailorpo", "tailorpo_final", "grpo", "nft")
+
+
 def online_guidance(config: DemoConfig) -> float:
     """The guidance of the online rows' rollouts and evaluation images: `online_guidance_scale`, else the demo's."""
     return config.guidance_scale if config.online_guidance_scale is None else float(config.online_guidance_scale)
+
+
+def evaluation_guidance(config: DemoConfig, method: str) -> float | None:
+    """The guidance a row's trained model is sampled at for scoring, None for the demo's own: a CFG-free online
+    row's images are sampled as its rollouts were (the demo and the study both ask here)."""
+    return config.online_guidance_scale if method in ONLINE_ROWS else None
 
 
 def _common_args(config: DemoConfig, output_dir: Path, name: str) -> dict[str, Any]:

@@ -338,9 +338,8 @@ def run_study(
     import torch
     from tqdm.auto import tqdm
 
-    from .demo import ONLINE_ROWS
     from .model import load_pipeline
-    from .stages import _quiet_libraries, build_pair_sets
+    from .stages import _quiet_libraries, build_pair_sets, evaluation_guidance
     from .world import prompts as shape_prompts
 
     output_dir = Path(output_dir)
@@ -389,7 +388,7 @@ def run_study(
             start = time.perf_counter()
             pipeline, info = train(method, demo_config, pair_sets, work)
             train_seconds = time.perf_counter() - start
-            guidance = demo_config.online_guidance_scale if method in ONLINE_ROWS else None
+            guidance = evaluation_guidance(demo_config, method)
             scores = score_pipeline(pipeline, prompts, config.eval_seeds, demo_config, guidance)
             record["methods"][method] = {**info, "train_seconds": round(train_seconds, 1),
                                          "eval_seconds": round(time.perf_counter() - start - train_seconds, 1),
