@@ -276,6 +276,14 @@ def _run_build_dataset(argv: Sequence[str]) -> int:
     return 0
 
 
+# The option type of a config field (by its annotation) in `trl-rpo demo` / `trl-rpo study`: every override is
+# optional (None = the preset's value), and tuples become lists for the argument parser.
+OPTION_KINDS: dict[str, Any] = {
+    "int": int | None, "float": float | None, "bool": bool | None, "str": str | None, "str | None": str | None,
+    "float | None": float | None, "tuple[int, ...]": list[int] | None, "tuple[str, ...]": list[str] | None,
+}  # fmt: skip
+
+
 def demo_arguments_class() -> type:
     """`trl-rpo demo`'s options: `--quick`, `--output_dir`, and every `DemoConfig` field as an override.
 
@@ -293,14 +301,11 @@ def demo_arguments_class() -> type:
             "help": "New folder for results.json, grid.png, curves.png and the runs (never overwritten); "
             "default: outputs/demo/run-<time>."})),
     ]  # fmt: skip
-    # Every override is optional (None = the preset's value); tuples become lists for the argument parser.
-    kinds = {"int": int | None, "float": float | None, "bool": bool | None, "str": str | None,
-             "str | None": str | None, "tuple[int, ...]": list[int] | None}  # fmt: skip
     for f in fields(DemoConfig):
         default, quick_default = getattr(full, f.name), getattr(quick, f.name)
         preset = f"preset: {default!r}" + ("" if quick_default == default else f"; {quick_default!r} with --quick")
         help_text = f"{f.metadata['help']} ({preset})"
-        specs.append((f.name, kinds[f.type], field(default=None, metadata={"help": help_text})))
+        specs.append((f.name, OPTION_KINDS[f.type], field(default=None, metadata={"help": help_text})))
     return make_dataclass("DemoArguments", specs)
 
 

@@ -536,10 +536,9 @@ def study_arguments_class() -> type:
     recipe field, all defaulting to None ("the preset's value")."""
     from dataclasses import fields, make_dataclass
 
+    from ..cli import OPTION_KINDS as kinds
+
     full, quick = StudyConfig(), StudyConfig.quick()
-    kinds = {"int": int | None, "float": float | None, "bool": bool | None, "str": str | None,
-             "str | None": str | None, "tuple[int, ...]": list[int] | None,
-             "tuple[str, ...]": list[str] | None}  # fmt: skip
     specs: list[tuple[str, Any, Any]] = [
         ("quick", bool, field(default=False, metadata={"help": "Tiny budgets, 2 seeds: a smoke test, not a result."})),
         ("output_dir", str | None, field(default=None, metadata={
