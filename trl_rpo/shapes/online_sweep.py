@@ -393,6 +393,9 @@ def run_online_recipe_sweep(
         first = len(rows)
         for name, overrides in variants.items():
             row: dict[str, Any] = {"method": method, "recipe": name, "overrides": dict(overrides), "by_seed": {}}
+            # A CFG-free recipe samples its models as it trains them, and is also paired with the base sampled so.
+            guidance = online_guidance(dataclasses.replace(config, **overrides))
+            same = _base_at(scorer, load_pipeline, guidance) if guidance != config.guidance_scale else None
             for seed in seeds:
                 variant = dataclasses.replace(config, seed=int(seed), **overrides)
                 run = _run_name(method, len(rows) - first, seed)
@@ -402,7 +405,6 @@ def run_online_recipe_sweep(
                 history = trainer.state.log_history
                 curves = {**_fifths(history, "rewards/alignment_score/mean", "rollout"),
                           **_fifths(history, "reward", "reward")}  # the weighted reward: the one it optimizes
-                guidance = online_guidance(variant)  # a CFG-free recipe samples its model as it trained it
                 scorer(run, trainer.pipeline, guidance)
                 del trainer
                 entry = row["by_seed"][str(seed)] = {**_dev_gain(scorer, run), "seconds": round(seconds, 1), **curves,
@@ -411,24 +413,20 @@ def run_online_recipe_sweep(
                     train = scorer.compare(run, "base", "train").to_dict()
                     entry.update(train_gain=train["gain"], train_gain_ci=train["gain_ci"],
                                  train_scores=scorer.scores[run]["train"])  # fmt: skip
-                if guidance != config.guidance_scale:  # also against the base sampled at the run's guidance
-                    same = _base_at(scorer, load_pipeline, guidance)
+                if same:
                     entry["same_guidance"] = {"guidance_scale": guidance}
-                    for name in sets:
-                        gain = scorer.compare(run, same, name).to_dict()
-                        entry["same_guidance"].update({f"{name}_{k}": gain[k] for k in ("gain", "gain_ci")})
+                    for prompt_set in sets:
+                        gain = scorer.compare(run, same, prompt_set).to_dict()
+                        entry["same_guidance"].update({f"{prompt_set}_{k}": gain[k] for k in ("gain", "gain_ci")})
             gains = [e["gain"] for e in row["by_seed"].values()]
             row.update(mean_gain=round(sum(gains) / len(gains), 4), min_gain=min(gains), max_gain=max(gains),
                        **_pooled_gain(row, scorer.scores["base"]["dev"]))  # fmt: skip
             if train_prompts:
                 row.update(_pooled_gain(row, scorer.scores["base"]["train"], "train"))
-            same = {e["same_guidance"]["guidance_scale"] for e in row["by_seed"].values() if "same_guidance" in e}
             if same:
-                (guidance,) = same  # one recipe, one guidance
-                base_name = _base_at(scorer, load_pipeline, guidance)
                 row["same_guidance"] = {"guidance_scale": guidance, **{
-                    key: value for name in sets
-                    for key, value in _pooled_gain(row, scorer.scores[base_name][name], name, "same").items()
+                    key: value for prompt_set in sets
+                    for key, value in _pooled_gain(row, scorer.scores[same][prompt_set], prompt_set, "same").items()
                 }}  # fmt: skip
             row.update(rollout_rise(row["by_seed"].values()))
             rows.append(row)
