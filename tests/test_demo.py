@@ -795,7 +795,7 @@ def test_online_rounds_replay_with_the_evaluation_they_ran_with():
     for stage, entry in rounds.items():
         # shared noise before the seventh round, train prompts from the sixth, dev2 from the eleventh, eight noises
         # from the twelfth
-        eight = ("online-nft-noises", "online-nft-cfg-free")
+        eight = ("online-nft-noises", "online-nft-cfg-free", "online-nft-guidance-2")
         assert entry.per_image_noise == (stage not in (*early, "online-steps")), stage
         assert entry.train_prompts == (0 if stage in early else 60), stage
         assert entry.dev2_prompts == (120 if stage in ("online-nft-power", *eight) else 0), stage
@@ -817,6 +817,16 @@ def test_thirteenth_online_round_runs_the_demos_nft_recipe_cfg_free_on_fresh_see
     earlier = {s for stage, r in _dev_sweep_rounds().items() if stage != "online-nft-cfg-free" for s in r.seeds}
     assert not earlier & set(thirteenth.seeds)
     assert (thirteenth.eval_seeds, thirteenth.dev2_prompts, thirteenth.train_prompts) == (tuple(range(8)), 120, 60)
+
+
+def test_fourteenth_online_round_runs_the_demos_nft_recipe_at_guidance_2_on_fresh_seeds():
+    fourteenth = _dev_sweep_rounds()["online-nft-guidance-2"]
+    ((name, recipe),) = fourteenth.recipes["nft"].items()
+    assert recipe == {"online_guidance_scale": 2.0}  # one change from the demo's recipe
+    assert fourteenth.seeds == (1500, 1501, 1502, 1503, 1504)
+    earlier = {s for stage, r in _dev_sweep_rounds().items() if stage != "online-nft-guidance-2" for s in r.seeds}
+    assert not earlier & set(fourteenth.seeds)
+    assert (fourteenth.eval_seeds, fourteenth.dev2_prompts, fourteenth.train_prompts) == (tuple(range(8)), 120, 60)
 
 
 def test_dev_sweep_runs_an_online_round_with_its_own_evaluation(monkeypatch, tmp_path):

@@ -93,6 +93,11 @@ and evaluation images at guidance 1, `trl_rpo.shapes.sweep.NFT_CFG_FREE_RECIPES`
 the twelfth round against the base at the demo's guidance and at guidance 1; the reward-rise test and the gate to
 final declared in docs/shapes.md (about 25 minutes).
 
+`--stage online-nft-guidance-2` is the fourteenth online round (issue 28): the demo's NFT recipe with rollouts and
+evaluation images at guidance 2 (`trl_rpo.shapes.sweep.NFT_GUIDANCE2_RECIPES`) on fresh seeds 1500-1504, scored as the
+thirteenth round against the base at the demo's guidance and at guidance 2; the reward-rise test and the gate to
+final declared in docs/shapes.md (about 30 minutes).
+
 `--stage step-rewards` is a diagnosis of TailorPO's training signal (issue 28): on 128 train prompts, at every sampler
 step, do the step-wise rewards of two children of one parent order them as the mean final reward of 8 completions of
 each does? (`trl_rpo.shapes.step_reward_check`, `step_reward_check.md`, about 10 minutes; no held-out prompt is
@@ -121,6 +126,8 @@ from trl_rpo.shapes.sweep import (
     NFT_CFG_FREE_SEEDS,
     NFT_CONFIRM_RECIPES,
     NFT_CONFIRM_SEEDS,
+    NFT_GUIDANCE2_RECIPES,
+    NFT_GUIDANCE2_SEEDS,
     NFT_LR_RECIPES,
     NFT_LR_SEEDS,
     NFT_NOISE_PER_PROMPT,
@@ -185,6 +192,8 @@ ONLINE_ROUNDS = {
         ("online-nft-noises", NFT_NOISE_RECIPES, NFT_NOISE_SEEDS,
          {"dev2_prompts": 120, "eval_seeds": tuple(range(NFT_NOISE_PER_PROMPT))}),
         ("online-nft-cfg-free", NFT_CFG_FREE_RECIPES, NFT_CFG_FREE_SEEDS,
+         {"dev2_prompts": 120, "eval_seeds": tuple(range(NFT_NOISE_PER_PROMPT))}),
+        ("online-nft-guidance-2", NFT_GUIDANCE2_RECIPES, NFT_GUIDANCE2_SEEDS,
          {"dev2_prompts": 120, "eval_seeds": tuple(range(NFT_NOISE_PER_PROMPT))}),
     ], start=1)
 }  # fmt: skip
