@@ -858,6 +858,22 @@ def test_the_fourth_studys_options_file_tests_nft_alone_on_fresh_seeds_with_eigh
     assert used.isdisjoint(config.training_seeds)
 
 
+def test_the_fifth_studys_options_file_tests_nft_at_guidance_2_against_both_bases_on_fresh_seeds(monkeypatch,
+                                                                                                 tmp_path):
+    from trl_rpo.shapes import study
+
+    runs = []
+    monkeypatch.setattr(study, "run_study", lambda config, output_dir: runs.append(config))
+    assert study.main(["--config", str(SHAPES_EXAMPLES / "study_nft_g2.yaml"), "--output_dir", str(tmp_path)]) == 0
+    (config,) = runs
+    assert config.comparisons == [("nft", "base"), ("nft", "base@2")] and config.methods == ("nft",)
+    assert config.recipe == {"online_guidance_scale": 2.0}  # the fourteenth round's one change
+    assert config.training_seeds == (10, 11, 12, 13, 14) and config.eval_seeds == tuple(range(8))
+    assert (config.split, config.eval_prompts) == ("final", 180)
+    used = {seed for entry in _dev_sweep_rounds().values() for seed in entry.seeds} | {0, 1, 2, 3, 4, 5, 6, 7, 8, 9}
+    assert used.isdisjoint(config.training_seeds)
+
+
 def test_rollout_rise_is_the_mean_over_seeds_of_last_minus_first_fifth_with_a_t_interval():
     from scipy import stats
 

@@ -72,6 +72,8 @@ def test_study_declares_primary_first_and_every_method_vs_base():
         ({"recipe": {"dpo_stepz": 3}}, "dpo_stepz"),
         ({"eval_prompts": 500}, "eval_prompts"),
         ({"primary": "dpo_rpo_pairs"}, "A vs B"),
+        ({"primary": "nft vs base@0.5", "methods": ("nft",), "secondary": ()}, "base@0.5"),
+        ({"primary": "nft vs base@two", "methods": ("nft",), "secondary": ()}, "base@two"),
     ],
 )
 def test_study_config_rejects_bad_values_naming_them(overrides, match):
@@ -85,6 +87,7 @@ class _Fakes:
     def __init__(self, monkeypatch, kill_at=None):
         self.trained: list[tuple[str, int]] = []
         self.guidance: dict[str, float | None] = {}  # method -> the guidance it was last scored at (None: config's)
+        self.calls: list[tuple[str, float | None]] = []  # every (method, guidance) scored, in order
         self.kill_at = kill_at
         monkeypatch.setattr(stages, "build_pair_sets", lambda config, base, out: {
             "rpo_pairs": [0] * 3, "reward_pairs": [0] * 2, "best_of_4_pairs": [0],
@@ -101,8 +104,10 @@ class _Fakes:
     def score(self, pipeline, prompts, eval_seeds, config, guidance_scale=None):
         method, seed = pipeline
         self.guidance[method] = guidance_scale
+        self.calls.append((method, guidance_scale))
         offset = {"base": 0.0, "dpo_rpo_pairs": 0.35, "dpo_reward_pairs": 0.1}.get(method, 0.0)
-        rng = np.random.default_rng(zlib.crc32(f"{method}:{seed}".encode()))
+        sampled = "" if guidance_scale is None else f"@{guidance_scale}"  # another guidance: other images
+        rng = np.random.default_rng(zlib.crc32(f"{method}:{seed}{sampled}".encode()))
         bits = [["".join("1" if rng.random() < 0.5 + offset else "0" for _ in range(6)) for _ in prompts]
                 for _ in eval_seeds]  # fmt: skip
         score = [[b.count("1") / 6 for b in row] for row in bits]
@@ -141,6 +146,27 @@ def test_study_samples_the_online_methods_at_the_recipes_online_guidance(monkeyp
     run_study(config, tmp_path, progress=False, log=lambda m: None, train=fakes.train)
     assert fakes.guidance == {"base": None, "dpo_rpo_pairs": None,
                               "nft": None if online_guidance_scale is None else 1.0}  # fmt: skip
+
+
+def test_study_compares_a_row_with_the_base_sampled_at_its_guidance(monkeypatch, tmp_path):
+    fakes = _Fakes(monkeypatch)
+    config = _config(methods=("nft",), primary="nft vs base", secondary=("nft vs base@2",),
+                     recipe={"online_guidance_scale": 2.0})  # fmt: skip
+    run_study(config, tmp_path, progress=False, log=lambda m: None, train=fakes.train)
+    assert [c for c in fakes.calls if c[0] == "base"] == [("base", None), ("base", 2.0)]  # each base scored once
+    study = json.loads((tmp_path / "study.json").read_text())
+    at_2 = np.asarray(study["other_bases"]["base@2"]["alignment_score"])
+    nft = np.asarray([study["seeds"][s]["methods"]["nft"]["scores"]["alignment_score"] for s in ("0", "1", "2")])
+    base = np.asarray(study["base"]["alignment_score"])
+    assert not np.array_equal(at_2, base)
+    rows = {r["comparison"]: r for r in study["comparisons"]["alignment_score"]}
+    assert rows["nft vs base@2"]["gain"] == pytest.approx((nft - at_2).mean(), abs=1e-9)
+    assert rows["nft vs base"]["gain"] == pytest.approx((nft - base).mean(), abs=1e-9)
+    assert study["means"]["base@2"]["alignment_score"] == pytest.approx(at_2.mean(), abs=1e-5)
+
+    resumed = _Fakes(monkeypatch)  # a rerun in the same folder scores neither base again
+    run_study(config, tmp_path, progress=False, log=lambda m: None, train=resumed.train)
+    assert resumed.calls == []
 
 
 def test_study_refuses_to_resume_with_another_config(monkeypatch, tmp_path):

@@ -40,19 +40,20 @@ from typing import Any
 
 from .compute import study_gain_per_minute
 from .demo import METHODS, DemoConfig
+from .study_report import ENDPOINTS, format_summary, write_figures
 
 __all__ = [
     "ENDPOINTS",
     "StudyConfig",
     "StudyConfigMismatch",
     "analyse",
+    "base_guidance",
+    "format_summary",
     "run_study",
     "score_pipeline",
     "train_method",
 ]
 
-# Scored per image; the first is the primary endpoint.
-ENDPOINTS = ("alignment_score", "judge_alignment", "judge_strict")
 # DemoConfig fields the study sets itself (per training seed, or from its own evaluation protocol).
 _MANAGED = ("seed", "eval_prompts", "eval_seeds", "in_distribution_prompts", "grid_prompts")
 # The --quick preset's recipe: tiny budgets, a smoke test of every stage (not a result).
@@ -102,7 +103,9 @@ class StudyConfig:
         default="dpo_rpo_pairs vs dpo_reward_pairs", metadata={"help": "The primary comparison, 'A vs B' (A - B)."}
     )
     secondary: tuple[str, ...] = field(
-        default_factory=_default_secondary, metadata={"help": "Secondary comparisons, 'A vs B' each ('base' allowed)."}
+        default_factory=_default_secondary,
+        metadata={"help": "Secondary comparisons, 'A vs B' each ('base' allowed, and 'base@G': the base sampled at "
+                  "guidance G)."},
     )
     confidence_level: float = field(default=0.95, metadata={"help": "Level of every interval."})
     alpha: float = field(default=0.05, metadata={"help": "Family-wise error rate of the Holm correction."})
@@ -149,8 +152,9 @@ class StudyConfig:
             raise ValueError(f"the family lists a comparison twice: {[f'{a} vs {b}' for a, b in comparisons]}")
         for a, b in comparisons:
             for name in (a, b):
-                if name != "base" and name not in self.methods:
-                    raise ValueError(f"comparison '{a} vs {b}': {name!r} is not a trained method {list(self.methods)}")
+                if name != "base" and base_guidance(name) is None and name not in self.methods:
+                    raise ValueError(f"comparison '{a} vs {b}': {name!r} is not a trained method "
+                                     f"{list(self.methods)}, 'base' or 'base@G'")  # fmt: skip
         for method in self.methods:
             trainer_for(method)
 
@@ -183,6 +187,28 @@ def _parse_comparison(text: str) -> tuple[str, str]:
     if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
         raise ValueError(f"comparison {text!r}: expected 'A vs B' with two different method names")
     return parts[0], parts[1]
+
+
+def base_guidance(name: str) -> float | None:
+    """The guidance scale G of a comparison name `base@G` (the base model sampled at guidance G rather than at the
+    recipe's `guidance_scale`); None for any other name.
+
+    A row trained and sampled at another guidance (`DemoConfig.online_guidance_scale`) is compared with the base as
+    users sample it (`base`) and, through `base@G`, with the base sampled as the row is: so a gain that only the
+    change of guidance gives is told apart from one the training gives.
+
+    Raises:
+        ValueError: `base@` followed by something that is not a guidance scale >= 1.
+    """
+    if not name.startswith("base@"):
+        return None
+    try:
+        guidance = float(name[len("base@"):])
+    except ValueError:
+        guidance = float("nan")
+    if not guidance >= 1.0:
+        raise ValueError(f"{name!r}: expected 'base@G' with G a guidance scale >= 1, such as 'base@2'")
+    return guidance
 
 
 def trainer_for(method: str) -> Callable:
@@ -352,7 +378,9 @@ def run_study(
     (output_dir / "seeds").mkdir(exist_ok=True)
     done = {s for s in config.training_seeds if (output_dir / "seeds" / f"seed-{s}.json").exists()}
     todo = [s for s in config.training_seeds if s not in done]
-    bar = tqdm(total=1 + len(todo) * (1 + len(config.methods)), desc="study", disable=not progress, unit="stage")
+    other_bases = sorted({n for pair in config.comparisons for n in pair if base_guidance(n) is not None})
+    bar = tqdm(total=1 + len(other_bases) + len(todo) * (1 + len(config.methods)), desc="study",
+               disable=not progress, unit="stage")  # fmt: skip
     if done:
         log(f"resuming: seeds {sorted(done)} finished, {todo or 'none'} to train")
 
@@ -364,6 +392,15 @@ def run_study(
                               config.demo_config(0))  # fmt: skip
         _write_json(base_path, {**base, "seconds": round(time.perf_counter() - start, 1)})
     bar.update(1)
+    for name in other_bases:  # the base sampled at another guidance, scored once like the base
+        path = output_dir / f"{name}.json"
+        if not path.exists():
+            bar.set_description(name)
+            start = time.perf_counter()
+            scores = score_pipeline(load_pipeline(config.demo_config(0).model), prompts, config.eval_seeds,
+                                    config.demo_config(0), base_guidance(name))  # fmt: skip
+            _write_json(path, {**scores, "seconds": round(time.perf_counter() - start, 1)})
+        bar.update(1)
 
     for seed in todo:
         demo_config = config.demo_config(seed)
@@ -402,9 +439,10 @@ def run_study(
 
     base = _read_json(base_path)
     seeds = {s: _read_json(output_dir / "seeds" / f"seed-{s}.json") for s in config.training_seeds}
-    study = analyse(config, prompts, base, seeds)
+    others = {name: _read_json(output_dir / f"{name}.json") for name in other_bases}
+    study = analyse(config, prompts, base, seeds, others)
     _write_json(output_dir / "study.json", study)
-    _figures(study, output_dir)
+    write_figures(study, output_dir)
     log(format_summary(study))
     return study
 
@@ -415,27 +453,30 @@ def _pair_set_of(methods: Sequence[str]) -> dict[str, str]:
     return {m: DPO_ARMS[m][0] for m in methods if m in DPO_ARMS}
 
 
-def _scores(base: dict[str, Any], seeds: dict[int, Any], method: str, endpoint: str):
-    """`[training seed, noise, prompt]` scores of a method (the base's are the same for every training seed)."""
+def _scores(bases: dict[str, Any], seeds: dict[int, Any], method: str, endpoint: str):
+    """`[training seed, noise, prompt]` scores of a method (a base's, `bases[name]`, are the same for every training
+    seed)."""
     import numpy as np
 
-    if method == "base":
-        return np.repeat(np.asarray(base[endpoint], dtype=float)[None], len(seeds), axis=0)
+    if method in bases:
+        return np.repeat(np.asarray(bases[method][endpoint], dtype=float)[None], len(seeds), axis=0)
     return np.asarray([seeds[s]["methods"][method]["scores"][endpoint] for s in seeds], dtype=float)
 
 
-def analyse(config: StudyConfig, prompts: list[str], base: dict[str, Any], seeds: dict[int, Any]) -> dict[str, Any]:
+def analyse(config: StudyConfig, prompts: list[str], base: dict[str, Any], seeds: dict[int, Any],
+            other_bases: dict[str, Any] | None = None) -> dict[str, Any]:
     """The study's statistics from its per-image scores: each declared comparison on each endpoint, with the
     two-level bootstrap (interval, p) and Holm's correction over the family, per-seed gains, both judges'
-    agreement on base images, and every score."""
+    agreement on base images, and every score. `other_bases` holds the scores of each `base@G` the family names."""
     from ..statistics import hierarchical_bootstrap, holm_bonferroni
     from .judge import agreement
 
+    bases = {"base": base, **(other_bases or {})}
     results: dict[str, Any] = {}
     for endpoint in ENDPOINTS:
         rows = []
         for a, b in config.comparisons:
-            result = hierarchical_bootstrap(_scores(base, seeds, a, endpoint), _scores(base, seeds, b, endpoint),
+            result = hierarchical_bootstrap(_scores(bases, seeds, a, endpoint), _scores(bases, seeds, b, endpoint),
                                             confidence_level=config.confidence_level,
                                             n_resamples=config.n_resamples, seed=0)  # fmt: skip
             rows.append({"comparison": f"{a} vs {b}", "a": a, "b": b, **result.to_dict(digits=None)})
@@ -449,8 +490,8 @@ def analyse(config: StudyConfig, prompts: list[str], base: dict[str, Any], seeds
         rows_judge["one_judge_only"] = rows_detector["one_judge_only"] = (
             rows_judge["reject_holm"] != rows_detector["reject_holm"]
         )
-    means = {m: {e: round(float(_scores(base, seeds, m, e).mean()), 5) for e in ENDPOINTS}
-             for m in ("base", *config.methods)}  # fmt: skip
+    means = {m: {e: round(float(_scores(bases, seeds, m, e).mean()), 5) for e in ENDPOINTS}
+             for m in (*bases, *config.methods)}  # fmt: skip
     flat = [bit for row in base["judge_bits"] for bit in row]
     return {
         "config": config.to_json(),
@@ -470,65 +511,9 @@ def analyse(config: StudyConfig, prompts: list[str], base: dict[str, Any], seeds
         "trl_rpo.statistics.hierarchical_bootstrap (two-level crossed bootstrap over training seeds and prompts, t "
         "quantile with Welch-Satterthwaite df; p from the same resamples); p_holm: Holm over the family, per endpoint",
         "base": base,
+        "other_bases": other_bases or {},
         "seeds": {str(s): record for s, record in seeds.items()},
     }
-
-
-def format_summary(study: dict[str, Any]) -> str:
-    """The comparisons of every endpoint as plain-text lines, primary first."""
-    lines = []
-    for endpoint, rows in study["comparisons"].items():
-        lines.append(f"{endpoint} ({'primary' if endpoint == ENDPOINTS[0] else 'secondary'} endpoint):")
-        for row in rows:
-            low, high = row["ci"]
-            mark = "*" if row["reject_holm"] else " "
-            lines.append(f"  {row['comparison']:<36} {row['gain']:+.4f} [{low:+.4f}, {high:+.4f}] p = "
-                         f"{row['p_value']:.3g}, Holm p = {row['p_holm']:.3g}{mark} ({row['role']})")  # fmt: skip
-    if study.get("gain_per_minute"):
-        lines.append(f"gain over base per training minute ({ENDPOINTS[0]}, pair building included, mean over seeds):")
-    for method, entry in study.get("gain_per_minute", {}).items():
-        rate = "n/a" if entry["gain_per_minute"] is None else f"{entry['gain_per_minute']:+.5f}"
-        lines.append(f"  {method:<28} {rate} (SE {entry['gain_per_minute_se']}) over {entry['minutes']:.1f} min")
-    agree = study["agreement_on_base_images"]
-    lines.append(f"judges agree on base images: same score {agree['same_score']:.2f}, same strict verdict "
-                 f"{agree['same_strict']:.2f}, score correlation {agree['score_correlation']}")  # fmt: skip
-    lines.append("* = rejected after Holm's correction over the declared family (per endpoint)")
-    return "\n".join(lines)
-
-
-def _figures(study: dict[str, Any], output_dir: Path) -> None:
-    """`per_seed_gains.png` (each training seed's gain per comparison) and `forest.png` (gains with intervals)."""
-    from matplotlib.figure import Figure
-
-    rows = study["comparisons"]["alignment_score"]
-    figure = Figure(figsize=(max(5.0, 1.2 * len(rows) + 2), 3.8), layout="constrained")
-    ax = figure.subplots()
-    for k, row in enumerate(rows):
-        ax.scatter([k] * len(row["per_seed"]), row["per_seed"], color=f"C{k}", alpha=0.7, s=18)
-        ax.errorbar([k], [row["gain"]], yerr=[[row["gain"] - row["ci"][0]], [row["ci"][1] - row["gain"]]],
-                    fmt="D", color="black", capsize=4)  # fmt: skip
-    ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(rows)), [r["comparison"] for r in rows], rotation=25, ha="right", fontsize="small")
-    ax.set_ylabel("gain (alignment_score)")
-    ax.set_title("per training seed (dots), mean and 95% interval (diamond)")
-    ax.grid(axis="y", alpha=0.3)
-    figure.savefig(output_dir / "per_seed_gains.png", dpi=110)
-
-    figure = Figure(figsize=(9.0, 0.4 * len(rows) * len(ENDPOINTS) + 1.5), layout="constrained")
-    ax = figure.subplots()
-    labels, y = [], 0
-    for e, endpoint in enumerate(ENDPOINTS):
-        for row in study["comparisons"][endpoint]:
-            ax.errorbar([row["gain"]], [y], xerr=[[row["gain"] - row["ci"][0]], [row["ci"][1] - row["gain"]]],
-                        fmt="o", mfc=f"C{e}" if row["reject_holm"] else "white",
-                        color=f"C{e}", capsize=3)  # fmt: skip
-            labels.append(f"{row['comparison']} [{endpoint}]" + (" (primary)" if row["role"] == "primary" else ""))
-            y -= 1
-    ax.axvline(0.0, color="black", linewidth=0.8)
-    ax.set_yticks(range(0, y, -1), labels, fontsize="x-small")
-    ax.set_xlabel("gain, 95% interval (filled: rejected after Holm)")
-    ax.grid(axis="x", alpha=0.3)
-    figure.savefig(output_dir / "forest.png", dpi=110)
 
 
 def study_arguments_class() -> type:
