@@ -11,7 +11,8 @@ runs. The study:
    secondary: each method vs base, and `tailorpo vs tailorpo_final`). A resumed run whose config differs stops
    with an error naming the fields, rather than mixing results;
 2. renders and scores the base model once (`base.json`), every image with its own noise
-   (`generate_images(per_image_noise=True)`: seed x prompt, not one noise per seed);
+   (`generate_images(per_image_noise=True)`: seed x prompt, not one noise per seed), and once more at each
+   guidance G a comparison names as `base@G` (`base@G.json`);
 3. for each training seed: builds the demo's pair sets, trains every method with the demo's recipe
    (`trl_rpo.shapes.stages`), scores each on the same images' prompts and noise, and writes
    `seeds/seed-S.json` atomically (write, then rename) when the seed is finished. A killed study resumes at the
