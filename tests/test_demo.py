@@ -809,24 +809,18 @@ def test_twelfth_online_round_scores_the_demos_nft_recipe_with_eight_noises_on_f
     assert (twelfth.eval_seeds, twelfth.dev2_prompts, twelfth.train_prompts) == (tuple(range(8)), 120, 60)
 
 
-def test_thirteenth_online_round_runs_the_demos_nft_recipe_cfg_free_on_fresh_seeds():
-    thirteenth = _dev_sweep_rounds()["online-nft-cfg-free"]
-    ((name, recipe),) = thirteenth.recipes["nft"].items()
-    assert recipe == {"online_guidance_scale": 1.0}  # one change from the demo's recipe
-    assert thirteenth.seeds == (1400, 1401, 1402, 1403, 1404)
-    earlier = {s for stage, r in _dev_sweep_rounds().items() if stage != "online-nft-cfg-free" for s in r.seeds}
-    assert not earlier & set(thirteenth.seeds)
-    assert (thirteenth.eval_seeds, thirteenth.dev2_prompts, thirteenth.train_prompts) == (tuple(range(8)), 120, 60)
-
-
-def test_fourteenth_online_round_runs_the_demos_nft_recipe_at_guidance_2_on_fresh_seeds():
-    fourteenth = _dev_sweep_rounds()["online-nft-guidance-2"]
-    ((name, recipe),) = fourteenth.recipes["nft"].items()
-    assert recipe == {"online_guidance_scale": 2.0}  # one change from the demo's recipe
-    assert fourteenth.seeds == (1500, 1501, 1502, 1503, 1504)
-    earlier = {s for stage, r in _dev_sweep_rounds().items() if stage != "online-nft-guidance-2" for s in r.seeds}
-    assert not earlier & set(fourteenth.seeds)
-    assert (fourteenth.eval_seeds, fourteenth.dev2_prompts, fourteenth.train_prompts) == (tuple(range(8)), 120, 60)
+@pytest.mark.parametrize("stage, guidance, seeds", [
+    ("online-nft-cfg-free", 1.0, (1400, 1401, 1402, 1403, 1404)),  # the thirteenth round
+    ("online-nft-guidance-2", 2.0, (1500, 1501, 1502, 1503, 1504)),  # the fourteenth
+])  # fmt: skip
+def test_guidance_rounds_run_the_demos_nft_recipe_at_their_guidance_on_fresh_seeds(stage, guidance, seeds):
+    rounds = _dev_sweep_rounds()
+    ((name, recipe),) = rounds[stage].recipes["nft"].items()
+    assert recipe == {"online_guidance_scale": guidance}  # one change from the demo's recipe
+    assert rounds[stage].seeds == seeds
+    assert not {s for other, r in rounds.items() if other != stage for s in r.seeds} & set(seeds)
+    assert (rounds[stage].eval_seeds, rounds[stage].dev2_prompts, rounds[stage].train_prompts) == (
+        tuple(range(8)), 120, 60)
 
 
 def test_dev_sweep_runs_an_online_round_with_its_own_evaluation(monkeypatch, tmp_path):
