@@ -671,6 +671,32 @@ def test_a_cfg_free_online_row_is_scored_at_its_own_guidance_and_the_others_at_t
     assert all(evaluation_guidance(DemoConfig(), m) is None for m in METHODS)
 
 
+@pytest.mark.parametrize("online_guidance_scale", [None, 5.0, 1.0])
+def test_the_demo_compares_each_online_row_with_the_base_sampled_at_its_guidance(online_guidance_scale):
+    import numpy as np
+
+    from trl_rpo.shapes.demo import _report
+    from trl_rpo.shapes.stages import ONLINE_ROWS, _Scorer, same_guidance_base
+
+    config = DemoConfig.quick(guidance_scale=5.0, online_guidance_scale=online_guidance_scale)
+    scorer = _Scorer(config, {"final": (prompts(6, 0, "final"), (0, 1))})  # scores set by hand, nothing rendered
+    rng = np.random.default_rng(0)
+    same = same_guidance_base(config)
+    for method in (*METHODS, *([same] if same else [])):
+        scorer.scores[method] = {"final": (rng.integers(0, 7, size=(2, 6)) / 6).tolist()}  # [seed][prompt]
+    rows = [{"method": m, "alignment": scorer.mean(m, "final"), "pairs": 10, "seconds": 60.0} for m in METHODS]
+    results = _report(config, scorer, rows)
+    against = {c["a"]: c for c in results["comparisons"] if c["b"].startswith("base@")}
+    if online_guidance_scale in (None, 5.0):  # sampled as the base already is: nothing to add
+        assert same is None and against == {} and results["base_at_guidance"] == {}
+        return
+    assert same == "base@1" and set(against) == set(ONLINE_ROWS)
+    for method, comparison in against.items():
+        difference = np.asarray(scorer.scores[method]["final"]) - np.asarray(scorer.scores[same]["final"])
+        assert comparison["gain"] == pytest.approx(difference.mean(), abs=1e-4), method
+    assert results["base_at_guidance"] == {"base@1": {"final": round(scorer.mean(same, "final"), 4)}}
+
+
 def test_the_scorer_samples_a_model_at_the_guidance_it_is_given_and_the_base_only_at_the_configs():
     import numpy as np
 

@@ -43,13 +43,16 @@ from typing import Any
 from .compute import gain_per_minute
 from .stages import (
     DPO_ARMS,
+    ONLINE_ROWS,
     TAILORPO_PAIRINGS,
     _curve,
     _quiet_libraries,
     _Scorer,
     build_pair_sets,
     evaluation_guidance,
+    online_guidance,
     parse_dpo_recipe,
+    same_guidance_base,
     train_dpo_arm,
     train_grpo,
     train_nft,
@@ -435,6 +438,10 @@ def run_demo(
     images = trainer.state.global_step * trainer.args.per_device_train_batch_size
     evaluate("nft", trainer.pipeline, 0, seconds, images=images)
     del trainer
+    same = same_guidance_base(config)
+    if same:  # the base sampled as the online rows are (`online_guidance_scale`): each is also compared with it
+        bar.set_postfix_str(f"evaluating {same}")
+        scorer(same, base, online_guidance(config))
     bar.close()
 
     results = _report(config, scorer, rows)
@@ -468,7 +475,8 @@ def _report(config: DemoConfig, scorer: _Scorer, rows: list[dict[str, Any]]) -> 
     if "in_distribution" in scorer.sets:
         rows[0]["in_distribution_alignment"] = round(scorer.mean("base", "in_distribution"), 4)
     comparisons = []
-    for a, b in COMPARISONS:
+    same = same_guidance_base(config)  # with online_guidance_scale: each online row against the base sampled alike
+    for a, b in (*COMPARISONS, *((m, same) for m in ONLINE_ROWS if same)):
         for name in scorer.sets:
             comparisons.append({"a": a, "b": b, "prompts": name, **scorer.compare(a, b, name).to_dict()})
     by_method = {row["method"]: row for row in rows}
@@ -479,6 +487,7 @@ def _report(config: DemoConfig, scorer: _Scorer, rows: list[dict[str, Any]]) -> 
     return {
         "rows": rows,
         "comparisons": comparisons,
+        "base_at_guidance": {same: {name: round(scorer.mean(same, name), 4) for name in scorer.sets}} if same else {},
         "pair_efficacy": {
             "dpo_rpo_pairs": efficacy["a"],
             "dpo_reward_pairs": efficacy["b"],
