@@ -385,15 +385,7 @@ def run_study(
     if done:
         log(f"resuming: seeds {sorted(done)} finished, {todo or 'none'} to train")
 
-    base_path = output_dir / "base.json"
-    if not base_path.exists():
-        bar.set_description("base")
-        start = time.perf_counter()
-        base = score_pipeline(load_pipeline(config.demo_config(0).model), prompts, config.eval_seeds,
-                              config.demo_config(0))  # fmt: skip
-        _write_json(base_path, {**base, "seconds": round(time.perf_counter() - start, 1)})
-    bar.update(1)
-    for name in other_bases:  # the base sampled at another guidance, scored once like the base
+    for name in ("base", *other_bases):  # the base, and at each other guidance the family names: scored once
         path = output_dir / f"{name}.json"
         if not path.exists():
             bar.set_description(name)
@@ -438,10 +430,9 @@ def run_study(
         log(f"seed {seed} finished in {record['seconds']:.0f} s")
     bar.close()
 
-    base = _read_json(base_path)
+    base, *others = (_read_json(output_dir / f"{name}.json") for name in ("base", *other_bases))
     seeds = {s: _read_json(output_dir / "seeds" / f"seed-{s}.json") for s in config.training_seeds}
-    others = {name: _read_json(output_dir / f"{name}.json") for name in other_bases}
-    study = analyse(config, prompts, base, seeds, others)
+    study = analyse(config, prompts, base, seeds, dict(zip(other_bases, others)))
     _write_json(output_dir / "study.json", study)
     write_figures(study, output_dir)
     log(format_summary(study))
