@@ -20,6 +20,7 @@ from .stages import (
     _curve,
     _quiet_libraries,
     _Scorer,
+    base_at,
     online_guidance,
     train_grpo,
     train_nft,
@@ -520,7 +521,7 @@ def _pooled_gain(
 
 def _base_at(scorer: _Scorer, load_pipeline: Callable, guidance: float) -> str:
     """The name under which `scorer` holds the base sampled at `guidance` ('base@1'), scored on first use."""
-    name = f"base@{guidance:g}"
+    name = base_at(guidance)
     if name not in scorer.scores:
         scorer(name, load_pipeline(scorer.config.model), guidance)
     return name

@@ -136,12 +136,18 @@ def online_guidance(config: DemoConfig) -> float:
     return config.guidance_scale if config.online_guidance_scale is None else float(config.online_guidance_scale)
 
 
+def base_at(guidance: float) -> str:
+    """The name the base sampled at `guidance` is scored under, `base@G` (`trl_rpo.shapes.study.base_guidance`
+    parses it back)."""
+    return f"base@{guidance:g}"
+
+
 def same_guidance_base(config: DemoConfig) -> str | None:
     """The name the base is scored under when sampled as the online rows are, `base@G` (the study's name), if their
     guidance (`online_guidance_scale`) differs from the demo's; None if it does not. An online row's gain against
     it is the training's share, without what the change of guidance alone gives."""
     guidance = online_guidance(config)
-    return None if guidance == config.guidance_scale else f"base@{guidance:g}"
+    return None if guidance == config.guidance_scale else base_at(guidance)
 
 
 def evaluation_guidance(config: DemoConfig, method: str) -> float | None:
