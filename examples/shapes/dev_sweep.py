@@ -103,6 +103,12 @@ step, do the step-wise rewards of two children of one parent order them as the m
 each does? (`trl_rpo.shapes.step_reward_check`, `step_reward_check.md`, about 10 minutes; no held-out prompt is
 scored).
 
+`--stage words` asks whether the model sees each word of its prompt (issue 28): on 48 train prompts, each word
+(background, color, shape, count, position) swapped for another value in the train split, the text encoder's
+distance between the two prompts, and how the images of both differ when sampled from one noise
+(`trl_rpo.shapes.word_check`, `word_check.md`, under a minute per model; `--trained RUN ...` checks trained models
+too; no held-out prompt is sampled).
+
 `--stage ranks` retrains the reward and RPO arms' chosen recipes at LoRA rank 4 and 16 on a finished arm sweep's own
 pairs and seeds (`--arm-sweep`), beside its rank-8 runs: does the rank change the in-distribution drop?
 (`trl_rpo.shapes.rank_check`, `rank_check.md`, about 20 minutes; a diagnosis, nothing is chosen).
@@ -205,13 +211,15 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="pipeline folder (default: the shipped shapes base model)")
     parser.add_argument("--arm-sweep", default="outputs/arm-sweep",
                         help="ranks: the finished arm sweep whose pairs, seeds and chosen recipes are retrained")
+    parser.add_argument("--trained", nargs="*", default=[],
+                        help="words: trained models (run folders: a LoRA or a UNet, on --model) checked after it")
     parser.add_argument("--quick", action="store_true", help="small budgets and two recipes: a smoke test")
     parser.add_argument("--online-reward", default="alignment_score",
                         choices=["alignment_score", "soft_alignment_score"],
                         help="step-rewards: the reward TailorPO ranks children by (DemoConfig.online_reward)")
     parser.add_argument("--stage", default="recipes",
                         choices=["recipes", "pairs", "seeds", "masked", "sft", "timesteps", "online",
-                                 *ONLINE_ROUNDS, "step-rewards", "arms", "ranks"],
+                                 *ONLINE_ROUNDS, "step-rewards", "words", "arms", "ranks"],
                         help="recipes: guidance and DPO recipe; pairs: the RPO refinement strength; seeds: masked "
                              "or plain DPO over training seeds; masked: the masked recipe over seeds; sft: masked "
                              "DPO plus an SFT term over seeds; timesteps: masked DPO on part of the noise "
@@ -257,6 +265,19 @@ def main() -> None:
                   else DemoConfig(model=args.model, **noise, tailorpo_reward=args.online_reward))  # fmt: skip
         run_step_reward_check(config, args.output_dir, num_prompts=4 if args.quick else 128,
                               continuations=2 if args.quick else 8)  # fmt: skip
+        return
+    if args.stage == "words":
+        from pathlib import Path
+
+        from trl_rpo.evaluation import load_trained_pipeline
+        from trl_rpo.shapes.model import load_pipeline
+        from trl_rpo.shapes.word_check import run_word_check
+
+        prompts = 4 if args.quick else 48
+        run_word_check(load_pipeline(args.model), Path(args.output_dir) / "base", num_prompts=prompts)
+        for run in args.trained:
+            trained = load_trained_pipeline(run, base=load_pipeline(args.model))
+            run_word_check(trained, Path(args.output_dir) / Path(run).name, num_prompts=prompts)
         return
     if args.stage == "ranks":
         from trl_rpo.shapes.rank_check import run_rank_check
