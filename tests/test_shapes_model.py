@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
@@ -55,6 +56,60 @@ def test_pretraining_options_shape_the_autoencoder_latents(tmp_path):
                 output_type="np").images.shape == (1, 32, 32, 3)  # fmt: skip
 
 
+def test_v_prediction_on_a_zero_terminal_snr_schedule_is_saved_with_the_pipeline_on_a_reused_autoencoder(tmp_path):
+    config = PretrainConfig(**{**TINY, "latent_channels": 8, "prediction_type": "v_prediction",
+                               "zero_terminal_snr": True, "vae_from": str(shapes.model.CHECKPOINT_DIR)})  # fmt: skip
+    pretrain(config, tmp_path / "v", log=lambda _: None)
+    pipe, shipped = shapes.load_pipeline(tmp_path / "v"), shapes.load_pipeline()
+    scheduler = pipe.scheduler.config
+    assert scheduler.prediction_type == "v_prediction" and scheduler.rescale_betas_zero_snr
+    assert scheduler.timestep_spacing == "trailing" and float(pipe.scheduler.alphas_cumprod[-1]) < 1e-6
+    for (key, a), b in zip(pipe.vae.state_dict().items(), shipped.vae.state_dict().values()):
+        assert torch.equal(a, b), f"vae.{key} is not the reused autoencoder's"
+    assert pipe.vae.config.scaling_factor == shipped.vae.config.scaling_factor
+    assert shapes.training_info(tmp_path / "v")["final_vae_loss"] is None
+    image = pipe(["one red circle in the center, on a white background"], num_inference_steps=2, output_type="np")
+    assert np.isfinite(image.images).all()
+
+
+def test_denoising_target_is_the_velocity_for_v_prediction_with_min_snr_weights_finite_at_zero_snr():
+    from diffusers import DDIMScheduler
+
+    from trl_rpo.shapes.pretrain import denoising_target
+
+    x0, noise = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
+    timesteps = torch.tensor([10, 500, 999])
+    eps = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    target, weight = denoising_target(eps, x0, noise, timesteps, snr_gamma=5.0)
+    snr = eps.alphas_cumprod[timesteps] / (1 - eps.alphas_cumprod[timesteps])
+    assert torch.equal(target, noise)
+    assert torch.allclose(weight, torch.clamp(snr, max=5.0) / snr)
+    v = DDIMScheduler.from_config(eps.config, prediction_type="v_prediction", rescale_betas_zero_snr=True)
+    target, weight = denoising_target(v, x0, noise, timesteps, snr_gamma=5.0)
+    abar = v.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    assert torch.allclose(target, abar.sqrt() * noise - (1 - abar).sqrt() * x0, atol=1e-6)
+    assert torch.allclose(target[2], -x0[2], atol=1e-5)  # at zero SNR the velocity is the image itself
+    snr = v.alphas_cumprod[timesteps] / (1 - v.alphas_cumprod[timesteps])
+    assert torch.allclose(weight, torch.clamp(snr, max=5.0) / (snr + 1)) and weight[2] == 0.0
+    assert torch.equal(denoising_target(v, x0, noise, timesteps, snr_gamma=None)[1], torch.ones(3))
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"prediction_type": "sample"}, "prediction_type must be"),
+    ({"zero_terminal_snr": True}, "zero_terminal_snr needs prediction_type='v_prediction'"),
+])  # fmt: skip
+def test_pretrain_config_refuses_an_objective_it_cannot_train(fields, message):
+    with pytest.raises(ValueError, match=message):
+        PretrainConfig(**{**TINY, **fields})
+
+
+def test_pretraining_refuses_an_autoencoder_whose_latents_do_not_fit_the_unet(tmp_path):
+    config = PretrainConfig(**{**TINY, "latent_channels": 4, "vae_from": str(shapes.model.CHECKPOINT_DIR)})
+    with pytest.raises(ValueError, match="8 latent channels.*latent_channels=4"):
+        pretrain(config, tmp_path / "x", log=lambda _: None)
+    assert not (tmp_path / "x").exists()
+
+
 def test_pretraining_refuses_a_folder_that_is_not_empty(tmp_path):
     (tmp_path / "keep.txt").write_text("user data")
     with pytest.raises(FileExistsError, match="not empty"):
@@ -75,9 +130,11 @@ def test_shipped_config_is_the_one_recorded_with_the_checkpoint():
 
     shipped = yaml.safe_load((shapes.CHECKPOINT_DIR.parent / "pretrain.yaml").read_text())
     recorded = shapes.training_info()["config"]
-    assert {k: (list(v) if isinstance(v, tuple) else v) for k, v in PretrainConfig(**shipped).__dict__.items()} == {
-        k: v for k, v in recorded.items()
-    }
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in PretrainConfig(**shipped).__dict__.items()}
+    # Fields added after the checkpoint was made are absent from its record; it was trained with their defaults.
+    later = {"prediction_type": "epsilon", "zero_terminal_snr": False, "vae_from": None}
+    assert {k: v for k, v in config.items() if k not in later} == recorded
+    assert {k: config[k] for k in later} == later
     assert shapes.training_info()["train_seconds"] < 60 * 60  # the pretraining budget: an hour on 2 cores
 
 

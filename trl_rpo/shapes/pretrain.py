@@ -12,9 +12,13 @@ Two stages, both on images rendered by `trl_rpo.shapes.render` for *train-split*
 (shape, color) pairs are never seen, so held-out prompts test compositional generalization):
 
 1. an AutoencoderKL (32x32 RGB -> 16x16x4 latents) trained for reconstruction with a small KL term;
-2. the UNet and the text encoder trained jointly with the epsilon objective, Min-SNR weighting
-   (`diffusers.training_utils.compute_snr`), 10% empty prompts for classifier-free guidance and an EMA of the
-   weights (`diffusers.training_utils.EMAModel`), which is what is saved.
+2. the UNet and the text encoder trained jointly with the epsilon objective (or v-prediction, optionally on a
+   schedule rescaled to zero terminal SNR), Min-SNR weighting (`diffusers.training_utils.compute_snr`), 10% empty
+   prompts for classifier-free guidance and an EMA of the weights (`diffusers.training_utils.EMAModel`), which is
+   what is saved.
+
+`vae_from` reuses a trained pipeline's autoencoder and skips stage 1, to compare UNet objectives on one
+autoencoder.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ __all__ = [
     "PretrainConfig",
     "build_components",
     "build_tokenizer",
+    "denoising_target",
     "evaluate_base",
     "main",
     "pretrain",
@@ -82,6 +87,20 @@ class PretrainConfig:
         metadata={"help": "Offset noise: add this times a per-image, per-channel constant to the noise, so the model "
                   "can move an image's mean (black and white backgrounds) despite non-zero terminal SNR."},
     )  # fmt: skip
+    prediction_type: str = field(
+        default="epsilon",
+        metadata={"help": "What the UNet predicts: 'epsilon' (the noise) or 'v_prediction' (the velocity, "
+                  "Salimans & Ho 2022); saved in the scheduler's config, which every trainer reads."},
+    )  # fmt: skip
+    zero_terminal_snr: bool = field(
+        default=False,
+        metadata={"help": "Rescale the betas to zero terminal SNR and sample with trailing timesteps (Lin et al. "
+                  "2024), so the noisiest training input carries no trace of the image; needs v_prediction."},
+    )  # fmt: skip
+    vae_from: str | None = field(
+        default=None,
+        metadata={"help": "A pipeline folder whose trained autoencoder is reused (stage 1 is skipped)."},
+    )
     empty_prompt_probability: float = field(
         default=0.1, metadata={"help": "Share of captions replaced by '' so classifier-free guidance works."}
     )
@@ -105,6 +124,13 @@ class PretrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.image_size % 2:
             raise ValueError(f"image_size must be even (the autoencoder halves it), got {self.image_size}")
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
+        if self.zero_terminal_snr and self.prediction_type != "v_prediction":
+            raise ValueError(
+                "zero_terminal_snr needs prediction_type='v_prediction': at zero SNR the noise is the input itself "
+                "and an epsilon model learns nothing about the image (Lin et al. 2024)"
+            )
 
 
 def vocabulary() -> list[str]:
@@ -189,6 +215,9 @@ def build_components(config: PretrainConfig) -> dict[str, Any]:
         norm_num_groups=16,
     )
     scheduler = stable_diffusion_ddim_scheduler()
+    if config.prediction_type != "epsilon" or config.zero_terminal_snr:
+        zero = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"} if config.zero_terminal_snr else {}
+        scheduler = type(scheduler).from_config(scheduler.config, prediction_type=config.prediction_type, **zero)
     return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "unet": unet, "scheduler": scheduler}
 
 
@@ -245,8 +274,28 @@ def _encode_dataset(vae, pixels: torch.Tensor, batch_size: int = 256) -> tuple[t
     return torch.cat(means), torch.cat(stds)
 
 
+def denoising_target(
+    scheduler, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, snr_gamma: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The UNet's regression target and each sample's loss weight, for the scheduler's `prediction_type`.
+
+    epsilon: target eps, weight min(SNR_t, gamma) / SNR_t; v_prediction: target v = sqrt(abar_t) eps -
+    sqrt(1 - abar_t) x0 (Salimans & Ho 2022, `scheduler.get_velocity`), weight min(SNR_t, gamma) / (SNR_t + 1), which
+    stays finite at zero terminal SNR (Min-SNR-gamma, Hang et al. 2023, as diffusers' training scripts apply it).
+    Weights are 1 when `snr_gamma` is None.
+    """
+    from diffusers.training_utils import compute_snr
+
+    velocity = scheduler.config.prediction_type == "v_prediction"
+    target = scheduler.get_velocity(x0, noise, timesteps) if velocity else noise
+    if snr_gamma is None:
+        return target, torch.ones(len(x0))
+    snr = compute_snr(scheduler, timesteps)
+    return target, torch.clamp(snr, max=snr_gamma) / (snr + 1 if velocity else snr)
+
+
 def _train_unet(components, latents, prompts, config: PretrainConfig, rng: torch.Generator, log) -> list[float]:
-    from diffusers.training_utils import EMAModel, compute_snr
+    from diffusers.training_utils import EMAModel
 
     unet, text_encoder, tokenizer = components["unet"], components["text_encoder"], components["tokenizer"]
     scheduler = components["scheduler"]
@@ -280,10 +329,8 @@ def _train_unet(components, latents, prompts, config: PretrainConfig, rng: torch
         timesteps = torch.randint(scheduler.config.num_train_timesteps, (len(x0),), generator=rng)
         noisy = scheduler.add_noise(x0, noise, timesteps)
         prediction = unet(noisy, timesteps, hidden).sample
-        per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
-        if config.snr_gamma is not None:
-            snr = compute_snr(scheduler, timesteps)
-            per_sample = per_sample * torch.clamp(snr, max=config.snr_gamma) / snr
+        target, weight = denoising_target(scheduler, x0, noise, timesteps, config.snr_gamma)
+        per_sample = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3)) * weight
         loss = per_sample.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -343,10 +390,22 @@ def pretrain(config: PretrainConfig, output_dir: str | Path, log=print) -> dict[
     components = build_components(config)
     pixels, prompts = _render_dataset(config)
     log(f"rendered {len(pixels)} images of {len(set(prompts))} train scenes")
-    vae_losses = _train_vae(components["vae"], pixels, config, rng, log)
-    means, stds = _encode_dataset(components["vae"], pixels)
-    # Latents scaled to unit variance, as Stable Diffusion's scaling_factor does for its VAE.
-    components["vae"].register_to_config(scaling_factor=float(1.0 / means.std()))
+    if config.vae_from:
+        from diffusers import AutoencoderKL
+
+        components["vae"] = AutoencoderKL.from_pretrained(config.vae_from, subfolder="vae", use_safetensors=True)
+        if components["vae"].config.latent_channels != config.latent_channels:
+            raise ValueError(f"vae_from {config.vae_from}: its autoencoder has "
+                             f"{components['vae'].config.latent_channels} latent channels, the config's UNet "
+                             f"expects latent_channels={config.latent_channels}")  # fmt: skip
+        vae_losses = []
+        means, stds = _encode_dataset(components["vae"], pixels)
+        log(f"autoencoder from {config.vae_from} (scaling factor {components['vae'].config.scaling_factor:.4f})")
+    else:
+        vae_losses = _train_vae(components["vae"], pixels, config, rng, log)
+        means, stds = _encode_dataset(components["vae"], pixels)
+        # Latents scaled to unit variance, as Stable Diffusion's scaling_factor does for its VAE.
+        components["vae"].register_to_config(scaling_factor=float(1.0 / means.std()))
     vae_seconds = time.perf_counter() - start
     unet_losses = _train_unet(components, (means, stds), prompts, config, rng, log)
     pipeline = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
@@ -360,7 +419,7 @@ def pretrain(config: PretrainConfig, output_dir: str | Path, log=print) -> dict[
         "train_seconds": round(train_seconds, 1),
         "vae_seconds": round(vae_seconds, 1),
         "torch_threads": torch.get_num_threads(),
-        "final_vae_loss": float(np.mean(vae_losses[-50:])),
+        "final_vae_loss": float(np.mean(vae_losses[-50:])) if vae_losses else None,
         "final_unet_loss": float(np.mean(unet_losses[-100:])),
         "alignment": evaluation,
     }
