@@ -125,6 +125,16 @@ def test_pretrain_command_line_reads_the_yaml_and_refuses_unknown_fields(tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+def test_pretrain_command_line_overrides_the_yaml_even_to_null(tmp_path):
+    import yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "eval_seeds": [0], "snr_gamma": 5.0, "offset_noise": 0.1}))
+    main(["--config", str(config), "--snr_gamma", "null", "--offset_noise", "0", "--output-dir", str(tmp_path / "o")])
+    recorded = shapes.training_info(tmp_path / "o")["config"]
+    assert recorded["snr_gamma"] is None and recorded["offset_noise"] == 0 and recorded["steps"] == TINY["steps"]
+
+
 def test_shipped_config_is_the_one_recorded_with_the_checkpoint():
     import yaml
 

@@ -434,8 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file of PretrainConfig fields (the shipped one: pretrain.yaml)")
     parser.add_argument("--output-dir", required=True, help="new folder for the pipeline (never overwritten)")
+    unset = object()  # not None: `--snr_gamma null` must be able to set a field to None
     for f in dataclasses.fields(PretrainConfig):
-        parser.add_argument(f"--{f.name}", type=_parse_value, default=None, help=f.metadata["help"])
+        parser.add_argument(f"--{f.name}", type=_parse_value, default=unset, help=f.metadata["help"])
     cli = parser.parse_args(argv)
     values: dict[str, Any] = {}
     if cli.config:
@@ -444,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"{cli.config}: unknown fields {unknown}")
     values.update({f.name: getattr(cli, f.name) for f in dataclasses.fields(PretrainConfig)
-                   if getattr(cli, f.name) is not None})  # fmt: skip
+                   if getattr(cli, f.name) is not unset})  # fmt: skip
     config = PretrainConfig(**values)
     pretrain(config, cli.output_dir, log=lambda message: print(message, flush=True))
     return 0
