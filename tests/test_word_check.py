@@ -93,3 +93,20 @@ def test_word_check_never_writes_over_an_earlier_check(base, tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         run_word_check(base, tmp_path / "check", num_prompts=2, log=lambda m: None)
     assert (tmp_path / "check" / "word_check.json").read_text() == "{}"
+
+
+def test_dev_sweep_words_stage_checks_the_base_and_each_trained_model_into_its_own_folder(base, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    base.unet.save_pretrained(tmp_path / "run-a" / "unet")  # a fully fine-tuned UNet folder, as a trainer saves one
+    script = Path(__file__).parents[1] / "examples" / "shapes" / "dev_sweep.py"
+    result = subprocess.run([sys.executable, str(script), "--stage", "words", "--quick", "--output-dir",
+                             str(tmp_path / "words"), "--trained", str(tmp_path / "run-a")],
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    checks = {name: json.loads((tmp_path / "words" / name / "word_check.json").read_text())
+              for name in ("base", "run-a")}  # fmt: skip
+    assert all(check["num_prompts"] == 4 and len(check["rows"]) == 5 for check in checks.values())
+    assert checks["base"]["rows"] == checks["run-a"]["rows"]  # the same UNet: the same check

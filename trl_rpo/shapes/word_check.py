@@ -94,14 +94,13 @@ def run_word_check(
 ) -> dict[str, Any]:
     """Per word, the encoder distance of a swap and how the images of the two prompts differ from one noise (see
     the module docstring). Writes `word_check.json/.md` into `output_dir`, which must be new or empty."""
-    from .stages import prepare_for_scoring
     from .sweep import _new_folder, _write_sweep
     from .world import prompts as shape_prompts
 
     if num_prompts < 1:
         raise ValueError(f"need at least one prompt, got {num_prompts}")
     output_dir = _new_folder(output_dir)
-    prepare_for_scoring(pipeline)
+    pipeline.set_progress_bar_config(disable=True)  # the pipeline is otherwise left as it is (a LoRA stays unfused)
     scenes = [parse_prompt(text) for text in shape_prompts(num_prompts, seed=seed, split="train")]
     size = pipeline.unet.config.sample_size
     shape = (num_prompts, pipeline.unet.config.in_channels, size, size)
