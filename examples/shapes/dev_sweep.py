@@ -274,9 +274,10 @@ def main() -> None:
         from trl_rpo.shapes.word_check import run_word_check
 
         prompts = 4 if args.quick else 48
-        run_word_check(load_pipeline(args.model), Path(args.output_dir) / "base", num_prompts=prompts)
+        base = load_pipeline(args.model)  # each trained model is applied to its own copy of the base's denoiser
+        run_word_check(base, Path(args.output_dir) / "base", num_prompts=prompts)
         for run in args.trained:
-            trained = load_trained_pipeline(run, base=load_pipeline(args.model))
+            trained = load_trained_pipeline(run, base=base)
             run_word_check(trained, Path(args.output_dir) / Path(run).name, num_prompts=prompts)
         return
     if args.stage == "ranks":

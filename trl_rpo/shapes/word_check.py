@@ -111,7 +111,7 @@ def run_word_check(
         return pipeline(texts, latents=noise[rows].clone().to(pipeline.device), **sampling).images
 
     original = sample([prompt_text(s) for s in scenes], list(range(num_prompts)))
-    observed = [analyze(_image(pixels)) for pixels in original]
+    observed = [analyze(image) for image in pipeline.numpy_to_pil(original)]
     rows = []
     for word in WORDS:
         kept = [(i, swapped) for i, scene in enumerate(scenes) if (swapped := swap_word(scene, word)) is not None]
@@ -121,8 +121,8 @@ def run_word_check(
         texts = [prompt_text(swapped) for _, swapped in kept]
         images = sample(texts, index)
         follows, unchanged = [], []
-        for (i, swapped), pixels in zip(kept, images):
-            observation = analyze(_image(pixels))
+        for (i, swapped), image in zip(kept, pipeline.numpy_to_pil(images)):
+            observation = analyze(image)
             follows.append(check_attributes(observation, swapped)[word])
             before, after = observed_value(observed[i], word), observed_value(observation, word)
             if before is not None and after is not None:
@@ -136,12 +136,6 @@ def run_word_check(
     results = {"rows": rows, "num_prompts": num_prompts, "seed": seed, "guidance_scale": guidance_scale,
                "num_inference_steps": num_inference_steps}  # fmt: skip
     return _write_sweep(output_dir, "word_check", results, format_word_check(results), log)
-
-
-def _image(pixels: np.ndarray):
-    from PIL import Image
-
-    return Image.fromarray((np.clip(pixels, 0.0, 1.0) * 255).round().astype(np.uint8))
 
 
 def format_word_check(results: dict[str, Any]) -> str:
