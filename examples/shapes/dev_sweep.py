@@ -98,6 +98,11 @@ evaluation images at guidance 2 (`trl_rpo.shapes.sweep.NFT_GUIDANCE2_RECIPES`) o
 thirteenth round against the base at the demo's guidance and at guidance 2; the reward-rise test and the gate to
 final declared in docs/shapes.md (about 30 minutes).
 
+`--stage online-vbase` is the fifteenth online round (issue 28): every online method's demo recipe, unchanged
+(`trl_rpo.shapes.sweep.VBASE_RECIPES`), on the base pretrained with v-prediction and a zero-terminal-SNR schedule,
+at the demo's guidance, on fresh seeds 1600-1602, scored as the fourteenth round; each method's reward-rise test and
+gate to final declared in docs/shapes.md (about 50 minutes).
+
 `--stage step-rewards` is a diagnosis of TailorPO's training signal (issue 28): on 128 train prompts, at every sampler
 step, do the step-wise rewards of two children of one parent order them as the mean final reward of 8 completions of
 each does? (`trl_rpo.shapes.step_reward_check`, `step_reward_check.md`, about 10 minutes; no held-out prompt is
@@ -158,6 +163,8 @@ from trl_rpo.shapes.sweep import (
     TAILORPO_WINDOW_RECIPES,
     TAILORPO_WINDOW_SEEDS,
     TIMESTEP_VARIANTS,
+    VBASE_RECIPES,
+    VBASE_SEEDS,
     as_declared,
     run_dev_sweep,
     run_online_recipe_sweep,
@@ -200,6 +207,8 @@ ONLINE_ROUNDS = {
         ("online-nft-cfg-free", NFT_CFG_FREE_RECIPES, NFT_CFG_FREE_SEEDS,
          {"dev2_prompts": 120, "eval_seeds": tuple(range(NFT_NOISE_PER_PROMPT))}),
         ("online-nft-guidance-2", NFT_GUIDANCE2_RECIPES, NFT_GUIDANCE2_SEEDS,
+         {"dev2_prompts": 120, "eval_seeds": tuple(range(NFT_NOISE_PER_PROMPT))}),
+        ("online-vbase", VBASE_RECIPES, VBASE_SEEDS,
          {"dev2_prompts": 120, "eval_seeds": tuple(range(NFT_NOISE_PER_PROMPT))}),
     ], start=1)
 }  # fmt: skip
