@@ -110,3 +110,19 @@ def test_dev_sweep_words_stage_checks_the_base_and_each_trained_model_into_its_o
               for name in ("base", "run-a")}  # fmt: skip
     assert all(check["num_prompts"] == 4 and len(check["rows"]) == 5 for check in checks.values())
     assert checks["base"]["rows"] == checks["run-a"]["rows"]  # the same UNet: the same check
+
+
+def test_word_check_records_how_often_each_check_passes_on_the_unswapped_images(base, tmp_path, monkeypatch):
+    # A check made to pass everything but position: the recorded rates must be its, image for image.
+    from trl_rpo.shapes import word_check
+
+    def every_check_but_position(observation, scene):
+        return {"background": True, "color": True, "shape": True, "count": True, "position": False, "exclusive": True}
+
+    monkeypatch.setattr(word_check, "check_attributes", every_check_but_position)
+    results = word_check.run_word_check(base, tmp_path / "check", num_prompts=2, num_inference_steps=2,
+                                        log=lambda m: None)  # fmt: skip
+    assert results["pass_rates"] == {"background": 1.0, "color": 1.0, "shape": 1.0, "count": 1.0, "position": 0.0,
+                                     "exclusive": 1.0}  # fmt: skip
+    table = (tmp_path / "check" / "word_check.md").read_text()
+    assert "| pass rate | 1.00 | 1.00 | 1.00 | 1.00 | 0.00 | 1.00 |" in table

@@ -14,7 +14,8 @@ another value that keeps the scene in the train split, and asks two questions:
   the word, decides the attribute; ``pixel_change`` is the mean absolute pixel difference of the two images.
 
 Only train-split scenes are sampled (the swaps are chosen to stay in the train split), so no held-out composition
-is looked at. Run by `examples/shapes/dev_sweep.py --stage words`; writes `word_check.json/.md`.
+is looked at. The check also records how often each of `alignment_score`'s checks passes on the unswapped
+images (`pass_rates`). Run by `examples/shapes/dev_sweep.py --stage words`; writes `word_check.json/.md`.
 """
 
 from __future__ import annotations
@@ -112,6 +113,9 @@ def run_word_check(
 
     original = sample([prompt_text(s) for s in scenes], list(range(num_prompts)))
     observed = [analyze(image) for image in pipeline.numpy_to_pil(original)]
+    # How often each of `alignment_score`'s checks passes on the unswapped images: what the model gets right at all.
+    checks = [check_attributes(observation, scene) for observation, scene in zip(observed, scenes)]
+    pass_rates = {name: float(np.mean([c[name] for c in checks])) for name in checks[0]}
     rows = []
     for word in WORDS:
         kept = [(i, swapped) for i, scene in enumerate(scenes) if (swapped := swap_word(scene, word)) is not None]
@@ -133,8 +137,8 @@ def run_word_check(
                "pixel_change": float(np.abs(images - original[index]).mean())}  # fmt: skip
         rows.append(row)
         log(format_word_check({"rows": [row]}).splitlines()[-1])
-    results = {"rows": rows, "num_prompts": num_prompts, "seed": seed, "guidance_scale": guidance_scale,
-               "num_inference_steps": num_inference_steps}  # fmt: skip
+    results = {"rows": rows, "pass_rates": pass_rates, "num_prompts": num_prompts, "seed": seed,
+               "guidance_scale": guidance_scale, "num_inference_steps": num_inference_steps}  # fmt: skip
     return _write_sweep(output_dir, "word_check", results, format_word_check(results), log)
 
 
@@ -146,4 +150,8 @@ def format_word_check(results: dict[str, Any]) -> str:
         unchanged = "n/a" if row["unchanged"] is None else f"{row['unchanged']:.2f}"
         lines.append(f"| {row['word']} | {row['pairs']} | {row['encoder_distance']:.3f} | {row['follows']:.2f} | "
                      f"{unchanged} | {row['pixel_change']:.3f} |")  # fmt: skip
+    if "pass_rates" in results:
+        rates = results["pass_rates"]
+        lines += ["", "| unswapped images: " + " | ".join(rates) + " |", "|---" + "|---:" * len(rates) + "|",
+                  "| pass rate | " + " | ".join(f"{v:.2f}" for v in rates.values()) + " |"]  # fmt: skip
     return "\n".join(lines)
