@@ -125,4 +125,5 @@ def test_word_check_records_how_often_each_check_passes_on_the_unswapped_images(
     assert results["pass_rates"] == {"background": 1.0, "color": 1.0, "shape": 1.0, "count": 1.0, "position": 0.0,
                                      "exclusive": 1.0}  # fmt: skip
     table = (tmp_path / "check" / "word_check.md").read_text()
+    assert "| unswapped images | background | color | shape | count | position | exclusive |" in table
     assert "| pass rate | 1.00 | 1.00 | 1.00 | 1.00 | 0.00 | 1.00 |" in table

@@ -152,6 +152,6 @@ def format_word_check(results: dict[str, Any]) -> str:
                      f"{unchanged} | {row['pixel_change']:.3f} |")  # fmt: skip
     if "pass_rates" in results:
         rates = results["pass_rates"]
-        lines += ["", "| unswapped images: " + " | ".join(rates) + " |", "|---" + "|---:" * len(rates) + "|",
+        lines += ["", "| unswapped images | " + " | ".join(rates) + " |", "|---" + "|---:" * len(rates) + "|",
                   "| pass rate | " + " | ".join(f"{v:.2f}" for v in rates.values()) + " |"]  # fmt: skip
     return "\n".join(lines)
