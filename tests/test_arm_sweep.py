@@ -144,12 +144,14 @@ def test_the_rank_check_retrains_the_chosen_recipe_at_other_ranks_on_the_sweeps_
 
     from trl_rpo.shapes.rank_check import load_pair_sets, run_rank_check
 
-    config = DemoConfig.quick(image_budget=8, eval_seeds=(0,), num_inference_steps=4, refine_strength=0.5,
+    # 16 images at 8 steps: on the shipped base, 8 images at 4 steps all tie and give no reward pair to retrain on.
+    config = DemoConfig.quick(image_budget=16, eval_seeds=(0,), num_inference_steps=8, refine_strength=0.5,
                               dpo_batch_size=2)  # fmt: skip
     sweep_dir = tmp_path / "arms"
     sweep = run_arm_sweep(config, sweep_dir, arms=("dpo_reward_pairs",), recipes=("lr=1e-3 beta=5000 steps=1 t=all",),
                           seeds=(100,), dev_prompts=4, log=lambda _: None)  # fmt: skip
     pairs = load_pair_sets(sweep_dir / "work" / "seed-100" / "pairs")
+    assert len(pairs["reward_pairs"]) > 0
     results = run_rank_check(sweep_dir, tmp_path / "ranks", ranks=(4,), arms=("dpo_reward_pairs",), log=lambda _: None)
     (row,) = results["rows"]
     sweep_row = json.loads((sweep_dir / "runs.jsonl").read_text().splitlines()[0])
@@ -163,3 +165,20 @@ def test_the_rank_check_retrains_the_chosen_recipe_at_other_ranks_on_the_sweeps_
     assert "| `dpo_reward_pairs` | 4 |" in (tmp_path / "ranks" / "rank_check.md").read_text()
     with pytest.raises(FileExistsError, match="not empty"):
         run_rank_check(sweep_dir, tmp_path / "ranks", ranks=(4,), arms=("dpo_reward_pairs",))
+
+
+def test_load_pair_sets_reads_back_a_reward_pair_set_saved_with_no_rows(tmp_path):
+    # A base whose samples all tie yields no reward pairs; `datasets` writes such a set with no shard and cannot load
+    # it, so the pair sets of that seed must still read back, as an empty set with the saved columns.
+    from datasets import Dataset, Features, Value
+
+    from trl_rpo.shapes import rank_check
+
+    features = Features({"prompt": Value("string"), "chosen_score": Value("float32")})
+    for name in ("reward_pairs", "best_of_4_pairs"):
+        Dataset.from_dict({"prompt": [], "chosen_score": []}, features=features).save_to_disk(str(tmp_path / name))
+    empty = rank_check._load_saved(tmp_path / "reward_pairs")
+    assert len(empty) == 0 and empty.features == features
+    full = Dataset.from_dict({"prompt": ["a"], "chosen_score": [1.0]}, features=features)
+    full.save_to_disk(str(tmp_path / "full"))
+    assert rank_check._load_saved(tmp_path / "full")["prompt"] == ["a"]

@@ -821,7 +821,7 @@ def test_online_rounds_replay_with_the_evaluation_they_ran_with():
     for stage, entry in rounds.items():
         # shared noise before the seventh round, train prompts from the sixth, dev2 from the eleventh, eight noises
         # from the twelfth
-        eight = ("online-nft-noises", "online-nft-cfg-free", "online-nft-guidance-2")
+        eight = ("online-nft-noises", "online-nft-cfg-free", "online-nft-guidance-2", "online-vbase")
         assert entry.per_image_noise == (stage not in (*early, "online-steps")), stage
         assert entry.train_prompts == (0 if stage in early else 60), stage
         assert entry.dev2_prompts == (120 if stage in ("online-nft-power", *eight) else 0), stage
