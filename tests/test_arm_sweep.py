@@ -172,13 +172,14 @@ def test_load_pair_sets_reads_back_a_reward_pair_set_saved_with_no_rows(tmp_path
     # it, so the pair sets of that seed must still read back, as an empty set with the saved columns.
     from datasets import Dataset, Features, Value
 
-    from trl_rpo.shapes import rank_check
+    from trl_rpo.data.formats import load_preference_dataset, load_saved_dataset
 
     features = Features({"prompt": Value("string"), "chosen_score": Value("float32")})
     for name in ("reward_pairs", "best_of_4_pairs"):
         Dataset.from_dict({"prompt": [], "chosen_score": []}, features=features).save_to_disk(str(tmp_path / name))
-    empty = rank_check._load_saved(tmp_path / "reward_pairs")
+    empty = load_saved_dataset(tmp_path / "reward_pairs")
     assert len(empty) == 0 and empty.features == features
+    assert len(load_preference_dataset(str(tmp_path / "best_of_4_pairs"))) == 0  # the public loader too
     full = Dataset.from_dict({"prompt": ["a"], "chosen_score": [1.0]}, features=features)
     full.save_to_disk(str(tmp_path / "full"))
-    assert rank_check._load_saved(tmp_path / "full")["prompt"] == ["a"]
+    assert load_saved_dataset(tmp_path / "full")["prompt"] == ["a"]

@@ -31,6 +31,7 @@ __all__ = [
     "prepare_preference_dataset",
     "pickapic_to_preference",
     "load_preference_dataset",
+    "load_saved_dataset",
     "prepare_prompt_dataset",
     "load_prompt_dataset",
 ]
@@ -305,18 +306,34 @@ def prepare_prompt_dataset(dataset: Dataset, *, name: str = "train_dataset") -> 
     return dataset.select_columns(["prompt"])
 
 
+def load_saved_dataset(path: str | os.PathLike):
+    """`datasets.load_from_disk`, except for a `Dataset` that `save_to_disk` wrote with no rows: it writes no shard
+    and `datasets` cannot read it back, so that one is returned as an empty dataset with its saved features."""
+    import json
+
+    from datasets import DatasetInfo, load_from_disk
+
+    state = os.path.join(path, "state.json")
+    if os.path.isfile(state):
+        with open(state, encoding="utf-8") as f:
+            if not json.load(f).get("_data_files"):
+                features = DatasetInfo.from_directory(str(path)).features
+                return Dataset.from_dict({name: [] for name in features}, features=features)
+    return load_from_disk(str(path))
+
+
 def load_preference_dataset(name_or_path: str, split: str = "train") -> Dataset:
     """Load a dataset from a local `save_to_disk` folder, a local data folder, or the Hub.
 
     Note that the diffusers DPO scripts default to the `validation` split; here it is `train`.
     """
-    from datasets import load_dataset, load_from_disk
+    from datasets import load_dataset
 
     if os.path.isdir(name_or_path) and (
         os.path.isfile(os.path.join(name_or_path, "dataset_info.json"))
         or os.path.isfile(os.path.join(name_or_path, "dataset_dict.json"))
     ):
-        loaded = load_from_disk(name_or_path)
+        loaded = load_saved_dataset(name_or_path)
         if isinstance(loaded, DatasetDict):
             if split not in loaded:
                 raise KeyError(f"{name_or_path!r} has splits {list(loaded)}, not {split!r}")

@@ -29,23 +29,13 @@ def load_pair_sets(folder: str | Path) -> dict[str, Any]:
     """The pair sets `build_pair_sets` wrote for one seed (`rpo_pairs` as the builder's shards, the reward-labelled
     sets as `save_to_disk` folders), read back as datasets."""
     from ..data.builder.shards import load_built_dataset
+    from ..data.formats import load_saved_dataset
 
     folder = Path(folder)
     return {"rpo_pairs": load_built_dataset(folder / "rpo_pairs"),
-            "reward_pairs": _load_saved(folder / "reward_pairs"),
-            "best_of_4_pairs": _load_saved(folder / "best_of_4_pairs")}  # fmt: skip
+            "reward_pairs": load_saved_dataset(folder / "reward_pairs"),
+            "best_of_4_pairs": load_saved_dataset(folder / "best_of_4_pairs")}  # fmt: skip
 
-
-def _load_saved(folder: Path):
-    """`load_from_disk`, except for a set `save_to_disk` wrote with no rows (no shard: a base whose samples all tie
-    yields no reward pairs), which `datasets` cannot read back: that is an empty dataset with the saved features."""
-    from datasets import Dataset, DatasetInfo, load_from_disk
-
-    state = folder / "state.json"
-    if state.is_file() and not json.loads(state.read_text(encoding="utf-8")).get("_data_files"):
-        features = DatasetInfo.from_directory(str(folder)).features
-        return Dataset.from_dict({name: [] for name in features}, features=features)
-    return load_from_disk(str(folder))
 
 
 def _declared_config(declared: dict[str, Any]) -> DemoConfig:
