@@ -98,6 +98,20 @@ def test_the_declared_sweep_covers_every_arm_with_the_same_recipes_and_seeds_not
     assert set(SWEEP_SEEDS).isdisjoint(StudyConfig().training_seeds)
 
 
+def test_the_second_arm_sweep_declares_fresh_seeds_and_holds_the_demos_recipes():
+    from trl_rpo.shapes.arm_sweep import CHOSEN_ARMS, SWEEP_SEEDS, VBASE_ARM_RECIPES, VBASE_ARM_SEEDS, VBASE_ARMS
+    from trl_rpo.shapes.study import StudyConfig
+
+    assert VBASE_ARMS == CHOSEN_ARMS
+    candidates = [parse_dpo_recipe(r) for r in VBASE_ARM_RECIPES]
+    assert len({json.dumps(c, sort_keys=True) for c in candidates}) == len(candidates)
+    config = DemoConfig()  # every DPO row's recipe in the demo is one of the sweep's candidates
+    for recipe in (config.reward_pairs_recipe, config.best_of_4_recipe, format_dpo_recipe(config)):
+        assert parse_dpo_recipe(recipe) in candidates
+    assert set(VBASE_ARM_SEEDS).isdisjoint((*SWEEP_SEEDS, *StudyConfig().training_seeds))
+
+
+
 @pytest.mark.slow
 def test_the_arm_sweep_scores_every_arm_recipe_and_seed_on_dev_and_resumes(tmp_path, monkeypatch):
     from trl_rpo.shapes import arm_sweep

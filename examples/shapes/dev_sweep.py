@@ -121,13 +121,15 @@ pairs and seeds (`--arm-sweep`), beside its rank-8 runs: does the rank change th
 `--stage arms` tunes every Diffusion-DPO row the same way (`trl_rpo.shapes.arm_sweep`): reward-labelled, best-of-4
 and RPO pairs, each with the same four recipes and training seeds 100-102 (which also draw the pairs), chosen per
 arm by the same rule (the highest lowest-seed dev gain); it resumes in the same folder after a kill
-(`arm_sweep.md`, about 45 minutes).
+(`arm_sweep.md`, about 45 minutes). `--stage arms-vbase` is the second arm sweep, on the base shipped since
+2026-12-07: reward-labelled, best-of-4 and RPO pairs with five recipes (`VBASE_ARM_RECIPES`) and fresh seeds
+110-112, the same rule.
 """
 
 import argparse
 from typing import NamedTuple
 
-from trl_rpo.shapes.arm_sweep import ARM_RECIPES, run_arm_sweep
+from trl_rpo.shapes.arm_sweep import ARM_RECIPES, VBASE_ARM_RECIPES, VBASE_ARM_SEEDS, VBASE_ARMS, run_arm_sweep
 from trl_rpo.shapes.demo import DemoConfig
 from trl_rpo.shapes.sweep import (
     DEFAULT_RECIPES,
@@ -228,12 +230,13 @@ def main() -> None:
                         help="step-rewards: the reward TailorPO ranks children by (DemoConfig.online_reward)")
     parser.add_argument("--stage", default="recipes",
                         choices=["recipes", "pairs", "seeds", "masked", "sft", "timesteps", "online",
-                                 *ONLINE_ROUNDS, "step-rewards", "words", "arms", "ranks"],
+                                 *ONLINE_ROUNDS, "step-rewards", "words", "arms", "arms-vbase", "ranks"],
                         help="recipes: guidance and DPO recipe; pairs: the RPO refinement strength; seeds: masked "
                              "or plain DPO over training seeds; masked: the masked recipe over seeds; sft: masked "
                              "DPO plus an SFT term over seeds; timesteps: masked DPO on part of the noise "
                              "schedule over seeds; online: TailorPO, its final-image baseline and GRPO at 40 "
-                             "and 160 steps; arms: every DPO row's recipe by one sweep and rule")  # fmt: skip
+                             "and 160 steps; arms: every DPO row's recipe by one sweep and rule; arms-vbase: the "
+                             "same on the base shipped since 2026-12-07")  # fmt: skip
     args = parser.parse_args()
     # Every stage before the seventh online round scored dev with one noise per evaluation seed, shared by all
     # prompts; they replay as they ran. Later stages use per-image noise (DemoConfig.per_image_noise).
@@ -300,6 +303,14 @@ def main() -> None:
                           seeds=(100, 101), dev_prompts=8)  # fmt: skip
         else:
             run_arm_sweep(DemoConfig(model=args.model, **noise), args.output_dir)
+        return
+    if args.stage == "arms-vbase":  # per-image noise, as the demo and study score
+        if args.quick:
+            run_arm_sweep(DemoConfig.quick(model=args.model), args.output_dir, arms=VBASE_ARMS[:1],
+                          recipes=VBASE_ARM_RECIPES[3:], seeds=VBASE_ARM_SEEDS[:2], dev_prompts=8)  # fmt: skip
+        else:
+            run_arm_sweep(DemoConfig(model=args.model), args.output_dir, arms=VBASE_ARMS,
+                          recipes=VBASE_ARM_RECIPES, seeds=VBASE_ARM_SEEDS)  # fmt: skip
         return
     if args.stage == "pairs":
         config = (DemoConfig.quick(model=args.model, **noise, **uniform) if args.quick
