@@ -821,7 +821,8 @@ def test_online_rounds_replay_with_the_evaluation_they_ran_with():
     for stage, entry in rounds.items():
         # shared noise before the seventh round, train prompts from the sixth, dev2 from the eleventh, eight noises
         # from the twelfth
-        eight = ("online-nft-noises", "online-nft-cfg-free", "online-nft-guidance-2", "online-vbase")
+        eight = ("online-nft-noises", "online-nft-cfg-free", "online-nft-guidance-2", "online-vbase",
+                 "online-tailorpo-final-vbase")
         assert entry.per_image_noise == (stage not in (*early, "online-steps")), stage
         assert entry.train_prompts == (0 if stage in early else 60), stage
         assert entry.dev2_prompts == (120 if stage in ("online-nft-power", *eight) else 0), stage
@@ -833,6 +834,37 @@ def test_twelfth_online_round_scores_the_demos_nft_recipe_with_eight_noises_on_f
     assert twelfth.recipes == {"nft": {"demo: 165 steps, half the timesteps (the ninth round's choice)": {}}}
     assert twelfth.seeds == (1100, 1101, 1102, 1103, 1104)
     assert (twelfth.eval_seeds, twelfth.dev2_prompts, twelfth.train_prompts) == (tuple(range(8)), 120, 60)
+
+
+def test_the_seventh_studys_options_file_tests_the_final_image_baseline_on_seeds_no_round_used(monkeypatch, tmp_path):
+    from trl_rpo.shapes import study
+
+    runs = []
+    monkeypatch.setattr(study, "run_study", lambda config, output_dir: runs.append(config))
+    options = SHAPES_EXAMPLES / "study_tailorpo_final_vbase.yaml"
+    assert study.main(["--config", str(options), "--output_dir", str(tmp_path)]) == 0
+    (config,) = runs
+    assert config.comparisons == [("tailorpo_final", "base")] and config.methods == ("tailorpo_final",)
+    assert config.training_seeds == (20, 21, 22) and config.eval_seeds == tuple(range(8))
+    assert (config.split, config.eval_prompts, config.recipe) == ("final", 180, {})
+    used = {seed for entry in _dev_sweep_rounds().values() for seed in entry.seeds} | set(range(15))
+    assert used.isdisjoint(config.training_seeds)
+
+
+def test_sixteenth_online_round_trains_tailorpos_final_image_baseline_on_fresh_seeds(monkeypatch, tmp_path):
+    rounds = _dev_sweep_rounds()  # imports trl_rpo.shapes.sweep, which must come before online_sweep
+    from trl_rpo.shapes import online_sweep, stages
+
+    sixteenth = rounds["online-tailorpo-final-vbase"]
+    assert sixteenth.recipes == {"tailorpo_final": {"demo's": {}}}
+    assert not {s for other, r in rounds.items() if other != "online-tailorpo-final-vbase" for s in r.seeds} & set(
+        sixteenth.seeds)
+    built = []
+    monkeypatch.setattr(stages, "tailorpo_trainer", lambda config, out, name, pairing="best_worst": built.append(
+        pairing) or name)
+    monkeypatch.setattr(stages, "_train_and_save", lambda trainer: trainer)
+    assert online_sweep._ONLINE_TRAINERS["tailorpo_final"](DemoConfig(), tmp_path, "run") == "run"
+    assert built == ["final"]  # the round's method is the final-image pairing, not the step-wise one
 
 
 @pytest.mark.parametrize("stage, guidance, seeds", [

@@ -103,6 +103,9 @@ final declared in docs/shapes.md (about 30 minutes).
 at the demo's guidance, on fresh seeds 1600-1602, scored as the fourteenth round; each method's reward-rise test and
 gate to final declared in docs/shapes.md (about 50 minutes).
 
+`--stage online-tailorpo-final-vbase` is the sixteenth online round (issue 28): TailorPO's final-image baseline
+(`pairing="final"`), the demo's recipe, on the new base, seeds 1700-1702, scored as the fifteenth.
+
 `--stage step-rewards` is a diagnosis of TailorPO's training signal (issue 28): on 128 train prompts, at every sampler
 step, do the step-wise rewards of two children of one parent order them as the mean final reward of 8 completions of
 each does? (`trl_rpo.shapes.step_reward_check`, `step_reward_check.md`, about 10 minutes; no held-out prompt is
@@ -160,6 +163,8 @@ from trl_rpo.shapes.sweep import (
     SFT_VARIANTS,
     TAILORPO_BATCH_RECIPES,
     TAILORPO_BATCH_SEEDS,
+    TAILORPO_FINAL_VBASE_RECIPES,
+    TAILORPO_FINAL_VBASE_SEEDS,
     TAILORPO_LOOKAHEAD_RECIPES,
     TAILORPO_LOOKAHEAD_SEEDS,
     TAILORPO_WINDOW_RECIPES,
@@ -211,6 +216,8 @@ ONLINE_ROUNDS = {
         ("online-nft-guidance-2", NFT_GUIDANCE2_RECIPES, NFT_GUIDANCE2_SEEDS,
          {"dev2_prompts": 120, "eval_seeds": tuple(range(NFT_NOISE_PER_PROMPT))}),
         ("online-vbase", VBASE_RECIPES, VBASE_SEEDS,
+         {"dev2_prompts": 120, "eval_seeds": tuple(range(NFT_NOISE_PER_PROMPT))}),
+        ("online-tailorpo-final-vbase", TAILORPO_FINAL_VBASE_RECIPES, TAILORPO_FINAL_VBASE_SEEDS,
          {"dev2_prompts": 120, "eval_seeds": tuple(range(NFT_NOISE_PER_PROMPT))}),
     ], start=1)
 }  # fmt: skip

@@ -203,6 +203,12 @@ VBASE_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "grpo": {"demo's": {}},
 }
 VBASE_SEEDS: tuple[int, ...] = (1600, 1601, 1602)
+# The sixteenth online round (issue 28), TailorPO's final-image baseline only: the demo on the new base (seed 0, a
+# look at final, recorded) put it at +0.018 [+0.003, +0.035] over the base, the one online row above zero; that
+# look chose this round, which asks dev and train prompts whether it replicates on fresh seeds before final is looked
+# at again. The demo's recipe unchanged; scored as the fifteenth round. Rule and gate in docs/shapes.md.
+TAILORPO_FINAL_VBASE_RECIPES: dict[str, dict[str, dict[str, Any]]] = {"tailorpo_final": {"demo's": {}}}
+TAILORPO_FINAL_VBASE_SEEDS: tuple[int, ...] = (1700, 1701, 1702)
 # Demo defaults that a round's choice changed: (the round that changed them, method, the values before). A round
 # replays with the values of its time (`as_declared`).
 _CHANGED_DEFAULTS: tuple[tuple[int, str, dict[str, Any]], ...] = (

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -40,6 +41,8 @@ from .online_rounds import (  # the rounds' declarations, re-exported where they
     ONLINE_STEPS_SEEDS,
     TAILORPO_BATCH_RECIPES,
     TAILORPO_BATCH_SEEDS,
+    TAILORPO_FINAL_VBASE_RECIPES,
+    TAILORPO_FINAL_VBASE_SEEDS,
     TAILORPO_LOOKAHEAD_RECIPES,
     TAILORPO_LOOKAHEAD_SEEDS,
     TAILORPO_WINDOW_RECIPES,
@@ -91,6 +94,8 @@ __all__ = [
     "TAILORPO_LOOKAHEAD_SEEDS",
     "TAILORPO_WINDOW_RECIPES",
     "TAILORPO_WINDOW_SEEDS",
+    "TAILORPO_FINAL_VBASE_RECIPES",
+    "TAILORPO_FINAL_VBASE_SEEDS",
     "VBASE_RECIPES",
     "VBASE_SEEDS",
     "as_declared",
@@ -179,7 +184,8 @@ def format_online_sweep(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-_ONLINE_TRAINERS = {"tailorpo": train_tailorpo, "grpo": train_grpo, "nft": train_nft}
+_ONLINE_TRAINERS = {"tailorpo": train_tailorpo, "tailorpo_final": functools.partial(train_tailorpo, pairing="final"),
+                    "grpo": train_grpo, "nft": train_nft}  # fmt: skip
 
 
 def _run_name(method: str, recipe_index: int, seed: int | str) -> str:
