@@ -851,6 +851,23 @@ def test_the_seventh_studys_options_file_tests_the_final_image_baseline_on_seeds
     assert used.isdisjoint(config.training_seeds)
 
 
+def test_the_eighth_studys_options_file_tests_every_dpo_row_on_seeds_nothing_used(monkeypatch, tmp_path):
+    from trl_rpo.shapes import study
+    from trl_rpo.shapes.arm_sweep import SWEEP_SEEDS, VBASE_ARM_SEEDS
+
+    runs = []
+    monkeypatch.setattr(study, "run_study", lambda config, output_dir: runs.append(config))
+    assert study.main(["--config", str(SHAPES_EXAMPLES / "study_dpo_vbase.yaml"), "--output_dir", str(tmp_path)]) == 0
+    (config,) = runs
+    dpo = tuple(m for m in METHODS if m.startswith("dpo_"))
+    assert config.methods == dpo and config.comparisons[0] == ("dpo_rpo_pairs", "dpo_reward_pairs")
+    assert {(m, "base") for m in dpo} <= set(config.comparisons) and config.recipe == {}  # the demo's recipes
+    assert (config.split, config.eval_prompts, config.eval_seeds) == ("final", 180, (0, 1))
+    used = {s for entry in _dev_sweep_rounds().values() for s in entry.seeds} | set(range(25))
+    assert used.isdisjoint(config.training_seeds) and set(SWEEP_SEEDS + VBASE_ARM_SEEDS).isdisjoint(
+        config.training_seeds)
+
+
 def test_sixteenth_online_round_trains_tailorpos_final_image_baseline_on_fresh_seeds(monkeypatch, tmp_path):
     rounds = _dev_sweep_rounds()  # imports trl_rpo.shapes.sweep, which must come before online_sweep
     from trl_rpo.shapes import online_sweep, stages

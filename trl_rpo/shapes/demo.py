@@ -123,8 +123,10 @@ class DemoConfig:
     dpo_batch_size: int = field(default=8, metadata={"help": "Pairs per DPO step (every DPO row)."})
     dpo_learning_rate: float = field(default=1e-3, metadata={"help": "RPO-pair DPO learning rate (arm sweep's)."})
     dpo_beta: float = field(default=5000.0, metadata={"help": "RPO-pair Diffusion-DPO beta (arm sweep's choice)."})
+    # Every arm's recipe: the second arm sweep's choice on the base shipped since 2026-12-07 (docs/shapes.md); it kept
+    # best-of-4's and the RPO arm's recipes and gave reward pairs half the steps on every timestep.
     reward_pairs_recipe: str = field(
-        default="lr=2e-3 beta=5000 steps=300 t=<500",
+        default="lr=2e-3 beta=5000 steps=150 t=all",
         metadata={"help": "Reward-labelled pairs' DPO recipe, 'lr= beta= steps= t=all|<500' (arm sweep's choice); "
                           "also the ablation row's (RPO pairs, no mask)."},
     )  # fmt: skip
@@ -149,8 +151,8 @@ class DemoConfig:
         metadata={"help": "Weight of the denoising loss on chosen images added to Diffusion-DPO (loss_type "
                           "['sigmoid', 'sft']); 0: Diffusion-DPO alone."},
     )  # fmt: skip
-    # The RPO arm's recipe (lr 1e-3, 300 steps, uniform t, masked) is the arm sweep's choice on the retrained base
-    # (docs/shapes.md); the old base's timestep sweep had chosen t < 500, which `--dpo_timestep_bias_strategy later`
+    # The RPO arm's recipe (lr 1e-3, 300 steps, uniform t, masked) is both arm sweeps' choice (docs/shapes.md); the
+    # first base's timestep sweep had chosen t < 500, which `--dpo_timestep_bias_strategy later`
     # restores (with the portion 0.5 and multiplier 0 below).
     dpo_timestep_bias_strategy: str = field(
         default="none", metadata={"help": "RPO-pair DPO: DiffusionDPOConfig.timestep_bias_strategy (none: uniform)."}
