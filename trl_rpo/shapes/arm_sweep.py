@@ -48,10 +48,10 @@ ARM_RECIPES = (
 SWEEP_SEEDS = (100, 101, 102)  # not the study's training seeds (0-4)
 # The second arm sweep (issue 28), on the base shipped since 2026-12-07 (v-prediction, zero terminal SNR): the
 # epsilon base's choices put every DPO row below the base by the independent judge in the demo on it (-0.11 to
-# -0.26), with blurred shapes, while alignment_score moved -0.04..+0.02; the velocity target changes the loss's scale
-# along t, so the same beta and learning rate are a different recipe. Candidates: the three recipes the first sweep
-# chose (one per arm), the RPO arm's at four times beta (a tighter hold on the reference), and a quarter of its
-# update (half the learning rate and half the steps). The ablation arm is not rerun: the demo's ablation row takes
+# -0.26; the grid's shapes drift), while alignment_score moved -0.04..+0.02; the velocity target changes the loss's
+# scale along t, so the same beta and learning rate are a different recipe. Candidates: the three recipes the first
+# sweep chose (one per arm), the RPO arm's at four times beta (a tighter hold on the reference), and a quarter of
+# its update (half the learning rate and half the steps). The ablation arm is not rerun: the demo's ablation row takes
 # the reward pairs' recipe. Fresh seeds; the same rule (`choose_recipe`), on dev only.
 VBASE_ARMS = CHOSEN_ARMS
 VBASE_ARM_RECIPES = (
