@@ -19,6 +19,7 @@ from trl_rpo.shapes.demo import (
     pair_efficacy,
     run_demo,
 )
+from trl_rpo.shapes.stages import parse_dpo_recipe
 
 SHAPES_EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "shapes"
 
@@ -170,12 +171,15 @@ def test_trl_rpo_demo_quick_runs_end_to_end_and_writes_results_grid_and_curves(t
     assert (out / "best_of_4_pairs").is_dir()
     for method in METHODS[1:]:
         assert (out / "runs" / method / "pytorch_lora_weights.safetensors").is_file(), method
-    # Each DPO row trains with its arm's recipe (the arm sweep's choices): reward pairs on the less noisy half of the
-    # timesteps, best-of-4 and RPO pairs uniformly; the ablation trains RPO pairs exactly as the reward pairs.
+    # Each DPO row trains with its arm's recipe (the second arm sweep's choices, every one on all timesteps); the
+    # ablation trains RPO pairs exactly as the reward pairs.
     cards = {method: (out / "runs" / method / "README.md").read_text() for method in METHODS[1:5]}
-    later = "| timestep_bias | later 0.5 of the timesteps x 0 |"
-    assert later in cards["dpo_reward_pairs"] and later in cards["dpo_rpo_pairs_reward_recipe"]
-    assert "timestep_bias" not in cards["dpo_rpo_pairs"] and "timestep_bias" not in cards["dpo_best_of_4"]
+    reward_recipe = parse_dpo_recipe(config.reward_pairs_recipe)
+    for method in ("dpo_reward_pairs", "dpo_rpo_pairs_reward_recipe"):
+        assert f"| max_steps | {reward_recipe['dpo_steps']} |" in cards[method], method
+        assert f"| learning_rate | {reward_recipe['dpo_learning_rate']} |" in cards[method], method
+    assert f"| max_steps | {config.dpo_steps} |" in cards["dpo_rpo_pairs"]
+    assert not [method for method, card in cards.items() if "timestep_bias" in card]
     # `trl-rpo eval` on a saved model, with the demo's test prompts and seeds, reports the demo's gain.
     (tmp_path / "prompts.txt").write_text("\n".join(results["eval_prompts"]["final"]) + "\n")
     command = [sys.executable, "-m", "trl_rpo.cli", "eval", "--model", str(out / "runs" / "dpo_rpo_pairs"),
