@@ -75,7 +75,9 @@ def test_a_swept_recipe_lands_in_the_field_its_arm_reads():
     unmasked = arm_recipe_config(config, "dpo_rpo_pairs_reward_recipe", recipe)
     assert (unmasked.dpo_learning_rate, unmasked.dpo_steps, unmasked.mask_weight_outside) == (1e-3, 150, 1.0)
     ablation = arm_config(unmasked, "dpo_rpo_pairs_reward_recipe")  # the demo's row: the reward pairs' recipe
-    assert ablation.dpo_steps == 300 and ablation.dpo_timestep_bias_strategy == "later"
+    reward = parse_dpo_recipe(config.reward_pairs_recipe)
+    assert (ablation.dpo_steps, ablation.dpo_learning_rate) == (reward["dpo_steps"], reward["dpo_learning_rate"])
+    assert ablation.dpo_timestep_bias_strategy == reward["dpo_timestep_bias_strategy"]
 
 
 def test_the_rule_prefers_the_best_worst_seed_over_the_best_mean():
