@@ -184,7 +184,8 @@ def format_online_sweep(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-_ONLINE_TRAINERS = {"tailorpo": train_tailorpo, "tailorpo_final": functools.partial(train_tailorpo, pairing="final"),
+_ONLINE_TRAINERS = {**{method: functools.partial(train_tailorpo, pairing=pairing)
+                       for method, pairing in TAILORPO_PAIRINGS.items()},
                     "grpo": train_grpo, "nft": train_nft}  # fmt: skip
 
 
