@@ -826,7 +826,7 @@ def test_online_rounds_replay_with_the_evaluation_they_ran_with():
         # shared noise before the seventh round, train prompts from the sixth, dev2 from the eleventh, eight noises
         # from the twelfth
         eight = ("online-nft-noises", "online-nft-cfg-free", "online-nft-guidance-2", "online-vbase",
-                 "online-tailorpo-final-vbase")
+                 "online-tailorpo-final-vbase", "online-lr-vbase")
         assert entry.per_image_noise == (stage not in (*early, "online-steps")), stage
         assert entry.train_prompts == (0 if stage in early else 60), stage
         assert entry.dev2_prompts == (120 if stage in ("online-nft-power", *eight) else 0), stage
@@ -886,6 +886,43 @@ def test_sixteenth_online_round_trains_tailorpos_final_image_baseline_on_fresh_s
     monkeypatch.setattr(stages, "_train_and_save", lambda trainer: trainer)
     assert online_sweep._ONLINE_TRAINERS["tailorpo_final"](DemoConfig(), tmp_path, "run") == "run"
     assert built == ["final"]  # the round's method is the final-image pairing, not the step-wise one
+
+
+_SEVENTEENTH_LEARNING_RATES = {"tailorpo": ("tailorpo_learning_rate", 1e-3),
+                                "tailorpo_final": ("tailorpo_learning_rate", 2e-3), "nft": ("nft_learning_rate", 1e-3)}
+
+
+def test_seventeenth_online_round_changes_only_each_methods_learning_rate_on_fresh_seeds():
+    rounds = _dev_sweep_rounds()
+    seventeenth = rounds["online-lr-vbase"]
+    assert seventeenth.seeds == (1800, 1801, 1802)
+    others = {s for other, r in rounds.items() if other != "online-lr-vbase" for s in r.seeds}
+    assert others.isdisjoint(seventeenth.seeds)
+    for method, (field_name, value) in _SEVENTEENTH_LEARNING_RATES.items():
+        ((name, recipe),) = seventeenth.recipes[method].items()
+        assert recipe == {field_name: value} and getattr(DemoConfig(), field_name) != value, method
+    assert set(seventeenth.recipes) == set(_SEVENTEENTH_LEARNING_RATES)
+
+
+@pytest.mark.parametrize("method", sorted(_SEVENTEENTH_LEARNING_RATES))
+def test_the_ninth_studys_options_files_train_the_seventeenth_rounds_recipe_on_seeds_nothing_used(
+    method, monkeypatch, tmp_path
+):
+    from trl_rpo.shapes import study
+    from trl_rpo.shapes.arm_sweep import SWEEP_SEEDS, VBASE_ARM_SEEDS
+
+    runs = []
+    monkeypatch.setattr(study, "run_study", lambda config, output_dir: runs.append(config))
+    options = SHAPES_EXAMPLES / f"study_online_lr_vbase_{method}.yaml"
+    assert study.main(["--config", str(options), "--output_dir", str(tmp_path)]) == 0
+    (config,) = runs
+    field_name, value = _SEVENTEENTH_LEARNING_RATES[method]
+    assert config.recipe == {field_name: value} and config.methods == (method,)
+    assert config.comparisons == [(method, "base")]
+    assert (config.split, config.eval_prompts, config.eval_seeds) == ("final", 180, tuple(range(8)))
+    used = {s for entry in _dev_sweep_rounds().values() for s in entry.seeds} | set(range(35))
+    assert used.isdisjoint(config.training_seeds) and set(SWEEP_SEEDS + VBASE_ARM_SEEDS).isdisjoint(
+        config.training_seeds)
 
 
 @pytest.mark.parametrize("stage, guidance, seeds", [

@@ -106,6 +106,10 @@ gate to final declared in docs/shapes.md (about 50 minutes).
 `--stage online-tailorpo-final-vbase` is the sixteenth online round (issue 28): TailorPO's final-image baseline
 (`pairing="final"`), the demo's recipe, on the new base, seeds 1700-1702, scored as the fifteenth.
 
+`--stage online-lr-vbase` is the seventeenth online round (issue 28): TailorPO at lr 1e-3, its final-image baseline
+at 2e-3 and DiffusionNFT at 1e-3 (`ONLINE_LR_VBASE_RECIPES`), the rest the demo's, on the new base, seeds
+1800-1802, scored as the fifteenth; the gate (dev + dev2 only) is declared in docs/shapes.md (about 40 minutes).
+
 `--stage step-rewards` is a diagnosis of TailorPO's training signal (issue 28): on 128 train prompts, at every sampler
 step, do the step-wise rewards of two children of one parent order them as the mean final reward of 8 completions of
 each does? (`trl_rpo.shapes.step_reward_check`, `step_reward_check.md`, about 10 minutes; no held-out prompt is
@@ -155,6 +159,8 @@ from trl_rpo.shapes.sweep import (
     NFT_ROLLOUT_SEEDS,
     ONLINE_BATCH_RECIPES,
     ONLINE_BATCH_SEEDS,
+    ONLINE_LR_VBASE_RECIPES,
+    ONLINE_LR_VBASE_SEEDS,
     ONLINE_RECIPES,
     ONLINE_REWARD_RECIPES,
     ONLINE_REWARD_SEEDS,
@@ -218,6 +224,8 @@ ONLINE_ROUNDS = {
         ("online-vbase", VBASE_RECIPES, VBASE_SEEDS,
          {"dev2_prompts": 120, "eval_seeds": tuple(range(NFT_NOISE_PER_PROMPT))}),
         ("online-tailorpo-final-vbase", TAILORPO_FINAL_VBASE_RECIPES, TAILORPO_FINAL_VBASE_SEEDS,
+         {"dev2_prompts": 120, "eval_seeds": tuple(range(NFT_NOISE_PER_PROMPT))}),
+        ("online-lr-vbase", ONLINE_LR_VBASE_RECIPES, ONLINE_LR_VBASE_SEEDS,
          {"dev2_prompts": 120, "eval_seeds": tuple(range(NFT_NOISE_PER_PROMPT))}),
     ], start=1)
 }  # fmt: skip

@@ -209,6 +209,17 @@ VBASE_SEEDS: tuple[int, ...] = (1600, 1601, 1602)
 # at again. The demo's recipe unchanged; scored as the fifteenth round. Rule and gate in docs/shapes.md.
 TAILORPO_FINAL_VBASE_RECIPES: dict[str, dict[str, dict[str, Any]]] = {"tailorpo_final": {"demo's": {}}}
 TAILORPO_FINAL_VBASE_SEEDS: tuple[int, ...] = (1700, 1701, 1702)
+# The seventeenth online round (issue 28): the online methods' learning rates on the new base. Diffusion-DPO gains on
+# dev there at lr 2e-3 (the second arm sweep), the online rows' learning rates were chosen on the epsilon base and
+# never tuned on this one. Train-prompt probes (seed 1200, docs/shapes.md) put TailorPO and GRPO at lr 2e-3 below the
+# base (-0.058, -0.049) and TailorPO's final-image baseline at 2e-3 and NFT at 1e-3 level with it (-0.004, -0.003).
+# One recipe per method, fresh seeds 1800-1802, scored as the fifteenth round; the gate is declared in docs/shapes.md.
+ONLINE_LR_VBASE_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "tailorpo": {"lr 1e-3": {"tailorpo_learning_rate": 1e-3}},
+    "tailorpo_final": {"lr 2e-3 (Diffusion-DPO's)": {"tailorpo_learning_rate": 2e-3}},
+    "nft": {"lr 1e-3": {"nft_learning_rate": 1e-3}},
+}
+ONLINE_LR_VBASE_SEEDS: tuple[int, ...] = (1800, 1801, 1802)
 # Demo defaults that a round's choice changed: (the round that changed them, method, the values before). A round
 # replays with the values of its time (`as_declared`).
 _CHANGED_DEFAULTS: tuple[tuple[int, str, dict[str, Any]], ...] = (
