@@ -819,6 +819,16 @@ def _dev_sweep_rounds():
     return runpy.run_path(str(SHAPES_EXAMPLES / "dev_sweep.py"), run_name="dev_sweep")["ONLINE_ROUNDS"]
 
 
+@pytest.mark.parametrize("module", ["online_sweep", "sweep", "word_check"])
+def test_each_sweep_module_imports_on_its_own(module):
+    # online_sweep once imported sweep, which imports online_sweep back: importing it first raised ImportError
+    import subprocess
+    import sys
+
+    code = f"import trl_rpo.shapes.{module}"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
+
+
 def test_online_rounds_replay_with_the_evaluation_they_ran_with():
     rounds = _dev_sweep_rounds()
     early = ("online-recipes", "online-batch", "online-tailorpo", "online-window", "online-reward")
@@ -873,7 +883,7 @@ def test_the_eighth_studys_options_file_tests_every_dpo_row_on_seeds_nothing_use
 
 
 def test_sixteenth_online_round_trains_tailorpos_final_image_baseline_on_fresh_seeds(monkeypatch, tmp_path):
-    rounds = _dev_sweep_rounds()  # imports trl_rpo.shapes.sweep, which must come before online_sweep
+    rounds = _dev_sweep_rounds()
     from trl_rpo.shapes import online_sweep, stages
 
     sixteenth = rounds["online-tailorpo-final-vbase"]

@@ -64,7 +64,7 @@ from .stages import (
     train_nft,
     train_tailorpo,
 )
-from .sweep import _dev_gain, _new_folder, _write_sweep
+from .sweep_files import _dev_gain, _new_folder, _write_sweep
 
 __all__ = [
     "ONLINE_METHODS",

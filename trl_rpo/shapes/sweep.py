@@ -20,7 +20,6 @@ online methods (TailorPO, its final-image baseline, GRPO) move the model with mo
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ from .stages import (
     pair_prompts,
     train_dpo,
 )
+from .sweep_files import _dev_gain, _new_folder, _write_sweep
 
 __all__ = [
     "DEFAULT_RECIPES",
@@ -105,29 +105,6 @@ DEFAULT_RECIPES: tuple[dict[str, Any], ...] = (
     {"use_lora": False, "learning_rate": 1e-4, "beta": 5000.0, "max_steps": 150},
     {"use_lora": True, "learning_rate": 5e-4, "beta": 5000.0, "max_steps": 150, "loss_type": "sft"},
 )
-
-
-def _new_folder(output_dir: str | Path) -> Path:
-    """`output_dir`, created; refused when it holds files, so no earlier sweep is overwritten."""
-    output_dir = Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise FileExistsError(f"{output_dir} exists and is not empty; the sweep writes only into a new folder")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return output_dir
-
-
-def _write_sweep(output_dir: Path, name: str, results: dict[str, Any], table: str, log: Callable[[str], None]):
-    """Writes NAME.json (everything) and NAME.md (the table), logs the table and returns `results`."""
-    (output_dir / f"{name}.json").write_text(json.dumps(results, indent=2, default=list) + "\n", encoding="utf-8")
-    (output_dir / f"{name}.md").write_text(table + "\n", encoding="utf-8")
-    log(table)
-    return results
-
-
-def _dev_gain(scorer: _Scorer, method: str, reference: str = "base") -> dict[str, Any]:
-    """`method - reference` on the dev prompts: the gain, its 95% interval and the p-value."""
-    result = scorer.compare(method, reference, "dev").to_dict()
-    return {key: result[key] for key in ("gain", "gain_ci", "p_value")}
 
 
 def run_dev_sweep(
@@ -480,7 +457,7 @@ def edit_survival(
     return result
 
 
-# The online-method sweeps live in `online_sweep` (imported last: it uses the helpers above).
+# The online-method sweeps live in `online_sweep`; re-exported here, where callers always found them.
 from .online_sweep import (  # noqa: E402
     NFT_CFG_FREE_RECIPES,
     NFT_CFG_FREE_SEEDS,

@@ -95,7 +95,7 @@ def run_word_check(
 ) -> dict[str, Any]:
     """Per word, the encoder distance of a swap and how the images of the two prompts differ from one noise (see
     the module docstring). Writes `word_check.json/.md` into `output_dir`, which must be new or empty."""
-    from .sweep import _new_folder, _write_sweep
+    from .sweep_files import _new_folder, _write_sweep
     from .world import prompts as shape_prompts
 
     if num_prompts < 1:
