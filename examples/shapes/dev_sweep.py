@@ -108,7 +108,7 @@ gate to final declared in docs/shapes.md (about 50 minutes).
 
 `--stage online-lr-vbase` is the seventeenth online round (issue 28): TailorPO at lr 1e-3, its final-image baseline
 at 2e-3 and DiffusionNFT at 1e-3 (`ONLINE_LR_VBASE_RECIPES`), the rest the demo's, on the new base, seeds
-1800-1802, scored as the fifteenth; the gate (dev + dev2 only) is declared in docs/shapes.md (about 40 minutes).
+1800-1802, scored as the fifteenth; the gate (dev + dev2 only) is declared in docs/shapes.md (about 45 minutes).
 
 `--stage step-rewards` is a diagnosis of TailorPO's training signal (issue 28): on 128 train prompts, at every sampler
 step, do the step-wise rewards of two children of one parent order them as the mean final reward of 8 completions of
