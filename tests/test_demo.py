@@ -786,6 +786,50 @@ def test_demo_config_rejects_a_non_positive_online_guidance_scale():
         DemoConfig(online_guidance_scale=0.0)
 
 
+@pytest.mark.parametrize("split", ["train", "dev2"])
+def test_online_rows_roll_out_on_every_scene_of_their_prompt_split_and_no_other(tmp_path, monkeypatch, split):
+    from trl_rpo.shapes import stages
+    from trl_rpo.shapes.world import SPLIT_SIZES, all_scenes, prompt_text
+
+    monkeypatch.setattr(stages, "_train_and_save", lambda trainer: trainer)
+    config = DemoConfig.quick(online_prompt_split=split)
+    expected = sorted(prompt_text(scene) for scene in all_scenes(split))
+    for train in (stages.train_tailorpo, stages.train_grpo, stages.train_nft):
+        rollout_prompts = train(config, tmp_path, "run").train_dataset["prompt"]
+        assert sorted(rollout_prompts) == expected and len(rollout_prompts) == SPLIT_SIZES[split], train.__name__
+
+
+@pytest.mark.parametrize("split", ["dev", "final", "held_out", "test"])
+def test_demo_config_rejects_online_rollouts_on_a_split_recipes_are_chosen_or_reported_on(split):
+    with pytest.raises(ValueError, match="online_prompt_split"):
+        DemoConfig(online_prompt_split=split)
+
+
+def test_online_recipe_sweep_on_dev2_rollouts_refuses_to_score_dev2_as_dev(tmp_path):
+    from trl_rpo.shapes import sweep
+
+    config = DemoConfig.quick(online_prompt_split="dev2")
+    with pytest.raises(ValueError, match="dev2_prompts must be 0"):
+        sweep.run_online_recipe_sweep(config, tmp_path / "a", recipes={"nft": {"x": {}}}, dev2_prompts=2)
+    with pytest.raises(ValueError, match="may not override online_prompt_split"):
+        sweep.run_online_recipe_sweep(DemoConfig.quick(), tmp_path / "b",
+                                      recipes={"nft": {"x": {"online_prompt_split": "dev2"}}})  # fmt: skip
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before anything was written
+
+
+@pytest.mark.slow
+def test_online_recipe_sweep_on_dev2_rollouts_scores_its_rise_on_dev2_prompts_and_dev_on_dev_alone(tmp_path):
+    from trl_rpo.shapes import sweep
+
+    config = DemoConfig.quick(eval_seeds=(0,), num_inference_steps=4, refine_strength=0.0, nft_steps=1,
+                              tailorpo_num_inference_steps=4, online_prompt_split="dev2")  # fmt: skip
+    results = sweep.run_online_recipe_sweep(config, tmp_path / "rec", recipes={"nft": {"x": {}}}, seeds=(0,),
+                                            dev_prompts=4, log=lambda _: None, train_prompts=3)  # fmt: skip
+    assert results["train_prompts"] == prompts(3, seed=0, split="dev2")  # the prompts it rolls out on
+    assert results["dev_prompts"] == prompts(4, seed=0, split="dev")
+    assert results["config"]["online_prompt_split"] == "dev2"
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("nft_timestep_fraction", 0.0), ("nft_timestep_fraction", 1.5), ("nft_num_iterations", 0),

@@ -110,6 +110,11 @@ gate to final declared in docs/shapes.md (about 50 minutes).
 at 2e-3 and DiffusionNFT at 1e-3 (`ONLINE_LR_VBASE_RECIPES`), the rest the demo's, on the new base, seeds
 1800-1802, scored as the fifteenth; the gate (dev + dev2 only) is declared in docs/shapes.md (about 45 minutes).
 
+`--stage ceiling` is the supervised ceiling (issue 28): the base fine-tuned on perfect renders of every dev2 scene
+(the demo's LoRA, and the whole UNet; `trl_rpo.shapes.ceiling.CEILING_VARIANTS`), scored on 60 of those dev2
+prompts at guidance 5 and 2 against the base sampled alike: how much room any method trained for that budget has
+(`ceiling.md`, about 15 minutes; no dev or final prompt is scored). `--ceiling-split train` fits every train scene.
+
 `--stage step-rewards` is a diagnosis of TailorPO's training signal (issue 28): on 128 train prompts, at every sampler
 step, do the step-wise rewards of two children of one parent order them as the mean final reward of 8 completions of
 each does? (`trl_rpo.shapes.step_reward_check`, `step_reward_check.md`, about 10 minutes; no held-out prompt is
@@ -245,13 +250,16 @@ def main() -> None:
                         help="step-rewards: the reward TailorPO ranks children by (DemoConfig.online_reward)")
     parser.add_argument("--stage", default="recipes",
                         choices=["recipes", "pairs", "seeds", "masked", "sft", "timesteps", "online",
-                                 *ONLINE_ROUNDS, "step-rewards", "words", "arms", "arms-vbase", "ranks"],
+                                 *ONLINE_ROUNDS, "step-rewards", "words", "arms", "arms-vbase", "ranks",
+                                 "ceiling"],
                         help="recipes: guidance and DPO recipe; pairs: the RPO refinement strength; seeds: masked "
                              "or plain DPO over training seeds; masked: the masked recipe over seeds; sft: masked "
                              "DPO plus an SFT term over seeds; timesteps: masked DPO on part of the noise "
                              "schedule over seeds; online: TailorPO, its final-image baseline and GRPO at 40 "
                              "and 160 steps; arms: every DPO row's recipe by one sweep and rule; arms-vbase: the "
                              "same on the base shipped since 2026-12-07")  # fmt: skip
+    parser.add_argument("--ceiling-split", default="dev2", choices=["dev2", "train"],
+                        help="ceiling: the split whose renders the base is fine-tuned on and scored on")
     args = parser.parse_args()
     # Every stage before the seventh online round scored dev with one noise per evaluation seed, shared by all
     # prompts; they replay as they ran. Later stages use per-image noise (DemoConfig.per_image_noise).
@@ -284,6 +292,17 @@ def main() -> None:
             run_online_recipe_sweep(DemoConfig(model=args.model, **noise, eval_seeds=online.eval_seeds),
                                     args.output_dir, recipes=online.recipes, seeds=online.seeds,
                                     train_prompts=online.train_prompts, dev2_prompts=online.dev2_prompts)  # fmt: skip
+        return
+    if args.stage == "ceiling":
+        from trl_rpo.shapes.ceiling import CEILING_VARIANTS, CeilingVariant, run_supervised_ceiling
+
+        if args.quick:
+            run_supervised_ceiling(DemoConfig.quick(model=args.model, eval_seeds=(0,)), args.output_dir,
+                                   split=args.ceiling_split, scored_prompts=4, images_per_scene=1,
+                                   variants={"LoRA, 2 steps": CeilingVariant(2, 3e-4)})  # fmt: skip
+        else:
+            run_supervised_ceiling(DemoConfig(model=args.model, eval_seeds=(0, 1, 2, 3)), args.output_dir,
+                                   split=args.ceiling_split, variants=CEILING_VARIANTS)  # fmt: skip
         return
     if args.stage == "step-rewards":
         from trl_rpo.shapes.step_reward_check import run_step_reward_check

@@ -80,6 +80,9 @@ COMPARISONS = (("dpo_rpo_pairs", "dpo_reward_pairs"), ("dpo_rpo_pairs", "dpo_bes
 IN_DISTRIBUTION_SEED_OFFSET = 10_000
 # The choices of `DemoConfig.tailorpo_reward` / `grpo_reward` / `nft_reward` (functions of `trl_rpo.shapes.evaluate`).
 ONLINE_REWARDS = ("alignment_score", "soft_alignment_score")
+# Where the online rows may roll out: the pretraining scenes, or the scenes of the held-out pairs that no recipe is
+# chosen on (dev2); never dev (where recipes are chosen) or final (where they are reported).
+ONLINE_PROMPT_SPLITS = ("train", "dev2")
 
 
 @dataclass
@@ -112,6 +115,12 @@ class DemoConfig:
         default=None,
         metadata={"help": "Guidance of the online rows' rollouts and of their trained models' images; None: "
                           "guidance_scale. 1.0 trains and samples CFG-free, as DiffusionNFT does."},
+    )  # fmt: skip
+    online_prompt_split: str = field(
+        default="train",
+        metadata={"help": "Split the online rows roll out on: 'train' (the scenes the base was pretrained on) or "
+                          "'dev2' (scenes of the held-out (shape, color) pairs, prompts of the distribution evaluated, "
+                          "as online RL is run; recipes are then chosen on dev, and final's pairs stay unseen)."},
     )  # fmt: skip
     image_budget: int = field(
         default=512, metadata={"help": "Generated images per pair set (RPO, reward-labelled, best-of-4)."}
@@ -245,6 +254,9 @@ class DemoConfig:
                              f"{self.nft_timestep_fraction} and {self.nft_num_iterations}")  # fmt: skip
         if not 0.0 <= self.nft_old_policy_decay < 1.0:
             raise ValueError(f"nft_old_policy_decay must be in [0, 1), got {self.nft_old_policy_decay}")
+        if self.online_prompt_split not in ONLINE_PROMPT_SPLITS:
+            raise ValueError(f"online_prompt_split must be one of {list(ONLINE_PROMPT_SPLITS)}, got "
+                             f"{self.online_prompt_split!r}")  # fmt: skip
         if self.online_guidance_scale is not None and self.online_guidance_scale <= 0:
             raise ValueError(f"online_guidance_scale must be positive or None, got {self.online_guidance_scale}")
         if self.image_budget < 2:

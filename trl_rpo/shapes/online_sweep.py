@@ -215,7 +215,9 @@ def run_online_recipe_sweep(
     its rollout alignment in the first and last fifth of training and its seconds. **Choice rule (fixed before the
     sweep runs): per method, the recipe whose lowest gain over the seeds is highest** (it penalises spread between
     trainings; ties go to the first listed, the demo's). Test prompts are never scored here. With `train_prompts`,
-    each run is also scored on that many train prompts (`train_gain`: does the reward rise where it trains?).
+    each run is also scored on that many of the prompts it trains on (`train_gain`: does the reward rise where it
+    trains?), drawn from `config.online_prompt_split` (the train split by default; with "dev2", no dev2 prompt may
+    join dev, since dev2 is then what the runs train on).
     Each seed's entry keeps its per-image dev scores (`dev_scores`, `[noise][prompt]`; the base's in
     `base_dev_scores`), and each row gives the gain over all its seeds at once with the study's two-level bootstrap
     (`pooled_gain`, `pooled_ci`, `pooled_p`): a report, not part of the rule. With `dev2_prompts`, that many prompts
@@ -229,6 +231,12 @@ def run_online_recipe_sweep(
     unknown = [m for m in recipes if m not in _ONLINE_TRAINERS]
     if unknown:
         raise ValueError(f"unknown online methods {unknown}; choose among {list(_ONLINE_TRAINERS)}")
+    pool = config.online_prompt_split
+    if any("online_prompt_split" in overrides for variants in recipes.values() for overrides in variants.values()):
+        raise ValueError("a recipe may not override online_prompt_split: set it on config, for the whole sweep")
+    if pool == "dev2" and dev2_prompts:
+        raise ValueError(f"the runs roll out on dev2 prompts (config.online_prompt_split), so none may be scored as "
+                         f"dev: dev2_prompts must be 0, got {dev2_prompts}")  # fmt: skip
     output_dir = _new_folder(output_dir)
     _quiet_libraries()
     dev = shape_prompts(dev_prompts, seed=config.seed, split="dev")
@@ -236,7 +244,7 @@ def run_online_recipe_sweep(
         dev += shape_prompts(dev2_prompts, seed=config.seed, split="dev2")
     sets = {"dev": (dev, config.eval_seeds)}
     if train_prompts:
-        sets["train"] = (shape_prompts(train_prompts, seed=config.seed, split="train"), config.eval_seeds)
+        sets["train"] = (shape_prompts(train_prompts, seed=config.seed, split=pool), config.eval_seeds)
     scorer = _Scorer(config, sets)
     scorer("base", load_pipeline(config.model))
     rows: list[dict[str, Any]] = []

@@ -268,13 +268,15 @@ def train_dpo_arm(config: DemoConfig, pair_sets: dict[str, Any], output_dir: Pat
 
 
 def online_prompts(config: DemoConfig):
-    """The rollout prompts of TailorPO and GRPO: every train scene, in a seeded order, as a `datasets.Dataset`."""
+    """The online rows' rollout prompts: every scene of `config.online_prompt_split` ("train" by default), in a
+    seeded order, as a `datasets.Dataset`."""
     from datasets import Dataset
 
     from .world import SPLIT_SIZES
     from .world import prompts as shape_prompts
 
-    return Dataset.from_dict({"prompt": shape_prompts(SPLIT_SIZES["train"], seed=config.seed, split="train")})
+    split = config.online_prompt_split
+    return Dataset.from_dict({"prompt": shape_prompts(SPLIT_SIZES[split], seed=config.seed, split=split)})
 
 
 def online_rewards(config: DemoConfig, method: str) -> dict[str, Any]:
