@@ -173,6 +173,7 @@ def run_supervised_ceiling(
         log(format_supervised_ceiling({"rows": [row], "split": split}).splitlines()[-1])
     results = {"split": split, "rows": rows, "scored_prompts": scored, "eval_seeds": list(config.eval_seeds),
                "training_images": len(pixels), "guidance_scales": [float(g) for g in guidance_scales],
+               "scores": {name: by_set[split] for name, by_set in scorer.scores.items()},  # [noise][prompt]
                "config": dataclasses.asdict(config)}  # fmt: skip
     return _write_sweep(output_dir, "ceiling", results, format_supervised_ceiling(results), log)
 

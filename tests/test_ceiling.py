@@ -1,0 +1,99 @@
+"""The supervised ceiling (`trl_rpo.shapes.ceiling`): fine-tuning the shapes base on perfect renders."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from trl_rpo.shapes import prompts
+from trl_rpo.shapes.ceiling import CeilingVariant, _renders, fine_tune_on_renders, run_supervised_ceiling
+from trl_rpo.shapes.demo import DemoConfig
+
+
+@pytest.mark.parametrize("split", ["dev", "final", "held_out"])
+def test_the_ceiling_refuses_to_fit_a_split_recipes_are_chosen_or_reported_on(split, tmp_path):
+    with pytest.raises(ValueError, match="split must be one of"):
+        run_supervised_ceiling(DemoConfig.quick(), tmp_path / "c", split=split)
+    assert not (tmp_path / "c").exists()
+
+
+def test_the_ceiling_refuses_a_first_guidance_other_than_the_configs(tmp_path):
+    with pytest.raises(ValueError, match="guidance_scales starting with"):
+        run_supervised_ceiling(DemoConfig.quick(guidance_scale=5.0), tmp_path / "c", guidance_scales=(2.0, 5.0))
+
+
+@pytest.mark.parametrize("field", [{"params": "conv"}, {"steps": -1}, {"learning_rate": 0.0}, {"batch_size": 0}])
+def test_a_ceiling_variant_rejects_what_it_cannot_train(field):
+    with pytest.raises(ValueError):
+        CeilingVariant(**{"steps": 1, "learning_rate": 1e-4, **field})
+
+
+def test_the_ceiling_fits_the_renders_pretraining_fits():
+    from trl_rpo.shapes.pretrain import PretrainConfig, _render_dataset
+
+    pixels, prompts = _renders("train", 32, 2)
+    expected_pixels, expected_prompts = _render_dataset(PretrainConfig(seed=0, image_size=32, images_per_scene=2))
+    assert prompts == expected_prompts
+    assert torch.equal(pixels, expected_pixels)
+
+
+def _fixed_loss(pipeline, pixels, prompts) -> float:
+    """The denoising loss of `pipeline` on (`pixels`, `prompts`) at fixed timesteps and noise."""
+    import torch.nn.functional as F
+
+    from trl_rpo.shapes.pretrain import denoising_target
+
+    generator = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        x0 = pipeline.vae.encode(pixels).latent_dist.mean * pipeline.vae.config.scaling_factor
+        ids = pipeline.tokenizer(list(prompts), padding="max_length", truncation=True, return_tensors="pt",
+                                 max_length=pipeline.tokenizer.model_max_length).input_ids  # fmt: skip
+        hidden = pipeline.text_encoder(ids)[0]
+        losses = []
+        for _ in range(8):
+            noise = torch.randn(x0.shape, generator=generator)
+            t = torch.randint(pipeline.scheduler.config.num_train_timesteps, (len(x0),), generator=generator)
+            target, _ = denoising_target(pipeline.scheduler, x0, noise, t, None)
+            prediction = pipeline.unet(pipeline.scheduler.add_noise(x0, noise, t), t, hidden).sample
+            losses.append(F.mse_loss(prediction, target).item())
+    return float(np.mean(losses))
+
+
+@pytest.mark.parametrize("params", ["lora", "full"])
+def test_fine_tuning_on_renders_lowers_their_denoising_loss(params):
+    from trl_rpo.shapes.model import load_pipeline
+
+    torch.manual_seed(0)
+    pixels, prompts = _renders("dev2", 32, 1)
+    pixels, prompts = pixels[:8], prompts[:8]
+    pipeline = load_pipeline()
+    before = _fixed_loss(pipeline, pixels, prompts)
+    losses = fine_tune_on_renders(pipeline, pixels, prompts, CeilingVariant(40, 3e-3, params, batch_size=8), 8)
+    assert len(losses) == 40
+    assert _fixed_loss(pipeline, pixels, prompts) < 0.9 * before
+    assert not any(p.requires_grad for p in pipeline.unet.parameters())  # left ready for sampling
+
+
+@pytest.mark.slow
+def test_the_ceiling_pairs_each_variant_with_the_base_sampled_at_the_same_guidance(tmp_path):
+    config = DemoConfig.quick(eval_seeds=(0,), num_inference_steps=4)
+    variants = {"untrained": CeilingVariant(0, 1e-4), "full": CeilingVariant(20, 3e-3, "full", batch_size=8)}
+    results = run_supervised_ceiling(config, tmp_path / "c", variants=variants, scored_prompts=4,
+                                     guidance_scales=(config.guidance_scale, 1.0), images_per_scene=1,
+                                     log=lambda _: None)  # fmt: skip
+    untrained, full = results["rows"]
+    # no step: the same model, so the same images as the base at either guidance
+    assert all(v["gain"] == 0.0 and v["gain_ci"] == [0.0, 0.0] for v in untrained["by_guidance"].values())
+    assert untrained["loss_first"] is None
+    # each variant is paired with the base sampled at its own guidance
+    g = f"{config.guidance_scale:g}"
+    scores = results["scores"]
+    assert set(scores) == {"base", "base@1", "untrained@1", f"untrained@{g}", "full@1", f"full@{g}"}
+    for guidance, base in ((g, "base"), ("1", "base@1")):
+        expected = np.mean(scores[f"full@{guidance}"]) - np.mean(scores[base])
+        assert full["by_guidance"][guidance]["gain"] == pytest.approx(expected, abs=1e-4)
+        assert full["by_guidance"][guidance]["base"] == pytest.approx(np.mean(scores[base]), abs=1e-4)
+    assert results["training_images"] == 120 and results["scored_prompts"] == prompts(4, seed=0, split="dev2")
+    assert json.loads((tmp_path / "c" / "ceiling.json").read_text())["rows"][1]["variant"] == "full"
+    assert "| full |" in (tmp_path / "c" / "ceiling.md").read_text()
