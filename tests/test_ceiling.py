@@ -23,7 +23,8 @@ def test_the_ceiling_refuses_a_first_guidance_other_than_the_configs(tmp_path):
         run_supervised_ceiling(DemoConfig.quick(guidance_scale=5.0), tmp_path / "c", guidance_scales=(2.0, 5.0))
 
 
-@pytest.mark.parametrize("field", [{"params": "conv"}, {"steps": -1}, {"learning_rate": 0.0}, {"batch_size": 0}])
+@pytest.mark.parametrize("field", [{"params": "conv"}, {"steps": -1}, {"learning_rate": 0.0}, {"batch_size": 0},
+                                   {"empty_prompt_probability": 1.0}])  # fmt: skip
 def test_a_ceiling_variant_rejects_what_it_cannot_train(field):
     with pytest.raises(ValueError):
         CeilingVariant(**{"steps": 1, "learning_rate": 1e-4, **field})
@@ -97,3 +98,27 @@ def test_the_ceiling_pairs_each_variant_with_the_base_sampled_at_the_same_guidan
     assert results["training_images"] == 120 and results["scored_prompts"] == prompts(4, seed=0, split="dev2")
     assert json.loads((tmp_path / "c" / "ceiling.json").read_text())["rows"][1]["variant"] == "full"
     assert "| full |" in (tmp_path / "c" / "ceiling.md").read_text()
+
+
+@pytest.mark.parametrize("probability", [0.0, 0.5])
+def test_fine_tuning_replaces_prompts_by_the_empty_one_at_its_probability(probability):
+    from trl_rpo.shapes.model import load_pipeline
+
+    pipeline = load_pipeline()
+    pixels, prompts = _renders("dev2", 32, 1)
+    with torch.no_grad():
+        ids = pipeline.tokenizer([""], padding="max_length", truncation=True, return_tensors="pt",
+                                 max_length=pipeline.tokenizer.model_max_length).input_ids  # fmt: skip
+        empty = pipeline.text_encoder(ids)[0][0]
+    seen = []
+    forward = pipeline.unet.forward
+
+    def recording(sample, timestep, encoder_hidden_states, *args, **kwargs):
+        seen.extend(torch.equal(h, empty) for h in encoder_hidden_states.detach())
+        return forward(sample, timestep, encoder_hidden_states, *args, **kwargs)
+
+    pipeline.unet.forward = recording
+    fine_tune_on_renders(pipeline, pixels[:16], prompts[:16], CeilingVariant(20, 1e-5, "full", batch_size=8,
+                                                                             empty_prompt_probability=probability), 8)
+    assert len(seen) == 160
+    assert (sum(seen) == 0) if probability == 0 else (50 <= sum(seen) <= 110)  # Binomial(160, 0.5): mean 80, sd 6.3

@@ -31,26 +31,33 @@ __all__ = ["CEILING_VARIANTS", "CeilingVariant", "format_supervised_ceiling", "r
 class CeilingVariant:
     """One supervised fine-tuning: `params` "lora" (the demo's LoRA: rank `DemoConfig.lora_r` on the attention
     projections, as every trained row) or "full" (every UNet weight), AdamW at a constant `learning_rate`, `steps`
-    steps of `batch_size` images."""
+    steps of `batch_size` images, each image's prompt replaced by the empty one with `empty_prompt_probability`
+    (pretraining's 0.1: classifier-free guidance samples the unconditional prediction too; 0 trains the conditional
+    one alone, as every trained row of the demo does)."""
 
     steps: int
     learning_rate: float
     params: str = "lora"
     batch_size: int = 16
+    empty_prompt_probability: float = 0.1
 
     def __post_init__(self):
         if self.params not in ("lora", "full"):
             raise ValueError(f"params must be 'lora' or 'full', got {self.params!r}")
+        if not 0.0 <= self.empty_prompt_probability < 1.0:
+            raise ValueError(f"empty_prompt_probability must be in [0, 1), got {self.empty_prompt_probability}")
         if self.steps < 0 or self.learning_rate <= 0 or self.batch_size < 1:
             raise ValueError(f"steps must be >= 0, learning_rate > 0 and batch_size >= 1, got {self}")
 
 
-# The diagnostic of 2026-12-07 (docs/shapes.md, "The supervised ceiling"): the demo's LoRA at a rate that leaves it
-# stable and at one 4x longer, and the whole UNet at a tenth of Diffusion-DPO's rate.
+# The diagnostic of 2026-12-07 (docs/shapes.md, "The supervised ceiling"): the demo's LoRA at 3e-4 for 800 and 2000
+# steps, and the whole UNet at 1e-4, each with pretraining's empty prompts; the demo's LoRA without them, as the
+# demo's rows train.
 CEILING_VARIANTS: dict[str, CeilingVariant] = {
     "LoRA, lr 3e-4, 800 steps": CeilingVariant(800, 3e-4),
     "LoRA, lr 3e-4, 2000 steps": CeilingVariant(2000, 3e-4),
     "full UNet, lr 1e-4, 800 steps": CeilingVariant(800, 1e-4, "full"),
+    "LoRA, lr 3e-4, 800 steps, no empty prompts": CeilingVariant(800, 3e-4, empty_prompt_probability=0.0),
 }
 
 
@@ -85,7 +92,7 @@ def fine_tune_on_renders(pipeline, pixels, prompts: Sequence[str], variant: Ceil
     with torch.no_grad():
         latents = torch.cat([vae.encode(pixels[i : i + 256]).latent_dist.mean for i in range(0, len(pixels), 256)])
         latents = latents * vae.config.scaling_factor
-        unique = sorted(set(prompts))
+        unique = [*sorted(set(prompts)), ""]  # the empty prompt last
         ids = pipeline.tokenizer(unique, padding="max_length", max_length=pipeline.tokenizer.model_max_length,
                                  truncation=True, return_tensors="pt").input_ids  # fmt: skip
         hidden_of = pipeline.text_encoder(ids)[0]
@@ -106,7 +113,9 @@ def fine_tune_on_renders(pipeline, pixels, prompts: Sequence[str], variant: Ceil
         x0 = latents[index]
         noise = torch.randn(x0.shape, generator=generator)
         timesteps = torch.randint(scheduler.config.num_train_timesteps, (len(x0),), generator=generator)
-        prediction = unet(scheduler.add_noise(x0, noise, timesteps), timesteps, hidden_of[rows[index]]).sample
+        chosen = rows[index].clone()
+        chosen[torch.rand(len(chosen), generator=generator) < variant.empty_prompt_probability] = len(unique) - 1
+        prediction = unet(scheduler.add_noise(x0, noise, timesteps), timesteps, hidden_of[chosen]).sample
         target, _ = denoising_target(scheduler, x0, noise, timesteps, None)
         loss = F.mse_loss(prediction, target)
         optimizer.zero_grad(set_to_none=True)
