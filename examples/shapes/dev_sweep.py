@@ -113,7 +113,7 @@ at 2e-3 and DiffusionNFT at 1e-3 (`ONLINE_LR_VBASE_RECIPES`), the rest the demo'
 `--stage ceiling` is the supervised ceiling (issue 28): the base fine-tuned on perfect renders of every dev2 scene
 (the demo's LoRA, and the whole UNet; `trl_rpo.shapes.ceiling.CEILING_VARIANTS`), scored on 60 of those dev2
 prompts at guidance 5 and 2 against the base sampled alike: how much room any method trained for that budget has
-(`ceiling.md`, about 15 minutes; no dev or final prompt is scored). `--ceiling-split train` fits every train scene.
+(`ceiling.md`, about 10 minutes; no dev or final prompt is scored). `--ceiling-split train` fits every train scene.
 
 `--stage step-rewards` is a diagnosis of TailorPO's training signal (issue 28): on 128 train prompts, at every sampler
 step, do the step-wise rewards of two children of one parent order them as the mean final reward of 8 completions of

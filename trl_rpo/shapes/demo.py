@@ -119,7 +119,7 @@ class DemoConfig:
     online_prompt_split: str = field(
         default="train",
         metadata={"help": "Split the online rows roll out on: 'train' (the scenes the base was pretrained on) or "
-                          "'dev2' (scenes of the held-out (shape, color) pairs, prompts of the distribution evaluated, "
+                          "'dev2' (scenes of the held-out (shape, color) pairs, prompts of the distribution scored, "
                           "as online RL is run; recipes are then chosen on dev, and final's pairs stay unseen)."},
     )  # fmt: skip
     image_budget: int = field(
