@@ -799,6 +799,26 @@ def test_online_rows_roll_out_on_every_scene_of_their_prompt_split_and_no_other(
         assert sorted(rollout_prompts) == expected and len(rollout_prompts) == SPLIT_SIZES[split], train.__name__
 
 
+@pytest.mark.parametrize("online_lora", [True, False])
+def test_online_rows_train_a_lora_or_the_whole_unet_against_a_frozen_copy(tmp_path, monkeypatch, online_lora):
+    from trl_rpo.shapes import stages
+
+    monkeypatch.setattr(stages, "_train_and_save", lambda trainer: trainer)
+    config = DemoConfig.quick(online_lora=online_lora)
+    for train in (stages.train_tailorpo, stages.train_grpo, stages.train_nft):
+        trainer = train(config, tmp_path, "run")
+        unet = trainer.pipeline.unet
+        trainable = {id(p) for p in unet.parameters() if p.requires_grad}
+        if online_lora:
+            assert trainer.peft_config.r == config.lora_r and 0 < len(trainable) < len(list(unet.parameters()))
+        else:
+            assert trainer.peft_config is None and trainable == {id(p) for p in unet.parameters()}, train.__name__
+        if trainer.ref_model is not None:  # a frozen copy, never the trained weights
+            assert trainer.ref_model is not unet and not any(p.requires_grad for p in trainer.ref_model.parameters())
+        elif not online_lora:
+            assert not trainer.needs_reference, train.__name__
+
+
 @pytest.mark.parametrize("split", ["dev", "final", "held_out", "test"])
 def test_demo_config_rejects_online_rollouts_on_a_split_recipes_are_chosen_or_reported_on(split):
     with pytest.raises(ValueError, match="online_prompt_split"):

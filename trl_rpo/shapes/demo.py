@@ -122,6 +122,11 @@ class DemoConfig:
                           "'dev2' (scenes of the held-out (shape, color) pairs, prompts of the distribution scored, "
                           "as online RL is run; recipes are then chosen on dev, and final's pairs stay unseen)."},
     )  # fmt: skip
+    online_lora: bool = field(
+        default=True,
+        metadata={"help": "Online rows train a LoRA of rank lora_r (True) or the whole UNet against a frozen copy "
+                          "(False: the room the supervised ceiling found, docs/shapes.md)."},
+    )  # fmt: skip
     image_budget: int = field(
         default=512, metadata={"help": "Generated images per pair set (RPO, reward-labelled, best-of-4)."}
     )

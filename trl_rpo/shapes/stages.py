@@ -279,6 +279,11 @@ def online_prompts(config: DemoConfig):
     return Dataset.from_dict({"prompt": shape_prompts(SPLIT_SIZES[split], seed=config.seed, split=split)})
 
 
+def _online_peft_config(config: DemoConfig):
+    """The online rows' LoRA (rank `lora_r`), or None to train the whole UNet (`online_lora=False`)."""
+    return _lora_config(config.lora_r) if config.online_lora else None
+
+
 def online_rewards(config: DemoConfig, method: str) -> dict[str, Any]:
     """`reward_funcs` / `reward_weights` of an online trainer ("tailorpo", "grpo" or "nft"): its `<method>_reward`,
     and `alignment_score` at weight 0 beside a graded reward, so every run logs its rollouts' alignment_score."""
@@ -317,7 +322,7 @@ def tailorpo_trainer(config: DemoConfig, output_dir: Path, name: str, pairing: s
             **_common_args(config, output_dir, name),
         ),
         train_dataset=online_prompts(config),
-        peft_config=_lora_config(config.lora_r),
+        peft_config=_online_peft_config(config),
     )  # fmt: skip
 
 
@@ -340,7 +345,7 @@ def train_grpo(config: DemoConfig, output_dir: Path, name: str = "grpo"):
             **_common_args(config, output_dir, name),
         ),
         train_dataset=online_prompts(config),
-        peft_config=_lora_config(config.lora_r),
+        peft_config=_online_peft_config(config),
     )  # fmt: skip
     return _train_and_save(trainer)
 
@@ -365,7 +370,7 @@ def train_nft(config: DemoConfig, output_dir: Path, name: str = "nft"):
             **_common_args(config, output_dir, name),
         ),
         train_dataset=online_prompts(config),
-        peft_config=_lora_config(config.lora_r),
+        peft_config=_online_peft_config(config),
     )  # fmt: skip
     return _train_and_save(trainer)
 
