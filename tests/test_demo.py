@@ -978,6 +978,35 @@ def test_seventeenth_online_round_changes_only_each_methods_learning_rate_on_fre
     assert set(seventeenth.recipes) == set(_SEVENTEENTH_LEARNING_RATES)
 
 
+def test_eighteenth_online_round_trains_the_whole_unet_at_guidance_2_on_dev2_rollouts_with_fresh_seeds():
+    rounds = _dev_sweep_rounds()
+    room = rounds["online-room"]
+    assert room.seeds == (1910, 1911, 1912) and 1900 not in room.seeds  # 1900: the probe that suggested the round
+    assert {s for other, r in rounds.items() if other != "online-room" for s in r.seeds}.isdisjoint(room.seeds)
+    assert (room.prompt_split, room.dev2_prompts, room.train_prompts, room.eval_seeds) == ("dev2", 0, 60,
+                                                                                          tuple(range(8)))
+    rates = {"nft": "nft_learning_rate", "tailorpo": "tailorpo_learning_rate"}
+    assert set(room.recipes) == set(rates)
+    for method, rate in rates.items():
+        ((_, recipe),) = room.recipes[method].items()
+        assert recipe == {"online_lora": False, rate: 1e-4, "online_guidance_scale": 2.0}, method
+    assert all(r.prompt_split == "train" for name, r in rounds.items() if name != "online-room")
+
+
+def test_dev_sweep_runs_the_eighteenth_round_rolling_out_on_dev2(monkeypatch, tmp_path):
+    import runpy
+
+    from trl_rpo.shapes import sweep
+
+    calls = []
+    monkeypatch.setattr(sweep, "run_online_recipe_sweep", lambda config, out, **kw: calls.append((config, kw)))
+    monkeypatch.setattr(sys, "argv", ["dev_sweep.py", "--stage", "online-room", "--output-dir", str(tmp_path)])
+    runpy.run_path(str(SHAPES_EXAMPLES / "dev_sweep.py"), run_name="__main__")
+    ((config, kwargs),) = calls
+    assert config.online_prompt_split == "dev2" and config.eval_seeds == tuple(range(8))
+    assert (kwargs["dev2_prompts"], kwargs["train_prompts"], kwargs["seeds"]) == (0, 60, (1910, 1911, 1912))
+
+
 @pytest.mark.parametrize("method", sorted(_SEVENTEENTH_LEARNING_RATES))
 def test_the_ninth_studys_options_files_train_the_seventeenth_rounds_recipe_on_seeds_nothing_used(
     method, monkeypatch, tmp_path
@@ -995,6 +1024,27 @@ def test_the_ninth_studys_options_files_train_the_seventeenth_rounds_recipe_on_s
     assert config.comparisons == [(method, "base")]
     assert (config.split, config.eval_prompts, config.eval_seeds) == ("final", 180, tuple(range(8)))
     used = {s for entry in _dev_sweep_rounds().values() for s in entry.seeds} | set(range(35))
+    assert used.isdisjoint(config.training_seeds) and set(SWEEP_SEEDS + VBASE_ARM_SEEDS).isdisjoint(
+        config.training_seeds)
+
+
+@pytest.mark.parametrize("method", ["nft", "tailorpo"])
+def test_the_tenth_studys_options_files_train_the_eighteenth_rounds_recipe_on_seeds_nothing_used(
+    method, monkeypatch, tmp_path
+):
+    from trl_rpo.shapes import study
+    from trl_rpo.shapes.arm_sweep import SWEEP_SEEDS, VBASE_ARM_SEEDS
+
+    runs = []
+    monkeypatch.setattr(study, "run_study", lambda config, output_dir: runs.append(config))
+    assert study.main(["--config", str(SHAPES_EXAMPLES / f"study_room_{method}.yaml"), "--output_dir",
+                       str(tmp_path)]) == 0  # fmt: skip
+    (config,) = runs
+    ((_, recipe),) = _dev_sweep_rounds()["online-room"].recipes[method].items()
+    assert config.recipe == {**recipe, "online_prompt_split": "dev2"} and config.methods == (method,)
+    assert config.comparisons == [(method, "base@2"), (method, "base")]
+    assert (config.split, config.eval_prompts, config.eval_seeds) == ("final", 180, tuple(range(8)))
+    used = {s for entry in _dev_sweep_rounds().values() for s in entry.seeds} | set(range(45)) | {1900}
     assert used.isdisjoint(config.training_seeds) and set(SWEEP_SEEDS + VBASE_ARM_SEEDS).isdisjoint(
         config.training_seeds)
 

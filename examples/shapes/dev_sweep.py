@@ -115,6 +115,10 @@ at 2e-3 and DiffusionNFT at 1e-3 (`ONLINE_LR_VBASE_RECIPES`), the rest the demo'
 prompts at guidance 5 and 2 against the base sampled alike: how much room any method trained for that budget has
 (`ceiling.md`, about 10 minutes; no dev or final prompt is scored). `--ceiling-split train` fits every train scene.
 
+`--stage online-room` is the eighteenth online round (issue 28): DiffusionNFT and TailorPO training the whole UNet
+at lr 1e-4 and guidance 2, rolling out on the dev2 scenes (`ROOM_RECIPES`), seeds 1910-1912, scored on 60 dev prompts
+x 8 noises (and their rise on 60 dev2 prompts); the gate is declared in docs/shapes.md.
+
 `--stage step-rewards` is a diagnosis of TailorPO's training signal (issue 28): on 128 train prompts, at every sampler
 step, do the step-wise rewards of two children of one parent order them as the mean final reward of 8 completions of
 each does? (`trl_rpo.shapes.step_reward_check`, `step_reward_check.md`, about 10 minutes; no held-out prompt is
@@ -143,6 +147,7 @@ from typing import NamedTuple
 
 from trl_rpo.shapes.arm_sweep import ARM_RECIPES, VBASE_ARM_RECIPES, VBASE_ARM_SEEDS, VBASE_ARMS, run_arm_sweep
 from trl_rpo.shapes.demo import DemoConfig
+from trl_rpo.shapes.online_rounds import ROOM_RECIPES, ROOM_SEEDS
 from trl_rpo.shapes.sweep import (
     DEFAULT_RECIPES,
     DEFAULT_SEED_VARIANTS,
@@ -203,6 +208,7 @@ class OnlineRound(NamedTuple):
     train_prompts: int = 60
     dev2_prompts: int = 0
     eval_seeds: tuple[int, ...] = (0, 1, 2)
+    prompt_split: str = "train"
 
 
 _EARLY = {"per_image_noise": False, "train_prompts": 0}  # the first five rounds
@@ -232,6 +238,8 @@ ONLINE_ROUNDS = {
          {"dev2_prompts": 120, "eval_seeds": tuple(range(NFT_NOISE_PER_PROMPT))}),
         ("online-lr-vbase", ONLINE_LR_VBASE_RECIPES, ONLINE_LR_VBASE_SEEDS,
          {"dev2_prompts": 120, "eval_seeds": tuple(range(NFT_NOISE_PER_PROMPT))}),
+        ("online-room", ROOM_RECIPES, ROOM_SEEDS,
+         {"eval_seeds": tuple(range(NFT_NOISE_PER_PROMPT)), "prompt_split": "dev2"}),
     ], start=1)
 }  # fmt: skip
 
@@ -286,10 +294,12 @@ def main() -> None:
     if online:
         if args.quick:  # one recipe per method, tiny budgets: a smoke test of the stage
             first = {m: dict(list(v.items())[:1]) for m, v in online.recipes.items()}
-            run_online_recipe_sweep(DemoConfig.quick(model=args.model, **noise), args.output_dir, recipes=first,
+            quick = DemoConfig.quick(model=args.model, **noise, online_prompt_split=online.prompt_split)
+            run_online_recipe_sweep(quick, args.output_dir, recipes=first,
                                     seeds=online.seeds[:2], dev_prompts=8)  # fmt: skip
         else:
-            run_online_recipe_sweep(DemoConfig(model=args.model, **noise, eval_seeds=online.eval_seeds),
+            run_online_recipe_sweep(DemoConfig(model=args.model, **noise, eval_seeds=online.eval_seeds,
+                                               online_prompt_split=online.prompt_split),
                                     args.output_dir, recipes=online.recipes, seeds=online.seeds,
                                     train_prompts=online.train_prompts, dev2_prompts=online.dev2_prompts)  # fmt: skip
         return

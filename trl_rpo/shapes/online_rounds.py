@@ -220,6 +220,18 @@ ONLINE_LR_VBASE_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "nft": {"lr 1e-3": {"nft_learning_rate": 1e-3}},
 }
 ONLINE_LR_VBASE_SEEDS: tuple[int, ...] = (1800, 1801, 1802)
+# The eighteenth online round (issue 28), declared 2026-12-07 after the supervised ceiling (docs/shapes.md): where
+# the ceiling found room, guidance 2 and the whole UNet (lr 1e-4, the ceiling's), rolling out on the dev2 scenes
+# (`online_prompt_split="dev2"`, so dev alone is scored, 60 prompts x 8 noises, and the rise on 60 dev2 prompts).
+# A one-seed probe (seed 1900) put NFT so at +0.045 [-0.006, +0.090] on its dev2 prompts and TailorPO at -0.028.
+# Fresh seeds 1900-1902 are not used: 1910-1912. The gate is declared in docs/shapes.md.
+ROOM_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "nft": {"whole UNet, lr 1e-4, guidance 2": {"online_lora": False, "nft_learning_rate": 1e-4,
+                                                "online_guidance_scale": 2.0}},
+    "tailorpo": {"whole UNet, lr 1e-4, guidance 2": {"online_lora": False, "tailorpo_learning_rate": 1e-4,
+                                                     "online_guidance_scale": 2.0}},
+}  # fmt: skip
+ROOM_SEEDS: tuple[int, ...] = (1910, 1911, 1912)
 # Demo defaults that a round's choice changed: (the round that changed them, method, the values before). A round
 # replays with the values of its time (`as_declared`).
 _CHANGED_DEFAULTS: tuple[tuple[int, str, dict[str, Any]], ...] = (
