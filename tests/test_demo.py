@@ -877,6 +877,21 @@ def test_every_online_round_replays_with_the_nft_budget_it_ran_with():
     assert rounds["online-nft-confirm"][1] == (900, 901, 902, 903, 904)
 
 
+def _online_stage_call(monkeypatch, tmp_path, stage: str):
+    """`dev_sweep.py --stage STAGE` run as users run it, with `run_online_recipe_sweep` replaced by a recorder:
+    the (config, keyword arguments) it was called with."""
+    import runpy
+
+    from trl_rpo.shapes import sweep
+
+    calls = []
+    monkeypatch.setattr(sweep, "run_online_recipe_sweep", lambda config, out, **kw: calls.append((config, kw)))
+    monkeypatch.setattr(sys, "argv", ["dev_sweep.py", "--stage", stage, "--output-dir", str(tmp_path)])
+    runpy.run_path(str(SHAPES_EXAMPLES / "dev_sweep.py"), run_name="__main__")
+    ((config, kwargs),) = calls
+    return config, kwargs
+
+
 def _dev_sweep_rounds():
     import runpy
 
@@ -995,15 +1010,7 @@ def test_eighteenth_online_round_trains_the_whole_unet_at_guidance_2_on_dev2_rol
 
 
 def test_dev_sweep_runs_the_eighteenth_round_rolling_out_on_dev2(monkeypatch, tmp_path):
-    import runpy
-
-    from trl_rpo.shapes import sweep
-
-    calls = []
-    monkeypatch.setattr(sweep, "run_online_recipe_sweep", lambda config, out, **kw: calls.append((config, kw)))
-    monkeypatch.setattr(sys, "argv", ["dev_sweep.py", "--stage", "online-room", "--output-dir", str(tmp_path)])
-    runpy.run_path(str(SHAPES_EXAMPLES / "dev_sweep.py"), run_name="__main__")
-    ((config, kwargs),) = calls
+    config, kwargs = _online_stage_call(monkeypatch, tmp_path, "online-room")
     assert config.online_prompt_split == "dev2" and config.eval_seeds == tuple(range(8))
     assert (kwargs["dev2_prompts"], kwargs["train_prompts"], kwargs["seeds"]) == (0, 60, (1910, 1911, 1912))
 
@@ -1065,15 +1072,7 @@ def test_guidance_rounds_run_the_demos_nft_recipe_at_their_guidance_on_fresh_see
 
 
 def test_dev_sweep_runs_an_online_round_with_its_own_evaluation(monkeypatch, tmp_path):
-    import runpy
-
-    from trl_rpo.shapes import sweep
-
-    calls = []
-    monkeypatch.setattr(sweep, "run_online_recipe_sweep", lambda config, out, **kw: calls.append((config, kw)))
-    monkeypatch.setattr(sys, "argv", ["dev_sweep.py", "--stage", "online-nft-noises", "--output-dir", str(tmp_path)])
-    runpy.run_path(str(SHAPES_EXAMPLES / "dev_sweep.py"), run_name="__main__")
-    ((config, kwargs),) = calls
+    config, kwargs = _online_stage_call(monkeypatch, tmp_path, "online-nft-noises")
     assert config.eval_seeds == tuple(range(8)) and config.per_image_noise
     assert (kwargs["dev2_prompts"], kwargs["train_prompts"]) == (120, 60)
     assert kwargs["seeds"] == (1100, 1101, 1102, 1103, 1104)

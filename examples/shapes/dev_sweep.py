@@ -146,7 +146,7 @@ import argparse
 from typing import NamedTuple
 
 from trl_rpo.shapes.arm_sweep import ARM_RECIPES, VBASE_ARM_RECIPES, VBASE_ARM_SEEDS, VBASE_ARMS, run_arm_sweep
-from trl_rpo.shapes.demo import DemoConfig
+from trl_rpo.shapes.demo import ONLINE_PROMPT_SPLITS, DemoConfig
 from trl_rpo.shapes.online_rounds import ROOM_RECIPES, ROOM_SEEDS
 from trl_rpo.shapes.sweep import (
     DEFAULT_RECIPES,
@@ -266,7 +266,7 @@ def main() -> None:
                              "schedule over seeds; online: TailorPO, its final-image baseline and GRPO at 40 "
                              "and 160 steps; arms: every DPO row's recipe by one sweep and rule; arms-vbase: the "
                              "same on the base shipped since 2026-12-07")  # fmt: skip
-    parser.add_argument("--ceiling-split", default="dev2", choices=["dev2", "train"],
+    parser.add_argument("--ceiling-split", default="dev2", choices=sorted(ONLINE_PROMPT_SPLITS),
                         help="ceiling: the split whose renders the base is fine-tuned on and scored on")
     args = parser.parse_args()
     # Every stage before the seventh online round scored dev with one noise per evaluation seed, shared by all

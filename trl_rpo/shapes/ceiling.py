@@ -96,7 +96,8 @@ def fine_tune_on_renders(pipeline, pixels, prompts: Sequence[str], variant: Ceil
         ids = pipeline.tokenizer(unique, padding="max_length", max_length=pipeline.tokenizer.model_max_length,
                                  truncation=True, return_tensors="pt").input_ids  # fmt: skip
         hidden_of = pipeline.text_encoder(ids)[0]
-        rows = torch.tensor([unique.index(p) for p in prompts])
+        row_of = {text: i for i, text in enumerate(unique)}
+        rows = torch.tensor([row_of[p] for p in prompts])
     unet.requires_grad_(False)
     if variant.params == "lora":
         lora = _lora_config(lora_r)
