@@ -915,10 +915,10 @@ def test_online_rounds_replay_with_the_evaluation_they_ran_with():
         # shared noise before the seventh round, train prompts from the sixth, dev2 from the eleventh, eight noises
         # from the twelfth; the eighteenth rolls out on dev2, so it scores no dev2 prompt as dev
         eight = ("online-nft-noises", "online-nft-cfg-free", "online-nft-guidance-2", "online-vbase",
-                 "online-tailorpo-final-vbase", "online-lr-vbase", "online-room")
+                 "online-tailorpo-final-vbase", "online-lr-vbase", "online-room", "online-room-nft")
         assert entry.per_image_noise == (stage not in (*early, "online-steps")), stage
         assert entry.train_prompts == (0 if stage in early else 60), stage
-        with_dev2 = ("online-nft-power", *[s for s in eight if s != "online-room"])
+        with_dev2 = ("online-nft-power", *[s for s in eight if not s.startswith("online-room")])
         assert entry.dev2_prompts == (120 if stage in with_dev2 else 0), stage
         assert entry.eval_seeds == (tuple(range(8)) if stage in eight else (0, 1, 2)), stage
 
@@ -1006,13 +1006,46 @@ def test_eighteenth_online_round_trains_the_whole_unet_at_guidance_2_on_dev2_rol
     for method, rate in rates.items():
         ((_, recipe),) = room.recipes[method].items()
         assert recipe == {"online_lora": False, rate: 1e-4, "online_guidance_scale": 2.0}, method
-    assert all(r.prompt_split == "train" for name, r in rounds.items() if name != "online-room")
+    assert all(r.prompt_split == "train" for name, r in rounds.items() if not name.startswith("online-room"))
 
 
 def test_dev_sweep_runs_the_eighteenth_round_rolling_out_on_dev2(monkeypatch, tmp_path):
     config, kwargs = _online_stage_call(monkeypatch, tmp_path, "online-room")
     assert config.online_prompt_split == "dev2" and config.eval_seeds == tuple(range(8))
     assert (kwargs["dev2_prompts"], kwargs["train_prompts"], kwargs["seeds"]) == (0, 60, (1910, 1911, 1912))
+
+
+def test_nineteenth_online_round_replays_the_eighteenths_nft_recipe_on_six_fresh_seeds(monkeypatch, tmp_path):
+    rounds = _dev_sweep_rounds()
+    nineteenth = rounds["online-room-nft"]
+    assert nineteenth.recipes == {"nft": rounds["online-room"].recipes["nft"]}  # unchanged: a replication
+    assert nineteenth.seeds == (1920, 1921, 1922, 1923, 1924, 1925)
+    assert {s for other, r in rounds.items() if other != "online-room-nft" for s in r.seeds}.isdisjoint(
+        nineteenth.seeds)
+    config, kwargs = _online_stage_call(monkeypatch, tmp_path, "online-room-nft")
+    assert config.online_prompt_split == "dev2" and config.eval_seeds == tuple(range(8))
+    assert (kwargs["dev2_prompts"], kwargs["train_prompts"], kwargs["seeds"]) == (0, 60, nineteenth.seeds)
+
+
+def test_the_eleventh_studys_options_file_trains_the_nineteenth_rounds_recipe_on_six_seeds_nothing_used(
+    monkeypatch, tmp_path
+):
+    from trl_rpo.shapes import study
+    from trl_rpo.shapes.arm_sweep import SWEEP_SEEDS, VBASE_ARM_SEEDS
+
+    runs = []
+    monkeypatch.setattr(study, "run_study", lambda config, output_dir: runs.append(config))
+    assert study.main(["--config", str(SHAPES_EXAMPLES / "study_room_nft_replicated.yaml"), "--output_dir",
+                       str(tmp_path)]) == 0  # fmt: skip
+    (config,) = runs
+    ((_, recipe),) = _dev_sweep_rounds()["online-room-nft"].recipes["nft"].items()
+    assert config.recipe == {**recipe, "online_prompt_split": "dev2"} and config.methods == ("nft",)
+    assert config.comparisons == [("nft", "base@2"), ("nft", "base")]
+    assert (config.split, config.eval_prompts, config.eval_seeds) == ("final", 180, tuple(range(8)))
+    assert config.training_seeds == (60, 61, 62, 63, 64, 65)
+    used = {s for entry in _dev_sweep_rounds().values() for s in entry.seeds} | set(range(53)) | {1900}
+    assert used.isdisjoint(config.training_seeds) and set(SWEEP_SEEDS + VBASE_ARM_SEEDS).isdisjoint(
+        config.training_seeds)
 
 
 @pytest.mark.parametrize("method", sorted(_SEVENTEENTH_LEARNING_RATES))

@@ -119,6 +119,9 @@ prompts at guidance 5 and 2 against the base sampled alike: how much room any me
 at lr 1e-4 and guidance 2, rolling out on the dev2 scenes (`ROOM_RECIPES`), seeds 1910-1912, scored on 60 dev prompts
 x 8 noises (and their rise on 60 dev2 prompts); the gate is declared in docs/shapes.md.
 
+`--stage online-room-nft` is the nineteenth online round (issue 28): the eighteenth's DiffusionNFT recipe, unchanged
+(`ROOM_NFT_RECIPES`), on six fresh seeds 1920-1925, scored as the eighteenth (about 35 minutes).
+
 `--stage step-rewards` is a diagnosis of TailorPO's training signal (issue 28): on 128 train prompts, at every sampler
 step, do the step-wise rewards of two children of one parent order them as the mean final reward of 8 completions of
 each does? (`trl_rpo.shapes.step_reward_check`, `step_reward_check.md`, about 10 minutes; no held-out prompt is
@@ -147,7 +150,7 @@ from typing import NamedTuple
 
 from trl_rpo.shapes.arm_sweep import ARM_RECIPES, VBASE_ARM_RECIPES, VBASE_ARM_SEEDS, VBASE_ARMS, run_arm_sweep
 from trl_rpo.shapes.demo import ONLINE_PROMPT_SPLITS, DemoConfig
-from trl_rpo.shapes.online_rounds import ROOM_RECIPES, ROOM_SEEDS
+from trl_rpo.shapes.online_rounds import ROOM_NFT_RECIPES, ROOM_NFT_SEEDS, ROOM_RECIPES, ROOM_SEEDS
 from trl_rpo.shapes.sweep import (
     DEFAULT_RECIPES,
     DEFAULT_SEED_VARIANTS,
@@ -239,6 +242,8 @@ ONLINE_ROUNDS = {
         ("online-lr-vbase", ONLINE_LR_VBASE_RECIPES, ONLINE_LR_VBASE_SEEDS,
          {"dev2_prompts": 120, "eval_seeds": tuple(range(NFT_NOISE_PER_PROMPT))}),
         ("online-room", ROOM_RECIPES, ROOM_SEEDS,
+         {"eval_seeds": tuple(range(NFT_NOISE_PER_PROMPT)), "prompt_split": "dev2"}),
+        ("online-room-nft", ROOM_NFT_RECIPES, ROOM_NFT_SEEDS,
          {"eval_seeds": tuple(range(NFT_NOISE_PER_PROMPT)), "prompt_split": "dev2"}),
     ], start=1)
 }  # fmt: skip

@@ -232,6 +232,10 @@ ROOM_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                                                      "online_guidance_scale": 2.0}},
 }  # fmt: skip
 ROOM_SEEDS: tuple[int, ...] = (1910, 1911, 1912)
+# The nineteenth round (issue 28): the eighteenth's DiffusionNFT recipe, unchanged, on six fresh seeds: its +0.050
+# on dev against the base at guidance 2 was not distinguishable from zero on three.
+ROOM_NFT_RECIPES: dict[str, dict[str, dict[str, Any]]] = {"nft": ROOM_RECIPES["nft"]}
+ROOM_NFT_SEEDS: tuple[int, ...] = (1920, 1921, 1922, 1923, 1924, 1925)
 # Demo defaults that a round's choice changed: (the round that changed them, method, the values before). A round
 # replays with the values of its time (`as_declared`).
 _CHANGED_DEFAULTS: tuple[tuple[int, str, dict[str, Any]], ...] = (
