@@ -819,6 +819,64 @@ def test_online_rows_train_a_lora_or_the_whole_unet_against_a_frozen_copy(tmp_pa
             assert not trainer.needs_reference, train.__name__
 
 
+def test_nfts_own_operating_point_overrides_the_shared_online_fields_for_nft_alone(tmp_path, monkeypatch):
+    from trl_rpo.shapes import stages
+    from trl_rpo.shapes.world import all_scenes, prompt_text
+
+    monkeypatch.setattr(stages, "_train_and_save", lambda trainer: trainer)
+    config = DemoConfig.quick(guidance_scale=5.0, online_lora=True, online_guidance_scale=None,
+                              online_prompt_split="train", nft_lora=False, nft_guidance_scale=2.0,
+                              nft_prompt_split="dev2")  # fmt: skip
+    scenes = {split: {prompt_text(scene) for scene in all_scenes(split)} for split in ("train", "dev2")}
+    nft = stages.train_nft(config, tmp_path, "nft")
+    assert nft.peft_config is None and nft.args.guidance_scale == 2.0 and set(nft.train_dataset["prompt"]) == scenes[
+        "dev2"]
+    for train in (stages.train_tailorpo, stages.train_grpo):
+        other = train(config, tmp_path, train.__name__)
+        assert other.peft_config.r == config.lora_r and other.args.guidance_scale == 5.0, train.__name__
+        assert set(other.train_dataset["prompt"]) == scenes["train"], train.__name__
+    assert {m: stages.evaluation_guidance(config, m) for m in stages.ONLINE_ROWS} == {
+        "tailorpo": None, "tailorpo_final": None, "grpo": None, "nft": 2.0}
+    # None takes the shared field
+    shared = DemoConfig.quick(online_lora=False, online_guidance_scale=3.0, online_prompt_split="dev2",
+                              nft_lora=None, nft_guidance_scale=None, nft_prompt_split=None)  # fmt: skip
+    assert stages.row_config(shared, "nft") == shared and stages.row_config(config, "grpo") is config
+
+
+def test_the_demo_compares_nft_at_its_own_guidance_with_the_base_sampled_alike_and_no_other_row():
+    import numpy as np
+
+    from trl_rpo.shapes.demo import _report
+    from trl_rpo.shapes.stages import _Scorer
+
+    config = DemoConfig.quick(guidance_scale=5.0, online_guidance_scale=None, nft_guidance_scale=2.0)
+    scorer = _Scorer(config, {"final": (prompts(6, 0, "final"), (0, 1))})  # scores set by hand, nothing rendered
+    rng = np.random.default_rng(0)
+    for method in (*METHODS, "base@2"):
+        scorer.scores[method] = {"final": (rng.integers(0, 7, size=(2, 6)) / 6).tolist()}
+    rows = [{"method": m, "alignment": scorer.mean(m, "final"), "pairs": 10, "seconds": 60.0} for m in METHODS]
+    results = _report(config, scorer, rows)
+    assert {c["a"]: c["b"] for c in results["comparisons"] if c["b"].startswith("base@")} == {"nft": "base@2"}
+    assert list(results["base_at_guidance"]) == ["base@2"]
+
+
+@pytest.mark.parametrize("bad", [{"nft_prompt_split": "dev"}, {"nft_prompt_split": "final"},
+                                 {"nft_guidance_scale": 0.0}])  # fmt: skip
+def test_demo_config_rejects_an_nft_operating_point_it_refuses_for_the_shared_fields(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        DemoConfig(**bad)
+
+
+def test_trl_rpo_demo_parses_nfts_own_operating_point():
+    from trl import TrlParser
+
+    from trl_rpo.cli import demo_arguments_class
+
+    (args,) = TrlParser((demo_arguments_class(),)).parse_args_and_config(
+        args=["--nft_lora", "false", "--nft_guidance_scale", "2", "--nft_prompt_split", "dev2"])
+    assert (args.nft_lora, args.nft_guidance_scale, args.nft_prompt_split) == (False, 2.0, "dev2")
+
+
 @pytest.mark.parametrize("split", ["dev", "final", "held_out", "test"])
 def test_demo_config_rejects_online_rollouts_on_a_split_recipes_are_chosen_or_reported_on(split):
     with pytest.raises(ValueError, match="online_prompt_split"):
@@ -831,9 +889,12 @@ def test_online_recipe_sweep_on_dev2_rollouts_refuses_to_score_dev2_as_dev(tmp_p
     config = DemoConfig.quick(online_prompt_split="dev2")
     with pytest.raises(ValueError, match="dev2_prompts must be 0"):
         sweep.run_online_recipe_sweep(config, tmp_path / "a", recipes={"nft": {"x": {}}}, dev2_prompts=2)
-    with pytest.raises(ValueError, match="may not override online_prompt_split"):
-        sweep.run_online_recipe_sweep(DemoConfig.quick(), tmp_path / "b",
-                                      recipes={"nft": {"x": {"online_prompt_split": "dev2"}}})  # fmt: skip
+    for overrides in ({"online_prompt_split": "dev2"}, {"nft_prompt_split": "dev2"}):
+        with pytest.raises(ValueError, match="would roll out on 'dev2'"):
+            sweep.run_online_recipe_sweep(DemoConfig.quick(), tmp_path / "b", recipes={"nft": {"x": overrides}})
+    with pytest.raises(ValueError, match="would roll out on 'dev2'"):  # NFT's own split, set on the config
+        sweep.run_online_recipe_sweep(DemoConfig.quick(nft_prompt_split="dev2"), tmp_path / "b",
+                                      recipes={"nft": {"x": {}}})  # fmt: skip
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before anything was written
 
 

@@ -48,3 +48,15 @@ def test_readme_table_bolds_an_interval_below_zero_too():
     row = {"method": "grpo", "alignment": 0.55, "pairs": 0, "images": 640, "seconds": 70.0, "gain": -0.019,
            "gain_ci": [-0.029, -0.009], "win_rate": 0.45, "p_value": 0.0001, "gain_per_minute": -0.0165}  # fmt: skip
     assert "**-0.019 [-0.029, -0.009]**" in readme_table({"rows": [row]}).splitlines()[-1]
+
+
+def test_readme_table_adds_the_gain_against_the_base_sampled_at_a_rows_own_guidance():
+    comparisons = [
+        {"a": "nft", "b": "base@2", "prompts": "final", "gain": 0.031, "gain_ci": [0.012, 0.05], "p_value": 0.002},
+        {"a": "nft", "b": "base@2", "prompts": "in_distribution", "gain": 0.5, "gain_ci": [0.1, 0.9], "p_value": 0.2},
+        {"a": "nft", "b": "base", "prompts": "final", "gain": 0.9, "gain_ci": [0.8, 1.0], "p_value": 0.0},
+    ]  # fmt: skip
+    lines = readme_table({**RESULTS, "comparisons": comparisons}).splitlines()
+    assert lines[-2:] == ["", "`nft` against the base sampled at its guidance 2 (`base@2`): **+0.031 [+0.012, "
+                              "+0.050]**, p 0.002."]  # fmt: skip
+    assert len(readme_table(RESULTS).splitlines()) == 5  # nothing added without such a comparison

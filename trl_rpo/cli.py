@@ -280,7 +280,8 @@ def _run_build_dataset(argv: Sequence[str]) -> int:
 # optional (None = the preset's value), and tuples become lists for the argument parser.
 OPTION_KINDS: dict[str, Any] = {
     "int": int | None, "float": float | None, "bool": bool | None, "str": str | None, "str | None": str | None,
-    "float | None": float | None, "tuple[int, ...]": list[int] | None, "tuple[str, ...]": list[str] | None,
+    "float | None": float | None, "bool | None": bool | None, "tuple[int, ...]": list[int] | None,
+    "tuple[str, ...]": list[str] | None,
 }  # fmt: skip
 
 

@@ -52,6 +52,7 @@ from .stages import (
     evaluation_guidance,
     online_guidance,
     parse_dpo_recipe,
+    row_config,
     same_guidance_base,
     train_dpo_arm,
     train_grpo,
@@ -223,6 +224,13 @@ class DemoConfig:
     nft_guided_loss: bool = field(
         default=False, metadata={"help": "DiffusionNFT: train the guided prediction its rollouts sample."}
     )
+    # DiffusionNFT's own operating point, over the shared online fields (each None: the shared one).
+    nft_lora: bool | None = field(default=None, metadata={
+        "help": "DiffusionNFT trains a LoRA (True) or the whole UNet (False); None: online_lora."})
+    nft_guidance_scale: float | None = field(default=None, metadata={
+        "help": "Guidance of DiffusionNFT's rollouts and images; None: online_guidance_scale."})
+    nft_prompt_split: str | None = field(default=None, metadata={
+        "help": "Split DiffusionNFT rolls out on; None: online_prompt_split."})
     grid_prompts: int = field(default=8, metadata={"help": "Test prompts (columns) of grid.png."})
 
     def __post_init__(self):
@@ -259,11 +267,12 @@ class DemoConfig:
                              f"{self.nft_timestep_fraction} and {self.nft_num_iterations}")  # fmt: skip
         if not 0.0 <= self.nft_old_policy_decay < 1.0:
             raise ValueError(f"nft_old_policy_decay must be in [0, 1), got {self.nft_old_policy_decay}")
-        if self.online_prompt_split not in ONLINE_PROMPT_SPLITS:
-            raise ValueError(f"online_prompt_split must be one of {list(ONLINE_PROMPT_SPLITS)}, got "
-                             f"{self.online_prompt_split!r}")  # fmt: skip
-        if self.online_guidance_scale is not None and self.online_guidance_scale <= 0:
-            raise ValueError(f"online_guidance_scale must be positive or None, got {self.online_guidance_scale}")
+        for name in ("online_prompt_split", "nft_prompt_split"):
+            if getattr(self, name) not in (*ONLINE_PROMPT_SPLITS, *((None,) if name.startswith("nft") else ())):
+                raise ValueError(f"{name} must be one of {list(ONLINE_PROMPT_SPLITS)}, got {getattr(self, name)!r}")
+        for name in ("online_guidance_scale", "nft_guidance_scale"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive or None, got {getattr(self, name)}")
         if self.image_budget < 2:
             raise ValueError(f"image_budget must be at least 2 (one reward-labelled pair), got {self.image_budget}")
         if not 0.0 <= self.refine_strength <= 1.0:
@@ -457,10 +466,11 @@ def run_demo(
     images = trainer.state.global_step * trainer.args.per_device_train_batch_size
     evaluate("nft", trainer.pipeline, 0, seconds, images=images)
     del trainer
-    same = same_guidance_base(config)
-    if same:  # the base sampled as the online rows are (`online_guidance_scale`): each is also compared with it
-        bar.set_postfix_str(f"evaluating {same}")
-        scorer(same, base, online_guidance(config))
+    # The base sampled as each online row is (`online_guidance_scale`, NFT's own): each row is also compared with it.
+    for same, method in {same_guidance_base(config, m): m for m in ONLINE_ROWS}.items():
+        if same:
+            bar.set_postfix_str(f"evaluating {same}")
+            scorer(same, base, online_guidance(row_config(config, method)))
     bar.close()
 
     results = _report(config, scorer, rows)
@@ -494,8 +504,8 @@ def _report(config: DemoConfig, scorer: _Scorer, rows: list[dict[str, Any]]) -> 
     if "in_distribution" in scorer.sets:
         rows[0]["in_distribution_alignment"] = round(scorer.mean("base", "in_distribution"), 4)
     comparisons = []
-    same = same_guidance_base(config)  # with online_guidance_scale: each online row against the base sampled alike
-    for a, b in (*COMPARISONS, *((m, same) for m in ONLINE_ROWS if same)):
+    same = {m: same_guidance_base(config, m) for m in ONLINE_ROWS}  # each online row against the base sampled alike
+    for a, b in (*COMPARISONS, *((m, same[m]) for m in ONLINE_ROWS if same[m])):
         for name in scorer.sets:
             comparisons.append({"a": a, "b": b, "prompts": name, **scorer.compare(a, b, name).to_dict()})
     by_method = {row["method"]: row for row in rows}
@@ -506,7 +516,8 @@ def _report(config: DemoConfig, scorer: _Scorer, rows: list[dict[str, Any]]) -> 
     return {
         "rows": rows,
         "comparisons": comparisons,
-        "base_at_guidance": {same: {name: round(scorer.mean(same, name), 4) for name in scorer.sets}} if same else {},
+        "base_at_guidance": {b: {name: round(scorer.mean(b, name), 4) for name in scorer.sets}
+                             for b in sorted(set(same.values()) - {None})},
         "pair_efficacy": {
             "dpo_rpo_pairs": efficacy["a"],
             "dpo_reward_pairs": efficacy["b"],

@@ -60,6 +60,7 @@ from .stages import (
     _Scorer,
     base_at,
     online_guidance,
+    row_config,
     train_grpo,
     train_nft,
     train_tailorpo,
@@ -232,8 +233,13 @@ def run_online_recipe_sweep(
     if unknown:
         raise ValueError(f"unknown online methods {unknown}; choose among {list(_ONLINE_TRAINERS)}")
     pool = config.online_prompt_split
-    if any("online_prompt_split" in overrides for variants in recipes.values() for overrides in variants.values()):
-        raise ValueError("a recipe may not override online_prompt_split: set it on config, for the whole sweep")
+    for method, variants in recipes.items():
+        for name, overrides in variants.items():
+            split = row_config(dataclasses.replace(config, **overrides), method).online_prompt_split
+            if {"online_prompt_split", "nft_prompt_split"} & set(overrides) or split != pool:
+                raise ValueError(f"every run rolls out on config.online_prompt_split ({pool!r}); {method} recipe "
+                                 f"{name!r} would roll out on {split!r}: set the split on config (and "
+                                 f"nft_prompt_split to None), for the whole sweep")  # fmt: skip
     if pool == "dev2" and dev2_prompts:
         raise ValueError(f"the runs roll out on dev2 prompts (config.online_prompt_split), so none may be scored as "
                          f"dev: dev2_prompts must be 0, got {dev2_prompts}")  # fmt: skip
@@ -254,7 +260,7 @@ def run_online_recipe_sweep(
         for name, overrides in variants.items():
             row: dict[str, Any] = {"method": method, "recipe": name, "overrides": dict(overrides), "by_seed": {}}
             # A CFG-free recipe samples its models as it trains them, and is also paired with the base sampled so.
-            guidance = online_guidance(dataclasses.replace(config, **overrides))
+            guidance = online_guidance(row_config(dataclasses.replace(config, **overrides), method))
             same = _base_at(scorer, load_pipeline, guidance) if guidance != config.guidance_scale else None
             for seed in seeds:
                 variant = dataclasses.replace(config, seed=int(seed), **overrides)

@@ -47,6 +47,13 @@ def readme_table(results: dict[str, Any]) -> str:
         lines.append(f"| `{method}` | {row['alignment']:.3f} | {_interval(row['gain'], row['gain_ci'])} | "
                      f"{row['win_rate']:.2f} | {_p(row['p_value'])} | {pairs} | {row['seconds']:.0f} | "
                      f"{'' if rate is None else f'{rate:+.4f}'} | {judged} |")  # fmt: skip
+    # A row sampled at another guidance than the base is also paired with the base sampled alike: the training's
+    # share of its gain, without what the guidance alone gives.
+    alike = [c for c in results.get("comparisons", []) if c["b"].startswith("base@") and c["prompts"] == "final"]
+    if alike:
+        lines.append("")
+        lines += [f"`{c['a']}` against the base sampled at its guidance {c['b'][len('base@'):]} (`{c['b']}`): "
+                  f"{_interval(c['gain'], c['gain_ci'])}, p {_p(c['p_value'])}." for c in alike]  # fmt: skip
     return "\n".join(lines)
 
 

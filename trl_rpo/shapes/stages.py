@@ -6,6 +6,7 @@ prompts, so a recipe chosen on dev is exactly what the demo trains.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -87,8 +88,6 @@ def format_dpo_recipe(config: DemoConfig) -> str:
 
 def arm_config(config: DemoConfig, method: str) -> DemoConfig:
     """The DemoConfig a Diffusion-DPO row trains with: the RPO arm's own, or its recipe string with no mask."""
-    import dataclasses
-
     if method not in DPO_ARMS:
         raise ValueError(f"{method!r} is not a Diffusion-DPO row; expected one of {list(DPO_ARMS)}")
     field = DPO_ARMS[method][1]
@@ -131,6 +130,19 @@ def _sampling(config: DemoConfig, guidance_scale: float | None = None) -> dict[s
 ONLINE_ROWS = ("tailorpo", "tailorpo_final", "grpo", "nft")
 
 
+# The fields an online row may set for itself over the shared online ones (None: the shared value).
+_OWN_ONLINE_FIELDS = {"nft": {"nft_lora": "online_lora", "nft_guidance_scale": "online_guidance_scale",
+                              "nft_prompt_split": "online_prompt_split"}}  # fmt: skip
+
+
+def row_config(config: DemoConfig, method: str) -> DemoConfig:
+    """`config` as the row `method` trains and is sampled with: its own operating point (`nft_lora`,
+    `nft_guidance_scale`, `nft_prompt_split` for DiffusionNFT) in place of the shared online fields, where set."""
+    own = {shared: getattr(config, name) for name, shared in _OWN_ONLINE_FIELDS.get(method, {}).items()
+           if getattr(config, name) is not None}  # fmt: skip
+    return dataclasses.replace(config, **own) if own else config
+
+
 def online_guidance(config: DemoConfig) -> float:
     """The guidance of the online rows' rollouts and evaluation images: `online_guidance_scale`, else the demo's."""
     return config.guidance_scale if config.online_guidance_scale is None else float(config.online_guidance_scale)
@@ -142,18 +154,19 @@ def base_at(guidance: float) -> str:
     return f"base@{guidance:g}"
 
 
-def same_guidance_base(config: DemoConfig) -> str | None:
-    """The name the base is scored under when sampled as the online rows are, `base@G` (the study's name), if their
-    guidance (`online_guidance_scale`) differs from the demo's; None if it does not. An online row's gain against
-    it is the training's share, without what the change of guidance alone gives."""
-    guidance = online_guidance(config)
+def same_guidance_base(config: DemoConfig, method: str | None = None) -> str | None:
+    """The name the base is scored under when sampled as the online rows are (or the online row `method`, with its
+    own operating point), `base@G` (the study's name), if their guidance (`online_guidance_scale`) differs from the
+    demo's; None if it does not. An online row's gain against it is the training's share, without what the change
+    of guidance alone gives."""
+    guidance = online_guidance(row_config(config, method) if method else config)
     return None if guidance == config.guidance_scale else base_at(guidance)
 
 
 def evaluation_guidance(config: DemoConfig, method: str) -> float | None:
     """The guidance a row's trained model is sampled at for scoring, None for the demo's own: a CFG-free online
     row's images are sampled as its rollouts were (the demo and the study both ask here)."""
-    return config.online_guidance_scale if method in ONLINE_ROWS else None
+    return row_config(config, method).online_guidance_scale if method in ONLINE_ROWS else None
 
 
 def _common_args(config: DemoConfig, output_dir: Path, name: str) -> dict[str, Any]:
@@ -358,6 +371,7 @@ def train_nft(config: DemoConfig, output_dir: Path, name: str = "nft"):
     from ..trainer import DiffusionNFTConfig, DiffusionNFTTrainer
     from .model import load_pipeline
 
+    config = row_config(config, "nft")  # its own LoRA or whole UNet, guidance and rollout split, where set
     trainer = DiffusionNFTTrainer(
         model=load_pipeline(config.model),
         **online_rewards(config, "nft"),
