@@ -786,7 +786,7 @@ def test_demo_config_rejects_a_non_positive_online_guidance_scale():
         DemoConfig(online_guidance_scale=0.0)
 
 
-@pytest.mark.parametrize("split", ["train", "dev2"])
+@pytest.mark.parametrize("split", ["train", "dev2", "dev2_a"])
 def test_online_rows_roll_out_on_every_scene_of_their_prompt_split_and_no_other(tmp_path, monkeypatch, split):
     from trl_rpo.shapes import stages
     from trl_rpo.shapes.world import SPLIT_SIZES, all_scenes, prompt_text
@@ -911,6 +911,34 @@ def test_online_recipe_sweep_on_dev2_rollouts_scores_its_rise_on_dev2_prompts_an
     assert results["config"]["online_prompt_split"] == "dev2"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("rollouts", "scored"), [("a", "b"), ("b", "a")])
+def test_online_recipe_sweep_rolling_out_on_half_the_held_out_pairs_scores_dev_on_the_other_half(tmp_path, rollouts,
+                                                                                                 scored):
+    from trl_rpo.shapes import sweep
+    from trl_rpo.shapes.world import HELD_OUT_HALVES, parse_prompt
+
+    config = DemoConfig.quick(eval_seeds=(0,), num_inference_steps=4, refine_strength=0.0, nft_steps=1,
+                              tailorpo_num_inference_steps=4, online_prompt_split=f"dev2_{rollouts}")  # fmt: skip
+    results = sweep.run_online_recipe_sweep(config, tmp_path / "rec", recipes={"nft": {"x": {}}}, seeds=(0,),
+                                            dev_prompts=3, dev2_prompts=2, log=lambda _: None,
+                                            train_prompts=3)  # fmt: skip
+    assert results["train_prompts"] == prompts(3, seed=0, split=f"dev2_{rollouts}")  # the prompts it rolls out on
+    assert results["dev_prompts"] == prompts(3, 0, f"dev_{scored}") + prompts(2, 0, f"dev2_{scored}")
+    pairs = {(scene.shape, scene.color) for scene in map(parse_prompt, results["dev_prompts"])}
+    assert pairs <= HELD_OUT_HALVES[scored] and pairs.isdisjoint(HELD_OUT_HALVES[rollouts])
+
+
+def test_online_recipe_sweep_refuses_more_dev_prompts_than_the_scored_half_holds(tmp_path):
+    from trl_rpo.shapes import sweep
+    from trl_rpo.shapes.world import SPLIT_SIZES
+
+    with pytest.raises(ValueError, match=f"dev_b holds {SPLIT_SIZES['dev_b']} scenes"):
+        sweep.run_online_recipe_sweep(DemoConfig.quick(online_prompt_split="dev2_a"), tmp_path / "a",
+                                      recipes={"nft": {"x": {}}}, dev_prompts=SPLIT_SIZES["dev_b"] + 1)  # fmt: skip
+    assert not (tmp_path / "a").exists()
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("nft_timestep_fraction", 0.0), ("nft_timestep_fraction", 1.5), ("nft_num_iterations", 0),
@@ -976,11 +1004,13 @@ def test_online_rounds_replay_with_the_evaluation_they_ran_with():
         # shared noise before the seventh round, train prompts from the sixth, dev2 from the eleventh, eight noises
         # from the twelfth; the eighteenth rolls out on dev2, so it scores no dev2 prompt as dev
         eight = ("online-nft-noises", "online-nft-cfg-free", "online-nft-guidance-2", "online-vbase",
-                 "online-tailorpo-final-vbase", "online-lr-vbase", "online-room", "online-room-nft")
+                 "online-tailorpo-final-vbase", "online-lr-vbase", "online-room", "online-room-nft", "online-transfer")
         assert entry.per_image_noise == (stage not in (*early, "online-steps")), stage
-        assert entry.train_prompts == (0 if stage in early else 60), stage
-        with_dev2 = ("online-nft-power", *[s for s in eight if not s.startswith("online-room")])
-        assert entry.dev2_prompts == (120 if stage in with_dev2 else 0), stage
+        assert entry.train_prompts == (0 if stage in early else 54 if stage == "online-transfer" else 60), stage
+        with_dev2 = ("online-nft-power", *[s for s in eight if not s.startswith(("online-room", "online-transfer"))])
+        # the twentieth scores the other half of the held-out pairs: all 24 of its dev and 66 of its dev2 scenes
+        assert entry.dev2_prompts == (66 if stage == "online-transfer" else 120 if stage in with_dev2 else 0), stage
+        assert entry.dev_prompts == (24 if stage == "online-transfer" else 60), stage
         assert entry.eval_seeds == (tuple(range(8)) if stage in eight else (0, 1, 2)), stage
 
 
@@ -1067,7 +1097,8 @@ def test_eighteenth_online_round_trains_the_whole_unet_at_guidance_2_on_dev2_rol
     for method, rate in rates.items():
         ((_, recipe),) = room.recipes[method].items()
         assert recipe == {"online_lora": False, rate: 1e-4, "online_guidance_scale": 2.0}, method
-    assert all(r.prompt_split == "train" for name, r in rounds.items() if not name.startswith("online-room"))
+    assert all(r.prompt_split == "train" for name, r in rounds.items()
+               if not name.startswith(("online-room", "online-transfer")))  # fmt: skip
 
 
 def test_dev_sweep_runs_the_eighteenth_round_rolling_out_on_dev2(monkeypatch, tmp_path):
@@ -1086,6 +1117,18 @@ def test_nineteenth_online_round_replays_the_eighteenths_nft_recipe_on_six_fresh
     config, kwargs = _online_stage_call(monkeypatch, tmp_path, "online-room-nft")
     assert config.online_prompt_split == "dev2" and config.eval_seeds == tuple(range(8))
     assert (kwargs["dev2_prompts"], kwargs["train_prompts"], kwargs["seeds"]) == (0, 60, nineteenth.seeds)
+
+
+def test_twentieth_online_round_rolls_out_on_half_the_held_out_pairs_and_scores_the_other_half(monkeypatch, tmp_path):
+    rounds = _dev_sweep_rounds()
+    twentieth = rounds["online-transfer"]
+    assert twentieth.recipes == {"nft": rounds["online-room"].recipes["nft"]}  # the nineteenth's recipe, unchanged
+    assert twentieth.seeds == (1930, 1931, 1932)
+    assert {s for other, r in rounds.items() if other != "online-transfer" for s in r.seeds}.isdisjoint(
+        twentieth.seeds)
+    config, kwargs = _online_stage_call(monkeypatch, tmp_path, "online-transfer")
+    assert config.online_prompt_split == "dev2_a" and config.eval_seeds == tuple(range(8))
+    assert (kwargs["dev_prompts"], kwargs["dev2_prompts"], kwargs["train_prompts"]) == (24, 66, 54)
 
 
 def test_the_eleventh_studys_options_file_trains_the_nineteenth_rounds_recipe_on_six_seeds_nothing_used(

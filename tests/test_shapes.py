@@ -68,6 +68,19 @@ def test_split_sizes_match_the_scenes_of_each_split():
     assert {split: len(all_scenes(split)) for split in SPLITS} == SPLIT_SIZES
 
 
+def test_the_held_out_halves_split_dev_and_dev2_by_pair_with_no_pair_or_color_shared():
+    from trl_rpo.shapes.world import HELD_OUT_HALVES, HELD_OUT_PAIRS
+
+    a, b = HELD_OUT_HALVES["a"], HELD_OUT_HALVES["b"]
+    assert a | b == HELD_OUT_PAIRS and not a & b
+    assert not {color for _, color in a} & {color for _, color in b}
+    for part in ("dev", "dev2"):
+        halves = {half: all_scenes(f"{part}_{half}") for half in "ab"}
+        assert sorted(map(repr, halves["a"] + halves["b"])) == sorted(map(repr, all_scenes(part)))
+        for half, scenes in halves.items():
+            assert {(s.shape, s.color) for s in scenes} == HELD_OUT_HALVES[half], (part, half)
+
+
 def test_train_held_out_and_final_splits_are_disjoint_and_cover_the_world():
     train, held_out = set(prompts(720, 0, "train")), set(prompts(180, 0, "held_out"))
     final = set(prompts(180, 0, "final"))

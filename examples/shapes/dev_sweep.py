@@ -122,6 +122,11 @@ x 8 noises (and their rise on 60 dev2 prompts); the gate is declared in docs/sha
 `--stage online-room-nft` is the nineteenth online round (issue 28): the eighteenth's DiffusionNFT recipe, unchanged
 (`ROOM_NFT_RECIPES`), on six fresh seeds 1920-1925, scored as the eighteenth (about 35 minutes).
 
+`--stage online-transfer` is the twentieth online round (issue 28): the same NFT recipe rolling out on the dev2
+scenes of half "a" of the held-out pairs (`online_prompt_split="dev2_a"`), seeds 1930-1932, scored on all 24 dev and
+66 dev2 scenes of half "b" x 8 noises, pairs the runs never saw, and on the 54 scenes it rolls out on (about 20
+minutes).
+
 `--stage step-rewards` is a diagnosis of TailorPO's training signal (issue 28): on 128 train prompts, at every sampler
 step, do the step-wise rewards of two children of one parent order them as the mean final reward of 8 completions of
 each does? (`trl_rpo.shapes.step_reward_check`, `step_reward_check.md`, about 10 minutes; no held-out prompt is
@@ -150,7 +155,14 @@ from typing import NamedTuple
 
 from trl_rpo.shapes.arm_sweep import ARM_RECIPES, VBASE_ARM_RECIPES, VBASE_ARM_SEEDS, VBASE_ARMS, run_arm_sweep
 from trl_rpo.shapes.demo import ONLINE_PROMPT_SPLITS, DemoConfig
-from trl_rpo.shapes.online_rounds import ROOM_NFT_RECIPES, ROOM_NFT_SEEDS, ROOM_RECIPES, ROOM_SEEDS
+from trl_rpo.shapes.online_rounds import (
+    ROOM_NFT_RECIPES,
+    ROOM_NFT_SEEDS,
+    ROOM_RECIPES,
+    ROOM_SEEDS,
+    TRANSFER_RECIPES,
+    TRANSFER_SEEDS,
+)
 from trl_rpo.shapes.sweep import (
     DEFAULT_RECIPES,
     DEFAULT_SEED_VARIANTS,
@@ -198,12 +210,14 @@ from trl_rpo.shapes.sweep import (
     run_pair_sweep,
     run_seed_sweep,
 )
+from trl_rpo.shapes.world import SPLIT_SIZES
 
 
 class OnlineRound(NamedTuple):
     """An online round as it ran: its recipes (with the demo defaults of its time, `as_declared`), training seeds and
     evaluation: one noise per evaluation seed for all prompts (before the seventh round) or one per image, whether 60
-    train prompts were scored, how many dev2 prompts joined dev's 60, and the evaluation seeds (noises per prompt)."""
+    train prompts were scored, how many dev2 prompts joined dev's, the evaluation seeds (noises per prompt), the split
+    the runs roll out on and how many dev prompts were scored (60; the twentieth round's half of dev holds 24)."""
 
     recipes: dict
     seeds: tuple[int, ...]
@@ -212,6 +226,7 @@ class OnlineRound(NamedTuple):
     dev2_prompts: int = 0
     eval_seeds: tuple[int, ...] = (0, 1, 2)
     prompt_split: str = "train"
+    dev_prompts: int = 60
 
 
 _EARLY = {"per_image_noise": False, "train_prompts": 0}  # the first five rounds
@@ -245,6 +260,10 @@ ONLINE_ROUNDS = {
          {"eval_seeds": tuple(range(NFT_NOISE_PER_PROMPT)), "prompt_split": "dev2"}),
         ("online-room-nft", ROOM_NFT_RECIPES, ROOM_NFT_SEEDS,
          {"eval_seeds": tuple(range(NFT_NOISE_PER_PROMPT)), "prompt_split": "dev2"}),
+        ("online-transfer", TRANSFER_RECIPES, TRANSFER_SEEDS,
+         {"eval_seeds": tuple(range(NFT_NOISE_PER_PROMPT)), "prompt_split": "dev2_a",
+          "dev_prompts": SPLIT_SIZES["dev_b"], "dev2_prompts": SPLIT_SIZES["dev2_b"],
+          "train_prompts": SPLIT_SIZES["dev2_a"]}),
     ], start=1)
 }  # fmt: skip
 
@@ -306,7 +325,8 @@ def main() -> None:
             run_online_recipe_sweep(DemoConfig(model=args.model, **noise, eval_seeds=online.eval_seeds,
                                                online_prompt_split=online.prompt_split),
                                     args.output_dir, recipes=online.recipes, seeds=online.seeds,
-                                    train_prompts=online.train_prompts, dev2_prompts=online.dev2_prompts)  # fmt: skip
+                                    train_prompts=online.train_prompts, dev2_prompts=online.dev2_prompts,
+                                    dev_prompts=online.dev_prompts)  # fmt: skip
         return
     if args.stage == "ceiling":
         from trl_rpo.shapes.ceiling import CEILING_VARIANTS, CeilingVariant, run_supervised_ceiling

@@ -82,8 +82,9 @@ IN_DISTRIBUTION_SEED_OFFSET = 10_000
 # The choices of `DemoConfig.tailorpo_reward` / `grpo_reward` / `nft_reward` (functions of `trl_rpo.shapes.evaluate`).
 ONLINE_REWARDS = ("alignment_score", "soft_alignment_score")
 # Where the online rows may roll out: the pretraining scenes, or the scenes of the held-out pairs that no recipe is
-# chosen on (dev2); never dev (where recipes are chosen) or final (where they are reported).
-ONLINE_PROMPT_SPLITS = ("train", "dev2")
+# chosen on (dev2, or its scenes of one half of those pairs, so dev can score the other half's unseen pairs); never
+# dev (where recipes are chosen) or final (where they are reported).
+ONLINE_PROMPT_SPLITS = ("train", "dev2", "dev2_a", "dev2_b")
 
 
 @dataclass
@@ -121,7 +122,9 @@ class DemoConfig:
         default="train",
         metadata={"help": "Split the online rows roll out on: 'train' (the scenes the base was pretrained on) or "
                           "'dev2' (scenes of the held-out (shape, color) pairs, prompts of the distribution scored, "
-                          "as online RL is run; recipes are then chosen on dev, and final's pairs stay unseen)."},
+                          "as online RL is run; recipes are then chosen on dev, and final's pairs stay unseen), or "
+                          "'dev2_a' / 'dev2_b' (dev2's scenes of one half of the held-out pairs: a sweep then scores "
+                          "the other half's, pairs the runs never saw)."},
     )  # fmt: skip
     online_lora: bool = field(
         default=True,

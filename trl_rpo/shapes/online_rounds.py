@@ -236,6 +236,11 @@ ROOM_SEEDS: tuple[int, ...] = (1910, 1911, 1912)
 # on dev against the base at guidance 2 was not distinguishable from zero on three.
 ROOM_NFT_RECIPES: dict[str, dict[str, dict[str, Any]]] = {"nft": ROOM_RECIPES["nft"]}
 ROOM_NFT_SEEDS: tuple[int, ...] = (1920, 1921, 1922, 1923, 1924, 1925)
+# The twentieth round (issue 28): the same recipe rolling out on the dev2 scenes of one half of the held-out pairs
+# (`online_prompt_split="dev2_a"`) and scored on the other half's dev and dev2 scenes, pairs the runs never saw: on
+# dev, the transfer to unseen compositions that the eleventh study found missing on final.
+TRANSFER_RECIPES: dict[str, dict[str, dict[str, Any]]] = {"nft": ROOM_RECIPES["nft"]}
+TRANSFER_SEEDS: tuple[int, ...] = (1930, 1931, 1932)
 # Demo defaults that a round's choice changed: (the round that changed them, method, the values before). A round
 # replays with the values of its time (`as_declared`).
 _CHANGED_DEFAULTS: tuple[tuple[int, str, dict[str, Any]], ...] = (

@@ -218,13 +218,15 @@ def run_online_recipe_sweep(
     trainings; ties go to the first listed, the demo's). Test prompts are never scored here. With `train_prompts`,
     each run is also scored on that many of the prompts it trains on (`train_gain`: does the reward rise where it
     trains?), drawn from `config.online_prompt_split` (the train split by default; with "dev2", no dev2 prompt may
-    join dev, since dev2 is then what the runs train on).
+    join dev, since dev2 is then what the runs train on; with "dev2_a" or "dev2_b", the dev and dev2 prompts are the
+    other half's, `dev_b` / `dev2_b` or `dev_a` / `dev2_a`: pairs the runs never saw).
     Each seed's entry keeps its per-image dev scores (`dev_scores`, `[noise][prompt]`; the base's in
     `base_dev_scores`), and each row gives the gain over all its seeds at once with the study's two-level bootstrap
     (`pooled_gain`, `pooled_ci`, `pooled_p`): a report, not part of the rule. With `dev2_prompts`, that many prompts
     of the `dev2` split (the old test split, no longer a reporting one) join the dev prompts: one set, more power.
     """
     from .model import load_pipeline
+    from .world import SPLIT_SIZES
     from .world import prompts as shape_prompts
 
     if not recipes or not seeds or not all(recipes.values()):
@@ -243,11 +245,17 @@ def run_online_recipe_sweep(
     if pool == "dev2" and dev2_prompts:
         raise ValueError(f"the runs roll out on dev2 prompts (config.online_prompt_split), so none may be scored as "
                          f"dev: dev2_prompts must be 0, got {dev2_prompts}")  # fmt: skip
+    # Rolling out on one half of the held-out pairs (dev2_a / dev2_b), dev is the other half's scenes: pairs unseen.
+    other = {"dev2_a": "_b", "dev2_b": "_a"}.get(pool, "")
+    dev_split, dev2_split = f"dev{other}", f"dev2{other}"
+    for count, split in ((dev_prompts, dev_split), (dev2_prompts, dev2_split), (train_prompts, pool)):
+        if count > SPLIT_SIZES[split]:  # more would repeat prompts
+            raise ValueError(f"{split} holds {SPLIT_SIZES[split]} scenes; cannot score {count} distinct prompts")
     output_dir = _new_folder(output_dir)
     _quiet_libraries()
-    dev = shape_prompts(dev_prompts, seed=config.seed, split="dev")
+    dev = shape_prompts(dev_prompts, seed=config.seed, split=dev_split)
     if dev2_prompts:
-        dev += shape_prompts(dev2_prompts, seed=config.seed, split="dev2")
+        dev += shape_prompts(dev2_prompts, seed=config.seed, split=dev2_split)
     sets = {"dev": (dev, config.eval_seeds)}
     if train_prompts:
         sets["train"] = (shape_prompts(train_prompts, seed=config.seed, split=pool), config.eval_seeds)

@@ -32,6 +32,7 @@ __all__ = [
     "BACKGROUNDS",
     "COUNTS",
     "FINAL_PAIRS",
+    "HELD_OUT_HALVES",
     "HELD_OUT_PAIRS",
     "PALETTE",
     "POSITIONS",
@@ -72,6 +73,13 @@ POSITIONS: tuple[str, ...] = ("left", "right", "top", "bottom", "center")
 HELD_OUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
     {("circle", "purple"), ("square", "orange"), ("triangle", "green"), ("diamond", "blue")}
 )
+# The held-out pairs in two fixed halves (one shape-color pair per shape, no color shared): an online round can roll
+# out on one half's dev2 scenes ("dev2_a") and be scored on the other half's dev and dev2 scenes ("dev_b",
+# "dev2_b"), whose pairs it never saw, so its dev gain measures transfer to unseen compositions as final does.
+HELD_OUT_HALVES: dict[str, frozenset[tuple[str, str]]] = {
+    "a": frozenset({("circle", "purple"), ("square", "orange")}),
+    "b": frozenset({("triangle", "green"), ("diamond", "blue")}),
+}
 # The final split's pairs (added 2026-12-05 with a base model retrained without them): a different color per shape
 # from `HELD_OUT_PAIRS`, each color at most once, so every color still appears in train with two or more shapes.
 FINAL_PAIRS: frozenset[tuple[str, str]] = frozenset(
@@ -195,9 +203,11 @@ def split_of(scene: Scene) -> Literal["train", "held_out", "final"]:
     return "held_out" if pair in HELD_OUT_PAIRS else "final" if pair in FINAL_PAIRS else "train"
 
 
-SPLITS: tuple[str, ...] = ("train", "held_out", "dev", "dev2", "final")
-# Sizes of every split, for validating prompt counts without building the scenes.
-SPLIT_SIZES: dict[str, int] = {"train": 720, "held_out": 180, "dev": 60, "dev2": 120, "final": 180}
+SPLITS: tuple[str, ...] = ("train", "held_out", "dev", "dev2", "final", "dev_a", "dev_b", "dev2_a", "dev2_b")
+# Sizes of every split, for validating prompt counts without building the scenes. "dev_a" etc.: the scenes of dev
+# (dev2) whose pair is in `HELD_OUT_HALVES["a"]` ("b").
+SPLIT_SIZES: dict[str, int] = {"train": 720, "held_out": 180, "dev": 60, "dev2": 120, "final": 180, "dev_a": 36,
+                               "dev_b": 24, "dev2_a": 54, "dev2_b": 66}  # fmt: skip
 _DEV_SHUFFLE_SEED = 20260  # fixed: the dev/dev2 partition of the held-out scenes never moves
 
 
@@ -205,7 +215,8 @@ def all_scenes(split: str | None = None) -> list[Scene]:
     """Every scene of the world in a fixed order, optionally only those of one split.
 
     Splits: "train" (720 scenes), "held_out" (180) and its disjoint parts "dev" (60) and "dev2" (120), and
-    "final" (180).
+    "final" (180); "dev_a" / "dev_b" / "dev2_a" / "dev2_b" are the dev / dev2 scenes of each half of the held-out
+    pairs (`HELD_OUT_HALVES`).
     """
     if split == "test":
         raise ValueError('split "test" was renamed "dev2" (a second dev set); results are reported on "final"')
@@ -217,6 +228,9 @@ def all_scenes(split: str | None = None) -> list[Scene]:
             SHAPES, PALETTE, COUNTS, POSITIONS, BACKGROUNDS
         )
     ]
+    if split in ("dev_a", "dev_b", "dev2_a", "dev2_b"):
+        part, half = split.split("_")
+        return [s for s in all_scenes(part) if (s.shape, s.color) in HELD_OUT_HALVES[half]]
     if split in ("dev", "dev2"):
         held_out = [s for s in scenes if split_of(s) == "held_out"]
         order = list(range(len(held_out)))
