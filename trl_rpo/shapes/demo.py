@@ -270,9 +270,10 @@ class DemoConfig:
                              f"{self.nft_timestep_fraction} and {self.nft_num_iterations}")  # fmt: skip
         if not 0.0 <= self.nft_old_policy_decay < 1.0:
             raise ValueError(f"nft_old_policy_decay must be in [0, 1), got {self.nft_old_policy_decay}")
-        for name in ("online_prompt_split", "nft_prompt_split"):
-            if getattr(self, name) not in (*ONLINE_PROMPT_SPLITS, *((None,) if name.startswith("nft") else ())):
-                raise ValueError(f"{name} must be one of {list(ONLINE_PROMPT_SPLITS)}, got {getattr(self, name)!r}")
+        for name, allowed in (("online_prompt_split", ONLINE_PROMPT_SPLITS),
+                              ("nft_prompt_split", (None, *ONLINE_PROMPT_SPLITS))):  # fmt: skip
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         for name in ("online_guidance_scale", "nft_guidance_scale"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive or None, got {getattr(self, name)}")
