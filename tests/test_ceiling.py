@@ -23,6 +23,18 @@ def test_the_ceiling_refuses_a_first_guidance_other_than_the_configs(tmp_path):
         run_supervised_ceiling(DemoConfig.quick(guidance_scale=5.0), tmp_path / "c", guidance_scales=(2.0, 5.0))
 
 
+def test_the_ceiling_refuses_more_scored_prompts_than_the_split_holds(tmp_path):
+    with pytest.raises(ValueError, match="dev2_a holds 54 scenes; cannot score 60"):
+        run_supervised_ceiling(DemoConfig.quick(), tmp_path / "c", split="dev2_a", scored_prompts=60)
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("seeds", [(), (1, 1)])
+def test_the_ceiling_refuses_empty_or_repeated_training_seeds(seeds, tmp_path):
+    with pytest.raises(ValueError, match="training_seeds must be distinct"):
+        run_supervised_ceiling(DemoConfig.quick(), tmp_path / "c", scored_prompts=4, training_seeds=seeds)
+
+
 @pytest.mark.parametrize("field", [{"params": "conv"}, {"steps": -1}, {"learning_rate": 0.0}, {"batch_size": 0},
                                    {"empty_prompt_probability": 1.0}])  # fmt: skip
 def test_a_ceiling_variant_rejects_what_it_cannot_train(field):
@@ -122,3 +134,36 @@ def test_fine_tuning_replaces_prompts_by_the_empty_one_at_its_probability(probab
                                                                              empty_prompt_probability=probability), 8)
     assert len(seen) == 160
     assert (sum(seen) == 0) if probability == 0 else (50 <= sum(seen) <= 110)  # Binomial(160, 0.5): mean 80, sd 6.3
+
+
+@pytest.mark.slow
+def test_the_transfer_ceiling_scores_the_other_halfs_unseen_pairs_and_pools_its_training_seeds(tmp_path):
+    from trl_rpo.shapes.world import HELD_OUT_HALVES, all_scenes, parse_prompt, prompt_text
+    from trl_rpo.statistics import hierarchical_bootstrap
+
+    config = DemoConfig.quick(eval_seeds=(0,), num_inference_steps=2, refine_strength=0.0)
+    variants = {"full": CeilingVariant(3, 3e-3, "full", batch_size=4)}
+    results = run_supervised_ceiling(config, tmp_path / "c", split="dev2_a", variants=variants, scored_prompts=3,
+                                     guidance_scales=(config.guidance_scale,), images_per_scene=1,
+                                     training_seeds=(0, 1), log=lambda _: None)  # fmt: skip
+    # fitted on half a's dev2 renders; the unseen prompts are every dev and dev2 scene of half b, nothing else
+    assert results["training_images"] == 54
+    assert results["unseen_prompts"] == [prompt_text(s) for part in ("dev_b", "dev2_b") for s in all_scenes(part)]
+    assert {(s.shape, s.color) for s in map(parse_prompt, results["unseen_prompts"])} == HELD_OUT_HALVES["b"]
+    # one fine-tuning per training seed, each scored on both sets against the base sampled alike
+    g = f"{config.guidance_scale:g}"
+    rows = results["rows"]
+    assert [r["seed"] for r in rows] == [0, 1]
+    runs = [f"full (seed {s})@{g}" for s in (0, 1)]
+    unseen = results["unseen_scores"]
+    assert unseen[runs[0]] != unseen[runs[1]]  # the seeds trained different models
+    for row, run in zip(rows, runs):
+        expected = np.mean(unseen[run]) - np.mean(unseen["base"])
+        assert row["by_guidance"][g]["unseen"]["gain"] == pytest.approx(expected, abs=1e-4)
+    # the pooled gain on the unseen pairs is the two-level bootstrap over both seeds' scores
+    pooled = {p["prompts"]: p for p in results["pooled"]}
+    assert set(pooled) == {"dev2_a", "unseen"}
+    expected = hierarchical_bootstrap([unseen[r] for r in runs], [unseen["base"]] * 2, seed=0)
+    assert pooled["unseen"]["gain"] == pytest.approx(expected.gain, abs=1e-4)
+    assert pooled["unseen"]["gain_ci"] == [round(v, 4) for v in expected.ci]
+    assert "gain on the unseen pairs" in (tmp_path / "c" / "ceiling.md").read_text()

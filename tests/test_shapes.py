@@ -81,6 +81,25 @@ def test_the_held_out_halves_split_dev_and_dev2_by_pair_with_no_pair_or_color_sh
             assert {(s.shape, s.color) for s in scenes} == HELD_OUT_HALVES[half], (part, half)
 
 
+@pytest.mark.parametrize("split", ["dev2_a", "dev2_b", "train"])
+def test_unseen_pair_splits_hold_only_pairs_the_split_does_not(split):
+    from trl_rpo.shapes.world import unseen_pair_splits
+
+    fitted = {(s.shape, s.color) for s in all_scenes(split)}
+    dev, dev2 = unseen_pair_splits(split)
+    unseen = {(s.shape, s.color) for part in (dev, dev2) for s in all_scenes(part)}
+    assert unseen and fitted.isdisjoint(unseen)
+    assert {(s.shape, s.color) for s in all_scenes(dev)} == {(s.shape, s.color) for s in all_scenes(dev2)}
+
+
+@pytest.mark.parametrize("split", ["dev2", "dev", "final"])
+def test_unseen_pair_splits_refuse_a_split_whose_pairs_dev_holds(split):
+    from trl_rpo.shapes.world import unseen_pair_splits
+
+    with pytest.raises(ValueError, match="no dev split holds only pairs unseen"):
+        unseen_pair_splits(split)
+
+
 def test_train_held_out_and_final_splits_are_disjoint_and_cover_the_world():
     train, held_out = set(prompts(720, 0, "train")), set(prompts(180, 0, "held_out"))
     final = set(prompts(180, 0, "final"))

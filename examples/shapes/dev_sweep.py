@@ -115,6 +115,11 @@ at 2e-3 and DiffusionNFT at 1e-3 (`ONLINE_LR_VBASE_RECIPES`), the rest the demo'
 prompts at guidance 5 and 2 against the base sampled alike: how much room any method trained for that budget has
 (`ceiling.md`, about 10 minutes; no dev or final prompt is scored). `--ceiling-split train` fits every train scene.
 
+`--stage ceiling-transfer` is the transfer ceiling (issue 28): the whole UNet fine-tuned on perfect renders of the
+54 `dev2_a` scenes (half a of the held-out pairs; `TRANSFER_CEILING_VARIANTS`), training seeds 0-2, scored on those
+scenes and on the 90 scenes of half b (`dev_b` + `dev2_b`, pairs never fitted) at guidance 5 and 2 against the base
+sampled alike: does even perfect supervision transfer to unseen (shape, color) pairs? (about 15 minutes)
+
 `--stage online-room` is the eighteenth online round (issue 28): DiffusionNFT and TailorPO training the whole UNet
 at lr 1e-4 and guidance 2, rolling out on the dev2 scenes (`ROOM_RECIPES`), seeds 1910-1912, scored on 60 dev prompts
 x 8 noises (and their rise on 60 dev2 prompts); the gate is declared in docs/shapes.md.
@@ -283,7 +288,7 @@ def main() -> None:
     parser.add_argument("--stage", default="recipes",
                         choices=["recipes", "pairs", "seeds", "masked", "sft", "timesteps", "online",
                                  *ONLINE_ROUNDS, "step-rewards", "words", "arms", "arms-vbase", "ranks",
-                                 "ceiling"],
+                                 "ceiling", "ceiling-transfer"],
                         help="recipes: guidance and DPO recipe; pairs: the RPO refinement strength; seeds: masked "
                              "or plain DPO over training seeds; masked: the masked recipe over seeds; sft: masked "
                              "DPO plus an SFT term over seeds; timesteps: masked DPO on part of the noise "
@@ -338,6 +343,19 @@ def main() -> None:
         else:
             run_supervised_ceiling(DemoConfig(model=args.model, eval_seeds=(0, 1, 2, 3)), args.output_dir,
                                    split=args.ceiling_split, variants=CEILING_VARIANTS)  # fmt: skip
+        return
+    if args.stage == "ceiling-transfer":
+        from trl_rpo.shapes import ceiling
+
+        if args.quick:
+            config, kwargs = DemoConfig.quick(model=args.model, eval_seeds=(0,)), dict(
+                scored_prompts=4, images_per_scene=1, training_seeds=(0, 1),
+                variants={"full UNet, 2 steps": ceiling.CeilingVariant(2, 1e-4, "full")})  # fmt: skip
+        else:
+            config, kwargs = DemoConfig(model=args.model, eval_seeds=(0, 1, 2, 3)), dict(
+                scored_prompts=54, variants=ceiling.TRANSFER_CEILING_VARIANTS,
+                training_seeds=ceiling.TRANSFER_CEILING_SEEDS)  # fmt: skip
+        ceiling.run_supervised_ceiling(config, args.output_dir, split="dev2_a", **kwargs)
         return
     if args.stage == "step-rewards":
         from trl_rpo.shapes.step_reward_check import run_step_reward_check

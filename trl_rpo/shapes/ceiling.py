@@ -8,8 +8,10 @@ layouts each), with the pretraining objective (`pretrain.denoising_target`, no l
 split's scored prompts at each guidance, paired image for image with the base sampled alike. If these gains are
 small at a budget, no preference or reward method trained for that budget has room to show one.
 
-Only the splits online rows may train on (`ONLINE_PROMPT_SPLITS`: train, dev2) are allowed: fitting dev or final
-renders would be training on the prompts recipes are chosen or reported on.
+Only the splits online rows may train on (`ONLINE_PROMPT_SPLITS`: train, dev2 and its halves dev2_a / dev2_b) are
+allowed: fitting dev or final renders would be training on the prompts recipes are chosen or reported on. Fitting
+one half of the held-out pairs (dev2_a) also scores the other half's dev and dev2 scenes, pairs never fitted: the
+ceiling of transfer to unseen compositions, which is what final measures.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from .demo import ONLINE_PROMPT_SPLITS, DemoConfig
 from .stages import _quiet_libraries, _Scorer, base_at
 from .sweep_files import _new_folder, _write_sweep
 
-__all__ = ["CEILING_VARIANTS", "CeilingVariant", "format_supervised_ceiling", "run_supervised_ceiling"]
+__all__ = [
+    "CEILING_VARIANTS",
+    "TRANSFER_CEILING_SEEDS",
+    "TRANSFER_CEILING_VARIANTS",
+    "CeilingVariant",
+    "format_supervised_ceiling",
+    "run_supervised_ceiling",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +68,14 @@ CEILING_VARIANTS: dict[str, CeilingVariant] = {
     "full UNet, lr 1e-4, 800 steps": CeilingVariant(800, 1e-4, "full"),
     "LoRA, lr 3e-4, 800 steps, no empty prompts": CeilingVariant(800, 3e-4, empty_prompt_probability=0.0),
 }
+
+# The transfer ceiling (declared 2026-12-07 in docs/shapes.md before it ran): the variant with room on dev2 (the whole
+# UNet at lr 1e-4, 800 steps) fitted on half a's dev2 renders (`split="dev2_a"`) on three training seeds, scored on
+# its own 54 scenes and on the 90 scenes of half b's unseen pairs.
+TRANSFER_CEILING_VARIANTS: dict[str, CeilingVariant] = {
+    "full UNet, lr 1e-4, 800 steps": CeilingVariant(800, 1e-4, "full"),
+}
+TRANSFER_CEILING_SEEDS: tuple[int, ...] = (0, 1, 2)
 
 
 def _renders(split: str, image_size: int, images_per_scene: int):
@@ -136,17 +153,24 @@ def run_supervised_ceiling(
     scored_prompts: int = 60,
     guidance_scales: Sequence[float] = (5.0, 2.0),
     images_per_scene: int = 8,
+    training_seeds: Sequence[int] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Fine-tune the base on renders of every `split` scene with each variant; score `scored_prompts` of that split
     at each guidance against the base sampled alike (paired 95% BCa interval); write ceiling.json/.md.
 
     The scored prompts are `prompts(scored_prompts, seed=config.seed, split=split)` with `config.eval_seeds`
-    noises each; each variant trains with seed `config.seed`. The first guidance must be `config.guidance_scale`.
+    noises each; each variant trains once per `training_seeds` (default: `config.seed` alone). The first guidance
+    must be `config.guidance_scale`. With `split` "dev2_a" or "dev2_b" (one half of the held-out pairs), every
+    model is also scored on all of the other half's dev and dev2 scenes (`unseen`: pairs it never saw; does perfect
+    supervision transfer?). With several training seeds, `pooled` gives each variant's gain over them at each
+    guidance, on each prompt set, by the study's two-level bootstrap over seeds and prompts.
     """
     import torch
 
+    from ..statistics import hierarchical_bootstrap
     from .model import load_pipeline
+    from .world import SPLIT_SIZES, all_scenes, prompt_text, unseen_pair_splits
     from .world import prompts as shape_prompts
 
     if split not in ONLINE_PROMPT_SPLITS:
@@ -155,37 +179,71 @@ def run_supervised_ceiling(
     if not variants or not guidance_scales or float(guidance_scales[0]) != config.guidance_scale:
         raise ValueError(f"run_supervised_ceiling needs a variant and guidance_scales starting with the config's "
                          f"{config.guidance_scale}, got {list(variants)} and {list(guidance_scales)}")  # fmt: skip
+    if scored_prompts > SPLIT_SIZES[split]:  # more would score some prompts twice
+        raise ValueError(f"{split} holds {SPLIT_SIZES[split]} scenes; cannot score {scored_prompts} distinct prompts")
+    seeds = [int(s) for s in (training_seeds if training_seeds is not None else (config.seed,))]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"training_seeds must be distinct and not empty, got {training_seeds}")
     output_dir = _new_folder(output_dir)
     _quiet_libraries()
     base = load_pipeline(config.model)
     size = base.unet.config.sample_size * base.vae_scale_factor  # the resolution the pipeline samples at
     pixels, prompts = _renders(split, size, images_per_scene)
     scored = shape_prompts(scored_prompts, seed=config.seed, split=split)
-    scorer = _Scorer(config, {split: (scored, config.eval_seeds)})
+    sets = {split: (scored, config.eval_seeds)}
+    if split in ("dev2_a", "dev2_b"):
+        unseen = [prompt_text(s) for part in unseen_pair_splits(split) for s in all_scenes(part)]
+        sets["unseen"] = (unseen, config.eval_seeds)
+    scorer = _Scorer(config, sets)
     bases = {float(g): "base" if float(g) == config.guidance_scale else base_at(g) for g in guidance_scales}
     for guidance, name in bases.items():
         scorer(name, base, None if name == "base" else guidance)
     rows = []
     for name, variant in variants.items():
-        torch.manual_seed(config.seed)
-        pipeline = load_pipeline(config.model)
-        start = time.perf_counter()
-        losses = fine_tune_on_renders(pipeline, pixels, prompts, variant, config.lora_r, seed=config.seed)
-        row = {"variant": name, **dataclasses.asdict(variant), "seconds": round(time.perf_counter() - start, 1),
-               "loss_first": _mean(losses[:50]), "loss_last": _mean(losses[-50:]), "by_guidance": {}}  # fmt: skip
-        for guidance, base in bases.items():
-            run = f"{name}@{guidance:g}"
-            scorer(run, pipeline, guidance)
-            gain = scorer.compare(run, base, split).to_dict()
-            row["by_guidance"][f"{guidance:g}"] = {"base": round(scorer.mean(base, split), 4), "gain": gain["gain"],
-                                                   "gain_ci": gain["gain_ci"], "p_value": gain["p_value"]}  # fmt: skip
-        rows.append(row)
-        log(format_supervised_ceiling({"rows": [row], "split": split}).splitlines()[-1])
-    results = {"split": split, "rows": rows, "scored_prompts": scored, "eval_seeds": list(config.eval_seeds),
+        for seed in seeds:
+            torch.manual_seed(seed)
+            pipeline = load_pipeline(config.model)
+            start = time.perf_counter()
+            losses = fine_tune_on_renders(pipeline, pixels, prompts, variant, config.lora_r, seed=seed)
+            row = {"variant": name, **dataclasses.asdict(variant), "seed": seed,
+                   "seconds": round(time.perf_counter() - start, 1), "loss_first": _mean(losses[:50]),
+                   "loss_last": _mean(losses[-50:]), "by_guidance": {}}  # fmt: skip
+            for guidance, base in bases.items():
+                run = _run_name(name, seed, guidance, several=len(seeds) > 1)
+                scorer(run, pipeline, guidance)
+                entry = row["by_guidance"][f"{guidance:g}"] = _gain(scorer, run, base, split)
+                if "unseen" in sets:
+                    entry["unseen"] = _gain(scorer, run, base, "unseen")
+            rows.append(row)
+            log(format_supervised_ceiling({"rows": [row], "split": split}).splitlines()[-1])
+    pooled = []
+    if len(seeds) > 1:
+        for name in variants:
+            for guidance, base in bases.items():
+                for prompt_set in sets:
+                    runs = [scorer.scores[_run_name(name, s, guidance, True)][prompt_set] for s in seeds]
+                    result = hierarchical_bootstrap(runs, [scorer.scores[base][prompt_set]] * len(runs), seed=0)
+                    pooled.append({"variant": name, "guidance_scale": guidance, "prompts": prompt_set,
+                                   "gain": round(result.gain, 4), "gain_ci": [round(v, 4) for v in result.ci],
+                                   "p_value": round(result.p_value, 4)})  # fmt: skip
+    results = {"split": split, "rows": rows, "pooled": pooled, "training_seeds": seeds, "scored_prompts": scored,
+               "unseen_prompts": sets["unseen"][0] if "unseen" in sets else [], "eval_seeds": list(config.eval_seeds),
                "training_images": len(pixels), "guidance_scales": [float(g) for g in guidance_scales],
                "scores": {name: by_set[split] for name, by_set in scorer.scores.items()},  # [noise][prompt]
+               "unseen_scores": {n: by_set["unseen"] for n, by_set in scorer.scores.items() if "unseen" in by_set},
                "config": dataclasses.asdict(config)}  # fmt: skip
     return _write_sweep(output_dir, "ceiling", results, format_supervised_ceiling(results), log)
+
+
+def _run_name(variant: str, seed: int, guidance: float, several: bool) -> str:
+    """The scorer's name for a fine-tuned model: "variant@g", or "variant (seed s)@g" when seeds are several."""
+    return f"{variant} (seed {seed})@{guidance:g}" if several else f"{variant}@{guidance:g}"
+
+
+def _gain(scorer: _Scorer, run: str, base: str, prompt_set: str) -> dict[str, Any]:
+    gain = scorer.compare(run, base, prompt_set).to_dict()
+    return {"base": round(scorer.mean(base, prompt_set), 4), "gain": gain["gain"], "gain_ci": gain["gain_ci"],
+            "p_value": gain["p_value"]}  # fmt: skip
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -193,12 +251,26 @@ def _mean(values: Sequence[float]) -> float | None:
 
 
 def format_supervised_ceiling(results: dict[str, Any]) -> str:
-    """The ceiling as Markdown: per variant, the gain over the base sampled alike at each guidance."""
-    lines = [f"| fine-tuned on every {results['split']} render | loss, first -> last 50 steps | gain at each guidance "
-             "(base) [paired 95% CI] | seconds |", "|---|---|---|---:|"]  # fmt: skip
+    """The ceiling as Markdown: per variant (and training seed), the gain over the base sampled alike at each
+    guidance on the split it fits and, for a half of the held-out pairs, on the other half's unseen pairs; then
+    the gains pooled over the training seeds."""
+
+    def cell(v: dict[str, Any]) -> str:
+        return f"{v['gain']:+.3f} [{v['gain_ci'][0]:+.3f}, {v['gain_ci'][1]:+.3f}]"
+
+    lines = [f"| fine-tuned on every {results['split']} render | seed | loss, first -> last 50 steps | gain on "
+             f"{results['split']} at each guidance (base) [paired 95% CI] | gain on the unseen pairs | seconds |",
+             "|---|---:|---|---|---|---:|"]  # fmt: skip
     for row in results["rows"]:
-        gains = "; ".join(f"g{g}: {v['gain']:+.3f} [{v['gain_ci'][0]:+.3f}, {v['gain_ci'][1]:+.3f}] ({v['base']:.3f})"
-                          for g, v in row["by_guidance"].items())  # fmt: skip
+        gains = "; ".join(f"g{g}: {cell(v)} ({v['base']:.3f})" for g, v in row["by_guidance"].items())
+        unseen = "; ".join(f"g{g}: {cell(v['unseen'])} ({v['unseen']['base']:.3f})"
+                           for g, v in row["by_guidance"].items() if "unseen" in v) or "-"  # fmt: skip
         loss = f"{row['loss_first']:.3f} -> {row['loss_last']:.3f}" if row["loss_first"] is not None else "-"
-        lines.append(f"| {row['variant']} | {loss} | {gains} | {row['seconds']:.0f} |")
+        lines.append(f"| {row['variant']} | {row.get('seed', '')} | {loss} | {gains} | {unseen} | "
+                     f"{row['seconds']:.0f} |")  # fmt: skip
+    if results.get("pooled"):
+        lines += ["", "| variant | guidance | prompts | gain over the training seeds [95% CI] | p |",
+                  "|---|---:|---|---|---:|"]  # fmt: skip
+        lines += [f"| {p['variant']} | {p['guidance_scale']:g} | {p['prompts']} | {cell(p)} | {p['p_value']:.3f} |"
+                  for p in results["pooled"]]  # fmt: skip
     return "\n".join(lines)

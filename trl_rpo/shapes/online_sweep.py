@@ -226,7 +226,7 @@ def run_online_recipe_sweep(
     of the `dev2` split (the old test split, no longer a reporting one) join the dev prompts: one set, more power.
     """
     from .model import load_pipeline
-    from .world import SPLIT_SIZES
+    from .world import SPLIT_SIZES, unseen_pair_splits
     from .world import prompts as shape_prompts
 
     if not recipes or not seeds or not all(recipes.values()):
@@ -246,8 +246,8 @@ def run_online_recipe_sweep(
         raise ValueError(f"the runs roll out on dev2 prompts (config.online_prompt_split), so none may be scored as "
                          f"dev: dev2_prompts must be 0, got {dev2_prompts}")  # fmt: skip
     # Rolling out on one half of the held-out pairs (dev2_a / dev2_b), dev is the other half's scenes: pairs unseen.
-    other = {"dev2_a": "_b", "dev2_b": "_a"}.get(pool, "")
-    dev_split, dev2_split = f"dev{other}", f"dev2{other}"
+    # (Rolling out on dev2, dev shares its pairs: the rounds that did so measured those pairs, docs/shapes.md.)
+    dev_split, dev2_split = ("dev", "dev2") if pool == "dev2" else unseen_pair_splits(pool)
     for count, split in ((dev_prompts, dev_split), (dev2_prompts, dev2_split), (train_prompts, pool)):
         if count > SPLIT_SIZES[split]:  # more would repeat prompts
             raise ValueError(f"{split} holds {SPLIT_SIZES[split]} scenes; cannot score {count} distinct prompts")

@@ -42,6 +42,7 @@ __all__ = [
     "SPLIT_SIZES",
     "Scene",
     "all_scenes",
+    "unseen_pair_splits",
     "object_size",
     "parse_prompt",
     "position_of",
@@ -209,6 +210,16 @@ SPLITS: tuple[str, ...] = ("train", "held_out", "dev", "dev2", "final", "dev_a",
 SPLIT_SIZES: dict[str, int] = {"train": 720, "held_out": 180, "dev": 60, "dev2": 120, "final": 180, "dev_a": 36,
                                "dev_b": 24, "dev2_a": 54, "dev2_b": 66}  # fmt: skip
 _DEV_SHUFFLE_SEED = 20260  # fixed: the dev/dev2 partition of the held-out scenes never moves
+
+
+def unseen_pair_splits(split: str) -> tuple[str, str]:
+    """The dev and dev2 splits whose (shape, color) pairs a model trained on `split` never saw: ("dev_b", "dev2_b")
+    for "dev2_a" (and the reverse), ("dev", "dev2") for "train". Other splits share their pairs with dev or dev2
+    ("dev2" holds dev's pairs), so there is no such split and a `ValueError` says so."""
+    other = {"dev2_a": ("dev_b", "dev2_b"), "dev2_b": ("dev_a", "dev2_a"), "train": ("dev", "dev2")}
+    if split not in other:
+        raise ValueError(f"no dev split holds only pairs unseen by {split!r}; choose among {list(other)}")
+    return other[split]
 
 
 def all_scenes(split: str | None = None) -> list[Scene]:
