@@ -114,6 +114,51 @@ def test_the_second_arm_sweep_declares_fresh_seeds_and_holds_the_demos_recipes()
 
 
 
+
+def test_the_guidance_rule_takes_the_scale_where_the_base_scores_highest_and_the_first_listed_on_a_tie():
+    from trl_rpo.shapes.sweep import best_guidance
+
+    assert best_guidance({5.0: 0.54, 1.0: 0.53, 2.0: 0.60, 3.0: 0.58}) == 2.0
+    assert best_guidance({5.0: 0.60, 2.0: 0.60}) == 5.0
+    with pytest.raises(ValueError, match="at one guidance scale or more"):
+        best_guidance({})
+
+
+def test_the_third_arm_sweep_lists_the_demos_guidance_first_and_declares_fresh_seeds():
+    from trl_rpo.shapes.arm_sweep import GUIDANCE_ARM_SCALES, GUIDANCE_ARM_SEEDS, SWEEP_SEEDS, VBASE_ARM_SEEDS
+    from trl_rpo.shapes.study import StudyConfig
+
+    assert GUIDANCE_ARM_SCALES[0] == DemoConfig().guidance_scale and 2.0 in GUIDANCE_ARM_SCALES
+    assert set(GUIDANCE_ARM_SEEDS).isdisjoint((*SWEEP_SEEDS, *VBASE_ARM_SEEDS, *StudyConfig().training_seeds))
+
+
+@pytest.mark.slow
+def test_the_arm_sweep_builds_trains_and_scores_at_the_guidance_its_rule_picks(tmp_path, monkeypatch):
+    from trl_rpo.shapes import arm_sweep, sweep
+
+    config = DemoConfig.quick(image_budget=8, eval_seeds=(0,), num_inference_steps=2, refine_strength=0.5,
+                              dpo_batch_size=2, guidance_scale=5.0)  # fmt: skip
+    seen = {"pairs": [], "runs": []}
+    build, train = arm_sweep.build_pair_sets, arm_sweep.train_dpo_arm
+
+    def building(config, *args, **kwargs):
+        seen["pairs"].append(config.guidance_scale)
+        return build(config, *args, **kwargs)
+
+    def training(config, *args, **kwargs):
+        seen["runs"].append(config.guidance_scale)
+        return train(config, *args, **kwargs)
+
+    monkeypatch.setattr(arm_sweep, "build_pair_sets", building)
+    monkeypatch.setattr(arm_sweep, "train_dpo_arm", training)
+    monkeypatch.setattr(sweep, "best_guidance", lambda by_scale: list(by_scale)[-1])  # a rule that picks 1.5
+    sweep_args = dict(arms=("dpo_best_of_4",), recipes=("lr=1e-3 beta=5000 steps=1 t=all",), seeds=(100,),
+                      dev_prompts=3, guidance_scales=(5.0, 1.5), log=lambda _: None)  # fmt: skip
+    results = run_arm_sweep(config, tmp_path / "arms", **sweep_args)
+    assert results["guidance_scale"] == 1.5 and set(results["base_dev_alignment_by_guidance"]) == {"5", "1.5"}
+    assert seen == {"pairs": [1.5], "runs": [1.5]}
+    assert "chosen 1.5" in (tmp_path / "arms" / "arm_sweep.md").read_text()
+
 @pytest.mark.slow
 def test_the_arm_sweep_scores_every_arm_recipe_and_seed_on_dev_and_resumes(tmp_path, monkeypatch):
     from trl_rpo.shapes import arm_sweep

@@ -152,13 +152,23 @@ and RPO pairs, each with the same four recipes and training seeds 100-102 (which
 arm by the same rule (the highest lowest-seed dev gain); it resumes in the same folder after a kill
 (`arm_sweep.md`, about 45 minutes). `--stage arms-vbase` is the second arm sweep, on the base shipped since
 2026-12-07: reward-labelled, best-of-4 and RPO pairs with five recipes (`VBASE_ARM_RECIPES`) and fresh seeds
-110-112, the same rule.
+110-112, the same rule. `--stage arms-guidance` is the third: it first chooses the guidance among 5, 1, 2 and 3 by
+the base's dev alignment (`GUIDANCE_ARM_SCALES`, `sweep.best_guidance`), then the same arms, candidates and rule at
+it, seeds 120-122 (about 45 minutes).
 """
 
 import argparse
 from typing import NamedTuple
 
-from trl_rpo.shapes.arm_sweep import ARM_RECIPES, VBASE_ARM_RECIPES, VBASE_ARM_SEEDS, VBASE_ARMS, run_arm_sweep
+from trl_rpo.shapes.arm_sweep import (
+    ARM_RECIPES,
+    GUIDANCE_ARM_SCALES,
+    GUIDANCE_ARM_SEEDS,
+    VBASE_ARM_RECIPES,
+    VBASE_ARM_SEEDS,
+    VBASE_ARMS,
+    run_arm_sweep,
+)
 from trl_rpo.shapes.demo import ONLINE_PROMPT_SPLITS, DemoConfig
 from trl_rpo.shapes.online_rounds import (
     ROOM_NFT_RECIPES,
@@ -287,7 +297,8 @@ def main() -> None:
                         help="step-rewards: the reward TailorPO ranks children by (DemoConfig.online_reward)")
     parser.add_argument("--stage", default="recipes",
                         choices=["recipes", "pairs", "seeds", "masked", "sft", "timesteps", "online",
-                                 *ONLINE_ROUNDS, "step-rewards", "words", "arms", "arms-vbase", "ranks",
+                                 *ONLINE_ROUNDS, "step-rewards", "words", "arms", "arms-vbase", "arms-guidance",
+                                 "ranks",
                                  "ceiling", "ceiling-transfer"],
                         help="recipes: guidance and DPO recipe; pairs: the RPO refinement strength; seeds: masked "
                              "or plain DPO over training seeds; masked: the masked recipe over seeds; sft: masked "
@@ -398,6 +409,15 @@ def main() -> None:
         else:
             run_arm_sweep(DemoConfig(model=args.model), args.output_dir, arms=VBASE_ARMS,
                           recipes=VBASE_ARM_RECIPES, seeds=VBASE_ARM_SEEDS)  # fmt: skip
+        return
+    if args.stage == "arms-guidance":  # the guidance first (the base's dev alignment), then the recipes at it
+        if args.quick:
+            run_arm_sweep(DemoConfig.quick(model=args.model), args.output_dir, arms=VBASE_ARMS[:1],
+                          recipes=VBASE_ARM_RECIPES[3:], seeds=GUIDANCE_ARM_SEEDS[:2], dev_prompts=8,
+                          guidance_scales=GUIDANCE_ARM_SCALES[:2])  # fmt: skip
+        else:
+            run_arm_sweep(DemoConfig(model=args.model), args.output_dir, arms=VBASE_ARMS, recipes=VBASE_ARM_RECIPES,
+                          seeds=GUIDANCE_ARM_SEEDS, guidance_scales=GUIDANCE_ARM_SCALES)  # fmt: skip
         return
     if args.stage == "pairs":
         config = (DemoConfig.quick(model=args.model, **noise, **uniform) if args.quick

@@ -107,6 +107,15 @@ DEFAULT_RECIPES: tuple[dict[str, Any], ...] = (
 )
 
 
+def best_guidance(base_dev_alignment: dict[float, float]) -> float:
+    """The dev sweep's guidance rule: the classifier-free guidance scale at which the *base* scores highest on the
+    dev prompts (ties go to the first listed). Guidance is a sampling hyper-parameter, so dev chooses it like the
+    others, and on the base alone, so no trained recipe leans on the choice."""
+    if not base_dev_alignment:
+        raise ValueError("best_guidance needs the base's dev alignment at one guidance scale or more")
+    return max(base_dev_alignment, key=base_dev_alignment.get)
+
+
 def run_dev_sweep(
     config: DemoConfig,
     output_dir: str | Path,
@@ -137,7 +146,7 @@ def run_dev_sweep(
         log(f"dev sweep: base dev alignment {probe.mean('base', 'dev'):.3f} at guidance {scale:g}")
     guidance = {scale: probe.mean("base", "dev") for scale, probe in probes.items()}
     if probes:
-        scorer = probes[max(guidance, key=guidance.get)]
+        scorer = probes[best_guidance(guidance)]
         config = scorer.config
     else:
         scorer = _Scorer(config, {"dev": (dev, config.eval_seeds)})
