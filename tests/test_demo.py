@@ -1053,6 +1053,37 @@ def test_the_eighth_studys_options_file_tests_every_dpo_row_on_seeds_nothing_use
         config.training_seeds)
 
 
+
+def test_the_twelfth_studys_options_file_trains_each_dpo_row_as_the_third_arm_sweep_chose_on_fresh_seeds(
+    monkeypatch, tmp_path
+):
+    from trl_rpo.shapes import study
+    from trl_rpo.shapes.arm_sweep import GUIDANCE_ARM_SEEDS, SWEEP_SEEDS, VBASE_ARM_SEEDS, arm_recipe_config
+    from trl_rpo.shapes.stages import arm_config
+
+    runs = []
+    monkeypatch.setattr(study, "run_study", lambda config, output_dir: runs.append(config))
+    options = SHAPES_EXAMPLES / "study_dpo_guidance.yaml"
+    assert study.main(["--config", str(options), "--output_dir", str(tmp_path)]) == 0
+    (config,) = runs
+    swept = json.loads((SHAPES_EXAMPLES.parents[1] / "docs" / "results" / "arm_sweep_guidance.json").read_text())
+    demo = DemoConfig(**config.recipe)
+    assert demo.guidance_scale == swept["guidance_scale"] == 1.0
+    def training(config):  # what a row's Diffusion-DPO run reads
+        names = ("dpo_learning_rate", "dpo_beta", "dpo_steps", "mask_weight_outside", "dpo_timestep_bias_strategy",
+                 "dpo_timestep_bias_portion", "dpo_timestep_bias_multiplier")  # fmt: skip
+        return {k: getattr(config, k) for k in names}
+
+    for arm in ("dpo_reward_pairs", "dpo_best_of_4", "dpo_rpo_pairs"):  # each trains what the sweep chose for it
+        chosen = arm_recipe_config(DemoConfig(guidance_scale=1.0), arm, swept["arms"][arm]["chosen"])
+        assert training(arm_config(demo, arm)) == training(arm_config(chosen, arm)), arm
+    dpo = tuple(m for m in METHODS if m.startswith("dpo_"))
+    assert config.methods == dpo and config.comparisons[0] == ("dpo_rpo_pairs", "dpo_reward_pairs")
+    assert (config.split, config.eval_prompts, config.eval_seeds) == ("final", 180, (0, 1))
+    used = {s for entry in _dev_sweep_rounds().values() for s in entry.seeds} | set(range(66))
+    assert used.isdisjoint(config.training_seeds) and set(SWEEP_SEEDS + VBASE_ARM_SEEDS + GUIDANCE_ARM_SEEDS
+                                                           ).isdisjoint(config.training_seeds)  # fmt: skip
+
 def test_sixteenth_online_round_trains_tailorpos_final_image_baseline_on_fresh_seeds(monkeypatch, tmp_path):
     rounds = _dev_sweep_rounds()
     from trl_rpo.shapes import online_sweep, stages
