@@ -966,6 +966,43 @@ def test_every_online_round_replays_with_the_nft_budget_it_ran_with():
     assert rounds["online-nft-confirm"][1] == (900, 901, 902, 903, 904)
 
 
+# Every study file declared before the twelfth study, and every dev_sweep.py stage, runs at the demo's guidance when
+# it was declared, pinned so that a replay does not follow the demo's default.
+_PINNED = {"guidance_scale": 5.0}
+
+
+def test_every_study_options_file_sets_its_guidance_the_earlier_ones_the_demos_5():
+    import yaml
+
+    files = sorted(SHAPES_EXAMPLES.glob("study*.yaml"))
+    assert len(files) >= 11
+    for path in files:
+        guidance = yaml.safe_load(path.read_text())["guidance_scale"]
+        assert guidance == (1.0 if path.name == "study_dpo_guidance.yaml" else 5.0), path.name
+
+
+def test_every_dev_sweep_stage_builds_its_config_at_the_pinned_guidance_whatever_the_demos_default(monkeypatch):
+    import dataclasses
+    import runpy
+
+    from trl_rpo.shapes import demo
+
+    source = (SHAPES_EXAMPLES / "dev_sweep.py").read_text()
+    # DemoConfig is built in one place, stage_config, which pins the guidance unless a stage sets it
+    assert source.count("DemoConfig(") == 1 and source.count("DemoConfig.quick(") == 1
+
+    @dataclasses.dataclass
+    class MovedDemoConfig(DemoConfig):  # the demo after its guidance moved
+        guidance_scale: float = 1.0
+
+    monkeypatch.setattr(demo, "DemoConfig", MovedDemoConfig)
+    module = runpy.run_path(str(SHAPES_EXAMPLES / "dev_sweep.py"), run_name="dev_sweep")
+    assert module["STAGE_GUIDANCE"] == 5.0 and MovedDemoConfig().guidance_scale == 1.0
+    for quick in (True, False):
+        assert module["stage_config"](quick).guidance_scale == 5.0
+        assert module["stage_config"](quick, guidance_scale=2.0).guidance_scale == 2.0
+
+
 def _online_stage_call(monkeypatch, tmp_path, stage: str):
     """`dev_sweep.py --stage STAGE` run as users run it, with `run_online_recipe_sweep` replaced by a recorder:
     the (config, keyword arguments) it was called with."""
@@ -1031,7 +1068,7 @@ def test_the_seventh_studys_options_file_tests_the_final_image_baseline_on_seeds
     (config,) = runs
     assert config.comparisons == [("tailorpo_final", "base")] and config.methods == ("tailorpo_final",)
     assert config.training_seeds == (20, 21, 22) and config.eval_seeds == tuple(range(8))
-    assert (config.split, config.eval_prompts, config.recipe) == ("final", 180, {})
+    assert (config.split, config.eval_prompts, config.recipe) == ("final", 180, _PINNED)
     used = {seed for entry in _dev_sweep_rounds().values() for seed in entry.seeds} | set(range(15))
     assert used.isdisjoint(config.training_seeds)
 
@@ -1046,7 +1083,7 @@ def test_the_eighth_studys_options_file_tests_every_dpo_row_on_seeds_nothing_use
     (config,) = runs
     dpo = tuple(m for m in METHODS if m.startswith("dpo_"))
     assert config.methods == dpo and config.comparisons[0] == ("dpo_rpo_pairs", "dpo_reward_pairs")
-    assert {(m, "base") for m in dpo} <= set(config.comparisons) and config.recipe == {}  # the demo's recipes
+    assert {(m, "base") for m in dpo} <= set(config.comparisons) and config.recipe == _PINNED  # the demo's recipes
     assert (config.split, config.eval_prompts, config.eval_seeds) == ("final", 180, (0, 1))
     used = {s for entry in _dev_sweep_rounds().values() for s in entry.seeds} | set(range(25))
     assert used.isdisjoint(config.training_seeds) and set(SWEEP_SEEDS + VBASE_ARM_SEEDS).isdisjoint(
@@ -1174,7 +1211,7 @@ def test_the_eleventh_studys_options_file_trains_the_nineteenth_rounds_recipe_on
                        str(tmp_path)]) == 0  # fmt: skip
     (config,) = runs
     ((_, recipe),) = _dev_sweep_rounds()["online-room-nft"].recipes["nft"].items()
-    assert config.recipe == {**recipe, "online_prompt_split": "dev2"} and config.methods == ("nft",)
+    assert config.recipe == {**recipe, "online_prompt_split": "dev2", **_PINNED} and config.methods == ("nft",)
     assert config.comparisons == [("nft", "base@2"), ("nft", "base")]
     assert (config.split, config.eval_prompts, config.eval_seeds) == ("final", 180, tuple(range(8)))
     assert config.training_seeds == (60, 61, 62, 63, 64, 65)
@@ -1196,7 +1233,7 @@ def test_the_ninth_studys_options_files_train_the_seventeenth_rounds_recipe_on_s
     assert study.main(["--config", str(options), "--output_dir", str(tmp_path)]) == 0
     (config,) = runs
     field_name, value = _SEVENTEENTH_LEARNING_RATES[method]
-    assert config.recipe == {field_name: value} and config.methods == (method,)
+    assert config.recipe == {field_name: value, **_PINNED} and config.methods == (method,)
     assert config.comparisons == [(method, "base")]
     assert (config.split, config.eval_prompts, config.eval_seeds) == ("final", 180, tuple(range(8)))
     used = {s for entry in _dev_sweep_rounds().values() for s in entry.seeds} | set(range(35))
@@ -1217,7 +1254,7 @@ def test_the_tenth_studys_options_files_train_the_eighteenth_rounds_recipe_on_se
                        str(tmp_path)]) == 0  # fmt: skip
     (config,) = runs
     ((_, recipe),) = _dev_sweep_rounds()["online-room"].recipes[method].items()
-    assert config.recipe == {**recipe, "online_prompt_split": "dev2"} and config.methods == (method,)
+    assert config.recipe == {**recipe, "online_prompt_split": "dev2", **_PINNED} and config.methods == (method,)
     assert config.comparisons == [(method, "base@2"), (method, "base")]
     assert (config.split, config.eval_prompts, config.eval_seeds) == ("final", 180, tuple(range(8)))
     used = {s for entry in _dev_sweep_rounds().values() for s in entry.seeds} | set(range(45)) | {1900}
@@ -1255,7 +1292,7 @@ def test_the_fourth_studys_options_file_tests_nft_alone_on_fresh_seeds_with_eigh
     (config,) = runs
     assert config.comparisons == [("nft", "base")] and config.methods == ("nft",)
     assert config.training_seeds == (5, 6, 7, 8, 9) and config.eval_seeds == tuple(range(8))
-    assert (config.split, config.eval_prompts, config.recipe) == ("final", 180, {})  # every final prompt, the demo's
+    assert (config.split, config.eval_prompts, config.recipe) == ("final", 180, _PINNED)  # every final prompt
     used = {seed for entry in _dev_sweep_rounds().values() for seed in entry.seeds} | {0, 1, 2, 3, 4}
     assert used.isdisjoint(config.training_seeds)
 
@@ -1269,7 +1306,7 @@ def test_the_fifth_studys_options_file_tests_nft_at_guidance_2_against_both_base
     assert study.main(["--config", str(SHAPES_EXAMPLES / "study_nft_g2.yaml"), "--output_dir", str(tmp_path)]) == 0
     (config,) = runs
     assert config.comparisons == [("nft", "base"), ("nft", "base@2")] and config.methods == ("nft",)
-    assert config.recipe == {"online_guidance_scale": 2.0}  # the fourteenth round's one change
+    assert config.recipe == {"online_guidance_scale": 2.0, **_PINNED}  # the fourteenth round's one change
     assert config.training_seeds == (10, 11, 12, 13, 14) and config.eval_seeds == tuple(range(8))
     assert (config.split, config.eval_prompts) == ("final", 180)
     used = {seed for entry in _dev_sweep_rounds().values() for seed in entry.seeds} | {0, 1, 2, 3, 4, 5, 6, 7, 8, 9}

@@ -283,6 +283,19 @@ ONLINE_ROUNDS = {
 }  # fmt: skip
 
 
+
+# The demo's guidance when every stage here was declared (the third arm sweep chose another on dev, which the demo
+# takes later): each stage is pinned to it, so that its replay does not follow the demo's default.
+STAGE_GUIDANCE = 5.0
+
+
+def stage_config(quick: bool, **fields) -> DemoConfig:
+    """The `DemoConfig` (`DemoConfig.quick` with `quick`) a stage runs with: `fields`, at `STAGE_GUIDANCE` unless
+    they set the guidance."""
+    fields.setdefault("guidance_scale", STAGE_GUIDANCE)
+    return DemoConfig.quick(**fields) if quick else DemoConfig(**fields)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", required=True, help="new folder for sweep.json, sweep.md and the runs")
@@ -318,27 +331,27 @@ def main() -> None:
     uniform = {} if args.stage == "timesteps" else {"dpo_timestep_bias_strategy": "none"}
     if args.stage in ("seeds", "masked", "sft", "timesteps"):
         # Three dev seeds, as in the tables of docs/shapes.md (the demo's test evaluation uses four).
-        config = (DemoConfig.quick(model=args.model, **noise, **uniform) if args.quick
-                  else DemoConfig(model=args.model, **noise, eval_seeds=(0, 1, 2), **uniform))  # fmt: skip
+        config = (stage_config(True, model=args.model, **noise, **uniform) if args.quick
+                  else stage_config(False, model=args.model, **noise, eval_seeds=(0, 1, 2), **uniform))  # fmt: skip
         variants = {"seeds": DEFAULT_SEED_VARIANTS, "masked": MASKED_RECIPE_VARIANTS, "sft": SFT_VARIANTS,
                     "timesteps": TIMESTEP_VARIANTS}[args.stage]  # fmt: skip
         run_seed_sweep(config, args.output_dir, variants=variants, seeds=(0, 1) if args.quick else (0, 1, 2),
                        dev_prompts=8 if args.quick else 60)  # fmt: skip
         return
     if args.stage == "online":
-        config = (DemoConfig.quick(model=args.model, **noise) if args.quick
-                  else DemoConfig(model=args.model, **noise, eval_seeds=(0, 1, 2)))  # fmt: skip
+        config = (stage_config(True, model=args.model, **noise) if args.quick
+                  else stage_config(False, model=args.model, **noise, eval_seeds=(0, 1, 2)))  # fmt: skip
         run_online_sweep(config, args.output_dir, steps=(1, 2) if args.quick else (40, 160),
                          dev_prompts=8 if args.quick else 60)  # fmt: skip
         return
     if online:
         if args.quick:  # one recipe per method, tiny budgets: a smoke test of the stage
             first = {m: dict(list(v.items())[:1]) for m, v in online.recipes.items()}
-            quick = DemoConfig.quick(model=args.model, **noise, online_prompt_split=online.prompt_split)
+            quick = stage_config(True, model=args.model, **noise, online_prompt_split=online.prompt_split)
             run_online_recipe_sweep(quick, args.output_dir, recipes=first,
                                     seeds=online.seeds[:2], dev_prompts=8)  # fmt: skip
         else:
-            run_online_recipe_sweep(DemoConfig(model=args.model, **noise, eval_seeds=online.eval_seeds,
+            run_online_recipe_sweep(stage_config(False, model=args.model, **noise, eval_seeds=online.eval_seeds,
                                                online_prompt_split=online.prompt_split),
                                     args.output_dir, recipes=online.recipes, seeds=online.seeds,
                                     train_prompts=online.train_prompts, dev2_prompts=online.dev2_prompts,
@@ -348,22 +361,22 @@ def main() -> None:
         from trl_rpo.shapes.ceiling import CEILING_VARIANTS, CeilingVariant, run_supervised_ceiling
 
         if args.quick:
-            run_supervised_ceiling(DemoConfig.quick(model=args.model, eval_seeds=(0,)), args.output_dir,
+            run_supervised_ceiling(stage_config(True, model=args.model, eval_seeds=(0,)), args.output_dir,
                                    split=args.ceiling_split, scored_prompts=4, images_per_scene=1,
                                    variants={"LoRA, 2 steps": CeilingVariant(2, 3e-4)})  # fmt: skip
         else:
-            run_supervised_ceiling(DemoConfig(model=args.model, eval_seeds=(0, 1, 2, 3)), args.output_dir,
+            run_supervised_ceiling(stage_config(False, model=args.model, eval_seeds=(0, 1, 2, 3)), args.output_dir,
                                    split=args.ceiling_split, variants=CEILING_VARIANTS)  # fmt: skip
         return
     if args.stage == "ceiling-transfer":
         from trl_rpo.shapes import ceiling
 
         if args.quick:
-            config, kwargs = DemoConfig.quick(model=args.model, eval_seeds=(0,)), dict(
+            config, kwargs = stage_config(True, model=args.model, eval_seeds=(0,)), dict(
                 scored_prompts=4, images_per_scene=1, training_seeds=(0, 1),
                 variants={"full UNet, 2 steps": ceiling.CeilingVariant(2, 1e-4, "full")})  # fmt: skip
         else:
-            config, kwargs = DemoConfig(model=args.model, eval_seeds=(0, 1, 2, 3)), dict(
+            config, kwargs = stage_config(False, model=args.model, eval_seeds=(0, 1, 2, 3)), dict(
                 scored_prompts=54, variants=ceiling.TRANSFER_CEILING_VARIANTS,
                 training_seeds=ceiling.TRANSFER_CEILING_SEEDS)  # fmt: skip
         ceiling.run_supervised_ceiling(config, args.output_dir, split="dev2_a", **kwargs)
@@ -371,8 +384,8 @@ def main() -> None:
     if args.stage == "step-rewards":
         from trl_rpo.shapes.step_reward_check import run_step_reward_check
 
-        config = (DemoConfig.quick(model=args.model, **noise, tailorpo_reward=args.online_reward) if args.quick
-                  else DemoConfig(model=args.model, **noise, tailorpo_reward=args.online_reward))  # fmt: skip
+        config = (stage_config(True, model=args.model, **noise, tailorpo_reward=args.online_reward) if args.quick
+                  else stage_config(False, model=args.model, **noise, tailorpo_reward=args.online_reward))  # fmt: skip
         run_step_reward_check(config, args.output_dir, num_prompts=4 if args.quick else 128,
                               continuations=2 if args.quick else 8)  # fmt: skip
         return
@@ -397,40 +410,41 @@ def main() -> None:
         return
     if args.stage == "arms":
         if args.quick:
-            run_arm_sweep(DemoConfig.quick(model=args.model, **noise), args.output_dir, recipes=ARM_RECIPES[:2],
+            run_arm_sweep(stage_config(True, model=args.model, **noise), args.output_dir, recipes=ARM_RECIPES[:2],
                           seeds=(100, 101), dev_prompts=8)  # fmt: skip
         else:
-            run_arm_sweep(DemoConfig(model=args.model, **noise), args.output_dir)
+            run_arm_sweep(stage_config(False, model=args.model, **noise), args.output_dir)
         return
     if args.stage == "arms-vbase":  # per-image noise, as the demo and study score
         if args.quick:
-            run_arm_sweep(DemoConfig.quick(model=args.model), args.output_dir, arms=VBASE_ARMS[:1],
+            run_arm_sweep(stage_config(True, model=args.model), args.output_dir, arms=VBASE_ARMS[:1],
                           recipes=VBASE_ARM_RECIPES[3:], seeds=VBASE_ARM_SEEDS[:2], dev_prompts=8)  # fmt: skip
         else:
-            run_arm_sweep(DemoConfig(model=args.model), args.output_dir, arms=VBASE_ARMS,
+            run_arm_sweep(stage_config(False, model=args.model), args.output_dir, arms=VBASE_ARMS,
                           recipes=VBASE_ARM_RECIPES, seeds=VBASE_ARM_SEEDS)  # fmt: skip
         return
     if args.stage == "arms-guidance":  # the guidance first (the base's dev alignment), then the recipes at it
         if args.quick:
-            run_arm_sweep(DemoConfig.quick(model=args.model), args.output_dir, arms=VBASE_ARMS[:1],
+            run_arm_sweep(stage_config(True, model=args.model), args.output_dir, arms=VBASE_ARMS[:1],
                           recipes=VBASE_ARM_RECIPES[3:], seeds=GUIDANCE_ARM_SEEDS[:2], dev_prompts=8,
                           guidance_scales=GUIDANCE_ARM_SCALES[:2])  # fmt: skip
         else:
-            run_arm_sweep(DemoConfig(model=args.model), args.output_dir, arms=VBASE_ARMS, recipes=VBASE_ARM_RECIPES,
-                          seeds=GUIDANCE_ARM_SEEDS, guidance_scales=GUIDANCE_ARM_SCALES)  # fmt: skip
+            run_arm_sweep(stage_config(False, model=args.model), args.output_dir, arms=VBASE_ARMS,
+                          recipes=VBASE_ARM_RECIPES, seeds=GUIDANCE_ARM_SEEDS,
+                          guidance_scales=GUIDANCE_ARM_SCALES)  # fmt: skip
         return
     if args.stage == "pairs":
-        config = (DemoConfig.quick(model=args.model, **noise, **uniform) if args.quick
-                  else DemoConfig(model=args.model, **noise, eval_seeds=(0, 1), **uniform))  # fmt: skip
+        config = (stage_config(True, model=args.model, **noise, **uniform) if args.quick
+                  else stage_config(False, model=args.model, **noise, eval_seeds=(0, 1), **uniform))  # fmt: skip
         run_pair_sweep(config, args.output_dir, dev_prompts=8 if args.quick else 60)
         return
     if args.quick:
-        config = DemoConfig.quick(model=args.model, **noise, **uniform)
+        config = stage_config(True, model=args.model, **noise, **uniform)
         recipes = [{**recipe, "max_steps": 4} for recipe in DEFAULT_RECIPES[:2]]
         run_dev_sweep(config, args.output_dir, recipes=recipes, dev_prompts=8)
     else:
         run_dev_sweep(
-            DemoConfig(model=args.model, **noise, eval_seeds=(0, 1), **uniform), args.output_dir,
+            stage_config(False, model=args.model, **noise, eval_seeds=(0, 1), **uniform), args.output_dir,
             guidance_scales=(5.0, 7.5, 10.0),
         )
 
