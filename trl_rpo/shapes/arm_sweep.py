@@ -168,7 +168,7 @@ def run_arm_sweep(
     the same sweep (`arm_sweep_config.json`); refuses one that holds another.
     """
     from .model import load_pipeline
-    from .sweep import best_guidance
+    from .sweep import probe_guidance
 
     for recipe in recipes:
         parse_dpo_recipe(recipe)
@@ -194,13 +194,8 @@ def run_arm_sweep(
     base = load_pipeline(config.model)
     by_guidance: dict[float, float] = {}
     if guidance_scales:  # the base alone at each scale, on the sweep's own prompts; the chosen one's scores are kept
-        probes = {}
-        for scale in guidance_scales:
-            probes[float(scale)] = sweep_scorer(dataclasses.replace(config, guidance_scale=float(scale)), dev_prompts)
-            probes[float(scale)]("base", base)
-            by_guidance[float(scale)] = probes[float(scale)].mean("base", "dev")
-            log(f"arm sweep: base dev alignment {by_guidance[float(scale)]:.4f} at guidance {scale:g}")
-        scorer = probes[best_guidance(by_guidance)]
+        scorer, by_guidance = probe_guidance(config, base, guidance_scales, lambda c: sweep_scorer(c, dev_prompts),
+                                             "arm sweep", log)  # fmt: skip
         config = scorer.config
     else:
         scorer = sweep_scorer(config, dev_prompts)

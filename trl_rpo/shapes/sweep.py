@@ -57,6 +57,8 @@ __all__ = [
     "VBASE_RECIPES",
     "VBASE_SEEDS",
     "as_declared",
+    "best_guidance",
+    "probe_guidance",
     "ONLINE_RECIPES",
     "ONLINE_REWARD_RECIPES",
     "ONLINE_REWARD_SEEDS",
@@ -116,6 +118,22 @@ def best_guidance(base_dev_alignment: dict[float, float]) -> float:
     return max(base_dev_alignment, key=base_dev_alignment.get)
 
 
+def probe_guidance(
+    config: DemoConfig, base, guidance_scales: Sequence[float], make_scorer: Callable[[DemoConfig], _Scorer],
+    label: str, log: Callable[[str], None] = print,
+) -> tuple[_Scorer, dict[float, float]]:  # fmt: skip
+    """Score the base with `make_scorer(config at each guidance)` and pick a scale by `best_guidance`: returns the
+    chosen scale's scorer (its base scores kept as the sweep's baseline, not re-rendered; its `config` is the one to
+    run everything after at) and the base's dev alignment by scale."""
+    probes: dict[float, _Scorer] = {}
+    for scale in guidance_scales:
+        probes[float(scale)] = make_scorer(dataclasses.replace(config, guidance_scale=float(scale)))
+        probes[float(scale)]("base", base)
+        log(f"{label}: base dev alignment {probes[float(scale)].mean('base', 'dev'):.4f} at guidance {scale:g}")
+    by_scale = {scale: probe.mean("base", "dev") for scale, probe in probes.items()}
+    return probes[best_guidance(by_scale)], by_scale
+
+
 def run_dev_sweep(
     config: DemoConfig,
     output_dir: str | Path,
@@ -137,16 +155,12 @@ def run_dev_sweep(
     _quiet_libraries()
     dev = shape_prompts(dev_prompts, seed=config.seed, split="dev")
     base = load_pipeline(config.model)
-    # One scorer per guidance scale tried; the chosen one's base scores are the sweep's baseline (not re-rendered).
-    probes: dict[float, _Scorer] = {}
-    for scale in guidance_scales:
-        probe = _Scorer(dataclasses.replace(config, guidance_scale=float(scale)), {"dev": (dev, config.eval_seeds)})
-        probe("base", base)
-        probes[float(scale)] = probe
-        log(f"dev sweep: base dev alignment {probe.mean('base', 'dev'):.3f} at guidance {scale:g}")
-    guidance = {scale: probe.mean("base", "dev") for scale, probe in probes.items()}
-    if probes:
-        scorer = probes[best_guidance(guidance)]
+    guidance: dict[float, float] = {}
+    if guidance_scales:
+        def dev_scorer(probe_config: DemoConfig) -> _Scorer:
+            return _Scorer(probe_config, {"dev": (dev, probe_config.eval_seeds)})
+
+        scorer, guidance = probe_guidance(config, base, guidance_scales, dev_scorer, "dev sweep", log)
         config = scorer.config
     else:
         scorer = _Scorer(config, {"dev": (dev, config.eval_seeds)})
