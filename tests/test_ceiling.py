@@ -23,9 +23,12 @@ def test_the_ceiling_refuses_a_first_guidance_other_than_the_configs(tmp_path):
         run_supervised_ceiling(DemoConfig.quick(guidance_scale=5.0), tmp_path / "c", guidance_scales=(2.0, 5.0))
 
 
-def test_the_ceiling_refuses_more_scored_prompts_than_the_split_holds(tmp_path):
+@pytest.mark.parametrize("guidance", [1.0, 2.0, 5.0])
+def test_the_ceiling_refuses_more_scored_prompts_than_the_split_holds(tmp_path, guidance):
+    # past the guidance check: by default the ceiling starts at the config's guidance, whatever it is
     with pytest.raises(ValueError, match="dev2_a holds 54 scenes; cannot score 60"):
-        run_supervised_ceiling(DemoConfig.quick(), tmp_path / "c", split="dev2_a", scored_prompts=60)
+        run_supervised_ceiling(DemoConfig.quick(guidance_scale=guidance), tmp_path / "c", split="dev2_a",
+                               scored_prompts=60)  # fmt: skip
     assert not (tmp_path / "c").exists()
 
 
@@ -90,7 +93,7 @@ def test_fine_tuning_on_renders_lowers_their_denoising_loss(params):
 
 @pytest.mark.slow
 def test_the_ceiling_pairs_each_variant_with_the_base_sampled_at_the_same_guidance(tmp_path):
-    config = DemoConfig.quick(eval_seeds=(0,), num_inference_steps=4, refine_strength=0.0)
+    config = DemoConfig.quick(guidance_scale=5.0, eval_seeds=(0,), num_inference_steps=4, refine_strength=0.0)
     variants = {"untrained": CeilingVariant(0, 1e-4), "full": CeilingVariant(20, 3e-3, "full", batch_size=8)}
     results = run_supervised_ceiling(config, tmp_path / "c", variants=variants, scored_prompts=4,
                                      guidance_scales=(config.guidance_scale, 1.0), images_per_scene=1,

@@ -304,8 +304,8 @@ def test_online_recipe_sweep_scores_a_cfg_free_recipe_at_its_guidance_against_bo
     from trl_rpo.shapes.model import load_pipeline
     from trl_rpo.shapes.stages import _Scorer
 
-    config = DemoConfig.quick(eval_seeds=(0,), num_inference_steps=4, refine_strength=0.0, nft_steps=1,
-                              tailorpo_num_inference_steps=4)  # fmt: skip
+    config = DemoConfig.quick(guidance_scale=5.0, eval_seeds=(0,), num_inference_steps=4, refine_strength=0.0,
+                              nft_steps=1, tailorpo_num_inference_steps=4)  # fmt: skip
     recipes = {"nft": {"cfg-free": {"online_guidance_scale": 1.0}}}
     results = sweep.run_online_recipe_sweep(config, tmp_path / "rec", recipes=recipes, seeds=(0, 1), dev_prompts=4,
                                             log=lambda _: None, train_prompts=3)  # fmt: skip
@@ -707,7 +707,7 @@ def test_the_scorer_samples_a_model_at_the_guidance_it_is_given_and_the_base_onl
     from trl_rpo.shapes.model import load_pipeline
     from trl_rpo.shapes.stages import _Scorer
 
-    config = DemoConfig.quick(num_inference_steps=3, refine_strength=0.0)
+    config = DemoConfig.quick(num_inference_steps=3, refine_strength=0.0, guidance_scale=5.0)
     scorer = _Scorer(config, {"final": (prompts(2, 0, "final"), (0,))})
     scorer("base", load_pipeline())
     for name, guidance in (("same", None), ("guided", config.guidance_scale), ("cfg-free", 1.0)):
@@ -966,22 +966,27 @@ def test_every_online_round_replays_with_the_nft_budget_it_ran_with():
     assert rounds["online-nft-confirm"][1] == (900, 901, 902, 903, 904)
 
 
-# Every study file declared before the twelfth study, and every dev_sweep.py stage, runs at the demo's guidance when
-# it was declared, pinned so that a replay does not follow the demo's default.
-_PINNED = {"guidance_scale": 5.0}
+# Every study file declared before the twelfth study, and every dev_sweep.py stage, runs at the demo's guidance and
+# Diffusion-DPO recipes when it was declared, pinned so that a replay does not follow the demo's defaults.
+_PINNED = {"guidance_scale": 5.0, "dpo_learning_rate": 1e-3, "dpo_steps": 300,
+           "reward_pairs_recipe": "lr=2e-3 beta=5000 steps=150 t=all"}  # fmt: skip
 
 
-def test_every_study_options_file_sets_its_guidance_the_earlier_ones_the_demos_5():
+def test_every_study_options_file_sets_its_guidance_the_earlier_ones_the_demos_5_and_its_recipes_then():
     import yaml
 
     files = sorted(SHAPES_EXAMPLES.glob("study*.yaml"))
     assert len(files) >= 11
     for path in files:
-        guidance = yaml.safe_load(path.read_text())["guidance_scale"]
-        assert guidance == (1.0 if path.name == "study_dpo_guidance.yaml" else 5.0), path.name
+        options = yaml.safe_load(path.read_text())
+        if path.name == "study_dpo_guidance.yaml":  # the twelfth: the third arm sweep's choices (tested below)
+            assert options["guidance_scale"] == 1.0
+            continue
+        assert {k: options[k] for k in _PINNED} == _PINNED, path.name
+    assert {k: getattr(DemoConfig(), k) for k in _PINNED} != _PINNED  # the demo has moved on: the pins matter
 
 
-def test_every_dev_sweep_stage_builds_its_config_at_the_pinned_guidance_whatever_the_demos_default(monkeypatch):
+def test_every_dev_sweep_stage_builds_its_config_at_the_pinned_defaults_whatever_the_demos(monkeypatch):
     import dataclasses
     import runpy
 
@@ -992,15 +997,20 @@ def test_every_dev_sweep_stage_builds_its_config_at_the_pinned_guidance_whatever
     assert source.count("DemoConfig(") == 1 and source.count("DemoConfig.quick(") == 1
 
     @dataclasses.dataclass
-    class MovedDemoConfig(DemoConfig):  # the demo after its guidance moved
-        guidance_scale: float = 1.0
+    class MovedDemoConfig(DemoConfig):  # the demo after a later move of its defaults
+        guidance_scale: float = 3.0
+        dpo_learning_rate: float = 7e-4
+        dpo_steps: int = 99
+        reward_pairs_recipe: str = "lr=7e-4 beta=5000 steps=99 t=all"
 
     monkeypatch.setattr(demo, "DemoConfig", MovedDemoConfig)
     module = runpy.run_path(str(SHAPES_EXAMPLES / "dev_sweep.py"), run_name="dev_sweep")
-    assert module["STAGE_GUIDANCE"] == 5.0 and MovedDemoConfig().guidance_scale == 1.0
+    assert module["STAGE_DEFAULTS"] == _PINNED and MovedDemoConfig().guidance_scale == 3.0
     for quick in (True, False):
-        assert module["stage_config"](quick).guidance_scale == 5.0
+        config = module["stage_config"](quick)
+        assert {k: getattr(config, k) for k in _PINNED} == {**_PINNED, **({"dpo_steps": 20} if quick else {})}
         assert module["stage_config"](quick, guidance_scale=2.0).guidance_scale == 2.0
+        assert module["stage_config"](quick, dpo_steps=7).dpo_steps == 7
 
 
 def _online_stage_call(monkeypatch, tmp_path, stage: str):
@@ -1089,6 +1099,25 @@ def test_the_eighth_studys_options_file_tests_every_dpo_row_on_seeds_nothing_use
     assert used.isdisjoint(config.training_seeds) and set(SWEEP_SEEDS + VBASE_ARM_SEEDS).isdisjoint(
         config.training_seeds)
 
+
+
+def test_the_demo_samples_at_the_guidance_and_trains_each_dpo_row_with_the_recipe_the_third_arm_sweep_chose():
+    from trl_rpo.shapes.arm_sweep import arm_recipe_config
+    from trl_rpo.shapes.stages import arm_config
+
+    swept = json.loads((SHAPES_EXAMPLES.parents[1] / "docs" / "results" / "arm_sweep_guidance.json").read_text())
+    demo = DemoConfig()
+    assert demo.guidance_scale == swept["guidance_scale"] and demo.online_guidance_scale is None
+    names = ("dpo_learning_rate", "dpo_beta", "dpo_steps", "mask_weight_outside", "dpo_timestep_bias_strategy",
+             "dpo_timestep_bias_portion", "dpo_timestep_bias_multiplier")  # fmt: skip
+    for arm in ("dpo_reward_pairs", "dpo_best_of_4", "dpo_rpo_pairs"):
+        chosen = arm_recipe_config(DemoConfig(guidance_scale=1.0), arm, swept["arms"][arm]["chosen"])
+        trained, wanted = arm_config(demo, arm), arm_config(chosen, arm)
+        assert {k: getattr(trained, k) for k in names} == {k: getattr(wanted, k) for k in names}, arm
+    # the ablation row (RPO pairs, no mask) trains the reward pairs' recipe, as in every study
+    ablation = arm_config(demo, "dpo_rpo_pairs_reward_recipe")
+    reward = arm_config(demo, "dpo_reward_pairs")
+    assert {k: getattr(ablation, k) for k in names} == {k: getattr(reward, k) for k in names}
 
 
 def test_the_twelfth_studys_options_file_trains_each_dpo_row_as_the_third_arm_sweep_chose_on_fresh_seeds(

@@ -283,16 +283,21 @@ ONLINE_ROUNDS = {
 }  # fmt: skip
 
 
-
-# The demo's guidance when every stage here was declared (the third arm sweep chose another on dev, which the demo
-# takes later): each stage is pinned to it, so that its replay does not follow the demo's default.
+# The demo's guidance and Diffusion-DPO recipes when every stage here was declared (it moved on 2026-12-08 to the
+# guidance and recipes the third arm sweep chose on dev): each stage is pinned to them, so that its replay does not
+# follow the demo's defaults.
 STAGE_GUIDANCE = 5.0
+STAGE_DEFAULTS = {"guidance_scale": STAGE_GUIDANCE, "dpo_learning_rate": 1e-3, "dpo_steps": 300,
+                  "reward_pairs_recipe": "lr=2e-3 beta=5000 steps=150 t=all"}  # fmt: skip
 
 
 def stage_config(quick: bool, **fields) -> DemoConfig:
-    """The `DemoConfig` (`DemoConfig.quick` with `quick`) a stage runs with: `fields`, at `STAGE_GUIDANCE` unless
-    they set the guidance."""
-    fields.setdefault("guidance_scale", STAGE_GUIDANCE)
+    """The `DemoConfig` (`DemoConfig.quick` with `quick`) a stage runs with: `fields`, over `STAGE_DEFAULTS` (the
+    quick preset's own budgets win over the pinned DPO steps)."""
+    pinned = dict(STAGE_DEFAULTS)
+    if quick:
+        pinned.pop("dpo_steps")
+    fields = {**pinned, **fields}
     return DemoConfig.quick(**fields) if quick else DemoConfig(**fields)
 
 

@@ -151,7 +151,7 @@ def run_supervised_ceiling(
     split: str = "dev2",
     variants: dict[str, CeilingVariant] = CEILING_VARIANTS,
     scored_prompts: int = 60,
-    guidance_scales: Sequence[float] = (5.0, 2.0),
+    guidance_scales: Sequence[float] | None = None,
     images_per_scene: int = 8,
     training_seeds: Sequence[int] | None = None,
     log: Callable[[str], None] = print,
@@ -161,10 +161,11 @@ def run_supervised_ceiling(
 
     The scored prompts are `prompts(scored_prompts, seed=config.seed, split=split)` with `config.eval_seeds`
     noises each; each variant trains once per `training_seeds` (default: `config.seed` alone). The first guidance
-    must be `config.guidance_scale`. With `split` "dev2_a" or "dev2_b" (one half of the held-out pairs), every
-    model is also scored on all of the other half's dev and dev2 scenes (`unseen`: pairs it never saw; does perfect
-    supervision transfer?). With several training seeds, `pooled` gives each variant's gain over them at each
-    guidance, on each prompt set, by the study's two-level bootstrap over seeds and prompts.
+    must be `config.guidance_scale` (default: it, then 2, where the base had room at the earlier demo's 5). With
+    `split` "dev2_a" or "dev2_b" (one half of the held-out pairs), every model is also scored on all of the other
+    half's dev and dev2 scenes (`unseen`: pairs it never saw; does perfect supervision transfer?). With several
+    training seeds, `pooled` gives each variant's gain over them at each guidance, on each prompt set, by the
+    study's two-level bootstrap over seeds and prompts.
     """
     import torch
 
@@ -176,6 +177,8 @@ def run_supervised_ceiling(
     if split not in ONLINE_PROMPT_SPLITS:
         raise ValueError(f"split must be one of {list(ONLINE_PROMPT_SPLITS)} (never dev, where recipes are chosen, or "
                          f"final, where they are reported), got {split!r}")  # fmt: skip
+    if guidance_scales is None:
+        guidance_scales = tuple(dict.fromkeys((config.guidance_scale, 2.0)))
     if not variants or not guidance_scales or float(guidance_scales[0]) != config.guidance_scale:
         raise ValueError(f"run_supervised_ceiling needs a variant and guidance_scales starting with the config's "
                          f"{config.guidance_scale}, got {list(variants)} and {list(guidance_scales)}")  # fmt: skip

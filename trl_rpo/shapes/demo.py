@@ -91,10 +91,12 @@ ONLINE_PROMPT_SPLITS = ("train", "dev2", "dev2_a", "dev2_b")
 class DemoConfig:
     """Budgets and the recipe of the demo. `DemoConfig.quick()` is the `--quick` preset.
 
-    Each Diffusion-DPO arm's recipe is the one the arm sweep chose on dev (docs/shapes.md); GRPO's and NFT's the
-    online recipe sweep's, kept by its second round (NFT's learning rate also by the seventh); TailorPO's learning
-    rate and steps were set by hand, its 16 prompts per step chosen by the third online round (which kept the
-    learning rate against twice it). The image budget is the same for every pair-building method.
+    The guidance and each Diffusion-DPO arm's recipe are the third arm sweep's choices on dev (docs/shapes.md: the
+    base scores highest on dev at guidance 1, and each arm's least harmful recipe there); GRPO's and NFT's recipes
+    are the online recipe sweep's, kept by its second round (NFT's learning rate also by the seventh); TailorPO's
+    learning rate and steps were set by hand, its 16 prompts per step chosen by the third online round (which kept
+    the learning rate against twice it). The online rows roll out and are sampled at the demo's guidance unless
+    `online_guidance_scale` says otherwise. The image budget is the same for every pair-building method.
     """
 
     model: str | None = field(default=None, metadata={"help": "Pipeline folder; default: the shipped base model."})
@@ -112,7 +114,11 @@ class DemoConfig:
                           "shared by every prompt (the dev rounds before the seventh)."},
     )  # fmt: skip
     num_inference_steps: int = field(default=20, metadata={"help": "DDIM steps of evaluation and pair generation."})
-    guidance_scale: float = field(default=5.0, metadata={"help": "Classifier-free guidance scale."})
+    # Chosen on dev among 5 (the earlier demo's), 1, 2 and 3 by the base's dev alignment (the third arm sweep,
+    # 2026-12-07); every earlier round and study is pinned to 5 (`dev_sweep.py`'s STAGE_GUIDANCE, the study files).
+    guidance_scale: float = field(
+        default=1.0, metadata={"help": "Classifier-free guidance scale (1: none; the third arm sweep's choice)."}
+    )
     online_guidance_scale: float | None = field(
         default=None,
         metadata={"help": "Guidance of the online rows' rollouts and of their trained models' images; None: "
@@ -137,14 +143,15 @@ class DemoConfig:
     refine_strength: float = field(
         default=0.1, metadata={"help": "SDEdit strength of the refinement of RPO edits (pair sweep); 0: none."}
     )
-    dpo_steps: int = field(default=300, metadata={"help": "RPO-pair DPO: optimizer steps (arm sweep's choice)."})
+    dpo_steps: int = field(default=150, metadata={"help": "RPO-pair DPO: optimizer steps (arm sweep's choice)."})
     dpo_batch_size: int = field(default=8, metadata={"help": "Pairs per DPO step (every DPO row)."})
-    dpo_learning_rate: float = field(default=1e-3, metadata={"help": "RPO-pair DPO learning rate (arm sweep's)."})
+    dpo_learning_rate: float = field(default=5e-4, metadata={"help": "RPO-pair DPO learning rate (arm sweep's)."})
     dpo_beta: float = field(default=5000.0, metadata={"help": "RPO-pair Diffusion-DPO beta (arm sweep's choice)."})
-    # Every arm's recipe: the second arm sweep's choice on the base shipped since 2026-12-07 (docs/shapes.md); it kept
-    # best-of-4's and the RPO arm's recipes and gave reward pairs half the steps on every timestep.
+    # Every arm's recipe: the third arm sweep's choice at guidance 1 on the base shipped since 2026-12-07
+    # (docs/shapes.md): the least harmful of the second sweep's candidates, as 44 of its 45 runs fell below the base
+    # on dev; it kept best-of-4's recipe and gave reward pairs and RPO pairs lr 5e-4 for 150 steps.
     reward_pairs_recipe: str = field(
-        default="lr=2e-3 beta=5000 steps=150 t=all",
+        default="lr=5e-4 beta=5000 steps=150 t=all",
         metadata={"help": "Reward-labelled pairs' DPO recipe, 'lr= beta= steps= t=all|<500' (arm sweep's choice); "
                           "also the ablation row's (RPO pairs, no mask)."},
     )  # fmt: skip
@@ -169,9 +176,9 @@ class DemoConfig:
         metadata={"help": "Weight of the denoising loss on chosen images added to Diffusion-DPO (loss_type "
                           "['sigmoid', 'sft']); 0: Diffusion-DPO alone."},
     )  # fmt: skip
-    # The RPO arm's recipe (lr 1e-3, 300 steps, uniform t, masked) is both arm sweeps' choice (docs/shapes.md); the
-    # first base's timestep sweep had chosen t < 500, which `--dpo_timestep_bias_strategy later`
-    # restores (with the portion 0.5 and multiplier 0 below).
+    # The RPO arm's recipe (lr 5e-4, 150 steps, uniform t, masked) is the third arm sweep's choice (lr 1e-3 and 300
+    # steps were the first two sweeps', at guidance 5); the first base's timestep sweep had chosen t < 500, which
+    # `--dpo_timestep_bias_strategy later` restores (with the portion 0.5 and multiplier 0 below).
     dpo_timestep_bias_strategy: str = field(
         default="none", metadata={"help": "RPO-pair DPO: DiffusionDPOConfig.timestep_bias_strategy (none: uniform)."}
     )
