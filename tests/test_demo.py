@@ -39,6 +39,20 @@ def test_quick_preset_keeps_explicit_overrides():
     assert config.image_budget == DemoConfig.quick().image_budget
 
 
+def test_the_quick_preset_trains_every_dpo_row_at_its_steps_with_the_default_recipes_otherwise():
+    from trl_rpo.shapes.stages import DPO_ARMS, arm_config
+
+    full = DemoConfig()
+    for steps, config in ((20, DemoConfig.quick()), (7, DemoConfig.quick(dpo_steps=7))):
+        for arm in DPO_ARMS:
+            trained, default = arm_config(config, arm), arm_config(full, arm)
+            assert trained.dpo_steps == steps, arm
+            assert (trained.dpo_learning_rate, trained.dpo_beta, trained.mask_weight_outside) == (
+                default.dpo_learning_rate, default.dpo_beta, default.mask_weight_outside), arm
+    given = "lr=1e-3 beta=5000 steps=300 t=<500"  # an explicit recipe is kept as given
+    assert DemoConfig.quick(best_of_4_recipe=given).best_of_4_recipe == given
+
+
 def test_full_demo_reports_on_every_final_scene():
     from trl_rpo.shapes.world import all_scenes
 
@@ -171,7 +185,7 @@ def test_trl_rpo_demo_quick_runs_end_to_end_and_writes_results_grid_and_curves(t
     assert (out / "best_of_4_pairs").is_dir()
     for method in METHODS[1:]:
         assert (out / "runs" / method / "pytorch_lora_weights.safetensors").is_file(), method
-    # Each DPO row trains with its arm's recipe (the second arm sweep's choices, every one on all timesteps); the
+    # Each DPO row trains with its arm's recipe (the third arm sweep's choices, every one on all timesteps); the
     # ablation trains RPO pairs exactly as the reward pairs.
     cards = {method: (out / "runs" / method / "README.md").read_text() for method in METHODS[1:5]}
     reward_recipe = parse_dpo_recipe(config.reward_pairs_recipe)

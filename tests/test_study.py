@@ -238,6 +238,14 @@ def test_study_reports_each_methods_gain_per_training_minute_pair_building_inclu
         assert method.startswith("dpo_") == (len(expected) == 3)
 
 
+def test_the_quick_study_trains_every_dpo_row_at_its_dpo_steps():
+    from trl_rpo.shapes.stages import DPO_ARMS, arm_config
+
+    for recipe, steps in (({}, 2), ({"dpo_steps": 3}, 3)):
+        config = StudyConfig.quick(recipe=recipe).demo_config(0)
+        assert {arm: arm_config(config, arm).dpo_steps for arm in DPO_ARMS} == dict.fromkeys(DPO_ARMS, steps)
+
+
 def test_quick_study_runs_its_stages_for_real(tmp_path):
     # One training seed of the --quick preset with the real pair builders, two real trainers (the offline DPO path
     # and an online one), renderer and both judges; the fakes above cover the rest of the bookkeeping.

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ __all__ = [
     "efficacy_comparison",
     "format_table",
     "pair_efficacy",
+    "quick_dpo_recipes",
     "run_demo",
 ]
 
@@ -302,7 +304,17 @@ class DemoConfig:
             grpo_batch_size=4, nft_batch_size=4, grpo_num_generations=4, grid_prompts=6,
         )  # fmt: skip
         values.update(overrides)
+        for name, recipe in quick_dpo_recipes(values["dpo_steps"]).items():  # every DPO row at the preset's steps
+            values.setdefault(name, recipe)
         return cls(**values)
+
+
+def quick_dpo_recipes(steps: int) -> dict[str, str]:
+    """`reward_pairs_recipe` and `best_of_4_recipe` at their defaults but for `steps` optimizer steps: the quick
+    presets' DPO budget reaches the reward-labelled rows (and the ablation row), not only the RPO arm's `dpo_steps`."""
+    defaults = {f.name: f.default for f in dataclasses.fields(DemoConfig)}
+    return {name: re.sub(r"steps=\d+", f"steps={int(steps)}", defaults[name])
+            for name in ("reward_pairs_recipe", "best_of_4_recipe")}  # fmt: skip
 
 
 def pair_efficacy(alignment: float, base_alignment: float, pairs: int) -> float | None:

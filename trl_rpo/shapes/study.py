@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from .compute import study_gain_per_minute
-from .demo import METHODS, DemoConfig
+from .demo import METHODS, DemoConfig, quick_dpo_recipes
 from .study_report import ENDPOINTS, format_summary, write_figures
 
 __all__ = [
@@ -57,7 +57,8 @@ __all__ = [
 
 # DemoConfig fields the study sets itself (per training seed, or from its own evaluation protocol).
 _MANAGED = ("seed", "eval_prompts", "eval_seeds", "in_distribution_prompts", "grid_prompts")
-# The --quick preset's recipe: tiny budgets, a smoke test of every stage (not a result).
+# The --quick preset's recipe: tiny budgets, a smoke test of every stage (not a result); `StudyConfig.quick` adds the
+# reward-labelled rows' recipes at its `dpo_steps` (`quick_dpo_recipes`).
 QUICK_RECIPE: dict[str, Any] = dict(
     num_inference_steps=4, image_budget=8, refine_strength=0.25, dpo_steps=2, dpo_batch_size=2, tailorpo_steps=1,
     nft_steps=1, tailorpo_batch_size=1, tailorpo_num_inference_steps=4, num_candidates=2, grpo_num_generations=2,
@@ -177,7 +178,8 @@ class StudyConfig:
     @classmethod
     def quick(cls, **overrides: Any) -> StudyConfig:
         """The `--quick` preset: 2 seeds, 8 prompts, 1 noise, tiny budgets; a smoke test of every stage."""
-        recipe = {**QUICK_RECIPE, **overrides.pop("recipe", {})}
+        given = overrides.pop("recipe", {})
+        recipe = {**QUICK_RECIPE, **quick_dpo_recipes(given.get("dpo_steps", QUICK_RECIPE["dpo_steps"])), **given}
         values = dict(training_seeds=(0, 1), eval_prompts=8, eval_seeds=(0,), n_resamples=1000, recipe=recipe)
         values.update(overrides)
         return cls(**values)
@@ -534,8 +536,8 @@ def study_arguments_class() -> type:
         if f.name in _MANAGED:
             continue
         preset = f"demo: {getattr(demo, f.name)!r}"
-        if f.name in QUICK_RECIPE:
-            preset += f"; {QUICK_RECIPE[f.name]!r} with --quick"
+        if f.name in quick.recipe:
+            preset += f"; {quick.recipe[f.name]!r} with --quick"
         specs.append(
             (f.name, kinds[f.type], field(default=None, metadata={"help": f"Recipe: {f.metadata['help']} ({preset})"}))
         )
