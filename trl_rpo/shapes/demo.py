@@ -6,7 +6,8 @@ A single-seed view: one training run per method (`trl-rpo study` trains several 
 from). Protocol (`trl_rpo.shapes.world`): pairs and rollouts use *train* scenes; every Diffusion-DPO row's recipe
 (learning rate, beta, steps, timestep range; the RPO arm's edit mask) was chosen on *dev* prompts by
 `examples/shapes/dev_sweep.py` with the same sweep and rule for every arm, GRPO's and DiffusionNFT's by the online
-recipe sweep (docs/shapes.md); TailorPO's settings were set by hand, not chosen by a sweep. The results are reported
+recipe sweep (docs/shapes.md); TailorPO's settings were set by hand, not chosen by a sweep. The guidance (1: no
+classifier-free guidance) was chosen on dev too, by the base's alignment there. The results are reported
 on *final* prompts, held-out compositions the base model never saw and no recipe was chosen on, and on
 in-distribution prompts (train scenes, seeds never used to build pairs).
 
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from .compute import gain_per_minute
+from .report import format_table
 from .stages import (
     DPO_ARMS,
     ONLINE_ROWS,
@@ -117,7 +119,7 @@ class DemoConfig:
     )  # fmt: skip
     num_inference_steps: int = field(default=20, metadata={"help": "DDIM steps of evaluation and pair generation."})
     # Chosen on dev among 5 (the earlier demo's), 1, 2 and 3 by the base's dev alignment (the third arm sweep,
-    # 2026-12-07); every earlier round and study is pinned to 5 (`dev_sweep.py`'s STAGE_GUIDANCE, the study files).
+    # 2026-12-07); earlier rounds and studies are pinned to 5 and their recipes (`dev_sweep.py`'s STAGE_DEFAULTS).
     guidance_scale: float = field(
         default=1.0, metadata={"help": "Classifier-free guidance scale (1: none; the third arm sweep's choice)."}
     )
@@ -571,47 +573,3 @@ def _figures(config, scorer: _Scorer, results, curves, final_prompts, output_dir
         output_dir / "gains.png", dpi=110
     )
 
-
-def format_table(results: dict[str, Any]) -> str:
-    """The results as a plain-text table, with the comparisons and the pair-efficacy line."""
-
-    def interval(ci: Sequence[float] | None) -> str:
-        return "" if ci is None else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
-
-    lines = [f"{'method':<18} {'alignment':>9} {'gain':>7} {'95% CI (paired)':>18} {'win':>5} {'in-dist gain':>13} "
-             f"{'pairs':>6} {'seconds':>8} {'gain/min':>9}"]  # fmt: skip
-    for row in results["rows"]:
-        gain = f"{row['gain']:+.3f}" if "gain" in row else ""
-        mark = "*" if row.get("gain_ci") and (row["gain_ci"][0] > 0 or row["gain_ci"][1] < 0) else " "
-        win = f"{row['win_rate']:.2f}" if "win_rate" in row else ""
-        in_dist = f"{row['in_distribution_gain']:+.3f}" if "in_distribution_gain" in row else ""
-        rate = f"{row['gain_per_minute']:+.4f}" if row.get("gain_per_minute") is not None else ""
-        lines.append(
-            f"{row['method']:<18} {row['alignment']:>9.3f} {gain:>7} {interval(row.get('gain_ci')):>18}{mark}"
-            f"{win:>5} {in_dist:>13} {row['pairs']:>6} {row['seconds']:>8.1f} {rate:>9}"
-        )
-    for c in results.get("comparisons", []):
-        lines.append(
-            f"{c['a']} vs {c['b']} ({c['prompts']}): {c['gain']:+.3f} {interval(c['gain_ci'])}, "
-            f"win rate {c['win_rate']:.2f}, p = {c['p_value']:.3g}"
-        )
-    eff = results["pair_efficacy"]
-
-    def fmt(entry: dict[str, Any] | None) -> str:
-        if not entry or entry.get("efficacy") is None:
-            return "n/a"
-        low, high = entry["efficacy_ci"]
-        return f"{entry['efficacy']:+.5f} [{low:+.5f}, {high:+.5f}]"
-
-    relative, difference = eff.get("rpo_vs_reward_percent"), eff.get("rpo_minus_reward")
-    lines.append(
-        f"pair efficacy (gain per pair): RPO pairs {fmt(eff['dpo_rpo_pairs'])}, "
-        f"reward pairs {fmt(eff['dpo_reward_pairs'])}"
-        + ("" if difference is None else
-           f"; RPO - reward {fmt({'efficacy': difference, 'efficacy_ci': eff['rpo_minus_reward_ci']})}")  # fmt: skip
-        + ("" if relative is None else f"; RPO {relative:+.0f}% {interval(eff['rpo_vs_reward_percent_ci'])} "
-           "(paper: +42%)")  # fmt: skip
-    )
-    lines.append("* = the paired 95% interval of the gain over base excludes zero (final prompts: held-out scenes; "
-                 "one training seed)")
-    return "\n".join(lines)
