@@ -286,8 +286,7 @@ ONLINE_ROUNDS = {
 # The demo's guidance and Diffusion-DPO recipes when every stage here was declared (it moved on 2026-12-08 to the
 # guidance and recipes the third arm sweep chose on dev): each stage is pinned to them, so that its replay does not
 # follow the demo's defaults.
-STAGE_GUIDANCE = 5.0
-STAGE_DEFAULTS = {"guidance_scale": STAGE_GUIDANCE, "dpo_learning_rate": 1e-3, "dpo_steps": 300,
+STAGE_DEFAULTS = {"guidance_scale": 5.0, "dpo_learning_rate": 1e-3, "dpo_steps": 300,
                   "reward_pairs_recipe": "lr=2e-3 beta=5000 steps=150 t=all"}  # fmt: skip
 
 

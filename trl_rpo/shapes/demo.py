@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from .stages import (
     _Scorer,
     build_pair_sets,
     evaluation_guidance,
+    format_dpo_recipe,
     online_guidance,
     parse_dpo_recipe,
     row_config,
@@ -314,8 +314,9 @@ class DemoConfig:
 def quick_dpo_recipes(steps: int) -> dict[str, str]:
     """`reward_pairs_recipe` and `best_of_4_recipe` at their defaults but for `steps` optimizer steps: the quick
     presets' DPO budget reaches the reward-labelled rows (and the ablation row), not only the RPO arm's `dpo_steps`."""
-    defaults = {f.name: f.default for f in dataclasses.fields(DemoConfig)}
-    return {name: re.sub(r"steps=\d+", f"steps={int(steps)}", defaults[name])
+    defaults = DemoConfig()
+    return {name: format_dpo_recipe(dataclasses.replace(
+                defaults, **{**parse_dpo_recipe(getattr(defaults, name)), "dpo_steps": int(steps)}))
             for name in ("reward_pairs_recipe", "best_of_4_recipe")}  # fmt: skip
 
 
